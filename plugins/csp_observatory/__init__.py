@@ -1,0 +1,1 @@
+"""csp-observatory: collect, validate, geocode, sanitise and load Community Safety Partnership feeds."""

@@ -1,0 +1,263 @@
+"""Declarative feed schemas: one YAML file per partner feed in ``include/schemas/``.
+
+A feed schema drives everything downstream: the DAG, the parsing and validation rules, the
+sanitising rules, the PostGIS DDL and the documentation shown in the Airflow UI.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+REPO_ROOT: Final = Path(__file__).resolve().parents[2]
+SCHEMA_DIR: Final = REPO_ROOT / "include" / "schemas"
+REFERENCE_DIR: Final = REPO_ROOT / "include" / "reference"
+
+TYPES: Final = frozenset({"string", "code", "date", "time", "integer", "float", "boolean", "postcode"})
+ROLES: Final = frozenset({
+    "reference_number", "link", "category", "date", "time", "address", "postcode", "easting",
+    "northing", "longitude", "latitude", "attribute", "flag", "name", "gender", "date_of_birth",
+    "age", "ethnicity",
+})
+#: Roles whose values identify a person and never reach a depersonalised table.
+PERSONAL_ROLES: Final = frozenset({"name", "date_of_birth"})
+DATASET_TYPES: Final = frozenset({"depersonalised", "personalised"})
+
+
+class SchemaError(ValueError):
+    """A feed schema file is not valid."""
+
+
+@dataclass(frozen=True)
+class Datafield:
+    """One datafield of a feed file, in the guidance's words."""
+
+    name: str
+    label: str
+    type: str
+    role: str
+    required: bool = False
+    pattern: str | None = None
+    codes: tuple[str, ...] | None = None
+    codes_file: str | None = None
+    min: float | None = None
+    max: float | None = None
+
+    @cached_property
+    def allowed_codes(self) -> frozenset[str] | None:
+        """The set of valid codes, from the schema or its reference file, or None if any value goes."""
+        if self.codes is not None:
+            return frozenset(self.codes)
+        if self.codes_file is not None:
+            with open(REFERENCE_DIR / self.codes_file, newline="", encoding="utf-8") as fh:
+                return frozenset(row[0] for i, row in enumerate(csv.reader(fh)) if i and row)
+        return None
+
+    @property
+    def personal(self) -> bool:
+        return self.role in PERSONAL_ROLES
+
+
+@dataclass(frozen=True)
+class LocationFields:
+    """Which datafields of a file hold its location, by role."""
+
+    address: str | None = None
+    postcode: str | None = None
+    easting: str | None = None
+    northing: str | None = None
+    longitude: str | None = None
+    latitude: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedFile:
+    """One file of a supply (police recorded crime has three: offences, offenders, victims)."""
+
+    name: str
+    title: str
+    description: str
+    pattern: str
+    table: str
+    key: tuple[str, ...]
+    datafields: tuple[Datafield, ...]
+    location: LocationFields
+    event_date: str | None = None
+    links_to: dict[str, str] | None = None
+
+    @cached_property
+    def regex(self) -> re.Pattern[str]:
+        return re.compile(self.pattern)
+
+    def match(self, filename: str) -> str | None:
+        """The supply period a file name belongs to, or None if the name is not this file's."""
+        m = self.regex.match(filename)
+        return m.group("period") if m else None
+
+    def field(self, name: str) -> Datafield:
+        for f in self.datafields:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    @property
+    def field_names(self) -> list[str]:
+        return [f.name for f in self.datafields]
+
+    def by_role(self, role: str) -> list[Datafield]:
+        return [f for f in self.datafields if f.role == role]
+
+
+@dataclass(frozen=True)
+class Partner:
+    id: str
+    agency: str
+    name: str
+
+
+@dataclass(frozen=True)
+class FeedSchema:
+    """A partner feed: who sends it, how often, and every datafield of every file."""
+
+    feed: str
+    title: str
+    guidance_section: str
+    dataset_type: str
+    partner: Partner
+    schedule: str
+    supply_cycle: str
+    period_format: str
+    household_threshold: int
+    caveats: str
+    tags: tuple[str, ...]
+    files: tuple[FeedFile, ...]
+    source_path: Path = field(compare=False, default=Path())
+    #: Minimum k over quasi-identifiers below which publication is blocked (None: report only).
+    min_k: int | None = None
+
+    @property
+    def personalised(self) -> bool:
+        return self.dataset_type == "personalised"
+
+    @property
+    def db_schema(self) -> str:
+        """The PostGIS schema a feed's tables live in: personal data is kept apart."""
+        return "personal" if self.personalised else "depersonalised"
+
+    def file(self, name: str) -> FeedFile:
+        for f in self.files:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def classify(self, filename: str) -> tuple[FeedFile, str] | None:
+        """Which file of this feed a name is, with its period; None if it is none of them."""
+        for f in self.files:
+            period = f.match(filename)
+            if period is not None:
+                return f, period
+        return None
+
+    def doc_md(self) -> str:
+        """Markdown for the Airflow UI: source agency, datafields and caveats."""
+        lines = [
+            f"# {self.title}",
+            "",
+            f"*Guidance section {self.guidance_section}; {self.dataset_type} data.*",
+            "",
+            f"- **Source agency:** {self.partner.agency} ({self.partner.name}; SFTP account `{self.partner.id}`)",
+            f"- **Supply cycle:** {self.supply_cycle}",
+            f"- **Household threshold (Appendix 1):** {self.household_threshold}",
+            f"- **Schema file:** `include/schemas/{self.source_path.name}`",
+            "",
+            f"**Caveats:** {self.caveats}",
+        ]
+        for f in self.files:
+            lines += ["", f"## {f.title} (`{f.pattern}` -> `{self.db_schema}.{f.table}`)", "",
+                      f.description, "", "| datafield | meaning | type | required | role |",
+                      "|---|---|---|---|---|"]
+            for d in f.datafields:
+                lines.append(f"| `{d.name}` | {d.label} | {d.type} | {'yes' if d.required else ''} | {d.role} |")
+        return "\n".join(lines)
+
+
+def _datafield(raw: dict[str, Any], where: str) -> Datafield:
+    unknown = set(raw) - {"name", "label", "type", "role", "required", "pattern", "codes",
+                          "codes_file", "min", "max"}
+    if unknown:
+        raise SchemaError(f"{where}: unknown keys {sorted(unknown)}")
+    try:
+        d = Datafield(
+            name=raw["name"], label=raw.get("label", raw["name"]), type=raw["type"], role=raw["role"],
+            required=bool(raw.get("required", False)), pattern=raw.get("pattern"),
+            codes=tuple(str(c) for c in raw["codes"]) if "codes" in raw else None,
+            codes_file=raw.get("codes_file"), min=raw.get("min"), max=raw.get("max"),
+        )
+    except KeyError as exc:
+        raise SchemaError(f"{where}: datafield needs {exc}") from exc
+    if d.type not in TYPES:
+        raise SchemaError(f"{where}: {d.name}: unknown type {d.type!r}")
+    if d.role not in ROLES:
+        raise SchemaError(f"{where}: {d.name}: unknown role {d.role!r}")
+    if d.type == "code" and d.codes is None and d.codes_file is None:
+        raise SchemaError(f"{where}: {d.name}: a code datafield needs codes or codes_file")
+    return d
+
+
+def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
+    """Build and check a FeedSchema from a parsed YAML document."""
+    where = source_path.name or "schema"
+    try:
+        files = []
+        for name, f in raw["files"].items():
+            fields = tuple(_datafield(d, f"{where}:{name}") for d in f["datafields"])
+            names = [d.name for d in fields]
+            if len(set(names)) != len(names):
+                raise SchemaError(f"{where}:{name}: datafield names repeat")
+            loc = LocationFields(**(f.get("location") or {}))
+            for ref in [*f["key"], *(v for v in vars(loc).values() if v), f.get("event_date")]:
+                if ref and ref not in names:
+                    raise SchemaError(f"{where}:{name}: {ref!r} is not a datafield")
+            if "(?P<period>" not in f["pattern"]:
+                raise SchemaError(f"{where}:{name}: pattern needs a (?P<period>...) group")
+            files.append(FeedFile(
+                name=name, title=f.get("title", name), description=f.get("description", ""),
+                pattern=f["pattern"], table=f["table"], key=tuple(f["key"]), datafields=fields,
+                location=loc, event_date=f.get("event_date"), links_to=f.get("links_to"),
+            ))
+        sanitising = raw.get("sanitising") or {}
+        schema = FeedSchema(
+            feed=raw["feed"], title=raw["title"], guidance_section=str(raw["guidance_section"]),
+            dataset_type=raw["dataset_type"], partner=Partner(**raw["partner"]),
+            schedule=raw["supply_cycle"]["schedule"], supply_cycle=raw["supply_cycle"]["description"],
+            period_format=raw["supply_cycle"].get("period_format", "%Y%m"),
+            household_threshold=int(sanitising.get("household_threshold", 4)),
+            min_k=sanitising.get("min_k"),
+            caveats=raw.get("caveats", ""), tags=tuple(raw.get("tags", ())), files=tuple(files),
+            source_path=source_path,
+        )
+    except KeyError as exc:
+        raise SchemaError(f"{where}: missing {exc}") from exc
+    if schema.dataset_type not in DATASET_TYPES:
+        raise SchemaError(f"{where}: dataset_type must be one of {sorted(DATASET_TYPES)}")
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", schema.feed):
+        raise SchemaError(f"{where}: feed id must be snake_case")
+    if schema.household_threshold < 1:
+        raise SchemaError(f"{where}: household_threshold must be at least 1")
+    return schema
+
+
+def load_schema(path: Path) -> FeedSchema:
+    """Read one feed schema file."""
+    with open(path, encoding="utf-8") as fh:
+        return parse_schema(yaml.safe_load(fh), path)
+
+
+def load_schemas(directory: Path = SCHEMA_DIR) -> list[FeedSchema]:
+    """Every feed schema in a directory, sorted by file name."""
+    return [load_schema(p) for p in sorted(directory.glob("*.yaml"))]
