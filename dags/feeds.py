@@ -1,0 +1,108 @@
+"""One DAG per partner feed, made from the feed schemas in ``include/schemas/``.
+
+Adding a feed means adding a schema file, not code. Each DAG runs the observatory's stages in order:
+wait for a complete supply on SFTP, collect, decrypt and verify, parse and validate, clean, geocode,
+sanitise, load, and report and archive. The work itself lives in ``csp_observatory.pipeline``; this file
+only wires tasks, and imports nothing heavy at parse time.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Final
+
+from airflow.sdk import DAG, PokeReturnValue, TriggerRule, dag, task
+
+from csp_observatory.schema import FeedSchema, load_schemas
+
+OWNER: Final = "observatory-data-engineering"
+START: Final = datetime(2026, 1, 1, tzinfo=timezone.utc)
+# A supply is waited for for most of a day; a day without one ends as "skipped", not failed.
+SENSOR_TIMEOUT_S: Final = 20 * 60 * 60
+SENSOR_POKE_S: Final = 300
+
+
+def build_feed_dag(schema: FeedSchema) -> DAG:
+    """The DAG for one feed schema."""
+    feed = schema.feed
+
+    @dag(
+        dag_id=f"feed_{feed}",
+        dag_display_name=f"Feed: {schema.title}",
+        description=f"{schema.partner.agency}: {schema.title} (guidance {schema.guidance_section})",
+        schedule=schema.schedule,
+        start_date=START,
+        catchup=False,
+        max_active_runs=1,  # two runs of one feed must never take the same files
+        default_args={"owner": OWNER, "retries": 2, "retry_delay": timedelta(minutes=5)},
+        doc_md=schema.doc_md(),
+        tags=["feed", schema.dataset_type, schema.partner.id, *schema.tags],
+    )
+    def feed_dag() -> None:
+        @task.sensor(poke_interval=SENSOR_POKE_S, timeout=SENSOR_TIMEOUT_S, mode="reschedule", soft_fail=True)
+        def wait_for_supply() -> PokeReturnValue:
+            """Done when every file of a supply is in the inbox and no longer being written."""
+            from csp_observatory import pipeline
+
+            periods = pipeline.ready_periods(feed)
+            return PokeReturnValue(is_done=bool(periods), xcom_value=periods)
+
+        @task
+        def collect(periods: list[str], run_id: str | None = None) -> list[str]:
+            from csp_observatory import pipeline
+
+            return pipeline.collect(feed, periods, run_id or "manual")
+
+        @task
+        def decrypt_and_verify(supplies: list[str]) -> list[str]:
+            from csp_observatory import pipeline
+
+            return pipeline.decrypt_and_verify(supplies)
+
+        @task
+        def parse_and_validate(supplies: list[str]) -> list[str]:
+            from csp_observatory import pipeline
+
+            return pipeline.parse_and_validate(supplies)
+
+        @task
+        def clean(supplies: list[str]) -> list[str]:
+            from csp_observatory import pipeline
+
+            return pipeline.clean(supplies)
+
+        @task
+        def geocode(supplies: list[str]) -> list[str]:
+            from csp_observatory import pipeline
+
+            return pipeline.geocode(supplies)
+
+        @task
+        def sanitise(supplies: list[str]) -> list[str]:
+            from csp_observatory import pipeline
+
+            return pipeline.sanitise(supplies)
+
+        @task
+        def load(supplies: list[str]) -> list[str]:
+            from csp_observatory import pipeline
+
+            return pipeline.load(supplies)
+
+        # Runs even when an earlier stage failed, so the partner always hears what happened and
+        # plaintext never outlives the run.
+        @task(trigger_rule=TriggerRule.ALL_DONE)
+        def report_and_archive(supplies: list[str] | None) -> dict:
+            from csp_observatory import pipeline
+
+            return pipeline.report_and_archive(feed, supplies)
+
+        collected = collect(wait_for_supply())
+        loaded = load(sanitise(geocode(clean(parse_and_validate(decrypt_and_verify(collected))))))
+        done = report_and_archive(collected)
+        loaded >> done
+
+    return feed_dag()
+
+
+for _schema in load_schemas():
+    globals()[f"feed_{_schema.feed}"] = build_feed_dag(_schema)

@@ -1,0 +1,51 @@
+"""Every DAG file imports, and every DAG follows the observatory's policies."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from csp_observatory.schema import load_schemas
+
+pytestmark = pytest.mark.unit
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+
+
+@pytest.fixture(scope="module")
+def dagbag(tmp_path_factory: pytest.TempPathFactory):
+    # Parsing needs no metadata DB; keep Airflow's home out of the user's.
+    os.environ.setdefault("AIRFLOW_HOME", str(tmp_path_factory.mktemp("airflow_home")))
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS))
+
+
+def test_every_dag_file_imports(dagbag) -> None:
+    assert dagbag.import_errors == {}
+
+
+def test_one_dag_per_feed_schema(dagbag) -> None:
+    assert set(dagbag.dag_ids) == {f"feed_{s.feed}" for s in load_schemas()}
+
+
+def test_dag_policies(dagbag) -> None:
+    assert dagbag.dags, "no DAGs were found"
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.tags, f"{dag_id} has no tags"
+        assert dag.doc_md and "datafield" in dag.doc_md, f"{dag_id} has no feed documentation"
+        assert dag.catchup is False, f"{dag_id} would backfill on deploy"
+        assert dag.max_active_runs == 1, f"{dag_id} could run twice over the same files"
+        for t in dag.tasks:
+            assert t.owner and t.owner != "airflow", f"{dag_id}.{t.task_id} has no owner"
+            assert t.retries >= 2, f"{dag_id}.{t.task_id} has {t.retries} retries"
+
+
+def test_stages_run_in_the_guidance_order(dagbag) -> None:
+    dag = dagbag.dags["feed_police_recorded_crime"]
+    chain = ["wait_for_supply", "collect", "decrypt_and_verify", "parse_and_validate", "clean", "geocode",
+             "sanitise", "load", "report_and_archive"]
+    for before, after in zip(chain, chain[1:]):
+        assert after in dag.get_task(before).downstream_task_ids, f"{before} does not lead to {after}"
+    assert dag.get_task("report_and_archive").trigger_rule == "all_done"

@@ -1,0 +1,77 @@
+"""Feed schemas: the police recorded crime schema covers guidance section 3.2.1, and bad schemas are refused."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from csp_observatory.schema import SCHEMA_DIR, SchemaError, load_schema, parse_schema
+
+pytestmark = pytest.mark.unit
+
+PRC = SCHEMA_DIR / "police_recorded_crime.yaml"
+
+
+@pytest.fixture()
+def raw() -> dict:
+    return yaml.safe_load(PRC.read_text())
+
+
+def test_police_recorded_crime_has_every_datafield_of_section_3_2_1() -> None:
+    s = load_schema(PRC)
+    assert [f.name for f in s.files] == ["offences", "offenders", "victims"]
+    labels = {f.name: " ".join(d.label.lower() for d in f.datafields) for f in s.files}
+    # The guidance's datafield names (section 3.2.1), file by file.
+    for phrase in ["crime reference", "home office classification", "committed from date", "committed from time",
+                   "committed to date", "committed to time", "address/location of offence", "easting", "northing",
+                   "method of entry", "property stolen", "weapon", "distraction burglary", "drugs-related",
+                   "alcohol-related", "racially-motivated", "domestic"]:
+        assert phrase in labels["offences"], phrase
+    for phrase in ["crime reference", "offender reference", "gender", "date of birth", "age", "ethnicity",
+                   "occupation", "address of offender", "easting", "northing"]:
+        assert phrase in labels["offenders"], phrase
+    for phrase in ["crime reference", "gender", "date of birth", "age", "ethnicity", "association with offender",
+                   "occupation", "address of victim", "easting", "northing"]:
+        assert phrase in labels["victims"], phrase
+    assert s.dataset_type == "depersonalised" and s.db_schema == "depersonalised"
+    assert s.household_threshold == 4
+
+
+def test_classify_file_names() -> None:
+    s = load_schema(PRC)
+    f, period = s.classify("prc_victims_202609.csv.gpg")
+    assert (f.name, period) == ("victims", "202609")
+    assert s.classify("prc_victims_202609.csv.gpg.part") is None
+    assert s.classify("prc_victims_2026.csv.gpg") is None
+
+
+def test_codes_come_from_the_home_office_list() -> None:
+    codes = load_schema(PRC).file("offences").field("ho_offence_code").allowed_codes
+    assert {"28E", "56A", "8N", "105A"} <= codes and "999Z" not in codes
+
+
+def test_personal_roles_are_marked() -> None:
+    offenders = load_schema(PRC).file("offenders")
+    assert {d.name for d in offenders.datafields if d.personal} == {"offender_name", "date_of_birth"}
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda r: r["files"]["offences"]["datafields"][0].update(type="text"), "unknown type"),
+    (lambda r: r["files"]["offences"]["datafields"][0].update(role="whatever"), "unknown role"),
+    (lambda r: r["files"]["offences"].update(key=["nope"]), "not a datafield"),
+    (lambda r: r["files"]["offences"].update(pattern="^x.csv$"), "period"),
+    (lambda r: r.update(dataset_type="secret"), "dataset_type"),
+    (lambda r: r["files"]["offences"]["datafields"].append(dict(r["files"]["offences"]["datafields"][0])), "repeat"),
+    (lambda r: r.pop("partner"), "missing"),
+])
+def test_bad_schemas_are_refused(raw: dict, mutate, message: str) -> None:
+    bad = copy.deepcopy(raw)
+    mutate(bad)
+    with pytest.raises(SchemaError, match=message):
+        parse_schema(bad)
+
+
+def test_doc_md_lists_datafields_for_the_airflow_ui() -> None:
+    doc = load_schema(PRC).doc_md()
+    assert "Local police force" in doc and "`crime_reference`" in doc and "Caveats" in doc
