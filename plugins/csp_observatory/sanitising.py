@@ -1,0 +1,326 @@
+"""Sanitise geocoded records (Appendix 1 of the guidance): move every point to a safe postcode centroid.
+
+Appendix 1 rule: a record geocoded to an address takes the centroid of its postcode; if that postcode
+holds fewer than ``threshold`` (four) households, it takes the centroid of the next nearest postcode
+that holds at least ``threshold``. The address loses its house number, house name and flat number,
+and a postcode with too few households is replaced by the postcode the record moved to.
+
+How "next nearest" is decided (``build_displacement``), and documented here because it must be exact
+and reproducible (the PostGIS oracle test and the benchmark check it record by record):
+
+- Targets are the live (not terminated) postcodes with ``households >= threshold``. Terminated
+  postcodes are origins only: a record in one always moves.
+- A target postcode maps to itself (rule ``own_postcode``).
+- Any other postcode maps to the nearest target in the **same ward** (``same_ward``); if its ward has no
+  target, the nearest in the **same district** (``same_district``); otherwise the nearest **anywhere**
+  (``anywhere``). A postcode with no ward (or district) skips that level.
+- Distance is Euclidean between postcode centroids in EPSG:27700 metres (integer coordinates, so equal
+  distances are exactly equal in floating point).
+- **Ties** (several targets at exactly the same distance) are broken by the target postcode string in
+  ascending order (Python / PostgreSQL ``COLLATE "C"`` byte order), i.e. ``ORDER BY distance, postcode``.
+
+Implementation: one cKDTree per level over the targets, with the ward (or district) as a third
+coordinate scaled far beyond any distance in Great Britain, so the nearest neighbour in 3-D is the
+nearest in the same ward whenever the ward has a target. Queries ask for several neighbours and widen
+where all of them tie, so the tie rule is applied exactly.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+import pandas as pd
+from scipy.spatial import cKDTree
+
+from csp_observatory.addresses import ADDRESS_LEAK, sanitise_addresses
+from csp_observatory.schema import FeedFile
+
+RULES: Final = ("own_postcode", "same_ward", "same_district", "anywhere", "non_addressable", "not_geocoded")
+POSTCODE_RULES: Final = RULES[:4]
+#: Histogram bins of displacement in metres, as reported in the summary.
+DISPLACEMENT_BINS: Final = (("0", 0.0, 0.0), ("1-50", 0.0, 50.0), ("50-100", 50.0, 100.0),
+                            ("100-250", 100.0, 250.0), ("250-500", 250.0, 500.0),
+                            ("500-1000", 500.0, 1000.0), (">1000", 1000.0, np.inf))
+#: Larger than any distance between two points of the national grid, so levels never mix.
+_LEVEL_GAP: Final = 1.0e7
+_NO_POINT_METHODS: Final = frozenset({"failed"})
+_GEO_COLUMNS: Final = ("geo_easting", "geo_northing", "geo_postcode", "geocode_note")
+
+
+@dataclass(frozen=True)
+class PostcodeMap:
+    """Where a record in each postcode goes: one row per reference postcode, indexed by postcode."""
+
+    #: index ``postcode``; columns ``target_postcode``, ``target_easting``, ``target_northing``, ``rule``,
+    #: ``distance_m`` (origin centroid to target centroid), ``easting``, ``northing``, ``terminated``.
+    table: pd.DataFrame
+    threshold: int
+    _live_tree: Any = field(default=None, repr=False, compare=False)
+
+    def lookup(self, postcodes: pd.Series) -> pd.DataFrame:
+        """The map rows for a Series of postcodes (NaN rows where a postcode is not in the reference)."""
+        pos = self.table.index.get_indexer(postcodes.astype(object).where(postcodes.notna(), None))
+        hit = pos >= 0
+        take = np.where(hit, pos, 0)
+        cols = {}
+        for name in ("target_postcode", "rule"):
+            values = self.table[name].to_numpy(object)[take]
+            values[~hit] = None
+            cols[name] = pd.array(values, dtype="string")
+        for name in ("target_easting", "target_northing", "distance_m", "easting", "northing"):
+            cols[name] = np.where(hit, self.table[name].to_numpy(float)[take], np.nan)
+        return pd.DataFrame(cols, index=postcodes.index)
+
+    def targets(self) -> pd.DataFrame:
+        """The eligible target postcodes (live, households >= threshold) with their centroids."""
+        t = self.table
+        return t.loc[t["rule"] == "own_postcode", ["easting", "northing"]]
+
+    def nearest_live(self, easting: np.ndarray, northing: np.ndarray) -> np.ndarray:
+        """The nearest live postcode to each point (for records with a point but no known postcode)."""
+        live = self.table.index[~self.table["terminated"].to_numpy(bool)]
+        tree = self._live_tree
+        if tree is None:
+            t = self.table.loc[live]
+            tree = cKDTree(np.column_stack([t["easting"].to_numpy(float), t["northing"].to_numpy(float)]))
+            object.__setattr__(self, "_live_tree", tree)
+        _, idx = tree.query(np.column_stack([easting, northing]), k=1)
+        return live.to_numpy(object)[idx]
+
+
+@dataclass(frozen=True)
+class SanitiseResult:
+    """The depersonalised frame and what was done to it."""
+
+    frame: pd.DataFrame
+    summary: dict[str, Any]
+
+
+def _nearest(target_xyz: np.ndarray, target_rank: np.ndarray, origin_xyz: np.ndarray,
+             k: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Index and distance of the nearest target per origin, ties broken by smallest rank (postcode order)."""
+    n = len(origin_xyz)
+    if n == 0 or len(target_xyz) == 0:
+        return np.full(n, -1, dtype=np.int64), np.full(n, np.inf)
+    tree = cKDTree(target_xyz, balanced_tree=False, compact_nodes=False)
+    best = np.full(n, -1, dtype=np.int64)
+    best_d = np.full(n, np.inf)
+    todo = np.arange(n)
+    while len(todo):
+        kk = min(k, len(target_xyz))
+        d, i = tree.query(origin_xyz[todo], k=kk, workers=-1)
+        d = d.reshape(len(todo), kk)
+        i = i.reshape(len(todo), kk)
+        tied = d == d[:, :1]
+        ranks = np.where(tied, target_rank[np.minimum(i, len(target_xyz) - 1)], np.iinfo(np.int64).max)
+        pick = ranks.argmin(axis=1)
+        rows = np.arange(len(todo))
+        best[todo] = i[rows, pick]
+        best_d[todo] = d[:, 0]
+        # every neighbour returned ties with the nearest: there may be more tied targets beyond k
+        widen = tied[:, -1] & (kk < len(target_xyz))
+        todo = todo[widen]
+        k *= 4
+    return best, best_d
+
+
+def build_displacement(reference: pd.DataFrame, threshold: int = 4) -> PostcodeMap:
+    """Decide, for every reference postcode, which postcode centroid a record in it is moved to."""
+    ref = reference.drop_duplicates("postcode", keep="first").reset_index(drop=True)
+    pc = ref["postcode"].astype(str).to_numpy(object)
+    e = pd.to_numeric(ref["easting"]).to_numpy(float)
+    n = pd.to_numeric(ref["northing"]).to_numpy(float)
+    hh = pd.to_numeric(ref["households"]).fillna(0).to_numpy(float)
+    terminated = ref["terminated"].fillna(False).to_numpy(bool)
+    eligible = (~terminated) & (hh >= threshold)
+
+    target_idx = np.flatnonzero(eligible)
+    # rank of each target in ascending postcode order: the documented tie-break
+    order = np.argsort(pc[target_idx].astype(str), kind="stable")
+    target_rank = np.empty(len(target_idx), dtype=np.int64)
+    target_rank[order] = np.arange(len(target_idx))
+
+    result = np.where(eligible, np.arange(len(ref)), -1)
+    rule = np.where(eligible, "own_postcode", "").astype(object)
+    pending = np.flatnonzero(~eligible)
+    for level, col in (("same_ward", "ward_code"), ("same_district", "district_code"), ("anywhere", None)):
+        if len(pending) == 0:
+            break
+        if col is None:
+            z = np.zeros(len(ref))
+            has = np.ones(len(ref), dtype=bool)
+        else:
+            codes, _ = pd.factorize(ref[col].astype(object).where(ref[col].notna() & (ref[col] != ""), None))
+            z = codes.astype(float) * _LEVEL_GAP
+            has = codes >= 0
+        origins = pending[has[pending]]
+        txyz = np.column_stack([e[target_idx], n[target_idx], z[target_idx]])
+        oxyz = np.column_stack([e[origins], n[origins], z[origins]])
+        hit, dist = _nearest(txyz, target_rank, oxyz)
+        found = (hit >= 0) & (dist < _LEVEL_GAP / 2)
+        chosen = origins[found]
+        result[chosen] = target_idx[hit[found]]
+        rule[chosen] = level
+        pending = np.setdiff1d(pending, chosen, assume_unique=True)
+    if len(pending):
+        raise ValueError(f"no postcode in the reference has at least {threshold} households")
+
+    table = pd.DataFrame({
+        "target_postcode": pd.array(pc[result], dtype="string"),
+        "target_easting": e[result], "target_northing": n[result],
+        "rule": pd.array(rule, dtype="string"),
+        "distance_m": np.hypot(e[result] - e, n[result] - n),
+        "easting": e, "northing": n, "terminated": terminated,
+    }, index=pd.Index(pc, name="postcode", dtype=object))
+    return PostcodeMap(table=table, threshold=threshold)
+
+
+def _whole_years(born: pd.Series, at: pd.Series) -> pd.Series:
+    """Age in completed years at a date (vectorised; NaT gives <NA>)."""
+    born = pd.to_datetime(born)
+    at = pd.to_datetime(at)
+    years = at.dt.year - born.dt.year
+    before_birthday = (at.dt.month < born.dt.month) | ((at.dt.month == born.dt.month) & (at.dt.day < born.dt.day))
+    return (years - before_birthday.astype("Int64")).astype("Int64")
+
+
+def _role_columns(feed_file: FeedFile, frame: pd.DataFrame, *roles: str) -> list[str]:
+    return [f.name for f in feed_file.datafields if f.role in roles and f.name in frame.columns]
+
+
+def sanitise(frame: pd.DataFrame, feed_file: FeedFile, postcode_map: PostcodeMap,
+             event_dates: pd.Series | None = None, period_end: Any = None) -> SanitiseResult:
+    """Depersonalise a geocoded frame: safe points and postcodes, clean addresses, no names or birth dates."""
+    out = frame.copy()
+    idx = out.index
+    method = out["geocode_method"].astype("string").fillna("failed") if "geocode_method" in out \
+        else pd.Series("failed", index=idx, dtype="string")
+    geo_e = pd.to_numeric(out.get("geo_easting", pd.Series(np.nan, index=idx)), errors="coerce").astype(float)
+    geo_n = pd.to_numeric(out.get("geo_northing", pd.Series(np.nan, index=idx)), errors="coerce").astype(float)
+    geo_pc = out.get("geo_postcode", pd.Series(pd.NA, index=idx)).astype("string")
+
+    gazetteer = (method == "gazetteer").to_numpy(bool)
+    has_point = geo_e.notna().to_numpy() & geo_n.notna().to_numpy()
+    addressable = ~gazetteer & ~method.isin(list(_NO_POINT_METHODS)).to_numpy(bool)
+    # a record with a point but no postcode we know goes to the nearest live postcode first
+    known = postcode_map.table.index.get_indexer(geo_pc.astype(object).where(geo_pc.notna(), None)) >= 0
+    need_nearest = addressable & ~known & has_point
+    if need_nearest.any():
+        geo_pc = geo_pc.copy()
+        geo_pc.iloc[np.flatnonzero(need_nearest)] = postcode_map.nearest_live(
+            geo_e.to_numpy()[need_nearest], geo_n.to_numpy()[need_nearest])
+    m = postcode_map.lookup(geo_pc)
+    mapped = addressable & m["target_postcode"].notna().to_numpy()
+
+    s_e = np.where(mapped, m["target_easting"].to_numpy(float, na_value=np.nan), np.nan)
+    s_n = np.where(mapped, m["target_northing"].to_numpy(float, na_value=np.nan), np.nan)
+    s_e = np.where(gazetteer & has_point, geo_e.to_numpy(), s_e)
+    s_n = np.where(gazetteer & has_point, geo_n.to_numpy(), s_n)
+    s_pc = pd.Series(m["target_postcode"].to_numpy(object), index=idx, dtype="string")
+    s_pc[~(mapped | gazetteer)] = pd.NA
+    rules = np.where(mapped, m["rule"].to_numpy(object, na_value=""), "not_geocoded").astype(object)
+    rules[gazetteer & has_point] = "non_addressable"
+    # where the record had no precise point (postcode-only), displacement is from its postcode centroid
+    from_e = np.where(has_point, geo_e.to_numpy(), m["easting"].to_numpy(float, na_value=np.nan))
+    from_n = np.where(has_point, geo_n.to_numpy(), m["northing"].to_numpy(float, na_value=np.nan))
+    disp = np.where(mapped, np.hypot(s_e - from_e, s_n - from_n), np.nan)
+    disp[gazetteer & has_point] = 0.0
+
+    loc = feed_file.location
+    if loc.address and loc.address in out:
+        text = out[loc.address]
+        # gazetteer locations are non-addressable: Appendix 1 does not require their text to be changed
+        cleaned = sanitise_addresses(text, postcodes=s_pc)
+        out[loc.address] = cleaned.where(~pd.Series(gazetteer, index=idx), text.astype("string"))
+    if loc.postcode and loc.postcode in out:
+        out[loc.postcode] = s_pc
+
+    # date of birth -> age at the event (or at the end of the supply period)
+    dob_cols = _role_columns(feed_file, out, "date_of_birth")
+    age_cols = _role_columns(feed_file, out, "age")
+    if dob_cols:
+        if event_dates is None and feed_file.event_date and feed_file.event_date in out:
+            event_dates = out[feed_file.event_date]
+        at = pd.Series(pd.NaT, index=idx, dtype="datetime64[ns]")
+        if event_dates is not None:
+            at = pd.to_datetime(pd.Series(event_dates, index=idx))
+        if period_end is not None:
+            at = at.fillna(pd.Timestamp(period_end))
+        age = _whole_years(out[dob_cols[0]], at)
+        age_col = age_cols[0] if age_cols else "age"
+        if age_col in out:
+            age = age.fillna(pd.to_numeric(out[age_col], errors="coerce").astype("Int64"))
+        out[age_col] = age
+
+    drop = _role_columns(feed_file, out, "name", "date_of_birth", "easting", "northing", "longitude", "latitude")
+    drop += [c for c in _GEO_COLUMNS if c in out]
+    out = out.drop(columns=drop)
+    out["sanitised_postcode"] = s_pc
+    out["sanitised_easting"] = pd.array(s_e, dtype="Float64")
+    out["sanitised_northing"] = pd.array(s_n, dtype="Float64")
+    out["sanitise_rule"] = pd.array(rules, dtype="string")
+    out["displacement_m"] = pd.array(disp, dtype="Float64")
+    return SanitiseResult(frame=out, summary=summarise(out))
+
+
+def summarise(frame: pd.DataFrame) -> dict[str, Any]:
+    """Counts per rule and the distribution of displacement over records moved to a postcode centroid."""
+    rules = frame["sanitise_rule"].astype(str)
+    counts = {r: int((rules == r).sum()) for r in RULES}
+    d = frame.loc[rules.isin(POSTCODE_RULES).to_numpy(), "displacement_m"].astype(float).dropna().to_numpy()
+    dist: dict[str, Any] = {"records": int(len(d))}
+    if len(d):
+        q = np.percentile(d, [50, 90, 99])
+        dist.update(min=float(d.min()), median=float(q[0]), p90=float(q[1]), p99=float(q[2]),
+                    max=float(d.max()))
+    hist = {}
+    for label, lo, hi in DISPLACEMENT_BINS:
+        hist[label] = int((d == 0).sum()) if label == "0" else int(((d > lo) & (d <= hi)).sum())
+    dist["histogram"] = hist
+    return {"records": int(len(frame)), "rules": counts, "displacement_m": dist}
+
+
+_DOB_NAME: Final = re.compile(r"(^|_)(dob|date_of_birth|birth_date)$|(^|_)(name|forename|surname)$", re.I)
+
+
+def check_sanitised(frame: pd.DataFrame, postcode_map: PostcodeMap, feed_file: FeedFile | None = None) -> list[str]:
+    """Invariant check of a sanitised frame; returns the problems found (empty when safe to load)."""
+    problems: list[str] = []
+    rules = frame["sanitise_rule"].astype(str)
+    targets = postcode_map.targets()
+    checked = ~rules.isin(["non_addressable", "not_geocoded"]).to_numpy()
+    pc = frame["sanitised_postcode"].astype("string")
+    pos = targets.index.get_indexer(pc.astype(object).where(pc.notna(), None))
+    e = frame["sanitised_easting"].astype(float).to_numpy()
+    n = frame["sanitised_northing"].astype(float).to_numpy()
+    ok_pc = pos >= 0
+    te = np.where(ok_pc, targets["easting"].to_numpy(float)[np.maximum(pos, 0)], np.nan)
+    tn = np.where(ok_pc, targets["northing"].to_numpy(float)[np.maximum(pos, 0)], np.nan)
+    bad = checked & ~(ok_pc & (te == e) & (tn == n))
+    if bad.any():
+        problems.append(f"{int(bad.sum())} record(s) have a sanitised point that is not the centroid of a postcode "
+                        f"with at least {postcode_map.threshold} households (first rows: "
+                        f"{list(frame.index[bad][:5])})")
+    leaked_pc = (rules == "not_geocoded").to_numpy() & (pc.notna().to_numpy() | ~np.isnan(e))
+    if leaked_pc.any():
+        problems.append(f"{int(leaked_pc.sum())} record(s) not geocoded still carry a postcode or point")
+    if feed_file is not None:
+        address_cols = [feed_file.location.address] if feed_file.location.address in frame else []
+        personal = [f.name for f in feed_file.datafields
+                    if f.role in ("name", "date_of_birth", "easting", "northing", "longitude", "latitude")
+                    and f.name in frame.columns]
+    else:
+        address_cols = [c for c in frame.columns if "address" in c.lower()]
+        personal = [c for c in frame.columns if _DOB_NAME.search(c)]
+    personal += [c for c in frame.columns if c in _GEO_COLUMNS]
+    if personal:
+        problems.append(f"personal or precise-location columns survive: {sorted(personal)}")
+    for col in address_cols:
+        text = frame.loc[(rules != "non_addressable").to_numpy(), col].dropna().astype(str)
+        leaks = text[text.str.contains(ADDRESS_LEAK, regex=True)]
+        if len(leaks):
+            problems.append(f"{len(leaks)} address(es) in {col} still hold a house or flat number "
+                            f"(first rows: {list(leaks.index[:5])})")
+    return problems

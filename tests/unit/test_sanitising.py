@@ -1,0 +1,260 @@
+"""Appendix 1 sanitising: displacement map against a brute-force oracle, the column contract, invariants."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from csp_observatory.sanitising import build_displacement, check_sanitised, sanitise
+from csp_observatory.schema import SCHEMA_DIR, load_schema
+
+pytestmark = pytest.mark.unit
+
+CPO = Path("/work/shared/data/codepoint_open/cpo_2014-08_hx_calderdale.csv")
+
+
+def calderdale_reference(seed: int = 7) -> pd.DataFrame:
+    """Real Calderdale postcode centroids with SYNTHETIC household counts (fixed seed)."""
+    raw = pd.read_csv(CPO, header=None, usecols=[0, 2, 3, 8, 9],
+                      names=["postcode", "easting", "northing", "district_code", "ward_code"])
+    rng = np.random.default_rng(seed)
+    raw["postcode"] = raw["postcode"].str.replace(r"\s+", " ", regex=True).str.strip()
+    raw = raw[raw["easting"] > 0].reset_index(drop=True)
+    raw["households"] = rng.choice([0, 1, 2, 3, 4, 5, 8, 12, 20], size=len(raw))
+    raw["terminated"] = rng.random(len(raw)) < 0.05
+    raw["source"] = "codepoint-open-2014 + synthetic households"
+    return raw
+
+
+def brute_force(ref: pd.DataFrame, threshold: int) -> dict[str, tuple[str, str]]:
+    """The Appendix 1 rule written the slow, obvious way: sort candidates by (distance, postcode)."""
+    ok = ref[(~ref["terminated"]) & (ref["households"] >= threshold)]
+    out = {}
+    for row in ref.itertuples():
+        if not row.terminated and row.households >= threshold:
+            out[row.postcode] = (row.postcode, "own_postcode")
+            continue
+        for rule, cand in (("same_ward", ok[ok["ward_code"] == row.ward_code]),
+                           ("same_district", ok[ok["district_code"] == row.district_code]),
+                           ("anywhere", ok)):
+            if len(cand):
+                d = np.hypot(cand["easting"] - row.easting, cand["northing"] - row.northing)
+                best = sorted(zip(d, cand["postcode"]))[0]
+                out[row.postcode] = (best[1], rule)
+                break
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference() -> pd.DataFrame:
+    return calderdale_reference()
+
+
+@pytest.fixture(scope="module")
+def pmap(reference):
+    return build_displacement(reference, threshold=4)
+
+
+@pytest.fixture(scope="module")
+def offences():
+    return load_schema(SCHEMA_DIR / "police_recorded_crime.yaml").file("offences")
+
+
+@pytest.fixture(scope="module")
+def victims():
+    return load_schema(SCHEMA_DIR / "police_recorded_crime.yaml").file("victims")
+
+
+def test_map_matches_brute_force_on_calderdale(reference):
+    # a subset keeps the brute force quick; some wards lose all targets so every level is exercised
+    ref = reference.sample(1500, random_state=3).reset_index(drop=True)
+    wards = ref["ward_code"].unique()[:3]
+    ref.loc[ref["ward_code"].isin(wards), "households"] = ref.loc[ref["ward_code"].isin(wards), "households"].clip(upper=3)
+    ref.loc[ref.index[:40], "ward_code"] = None
+    ref.loc[ref.index[:20], "district_code"] = "E08999999"
+    got = build_displacement(ref, threshold=4).table
+    expected = brute_force(ref, 4)
+    assert len(got) == len(ref)
+    mismatched = [pc for pc, (target, rule) in expected.items()
+                  if (got.loc[pc, "target_postcode"], got.loc[pc, "rule"]) != (target, rule)]
+    assert mismatched == []
+    assert set(got["rule"]) == {"own_postcode", "same_ward", "same_district", "anywhere"}
+    hh = ref.set_index("postcode")["households"]
+    assert (hh.loc[got["target_postcode"]].to_numpy() >= 4).all()
+
+
+def test_levels_ties_and_terminated_on_a_hand_made_reference():
+    ref = pd.DataFrame({
+        "postcode": ["AA1 1AA", "AA1 1AB", "AA1 1AC", "AA1 1AD", "AA1 1AE", "AA1 1AF", "AA1 1AG"],
+        "easting": [1000, 1100, 900, 1000, 5000, 9000, 1001],
+        "northing": [1000, 1000, 1000, 1300, 5000, 9000, 1000],
+        "households": [1, 10, 10, 50, 2, 3, 40],
+        "ward_code": ["W1", "W1", "W1", "W1", "W2", "W3", "W1"],
+        "district_code": ["D1", "D1", "D1", "D1", "D1", "D2", "D1"],
+        "terminated": [False, False, False, False, False, False, True],
+        "source": "test",
+    })
+    m = build_displacement(ref, threshold=4).table
+    # AA1 1AB and AA1 1AC are both exactly 100 m away: the smaller postcode string wins
+    assert m.loc["AA1 1AA", "target_postcode"] == "AA1 1AB"
+    assert m.loc["AA1 1AA", "rule"] == "same_ward"
+    assert m.loc["AA1 1AA", "distance_m"] == pytest.approx(100.0)
+    # a terminated postcode is never a target, even with households: AA1 1AG (1 m away) is skipped
+    assert "AA1 1AG" not in set(m["target_postcode"])
+    assert m.loc["AA1 1AG", "target_postcode"] == "AA1 1AB"  # 99 m vs 101 m
+    # W2 has no target: nearest in district D1 (AA1 1AD at (1000,1300) is nearer to (5000,5000) than 1AB/1AC)
+    assert tuple(m.loc["AA1 1AE", ["target_postcode", "rule"]]) == ("AA1 1AD", "same_district")
+    # W3/D2 has no target at all
+    assert m.loc["AA1 1AF", "rule"] == "anywhere"
+    assert m.loc["AA1 1AD", "rule"] == "own_postcode"
+
+
+def test_many_way_tie_wider_than_the_first_query():
+    # ten targets on a circle of radius 500 around one small postcode: all tie, the smallest string wins
+    angles = np.linspace(0, 2 * np.pi, 10, endpoint=False)
+    names = [f"ZZ9 9{chr(ord('Z') - i)}Z" for i in range(10)]
+    ref = pd.DataFrame({
+        "postcode": ["ZZ1 1AA", *names],
+        "easting": [10000, *(10000 + np.round(500 * np.cos(angles)).astype(int))],
+        "northing": [10000, *(10000 + np.round(500 * np.sin(angles)).astype(int))],
+        "households": [0, *[9] * 10], "ward_code": "W", "district_code": "D", "terminated": False, "source": "t",
+    })
+    # round() breaks exact ties for some angles: compute the expected winner independently
+    d2 = (ref["easting"][1:] - 10000) ** 2 + (ref["northing"][1:] - 10000) ** 2
+    expected = min(zip(d2, ref["postcode"][1:]))[1]
+    assert build_displacement(ref).table.loc["ZZ1 1AA", "target_postcode"] == expected
+    exact = pd.DataFrame({"postcode": ["ZZ1 1AA", "ZZ9 9DD", "ZZ9 9CC", "ZZ9 9BB", "ZZ9 9AA", "ZZ9 9EE",
+                                       "ZZ9 9FF", "ZZ9 9GG", "ZZ9 9HH", "ZZ9 9JJ"],
+                          "easting": [0, 300, -300, 0, 0, 400, -400, 400, -400, 500],
+                          "northing": [0, 400, 400, 500, -500, 300, 300, -300, -300, 0],
+                          "households": [0] + [5] * 9, "ward_code": "W", "district_code": "D",
+                          "terminated": False, "source": "t"})
+    assert build_displacement(exact).table.loc["ZZ1 1AA", "target_postcode"] == "ZZ9 9AA"
+
+
+def _records(reference: pd.DataFrame, n: int, seed: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    pcs = reference.sample(n, replace=True, random_state=seed).reset_index(drop=True)
+    e = pcs["easting"] + rng.integers(-30, 30, n)
+    nn = pcs["northing"] + rng.integers(-30, 30, n)
+    return pd.DataFrame({
+        "crime_reference": pd.array([f"CR{i:06d}" for i in range(n)], dtype="string"),
+        "ho_offence_code": pd.array(["28/1"] * n, dtype="string"),
+        "committed_from_date": pd.to_datetime(["2026-09-15"] * n),
+        "location_address": pd.array([f"{i % 90 + 1} King Cross Road, Halifax {p}"
+                                      for i, p in enumerate(pcs["postcode"])], dtype="string"),
+        "location_postcode": pd.array(pcs["postcode"], dtype="string"),
+        "easting": pd.array(e, dtype="Int64"), "northing": pd.array(nn, dtype="Int64"),
+        "longitude": pd.array([None] * n, dtype="Float64"), "latitude": pd.array([None] * n, dtype="Float64"),
+        "geo_easting": e.astype(float), "geo_northing": nn.astype(float),
+        "geo_postcode": pd.array(pcs["postcode"], dtype="string"),
+        "geocode_method": pd.array(["supplied"] * n, dtype="string"),
+        "geocode_note": pd.array([None] * n, dtype="string"),
+    })
+
+
+def test_sanitise_offences_column_contract_and_points(reference, pmap, offences):
+    frame = _records(reference, 2000)
+    frame.loc[5, ["geocode_method"]] = "gazetteer"
+    frame.loc[5, "location_address"] = "Car park, Bankfield Museum"
+    frame.loc[5, ["geo_easting", "geo_northing"]] = [408000.0, 426000.0]
+    frame.loc[6, "geocode_method"] = "failed"
+    frame.loc[6, ["geo_easting", "geo_northing"]] = np.nan
+    frame.loc[6, "geo_postcode"] = pd.NA
+    res = sanitise(frame, offences, pmap)
+    out = res.frame
+    for col in ("easting", "northing", "longitude", "latitude", "geo_easting", "geo_northing", "geo_postcode"):
+        assert col not in out
+    for col in ("sanitised_postcode", "sanitised_easting", "sanitised_northing", "sanitise_rule", "displacement_m"):
+        assert col in out
+    assert check_sanitised(out, pmap, offences) == []
+    # every postcode-rule record sits on the centroid of its map target, which has >= 4 households
+    hh = reference.set_index("postcode")["households"]
+    moved = out[~out["sanitise_rule"].isin(["non_addressable", "not_geocoded"])]
+    assert (hh.loc[moved["sanitised_postcode"]].to_numpy() >= 4).all()
+    expect = pmap.table.loc[frame.loc[moved.index, "geo_postcode"].astype(str)]
+    assert (moved["sanitised_postcode"].to_numpy() == expect["target_postcode"].to_numpy()).all()
+    assert (moved["sanitise_rule"].to_numpy() == expect["rule"].to_numpy()).all()
+    d = np.hypot(moved["sanitised_easting"].astype(float) - frame.loc[moved.index, "geo_easting"],
+                 moved["sanitised_northing"].astype(float) - frame.loc[moved.index, "geo_northing"])
+    assert np.allclose(moved["displacement_m"].astype(float), d)
+    # the postcode field now holds the sanitised postcode; the address has no house number
+    assert (out.loc[moved.index, "location_postcode"] == moved["sanitised_postcode"]).all()
+    assert not out.loc[moved.index, "location_address"].str.contains(r"^\d", regex=True).any()
+    small = frame["geo_postcode"].map(hh) < 4
+    assert (out.loc[small[small].index.intersection(moved.index), "sanitise_rule"] != "own_postcode").all()
+    # gazetteer point kept, failed geocode has no point
+    assert out.loc[5, "sanitise_rule"] == "non_addressable"
+    assert (out.loc[5, "sanitised_easting"], out.loc[5, "sanitised_northing"]) == (408000.0, 426000.0)
+    assert out.loc[5, "location_address"] == "Car park, Bankfield Museum"
+    assert out.loc[6, "sanitise_rule"] == "not_geocoded" and pd.isna(out.loc[6, "sanitised_easting"])
+    assert pd.isna(out.loc[6, "location_postcode"])
+    s = res.summary
+    assert sum(s["rules"].values()) == len(frame)
+    assert s["rules"]["not_geocoded"] == 1 and s["rules"]["non_addressable"] == 1
+    assert sum(s["displacement_m"]["histogram"].values()) == s["displacement_m"]["records"] == len(moved)
+    assert s["displacement_m"]["min"] <= s["displacement_m"]["median"] <= s["displacement_m"]["p90"] \
+        <= s["displacement_m"]["p99"] <= s["displacement_m"]["max"]
+
+
+def test_point_without_known_postcode_goes_to_nearest_live_postcode_first(reference, pmap, offences):
+    frame = _records(reference, 3)
+    frame["geo_postcode"] = pd.array([pd.NA, "ZZ99 9ZZ", pd.NA], dtype="string")
+    frame["geocode_method"] = "wgs84"
+    res = sanitise(frame, offences, pmap).frame
+    live = reference[~reference["terminated"]]
+    for i in range(3):
+        d = np.hypot(live["easting"] - frame.loc[i, "geo_easting"], live["northing"] - frame.loc[i, "geo_northing"])
+        nearest = live["postcode"].to_numpy()[np.argmin(d.to_numpy())]
+        assert res.loc[i, "sanitised_postcode"] == pmap.table.loc[nearest, "target_postcode"]
+
+
+def test_victims_drop_name_and_date_of_birth_and_derive_age(reference, pmap, victims):
+    pcs = reference["postcode"].iloc[:4]
+    frame = pd.DataFrame({
+        "crime_reference": pd.array(["CR1", "CR2", "CR3", "CR4"], dtype="string"),
+        "victim_reference": pd.array(["V1", "V1", "V1", "V1"], dtype="string"),
+        "victim_name": pd.array(["Ann Smith", "Bob Jones", None, "Cy Doe"], dtype="string"),
+        "gender": pd.array(["F", "M", "F", "X"], dtype="string"),
+        "date_of_birth": pd.to_datetime(["1990-09-30", "1990-10-01", None, "2000-02-29"]),
+        "age": pd.array([None, None, 41, 7], dtype="Int64"),
+        "home_address": pd.array(["Flat 2, 3 Gibbet Street", None, "Rose Cottage, Moor Lane", "9 Clare Road"],
+                                 dtype="string"),
+        "home_postcode": pd.array(pcs, dtype="string"),
+        "home_easting": pd.array(reference["easting"].iloc[:4], dtype="Int64"),
+        "home_northing": pd.array(reference["northing"].iloc[:4], dtype="Int64"),
+        "geo_easting": reference["easting"].iloc[:4].astype(float).to_numpy(),
+        "geo_northing": reference["northing"].iloc[:4].astype(float).to_numpy(),
+        "geo_postcode": pd.array(pcs, dtype="string"),
+        "geocode_method": pd.array(["supplied"] * 4, dtype="string"),
+    })
+    out = sanitise(frame, victims, pmap, period_end="2026-09-30").frame
+    assert "victim_name" not in out and "date_of_birth" not in out
+    # 30 Sep 2026: 36 on the birthday itself, 35 the day before it; supplied age kept without DOB;
+    # a DOB wins over a supplied age
+    assert list(out["age"]) == [36, 35, 41, 26]
+    assert list(out["home_address"].fillna("<NA>")) == ["Gibbet Street", "<NA>", "Moor Lane", "Clare Road"]
+    assert check_sanitised(out, pmap, victims) == []
+    ev = sanitise(frame, victims, pmap, event_dates=pd.Series(pd.to_datetime(["2026-09-29"] * 4)),
+                  period_end="2026-09-30").frame
+    assert list(ev["age"]) == [35, 35, 41, 26]
+
+
+def test_check_sanitised_finds_unsafe_points_addresses_and_personal_columns(reference, pmap, offences):
+    out = sanitise(_records(reference, 50), offences, pmap).frame
+    bad = out.copy()
+    small = reference[(reference["households"] < 4) & ~reference["terminated"]].iloc[0]
+    bad.loc[0, ["sanitised_easting", "sanitised_northing"]] = [float(small.easting), float(small.northing)]
+    bad.loc[0, "sanitised_postcode"] = small.postcode
+    bad.loc[1, "location_address"] = "Flat 3, King Cross Road"
+    bad.loc[2, "location_address"] = "14 King Cross Road"
+    bad["easting"] = 1
+    problems = check_sanitised(bad, pmap, offences)
+    assert any("centroid" in p for p in problems)
+    assert any("2 address(es)" in p for p in problems)
+    assert any("easting" in p for p in problems)
+    nudged = out.copy()
+    nudged.loc[3, "sanitised_easting"] = float(nudged.loc[3, "sanitised_easting"]) + 1
+    assert any("centroid" in p for p in check_sanitised(nudged, pmap, offences))
