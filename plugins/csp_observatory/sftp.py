@@ -1,0 +1,152 @@
+"""A small SFTP client over paramiko, with the server's host key pinned.
+
+Not Airflow's SFTPHook: the package must run without Airflow, and the hook offers no ``posix-rename``, which
+the observatory needs for atomic moves and for never exposing a half-written file (see STACK-NOTES).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import stat
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import paramiko
+
+from csp_observatory.config import Settings
+
+
+class HostKeyMismatch(paramiko.SSHException):
+    """The SFTP server presented a host key other than the pinned one: possibly not the server we think."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One regular file in a remote folder."""
+
+    name: str
+    size: int
+    mtime: int
+
+
+def parse_host_key(host_key: str) -> paramiko.PKey:
+    """The public key of an OpenSSH ``"ssh-ed25519 AAAA... [comment]"`` line (a known_hosts host name is allowed)."""
+    fields = host_key.split()
+    # Accept a known_hosts line too: "[127.0.0.1]:2222 ssh-ed25519 AAAA...".
+    if len(fields) >= 3 and not fields[0].startswith(("ssh-", "ecdsa-", "sk-")):
+        fields = fields[1:]
+    if len(fields) < 2:
+        raise ValueError(f"host key {host_key!r} is not of the form 'ssh-ed25519 AAAA...'")
+    key_type, data = fields[0], fields[1]
+    try:
+        return paramiko.PKey.from_type_string(key_type, base64.b64decode(data, validate=True))
+    except (binascii.Error, paramiko.SSHException, ValueError) as exc:
+        raise ValueError(f"host key {host_key[:40]!r}... cannot be read: {exc}") from exc
+
+
+def _known_name(host: str, port: int) -> str:
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+@contextmanager
+def connect(host: str, port: int, user: str, key_file: Path | str, host_key: str,
+            timeout: float = 10.0) -> Iterator[paramiko.SFTPClient]:
+    """An SFTP session authenticated by key, refusing any server whose host key is not ``host_key``."""
+    pinned = parse_host_key(host_key)
+    client = paramiko.SSHClient()
+    # Only the pinned key is known; RejectPolicy refuses anything else instead of trusting on first use.
+    client.get_host_keys().add(_known_name(host, port), pinned.get_name(), pinned)
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    try:
+        client.connect(host, port=port, username=user, key_filename=str(key_file), timeout=timeout,
+                       allow_agent=False, look_for_keys=False, banner_timeout=timeout, auth_timeout=timeout)
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise HostKeyMismatch(
+            f"the SFTP server {host}:{port} presented host key {exc.key.get_name()} "
+            f"{exc.key.fingerprint}, but the pinned key is {pinned.get_name()} {pinned.fingerprint}: refusing to "
+            f"connect (the server was replaced or someone is in between; check sftp_host_key)") from exc
+    except paramiko.SSHException as exc:
+        client.close()
+        if "not found in known_hosts" in str(exc):
+            # The server offered a key of another type than the pinned one; it is just as unverifiable.
+            raise HostKeyMismatch(f"the SFTP server {host}:{port} did not present the pinned host key "
+                                  f"{pinned.get_name()} {pinned.fingerprint}: {exc}") from exc
+        raise
+    except BaseException:
+        client.close()
+        raise
+    try:
+        sftp = client.open_sftp()
+        try:
+            yield sftp
+        finally:
+            sftp.close()
+    finally:
+        client.close()
+
+
+@contextmanager
+def connect_observatory(settings: Settings) -> Iterator[paramiko.SFTPClient]:
+    """The observatory's own SFTP session, from its settings."""
+    with connect(settings.sftp_host, settings.sftp_port, settings.sftp_user, settings.sftp_key_file,
+                 settings.sftp_host_key) as client:
+        yield client
+
+
+def list_files(sftp: paramiko.SFTPClient, folder: str) -> list[RemoteFile]:
+    """Regular files in ``folder``, sorted by name (folders and links are left out)."""
+    out = []
+    for attrs in sftp.listdir_attr(folder):
+        if attrs.st_mode is not None and not stat.S_ISREG(attrs.st_mode):
+            continue
+        out.append(RemoteFile(attrs.filename, int(attrs.st_size or 0), int(attrs.st_mtime or 0)))
+    return sorted(out, key=lambda f: f.name)
+
+
+def download(sftp: paramiko.SFTPClient, remote: str, local: Path) -> int:
+    """Copy ``remote`` to ``local`` (created 0600, replaced if present); returns the number of bytes written."""
+    local = Path(local)
+    local.unlink(missing_ok=True)
+    # Open with 0600 from the start: the file may hold personal data (encrypted or not) for a moment.
+    fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    written = 0
+    try:
+        with os.fdopen(fd, "wb") as out, sftp.open(remote, "rb") as src:
+            src.prefetch()
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
+                written += len(chunk)
+    except BaseException:
+        local.unlink(missing_ok=True)
+        raise
+    return written
+
+
+def move(sftp: paramiko.SFTPClient, src: str, dst: str) -> None:
+    """Rename ``src`` to ``dst`` atomically, replacing ``dst`` if it exists (SFTP posix-rename)."""
+    sftp.posix_rename(src, dst)
+
+
+def put_text(sftp: paramiko.SFTPClient, remote: str, text: str, mode: int | None = 0o644) -> None:
+    """Write ``text`` (UTF-8) to ``remote`` via ``remote.part`` and a rename, so no reader sees half of it."""
+    part = remote + ".part"
+    with sftp.open(part, "wb") as fh:
+        fh.write(text.encode("utf-8"))
+    if mode is not None:
+        # Notes and reports are for the partner's own account, which may not share the observatory's group;
+        # the partner's chroot, not the file mode, keeps them from other partners.
+        sftp.chmod(part, mode)
+    sftp.posix_rename(part, remote)
+
+
+def put_file(sftp: paramiko.SFTPClient, local: Path, remote: str, mode: int | None = 0o644) -> None:
+    """Upload ``local`` to ``remote`` via ``remote.part`` and a rename, so no reader sees half of it."""
+    part = remote + ".part"
+    sftp.put(str(local), part, confirm=True)
+    if mode is not None:
+        sftp.chmod(part, mode)
+    sftp.posix_rename(part, remote)

@@ -1,0 +1,228 @@
+"""Intake's decisions: which inbox files form a ready supply, size stability, staging, duplicates, manifests."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from csp_observatory import intake, ledger, sftp
+from csp_observatory.config import PartnerKeys, Settings
+from csp_observatory.pipeline import schema_for
+from csp_observatory.sftp import RemoteFile
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def schema():
+    return schema_for("police_recorded_crime")
+
+
+def _names(period: str, *files: str) -> list[str]:
+    return [f"prc_{f}_{period}.csv.gpg" for f in files]
+
+
+def _listing(names: list[str], size: int = 100) -> list[RemoteFile]:
+    return [RemoteFile(n, size, 0) for n in names]
+
+
+ALL = ("offences", "offenders", "victims")
+
+
+def test_complete_stable_period_is_ready_with_every_file_classified(schema):
+    listing = _listing(_names("202609", *ALL))
+    ready = intake.plan_supplies(schema, listing, {f.name: f.size for f in listing})
+    assert [s.period for s in ready.supplies] == ["202609"]
+    supply = ready.supplies[0]
+    assert supply.supply_id == "police_recorded_crime/202609"
+    assert supply.partner_id == "police"
+    assert {f.file_name: f.remote_name for f in supply.files} == dict(zip(ALL, _names("202609", *ALL)))
+    assert ready.unrecognised == [] and ready.waiting == {}
+    assert list(ready) == ready.supplies and len(ready) == 1
+
+
+def test_periods_are_grouped_and_only_complete_ones_taken(schema):
+    names = _names("202609", *ALL) + _names("202610", "offences", "victims")
+    listing = _listing(names)
+    ready = intake.plan_supplies(schema, listing, {n: 100 for n in names})
+    assert [s.period for s in ready.supplies] == ["202609"]
+    assert "offenders" in ready.waiting["202610"]
+
+
+def test_part_files_are_ignored_and_hold_back_their_period(schema):
+    names = _names("202609", "offences", "offenders") + [_names("202609", "victims")[0] + ".part"]
+    ready = intake.plan_supplies(schema, _listing(names), {n: 100 for n in names})
+    assert ready.supplies == []
+    assert ready.unrecognised == []            # an upload in progress is not a stray file
+    assert "victims" in ready.waiting["202609"]
+
+
+def test_a_replacement_still_uploading_holds_back_a_complete_period(schema):
+    names = _names("202609", *ALL)
+    listing = _listing(names + [names[0] + ".part"])
+    ready = intake.plan_supplies(schema, listing, {n: 100 for n in names})
+    assert ready.supplies == []
+    assert "still uploading" in ready.waiting["202609"]
+
+
+def test_unrecognised_names_are_reported_not_ignored(schema):
+    names = _names("202609", *ALL) + ["offences_sept.csv", "prc_offences_2026.csv.gpg"]
+    ready = intake.plan_supplies(schema, _listing(names), {n: 100 for n in names})
+    assert sorted(ready.unrecognised) == ["offences_sept.csv", "prc_offences_2026.csv.gpg"]
+    assert [s.period for s in ready.supplies] == ["202609"]
+
+
+@pytest.mark.parametrize("previous", [None, {}, "grew", "one_missing"])
+def test_size_must_match_the_previous_poll(schema, previous):
+    names = _names("202609", *ALL)
+    listing = _listing(names, size=500)
+    if previous == "grew":
+        previous = {n: 500 for n in names} | {names[1]: 400}
+    elif previous == "one_missing":
+        previous = {n: 500 for n in names[:2]}
+    ready = intake.plan_supplies(schema, listing, previous)
+    assert ready.supplies == []
+    assert "not yet stable" in ready.waiting["202609"]
+    # The sizes seen now become the next poll's previous sizes, and then the period is taken.
+    assert ready.sizes == {n: 500 for n in names}
+    assert [s.period for s in intake.plan_supplies(schema, listing, ready.sizes).supplies] == ["202609"]
+
+
+@dataclass
+class _Attr:
+    filename: str
+    st_size: int
+    st_mtime: int = 0
+    st_mode: int = stat.S_IFREG | 0o644
+
+
+class FakeSFTP:
+    """Just enough of paramiko.SFTPClient: folders of bytes, with sizes that can change between listings."""
+
+    def __init__(self, files: dict[str, bytes], growth: dict[str, list[int]] | None = None) -> None:
+        self.files = dict(files)
+        self.growth = growth or {}   # path -> sizes reported at successive listings
+        self.listings = 0
+
+    def listdir_attr(self, folder: str) -> list[_Attr]:
+        self.listings += 1
+        out = []
+        for path, data in self.files.items():
+            head, _, name = path.rpartition("/")
+            if head == folder:
+                sizes = self.growth.get(path)
+                size = sizes[min(self.listings - 1, len(sizes) - 1)] if sizes else len(data)
+                out.append(_Attr(name, size))
+        out.append(_Attr("subfolder", 0, st_mode=stat.S_IFDIR | 0o755))
+        return out
+
+    def open(self, path: str, mode: str = "rb"):
+        return _Readable(self.files[path])
+
+    def posix_rename(self, src: str, dst: str) -> None:
+        self.files[dst] = self.files.pop(src)
+
+
+class _Readable(io.BytesIO):
+    def prefetch(self) -> None:
+        pass
+
+
+def test_wait_until_stable_drops_a_file_still_growing(monkeypatch):
+    monkeypatch.setattr(intake.time, "sleep", lambda s: None)
+    fake = FakeSFTP({"/in/a": b"x" * 10, "/in/b": b"y" * 30}, growth={"/in/b": [10, 20, 30]})
+    assert intake.wait_until_stable(fake, "/in", ["a", "b"], polls=3, interval=0.1) == {"a": 10}
+    assert fake.listings == 3
+    fake = FakeSFTP({"/in/a": b"x" * 10, "/in/b": b"y" * 30}, growth={"/in/b": [10, 30, 30]})
+    assert intake.wait_until_stable(fake, "/in", ["a", "b"], polls=2, interval=0.1) == {"a": 10}
+    fake.listings = 1
+    assert intake.wait_until_stable(fake, "/in", ["a", "b"], polls=2, interval=0.1) == {"a": 10, "b": 30}
+
+
+def test_list_files_skips_folders():
+    fake = FakeSFTP({"/in/a": b"abc"})
+    assert sftp.list_files(fake, "/in") == [RemoteFile("a", 3, 0)]
+
+
+def _settings(tmp_path: Path) -> Settings:
+    return Settings(database_url="postgresql://unused", sftp_host="127.0.0.1", sftp_port=2222, sftp_user="cspobs",
+                    sftp_key_file=tmp_path / "key", sftp_host_key="ssh-ed25519 AAAA", sftp_root="",
+                    gnupg_home=tmp_path / "gnupg", staging_dir=tmp_path / "staging",
+                    reports_dir=tmp_path / "reports",
+                    partners={"police": PartnerKeys("police", "B75DF987978C02D2473E38568077D4FBAA92F0E3")},
+                    poll_interval_s=0.0)
+
+
+def test_find_ready_supplies_polls_until_sizes_hold(schema, tmp_path, monkeypatch):
+    monkeypatch.setattr(intake.time, "sleep", lambda s: None)
+    settings = _settings(tmp_path)
+    names = _names("202609", *ALL)
+    files = {f"/police/inbox/{n}": b"z" * 50 for n in names} | {"/police/inbox/notes.txt": b"hi"}
+    ready = intake.find_ready_supplies(FakeSFTP(files), schema, settings)
+    assert [s.period for s in ready] == ["202609"] and ready.unrecognised == ["notes.txt"]
+    growing = FakeSFTP(files, growth={f"/police/inbox/{names[2]}": [10, 20, 50, 50]})
+    ready = intake.find_ready_supplies(growing, schema, settings)
+    assert ready.supplies == [] and "202609" in ready.waiting
+
+
+def test_collect_stages_privately_and_flags_bytes_already_loaded(schema, tmp_path, monkeypatch):
+    settings = _settings(tmp_path)
+    contents = {f: f"encrypted {f}".encode() for f in ALL}
+    names = dict(zip(ALL, _names("202609", *ALL)))
+    fake = FakeSFTP({f"/police/inbox/{names[f]}": contents[f] for f in ALL})
+    loaded_sha = intake.hashlib.sha256(contents["victims"]).hexdigest()
+    recorded = []
+
+    def find(conn, sha):
+        if sha == loaded_sha:
+            return ledger.Delivery(sha, "police_recorded_crime", names["victims"], "police_recorded_crime/202608",
+                                   9, None, "loaded", None, None)
+        return None
+
+    monkeypatch.setattr(ledger, "find", find)
+    monkeypatch.setattr(ledger, "record_received", lambda conn, *args: recorded.append(args))
+    listing = [RemoteFile(names[f], len(contents[f]), 0) for f in ALL]
+    pending = intake.plan_supplies(schema, listing, {f.name: f.size for f in listing}).supplies[0]
+    collected = intake.collect(fake, None, schema, settings, pending)
+
+    by_name = {f.file_name: f for f in collected.files}
+    assert [f.file_name for f in collected.duplicates] == ["victims"]
+    assert by_name["victims"].duplicate_of == "police_recorded_crime/202608"
+    assert sorted(a[2] for a in recorded) == sorted([names["offences"], names["offenders"]])
+    for f in ALL:
+        local = Path(by_name[f].local_path)
+        assert local.read_bytes() == contents[f]
+        assert by_name[f].sha256 == intake.hashlib.sha256(contents[f]).hexdigest()
+        assert local.parent.name == by_name[f].sha256[:16]
+        assert stat.S_IMODE(os.stat(local).st_mode) == 0o600
+        for d in (local.parent, local.parent.parent, local.parent.parent.parent, settings.staging_dir):
+            assert stat.S_IMODE(os.stat(d).st_mode) == 0o700, d
+    # The manifest survives JSON (Airflow XCom) unchanged.
+    again = intake.CollectedSupply.from_dict(json.loads(json.dumps(collected.to_dict())))
+    assert again == collected and again.supply_id == "police_recorded_crime/202609"
+    assert intake.PendingSupply.from_dict(json.loads(json.dumps(pending.to_dict()))) == pending
+
+
+def test_collect_refuses_a_short_download(schema, tmp_path, monkeypatch):
+    settings = _settings(tmp_path)
+    names = _names("202609", *ALL)
+    fake = FakeSFTP({f"/police/inbox/{n}": b"abc" for n in names})
+    monkeypatch.setattr(ledger, "find", lambda conn, sha: None)
+    monkeypatch.setattr(ledger, "record_received", lambda conn, *a: None)
+    listing = [RemoteFile(n, 3, 0) for n in names[:2]] + [RemoteFile(names[2], 4, 0)]
+    pending = intake.plan_supplies(schema, listing, {f.name: f.size for f in listing}).supplies[0]
+    with pytest.raises(intake.IncompleteDownload, match="3 bytes"):
+        intake.collect(fake, None, schema, settings, pending)
+    assert not list((settings.staging_dir).rglob(names[2]))
+
+
+def test_reason_text_tells_the_partner_what_to_do():
+    text = intake.reason_text("prc_victims_202609.csv.gpg", "The file is not signed. Sign it with key ABC.")
+    assert "prc_victims_202609.csv.gpg" in text
+    assert "The file is not signed. Sign it with key ABC." in text
+    assert "inbox/" in text and ".part" in text
