@@ -1,0 +1,145 @@
+"""The end-to-end demo: a partner drops a month of police recorded crime on SFTP; the feed's DAG runs.
+
+Run by ``scripts/demo.sh`` after set-up. Everything it uses is real: the project's PostGIS, its sshd, gpg
+keys, and Airflow's ``dag.test()``. Only the crime records are made up (on real Calderdale postcodes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import yaml
+
+from csp_observatory.config import Settings, load_settings
+from csp_observatory.schema import REPO_ROOT, FeedSchema
+
+FEED = "police_recorded_crime"
+DEMO_PERIOD = "202609"
+
+
+def demo_config() -> dict[str, Any]:
+    """What only the demo and the tests know: the partner's own keys."""
+    path = Path(os.environ.get("CSP_CONFIG", REPO_ROOT / ".run" / "observatory.yaml")).with_name("demo.yaml")
+    return yaml.safe_load(path.read_text())
+
+
+def ensure_reference(settings: Settings, force: bool = False) -> dict[str, int]:
+    """Load the shipped postcode reference and gazetteer into PostGIS, unless already there."""
+    from csp_observatory import ddl, gazetteer, postcodes
+
+    with psycopg2.connect(settings.database_url) as conn:
+        ddl.ensure_database(conn)
+        conn.commit()
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('reference.postcodes') IS NOT NULL")
+            exists = cur.fetchone()[0]
+            n = 0
+            if exists:
+                cur.execute("SELECT count(*) FROM reference.postcodes")
+                n = cur.fetchone()[0]
+        if n and not force:
+            return {"postcodes": n}
+        frame = postcodes.shipped_reference()
+        postcodes.load_reference(conn, frame)
+        places = gazetteer.shipped_places()
+        gazetteer.load_places(conn, places)
+        conn.commit()
+        return {"postcodes": len(frame), "places": len(places)}
+
+
+def drop_demo_supply(settings: Settings, schema: FeedSchema, period: str = DEMO_PERIOD,
+                     n_offences: int = 600, files: dict[str, str] | None = None,
+                     signer_home: str | None = None, signer_fingerprint: str | None = None) -> list[str]:
+    """As the partner: make a month of records, encrypt and sign each file, and upload it with .part + rename."""
+    from csp_observatory import demo_data, partner, postcodes, sftp
+
+    demo = demo_config()
+    if files is None:
+        reference = postcodes.shipped_reference()
+        files = demo_data.make_police_recorded_crime(period, reference[~reference["terminated"]],
+                                                     n_offences=n_offences).files
+    names = []
+    with tempfile.TemporaryDirectory() as tmp, sftp.connect(
+            settings.sftp_host, settings.sftp_port, demo["partner_sftp_user"], Path(demo["partner_ssh_key"]),
+            settings.sftp_host_key) as client:
+        for file_name, text in files.items():
+            feed_file = schema.file(file_name)
+            remote = feed_file.pattern.strip("^$").replace(r"(?P<period>\d{6})", period).replace("\\", "")
+            plain = Path(tmp) / remote.removesuffix(".gpg")
+            plain.write_text(text, encoding="utf-8")
+            enc = Path(tmp) / remote
+            partner.encrypt_and_sign(signer_home or demo["partner_gnupg_home"], plain, enc,
+                                     recipient_fingerprint=demo["observatory_fingerprint"],
+                                     signer_fingerprint=signer_fingerprint or demo["partner_fingerprint"])
+            partner.upload(client, enc, "/inbox", remote)
+            names.append(remote)
+    return names
+
+
+def run_feed_dag(feed: str = FEED) -> Any:
+    """Run the feed's DAG once, in-process, with Airflow's dag.test()."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    if bag.import_errors:
+        raise RuntimeError(f"DAG import errors: {bag.import_errors}")
+    return bag.dags[f"feed_{feed}"].test()
+
+
+def summarise(settings: Settings, feed: str = FEED, period: str = DEMO_PERIOD) -> str:
+    """What happened to the supply, for a person: from the report the run wrote and from PostGIS."""
+    report_dir = Path(settings.reports_dir) / feed / period
+    reports = sorted(report_dir.glob("*.json"), key=lambda p: p.stat().st_mtime)
+    if not reports:
+        return f"No report was written for {feed}/{period}: see the task logs."
+    report = json.loads(reports[-1].read_text())
+    from csp_observatory import reporting
+
+    lines = [reporting.render_text(report), "", f"Full report: {reports[-1].with_suffix('.html')}"]
+    return "\n".join(lines)
+
+
+def how_to_look(settings: Settings) -> str:
+    """How to open the Airflow UI on these DAGs, and QGIS on the PostGIS layers."""
+    demo = demo_config()
+    return f"""
+Open the Airflow UI on these DAGs:
+    source {REPO_ROOT}/.run/airflow.env && {REPO_ROOT}/.venv/bin/airflow standalone
+    then browse to http://localhost:8080 (the admin password is printed by 'standalone' and saved in
+    $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated); the DAG is 'feed_{FEED}'.
+
+Connect QGIS to the PostGIS layers (read-only analyst account):
+    Layer > Add Layer > Add PostGIS Layers > New connection
+    Host {demo.get('analyst_host', '127.0.0.1')}  Port {demo.get('analyst_port', 5433)}  Database {demo.get('analyst_database', 'csp_observatory')}
+    User {demo.get('analyst_user', 'analyst')}  Password: in {REPO_ROOT}/.run/demo.yaml (analyst_password)
+    Layers: depersonalised.prc_offences, depersonalised.prc_offenders, depersonalised.prc_victims (EPSG:27700),
+            reference.postcodes. Or: psql '{demo.get('analyst_url', '')}'
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--period", default=DEMO_PERIOD)
+    parser.add_argument("--offences", type=int, default=600)
+    args = parser.parse_args(argv)
+
+    from csp_observatory.pipeline import schema_for
+
+    settings = load_settings()
+    schema = schema_for(FEED)
+    print(f"Reference: {ensure_reference(settings)}")
+    names = drop_demo_supply(settings, schema, args.period, args.offences)
+    print(f"Partner '{schema.partner.id}' uploaded (encrypted + signed): {', '.join(names)}")
+    run_feed_dag(FEED)
+    print(summarise(settings, FEED, args.period))
+    print(how_to_look(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

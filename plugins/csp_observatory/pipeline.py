@@ -1,0 +1,468 @@
+"""The observatory's stages for one feed, as the DAG calls them.
+
+Each stage takes the work folders of the supplies in flight and returns those still going. A supply's
+state lives in ``manifest.json`` in its private staging folder; its data passes between stages as
+parquet beside it, so nothing personal ever goes through Airflow's XCom or metadata database.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from contextlib import closing, contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+import psycopg2
+
+from csp_observatory.config import Settings, load_settings
+from csp_observatory.schema import SCHEMA_DIR, FeedSchema, load_schema
+
+log = logging.getLogger(__name__)
+
+REJECTED_COLUMNS = ["source_file", "source_row", "reason", "stage"]
+
+
+@dataclass
+class SupplyFile:
+    """One file of a supply, from the inbox to the load."""
+
+    name: str                    # the schema's file name: offences, offenders, victims
+    remote_name: str             # the partner's file name on SFTP
+    sha256: str
+    size: int
+    encrypted_path: str
+    plaintext_path: str | None = None
+    signer: str | None = None
+    rows_in_file: int | None = None
+
+
+@dataclass
+class Manifest:
+    """What the observatory knows about one supply in flight."""
+
+    feed: str
+    period: str
+    work_dir: str
+    files: dict[str, SupplyFile]
+    status: str = "collected"    # collected | refused | malformed | blocked | failed | loaded
+    problems: list[dict[str, str]] = field(default_factory=list)   # file-level: {file, remote_name, reason}
+    stages: dict[str, Any] = field(default_factory=dict)           # per-stage summaries for the report
+    run_id: str = ""
+    collected_at: str = ""
+
+    @property
+    def supply_id(self) -> str:
+        return f"{self.feed}/{self.period}"
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "collected"
+
+    @property
+    def path(self) -> Path:
+        return Path(self.work_dir)
+
+    def save(self) -> None:
+        (self.path / "manifest.json").write_text(json.dumps(asdict(self), indent=1, default=str))
+
+    @classmethod
+    def read(cls, work_dir: str | Path) -> Manifest:
+        raw = json.loads((Path(work_dir) / "manifest.json").read_text())
+        raw["files"] = {k: SupplyFile(**v) for k, v in raw["files"].items()}
+        return cls(**raw)
+
+    # Frames between stages: one parquet per file per stage.
+    def frame_path(self, stage: str, file_name: str) -> Path:
+        return self.path / stage / f"{file_name}.parquet"
+
+    def write_frame(self, stage: str, file_name: str, frame: pd.DataFrame) -> None:
+        p = self.frame_path(stage, file_name)
+        p.parent.mkdir(mode=0o700, exist_ok=True)
+        frame.to_parquet(p, index=False)
+
+    def read_frame(self, stage: str, file_name: str) -> pd.DataFrame:
+        return pd.read_parquet(self.frame_path(stage, file_name))
+
+    def add_rejected(self, rejected: pd.DataFrame) -> None:
+        """Rows set aside at any stage, with their reasons; they are counted, reported and never lost."""
+        if rejected is None or rejected.empty:
+            return
+        p = self.path / "rejected.parquet"
+        frame = rejected[REJECTED_COLUMNS].astype({"source_file": str, "source_row": "Int64", "reason": str,
+                                                   "stage": str})
+        if p.exists():
+            frame = pd.concat([pd.read_parquet(p), frame], ignore_index=True)
+        frame.to_parquet(p, index=False)
+
+    def rejected(self) -> pd.DataFrame:
+        p = self.path / "rejected.parquet"
+        return pd.read_parquet(p) if p.exists() else pd.DataFrame(columns=REJECTED_COLUMNS)
+
+
+def schema_for(feed: str) -> FeedSchema:
+    """The schema of a feed, by its id."""
+    for path in SCHEMA_DIR.glob("*.yaml"):
+        schema = load_schema(path)
+        if schema.feed == feed:
+            return schema
+    raise KeyError(f"no schema in {SCHEMA_DIR} has feed {feed!r}")
+
+
+@contextmanager
+def _db(settings: Settings) -> Iterator[Any]:
+    with closing(psycopg2.connect(settings.database_url)) as conn:
+        yield conn
+
+
+@contextmanager
+def _sftp(settings: Settings) -> Iterator[Any]:
+    from csp_observatory import sftp
+
+    with sftp.connect_observatory(settings) as client:
+        yield client
+
+
+def _in_flight(work_dirs: list[str] | None) -> list[Manifest]:
+    return [Manifest.read(w) for w in work_dirs or []]
+
+
+def _refuse(m: Manifest, settings: Settings, sftp_client: Any, file: SupplyFile, reason: str, status: str,
+            conn: Any = None) -> None:
+    """Move a refused file to the partner's quarantine with a reason, and stop its supply."""
+    from csp_observatory import intake, ledger
+
+    schema = schema_for(m.feed)
+    intake.quarantine(sftp_client, settings, schema.partner.id, file.remote_name, reason)
+    if conn is not None:
+        ledger.mark_quarantined(conn, file.sha256, reason)
+        conn.commit()
+    m.problems.append({"file": file.name, "remote_name": file.remote_name, "reason": reason})
+    m.status = status
+    log.warning("%s: %s refused: %s", m.supply_id, file.remote_name, reason)
+
+
+def _delete_plaintext(m: Manifest) -> None:
+    """Remove every decrypted or derived copy of a supply's data; keep only the manifest and reports."""
+    for child in m.path.iterdir():
+        if child.name in ("manifest.json", "report"):
+            continue
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    for f in m.files.values():
+        f.plaintext_path = None
+        for p in (Path(f.encrypted_path),):
+            if p.exists():
+                p.unlink()
+        parent = Path(f.encrypted_path).parent
+        if parent.exists() and parent != m.path and not any(parent.iterdir()):
+            parent.rmdir()
+
+
+# --- stage 1: collect ------------------------------------------------------------------------------
+
+def ready_periods(feed: str, settings: Settings | None = None) -> list[str]:
+    """Periods whose every file is in the partner's inbox and no longer being written."""
+    from csp_observatory import intake
+
+    settings = settings or load_settings()
+    schema = schema_for(feed)
+    with _sftp(settings) as client:
+        ready = intake.find_ready_supplies(client, schema, settings)
+    return sorted(s.period for s in ready.supplies)
+
+
+def collect(feed: str, periods: list[str], run_id: str, settings: Settings | None = None) -> list[str]:
+    """Download each ready supply into staging, record its hashes, and set aside duplicates and strays."""
+    from csp_observatory import intake, ledger
+
+    settings = settings or load_settings()
+    schema = schema_for(feed)
+    work_dirs: list[str] = []
+    with _sftp(settings) as client, _db(settings) as conn:
+        ledger.ensure_ledger(conn)
+        conn.commit()
+        ready = intake.find_ready_supplies(client, schema, settings)
+        for name in ready.unrecognised:
+            patterns = ", ".join(f.pattern for f in schema.files)
+            intake.quarantine(client, settings, schema.partner.id, name,
+                              f"The file name {name!r} does not match any file of the feed '{schema.title}'. "
+                              f"Expected names matching: {patterns}. Rename the file and upload it again.")
+        for pending in ready.supplies:
+            if pending.period not in periods:
+                continue
+            collected = intake.collect(client, conn, schema, settings, pending)
+            conn.commit()
+            work = Path(settings.staging_dir) / feed / pending.period / "work"
+            work.mkdir(mode=0o700, parents=True, exist_ok=True)
+            m = Manifest(feed=feed, period=pending.period, work_dir=str(work), files={}, run_id=run_id,
+                         collected_at=datetime.now(timezone.utc).isoformat())
+            for cf in collected.files:
+                m.files[cf.file_name] = SupplyFile(name=cf.file_name, remote_name=cf.remote_name,
+                                                   sha256=cf.sha256, size=cf.size, encrypted_path=cf.local_path)
+            duplicates = [cf for cf in collected.files if cf.duplicate_of]
+            if duplicates:
+                # The same bytes were loaded before: never load them twice. The partner is told where.
+                for cf in duplicates:
+                    intake.archive(client, settings, schema.partner.id, cf.remote_name)
+                    m.problems.append({"file": cf.file_name, "remote_name": cf.remote_name,
+                                       "reason": f"identical to a delivery already loaded as supply "
+                                                 f"{cf.duplicate_of}; not loaded again"})
+                if len(duplicates) == len(collected.files):
+                    m.status = "duplicate"
+            m.save()
+            work_dirs.append(str(work))
+    return work_dirs
+
+
+# --- stage 2: decrypt and verify --------------------------------------------------------------------
+
+def decrypt_and_verify(work_dirs: list[str], settings: Settings | None = None) -> list[str]:
+    """Decrypt each file; only a file signed by the partner's pinned key goes on."""
+    from csp_observatory import decryption
+
+    settings = settings or load_settings()
+    out: list[str] = []
+    with _sftp(settings) as client, _db(settings) as conn:
+        for m in _in_flight(work_dirs):
+            if not m.ok:
+                out.append(m.work_dir)
+                continue
+            schema = schema_for(m.feed)
+            fingerprint = settings.partner(schema.partner.id).signing_fingerprint
+            for f in m.files.values():
+                plaintext = m.path / "plain" / f"{f.name}.csv"
+                plaintext.parent.mkdir(mode=0o700, exist_ok=True)
+                try:
+                    verified = decryption.decrypt_and_verify(settings.gnupg_home, Path(f.encrypted_path), plaintext,
+                                                            fingerprint, settings.gpg_passphrase)
+                except decryption.RefusedFile as refused:
+                    _refuse(m, settings, client, f, refused.reason, "refused", conn)
+                    continue
+                f.plaintext_path, f.signer = str(verified.plaintext_path), verified.signer_fingerprint
+            if not m.ok:
+                _delete_plaintext(m)
+            m.save()
+            out.append(m.work_dir)
+    return out
+
+
+# --- stage 3: parse and validate --------------------------------------------------------------------
+
+def parse_and_validate(work_dirs: list[str], settings: Settings | None = None) -> list[str]:
+    """Read each CSV against its schema; set aside rows that cannot be used; run the GX suite."""
+    from csp_observatory import parsing, validation
+
+    settings = settings or load_settings()
+    for m in _in_flight(work_dirs):
+        if not m.ok:
+            continue
+        schema = schema_for(m.feed)
+        summaries: dict[str, Any] = {}
+        for f in m.files.values():
+            feed_file = schema.file(f.name)
+            try:
+                parsed = parsing.parse_csv(Path(f.plaintext_path), feed_file)
+            except parsing.MalformedFile as bad:
+                with _sftp(settings) as client, _db(settings) as conn:
+                    _refuse(m, settings, client, f, bad.reason, "malformed", conn)
+                continue
+            f.rows_in_file = len(parsed.frame) + len(parsed.rejected)
+            m.add_rejected(parsed.rejected)
+            kept, rejected, nulled = validation.apply_row_rules(parsed.frame, feed_file)
+            m.add_rejected(rejected)
+            summary = validation.validate(kept, feed_file, schema)
+            summaries[f.name] = {"summary": summary, "header_problems": parsed.header_problems,
+                                 "nulled_values": nulled}
+            m.write_frame("parsed", f.name, kept)
+        m.stages["validation"] = summaries
+        if not m.ok:
+            _delete_plaintext(m)
+        m.save()
+    return work_dirs
+
+
+# --- stage 4: clean ---------------------------------------------------------------------------------
+
+def clean(work_dirs: list[str], settings: Settings | None = None) -> list[str]:
+    """Normalise postcodes, dates, codes and whitespace; remove duplicates by reference number."""
+    from csp_observatory import cleaning
+
+    for m in _in_flight(work_dirs):
+        if not m.ok:
+            continue
+        schema = schema_for(m.feed)
+        changes: dict[str, Any] = {}
+        for name in m.files:
+            result = cleaning.clean(m.read_frame("parsed", name), schema.file(name))
+            m.add_rejected(result.removed)
+            m.write_frame("clean", name, result.frame)
+            changes[name] = result.changes
+        m.stages["cleaning"] = changes
+        m.save()
+    return work_dirs
+
+
+# --- stage 5: geocode -------------------------------------------------------------------------------
+
+def _reference(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    from csp_observatory import gazetteer, postcodes
+
+    with _db(settings) as conn:
+        reference = postcodes.read_reference(conn)
+        places = gazetteer.read_places(conn)
+    if reference.empty:
+        raise RuntimeError("reference.postcodes is empty: load the postcode reference first "
+                           "(scripts/load_reference.py)")
+    return reference, places
+
+
+def geocode(work_dirs: list[str], settings: Settings | None = None) -> list[str]:
+    """Give every record an easting/northing and say how it got them."""
+    from csp_observatory import geocoding
+
+    settings = settings or load_settings()
+    manifests = [m for m in _in_flight(work_dirs) if m.ok]
+    if not manifests:
+        return work_dirs
+    reference, places = _reference(settings)
+    for m in manifests:
+        schema = schema_for(m.feed)
+        counts: dict[str, Any] = {}
+        for name in m.files:
+            result = geocoding.geocode(m.read_frame("clean", name), schema.file(name), reference, places)
+            m.write_frame("geocoded", name, result.frame)
+            counts[name] = result.counts
+        m.stages["geocoding"] = counts
+        m.save()
+    return work_dirs
+
+
+# --- stage 6: sanitise ------------------------------------------------------------------------------
+
+def _period_end(schema: FeedSchema, period: str) -> pd.Timestamp:
+    start = pd.Timestamp(datetime.strptime(period, schema.period_format))
+    return (start + pd.offsets.MonthEnd(0)).normalize()
+
+
+def sanitise(work_dirs: list[str], settings: Settings | None = None) -> list[str]:
+    """Depersonalise each record (Appendix 1) and measure what could still single anyone out."""
+    from csp_observatory import disclosure, sanitising
+
+    settings = settings or load_settings()
+    manifests = [m for m in _in_flight(work_dirs) if m.ok]
+    if not manifests:
+        return work_dirs
+    reference, _ = _reference(settings)
+    maps: dict[int, Any] = {}
+    for m in manifests:
+        schema = schema_for(m.feed)
+        if schema.personalised:
+            # Personalised feeds are stored whole, apart, with restricted access (section 3.2).
+            for name in m.files:
+                m.write_frame("sanitised", name, m.read_frame("geocoded", name))
+            m.save()
+            continue
+        threshold = schema.household_threshold
+        if threshold not in maps:
+            maps[threshold] = sanitising.build_displacement(reference, threshold)
+        summaries: dict[str, Any] = {}
+        risks: dict[str, Any] = {}
+        for name in m.files:
+            feed_file = schema.file(name)
+            result = sanitising.sanitise(m.read_frame("geocoded", name), feed_file, maps[threshold],
+                                         period_end=_period_end(schema, m.period))
+            problems = sanitising.check_sanitised(result.frame, maps[threshold])
+            if problems:
+                # Never load something that breaks Appendix 1: stop the supply and say why.
+                raise RuntimeError(f"{m.supply_id} {name}: sanitised output breaks Appendix 1: {problems[:5]}")
+            frame = result.frame
+            qi = disclosure.quasi_identifiers_for(feed_file)
+            report = disclosure.k_anonymity(frame, qi, k_threshold=schema.min_k or 5,
+                                            sensitive=disclosure.sensitive_column_for(feed_file))
+            if schema.min_k:
+                try:
+                    frame, withheld = disclosure.enforce_min_k(frame, report, schema.min_k, mode="rows")
+                    m.add_rejected(withheld.assign(source_file=name, stage="disclosure"))
+                except disclosure.DisclosureBlocked as blocked:
+                    m.status = "blocked"
+                    m.problems.append({"file": name, "remote_name": m.files[name].remote_name,
+                                       "reason": str(blocked)})
+            m.write_frame("sanitised", name, frame)
+            summaries[name] = result.summary
+            risks[name] = report.to_dict() if hasattr(report, "to_dict") else report
+        m.stages["sanitising"] = summaries
+        m.stages["disclosure"] = risks
+        m.save()
+    return work_dirs
+
+
+# --- stage 7: load ----------------------------------------------------------------------------------
+
+def load(work_dirs: list[str], settings: Settings | None = None) -> list[str]:
+    """Load each supply in one transaction; the ledger marks its files loaded in the same commit."""
+    from csp_observatory import ddl, ledger, loading
+
+    settings = settings or load_settings()
+    for m in _in_flight(work_dirs):
+        if not m.ok:
+            continue
+        schema = schema_for(m.feed)
+        tables = {name: m.read_frame("sanitised", name) for name in m.files}
+        shas = [f.sha256 for f in m.files.values()]
+        with _db(settings) as conn:
+            ddl.ensure_database(conn)
+            ddl.ensure_feed_tables(conn, schema)
+            conn.commit()
+            result = loading.load_supply(
+                conn, schema, m.supply_id, m.period, tables,
+                lineage={name: f.sha256 for name, f in m.files.items()},
+                rejected=m.rejected(),
+                validation={k: v["summary"] for k, v in m.stages.get("validation", {}).items()},
+                on_commit_ledger=lambda c, shas=shas, sid=m.supply_id: ledger.mark_loaded(c, shas, sid),
+            )
+        m.status = "loaded"
+        m.stages["load"] = result.to_dict() if hasattr(result, "to_dict") else asdict(result)
+        m.save()
+    return work_dirs
+
+
+# --- stage 8: report and archive --------------------------------------------------------------------
+
+def report_and_archive(feed: str, work_dirs: list[str] | None, settings: Settings | None = None) -> dict[str, Any]:
+    """Write each supply's quality report, give the partner a copy, move loaded originals to processed/."""
+    from csp_observatory import intake, reporting, sftp
+
+    settings = settings or load_settings()
+    schema = schema_for(feed)
+    outcome: dict[str, Any] = {"feed": feed, "supplies": []}
+    manifests = _in_flight(work_dirs)
+    if not manifests:
+        return outcome
+    with _sftp(settings) as client:
+        for m in manifests:
+            if m.status == "collected":
+                # A stage failed part-way (the task log says why); the original stays in the inbox for a re-run.
+                m.status = "failed"
+            if m.status == "loaded":
+                for f in m.files.values():
+                    intake.archive(client, settings, schema.partner.id, f.remote_name)
+            report = reporting.build_report(schema, m, settings)
+            folder = Path(settings.reports_dir) / feed / m.period
+            json_path, html_path = reporting.write_report(report, folder)
+            partner = reporting.partner_view(report)
+            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            base = f"{feed}_{m.period}_quality_{stamp}"
+            reports = settings.partner_folder(schema.partner.id, "reports")
+            sftp.put_text(client, f"{reports}/{base}.html", reporting.render_html(partner))
+            sftp.put_text(client, f"{reports}/{base}.json", json.dumps(partner, indent=1, default=str))
+            _delete_plaintext(m)
+            m.save()
+            outcome["supplies"].append({"supply_id": m.supply_id, "status": m.status, "report": str(html_path),
+                                        "json": str(json_path)})
+    return outcome
