@@ -1,0 +1,604 @@
+"""The data-quality report of a supply: JSON for machines, a self-contained HTML page for people.
+
+One report per supply, in two views: the observatory's (everything) and the partner's (no engineer-only detail,
+no internal paths). Neither ever holds row content: only row numbers, field names, counts and reasons. The
+sections follow the guidance: supply metadata (section 3.4) and fitness for purpose (section 4.2.3: completeness,
+accuracy, precision, currency).
+"""
+from __future__ import annotations
+
+import copy
+import html
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from string import Template
+from typing import Any, Final, Iterable
+
+from csp_observatory.schema import FeedSchema
+
+REPORT_VERSION: Final = 1
+QUALITIES: Final = ("completeness", "accuracy", "precision", "currency")
+TEMPLATE: Final = Path(__file__).resolve().parent / "templates" / "report.html"
+#: Rows shown in the HTML table; the JSON report always lists them all.
+HTML_ROW_LIMIT: Final = 500
+
+STATUS_TEXT: Final = {
+    "loaded": "Loaded",
+    "collected": "In progress",
+    "refused": "Not loaded: a file was refused (see Refused files)",
+    "malformed": "Not loaded: a file could not be read (see Refused files)",
+    "blocked": "Not loaded: publishing it could identify people (see Disclosure risk)",
+    "failed": "Not loaded: processing stopped; the observatory is looking into it",
+    "duplicate": "Not loaded again: these files were loaded before",
+}
+#: What a partner can do about a row set aside at each stage (the reason says which field).
+STAGE_ACTION: Final = {
+    "parse": "Check the row has the same number of fields as the header and that text with commas is quoted, "
+             "then send the corrected row with the next supply.",
+    "validate": "Correct the field named in the reason in your system and send the record with the next supply.",
+    "clean": "Send each record once: remove the repeated row (the first copy was kept).",
+    "geocode": "Add a full postcode or coordinates for the location.",
+    "disclosure": "No action needed: withheld from publication so that nobody can be identified.",
+}
+_DEFAULT_ACTION: Final = "Check the field named in the reason and send the corrected record with the next supply."
+
+#: GX result keys that hold sampled values from the data (possibly personal): never stored or reported.
+_ROW_CONTENT_KEYS: Final = re.compile(
+    r"unexpected_list|unexpected_index|unexpected_counts|unexpected_rows|unexpected_values|observed_value|"
+    r"partial_unexpected|details|value_counts|unexpected_index_query", re.I)
+_QUOTED: Final = re.compile(r"""(['"\u2018\u201c])(.*?)(['"\u2019\u201d])""")
+_PATH: Final = re.compile(r"(?<![\w.])/(?:[\w.@-]+/)+[\w.@-]*")
+
+
+# --- privacy helpers (also used by loading.py) ----------------------------------------------------------
+
+def strip_row_content(obj: Any) -> Any:
+    """A copy of a (GX) result with every key that can hold sampled data values removed."""
+    if isinstance(obj, dict):
+        return {k: strip_row_content(v) for k, v in obj.items() if not _ROW_CONTENT_KEYS.search(str(k))}
+    if isinstance(obj, (list, tuple)):
+        return [strip_row_content(v) for v in obj]
+    return obj
+
+
+def redact_reason(reason: str, field_names: Iterable[str] = ()) -> str:
+    """A reason with any quoted value withheld; quoted field names stay (they are the point of the reason)."""
+    keep = set(field_names)
+
+    def sub(m: re.Match[str]) -> str:
+        return m.group(0) if m.group(2) in keep or not m.group(2) else f"{m.group(1)}[value withheld]{m.group(3)}"
+
+    return _QUOTED.sub(sub, reason)
+
+
+def validation_expectations(summary: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per-expectation results from a validation summary, in one flat shape, without sampled values.
+
+    Accepts the summary of ``validation.validate`` as a dict: a list under ``expectations`` or ``results``, or
+    lists per quality under ``qualities.<quality>.expectations``.
+    """
+    if not summary:
+        return []
+    items: list[tuple[str | None, dict[str, Any]]] = []
+    for key in ("expectations", "results"):
+        if isinstance(summary.get(key), list):
+            items += [(None, e) for e in summary[key] if isinstance(e, dict)]
+    qualities = summary.get("qualities")
+    if not items and isinstance(qualities, dict):
+        for q, block in qualities.items():
+            if isinstance(block, dict) and isinstance(block.get("expectations"), list):
+                items += [(q, e) for e in block["expectations"] if isinstance(e, dict)]
+    out = []
+    for quality, e in items:
+        kind = e.get("type") or e.get("expectation_type") or e.get("expectation") or "expectation"
+        kwargs = e.get("kwargs") if isinstance(e.get("kwargs"), dict) else {}
+        column = e.get("column") or kwargs.get("column") or (
+            ", ".join(kwargs["column_list"]) if isinstance(kwargs.get("column_list"), list) else None)
+        out.append({
+            "expectation": str(kind), "column": column, "quality": e.get("quality") or quality,
+            "success": None if e.get("success") is None else bool(e["success"]),
+            "unexpected_count": _int_or_none(e.get("unexpected_count")),
+            "unexpected_percent": _float_or_none(e.get("unexpected_percent")),
+            "raw": strip_row_content(e),
+        })
+    return out
+
+
+def _int_or_none(v: Any) -> int | None:
+    try:
+        return None if v is None else int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _float_or_none(v: Any) -> float | None:
+    try:
+        return None if v is None else round(float(v), 4)
+    except (TypeError, ValueError):
+        return None
+
+
+def _counts(obj: Any) -> dict[str, Any]:
+    """Only the numbers (and short labels) of a stage summary: never a value list that could be row content."""
+    if hasattr(obj, "to_dict"):
+        obj = obj.to_dict()
+    elif hasattr(obj, "__dataclass_fields__"):
+        from dataclasses import asdict
+        obj = asdict(obj)
+    if not isinstance(obj, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        if isinstance(v, bool) or v is None:
+            out[str(k)] = v
+        elif isinstance(v, (int, float)):
+            out[str(k)] = round(v, 2) if isinstance(v, float) else v
+        elif isinstance(v, dict):
+            inner = _counts(v)
+            if inner:
+                out[str(k)] = inner
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v) and len(v) <= 20 \
+                and k in ("quasi_identifiers", "sensitive", "columns"):
+            out[str(k)] = list(v)
+        elif isinstance(v, str) and k in ("sensitive", "sensitive_column", "mode", "note"):
+            out[str(k)] = v
+    return out
+
+
+# --- input ---------------------------------------------------------------------------------------------
+
+@dataclass
+class FileInfo:
+    """One file of the supply, as received."""
+
+    name: str                          # the schema's file name (offences)
+    remote_name: str = ""              # the partner's file name (prc_offences_202609.csv.gpg)
+    sha256: str = ""
+    size: int | None = None
+    signer: str | None = None          # primary key fingerprint that signed it
+    rows_in_file: int | None = None
+    encrypted_path: str | None = None  # engineer only
+
+
+@dataclass
+class SupplyOutcome:
+    """Everything the stages found about one supply, as the report needs it (no row content)."""
+
+    supply_id: str
+    period: str
+    status: str
+    files: list[FileInfo] = field(default_factory=list)
+    rows_loaded: dict[str, int] = field(default_factory=dict)          # "<schema>.<table>" -> rows
+    rejected: list[dict[str, Any]] = field(default_factory=list)        # file, row, reason, stage
+    validation: dict[str, Any] = field(default_factory=dict)            # file -> summary (+ header_problems...)
+    geocoding: dict[str, Any] = field(default_factory=dict)             # file -> {method: count}
+    sanitising: dict[str, Any] = field(default_factory=dict)            # file -> {rules, displacement_m}
+    disclosure: dict[str, Any] = field(default_factory=dict)            # file -> k-anonymity report
+    cleaning: dict[str, Any] = field(default_factory=dict)              # file -> change counts
+    quarantined: list[dict[str, str]] = field(default_factory=list)     # file, remote_name, reason
+    date_supplied: str = ""
+    run_id: str = ""
+    work_dir: str = ""                                                  # engineer only
+    supplier_contact: str = ""
+
+
+def outcome_from_manifest(manifest: Any, settings: Any = None) -> SupplyOutcome:
+    """A SupplyOutcome from the pipeline's Manifest (pipeline.py), reading its rejected rows."""
+    stages = manifest.stages or {}
+    rejected = manifest.rejected()
+    rows = [{"file": str(r.source_file), "row": None if r.source_row is None or r.source_row != r.source_row
+             else int(r.source_row), "reason": str(r.reason), "stage": str(r.stage)}
+            for r in rejected.itertuples(index=False)]
+    load = stages.get("load") or {}
+    contact = ""
+    if settings is not None:
+        try:
+            from csp_observatory.pipeline import schema_for
+            contact = settings.partner(schema_for(manifest.feed).partner.id).contact
+        except (KeyError, ImportError, AttributeError):
+            contact = ""
+    return SupplyOutcome(
+        supply_id=manifest.supply_id, period=manifest.period, status=manifest.status,
+        files=[FileInfo(name=f.name, remote_name=f.remote_name, sha256=f.sha256, size=f.size, signer=f.signer,
+                        rows_in_file=f.rows_in_file, encrypted_path=f.encrypted_path)
+               for f in manifest.files.values()],
+        rows_loaded=dict(load.get("rows") or {}), rejected=rows,
+        validation=stages.get("validation") or {}, geocoding=stages.get("geocoding") or {},
+        sanitising=stages.get("sanitising") or {}, disclosure=stages.get("disclosure") or {},
+        cleaning=stages.get("cleaning") or {}, quarantined=list(manifest.problems or []),
+        date_supplied=manifest.collected_at, run_id=manifest.run_id, work_dir=manifest.work_dir,
+        supplier_contact=contact,
+    )
+
+
+# --- building -----------------------------------------------------------------------------------------
+
+def _period_text(schema: FeedSchema, period: str) -> str:
+    try:
+        start = datetime.strptime(period, schema.period_format)
+    except ValueError:
+        return period
+    return start.strftime("%B %Y") if schema.period_format == "%Y%m" else start.date().isoformat()
+
+
+def _validation_section(raw: dict[str, Any]) -> dict[str, Any]:
+    """Per file: the four qualities, each with a score and its expectations; plus header and nulled counts."""
+    out: dict[str, Any] = {}
+    for file_name, entry in raw.items():
+        entry = entry if isinstance(entry, dict) else _counts(entry)
+        summary = entry.get("summary", entry)
+        if hasattr(summary, "to_dict"):
+            summary = summary.to_dict()
+        expectations = validation_expectations(summary if isinstance(summary, dict) else {})
+        given = summary.get("qualities") if isinstance(summary, dict) else None
+        qualities: dict[str, Any] = {}
+        for q in QUALITIES:
+            mine = [{k: e[k] for k in ("expectation", "column", "success", "unexpected_count", "unexpected_percent")}
+                    for e in expectations if e["quality"] == q]
+            score = None
+            if isinstance(given, dict) and isinstance(given.get(q), dict):
+                score = _float_or_none(given[q].get("score"))
+            elif isinstance(given, dict):
+                score = _float_or_none(given.get(q))
+            if score is None and mine:
+                score = round(100.0 * sum(1 for e in mine if e["success"]) / len(mine), 1)
+            # Failed checks first: they are what a reader needs.
+            mine.sort(key=lambda e: (e["success"] is not False, e["column"] or "", e["expectation"]))
+            qualities[q] = {"score": score, "passed": sum(1 for e in mine if e["success"]),
+                            "failed": sum(1 for e in mine if e["success"] is False), "expectations": mine}
+        header = entry.get("header_problems") or []
+        out[file_name] = {
+            "qualities": qualities,
+            "header_problems": [str(h) for h in header] if isinstance(header, list) else [str(header)],
+            "nulled_values": _counts(entry.get("nulled_values") or {}),
+        }
+    return out
+
+
+def _metadata(schema: FeedSchema, outcome: SupplyOutcome, records: int | None) -> dict[str, Any]:
+    """Section 3.4 of the guidance: what a supply's metadata must say."""
+    fields = []
+    for f in schema.files:
+        for d in f.datafields:
+            if schema.personalised:
+                kept = "kept (personal table, restricted access)"
+            elif d.role in ("name", "date_of_birth"):
+                kept = "removed" + (" (age at the event kept instead)" if d.role == "date_of_birth" else "")
+            elif d.role in ("easting", "northing", "longitude", "latitude"):
+                kept = "replaced by the sanitised point (Appendix 1)"
+            elif d.role == "address":
+                kept = "house numbers and names removed (Appendix 1)"
+            elif d.role == "postcode":
+                kept = "replaced by the sanitised postcode (Appendix 1)"
+            else:
+                kept = "kept"
+            codes = None
+            if d.codes is not None:
+                codes = ", ".join(d.codes)
+            elif d.codes_file:
+                codes = f"code list {d.codes_file}"
+            fields.append({"file": f.name, "name": d.name, "explanation": d.label, "type": d.type,
+                           "required": d.required, "codes": codes, "in_observatory": kept})
+    return {
+        "agency": schema.partner.agency,
+        "supplier": schema.partner.name,
+        "supplier_contact": outcome.supplier_contact,
+        "dataset_name": schema.title,
+        "guidance_section": schema.guidance_section,
+        "dataset_type": schema.dataset_type,
+        "time_period_covered": _period_text(schema, outcome.period),
+        "supply_cycle": schema.supply_cycle,
+        "file_format": "CSV (UTF-8, header row), encrypted and signed with OpenPGP",
+        "number_of_records_supplied": records,
+        "date_supplied": outcome.date_supplied,
+        "datafields": fields,
+        "caveats": schema.caveats,
+        "geographic_method": "Points in British National Grid (EPSG:27700): the supplied easting/northing, "
+                             "else WGS84 converted, else the postcode centroid; then moved to a postcode with at "
+                             f"least {schema.household_threshold} households (Appendix 1).",
+        "conditions_of_use": "Use in line with the information sharing protocol. Even depersonalised, these data "
+                             "are restricted: intelligence products made from them must be marked 'restricted'.",
+    }
+
+
+def build_report(schema: FeedSchema, outcome: SupplyOutcome | Any, settings: Any = None) -> dict[str, Any]:
+    """The full (observatory) quality report of a supply as a JSON-serialisable dict; no row content."""
+    if not isinstance(outcome, SupplyOutcome):
+        outcome = outcome_from_manifest(outcome, settings)
+    field_names = {d.name for f in schema.files for d in f.datafields}
+    tables = {f.name: f"{schema.db_schema}.{f.table}" for f in schema.files}
+
+    rejected = sorted(
+        ({"file": str(r.get("file", "")), "row": _int_or_none(r.get("row")), "stage": str(r.get("stage", "")),
+          "reason": redact_reason(str(r.get("reason", "")), field_names),
+          "action": STAGE_ACTION.get(str(r.get("stage", "")), _DEFAULT_ACTION)} for r in outcome.rejected),
+        key=lambda r: (r["file"], r["row"] if r["row"] is not None else -1, r["stage"]))
+    attention = [r for r in rejected if r["stage"] != "disclosure"]
+    withheld = len(rejected) - len(attention)
+
+    counts_known = all(f.rows_in_file is not None for f in outcome.files) and outcome.files
+    rows_in_files = sum(f.rows_in_file or 0 for f in outcome.files) if counts_known else None
+    loaded = sum(outcome.rows_loaded.values()) if outcome.status == "loaded" else 0
+    if outcome.status == "loaded":
+        headline = f"Loaded {loaded:,} of {rows_in_files:,} rows" if rows_in_files is not None \
+            else f"Loaded {loaded:,} rows"
+        headline += f"; {len(attention):,} row{'s' if len(attention) != 1 else ''} need" \
+                    f"{'s' if len(attention) == 1 else ''} attention" if attention else "; no rows need attention"
+        if withheld:
+            headline += f"; {withheld:,} withheld to protect identities"
+    else:
+        headline = STATUS_TEXT.get(outcome.status, f"Not loaded ({outcome.status})")
+        if outcome.quarantined:
+            n = len(outcome.quarantined)
+            headline += f"; {n} file{'s' if n != 1 else ''} need{'s' if n == 1 else ''} attention"
+
+    files = []
+    for f in outcome.files:
+        table = tables.get(f.name)
+        files.append({"name": f.name, "remote_name": f.remote_name, "sha256": f.sha256, "size_bytes": f.size,
+                      "signed_by": f.signer, "rows_in_file": f.rows_in_file, "table": table,
+                      "rows_loaded": outcome.rows_loaded.get(table or "", 0) if outcome.status == "loaded" else 0})
+
+    geocoding = {name: _counts(c) for name, c in outcome.geocoding.items()}
+    total: dict[str, int] = {}
+    for c in geocoding.values():
+        for method, n in c.items():
+            if isinstance(n, int) and not isinstance(n, bool):
+                total[method] = total.get(method, 0) + n
+
+    report = {
+        "report": {"version": REPORT_VERSION, "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   "title": f"Data quality report: {schema.title}, {_period_text(schema, outcome.period)}",
+                   "marking": "RESTRICTED: contains no personal data, but describes a restricted dataset"},
+        "supply": {"supply_id": outcome.supply_id, "feed": schema.feed, "period": outcome.period,
+                   "status": outcome.status, "status_text": STATUS_TEXT.get(outcome.status, outcome.status)},
+        "headline": headline,
+        "summary": {"rows_in_files": rows_in_files, "rows_loaded": loaded, "rows_need_attention": len(attention),
+                    "rows_withheld": withheld, "files": len(outcome.files),
+                    "files_refused": len(outcome.quarantined)},
+        "files": files,
+        "rows_loaded": dict(outcome.rows_loaded),
+        "rejected_rows": rejected,
+        "quarantined": [{"file": str(q.get("file", "")), "remote_name": str(q.get("remote_name", "")),
+                         "reason": redact_reason(str(q.get("reason", "")), field_names)}
+                        for q in outcome.quarantined],
+        "validation": _validation_section(outcome.validation),
+        "geocoding": {"by_file": geocoding, "total": total},
+        "sanitising": {name: _counts(s) for name, s in outcome.sanitising.items()},
+        "disclosure": {name: _counts(d) for name, d in outcome.disclosure.items()},
+        "cleaning": {name: _counts(c) for name, c in outcome.cleaning.items()},
+        "metadata": _metadata(schema, outcome, rows_in_files),
+        "engineer": {"run_id": outcome.run_id, "work_dir": outcome.work_dir,
+                     "encrypted_paths": {f.name: f.encrypted_path for f in outcome.files if f.encrypted_path},
+                     "signers": {f.name: f.signer for f in outcome.files},
+                     "database_schema": schema.db_schema, "tables": tables},
+    }
+    return json.loads(json.dumps(report, default=str))
+
+
+def partner_view(report: dict[str, Any]) -> dict[str, Any]:
+    """The partner's copy: without engineer-only detail, and with any internal path withheld."""
+    out = copy.deepcopy(report)
+    out.pop("engineer", None)
+
+    def scrub(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: scrub(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [scrub(v) for v in obj]
+        if isinstance(obj, str):
+            return _PATH.sub("[internal path]", obj)
+        return obj
+
+    out = scrub(out)
+    out["report"]["view"] = "partner"
+    return out
+
+
+# --- rendering -----------------------------------------------------------------------------------------
+
+def _e(v: Any) -> str:
+    if v is None:
+        return '<span class="muted">-</span>'
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:,.1f}"
+    return html.escape(str(v))
+
+
+def _table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
+    """An HTML table; cells are already escaped HTML."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _section(title: str, body: str, anchor: str, note: str = "") -> str:
+    note_html = f'<p class="note">{note}</p>' if note else ""
+    return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{note_html}{body}</section>'
+
+
+def _score_class(score: float | None) -> str:
+    if score is None:
+        return "na"
+    return "good" if score >= 99.5 else "fair" if score >= 90 else "poor"
+
+
+def _rejected_html(report: dict[str, Any]) -> str:
+    rows = [r for r in report["rejected_rows"] if r["stage"] != "disclosure"]
+    if not rows:
+        return '<p class="ok">Every row could be used.</p>'
+    shown = rows[:HTML_ROW_LIMIT]
+    table = _table(["File", "Row", "What is wrong", "What to do"],
+                   [[_e(r["file"]), _e(r["row"]), _e(r["reason"]), _e(r["action"])] for r in shown], "rows")
+    more = f'<p class="note">{len(rows) - len(shown):,} more rows are listed in the JSON report.</p>' \
+        if len(rows) > len(shown) else ""
+    return ('<p>Row numbers count data rows in your file, not the header: row 1 is the first line after the header. '
+            'These rows were not loaded.</p>' + table + more)
+
+
+def _validation_html(report: dict[str, Any]) -> str:
+    parts = []
+    for file_name, v in report["validation"].items():
+        cards = "".join(
+            f'<div class="quality {_score_class(q["score"])}"><div class="q">{html.escape(name.title())}</div>'
+            f'<div class="score">{_e(q["score"]) + "%" if q["score"] is not None else "n/a"}</div>'
+            f'<div class="sub">{q["passed"]} passed, {q["failed"]} failed</div></div>'
+            for name, q in v["qualities"].items())
+        rows = []
+        for name, q in v["qualities"].items():
+            for e in q["expectations"]:
+                mark = '<span class="pass">pass</span>' if e["success"] else \
+                    '<span class="fail">fail</span>' if e["success"] is False else "-"
+                pct = f'{e["unexpected_percent"]:.2f}%' if e["unexpected_percent"] is not None else "-"
+                rows.append([html.escape(name), _e(e["column"]), _e(e["expectation"]), mark,
+                             _e(e["unexpected_count"]), pct])
+        detail = _table(["Quality", "Field", "Check", "Result", "Values failing", "% of values given"], rows) \
+            if rows else '<p class="muted">No checks recorded.</p>'
+        extra = ""
+        if v["header_problems"]:
+            extra += "<p><strong>Header:</strong></p><ul>" + "".join(
+                f"<li>{_e(h)}</li>" for h in v["header_problems"]) + "</ul>"
+        if v["nulled_values"]:
+            extra += "<p><strong>Invalid optional values left empty (the rows were kept):</strong> " + ", ".join(
+                f"{_e(k)}: {_e(n)}" for k, n in v["nulled_values"].items()) + "</p>"
+        parts.append(f'<h3>{_e(file_name)}</h3><div class="qualities">{cards}</div>{extra}'
+                     f'<details><summary>All checks ({len(rows)})</summary>{detail}</details>')
+    return "".join(parts) or '<p class="muted">No validation results (the supply stopped before validation).</p>'
+
+
+def _matrix(by_file: dict[str, dict[str, Any]], first: str) -> str:
+    keys: list[str] = []
+    for c in by_file.values():
+        keys += [k for k, v in c.items() if k not in keys and not isinstance(v, dict)]
+    if not keys:
+        return '<p class="muted">Nothing recorded.</p>'
+    return _table([first, *by_file.keys()], [[_e(k), *(_e(c.get(k)) for c in by_file.values())] for k in keys])
+
+
+def _sanitising_html(report: dict[str, Any]) -> str:
+    if not report["sanitising"]:
+        return '<p class="muted">Nothing recorded.</p>'
+    rules = {name: s.get("rules", {}) for name, s in report["sanitising"].items()}
+    body = "<h3>How each record's point was chosen</h3>" + _matrix(rules, "Rule")
+    for name, s in report["sanitising"].items():
+        d = s.get("displacement_m") or {}
+        hist = d.get("histogram") or {}
+        top = max([v for v in hist.values() if isinstance(v, int)] or [0]) or 1
+        bars = "".join(
+            f'<div class="bar"><span class="lbl">{_e(k)} m</span><span class="track">'
+            f'<span class="fill" style="width:{100 * v / top:.1f}%"></span></span><span class="n">{_e(v)}</span></div>'
+            for k, v in hist.items() if isinstance(v, int))
+        stats = " &middot; ".join(f"{k} {_e(d[k])} m" for k in ("min", "median", "p90", "p99", "max") if k in d)
+        body += (f"<h3>Distance moved: {_e(name)}</h3><p>{_e(d.get('records'))} records moved to a postcode "
+                 f"centroid. {stats}</p><div class='hist'>{bars}</div>")
+    return body
+
+
+def _metadata_html(md: dict[str, Any]) -> str:
+    items = [("Agency supplying the information", md["agency"]),
+             ("Supplier", md["supplier"] + (f" ({md['supplier_contact']})" if md.get("supplier_contact") else "")),
+             ("Dataset name", md["dataset_name"]), ("Guidance section", md["guidance_section"]),
+             ("Dataset type", md["dataset_type"]), ("Time period covered", md["time_period_covered"]),
+             ("Supply cycle", md["supply_cycle"]), ("File format", md["file_format"]),
+             ("Number of records supplied", md["number_of_records_supplied"]),
+             ("Date supplied", md["date_supplied"]), ("Caveats", md["caveats"]),
+             ("Geographic coordinates", md["geographic_method"]), ("Conditions of use", md["conditions_of_use"])]
+    dl = "<dl>" + "".join(f"<dt>{html.escape(k)}</dt><dd>{_e(v)}</dd>" for k, v in items) + "</dl>"
+    fields = _table(["File", "Datafield", "Explanation", "Type", "Required", "Codes", "In the observatory"],
+                    [[_e(f["file"]), f"<code>{_e(f['name'])}</code>", _e(f["explanation"]), _e(f["type"]),
+                      _e(f["required"]), _e(f["codes"]), _e(f["in_observatory"])] for f in md["datafields"]])
+    return dl + "<h3>Datafields</h3>" + fields
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """A self-contained HTML page of a report (inline CSS, no scripts, no external resources)."""
+    s = report["summary"]
+    status = report["supply"]["status"]
+    cards = [("Rows in files", s["rows_in_files"]), ("Rows loaded", s["rows_loaded"]),
+             ("Rows needing attention", s["rows_need_attention"]), ("Files refused", s["files_refused"])]
+    if s.get("rows_withheld"):
+        cards.insert(3, ("Rows withheld (disclosure)", s["rows_withheld"]))
+    cards_html = "".join(f'<div class="card"><div class="n">{_e(v)}</div><div class="l">{html.escape(k)}</div></div>'
+                         for k, v in cards)
+    files = _table(["File", "Your file name", "Size (bytes)", "Rows in file", "Rows loaded", "Table",
+                    "Signed by key", "SHA-256"],
+                   [[_e(f["name"]), _e(f["remote_name"]), _e(f["size_bytes"]), _e(f["rows_in_file"]),
+                     _e(f["rows_loaded"]), _e(f["table"]),
+                     f'<code>{_e(f["signed_by"])}</code>' if f["signed_by"] else _e(None),
+                     f'<code title="{_e(f["sha256"])}">{_e((f["sha256"] or "")[:12])}&hellip;</code>']
+                    for f in report["files"]])
+    sections = [
+        _section("Rows that need attention", _rejected_html(report), "rows"),
+    ]
+    if report["quarantined"]:
+        sections.append(_section(
+            "Refused files", _table(["File", "Your file name", "Reason and what to do"],
+                                    [[_e(q["file"]), _e(q["remote_name"]), _e(q["reason"])]
+                                     for q in report["quarantined"]]), "refused",
+            "A refused file was moved to your quarantine folder with a .reason.txt beside it. Nothing of this "
+            "supply was loaded: fix the file and upload the whole supply again."))
+    sections += [
+        _section("Files received", files, "files"),
+        _section("Fitness for purpose", _validation_html(report), "quality",
+                 "The four qualities of section 4.2.3 of the guidance. Accuracy and completeness problems do not "
+                 "stop a supply; they are reported so that users of the data are aware of them."),
+        _section("Geocoding", _matrix(report["geocoding"]["by_file"], "Method"), "geocoding",
+                 "How each record was placed on the map. 'terminated_postcode': the postcode is no longer in use "
+                 "and its last centroid was used. 'failed': no usable location; the record is kept without a point."),
+        _section("Sanitising (Appendix 1)", _sanitising_html(report), "sanitising",
+                 "Each record is shown at the centroid of a postcode with enough households that no address "
+                 "can be singled out; house numbers and names are removed."),
+        _section("Disclosure risk", _matrix(report["disclosure"], "Measure"), "disclosure",
+                 "k: the fewest records sharing the same place, month and category (larger is safer). "
+                 "l: the fewest distinct categories at one point."),
+        _section("Supply metadata (guidance section 3.4)", _metadata_html(report["metadata"]), "metadata"),
+    ]
+    if "engineer" in report:
+        eng = report["engineer"]
+        rows = [[_e(k), f"<code>{_e(json.dumps(v) if not isinstance(v, str) else v)}</code>"]
+                for k, v in eng.items()]
+        sections.append(_section("Observatory only", _table(["Item", "Value"], rows), "engineer",
+                                 "Not in the partner's copy."))
+    page = Template(TEMPLATE.read_text(encoding="utf-8"))
+    return page.substitute(
+        title=_e(report["report"]["title"]), marking=_e(report["report"]["marking"]),
+        status_class="ok" if status == "loaded" and not s["rows_need_attention"] else
+        "warn" if status == "loaded" else "bad",
+        status_text=_e(report["supply"]["status_text"]), headline=_e(report["headline"]),
+        supply_id=_e(report["supply"]["supply_id"]), generated_at=_e(report["report"]["generated_at"]),
+        cards=cards_html, sections="".join(sections),
+    )
+
+
+def render_text(report: dict[str, Any]) -> str:
+    """A few lines for a terminal: headline, per-table counts and the first rows needing attention."""
+    lines = [report["report"]["title"], report["headline"]]
+    for table, n in report["rows_loaded"].items():
+        lines.append(f"  {table}: {n:,} rows")
+    for q in report["quarantined"]:
+        lines.append(f"  refused {q['remote_name'] or q['file']}: {q['reason']}")
+    attention = [r for r in report["rejected_rows"] if r["stage"] != "disclosure"]
+    for r in attention[:10]:
+        lines.append(f"  {r['file']} row {r['row']}: {r['reason']}")
+    if len(attention) > 10:
+        lines.append(f"  ... and {len(attention) - 10:,} more (see the report)")
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], folder: Path | str) -> tuple[Path, Path]:
+    """Write the report as JSON and HTML side by side; returns (json_path, html_path)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = report["report"]["generated_at"].replace("-", "").replace(":", "").replace("+0000", "Z")
+    stem = f"{report['supply']['feed']}_{report['supply']['period']}_quality_{stamp}"
+    json_path, html_path = folder / f"{stem}.json", folder / f"{stem}.html"
+    json_path.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
+    html_path.write_text(render_html(report), encoding="utf-8")
+    return json_path, html_path

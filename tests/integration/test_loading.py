@@ -1,0 +1,324 @@
+"""Loading a supply into PostGIS: one transaction, re-runs replace, failures leave nothing, grants hold."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+
+import pandas as pd
+import psycopg2
+import pytest
+
+from csp_observatory import ddl, loading
+from csp_observatory.schema import SCHEMA_DIR, FeedSchema, load_schema
+
+pytestmark = pytest.mark.integration
+
+PERIOD = "202609"
+
+
+@pytest.fixture(scope="module")
+def db_url() -> str:
+    url = os.environ.get("CSP_DATABASE_URL")
+    if not url:
+        pytest.skip("CSP_DATABASE_URL is not set (the integration fixtures provide it)")
+    return url
+
+
+@pytest.fixture()
+def conn(db_url):
+    c = psycopg2.connect(db_url)
+    yield c
+    c.rollback()
+    c.close()
+
+
+def _isolated(schema: FeedSchema, personalised: bool = False) -> FeedSchema:
+    """The real schema with its own feed id and table names, so tests never touch real tables."""
+    tag = uuid.uuid4().hex[:8]
+    files = tuple(dataclasses.replace(f, table=f"t{tag}_{f.table}") for f in schema.files)
+    return dataclasses.replace(schema, feed=f"test_{tag}", files=files,
+                               dataset_type="personalised" if personalised else schema.dataset_type)
+
+
+@pytest.fixture()
+def feed(conn):
+    schema = _isolated(load_schema(SCHEMA_DIR / "police_recorded_crime.yaml"))
+    ddl.ensure_database(conn)
+    ddl.ensure_feed_tables(conn, schema)
+    conn.commit()
+    yield schema
+    _drop(conn, schema)
+
+
+def _drop(conn, schema: FeedSchema) -> None:
+    conn.rollback()
+    with conn.cursor() as cur:
+        for f in schema.files:
+            cur.execute(psycopg2.sql.SQL("DROP TABLE IF EXISTS {}").format(
+                psycopg2.sql.Identifier(schema.db_schema, f.table)))
+        for t in ("supplies", "rejected_rows", "validation_results"):
+            cur.execute(f"DELETE FROM observatory.{t} WHERE supply_id LIKE %s", (f"{schema.feed}/%",))
+    conn.commit()
+
+
+def _value(col: ddl.Column, i: int, file_name: str):
+    if col.name in ("crime_reference",):
+        return f"CR{i // 2 if file_name != 'offences' else i:05d}"
+    if col.name.endswith("_reference"):
+        return f"R{i:04d}"
+    if col.name in ("sanitised_easting", "geo_easting"):
+        return 409000.0 + i
+    if col.name in ("sanitised_northing", "geo_northing"):
+        return 425000.0 + i
+    if col.name == "source_row":
+        return i + 1
+    return {"text": f"v{i % 3}", "date": pd.Timestamp("2026-09-01") + pd.Timedelta(days=i % 28),
+            "integer": i % 90, "double precision": i / 7, "boolean": bool(i % 2), "real": i * 1.5}[col.sql_type]
+
+
+def _frames(schema: FeedSchema, n: int = 20) -> dict[str, pd.DataFrame]:
+    """Frames shaped as the sanitising stage hands them over (or geocoding, for a personalised feed)."""
+    out = {}
+    for f in schema.files:
+        cols = [c for c in ddl.table_columns(schema, f) if c.name not in ddl.LOADER_COLUMNS]
+        frame = pd.DataFrame({c.name: [_value(c, i, f.name) for i in range(n)] for c in cols})
+        frame["sanitise_rule" if "sanitise_rule" in frame else "geocode_method"] = "own_postcode"
+        frame.loc[n - 1, [c.name for c in cols if c.name in ("sanitised_easting", "sanitised_northing")]] = None
+        out[f.name] = frame
+    return out
+
+
+def _lineage(schema: FeedSchema) -> dict[str, str]:
+    return {f.name: uuid.uuid4().hex * 2 for f in schema.files}
+
+
+def _count(conn, schema: FeedSchema, supply_id: str | None = None) -> dict[str, int]:
+    counts = {}
+    with conn.cursor() as cur:
+        for f in schema.files:
+            q = psycopg2.sql.SQL("SELECT count(*) FROM {}").format(psycopg2.sql.Identifier(schema.db_schema, f.table))
+            if supply_id:
+                cur.execute(q + psycopg2.sql.SQL(" WHERE supply_id = %s"), (supply_id,))
+            else:
+                cur.execute(q)
+            counts[f.table] = cur.fetchone()[0]
+    conn.rollback()
+    return counts
+
+
+def _rejected() -> pd.DataFrame:
+    return pd.DataFrame({"source_file": ["offences", "victims"], "source_row": [4, 9],
+                         "reason": ["ho_offence_code '99/9' is not a Home Office offence code", "age is missing"],
+                         "stage": ["validate", "validate"]})
+
+
+def _validation() -> dict:
+    return {"offences": {"expectations": [
+        {"type": "expect_column_values_to_not_be_null", "column": "crime_reference", "quality": "completeness",
+         "success": True, "unexpected_count": 0, "unexpected_percent": 0.0},
+        {"type": "expect_column_values_to_be_in_set", "column": "ho_offence_code", "quality": "accuracy",
+         "success": False, "unexpected_count": 1, "unexpected_percent": 5.0,
+         "result": {"partial_unexpected_list": ["99/9"]}},
+    ]}}
+
+
+def _load(conn, schema, tables, supply_id=None, lineage=None, ledger=None):
+    return loading.load_supply(conn, schema, supply_id or f"{schema.feed}/{PERIOD}", PERIOD, tables,
+                               lineage or _lineage(schema), rejected=_rejected(), validation=_validation(),
+                               on_commit_ledger=ledger)
+
+
+def test_load_then_reload_replaces_without_duplicates(conn, feed):
+    frames = _frames(feed, 20)
+    first = _load(conn, feed, frames)
+    assert sorted(first.rows.values()) == [20, 20, 20]
+    counts = _count(conn, feed)
+    assert set(counts.values()) == {20}
+
+    second = _load(conn, feed, frames)
+    assert second.rows == first.rows
+    assert sum(second.replaced.values()) == 60
+    assert _count(conn, feed) == counts
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM observatory.rejected_rows WHERE supply_id = %s", (f"{feed.feed}/{PERIOD}",))
+        assert cur.fetchone()[0] == 2
+        cur.execute("SELECT status, row_counts FROM observatory.supplies WHERE supply_id = %s",
+                    (f"{feed.feed}/{PERIOD}",))
+        status, row_counts = cur.fetchone()
+        assert status == "loaded" and sum(row_counts.values()) == 60
+        cur.execute("SELECT expectation, success, raw::text FROM observatory.validation_results "
+                    "WHERE supply_id = %s ORDER BY expectation", (f"{feed.feed}/{PERIOD}",))
+        results = cur.fetchall()
+    assert {r[0].split()[0]: r[1] for r in results} == {"expect_column_values_to_not_be_null": True,
+                                                        "expect_column_values_to_be_in_set": False}
+    # A sampled value from GX is row content: it must not be stored.
+    assert not any("99/9" in r[2] for r in results)
+
+
+def test_values_arrive_typed_with_point_and_lineage(conn, feed):
+    frames = _frames(feed, 5)
+    lineage = _lineage(feed)
+    _load(conn, feed, frames, lineage=lineage)
+    table = next(f.table for f in feed.files if f.name == "offences")
+    with conn.cursor() as cur:
+        cur.execute(psycopg2.sql.SQL(
+            "SELECT committed_from_date, flag_drugs, sanitised_easting, ST_X(geom), ST_Y(geom), ST_SRID(geom), "
+            "source_sha256, source_row, period FROM {} WHERE source_row = 2").format(
+            psycopg2.sql.Identifier(feed.db_schema, table)))
+        row = cur.fetchone()
+        cur.execute(psycopg2.sql.SQL("SELECT count(*) FROM {} WHERE geom IS NULL").format(
+            psycopg2.sql.Identifier(feed.db_schema, table)))
+        no_point = cur.fetchone()[0]
+    conn.rollback()
+    assert str(row[0]) == "2026-09-02" and row[1] is True
+    assert (row[2], row[3], row[4], row[5]) == (409001, 409001.0, 425001.0, 27700)
+    assert (row[6], row[7], row[8]) == (lineage["offences"], 2, PERIOD)
+    assert no_point == 1                 # the record without a sanitised point keeps a null geom
+
+
+def test_failure_mid_way_leaves_the_previous_load_intact(conn, feed):
+    frames = _frames(feed, 10)
+    _load(conn, feed, frames)
+    before = _count(conn, feed)
+
+    bad = {k: v.copy() for k, v in frames.items()}
+    bad["victims"]["age"] = bad["victims"]["age"].astype(object)
+    bad["victims"].loc[5, "age"] = "forty"     # offences and offenders go in first; the last file fails
+    with pytest.raises(ValueError):
+        _load(conn, feed, bad)
+    assert _count(conn, feed) == before
+
+    dup = {k: v.copy() for k, v in frames.items()}
+    dup["offenders"].loc[3, ["crime_reference", "offender_reference"]] = dup["offenders"].loc[
+        2, ["crime_reference", "offender_reference"]].to_list()
+    with pytest.raises(psycopg2.IntegrityError):
+        _load(conn, feed, dup)
+    assert _count(conn, feed) == before
+
+
+def test_failed_first_load_and_failing_ledger_leave_nothing(conn, feed):
+    supply = f"{feed.feed}/209912"
+    calls = []
+
+    def ledger(c):
+        calls.append(c)
+        raise RuntimeError("ledger unavailable")
+
+    with pytest.raises(RuntimeError):
+        _load(conn, feed, _frames(feed, 8), supply_id=supply, ledger=ledger)
+    assert calls, "the ledger callback runs inside the load"
+    assert set(_count(conn, feed, supply).values()) == {0}
+    with conn.cursor() as cur:
+        for t in ("supplies", "rejected_rows", "validation_results"):
+            cur.execute(f"SELECT count(*) FROM observatory.{t} WHERE supply_id = %s", (supply,))
+            assert cur.fetchone()[0] == 0, t
+    conn.rollback()
+
+
+def test_ledger_commits_with_the_rows(conn, feed):
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS observatory.h6_ledger_probe (supply_id text)")
+    conn.commit()
+    supply = f"{feed.feed}/{PERIOD}"
+    try:
+        _load(conn, feed, _frames(feed, 3), supply_id=supply,
+              ledger=lambda c: c.cursor().execute("INSERT INTO observatory.h6_ledger_probe VALUES (%s)", (supply,)))
+        with psycopg2.connect(conn.dsn) as other, other.cursor() as cur:   # a second session sees both
+            cur.execute("SELECT count(*) FROM observatory.h6_ledger_probe WHERE supply_id = %s", (supply,))
+            assert cur.fetchone()[0] == 1
+        assert set(_count(conn, feed, supply).values()) == {3}
+    finally:
+        with conn.cursor() as cur:
+            cur.execute("DROP TABLE IF EXISTS observatory.h6_ledger_probe")
+        conn.commit()
+
+
+def test_personal_columns_in_a_depersonalised_frame_are_refused(conn, feed):
+    frames = _frames(feed, 4)
+    frames["offenders"]["offender_name"] = "A Person"
+    with pytest.raises(loading.FrameMismatch, match="offender_name"):
+        _load(conn, feed, frames)
+    frames = _frames(feed, 4)
+    frames["offences"]["easting"] = 409123
+    with pytest.raises(loading.FrameMismatch, match="easting"):
+        _load(conn, feed, frames)
+    assert set(_count(conn, feed).values()) == {0}
+
+
+def test_geometry_index_and_grants(conn, feed):
+    _load(conn, feed, _frames(feed, 3))
+    table = feed.files[0].table
+    with conn.cursor() as cur:
+        cur.execute("SELECT srid, type FROM geometry_columns WHERE f_table_schema = %s AND f_table_name = %s",
+                    (feed.db_schema, table))
+        assert cur.fetchone() == (27700, "POINT")
+        cur.execute("SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND tablename = %s",
+                    (feed.db_schema, table))
+        defs = [r[0] for r in cur.fetchall()]
+        assert any("USING gist (geom)" in d for d in defs)
+        cur.execute("SELECT obj_description(%s::regclass), col_description(%s::regclass, 1)",
+                    (f"{feed.db_schema}.{table}",) * 2)
+        table_comment, first_col = cur.fetchone()
+        assert feed.files[0].title in table_comment and first_col == feed.files[0].datafields[0].label
+        q = f"{feed.db_schema}.{table}"
+        cur.execute("SELECT has_table_privilege('csp_analyst', %s, 'SELECT'), "
+                    "has_table_privilege('csp_analyst', 'observatory.supplies', 'SELECT'), "
+                    "has_schema_privilege('csp_analyst', 'personal', 'USAGE'), "
+                    "has_schema_privilege('csp_analyst', 'observatory', 'USAGE'), "
+                    "has_schema_privilege('public', 'personal', 'USAGE'), "
+                    "has_table_privilege('csp_engineer', 'observatory.supplies', 'SELECT')", (q,))
+        assert cur.fetchone() == (True, False, False, False, False, True)
+    conn.rollback()
+    # Acting as the analyst (when this account may): depersonalised yes, observatory no.
+    with conn.cursor() as cur:
+        try:
+            cur.execute("SET ROLE csp_analyst")
+        except psycopg2.errors.InsufficientPrivilege:
+            conn.rollback()
+            return
+        cur.execute(psycopg2.sql.SQL("SELECT count(*) FROM {}").format(psycopg2.sql.Identifier(feed.db_schema, table)))
+        assert cur.fetchone()[0] == 3
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            cur.execute("SELECT count(*) FROM observatory.supplies")
+    conn.rollback()
+
+
+def test_personalised_feed_goes_to_personal_schema_for_its_reader_only(conn):
+    schema = _isolated(load_schema(SCHEMA_DIR / "police_recorded_crime.yaml"), personalised=True)
+    try:
+        ddl.ensure_database(conn)
+        ddl.ensure_feed_tables(conn, schema)
+        conn.commit()
+        frames = _frames(schema, 4)
+        assert "offender_name" in frames["offenders"] and "date_of_birth" in frames["victims"]
+        result = _load(conn, schema, frames)
+        assert set(result.rows) == {f"personal.{f.table}" for f in schema.files}
+        table = f"personal.{schema.files[1].table}"
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT ST_X(geom) FROM {table} WHERE source_row = 1")     # test-made name, not input
+            assert cur.fetchone()[0] == 409000.0                                    # the exact point
+            cur.execute("SELECT has_table_privilege('csp_analyst', %s, 'SELECT'), "
+                        "has_table_privilege('csp_engineer', %s, 'SELECT'), "
+                        "has_table_privilege('csp_personal_reader', %s, 'SELECT')", (table,) * 3)
+            assert cur.fetchone() == (False, False, True)
+        conn.rollback()
+    finally:
+        _drop(conn, schema)
+
+
+def test_schema_gaining_a_datafield_adds_the_column(conn, feed):
+    from csp_observatory.schema import Datafield
+
+    f = feed.files[0]
+    grown = dataclasses.replace(feed, files=(dataclasses.replace(
+        f, datafields=(*f.datafields, Datafield(name="beat_code", label="Police beat", type="string",
+                                                role="attribute"))), *feed.files[1:]))
+    ddl.ensure_feed_tables(conn, grown)
+    conn.commit()
+    with conn.cursor() as cur:
+        cur.execute("SELECT data_type, col_description(%s::regclass, ordinal_position) FROM information_schema.columns "
+                    "WHERE table_schema = %s AND table_name = %s AND column_name = 'beat_code'",
+                    (f"{feed.db_schema}.{f.table}", feed.db_schema, f.table))
+        assert cur.fetchone() == ("text", "Police beat")
+    conn.rollback()
