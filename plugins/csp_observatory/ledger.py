@@ -13,7 +13,6 @@ from typing import Any, Iterable
 STATUSES = ("received", "quarantined", "loaded", "duplicate")
 
 DDL = """
-CREATE SCHEMA IF NOT EXISTS observatory;
 CREATE TABLE IF NOT EXISTS observatory.deliveries (
     sha256      text PRIMARY KEY CHECK (sha256 ~ '^[0-9a-f]{64}$'),
     feed        text NOT NULL,
@@ -54,6 +53,13 @@ def ensure_ledger(conn: Any) -> None:
     with conn.cursor() as cur:
         # Serialise concurrent first runs: CREATE ... IF NOT EXISTS can still race on the catalog.
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('observatory.deliveries'))")
+        # CREATE ... IF NOT EXISTS still needs CREATE privilege, which the loader's role may rightly lack.
+        cur.execute("SELECT to_regclass('observatory.deliveries') IS NOT NULL")
+        if cur.fetchone()[0]:
+            return
+        cur.execute("SELECT to_regnamespace('observatory') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            cur.execute("CREATE SCHEMA observatory")
         cur.execute(DDL)
 
 
