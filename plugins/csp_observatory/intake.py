@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -222,7 +223,8 @@ def collect(sftp: Any, conn: Any, schema: FeedSchema, settings: Settings, supply
     incoming = private_dir(settings.staging_dir, schema.feed, supply.period, "incoming")
     files = []
     for pf in supply.files:
-        temp = incoming / pf.remote_name
+        # A unique name, so two runs collecting at once cannot write into each other's download.
+        temp = incoming / f"{pf.remote_name}.{secrets.token_hex(4)}"
         got = download(sftp, f"{inbox}/{pf.remote_name}", temp)
         if got != pf.size:
             temp.unlink(missing_ok=True)
