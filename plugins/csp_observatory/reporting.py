@@ -26,7 +26,7 @@ TEMPLATE: Final = Path(__file__).resolve().parent / "templates" / "report.html"
 HTML_ROW_LIMIT: Final = 500
 
 STATUS_TEXT: Final = {
-    "loaded": "Loaded",
+    "loaded": "Loaded into the observatory's database",
     "collected": "In progress",
     "refused": "Not loaded: a file was refused (see Refused files)",
     "malformed": "Not loaded: a file could not be read (see Refused files)",
@@ -125,6 +125,8 @@ def _counts(obj: Any) -> dict[str, Any]:
     """Only the numbers (and short labels) of a stage summary: never a value list that could be row content."""
     if hasattr(obj, "to_dict"):
         obj = obj.to_dict()
+    elif hasattr(obj, "as_dict"):          # disclosure.DisclosureReport
+        obj = obj.as_dict()
     elif hasattr(obj, "__dataclass_fields__"):
         from dataclasses import asdict
         obj = asdict(obj)
@@ -409,6 +411,8 @@ def _e(v: Any) -> str:
         return f"{v:,}"
     if isinstance(v, float):
         return f"{v:,.1f}"
+    if isinstance(v, list):
+        return html.escape(", ".join(str(x) for x in v))
     return html.escape(str(v))
 
 
@@ -424,10 +428,20 @@ def _section(title: str, body: str, anchor: str, note: str = "") -> str:
     return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{note_html}{body}</section>'
 
 
-def _score_class(score: float | None) -> str:
+def _score_class(score: float | None, failed: int = 0) -> str:
     if score is None:
         return "na"
-    return "good" if score >= 99.5 else "fair" if score >= 90 else "poor"
+    if score < 90:
+        return "poor"
+    # A high score with a failed check is still worth a look: never show it as all clear.
+    return "fair" if failed or score < 99.5 else "good"
+
+
+def _fingerprint(fp: str | None) -> str:
+    if not fp:
+        return _e(None)
+    tail = " ".join(fp[i:i + 4] for i in range(max(len(fp) - 16, 0), len(fp), 4))
+    return f'<code class="nowrap" title="{_e(fp)}">&hellip;{_e(tail)}</code>'
 
 
 def _rejected_html(report: dict[str, Any]) -> str:
@@ -447,7 +461,7 @@ def _validation_html(report: dict[str, Any]) -> str:
     parts = []
     for file_name, v in report["validation"].items():
         cards = "".join(
-            f'<div class="quality {_score_class(q["score"])}"><div class="q">{html.escape(name.title())}</div>'
+            f'<div class="quality {_score_class(q["score"], q["failed"])}"><div class="q">{html.escape(name.title())}</div>'
             f'<div class="score">{_e(q["score"]) + "%" if q["score"] is not None else "n/a"}</div>'
             f'<div class="sub">{q["passed"]} passed, {q["failed"]} failed</div></div>'
             for name, q in v["qualities"].items())
@@ -473,13 +487,24 @@ def _validation_html(report: dict[str, Any]) -> str:
     return "".join(parts) or '<p class="muted">No validation results (the supply stopped before validation).</p>'
 
 
-def _matrix(by_file: dict[str, dict[str, Any]], first: str) -> str:
+DISCLOSURE_LABELS: Final = {
+    "quasi_identifiers": "Combination checked", "k_threshold": "Threshold k", "records": "Records",
+    "groups": "Distinct combinations", "k": "Smallest group (k)", "small_cells": "Combinations under the threshold",
+    "records_in_small_cells": "Records in those combinations", "sensitive": "Sensitive field (for l)",
+    "points": "Distinct points", "min_l": "Fewest categories at one point (l)",
+    "points_with_l1": "Points with a single category (l = 1)",
+}
+
+
+def _matrix(by_file: dict[str, dict[str, Any]], first: str, labels: dict[str, str] | None = None) -> str:
     keys: list[str] = []
     for c in by_file.values():
         keys += [k for k, v in c.items() if k not in keys and not isinstance(v, dict)]
     if not keys:
         return '<p class="muted">Nothing recorded.</p>'
-    return _table([first, *by_file.keys()], [[_e(k), *(_e(c.get(k)) for c in by_file.values())] for k in keys])
+    labels = labels or {}
+    return _table([first, *by_file.keys()],
+                  [[_e(labels.get(k, k)), *(_e(c.get(k)) for c in by_file.values())] for k in keys])
 
 
 def _sanitising_html(report: dict[str, Any]) -> str:
@@ -531,8 +556,8 @@ def render_html(report: dict[str, Any]) -> str:
                     "Signed by key", "SHA-256"],
                    [[_e(f["name"]), _e(f["remote_name"]), _e(f["size_bytes"]), _e(f["rows_in_file"]),
                      _e(f["rows_loaded"]), _e(f["table"]),
-                     f'<code>{_e(f["signed_by"])}</code>' if f["signed_by"] else _e(None),
-                     f'<code title="{_e(f["sha256"])}">{_e((f["sha256"] or "")[:12])}&hellip;</code>']
+                     _fingerprint(f["signed_by"]),
+                     f'<code class="nowrap" title="{_e(f["sha256"])}">{_e((f["sha256"] or "")[:12])}&hellip;</code>']
                     for f in report["files"]])
     sections = [
         _section("Rows that need attention", _rejected_html(report), "rows"),
@@ -555,7 +580,7 @@ def render_html(report: dict[str, Any]) -> str:
         _section("Sanitising (Appendix 1)", _sanitising_html(report), "sanitising",
                  "Each record is shown at the centroid of a postcode with enough households that no address "
                  "can be singled out; house numbers and names are removed."),
-        _section("Disclosure risk", _matrix(report["disclosure"], "Measure"), "disclosure",
+        _section("Disclosure risk", _matrix(report["disclosure"], "Measure", DISCLOSURE_LABELS), "disclosure",
                  "k: the fewest records sharing the same place, month and category (larger is safer). "
                  "l: the fewest distinct categories at one point."),
         _section("Supply metadata (guidance section 3.4)", _metadata_html(report["metadata"]), "metadata"),
