@@ -131,19 +131,19 @@ def move(sftp: paramiko.SFTPClient, src: str, dst: str) -> None:
     sftp.posix_rename(src, dst)
 
 
-def put_text(sftp: paramiko.SFTPClient, remote: str, text: str, mode: int | None = 0o644) -> None:
+def put_text(sftp: paramiko.SFTPClient, remote: str, text: str, mode: int | None = None) -> None:
     """Write ``text`` (UTF-8) to ``remote`` via ``remote.part`` and a rename, so no reader sees half of it."""
     part = remote + ".part"
     with sftp.open(part, "wb") as fh:
         fh.write(text.encode("utf-8"))
     if mode is not None:
-        # Notes and reports are for the partner's own account, which may not share the observatory's group;
-        # the partner's chroot, not the file mode, keeps them from other partners.
+        # By default the server decides (setup.sh: shared group, umask 0007); set before the rename so the
+        # file never appears with the wrong mode.
         sftp.chmod(part, mode)
     sftp.posix_rename(part, remote)
 
 
-def put_file(sftp: paramiko.SFTPClient, local: Path, remote: str, mode: int | None = 0o644) -> None:
+def put_file(sftp: paramiko.SFTPClient, local: Path, remote: str, mode: int | None = None) -> None:
     """Upload ``local`` to ``remote`` via ``remote.part`` and a rename, so no reader sees half of it."""
     part = remote + ".part"
     sftp.put(str(local), part, confirm=True)

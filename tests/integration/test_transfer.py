@@ -209,3 +209,18 @@ def test_a_server_with_another_host_key_is_refused(settings, tmp_path):
     # And the right pin connects.
     with sftp.connect_observatory(settings) as client:
         assert client.listdir(settings.partner_folder("police", "inbox")) is not None
+
+
+def test_reports_arrive_whole_and_the_partner_can_read_them(settings, partner_sftp, observatory_sftp, transfer,
+                                                             tmp_path):
+    reports = settings.partner_folder("police", "reports")
+    local = tmp_path / "report.html"
+    local.write_text("<html>" + "quality " * 5000 + "</html>")
+    sftp.put_file(observatory_sftp, local, f"{reports}/{PERIOD}_report.html")
+    sftp.put_text(observatory_sftp, f"{reports}/{PERIOD}_report.json", '{"period": "%s"}' % PERIOD)
+    assert sorted(n for n in partner_sftp.listdir("/reports") if PERIOD in n) == [
+        f"{PERIOD}_report.html", f"{PERIOD}_report.json"]            # no .part left behind
+    with partner_sftp.open(f"/reports/{PERIOD}_report.html") as fh:
+        assert fh.read() == local.read_bytes()
+    with partner_sftp.open(f"/reports/{PERIOD}_report.json") as fh:
+        assert fh.read().decode() == '{"period": "%s"}' % PERIOD
