@@ -148,7 +148,8 @@ def _write_validation(cur: Any, supply_id: str, validation: dict[str, Any] | Non
     rows = []
     for file_name, summary in (validation or {}).items():
         for e in validation_expectations(_as_dict(summary)):
-            rows.append((supply_id, file_name, e.get("quality"), e["expectation"], e.get("success"),
+            what = f'{e["expectation"]} on {e["column"]}' if e.get("column") else e["expectation"]
+            rows.append((supply_id, file_name, e.get("quality"), what, e.get("success"),
                          e.get("unexpected_count"), e.get("unexpected_percent"),
                          json.dumps(strip_row_content(e.get("raw", e)), default=str)))
     if rows:

@@ -95,10 +95,12 @@ def validation_expectations(summary: dict[str, Any] | None) -> list[dict[str, An
     for quality, e in items:
         kind = e.get("type") or e.get("expectation_type") or e.get("expectation") or "expectation"
         kwargs = e.get("kwargs") if isinstance(e.get("kwargs"), dict) else {}
-        column = e.get("column") or kwargs.get("column") or (
-            ", ".join(kwargs["column_list"]) if isinstance(kwargs.get("column_list"), list) else None)
+        column = e.get("column") or kwargs.get("column") or kwargs.get("column_list")
+        if isinstance(column, (list, tuple)):
+            column = " + ".join(str(c) for c in column)
         out.append({
-            "expectation": str(kind), "column": column, "quality": e.get("quality") or quality,
+            "expectation": str(kind), "column": column, "describe": e.get("describe"),
+            "quality": e.get("quality") or quality,
             "success": None if e.get("success") is None else bool(e["success"]),
             "unexpected_count": _int_or_none(e.get("unexpected_count")),
             "unexpected_percent": _float_or_none(e.get("unexpected_percent")),
@@ -238,7 +240,8 @@ def _validation_section(raw: dict[str, Any]) -> dict[str, Any]:
         given = summary.get("qualities") if isinstance(summary, dict) else None
         qualities: dict[str, Any] = {}
         for q in QUALITIES:
-            mine = [{k: e[k] for k in ("expectation", "column", "success", "unexpected_count", "unexpected_percent")}
+            mine = [{k: e[k] for k in ("expectation", "column", "describe", "success", "unexpected_count",
+                                       "unexpected_percent")}
                     for e in expectations if e["quality"] == q]
             score = None
             if isinstance(given, dict) and isinstance(given.get(q), dict):
@@ -471,7 +474,9 @@ def _validation_html(report: dict[str, Any]) -> str:
                 mark = '<span class="pass">pass</span>' if e["success"] else \
                     '<span class="fail">fail</span>' if e["success"] is False else "-"
                 pct = f'{e["unexpected_percent"]:.2f}%' if e["unexpected_percent"] is not None else "-"
-                rows.append([html.escape(name), _e(e["column"]), _e(e["expectation"]), mark,
+                check = _e(e["describe"]) + f'<br><code class="muted">{_e(e["expectation"])}</code>' \
+                    if e.get("describe") else _e(e["expectation"])
+                rows.append([html.escape(name), _e(e["column"]), check, mark,
                              _e(e["unexpected_count"]), pct])
         detail = _table(["Quality", "Field", "Check", "Result", "Values failing", "% of values given"], rows) \
             if rows else '<p class="muted">No checks recorded.</p>'
