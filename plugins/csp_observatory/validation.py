@@ -1,0 +1,372 @@
+"""Validate a parsed feed file: row rules in pandas, then a Great Expectations suite for the quality report.
+
+Two kinds of check, following section 4.2.3 of the guidance ("issues with accuracy should not prevent the
+supply of information"):
+
+* :func:`apply_row_rules` sets aside only rows that cannot be used at all (a required value or key missing, a
+  required code or reference invalid) and blanks optional values that are wrong, counting them.
+* :func:`validate` runs a GX suite built from the schema and scores the file on the guidance's four
+  qualities: completeness, accuracy, precision and currency. Its failures are findings, never errors.
+
+Great Expectations is imported inside functions: DAG files import this package when Airflow parses them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Final
+
+import pandas as pd
+
+from csp_observatory.cleaning import normalise_codes
+from csp_observatory.parsing import empty_rejected, rejected_frame
+from csp_observatory.schema import Datafield, FeedFile, FeedSchema
+
+# Great Britain, in British National Grid metres and in WGS84 degrees.
+GB_EASTING: Final = (0, 700_000)
+GB_NORTHING: Final = (0, 1_300_000)
+GB_LONGITUDE: Final = (-8.75, 1.85)
+GB_LATITUDE: Final = (49.8, 60.95)
+EARLIEST_DATE: Final = pd.Timestamp("1900-01-01")
+#: Event dates older than this many months before the supply period count against currency.
+CURRENCY_MONTHS: Final = 12
+QUALITIES: Final = ("completeness", "accuracy", "precision", "currency")
+# Postcode written as a full unit (any case and spacing): a district alone (HX1) is not precise enough.
+FULL_POSTCODE: Final = r"^\s*[A-Za-z]{1,2}[0-9][A-Za-z0-9]?\s*[0-9][A-Za-z]{2}\s*$"
+# Ages given as band starts (0, 5, 10, ...) leave most values on multiples of five.
+AGE_BAND_VALUES: Final = tuple(range(0, 125, 5))
+PRECISION_MOSTLY: Final = 0.6
+
+
+@dataclass(frozen=True)
+class Check:
+    """One expectation of the suite, and which quality of the guidance it measures."""
+
+    id: str
+    quality: str
+    type: str
+    kwargs: dict[str, Any]
+    describe: str
+
+
+# --- row rules (pandas) ---------------------------------------------------------------------------
+
+def _today() -> pd.Timestamp:
+    return pd.Timestamp(date.today())
+
+
+def _blank(values: pd.Series) -> pd.Series:
+    if pd.api.types.is_string_dtype(values.dtype):
+        return values.isna() | (values.str.strip() == "").fillna(True)
+    return values.isna()
+
+
+def _shown(d: Datafield, value: Any) -> str:
+    return "(value withheld: personal data)" if d.personal else f"'{value}'"
+
+
+def _invalid(frame: pd.DataFrame, d: Datafield) -> tuple[pd.Series, str]:
+    """Present values of a datafield that break its schema rule, and what the rule is, in words."""
+    values = frame[d.name]
+    present = ~_blank(values)
+    bad = pd.Series(False, index=frame.index)
+    rule = ""
+    if d.type == "code" and d.allowed_codes is not None:
+        codes = normalise_codes(values, d)
+        bad = present & ~codes.isin(d.allowed_codes).fillna(False)
+        rule = "is not a valid code"
+    elif d.pattern and pd.api.types.is_string_dtype(values.dtype):
+        bad = present & ~values.str.strip().str.fullmatch(d.pattern).fillna(False)
+        rule = "is not in the expected format"
+    if d.type in ("integer", "float") and (d.min is not None or d.max is not None):
+        lo = -float("inf") if d.min is None else d.min
+        hi = float("inf") if d.max is None else d.max
+        bad = bad | (present & ~values.between(lo, hi).fillna(True))
+        rule = rule or f"is outside {d.min}..{d.max}"
+    if d.type == "date":
+        bad = bad | (present & ((values < EARLIEST_DATE) | (values > _today())).fillna(False))
+        rule = rule or "is before 1900 or in the future"
+    return bad, rule
+
+
+def _coordinate_pairs(feed_file: FeedFile) -> list[tuple[str, str, tuple[float, float], tuple[float, float]]]:
+    loc = feed_file.location
+    pairs = []
+    if loc.easting and loc.northing:
+        pairs.append((loc.easting, loc.northing, GB_EASTING, GB_NORTHING))
+    if loc.longitude and loc.latitude:
+        pairs.append((loc.longitude, loc.latitude, GB_LONGITUDE, GB_LATITUDE))
+    return pairs
+
+
+def row_problems(frame: pd.DataFrame, feed_file: FeedFile) -> pd.DataFrame:
+    """Rows that cannot be used at all, with a plain reason: ``DataFrame[source_row, reason]``."""
+    required = {d.name for d in feed_file.datafields if d.required} | set(feed_file.key)
+    messages: dict[int, list[str]] = {}
+    for d in feed_file.datafields:
+        if d.name not in required or d.name not in frame.columns:
+            continue
+        missing = _blank(frame[d.name])
+        for i in frame.index[missing]:
+            messages.setdefault(i, []).append(f"{d.name} is missing (it is required)")
+        bad, rule = _invalid(frame, d)
+        if d.type == "date":
+            continue   # a questionable required date is an accuracy finding, not a reason to refuse the row
+        for i in frame.index[bad]:
+            messages.setdefault(i, []).append(f"{d.name} {_shown(d, str(frame.at[i, d.name]).strip())} {rule}")
+    rows = [int(frame.at[i, "source_row"]) for i in sorted(messages)]
+    reasons = [f"row {r}: " + "; ".join(messages[i]) for r, i in zip(rows, sorted(messages))]
+    return pd.DataFrame({"source_row": pd.Series(rows, dtype="int64"), "reason": pd.Series(reasons, dtype="string")})
+
+
+def apply_row_rules(frame: pd.DataFrame, feed_file: FeedFile) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """Reject unusable rows (stage "validate"); blank and count optional values that break a rule."""
+    problems = row_problems(frame, feed_file)
+    if problems.empty:
+        rejected = empty_rejected()
+        kept = frame.copy()
+    else:
+        rejected = rejected_frame(feed_file.name, problems["source_row"].tolist(), problems["reason"].tolist(),
+                                  "validate")
+        kept = frame[~frame["source_row"].isin(problems["source_row"])].copy()
+    kept = kept.reset_index(drop=True)
+    required = {d.name for d in feed_file.datafields if d.required} | set(feed_file.key)
+    nulled: dict[str, int] = {}
+    for d in feed_file.datafields:
+        if d.name in required or d.name not in kept.columns:
+            continue
+        bad, _ = _invalid(kept, d)
+        if bad.any():
+            kept.loc[bad, d.name] = pd.NA
+            nulled[d.name] = int(bad.sum())
+    # A point outside Great Britain is wrong; blank both halves so geocoding falls back to the postcode.
+    for x, y, (x0, x1), (y0, y1) in _coordinate_pairs(feed_file):
+        if x not in kept.columns or y not in kept.columns:
+            continue
+        outside = (~kept[x].between(x0, x1) | ~kept[y].between(y0, y1)).fillna(False) & \
+            (kept[x].notna() | kept[y].notna())
+        if outside.any():
+            kept.loc[outside, [x, y]] = pd.NA
+            nulled[f"{x}/{y} outside Great Britain"] = int(outside.sum())
+    return kept, rejected, nulled
+
+
+# --- the GX suite ---------------------------------------------------------------------------------
+
+def _period_bounds(period: str | None, period_format: str) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    if not period:
+        return None
+    start = pd.Timestamp(datetime.strptime(period, period_format))
+    return start, start + pd.offsets.MonthBegin(1) - pd.Timedelta(days=1)
+
+
+def build_checks(feed_file: FeedFile, schema: FeedSchema | None = None, period: str | None = None,
+                 today: pd.Timestamp | None = None) -> list[Check]:
+    """The suite for one feed file, from its schema: one Check per expectation, tagged with its quality."""
+    today = today or _today()
+    checks: list[Check] = []
+
+    def add(quality: str, type_: str, describe: str, **kwargs: Any) -> None:
+        checks.append(Check(id=f"{quality}:{type_}:{kwargs.get('column', kwargs.get('column_list'))}:{len(checks)}",
+                            quality=quality, type=type_, kwargs=kwargs, describe=describe))
+
+    for d in feed_file.datafields:
+        # Completeness: every datafield; required ones must be full, optional ones are measured (mostly=0).
+        add("completeness", "expect_column_values_to_not_be_null",
+            f"{d.name} is populated" + (" (required)" if d.required else ""),
+            column=d.name, **({} if d.required else {"mostly": 0.0}))
+        if d.type == "code" and d.allowed_codes is not None:
+            add("accuracy", "expect_column_values_to_be_in_set", f"{d.name} is a valid code",
+                column=d.name, value_set=sorted(d.allowed_codes))
+        if d.pattern:
+            add("accuracy", "expect_column_values_to_match_regex", f"{d.name} matches {d.pattern}",
+                column=d.name, regex=d.pattern)
+        if d.type in ("integer", "float") and (d.min is not None or d.max is not None):
+            add("accuracy", "expect_column_values_to_be_between", f"{d.name} within {d.min}..{d.max}",
+                column=d.name, min_value=d.min, max_value=d.max)
+        if d.type == "date":
+            add("accuracy", "expect_column_values_to_be_between", f"{d.name} is a date from 1900 to today",
+                column=d.name, min_value=EARLIEST_DATE.to_pydatetime(), max_value=today.to_pydatetime())
+        if d.type == "postcode":
+            add("precision", "expect_column_values_to_match_regex", f"{d.name} is a full postcode, not a district",
+                column=d.name, regex=FULL_POSTCODE)
+        if d.role == "age":
+            add("precision", "expect_column_values_to_not_be_in_set",
+                f"{d.name} is in single years, not bands (most values are not multiples of 5)",
+                column=d.name, value_set=list(AGE_BAND_VALUES), mostly=PRECISION_MOSTLY)
+
+    for x, y, (x0, x1), (y0, y1) in _coordinate_pairs(feed_file):
+        add("accuracy", "expect_column_values_to_be_between", f"{x} inside Great Britain", column=x,
+            min_value=x0, max_value=x1)
+        add("accuracy", "expect_column_values_to_be_between", f"{y} inside Great Britain", column=y,
+            min_value=y0, max_value=y1)
+    loc = feed_file.location
+    if loc.easting and loc.northing:
+        add("precision", "expect_column_values_to_not_be_in_set",
+            f"{loc.easting}/{loc.northing} given to 1 m, not rounded to 100 m",
+            column=_rounded_column(loc.easting, loc.northing), value_set=[True], mostly=PRECISION_MOSTLY)
+
+    if len(feed_file.key) == 1:
+        add("accuracy", "expect_column_values_to_be_unique", f"{feed_file.key[0]} is unique", column=feed_file.key[0])
+    elif feed_file.key:
+        add("accuracy", "expect_compound_columns_to_be_unique", f"{' + '.join(feed_file.key)} is unique",
+            column_list=list(feed_file.key))
+
+    if feed_file.event_date:
+        fmt = schema.period_format if schema else "%Y%m"
+        bounds = _period_bounds(period, fmt)
+        if bounds:
+            start, end = bounds
+            oldest = start - pd.DateOffset(months=CURRENCY_MONTHS)
+            add("currency", "expect_column_max_to_be_between", f"latest {feed_file.event_date} is in period {period}",
+                column=feed_file.event_date, min_value=start.to_pydatetime(), max_value=end.to_pydatetime())
+        else:
+            end = today
+            oldest = today - pd.DateOffset(months=CURRENCY_MONTHS)
+            add("currency", "expect_column_max_to_be_between",
+                f"latest {feed_file.event_date} is within 2 months of today", column=feed_file.event_date,
+                min_value=(today - pd.DateOffset(months=2)).to_pydatetime(), max_value=today.to_pydatetime())
+        add("currency", "expect_column_values_to_be_between",
+            f"{feed_file.event_date} not older than {CURRENCY_MONTHS} months before the period",
+            column=feed_file.event_date, min_value=oldest.to_pydatetime(), max_value=end.to_pydatetime(),
+            mostly=0.9)
+    return checks
+
+
+def _rounded_column(x: str, y: str) -> str:
+    return f"__{x}_{y}_rounded_to_100m"
+
+
+def _batch_frame(frame: pd.DataFrame, feed_file: FeedFile) -> pd.DataFrame:
+    """What GX sees: codes read as their schema spelling, plus a derived flag column for coordinate precision."""
+    out = frame.copy()
+    for d in feed_file.datafields:
+        if d.name not in out.columns:
+            out[d.name] = pd.Series(pd.NA, index=out.index, dtype="string")
+        elif d.type == "code":
+            # 028E and 28E are the same code; formatting is cleaning's job, not an accuracy problem.
+            out[d.name] = normalise_codes(out[d.name], d)
+    loc = feed_file.location
+    if loc.easting and loc.northing and loc.easting in out.columns and loc.northing in out.columns:
+        e, n = out[loc.easting], out[loc.northing]
+        out[_rounded_column(loc.easting, loc.northing)] = ((e % 100 == 0) & (n % 100 == 0)).astype("boolean")
+    return out
+
+
+def _quiet_gx() -> None:
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    for name in ("great_expectations", "great_expectations.core", "great_expectations.data_context"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _result_key(type_: str, kwargs: dict[str, Any]) -> tuple[str, str]:
+    column = kwargs.get("column", kwargs.get("column_list"))
+    return type_, str(column)
+
+
+def run_suite(frame: pd.DataFrame, checks: list[Check], name: str) -> dict[str, Any]:
+    """Run the checks as one GX suite on an ephemeral context; the GX result as a JSON-ready dict."""
+    _quiet_gx()
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    batch_definition = (context.data_sources.add_pandas(f"{name}_source").add_dataframe_asset(name)
+                        .add_batch_definition_whole_dataframe("whole_file"))
+    suite = gx.ExpectationSuite(name=f"{name}_suite")
+    for check in checks:
+        cls = _expectation_class(gx, check.type)
+        suite.add_expectation(cls(**check.kwargs, meta={"check_id": check.id, "quality": check.quality}))
+    suite = context.suites.add(suite)
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{name}_validation", data=batch_definition, suite=suite))
+    result = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
+    return result.to_json_dict()
+
+
+def _expectation_class(gx: Any, type_: str) -> Any:
+    camel = "".join(part.capitalize() for part in type_.split("_"))
+    return getattr(gx.expectations, camel)
+
+
+def validate(frame: pd.DataFrame, feed_file: FeedFile, schema: FeedSchema | None = None,
+             period: str | None = None, today: pd.Timestamp | None = None) -> dict[str, Any]:
+    """Score a file on completeness, accuracy, precision and currency with a GX suite; JSON-ready summary."""
+    checks = build_checks(feed_file, schema, period, today)
+    batch = _batch_frame(frame, feed_file)
+    raw = run_suite(batch, checks, feed_file.name)
+    by_id = {c.id: c for c in checks}
+    by_key: dict[tuple[str, str], list[Check]] = {}
+    for c in checks:
+        by_key.setdefault(_result_key(c.type, c.kwargs), []).append(c)
+
+    expectations: list[dict[str, Any]] = []
+    for r in raw.get("results", []):
+        config = r.get("expectation_config", {})
+        type_, kwargs, meta = config.get("type"), config.get("kwargs", {}), config.get("meta") or {}
+        # Results come back in no fixed order: match on type and column, and on our id where two share them.
+        candidates = by_key.get(_result_key(type_, kwargs), [])
+        check = by_id.get(meta.get("check_id")) if meta.get("check_id") in by_id else None
+        check = check or (candidates[0] if len(candidates) == 1 else None)
+        if check is None:
+            continue
+        result = r.get("result") or {}
+        raised = _raised(r.get("exception_info"))
+        element_count = result.get("element_count")
+        unexpected = result.get("unexpected_count")
+        if check.type == "expect_column_values_to_not_be_null":
+            percent = (100.0 * unexpected / element_count) if element_count else 0.0
+        else:
+            percent = result.get("unexpected_percent")
+        entry = {
+            "id": check.id, "type": check.type, "column": check.kwargs.get("column", check.kwargs.get("column_list")),
+            "quality": check.quality, "describe": check.describe, "success": bool(r.get("success")),
+            "unexpected_count": None if unexpected is None else int(unexpected),
+            "unexpected_percent": None if percent is None else round(float(percent), 3),
+            "element_count": element_count, "observed_value": _plain(result.get("observed_value")),
+            "error": bool(raised),
+        }
+        expectations.append(entry)
+    expectations.sort(key=lambda e: (QUALITIES.index(e["quality"]), e["id"]))
+
+    populated = {}
+    for e in expectations:
+        if e["type"] == "expect_column_values_to_not_be_null" and e["unexpected_percent"] is not None:
+            populated[e["column"]] = round(100.0 - e["unexpected_percent"], 2)
+
+    scores: dict[str, Any] = {}
+    for quality in QUALITIES:
+        found = [e for e in expectations if e["quality"] == quality]
+        if quality == "completeness":
+            values = list(populated.values())
+        else:
+            values = [0.0 if e["error"] else (100.0 - e["unexpected_percent"]) if e["unexpected_percent"] is not None
+                      else (100.0 if e["success"] else 0.0) for e in found]
+        scores[quality] = {
+            "score": round(sum(values) / len(values), 2) if values else None,
+            "expectations": len(found), "failed": sum(1 for e in found if not e["success"]),
+        }
+    return {
+        "file": feed_file.name, "rows": int(len(frame)), "period": period,
+        "success": all(e["success"] for e in expectations),
+        "qualities": scores, "populated_percent": populated, "expectations": expectations,
+        "gx_result": raw,
+    }
+
+
+def _raised(info: Any) -> bool:
+    # GX 1.x gives either one {"raised_exception": ...} dict or one such dict per metric.
+    if not isinstance(info, dict):
+        return False
+    if "raised_exception" in info:
+        return bool(info["raised_exception"])
+    return any(isinstance(v, dict) and v.get("raised_exception") for v in info.values())
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
