@@ -1,0 +1,107 @@
+"""The demo supply: real Calderdale postcodes, realistic rows, and the rows made bad on purpose."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from csp_observatory import cleaning, demo_data, parsing, validation
+from csp_observatory.schema import SCHEMA_DIR, load_schema
+
+pytestmark = pytest.mark.unit
+
+CPO = Path("/work/shared/data/codepoint_open")
+
+
+@pytest.fixture(scope="module")
+def calderdale() -> pd.DataFrame:
+    names = list(csv.reader(open(CPO / "Code-Point_Open_Column_Headers.csv", encoding="utf-8")))[1]
+    cpo = pd.read_csv(CPO / "cpo_2014-08_hx_calderdale.csv", header=None, names=names, dtype={"Postcode": str})
+    return cpo.rename(columns={"Postcode": "postcode", "Eastings": "easting", "Northings": "northing"})
+
+
+@pytest.fixture(scope="module")
+def schema():
+    return load_schema(SCHEMA_DIR / "police_recorded_crime.yaml")
+
+
+@pytest.fixture(scope="module")
+def made(calderdale):
+    return demo_data.make_police_recorded_crime("202609", calderdale, n_offences=200)
+
+
+def _rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_deterministic_for_a_seed(calderdale, made):
+    again = demo_data.make_police_recorded_crime("202609", calderdale, n_offences=200)
+    other = demo_data.make_police_recorded_crime("202609", calderdale, n_offences=200, seed=7)
+    assert again.files == made.files and again.bad_rows == made.bad_rows
+    assert other.files["offences"] != made.files["offences"]
+
+
+def test_files_have_the_schema_header_and_realistic_rows(made, schema, calderdale):
+    for name, text in made.files.items():
+        header = next(csv.reader(io.StringIO(text)))
+        assert header == schema.file(name).field_names
+    offences = _rows(made.files["offences"])
+    real = set(calderdale["postcode"])
+    given = [r["location_postcode"] for r in offences if r["location_postcode"]]
+    normal = {cleaning._normalise_postcode(p) for p in given} - {None}
+    assert normal and normal <= real                                 # only real postcodes (bar the bad one)
+    codes = schema.file("offences").field("ho_offence_code").allowed_codes
+    assert sum(r["ho_offence_code"] in codes for r in offences) == len(offences) - 1   # one 999Z
+    assert any(r["location_address"].startswith("Flat ") for r in offences)
+    assert any("Bankfield Museum" in r["location_address"] or "Park" in r["location_address"] for r in offences)
+    with_en = [r for r in offences if r["easting"] and r["northing"]]
+    with_ll = [r for r in offences if r["longitude"] and not r["easting"]]
+    only_pc = [r for r in offences if r["location_postcode"] and not r["easting"] and not r["longitude"]]
+    assert len(with_en) > len(with_ll) > 0 and only_pc
+    assert all(49.8 < float(r["latitude"]) < 61 for r in with_ll)
+    victims = _rows(made.files["victims"])
+    assert victims and all(r["victim_name"] and r["date_of_birth"] for r in victims)
+    made_refs = {f"132609{seq:05d}" for seq in range(1, 201)}
+    assert {r["crime_reference"] for r in victims} <= made_refs
+    assert {r["crime_reference"] for r in _rows(made.files["offenders"])} <= made_refs
+    assert {r["ethnicity"] for r in victims} <= set(schema.file("victims").field("ethnicity").allowed_codes)
+
+
+def test_supplied_points_are_a_few_metres_from_their_postcode(made, calderdale):
+    centroids = calderdale.set_index("postcode")[["easting", "northing"]]
+    offences = [r for r in _rows(made.files["offences"]) if r["easting"] and r["location_postcode"] in centroids.index]
+    assert offences
+    bad = {b["row"] for b in made.bad_rows}
+    for i, r in enumerate(_rows(made.files["offences"]), start=1):
+        if r in offences and i not in bad:
+            c = centroids.loc[r["location_postcode"]]
+            assert abs(int(r["easting"]) - c["easting"]) <= 30 and abs(int(r["northing"]) - c["northing"]) <= 30
+
+
+def test_the_bad_rows_end_where_the_listing_says(made, schema, tmp_path):
+    ff = schema.file("offences")
+    path = tmp_path / "offences.csv"
+    path.write_text(made.files["offences"], encoding="utf-8")
+    parsed = parsing.parse_csv(path, ff)
+    kept, rejected, nulled = validation.apply_row_rules(parsed.frame, ff)
+    cleaned = cleaning.clean(kept, ff)
+    set_aside = {int(r): stage for r, stage in zip(
+        pd.concat([parsed.rejected, rejected, cleaned.removed])["source_row"],
+        pd.concat([parsed.rejected, rejected, cleaned.removed])["stage"])}
+    expected = {b["row"]: b["stage"] for b in made.bad_rows if b["expect"] == "rejected"}
+    assert set_aside == expected
+    assert len(expected) == 5
+    assert nulled == {"easting/northing outside Great Britain": 1}
+    assert cleaned.changes["postcodes_invalid_nulled"] == {"location_postcode": 1}
+    nulled_rows = {b["row"] for b in made.bad_rows if b["expect"] == "nulled"}
+    assert nulled_rows <= set(cleaned.frame["source_row"])
+    n_rows = len(_rows(made.files["offences"]))
+    assert len(cleaned.frame) + len(set_aside) == n_rows
+    for name in ("offenders", "victims"):
+        p = tmp_path / f"{name}.csv"
+        p.write_text(made.files[name], encoding="utf-8")
+        result = parsing.parse_csv(p, schema.file(name))
+        assert result.rejected.empty and len(result.frame) > 0

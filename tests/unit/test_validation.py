@@ -1,0 +1,157 @@
+"""Row rules (reject / blank and count) and the GX suite scored on the guidance's four qualities."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from csp_observatory import validation
+from csp_observatory.schema import SCHEMA_DIR, load_schema
+
+pytestmark = pytest.mark.unit
+
+TODAY = pd.Timestamp("2026-11-24")
+
+
+@pytest.fixture(scope="module")
+def schema():
+    return load_schema(SCHEMA_DIR / "police_recorded_crime.yaml")
+
+
+def _frame(feed_file, rows: list[dict]) -> pd.DataFrame:
+    """A frame with parse_csv's column contract."""
+    frame = pd.DataFrame(rows)
+    dtypes = {"string": "string", "code": "string", "postcode": "string", "time": "string",
+              "date": "datetime64[ns]", "integer": "Int64", "float": "Float64", "boolean": "boolean"}
+    for d in feed_file.datafields:
+        if d.name not in frame.columns:
+            frame[d.name] = pd.NA
+        frame[d.name] = frame[d.name].astype(dtypes[d.type]) if d.type != "date" else \
+            pd.to_datetime(frame[d.name]).astype("datetime64[ns]")
+    frame["source_row"] = range(1, len(frame) + 1)
+    return frame
+
+
+def test_unusable_rows_are_rejected_and_bad_optional_values_blanked(schema):
+    ff = schema.file("offences")
+    frame = _frame(ff, [
+        {"crime_reference": "CR0001", "ho_offence_code": "28E", "committed_from_date": "2026-09-01",
+         "easting": 409508, "northing": 425333},
+        {"crime_reference": None, "ho_offence_code": "28E", "committed_from_date": "2026-09-01"},
+        {"crime_reference": "CR0003", "ho_offence_code": "999Z", "committed_from_date": "2026-09-01"},
+        {"crime_reference": "CR0004", "ho_offence_code": "028e", "committed_from_date": "2026-09-01",
+         "easting": 912345, "northing": 425333},
+        {"crime_reference": "CR0005", "ho_offence_code": "58A", "committed_from_date": "2026-09-02",
+         "longitude": -30.0, "latitude": 53.7, "committed_to_date": "2099-01-01"},
+        {"crime_reference": "cr 6!", "ho_offence_code": "", "committed_from_date": None},
+    ])
+    kept, rejected, nulled = validation.apply_row_rules(frame, ff)
+    reasons = dict(zip(rejected["source_row"], rejected["reason"]))
+    assert sorted(reasons) == [2, 3, 6]
+    assert "crime_reference is missing" in reasons[2]
+    assert "ho_offence_code '999Z' is not a valid code" in reasons[3]
+    assert "ho_offence_code is missing" in reasons[6] and "committed_from_date is missing" in reasons[6] \
+        and "crime_reference 'cr 6!'" in reasons[6]
+    assert set(rejected["stage"]) == {"validate"} and set(rejected["source_file"]) == {"offences"}
+    assert kept["source_row"].tolist() == [1, 4, 5]           # 028e is 28E once cleaned: kept
+    row4 = kept[kept["source_row"] == 4].iloc[0]
+    assert pd.isna(row4["easting"]) and pd.isna(row4["northing"])
+    row5 = kept[kept["source_row"] == 5].iloc[0]
+    assert pd.isna(row5["longitude"]) and pd.isna(row5["latitude"]) and pd.isna(row5["committed_to_date"])
+    assert kept.loc[kept["source_row"] == 1, "easting"].tolist() == [409508]
+    assert nulled == {"committed_to_date": 1, "easting/northing outside Great Britain": 1,
+                      "longitude/latitude outside Great Britain": 1}
+    assert len(kept) + len(rejected) == len(frame)
+
+
+def test_row_problems_on_a_compound_key_file(schema):
+    ff = schema.file("victims")
+    frame = _frame(ff, [{"crime_reference": "CR0001", "victim_reference": "V1", "age": 130, "gender": "Q"},
+                        {"crime_reference": "CR0001", "victim_reference": None}])
+    problems = validation.row_problems(frame, ff)
+    assert problems["source_row"].tolist() == [2]
+    assert "victim_reference is missing" in problems["reason"].iloc[0]
+    kept, _, nulled = validation.apply_row_rules(frame, ff)
+    assert nulled == {"age": 1, "gender": 1}
+    assert kept["age"].isna().all() and kept["gender"].isna().all()
+
+
+@pytest.fixture(scope="module")
+def summary(schema):
+    ff = schema.file("offences")
+    rows = []
+    for i in range(40):
+        rows.append({"crime_reference": f"CR{i:04d}", "ho_offence_code": "028E" if i == 0 else "58A",
+                     "committed_from_date": f"2026-09-{1 + i % 28:02d}", "location_postcode": "HX1 1AA",
+                     "easting": 409508 + i, "northing": 425333, "location_address": None if i % 4 else "x"})
+    rows[1]["crime_reference"] = "CR0000"                                   # duplicate key
+    rows[2]["ho_offence_code"] = "999Z"                                     # invalid code
+    rows[3]["location_postcode"] = "HX1"                                    # district only: imprecise
+    rows[4]["easting"], rows[4]["northing"] = 409500, 425300                # rounded to 100 m
+    rows[5]["easting"] = 912345                                             # outside GB
+    rows[6]["committed_from_date"] = "2024-01-01"                           # stale
+    rows[7]["committed_from_date"] = "2027-01-01"                           # future
+    return validation.validate(_frame(ff, rows), ff, schema, period="202609", today=TODAY)
+
+
+def _find(summary, describe_part: str, quality: str) -> dict:
+    found = [e for e in summary["expectations"] if describe_part in e["describe"] and e["quality"] == quality]
+    assert len(found) == 1, describe_part
+    return found[0]
+
+
+def test_summary_is_json_and_has_every_quality(summary):
+    text = json.dumps(summary)
+    assert set(summary["qualities"]) == {"completeness", "accuracy", "precision", "currency"}
+    assert summary["gx_result"]["results"]
+    assert len(summary["gx_result"]["results"]) == len(summary["expectations"])
+    assert not any(e["error"] for e in summary["expectations"]), [e for e in summary["expectations"] if e["error"]]
+    assert "partial_unexpected_list" not in text          # sampled values never stored
+    assert summary["success"] is False
+
+
+def test_accuracy_findings(summary):
+    code = _find(summary, "ho_offence_code is a valid code", "accuracy")
+    assert code["success"] is False and code["unexpected_count"] == 1    # 999Z only; 028E reads as 28E
+    unique = _find(summary, "crime_reference is unique", "accuracy")
+    assert unique["success"] is False and unique["unexpected_count"] == 2
+    easting = _find(summary, "easting inside Great Britain", "accuracy")
+    assert easting["unexpected_count"] == 1
+    dates = _find(summary, "committed_from_date is a date from 1900 to today", "accuracy")
+    assert dates["unexpected_count"] == 1
+    assert summary["qualities"]["accuracy"]["failed"] >= 4
+    assert 0 < summary["qualities"]["accuracy"]["score"] < 100
+
+
+def test_completeness_reports_percent_populated(summary):
+    assert summary["populated_percent"]["crime_reference"] == 100.0
+    assert summary["populated_percent"]["location_address"] == 25.0
+    assert summary["populated_percent"]["longitude"] == 0.0
+    optional = _find(summary, "location_address is populated", "completeness")
+    assert optional["success"] is True                 # optional: measured, not failed
+
+
+def test_precision_findings(summary):
+    postcode = _find(summary, "location_postcode is a full postcode", "precision")
+    assert postcode["success"] is False and postcode["unexpected_count"] == 1
+    rounded = _find(summary, "not rounded to 100 m", "precision")
+    assert rounded["unexpected_count"] == 1 and rounded["success"] is True      # 1 in 40 is not "mostly"
+
+
+def test_currency_findings(summary):
+    latest = _find(summary, "latest committed_from_date is in period 202609", "currency")
+    assert latest["success"] is False                  # 2027-01-01 is after the period
+    old = _find(summary, "not older than 12 months", "currency")
+    assert old["unexpected_count"] == 2                # 2024-01-01 too old, 2027-01-01 after the period
+
+
+def test_gx_results_are_matched_by_type_and_kwargs_not_order(schema):
+    ff = schema.file("offences")
+    checks = validation.build_checks(ff, schema, "202609", TODAY)
+    assert len({c.id for c in checks}) == len(checks)
+    assert {c.quality for c in checks} == set(validation.QUALITIES)
+    victims = validation.build_checks(schema.file("victims"), schema, None, TODAY)
+    compound = [c for c in victims if c.type == "expect_compound_columns_to_be_unique"]
+    assert compound and compound[0].kwargs["column_list"] == ["crime_reference", "victim_reference"]
+    assert any(c.quality == "precision" and c.kwargs.get("column") == "age" for c in victims)
