@@ -172,7 +172,7 @@ def parse_csv(path: Path, feed_file: FeedFile) -> ParseResult:
     positions: dict[str, int] = {}
     problems: list[str] = []
     if encoding != "utf-8":
-        problems.append(f"the file was read as Windows cp1252, not UTF-8: please export as 'CSV UTF-8'")
+        problems.append("the file was read as Windows cp1252, not UTF-8: please export as 'CSV UTF-8'")
     unknown: list[str] = []
     for i, cell in enumerate(header):
         key = header_key(cell)

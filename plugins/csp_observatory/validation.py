@@ -38,6 +38,8 @@ FULL_POSTCODE: Final = r"^\s*[A-Za-z]{1,2}[0-9][A-Za-z0-9]?\s*[0-9][A-Za-z]{2}\s
 # Ages given as band starts (0, 5, 10, ...) leave most values on multiples of five.
 AGE_BAND_VALUES: Final = tuple(range(0, 125, 5))
 PRECISION_MOSTLY: Final = 0.6
+#: validate()'s JSON-ready result: file, rows, period, success, qualities, populated_percent, expectations, gx_result.
+ValidationSummary = dict[str, Any]
 _SAMPLED: Final = ("partial_unexpected_list", "partial_unexpected_index_list", "partial_unexpected_counts",
                    "unexpected_list", "unexpected_index_list", "unexpected_rows")
 
@@ -299,7 +301,7 @@ def _expectation_class(gx: Any, type_: str) -> Any:
 
 
 def validate(frame: pd.DataFrame, feed_file: FeedFile, schema: FeedSchema | None = None,
-             period: str | None = None, today: pd.Timestamp | None = None) -> dict[str, Any]:
+             period: str | None = None, today: pd.Timestamp | None = None) -> ValidationSummary:
     """Score a file on completeness, accuracy, precision and currency with a GX suite; JSON-ready summary."""
     checks = build_checks(feed_file, schema, period, today)
     batch = _batch_frame(frame, feed_file)
