@@ -169,11 +169,9 @@ def test_quarantine_moves_the_file_and_leaves_a_reason_the_partner_can_read(
         assert fh.read() == stray.read_bytes()
 
 
-def test_an_encrypted_signed_upload_survives_transfer_and_verifies(settings, db, schema, partner_sftp,
+def test_an_encrypted_signed_upload_survives_transfer_and_verifies(settings, demo_config, db, schema, partner_sftp,
                                                                    observatory_sftp, transfer, tmp_path):
-    from csp_observatory import demo
-
-    cfg = demo.demo_config()
+    cfg = demo_config
     contents = {}
     for f in FILES:
         plain = tmp_path / _name(f).removesuffix(".gpg")
