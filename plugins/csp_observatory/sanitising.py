@@ -32,6 +32,8 @@ from typing import Any, Final
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pac
 from scipy.spatial import cKDTree
 
 from csp_observatory.addresses import ADDRESS_LEAK, sanitise_addresses
@@ -58,19 +60,37 @@ class PostcodeMap:
     table: pd.DataFrame
     threshold: int
     _live_tree: Any = field(default=None, repr=False, compare=False)
+    _arrays: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
-    def lookup(self, postcodes: pd.Series) -> pd.DataFrame:
+    def _array(self, name: str) -> Any:
+        """Column arrays (and the postcode index) converted once: lookups run per supply, on 1M records."""
+        if name not in self._arrays:
+            if name == "index":
+                # Arrow's hash lookup: about twice as fast as a pandas object Index at 1.8M postcodes
+                self._arrays[name] = pa.array(self.table.index.to_numpy(object), type=pa.string())
+            elif name in ("target_postcode", "rule"):
+                self._arrays[name] = pa.array(self.table[name].to_numpy(object), type=pa.string())
+            else:
+                self._arrays[name] = self.table[name].to_numpy(float)
+        return self._arrays[name]
+
+    def positions(self, postcodes: pd.Series) -> np.ndarray:
+        """Row number of each postcode in the map, -1 where it is not in the reference."""
+        query = pa.array(pd.Series(postcodes).astype("string"), type=pa.string())
+        return pac.index_in(query, value_set=self._array("index")).fill_null(-1).to_numpy().astype(np.int64)
+
+    def lookup(self, postcodes: pd.Series, pos: np.ndarray | None = None) -> pd.DataFrame:
         """The map rows for a Series of postcodes (NaN rows where a postcode is not in the reference)."""
-        pos = self.table.index.get_indexer(postcodes.astype(object).where(postcodes.notna(), None))
+        pos = self.positions(postcodes) if pos is None else pos
         hit = pos >= 0
         take = np.where(hit, pos, 0)
         cols = {}
+        taker = pa.array(take, mask=~hit)
         for name in ("target_postcode", "rule"):
-            values = self.table[name].to_numpy(object)[take]
-            values[~hit] = None
-            cols[name] = pd.array(values, dtype="string")
+            # take in Arrow: no Python string objects for a million records
+            cols[name] = pd.arrays.ArrowStringArray(self._array(name).take(taker))
         for name in ("target_easting", "target_northing", "distance_m", "easting", "northing"):
-            cols[name] = np.where(hit, self.table[name].to_numpy(float)[take], np.nan)
+            cols[name] = np.where(hit, self._array(name)[take], np.nan)
         return pd.DataFrame(cols, index=postcodes.index)
 
     def targets(self) -> pd.DataFrame:
@@ -205,13 +225,14 @@ def sanitise(frame: pd.DataFrame, feed_file: FeedFile, postcode_map: PostcodeMap
     has_point = geo_e.notna().to_numpy() & geo_n.notna().to_numpy()
     addressable = ~gazetteer & ~method.isin(list(_NO_POINT_METHODS)).to_numpy(bool)
     # a record with a point but no postcode we know goes to the nearest live postcode first
-    known = postcode_map.table.index.get_indexer(geo_pc.astype(object).where(geo_pc.notna(), None)) >= 0
-    need_nearest = addressable & ~known & has_point
+    pos = postcode_map.positions(geo_pc)
+    need_nearest = addressable & (pos < 0) & has_point
     if need_nearest.any():
         geo_pc = geo_pc.copy()
         geo_pc.iloc[np.flatnonzero(need_nearest)] = postcode_map.nearest_live(
             geo_e.to_numpy()[need_nearest], geo_n.to_numpy()[need_nearest])
-    m = postcode_map.lookup(geo_pc)
+        pos = None
+    m = postcode_map.lookup(geo_pc, pos)
     mapped = addressable & m["target_postcode"].notna().to_numpy()
 
     s_e = np.where(mapped, m["target_easting"].to_numpy(float, na_value=np.nan), np.nan)
