@@ -199,9 +199,10 @@ def match_location(text: Any, places: pd.DataFrame | PlaceIndex) -> Match | None
 
     def pick(key: str) -> tuple[int, int]:
         rows = [r for k, _, r in found if k == key]
-        # Prefer the place in a settlement also named in the text; then non-postcode features.
-        rows.sort(key=lambda r: (_key(_text(frame.at[r, "populated_place"])) not in named_places,
-                                 _text(frame.at[r, "local_type"]) == "Postcode"))
+        # A settlement also named in the text settles which of several same-named places it is.
+        in_town = [r for r in rows if _key(_text(frame.at[r, "populated_place"])) in named_places]
+        rows = in_town or rows
+        rows.sort(key=lambda r: _text(frame.at[r, "local_type"]) == "Postcode")
         return rows[0], len(rows)
 
     if re.search(r"\bjunction\b|\bcorner of\b|\bj/w\b|\bjw\b", str(text), re.I):
@@ -225,8 +226,9 @@ def match_location(text: Any, places: pd.DataFrame | PlaceIndex) -> Match | None
                          confidence=0.4 if far else 0.7, place_id=None, local_type="Junction",
                          note="junction of two named roads" + ("; roads far apart" if far else ""))
 
-    # Longest name first; among equals the one nearer the start (the place itself, before "off X").
-    best_key = max(found, key=lambda c: (len(c[0].split()), len(c[0]), -c[1]))[0]
+    # A named feature beats a settlement (the settlement is context: "Station Road, Stromness"); then the
+    # longest name; among equals the one nearer the start (the place itself, before "off X").
+    best_key = max(found, key=lambda c: (c[0] not in named_places, len(c[0].split()), len(c[0]), -c[1]))[0]
     row, n_same = pick(best_key)
     place = frame.loc[row]
     coverage = len(best_key.split()) / max(len(words), 1)

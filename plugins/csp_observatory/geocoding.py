@@ -1,0 +1,211 @@
+"""Geocode records to British National Grid (EPSG:27700) and say how each point was found.
+
+Order, first that applies (ARCHITECTURE.md): supplied easting/northing inside Great Britain
+(``supplied``); WGS84 longitude/latitude (``wgs84``); a live postcode's centroid (``postcode``); a
+terminated postcode's centroid from ONSPD (``terminated_postcode``, flagged for the report); a
+non-addressable location matched in the gazetteer (``gazetteer``: the centre of the place, exempt from
+the household rule); otherwise ``failed``, kept with a note and counted, never dropped.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Final
+
+import numpy as np
+import pandas as pd
+
+from csp_observatory import gazetteer
+from csp_observatory.postcodes import inside_gb, normalise_postcodes, postcode_positions
+
+METHODS: Final = ("supplied", "wgs84", "postcode", "terminated_postcode", "gazetteer", "failed")
+GEO_COLUMNS: Final = ("geo_easting", "geo_northing", "geo_postcode", "geocode_method", "geocode_note")
+
+# WGS84 box around Great Britain and its islands: a lon/lat outside it is a typo (or swapped).
+_LON: Final = (-9.0, 2.5)
+_LAT: Final = (49.0, 61.5)
+FAR_FROM_POSTCODE_M: Final = 1000.0
+
+
+@dataclass
+class GeocodeResult:
+    """The geocoded frame and how many records each method placed (for the quality report)."""
+
+    frame: pd.DataFrame
+    counts: dict[str, int]
+
+
+def _numbers(frame: pd.DataFrame, column: str | None) -> np.ndarray:
+    """A column as float64 with NaN for missing or non-numeric values (all NaN if there is no column)."""
+    if not column or column not in frame:
+        return np.full(len(frame), np.nan)
+    return pd.to_numeric(frame[column], errors="coerce").astype("Float64").to_numpy(float, na_value=np.nan)
+
+
+@lru_cache(maxsize=1)
+def _transformer() -> Any:
+    from pyproj import Transformer
+
+    # Without the OSTN15 grid (uk_os_OSTN15_NTv2_OSGBtoETRS.tif, not downloadable offline) PROJ falls back
+    # to the OSGB36 Helmert transformation: 2-5 m, plenty for a postcode-level product. Install the grid
+    # into PROJ's data directory for centimetre accuracy; this code then uses it unchanged.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return Transformer.from_crs(4326, 27700, always_xy=True)
+
+
+def wgs84_to_bng(lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Longitude/latitude (EPSG:4326) to easting/northing (EPSG:27700), vectorised with pyproj."""
+    e, n = _transformer().transform(np.asarray(lon, float), np.asarray(lat, float))
+    return np.asarray(e, float), np.asarray(n, float)
+
+
+class _NearestLive:
+    """Nearest live postcode centroid to a point (a KD-tree, built only when first needed)."""
+
+    def __init__(self, reference: pd.DataFrame) -> None:
+        self.live = reference[~reference["terminated"].to_numpy(bool)]
+        self._tree: Any = None
+
+    def __call__(self, e: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(self.live) == 0 or len(e) == 0:
+            return np.full(len(e), None, object), np.full(len(e), np.nan)
+        if self._tree is None:
+            from scipy.spatial import cKDTree
+
+            self.postcodes = self.live["postcode"].to_numpy(object)
+            self._tree = cKDTree(self.live[["easting", "northing"]].to_numpy(float))
+        dist, idx = self._tree.query(np.column_stack([e, n]))
+        return self.postcodes[idx], dist
+
+
+def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
+            places: pd.DataFrame | None = None) -> GeocodeResult:
+    """Add ``geo_easting, geo_northing, geo_postcode, geocode_method, geocode_note`` to a frame.
+
+    ``feed_file`` is the schema's FeedFile: its ``location`` names the easting/northing, longitude/latitude,
+    postcode and address datafields. ``reference`` is the postcode reference frame; ``places`` the gazetteer
+    (a places frame or ``gazetteer.PlaceIndex``), optional.
+    """
+    loc = feed_file.location
+    n_rows = len(frame)
+    geo_e = np.full(n_rows, np.nan)
+    geo_n = np.full(n_rows, np.nan)
+    geo_pc = np.full(n_rows, None, object)
+    method = np.full(n_rows, "failed", object)
+    note = np.full(n_rows, None, object)
+    done = np.zeros(n_rows, bool)
+
+    # Live rows first, so a postcode both live and terminated in the reference is found as live.
+    ref = reference.iloc[np.argsort(reference["terminated"].to_numpy(bool), kind="stable")]
+    ref_e = ref["easting"].to_numpy(float)
+    ref_n = ref["northing"].to_numpy(float)
+    ref_term = ref["terminated"].to_numpy(bool)
+    ref_date = ref["terminated_date"] if "terminated_date" in ref else pd.Series(pd.NA, index=ref.index)
+    nearest = _NearestLive(ref)
+
+    raw_pc = frame[loc.postcode] if loc.postcode and loc.postcode in frame else pd.Series(pd.NA, index=frame.index)
+    pc = normalise_postcodes(raw_pc)
+    pc_arr = pc.to_numpy(object, na_value=None)
+    pos = postcode_positions(pc, ref["postcode"])
+    in_ref = pos >= 0
+    posc = np.maximum(pos, 0)
+
+    def assign_postcodes(rows: np.ndarray) -> None:
+        """The record's own postcode if the reference knows it, else the nearest live postcode centroid."""
+        own = rows & in_ref
+        geo_pc[own] = pc_arr[own]
+        other = np.flatnonzero(rows & ~in_ref)
+        if len(other):
+            geo_pc[other], dist = nearest(geo_e[other], geo_n[other])
+            # A point far from every known postcode is probably outside the reference's area (or wrong).
+            far = other[dist > FAR_FROM_POSTCODE_M]
+            note[far] = "nearest live postcode is more than 1 km away: point may be outside the reference area"
+
+    # 1. Supplied easting/northing inside Great Britain.
+    e = _numbers(frame, loc.easting)
+    n = _numbers(frame, loc.northing)
+    has_en = ~np.isnan(e) & ~np.isnan(n)
+    ok = has_en & inside_gb(e, n)
+    geo_e[ok], geo_n[ok] = e[ok], n[ok]
+    method[ok] = "supplied"
+    assign_postcodes(ok)
+    done |= ok
+    bad_en = has_en & ~ok
+    note[bad_en] = "supplied easting/northing outside Great Britain: not used"
+
+    # 2. WGS84 longitude/latitude.
+    lon = _numbers(frame, loc.longitude)
+    lat = _numbers(frame, loc.latitude)
+    has_ll = ~done & ~np.isnan(lon) & ~np.isnan(lat)
+    plausible = has_ll & (lon > _LON[0]) & (lon < _LON[1]) & (lat > _LAT[0]) & (lat < _LAT[1])
+    rows = np.flatnonzero(plausible)
+    if len(rows):
+        te, tn = wgs84_to_bng(lon[rows], lat[rows])
+        good = np.isfinite(te) & np.isfinite(tn) & inside_gb(te, tn)
+        rows = rows[good]
+        geo_e[rows], geo_n[rows] = te[good], tn[good]
+        method[rows] = "wgs84"
+        mask = np.zeros(n_rows, bool)
+        mask[rows] = True
+        assign_postcodes(mask)
+        done |= mask
+    bad_ll = has_ll & ~done
+    note[bad_ll] = "longitude/latitude outside Great Britain: not used"
+
+    # 3 and 4. Live postcode centroid; terminated postcode centroid (flagged).
+    hit = ~done & in_ref
+    geo_e[hit], geo_n[hit] = ref_e[posc[hit]], ref_n[posc[hit]]
+    geo_pc[hit] = pc_arr[hit]
+    term = hit & ref_term[posc]
+    live = hit & ~term
+    method[live] = "postcode"
+    method[term] = "terminated_postcode"
+    if term.any():
+        dates = ref_date.iloc[posc[term]].astype("string").fillna("(date unknown)").to_numpy(object)
+        note[term] = "postcode terminated " + dates + "; centroid of the terminated postcode used"
+    done |= hit
+
+    # 5. Non-addressable places in the gazetteer (text matching is per row, so only for what is left).
+    address_col = loc.address if loc.address and loc.address in frame else None
+    if places is not None and address_col is not None and len(places) and (~done).any():
+        index = places if isinstance(places, gazetteer.PlaceIndex) else gazetteer.PlaceIndex.build(places)
+        texts = frame[address_col].astype("string")
+        for i in np.flatnonzero(~done & texts.notna().to_numpy()):
+            text = texts.iloc[i]
+            if not gazetteer.is_non_addressable(text):
+                continue
+            match = gazetteer.match_location(text, index)
+            if match is None:
+                continue
+            geo_e[i], geo_n[i] = match.easting, match.northing
+            method[i] = "gazetteer"
+            note[i] = (f"non-addressable location matched to {match.name!r} "
+                       f"(confidence {match.confidence:.2f}){'; ' + match.note if match.note else ''}")
+            done[i] = True
+
+    # 6. Failed: say why, so the partner can fix it.
+    failed = ~done
+    if failed.any():
+        rows = np.flatnonzero(failed)
+        raw_text = raw_pc.iloc[rows].astype("string").str.strip().fillna("").to_numpy(object)
+        norm = pc.iloc[rows].to_numpy(object, na_value=None)
+        reasons = np.array([
+            f"postcode {p} is not in the postcode reference" if p is not None
+            else f"postcode {t!r} is not a UK postcode" if t
+            else "no coordinates, postcode or recognised place"
+            for p, t in zip(norm, raw_text)], dtype=object)
+        prior = note[rows]
+        note[rows] = np.where(pd.isna(prior), reasons, prior.astype(str) + "; " + reasons)
+
+    out = frame.copy()
+    out["geo_easting"] = pd.array(geo_e, dtype="Float64")
+    out["geo_northing"] = pd.array(geo_n, dtype="Float64")
+    out["geo_postcode"] = pd.array(geo_pc, dtype="string")
+    out["geocode_method"] = pd.array(method, dtype="string")
+    out["geocode_note"] = pd.array(note, dtype="string")
+    values, counts = np.unique(method.astype(str), return_counts=True)
+    tally = {m: 0 for m in METHODS} | {str(v): int(c) for v, c in zip(values, counts)}
+    tally["total"] = n_rows
+    return GeocodeResult(out, tally)
