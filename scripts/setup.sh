@@ -35,7 +35,7 @@ chmod 0700 "$RUN"
 : >"$LOG"
 START=$(date +%s)
 
-step() { echo "== $*" >>"$LOG"; }
+step() { echo "== $* (at +$(( $(date +%s) - START )) s)" >>"$LOG"; }
 fail() { echo "setup.sh: $*" >&2; exit 1; }
 # Run a noisy command with its output in the log; the EXIT trap shows the log's tail if it fails.
 # fd 9 (the setup lock) is closed for it: a daemon it starts must not keep the lock after we exit.
