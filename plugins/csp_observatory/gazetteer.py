@@ -63,6 +63,8 @@ _WEAK_WORDS: Final = (
 )
 _STRONG_RE: Final = re.compile(rf"\b(?:{_STRONG_WORDS})\b(?!\s+(?:{_STREET_WORDS})\b)", re.I)
 _WEAK_RE: Final = re.compile(rf"\b(?:{_WEAK_WORDS})\b(?!\s+(?:{_STREET_WORDS})\b)", re.I)
+#: A cheap, vectorisable pre-filter: text that is_non_addressable() could accept contains one of these words.
+NON_ADDRESSABLE_HINT: Final = rf"(?i)\b(?:{_STRONG_WORDS}|{_WEAK_WORDS})\b"
 _HOUSE_NUMBER_RE: Final = re.compile(r"^\s*(?:(?:flat|apartment|unit)\s+\w+\s*,?\s*)?\d+[a-z]?\b", re.I)
 
 # Text around a place name that says where, not what: dropped before matching.

@@ -123,10 +123,32 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
             far = other[dist > FAR_FROM_POSTCODE_M]
             note[far] = "nearest live postcode is more than 1 km away: point may be outside the reference area"
 
-    # 1. Supplied easting/northing inside Great Britain.
+    # 1. Non-addressable places (a park, a car park, a station) that the gazetteer knows: Appendix 1 places them at
+    # the place's centre point and exempts them from the household rule, so this comes before any coordinates
+    # the partner sent (which might be a house's). Text matching is per row, so only rows whose text looks
+    # non-addressable (a vectorised test first) are matched.
+    address_col = loc.address if loc.address and loc.address in frame else None
+    if places is not None and address_col is not None and len(places):
+        index = places if isinstance(places, gazetteer.PlaceIndex) else gazetteer.PlaceIndex.build(places)
+        texts = frame[address_col].astype("string")
+        maybe = texts.str.contains(gazetteer.NON_ADDRESSABLE_HINT, regex=True).fillna(False).to_numpy(bool)
+        for i in np.flatnonzero(maybe):
+            text = texts.iloc[i]
+            if not gazetteer.is_non_addressable(text):
+                continue
+            match = gazetteer.match_location(text, index)
+            if match is None:
+                continue
+            geo_e[i], geo_n[i] = match.easting, match.northing
+            method[i] = "gazetteer"
+            note[i] = (f"non-addressable location matched to {match.name!r} "
+                       f"(confidence {match.confidence:.2f}){'; ' + match.note if match.note else ''}")
+            done[i] = True
+
+    # 2. Supplied easting/northing inside Great Britain.
     e = _numbers(frame, loc.easting)
     n = _numbers(frame, loc.northing)
-    has_en = ~np.isnan(e) & ~np.isnan(n)
+    has_en = ~done & ~np.isnan(e) & ~np.isnan(n)
     ok = has_en & inside_gb(e, n)
     geo_e[ok], geo_n[ok] = e[ok], n[ok]
     method[ok] = "supplied"
@@ -135,7 +157,7 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
     bad_en = has_en & ~ok
     note[bad_en] = "supplied easting/northing outside Great Britain: not used"
 
-    # 2. WGS84 longitude/latitude.
+    # 3. WGS84 longitude/latitude.
     lon = _numbers(frame, loc.longitude)
     lat = _numbers(frame, loc.latitude)
     has_ll = ~done & ~np.isnan(lon) & ~np.isnan(lat)
@@ -154,7 +176,7 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
     bad_ll = has_ll & ~done
     note[bad_ll] = "longitude/latitude outside Great Britain: not used"
 
-    # 3 and 4. Live postcode centroid; terminated postcode centroid (flagged).
+    # 4 and 5. Live postcode centroid; terminated postcode centroid (flagged).
     hit = ~done & in_ref
     geo_e[hit], geo_n[hit] = ref_e[posc[hit]], ref_n[posc[hit]]
     geo_pc[hit] = pc_arr[hit]
@@ -166,24 +188,6 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
         dates = ref_date.iloc[posc[term]].astype("string").fillna("(date unknown)").to_numpy(object)
         note[term] = "postcode terminated " + dates + "; centroid of the terminated postcode used"
     done |= hit
-
-    # 5. Non-addressable places in the gazetteer (text matching is per row, so only for what is left).
-    address_col = loc.address if loc.address and loc.address in frame else None
-    if places is not None and address_col is not None and len(places) and (~done).any():
-        index = places if isinstance(places, gazetteer.PlaceIndex) else gazetteer.PlaceIndex.build(places)
-        texts = frame[address_col].astype("string")
-        for i in np.flatnonzero(~done & texts.notna().to_numpy()):
-            text = texts.iloc[i]
-            if not gazetteer.is_non_addressable(text):
-                continue
-            match = gazetteer.match_location(text, index)
-            if match is None:
-                continue
-            geo_e[i], geo_n[i] = match.easting, match.northing
-            method[i] = "gazetteer"
-            note[i] = (f"non-addressable location matched to {match.name!r} "
-                       f"(confidence {match.confidence:.2f}){'; ' + match.note if match.note else ''}")
-            done[i] = True
 
     # 6. Failed: say why, so the partner can fix it.
     failed = ~done

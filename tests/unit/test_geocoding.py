@@ -117,3 +117,19 @@ def test_geocoded_wgs84_postcode_centroids_round_trip(reference: pd.DataFrame) -
     chosen = reference.set_index("postcode").loc[out["geo_postcode"].tolist()]
     assert np.allclose(chosen["easting"].to_numpy(float), live["easting"].to_numpy(float))
     assert np.allclose(chosen["northing"].to_numpy(float), live["northing"].to_numpy(float))
+
+
+def test_a_known_non_addressable_place_wins_over_supplied_coordinates(reference: pd.DataFrame,
+                                                                      places: pd.DataFrame) -> None:
+    # Appendix 1: a park or car park is placed at the place's centre point (and is exempt from the household
+    # rule), even when the partner also sent coordinates; an addressable text with coordinates keeps them.
+    frame = _frame([
+        {"addr": "Car park, Bankfield Museum, Halifax", "e": 409000, "n": 425000, "pc": "HX1 1AA"},
+        {"addr": "12 Park Road, Halifax", "e": 409000, "n": 425000},
+        {"addr": "Unknown Park, Nowhere", "e": 409000, "n": 425000},   # no gazetteer match: coordinates kept
+    ])
+    f = geo.geocode(frame, FeedFile(), reference, places).frame
+    assert f["geocode_method"].tolist() == ["gazetteer", "supplied", "supplied"]
+    museum = places.set_index("name1").loc["Bankfield Museum"]
+    assert (f.loc[0, "geo_easting"], f.loc[0, "geo_northing"]) == (museum["x"], museum["y"])
+    assert f.loc[1, "geo_easting"] == 409000
