@@ -7,6 +7,7 @@ only wires tasks, and imports nothing heavy at parse time.
 """
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta, timezone
 from typing import Final
 
@@ -19,6 +20,8 @@ START: Final = datetime(2026, 1, 1, tzinfo=timezone.utc)
 # A supply is waited for for most of a day; a day without one ends as "skipped", not failed.
 SENSOR_TIMEOUT_S: Final = 20 * 60 * 60
 SENSOR_POKE_S: Final = 300
+# Transient failures (SFTP or PostGIS unreachable) are retried; the demo and tests shorten the wait.
+RETRY_DELAY: Final = timedelta(seconds=float(os.environ.get("CSP_RETRY_DELAY_S", "300")))
 
 
 def build_feed_dag(schema: FeedSchema) -> DAG:
@@ -33,7 +36,7 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
         start_date=START,
         catchup=False,
         max_active_runs=1,  # two runs of one feed must never take the same files
-        default_args={"owner": OWNER, "retries": 2, "retry_delay": timedelta(minutes=5)},
+        default_args={"owner": OWNER, "retries": 2, "retry_delay": RETRY_DELAY},
         doc_md=schema.doc_md(),
         tags=["feed", schema.dataset_type, schema.partner.id, *schema.tags],
     )

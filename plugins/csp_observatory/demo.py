@@ -85,10 +85,15 @@ def run_feed_dag(feed: str = FEED) -> Any:
     """Run the feed's DAG once, in-process, with Airflow's dag.test()."""
     from airflow.dag_processing.dagbag import DagBag
 
+    os.environ.setdefault("CSP_RETRY_DELAY_S", "1")  # before the DAG file is parsed
     bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
     if bag.import_errors:
         raise RuntimeError(f"DAG import errors: {bag.import_errors}")
-    return bag.dags[f"feed_{feed}"].test()
+    run = bag.dags[f"feed_{feed}"].test()
+    if run is None or str(run.state) != "success":
+        failed = [ti.task_id for ti in run.get_task_instances() if str(ti.state) == "failed"] if run else []
+        raise RuntimeError(f"the DAG run of feed_{feed} ended {getattr(run, 'state', None)}; failed tasks: {failed}")
+    return run
 
 
 def summarise(settings: Settings, feed: str = FEED, period: str = DEMO_PERIOD) -> str:

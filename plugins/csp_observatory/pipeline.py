@@ -130,16 +130,20 @@ def _in_flight(work_dirs: list[str] | None) -> list[Manifest]:
     return [Manifest.read(w) for w in work_dirs or []]
 
 
-def _refuse(m: Manifest, settings: Settings, sftp_client: Any, file: SupplyFile, reason: str, status: str,
-            conn: Any = None) -> None:
-    """Move a refused file to the partner's quarantine with a reason, and stop its supply."""
+def _quarantine(settings: Settings, sftp_client: Any, conn: Any, partner_id: str, file: SupplyFile,
+                reason: str) -> None:
+    """Move a file to the partner's quarantine with a reason, and say so in the ledger."""
     from csp_observatory import intake, ledger
 
-    schema = schema_for(m.feed)
-    intake.quarantine(sftp_client, settings, schema.partner.id, file.remote_name, reason)
-    if conn is not None:
-        ledger.mark_quarantined(conn, file.sha256, reason)
-        conn.commit()
+    intake.quarantine(sftp_client, settings, partner_id, file.remote_name, reason)
+    ledger.mark_quarantined(conn, file.sha256, reason)
+    conn.commit()
+
+
+def _refuse(m: Manifest, settings: Settings, sftp_client: Any, file: SupplyFile, reason: str, status: str,
+            conn: Any) -> None:
+    """Quarantine a refused file and stop its supply; the supply's other files stay in the inbox."""
+    _quarantine(settings, sftp_client, conn, schema_for(m.feed).partner.id, file, reason)
     m.problems.append({"file": file.name, "remote_name": file.remote_name, "reason": reason})
     m.status = status
     log.warning("%s: %s refused: %s", m.supply_id, file.remote_name, reason)
@@ -199,22 +203,25 @@ def collect(feed: str, periods: list[str], run_id: str, settings: Settings | Non
             collected = intake.collect(client, conn, schema, settings, pending)
             conn.commit()
             work = Path(settings.staging_dir) / feed / pending.period / "work"
-            work.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if work.exists():
+                shutil.rmtree(work)  # what an earlier, interrupted run left: this run starts the supply afresh
+            work.mkdir(mode=0o700, parents=True)
             m = Manifest(feed=feed, period=pending.period, work_dir=str(work), files={}, run_id=run_id,
                          collected_at=datetime.now(timezone.utc).isoformat())
             for cf in collected.files:
                 m.files[cf.file_name] = SupplyFile(name=cf.file_name, remote_name=cf.remote_name,
                                                    sha256=cf.sha256, size=cf.size, encrypted_path=cf.local_path)
-            duplicates = [cf for cf in collected.files if cf.duplicate_of]
-            if duplicates:
+            if all(cf.duplicate_of for cf in collected.files):
                 # The same bytes were loaded before: never load them twice. The partner is told where.
-                for cf in duplicates:
+                for cf in collected.files:
                     intake.archive(client, settings, schema.partner.id, cf.remote_name)
                     m.problems.append({"file": cf.file_name, "remote_name": cf.remote_name,
                                        "reason": f"identical to a delivery already loaded as supply "
                                                  f"{cf.duplicate_of}; not loaded again"})
-                if len(duplicates) == len(collected.files):
-                    m.status = "duplicate"
+                m.status = "duplicate"
+                _delete_plaintext(m)
+            # A supply where only some files are new is loaded whole again: the load replaces the period's
+            # rows, so unchanged files neither duplicate nor go missing.
             m.save()
             work_dirs.append(str(work))
     return work_dirs
@@ -276,7 +283,8 @@ def parse_and_validate(work_dirs: list[str], settings: Settings | None = None) -
             m.add_rejected(parsed.rejected)
             kept, rejected, nulled = validation.apply_row_rules(parsed.frame, feed_file)
             m.add_rejected(rejected)
-            summary = validation.validate(kept, feed_file, schema)
+            summary = validation.validate(kept, feed_file, schema, period=m.period)
+            summary.pop("gx_result", None)  # GX samples values; the manifest outlives the plaintext
             summaries[f.name] = {"summary": summary, "header_problems": parsed.header_problems,
                                  "nulled_values": nulled}
             m.write_frame("parsed", f.name, kept)
@@ -304,8 +312,25 @@ def clean(work_dirs: list[str], settings: Settings | None = None) -> list[str]:
             m.write_frame("clean", name, result.frame)
             changes[name] = result.changes
         m.stages["cleaning"] = changes
+        m.stages["links"] = _link_problems(m, schema)
         m.save()
     return work_dirs
+
+
+def _link_problems(m: Manifest, schema: FeedSchema) -> dict[str, int]:
+    """Rows of linked files (offenders, victims) whose crime reference has no offence in this supply.
+
+    They are kept (something rather than nothing, section 3.2.1) but counted so analysts know the join is short.
+    """
+    problems: dict[str, int] = {}
+    for feed_file in schema.files:
+        if not feed_file.links_to or feed_file.links_to["file"] not in m.files:
+            continue
+        on = feed_file.links_to["column"]
+        targets = m.read_frame("clean", feed_file.links_to["file"])[on].dropna()
+        linked = m.read_frame("clean", feed_file.name)[on]
+        problems[feed_file.name] = int((linked.notna() & ~linked.isin(targets)).sum())
+    return problems
 
 
 # --- stage 5: geocode -------------------------------------------------------------------------------
@@ -382,12 +407,13 @@ def sanitise(work_dirs: list[str], settings: Settings | None = None) -> list[str
                 # Never load something that breaks Appendix 1: stop the supply and say why.
                 raise RuntimeError(f"{m.supply_id} {name}: sanitised output breaks Appendix 1: {problems[:5]}")
             frame = result.frame
-            qi = disclosure.quasi_identifiers_for(feed_file)
-            report = disclosure.k_anonymity(frame, qi, k_threshold=schema.min_k or 5,
-                                            sensitive=disclosure.sensitive_column_for(feed_file))
+            categories = feed_file.by_role("category")
+            report = disclosure.k_anonymity(frame, disclosure.quasi_identifiers_for(feed_file),
+                                            k_threshold=schema.min_k,
+                                            sensitive=categories[0].name if categories else None)
             if schema.min_k:
                 try:
-                    frame, withheld = disclosure.enforce_min_k(frame, report, schema.min_k, mode="rows")
+                    frame, withheld = disclosure.enforce_min_k(frame, report, schema.min_k, mode=schema.min_k_mode)
                     m.add_rejected(withheld.assign(source_file=name, stage="disclosure"))
                 except disclosure.DisclosureBlocked as blocked:
                     m.status = "blocked"
@@ -395,7 +421,7 @@ def sanitise(work_dirs: list[str], settings: Settings | None = None) -> list[str
                                        "reason": str(blocked)})
             m.write_frame("sanitised", name, frame)
             summaries[name] = result.summary
-            risks[name] = report.to_dict() if hasattr(report, "to_dict") else report
+            risks[name] = report.as_dict()
         m.stages["sanitising"] = summaries
         m.stages["disclosure"] = risks
         m.save()
@@ -452,6 +478,12 @@ def report_and_archive(feed: str, work_dirs: list[str] | None, settings: Setting
             if m.status == "loaded":
                 for f in m.files.values():
                     intake.archive(client, settings, schema.partner.id, f.remote_name)
+            elif m.status == "blocked":
+                # Publishing it would single people out: the partner gets it back with the reason.
+                reason = "; ".join(p["reason"] for p in m.problems)
+                with _db(settings) as conn:
+                    for f in m.files.values():
+                        _quarantine(settings, client, conn, schema.partner.id, f, reason)
             report = reporting.build_report(schema, m, settings)
             folder = Path(settings.reports_dir) / feed / m.period
             json_path, html_path = reporting.write_report(report, folder)

@@ -64,9 +64,16 @@ def strip_row_content(obj: Any) -> Any:
     return obj
 
 
+_ROW_PREFIX = re.compile(r"^\s*row \d+:\s*", re.I)
+
+
 def redact_reason(reason: str, field_names: Iterable[str] = ()) -> str:
-    """A reason with any quoted value withheld; quoted field names stay (they are the point of the reason)."""
+    """A reason with any quoted value withheld; quoted field names stay (they are the point of the reason).
+
+    A leading "row N:" is dropped: reports show the row number in its own column.
+    """
     keep = set(field_names)
+    reason = _ROW_PREFIX.sub("", reason, count=1)
 
     def sub(m: re.Match[str]) -> str:
         return m.group(0) if m.group(2) in keep or not m.group(2) else f"{m.group(1)}[value withheld]{m.group(3)}"
@@ -614,7 +621,25 @@ def render_text(report: dict[str, Any]) -> str:
         lines.append(f"  {table}: {n:,} rows")
     for q in report["quarantined"]:
         lines.append(f"  refused {q['remote_name'] or q['file']}: {q['reason']}")
+    files = report.get("files") or []
+    if files:
+        lines.append("Files taken: " + ", ".join(f"{f['remote_name']} ({f.get('rows_in_file') or 0:,} rows)"
+                                                 for f in files))
+    for name, s in (report.get("sanitising") or {}).items():
+        rules = s.get("rules") or {}
+        moved = sum(rules.get(r, 0) for r in ("same_ward", "same_district", "anywhere"))
+        d = s.get("displacement_m") or {}
+        lines.append(f"  sanitised {name}: {moved:,} of {s.get('records', 0):,} records moved to the nearest postcode "
+                     f"with enough households (same ward {rules.get('same_ward', 0)}, same district "
+                     f"{rules.get('same_district', 0)}, anywhere {rules.get('anywhere', 0)}); "
+                     f"displacement median {d.get('median')} m, max {d.get('max')} m")
+    for name, v in (report.get("validation") or {}).items():
+        scores = ", ".join(f"{q} {'n/a' if x.get('score') is None else str(x['score']) + '%'}"
+                           for q, x in (v.get("qualities") or {}).items())
+        lines.append(f"  quality {name}: {scores}")
     attention = [r for r in report["rejected_rows"] if r["stage"] != "disclosure"]
+    if attention:
+        lines.append("Rows set aside, and why:")
     for r in attention[:10]:
         lines.append(f"  {r['file']} row {r['row']}: {r['reason']}")
     if len(attention) > 10:

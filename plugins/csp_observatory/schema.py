@@ -139,6 +139,8 @@ class FeedSchema:
     source_path: Path = field(compare=False, default=Path())
     #: Minimum k over quasi-identifiers below which publication is blocked (None: report only).
     min_k: int | None = None
+    #: What a min_k breach does: withhold the offending "rows", or block the whole "supply".
+    min_k_mode: str = "rows"
 
     @property
     def personalised(self) -> bool:
@@ -223,6 +225,9 @@ def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
             for ref in [*f["key"], *(v for v in vars(loc).values() if v), f.get("event_date")]:
                 if ref and ref not in names:
                     raise SchemaError(f"{where}:{name}: {ref!r} is not a datafield")
+            links = f.get("links_to")
+            if links is not None and (set(links) != {"file", "column"} or links["column"] not in names):
+                raise SchemaError(f"{where}:{name}: links_to needs 'file' and 'column' (a datafield of this file)")
             if "(?P<period>" not in f["pattern"]:
                 raise SchemaError(f"{where}:{name}: pattern needs a (?P<period>...) group")
             files.append(FeedFile(
@@ -237,7 +242,7 @@ def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
             schedule=raw["supply_cycle"]["schedule"], supply_cycle=raw["supply_cycle"]["description"],
             period_format=raw["supply_cycle"].get("period_format", "%Y%m"),
             household_threshold=int(sanitising.get("household_threshold", 4)),
-            min_k=sanitising.get("min_k"),
+            min_k=sanitising.get("min_k"), min_k_mode=sanitising.get("min_k_mode", "rows"),
             caveats=raw.get("caveats", ""), tags=tuple(raw.get("tags", ())), files=tuple(files),
             source_path=source_path,
         )
@@ -247,6 +252,8 @@ def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
         raise SchemaError(f"{where}: dataset_type must be one of {sorted(DATASET_TYPES)}")
     if not re.fullmatch(r"[a-z][a-z0-9_]*", schema.feed):
         raise SchemaError(f"{where}: feed id must be snake_case")
+    if schema.min_k_mode not in ("rows", "supply"):
+        raise SchemaError(f"{where}: sanitising.min_k_mode must be 'rows' or 'supply'")
     if schema.household_threshold < 1:
         raise SchemaError(f"{where}: household_threshold must be at least 1")
     return schema
