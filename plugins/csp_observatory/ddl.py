@@ -216,6 +216,12 @@ def ensure_feed_tables(conn: Any, schema: FeedSchema) -> list[str]:
         for f in schema.files:
             table = sql.Identifier(db_schema, f.table)
             cols = table_columns(schema, f)
+            cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
+                        "AND table_name = %s", (db_schema, f.table))
+            existing = {r[0] for r in cur.fetchall()}
+            if existing and {c.name for c in cols} <= existing:
+                # Up to date: take no lock stronger than a read, so analysts' open queries never block a load.
+                continue
             col_defs = [sql.SQL("{} {}{}").format(I(c.name), sql.SQL(c.sql_type),
                                                   sql.SQL(" NOT NULL" if c.name in NOT_NULL_COLUMNS else ""))
                         for c in cols]

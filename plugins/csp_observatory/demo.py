@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import tempfile
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ def ensure_reference(settings: Settings, force: bool = False) -> dict[str, int]:
     """Load the shipped postcode reference and gazetteer into PostGIS, unless already there."""
     from csp_observatory import ddl, gazetteer, postcodes
 
-    with psycopg2.connect(settings.database_url) as conn:
+    with closing(psycopg2.connect(settings.database_url)) as conn:
         ddl.ensure_database(conn)
         conn.commit()
         with conn.cursor() as cur:

@@ -78,6 +78,7 @@ def _loaded(conn, period: str = PERIOD) -> dict[str, int]:
 
 @pytest.fixture()
 def fresh(db, clean_partner_folders, reference_loaded):
+    db.autocommit = True  # like an analyst's session: reads must not hold locks across the DAG's run
     _forget_period(db, PERIOD)
     yield
     _forget_period(db, PERIOD)

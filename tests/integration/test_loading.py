@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from contextlib import closing
 import uuid
 
 import pandas as pd
@@ -216,7 +217,7 @@ def test_failed_first_load_and_failing_ledger_leave_nothing(conn, feed):
     conn.rollback()
 
 
-def test_ledger_commits_with_the_rows(conn, feed):
+def test_ledger_commits_with_the_rows(conn, feed, db_url):
     with conn.cursor() as cur:
         cur.execute("CREATE TABLE IF NOT EXISTS observatory.h6_ledger_probe (supply_id text)")
     conn.commit()
@@ -224,7 +225,8 @@ def test_ledger_commits_with_the_rows(conn, feed):
     try:
         _load(conn, feed, _frames(feed, 3), supply_id=supply,
               ledger=lambda c: c.cursor().execute("INSERT INTO observatory.h6_ledger_probe VALUES (%s)", (supply,)))
-        with psycopg2.connect(conn.dsn) as other, other.cursor() as cur:   # a second session sees both
+        # A second session sees both (conn.dsn hides the password, so connect from the URL).
+        with closing(psycopg2.connect(db_url)) as other, other.cursor() as cur:
             cur.execute("SELECT count(*) FROM observatory.h6_ledger_probe WHERE supply_id = %s", (supply,))
             assert cur.fetchone()[0] == 1
         assert set(_count(conn, feed, supply).values()) == {3}
