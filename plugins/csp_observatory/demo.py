@@ -9,9 +9,10 @@ import argparse
 import json
 import os
 import tempfile
-from contextlib import closing
+import sys
+from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import psycopg2
 import yaml
@@ -124,8 +125,23 @@ Connect QGIS to the PostGIS layers (read-only analyst account):
     Host {demo.get('analyst_host', '127.0.0.1')}  Port {demo.get('analyst_port', 5433)}  Database {demo.get('analyst_database', 'csp_observatory')}
     User {demo.get('analyst_user', 'analyst')}  Password: in {REPO_ROOT}/.run/demo.yaml (analyst_password)
     Layers: depersonalised.prc_offences, depersonalised.prc_offenders, depersonalised.prc_victims (EPSG:27700),
-            reference.postcodes. Or: psql '{demo.get('analyst_url', '')}'
+            reference.postcodes. From a shell: psql with the analyst_url in .run/demo.yaml.
 """
+
+
+@contextmanager
+def _stdout_to(path: Path) -> Iterator[None]:
+    """Send file descriptor 1 (where Airflow's task logging writes) to a file, so the terminal shows the summary."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(path, "a", encoding="utf-8") as log:
+        os.dup2(log.fileno(), 1)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Reference: {ensure_reference(settings)}")
     names = drop_demo_supply(settings, schema, args.period, args.offences)
     print(f"Partner '{schema.partner.id}' uploaded (encrypted + signed): {', '.join(names)}")
-    run_feed_dag(FEED)
+    log_path = Path(settings.staging_dir).parent / "logs" / "demo-airflow.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"Running the DAG feed_{FEED} with dag.test() (Airflow's log: {log_path}) ...", flush=True)
+    with _stdout_to(log_path):
+        run_feed_dag(FEED)
     print(summarise(settings, FEED, args.period))
     print(how_to_look(settings))
     return 0

@@ -52,7 +52,7 @@ def quasi_identifiers_for(feed_file: FeedFile) -> list[str]:
     """The quasi-identifier columns of a sanitised frame of this file, derived from datafield roles."""
     roles = {r: [f.name for f in feed_file.datafields if f.role == r] for r in
              ("category", "gender", "ethnicity", "age", "date_of_birth")}
-    located = any(vars(feed_file.location).values())
+    located = bool(feed_file.location.columns)
     if feed_file.event_date and located:
         # incidents: where (sanitised point) x when (month) x what (category)
         return [*POINT, f"{feed_file.event_date}:month", *roles["category"][:1]]

@@ -65,6 +65,8 @@ _STRONG_RE: Final = re.compile(rf"\b(?:{_STRONG_WORDS})\b(?!\s+(?:{_STREET_WORDS
 _WEAK_RE: Final = re.compile(rf"\b(?:{_WEAK_WORDS})\b(?!\s+(?:{_STREET_WORDS})\b)", re.I)
 #: A cheap, vectorisable pre-filter: text that is_non_addressable() could accept contains one of these words.
 NON_ADDRESSABLE_HINT: Final = rf"(?i)\b(?:{_STRONG_WORDS}|{_WEAK_WORDS})\b"
+#: The same for the words that always make a location non-addressable.
+STRONG_HINT: Final = rf"(?i)\b(?:{_STRONG_WORDS})\b"
 _HOUSE_NUMBER_RE: Final = re.compile(r"^\s*(?:(?:flat|apartment|unit)\s+\w+\s*,?\s*)?\d+[a-z]?\b", re.I)
 
 # Text around a place name that says where, not what: dropped before matching.

@@ -123,16 +123,22 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
             far = other[dist > FAR_FROM_POSTCODE_M]
             note[far] = "nearest live postcode is more than 1 km away: point may be outside the reference area"
 
-    # 1. Non-addressable places (a park, a car park, a station) that the gazetteer knows: Appendix 1 places them at
-    # the place's centre point and exempts them from the household rule, so this comes before any coordinates
-    # the partner sent (which might be a house's). Text matching is per row, so only rows whose text looks
-    # non-addressable (a vectorised test first) are matched.
+    # 1 (and 6, below). Non-addressable places (a park, a car park, a station) the gazetteer knows: Appendix 1
+    # places them at the place's centre point and exempts them from the household rule. Text that names such a
+    # place outright ("car park", "waste ground") is matched before any coordinates the partner sent, which
+    # might be a house's; text with only a weaker hint ("... Bridge", "... Fields") is tried last, when nothing
+    # else placed the record. A home address (offenders, victims) is never non-addressable.
     address_col = loc.address if loc.address and loc.address in frame else None
-    if places is not None and address_col is not None and len(places):
-        index = places if isinstance(places, gazetteer.PlaceIndex) else gazetteer.PlaceIndex.build(places)
-        texts = frame[address_col].astype("string")
-        maybe = texts.str.contains(gazetteer.NON_ADDRESSABLE_HINT, regex=True).fillna(False).to_numpy(bool)
-        for i in np.flatnonzero(maybe):
+    use_places = (places is not None and address_col is not None and len(places) > 0
+                  and getattr(loc, "kind", "incident") != "home")
+    index = None
+    texts = frame[address_col].astype("string") if use_places else None
+
+    def match_places(rows: np.ndarray) -> None:
+        nonlocal index
+        if index is None:
+            index = places if isinstance(places, gazetteer.PlaceIndex) else gazetteer.PlaceIndex.build(places)
+        for i in np.flatnonzero(rows):
             text = texts.iloc[i]
             if not gazetteer.is_non_addressable(text):
                 continue
@@ -144,6 +150,9 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
             note[i] = (f"non-addressable location matched to {match.name!r} "
                        f"(confidence {match.confidence:.2f}){'; ' + match.note if match.note else ''}")
             done[i] = True
+
+    if use_places:
+        match_places(texts.str.contains(gazetteer.STRONG_HINT, regex=True).fillna(False).to_numpy(bool))
 
     # 2. Supplied easting/northing inside Great Britain.
     e = _numbers(frame, loc.easting)
@@ -189,7 +198,11 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
         note[term] = "postcode terminated " + dates + "; centroid of the terminated postcode used"
     done |= hit
 
-    # 6. Failed: say why, so the partner can fix it.
+    if use_places and (~done).any():
+        match_places(~done & texts.str.contains(gazetteer.NON_ADDRESSABLE_HINT, regex=True).fillna(False)
+                     .to_numpy(bool))
+
+    # 7. Failed: say why, so the partner can fix it.
     failed = ~done
     if failed.any():
         rows = np.flatnonzero(failed)

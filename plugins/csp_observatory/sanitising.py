@@ -252,9 +252,9 @@ def sanitise(frame: pd.DataFrame, feed_file: FeedFile, postcode_map: PostcodeMap
     loc = feed_file.location
     if loc.address and loc.address in out:
         text = out[loc.address]
-        # gazetteer locations are non-addressable: Appendix 1 does not require their text to be changed
-        cleaned = sanitise_addresses(text, postcodes=s_pc)
-        out[loc.address] = cleaned.where(~pd.Series(gazetteer, index=idx), text.astype("string"))
+        # Every text is cleaned, non-addressable ones too: Appendix 1 does not require it for a park or a car
+        # park, but a text wrongly taken for one must not keep a house name ("Rose Cottage, ...").
+        out[loc.address] = sanitise_addresses(text, postcodes=s_pc)
     if loc.postcode and loc.postcode in out:
         out[loc.postcode] = s_pc
 

@@ -73,6 +73,14 @@ class LocationFields:
     northing: str | None = None
     longitude: str | None = None
     latitude: str | None = None
+    #: "incident" (where something happened: may be a park or a car park) or "home" (where a person lives:
+    #: always addressable, never matched to the gazetteer of non-addressable places).
+    kind: str = "incident"
+
+    @property
+    def columns(self) -> dict[str, str]:
+        """The location datafields by role (address, postcode, easting...), leaving out those not given."""
+        return {k: v for k, v in vars(self).items() if v and k != "kind"}
 
 
 @dataclass(frozen=True)
@@ -222,7 +230,9 @@ def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
             if len(set(names)) != len(names):
                 raise SchemaError(f"{where}:{name}: datafield names repeat")
             loc = LocationFields(**(f.get("location") or {}))
-            for ref in [*f["key"], *(v for v in vars(loc).values() if v), f.get("event_date")]:
+            if loc.kind not in ("incident", "home"):
+                raise SchemaError(f"{where}:{name}: location kind must be 'incident' or 'home'")
+            for ref in [*f["key"], *loc.columns.values(), f.get("event_date")]:
                 if ref and ref not in names:
                     raise SchemaError(f"{where}:{name}: {ref!r} is not a datafield")
             links = f.get("links_to")

@@ -131,6 +131,10 @@ def test_a_supply_goes_from_sftp_to_sanitised_postgis_layers(settings, db, obser
         assert not columns & {"offender_name", "victim_name", "date_of_birth", "easting", "northing",
                               "home_easting", "home_northing", "longitude", "latitude"}, table
         assert {"geom", "supply_id", "source_sha256", "loaded_at", "sanitise_rule"} <= columns
+    # Homes are never "non-addressable places": every offender and victim address went through Appendix 1.
+    for table in ("prc_offenders", "prc_victims"):
+        assert _count(db, f"SELECT count(*) FROM depersonalised.{table} WHERE supply_id = %s "
+                          "AND sanitise_rule = 'non_addressable'", f"{FEED}/{PERIOD}") == 0, table
     # Some records really moved (the synthetic households include postcodes with 0-3 households).
     moved = _count(db, "SELECT count(*) FROM depersonalised.prc_offences WHERE supply_id = %s "
                        "AND sanitise_rule IN ('same_ward', 'same_district', 'anywhere')", f"{FEED}/{PERIOD}")

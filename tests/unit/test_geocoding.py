@@ -133,3 +133,20 @@ def test_a_known_non_addressable_place_wins_over_supplied_coordinates(reference:
     museum = places.set_index("name1").loc["Bankfield Museum"]
     assert (f.loc[0, "geo_easting"], f.loc[0, "geo_northing"]) == (museum["x"], museum["y"])
     assert f.loc[1, "geo_easting"] == 409000
+
+
+def test_house_names_in_bridge_towns_are_not_places_and_homes_never_are(reference: pd.DataFrame,
+                                                                       places: pd.DataFrame) -> None:
+    # "Sowerby Bridge" is a town: an address there with a postcode is geocoded by its postcode, not taken for
+    # the railway station; and a person's home address is never looked up in the gazetteer at all.
+    class Home:
+        location = LocationFields(address="addr", postcode="pc", easting="e", northing="n", kind="home")
+
+    frame = _frame([
+        {"addr": "Rose Cottage, Queens Road, Sowerby Bridge", "pc": "HX1 1AA"},
+        {"addr": "Sowerby Bridge Railway Station"},
+    ])
+    assert geo.geocode(frame, FeedFile(), reference, places).frame["geocode_method"].tolist() == [
+        "postcode", "gazetteer"]
+    assert geo.geocode(frame, Home(), reference, places).frame["geocode_method"].tolist() == [
+        "postcode", "failed"]

@@ -258,3 +258,13 @@ def test_check_sanitised_finds_unsafe_points_addresses_and_personal_columns(refe
     nudged = out.copy()
     nudged.loc[3, "sanitised_easting"] = float(nudged.loc[3, "sanitised_easting"]) + 1
     assert any("centroid" in p for p in check_sanitised(nudged, pmap, offences))
+
+
+def test_text_taken_for_a_place_is_still_cleaned_of_house_names(reference, pmap, offences):
+    # Defence in depth: if a house address were ever matched to the gazetteer, its house name must not survive.
+    frame = _records(reference, 3)
+    frame.loc[0, "geocode_method"] = "gazetteer"
+    frame.loc[0, "location_address"] = "Rose Cottage, Queens Road, Sowerby Bridge"
+    out = sanitise(frame, offences, pmap).frame
+    assert out.loc[0, "sanitise_rule"] == "non_addressable"
+    assert out.loc[0, "location_address"] == "Queens Road, Sowerby Bridge"
