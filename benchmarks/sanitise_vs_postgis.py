@@ -35,7 +35,7 @@ def peer_sql(schema: str, k: int) -> str:
     """The one-statement PostGIS peer: own postcode, else KNN in ward, district, anywhere; ties by postcode."""
     eligible = f"p.households >= {int(k)} AND NOT p.terminated"
     own_ok = f"(o.households >= {int(k)} AND NOT o.terminated)"
-    knn = f'ORDER BY p.geom <-> o.geom, p.postcode COLLATE "C" LIMIT 1'
+    knn = 'ORDER BY p.geom <-> o.geom, p.postcode COLLATE "C" LIMIT 1'
     return f"""
 SELECT r.record_id,
        COALESCE(CASE WHEN {own_ok} THEN o.postcode END, w.postcode, d.postcode, a.postcode) AS target,

@@ -5,18 +5,16 @@ every value changed or blanked is counted in ``changes`` for the quality report.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import pandas as pd
 
 from csp_observatory.parsing import empty_rejected, rejected_frame
+from csp_observatory.postcodes import normalise_postcodes
 from csp_observatory.schema import Datafield, FeedFile
 
 HO_CODES_FILE: Final = "ho_offence_codes.csv"
-# A full postcode unit: outward code (area, district, optional sub-district) and a 3-character inward code.
-_POSTCODE: Final = r"^([A-Z]{1,2}[0-9][A-Z0-9]?)\s*([0-9][A-Z]{2})$"
 _TEXT_TYPES: Final = frozenset({"string", "code", "postcode", "time"})
 
 
@@ -27,22 +25,6 @@ class CleanResult:
     frame: pd.DataFrame
     removed: pd.DataFrame
     changes: dict[str, Any] = field(default_factory=dict)
-
-
-def _normalise_postcode(text: str | None) -> str | None:
-    # Private: the contract puts normalise_postcode() in postcodes.py (another module); this is its twin
-    # for one value, kept here so cleaning does not depend on that module's state.
-    if text is None or pd.isna(text):
-        return None
-    m = re.match(_POSTCODE, re.sub(r"\s+", " ", str(text).strip().upper()))
-    return f"{m.group(1)} {m.group(2)}" if m else None
-
-
-def normalise_postcodes(values: pd.Series) -> pd.Series:
-    """Postcodes in normal form (``HX1 1AA``), vectorised; values that are not a full postcode become null."""
-    text = values.astype("string").str.strip().str.upper().str.replace(r"\s+", " ", regex=True)
-    parts = text.str.extract(_POSTCODE)
-    return (parts[0] + " " + parts[1]).astype("string")
 
 
 def normalise_times(values: pd.Series) -> pd.Series:

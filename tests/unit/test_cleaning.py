@@ -4,7 +4,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from csp_observatory.cleaning import clean, normalise_codes, normalise_postcodes, normalise_times
+from csp_observatory.cleaning import clean, normalise_codes, normalise_times
+from csp_observatory.postcodes import normalise_postcodes
 from csp_observatory.schema import SCHEMA_DIR, load_schema
 
 pytestmark = pytest.mark.unit

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from csp_observatory import cleaning, demo_data, parsing, validation
+from csp_observatory import cleaning, demo_data, parsing, postcodes, validation
 from csp_observatory.schema import SCHEMA_DIR, load_schema
 
 pytestmark = pytest.mark.unit
@@ -51,7 +51,7 @@ def test_files_have_the_schema_header_and_realistic_rows(made, schema, calderdal
     offences = _rows(made.files["offences"])
     real = set(calderdale["postcode"])
     given = [r["location_postcode"] for r in offences if r["location_postcode"]]
-    normal = {cleaning._normalise_postcode(p) for p in given} - {None}
+    normal = {postcodes.normalise_postcode(p) for p in given} - {None}
     assert normal and normal <= real                                 # only real postcodes (bar the bad one)
     codes = schema.file("offences").field("ho_offence_code").allowed_codes
     assert sum(r["ho_offence_code"] in codes for r in offences) == len(offences) - 1   # one 999Z
