@@ -3,7 +3,7 @@
 Prints figures; never a test. Example (national size, 1M records):
 
     CSP_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/bench \\
-        /tmp/venvtest/bin/python benchmarks/sanitise_vs_postgis.py --records 1000000
+        .venv/bin/python benchmarks/sanitise_vs_postgis.py --records 1000000
 
 ``--postcodes M`` makes a smaller synthetic reference (M live + M/17 terminated); ``--reference CSV`` reads
 a reference frame (columns as ``reference.postcodes``) instead. ``--skip-peer`` times only the sanitiser.
