@@ -36,13 +36,16 @@ STATUS_TEXT: Final = {
 }
 #: What a partner can do about a row set aside at each stage (the reason says which field).
 STAGE_ACTION: Final = {
-    "parse": "Check the row has the same number of fields as the header and that text with commas is quoted, "
-             "then send the corrected row with the next supply.",
+    "parse": "Correct the value named in the reason (dates as YYYY-MM-DD or DD/MM/YYYY, whole numbers, Y/N "
+             "flags) and send the corrected row with the next supply.",
     "validate": "Correct the field named in the reason in your system and send the record with the next supply.",
     "clean": "Send each record once: remove the repeated row (the first copy was kept).",
     "geocode": "Add a full postcode or coordinates for the location.",
     "disclosure": "No action needed: withheld from publication so that nobody can be identified.",
 }
+#: A row whose fields do not line up with the header needs a different fix from a bad value.
+_SHAPE_ACTION: Final = ("Check the row has the same number of fields as the header and that text with commas is "
+                        "quoted, then send the corrected row with the next supply.")
 _DEFAULT_ACTION: Final = "Check the field named in the reason and send the corrected record with the next supply."
 
 #: GX result keys that hold sampled values from the data (possibly personal): never stored or reported.
@@ -65,6 +68,13 @@ def strip_row_content(obj: Any) -> Any:
 
 
 _ROW_PREFIX = re.compile(r"^\s*row \d+:\s*", re.I)
+
+
+def _action(rejected: dict[str, Any]) -> str:
+    """What a partner can do about one row set aside."""
+    if re.search(r"\bvalues but the header has\b", str(rejected.get("reason", "")), re.I):
+        return _SHAPE_ACTION
+    return STAGE_ACTION.get(str(rejected.get("stage", "")), _DEFAULT_ACTION)
 
 
 def redact_reason(reason: str, field_names: Iterable[str] = ()) -> str:
@@ -326,7 +336,7 @@ def build_report(schema: FeedSchema, outcome: SupplyOutcome | Any, settings: Any
     rejected = sorted(
         ({"file": str(r.get("file", "")), "row": _int_or_none(r.get("row")), "stage": str(r.get("stage", "")),
           "reason": redact_reason(str(r.get("reason", "")), field_names),
-          "action": STAGE_ACTION.get(str(r.get("stage", "")), _DEFAULT_ACTION)} for r in outcome.rejected),
+          "action": _action(r)} for r in outcome.rejected),
         key=lambda r: (r["file"], r["row"] if r["row"] is not None else -1, r["stage"]))
     attention = [r for r in rejected if r["stage"] != "disclosure"]
     withheld = len(rejected) - len(attention)

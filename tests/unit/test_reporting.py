@@ -191,3 +191,13 @@ def test_outcome_from_a_pipeline_manifest(prc, tmp_path):
     report = reporting.build_report(prc, Manifest())
     assert report["headline"] == "Loaded 2 of 3 rows; 1 row needs attention"
     assert report["rejected_rows"][0]["row"] == 2
+
+
+def test_the_advice_fits_the_problem() -> None:
+    from csp_observatory.reporting import _action
+
+    shape = _action({"stage": "parse", "reason": "row 3 has 4 values but the header has 21 columns"})
+    value = _action({"stage": "parse", "reason": "row 3: committed_from_date '[x]' is not a valid date"})
+    assert "same number of fields" in shape and "same number of fields" not in value
+    assert "YYYY-MM-DD" in value
+    assert "repeated row" in _action({"stage": "clean", "reason": "exact copy of row 4"})
