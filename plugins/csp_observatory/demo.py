@@ -37,15 +37,15 @@ def ensure_reference(settings: Settings, force: bool = False) -> dict[str, int]:
     with closing(psycopg2.connect(settings.database_url)) as conn:
         ddl.ensure_database(conn)
         conn.commit()
+        counts = {}
         with conn.cursor() as cur:
-            cur.execute("SELECT to_regclass('reference.postcodes') IS NOT NULL")
-            exists = cur.fetchone()[0]
-            n = 0
-            if exists:
-                cur.execute("SELECT count(*) FROM reference.postcodes")
-                n = cur.fetchone()[0]
-        if n and not force:
-            return {"postcodes": n}
+            for table in ("reference.postcodes", "reference.places"):
+                cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
+                if cur.fetchone()[0]:
+                    cur.execute(f"SELECT count(*) FROM {table}")  # noqa: S608 (fixed names)
+                    counts[table] = cur.fetchone()[0]
+        if all(counts.get(t) for t in ("reference.postcodes", "reference.places")) and not force:
+            return {"postcodes": counts["reference.postcodes"], "places": counts["reference.places"]}
         frame = postcodes.shipped_reference()
         postcodes.load_reference(conn, frame)
         places = gazetteer.shipped_places()
@@ -148,13 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--period", default=DEMO_PERIOD)
     parser.add_argument("--offences", type=int, default=600)
+    parser.add_argument("--keep-reference", action="store_true",
+                        help="use the postcode reference and gazetteer already in PostGIS (e.g. a national one) "
+                             "instead of loading the shipped Calderdale extract")
     args = parser.parse_args(argv)
 
     from csp_observatory.pipeline import schema_for
 
     settings = load_settings()
     schema = schema_for(FEED)
-    print(f"Reference: {ensure_reference(settings)}")
+    print(f"Reference: {ensure_reference(settings, force=not args.keep_reference)}")
     names = drop_demo_supply(settings, schema, args.period, args.offences)
     print(f"Partner '{schema.partner.id}' uploaded (encrypted + signed): {', '.join(names)}")
     log_path = Path(settings.staging_dir).parent / "logs" / "demo-airflow.log"

@@ -26,6 +26,22 @@ def conn() -> Iterator:
         connection.close()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def restore_shipped_reference() -> Iterator[None]:
+    """These tests load test frames into the project's own reference tables: put the shipped ones back after."""
+    yield
+    url = os.environ.get("CSP_DATABASE_URL")
+    if url:
+        import psycopg2
+
+        connection = psycopg2.connect(url)
+        try:
+            pc.load_reference(connection, pc.shipped_reference())
+            gz.load_places(connection, gz.shipped_places())
+        finally:
+            connection.close()
+
+
 def test_reference_round_trip(conn) -> None:
     ref = pc.shipped_reference()
     assert pc.load_reference(conn, ref) == len(ref)
