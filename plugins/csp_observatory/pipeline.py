@@ -11,6 +11,7 @@ import logging
 import shutil
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -103,8 +104,9 @@ class Manifest:
         return pd.read_parquet(p) if p.exists() else pd.DataFrame(columns=REJECTED_COLUMNS)
 
 
+@lru_cache(maxsize=None)
 def schema_for(feed: str) -> FeedSchema:
-    """The schema of a feed, by its id."""
+    """The schema of a feed, by its id (read once per process: every stage asks for it, file by file)."""
     for path in SCHEMA_DIR.glob("*.yaml"):
         schema = load_schema(path)
         if schema.feed == feed:
@@ -335,16 +337,14 @@ def _link_problems(m: Manifest, schema: FeedSchema) -> dict[str, int]:
 
 # --- stage 5: geocode -------------------------------------------------------------------------------
 
-def _reference(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    from csp_observatory import gazetteer, postcodes
+def _postcode_reference(conn: Any) -> pd.DataFrame:
+    from csp_observatory import postcodes
 
-    with _db(settings) as conn:
-        reference = postcodes.read_reference(conn)
-        places = gazetteer.read_places(conn)
+    reference = postcodes.read_reference(conn)
     if reference.empty:
         raise RuntimeError("reference.postcodes is empty: load the postcode reference first "
                            "(scripts/load_reference.py)")
-    return reference, places
+    return reference
 
 
 def geocode(work_dirs: list[str], settings: Settings | None = None) -> list[str]:
@@ -355,7 +355,10 @@ def geocode(work_dirs: list[str], settings: Settings | None = None) -> list[str]
     manifests = [m for m in _in_flight(work_dirs) if m.ok]
     if not manifests:
         return work_dirs
-    reference, places = _reference(settings)
+    from csp_observatory import gazetteer
+
+    with _db(settings) as conn:
+        reference, places = _postcode_reference(conn), gazetteer.read_places(conn)
     for m in manifests:
         schema = schema_for(m.feed)
         counts: dict[str, Any] = {}
@@ -383,7 +386,8 @@ def sanitise(work_dirs: list[str], settings: Settings | None = None) -> list[str
     manifests = [m for m in _in_flight(work_dirs) if m.ok]
     if not manifests:
         return work_dirs
-    reference, _ = _reference(settings)
+    with _db(settings) as conn:
+        reference = _postcode_reference(conn)
     maps: dict[int, Any] = {}
     for m in manifests:
         schema = schema_for(m.feed)
