@@ -149,6 +149,14 @@ class FeedSchema:
     min_k: int | None = None
     #: What a min_k breach does: withhold the offending "rows", or block the whole "supply".
     min_k_mode: str = "rows"
+    #: Share of records that must get a point; below it the supply is marked amber (a warning, not green).
+    geocode_min_rate: float = 0.95
+    #: A supplied point further than this from the nearest reference postcode is outside the reference's
+    #: coverage: flagged and not geocoded, never moved silently to a far postcode.
+    coverage_max_m: float = 1000.0
+    #: A re-sent period that would remove more than this share of the rows already loaded for it is held
+    #: for an engineer's confirmation instead of replacing them.
+    resend_max_loss: float = 0.5
 
     @property
     def personalised(self) -> bool:
@@ -253,6 +261,9 @@ def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
             period_format=raw["supply_cycle"].get("period_format", "%Y%m"),
             household_threshold=int(sanitising.get("household_threshold", 4)),
             min_k=sanitising.get("min_k"), min_k_mode=sanitising.get("min_k_mode", "rows"),
+            geocode_min_rate=float((raw.get("quality") or {}).get("geocode_min_rate", 0.95)),
+            coverage_max_m=float((raw.get("quality") or {}).get("coverage_max_m", 1000.0)),
+            resend_max_loss=float((raw.get("quality") or {}).get("resend_max_loss", 0.5)),
             caveats=raw.get("caveats", ""), tags=tuple(raw.get("tags", ())), files=tuple(files),
             source_path=source_path,
         )
@@ -264,6 +275,10 @@ def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
         raise SchemaError(f"{where}: feed id must be snake_case")
     if schema.min_k_mode not in ("rows", "supply"):
         raise SchemaError(f"{where}: sanitising.min_k_mode must be 'rows' or 'supply'")
+    if not 0.0 <= schema.geocode_min_rate <= 1.0 or not 0.0 <= schema.resend_max_loss <= 1.0:
+        raise SchemaError(f"{where}: quality.geocode_min_rate and quality.resend_max_loss are shares from 0 to 1")
+    if schema.coverage_max_m <= 0:
+        raise SchemaError(f"{where}: quality.coverage_max_m must be positive")
     if schema.household_threshold < 1:
         raise SchemaError(f"{where}: household_threshold must be at least 1")
     return schema
