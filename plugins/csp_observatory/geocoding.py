@@ -4,7 +4,9 @@ Order, first that applies (ARCHITECTURE.md): supplied easting/northing inside Gr
 (``supplied``); WGS84 longitude/latitude (``wgs84``); a live postcode's centroid (``postcode``); a
 terminated postcode's centroid from ONSPD (``terminated_postcode``, flagged for the report); a
 non-addressable location matched in the gazetteer (``gazetteer``: the centre of the place, exempt from
-the household rule); otherwise ``failed``, kept with a note and counted, never dropped.
+the household rule); otherwise ``failed``, kept with a note and counted, never dropped. A supplied point
+further than the feed's ``coverage_max_m`` from every reference postcode is ``outside_coverage``: it is not
+placed (the sanitiser could only move it, silently and far, to a postcode it does not belong to).
 """
 from __future__ import annotations
 
@@ -19,13 +21,27 @@ import pandas as pd
 from csp_observatory import gazetteer
 from csp_observatory.postcodes import inside_gb, normalise_postcodes, postcode_positions
 
-METHODS: Final = ("supplied", "wgs84", "postcode", "terminated_postcode", "gazetteer", "failed")
+METHODS: Final = ("supplied", "wgs84", "postcode", "terminated_postcode", "gazetteer", "outside_coverage",
+                   "failed")
+#: Methods that leave a record without a point: it is loaded, but flagged for the partner.
+UNPLACED: Final = frozenset({"outside_coverage", "failed"})
 GEO_COLUMNS: Final = ("geo_easting", "geo_northing", "geo_postcode", "geocode_method", "geocode_note")
 
 # WGS84 box around Great Britain and its islands: a lon/lat outside it is a typo (or swapped).
 _LON: Final = (-9.0, 2.5)
 _LAT: Final = (49.0, 61.5)
 FAR_FROM_POSTCODE_M: Final = 1000.0
+_OUTSIDE_COVERAGE: Final = "outside the reference's coverage"
+#: Value-free wording of each geocoding problem, for reports: a note may hold the partner's postcode.
+_PROBLEMS: Final = (
+    ("outside the reference's coverage",
+     "the point is outside the postcode reference's coverage (too far from every known postcode)"),
+    ("not in the postcode reference", "the postcode is not in the postcode reference"),
+    ("is not a UK postcode", "the postcode is not a valid UK postcode"),
+    ("easting/northing outside Great Britain", "the easting/northing is outside Great Britain"),
+    ("longitude/latitude outside Great Britain", "the longitude/latitude is outside Great Britain"),
+    ("no coordinates, postcode or recognised place", "no coordinates, postcode or recognised place"),
+)
 
 
 @dataclass
@@ -80,13 +96,24 @@ class _NearestLive:
         return self.postcodes[idx], dist
 
 
+def problem_reasons(notes: pd.Series) -> pd.Series:
+    """Why each record got no point, in words that hold none of its values (for the partner's report)."""
+    text = notes.astype("string").fillna("")
+    out = pd.Series("", index=text.index, dtype=object)
+    for key, words in _PROBLEMS:
+        hit = text.str.contains(key, regex=False).to_numpy(bool)
+        out[hit] = np.where(out[hit] == "", words, out[hit] + "; " + words)
+    return out.where(out != "", "the location could not be placed")
+
+
 def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
-            places: pd.DataFrame | None = None) -> GeocodeResult:
+            places: pd.DataFrame | None = None, coverage_max_m: float = FAR_FROM_POSTCODE_M) -> GeocodeResult:
     """Add ``geo_easting, geo_northing, geo_postcode, geocode_method, geocode_note`` to a frame.
 
     ``feed_file`` is the schema's FeedFile: its ``location`` names the easting/northing, longitude/latitude,
     postcode and address datafields. ``reference`` is the postcode reference frame; ``places`` the gazetteer
-    (a places frame or ``gazetteer.PlaceIndex``), optional.
+    (a places frame or ``gazetteer.PlaceIndex``), optional. A supplied point further than ``coverage_max_m``
+    from every live reference postcode is left unplaced as ``outside_coverage``.
     """
     loc = feed_file.location
     n_rows = len(frame)
@@ -119,9 +146,13 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
         other = np.flatnonzero(rows & ~in_ref)
         if len(other):
             geo_pc[other], dist = nearest(geo_e[other], geo_n[other])
-            # A point far from every known postcode is probably outside the reference's area (or wrong).
-            far = other[dist > FAR_FROM_POSTCODE_M]
-            note[far] = "nearest live postcode is more than 1 km away: point may be outside the reference area"
+            # A point far from every known postcode is outside the reference's area (or wrong): placing it at
+            # the nearest postcode would move it silently and far, so it is not placed and the partner is told.
+            far = other[dist > coverage_max_m]
+            geo_e[far], geo_n[far], geo_pc[far] = np.nan, np.nan, None
+            method[far] = "outside_coverage"
+            note[far] = (f"{_OUTSIDE_COVERAGE}: the nearest live postcode is more than {coverage_max_m:,.0f} m "
+                         "away; not placed")
 
     # 1 (and 6, below). Non-addressable places (a park, a car park, a station) the gazetteer knows: Appendix 1
     # places them at the place's centre point and exempts them from the household rule. Text that names such a

@@ -81,7 +81,37 @@ def test_methods_in_order(reference: pd.DataFrame, places: pd.DataFrame) -> None
     assert "not a UK postcode" in f.loc[8, "geocode_note"]
     assert "outside Great Britain" in f.loc[9, "geocode_note"]
     assert out.counts == {"supplied": 2, "wgs84": 1, "postcode": 2, "terminated_postcode": 1, "gazetteer": 1,
-                          "failed": 3, "total": 10}
+                          "outside_coverage": 0, "failed": 3, "total": 10}
+
+
+def test_a_point_outside_the_references_coverage_is_flagged_not_moved(reference: pd.DataFrame) -> None:
+    live = reference[~reference["terminated"]]
+    e0, n0 = int(live["easting"].min()), int(live["northing"].min())
+    west = live.loc[live["easting"].idxmin()]
+    frame = _frame([
+        {"e": e0 - 5000, "n": n0 - 5000},          # 7 km from every Calderdale postcode: outside the extract
+        {"e": int(west["easting"]) - 400, "n": int(west["northing"])},   # 400 m past the edge: placed
+        {"e": e0 - 5000, "n": n0 - 5000, "pc": live["postcode"].iloc[0]},   # its postcode is known: trusted
+    ])
+    out = geo.geocode(frame, FeedFile(), reference, None, coverage_max_m=1000)
+    f = out.frame
+    assert f["geocode_method"].tolist() == ["outside_coverage", "supplied", "supplied"]
+    assert pd.isna(f.loc[0, "geo_easting"]) and pd.isna(f.loc[0, "geo_postcode"])
+    assert "outside the reference's coverage" in f.loc[0, "geocode_note"]
+    assert f.loc[1, "geo_postcode"] is not pd.NA and out.counts["outside_coverage"] == 1
+    # A wider coverage distance, set per feed, places the same point.
+    wide = geo.geocode(frame, FeedFile(), reference, None, coverage_max_m=50_000).frame
+    assert wide.loc[0, "geocode_method"] == "supplied"
+
+
+def test_problem_reasons_hold_no_values(reference: pd.DataFrame) -> None:
+    frame = _frame([{"pc": "ZZ9 9ZZ"}, {"pc": "not a postcode"}, {"e": 5_000_000, "n": 5, "pc": "QQ1 1QQ"}, {}])
+    f = geo.geocode(frame, FeedFile(), reference, None).frame
+    reasons = geo.problem_reasons(f["geocode_note"]).tolist()
+    assert reasons == ["the postcode is not in the postcode reference", "the postcode is not a valid UK postcode",
+                       "the postcode is not in the postcode reference; the easting/northing is outside Great "
+                       "Britain", "no coordinates, postcode or recognised place"]
+    assert not any(v in r for r in reasons for v in ("ZZ9", "not a postcode", "QQ1", "5000000"))
 
 
 def test_without_places_and_without_location_columns(reference: pd.DataFrame) -> None:
