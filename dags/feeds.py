@@ -4,6 +4,10 @@ Adding a feed means adding a schema file, not code. Each DAG runs the observator
 wait for a complete supply on SFTP, collect, decrypt and verify, parse and validate, clean, geocode,
 sanitise, load, and report and archive. The work itself lives in ``csp_observatory.pipeline``; this file
 only wires tasks, and imports nothing heavy at parse time.
+
+The run's state follows the supply: ``verdict`` fails when a supply was not loaded (red) or loaded with
+problems (amber), naming each and why in its log; ``stage_failed`` fails the run when any stage failed, even
+when no report could be written (for example SFTP refused the login). A day with no supply ends green.
 """
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import os
 from datetime import datetime, timedelta, timezone
 from typing import Final
 
-from airflow.sdk import DAG, PokeReturnValue, TriggerRule, dag, task
+from airflow.sdk import DAG, Param, PokeReturnValue, TriggerRule, dag, task
 
 from csp_observatory.schema import FeedSchema, load_schemas
 
@@ -38,6 +42,10 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
         max_active_runs=1,  # two runs of one feed must never take the same files
         default_args={"owner": OWNER, "retries": 2, "retry_delay": RETRY_DELAY},
         doc_md=schema.doc_md(),
+        params={"confirm_replace": Param(
+            [], type="array", items={"type": "string"},
+            description="Periods (e.g. 202609) whose re-send may replace most of the rows loaded for that period. "
+                        "A supply that would do so is otherwise held for an engineer to confirm.")},
         tags=["feed", schema.dataset_type, schema.partner.id, *schema.tags],
     )
     def feed_dag() -> None:
@@ -86,10 +94,10 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
             return pipeline.sanitise(supplies)
 
         @task
-        def load(supplies: list[str]) -> list[str]:
+        def load(supplies: list[str], params: dict | None = None) -> list[str]:
             from csp_observatory import pipeline
 
-            return pipeline.load(supplies)
+            return pipeline.load(supplies, confirmed=[str(p) for p in (params or {}).get("confirm_replace") or []])
 
         # Runs even when an earlier stage failed, so the partner always hears what happened and
         # plaintext never outlives the run.
@@ -99,10 +107,36 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
 
             return pipeline.report_and_archive(feed, supplies)
 
-        collected = collect(wait_for_supply())
-        loaded = load(sanitise(geocode(clean(parse_and_validate(decrypt_and_verify(collected))))))
+        # No retries: the verdict is about the data, and the same data gives the same verdict.
+        @task(retries=0)
+        def verdict(outcome: dict) -> str:
+            """Green passes; amber (loaded with problems) and red (not loaded) fail, saying which supply and why."""
+            from airflow.sdk.exceptions import AirflowFailException
+
+            from csp_observatory import pipeline
+
+            try:
+                return pipeline.verdict(outcome)
+            except (pipeline.SupplyNotLoaded, pipeline.SupplyHasProblems) as bad:
+                raise AirflowFailException(f"{type(bad).__name__}: {bad}") from None
+
+        @task(trigger_rule=TriggerRule.ONE_FAILED, retries=0)
+        def stage_failed() -> None:
+            """Runs only when a stage failed: the run must then fail too, not end green on the report task."""
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException("a stage of this run failed: see the failed task's log")
+
+        waited = wait_for_supply()
+        collected = collect(waited)
+        decrypted = decrypt_and_verify(collected)
+        stages = [parse_and_validate(decrypted)]
+        for step in (clean, geocode, sanitise, load):
+            stages.append(step(stages[-1]))
         done = report_and_archive(collected)
-        loaded >> done
+        stages[-1] >> done
+        verdict(done)
+        [waited, collected, decrypted, *stages, done] >> stage_failed()
 
     return feed_dag()
 

@@ -208,3 +208,24 @@ def record_report(conn: Any, supply_id: str, report: dict[str, Any], status: str
     with conn.cursor() as cur:
         cur.execute("UPDATE observatory.supplies SET report = %s::jsonb, status = COALESCE(%s, status) "
                     "WHERE supply_id = %s", (json.dumps(report, default=str), status, supply_id))
+
+
+def loaded_counts(conn: Any, schema: FeedSchema, supply_id: str) -> dict[str, int]:
+    """Rows already loaded for a supply, per file of the feed (0 where its table does not exist yet)."""
+    counts: dict[str, int] = {}
+    with conn.cursor() as cur:
+        for f in schema.files:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{schema.db_schema}.{f.table}",))
+            if not cur.fetchone()[0]:
+                counts[f.name] = 0
+                continue
+            cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE supply_id = %s").format(
+                sql.Identifier(schema.db_schema, f.table)), (supply_id,))
+            counts[f.name] = int(cur.fetchone()[0])
+    return counts
+
+
+def resend_losses(before: dict[str, int], after: dict[str, int], max_loss: float) -> dict[str, tuple[int, int]]:
+    """Files whose re-sent rows would remove more than ``max_loss`` of the rows loaded before: {file: (was, now)}."""
+    return {name: (was, after.get(name, 0)) for name, was in before.items()
+            if was > 0 and (was - after.get(name, 0)) / was > max_loss}

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pandas as pd
 import psycopg2
 
@@ -88,20 +89,36 @@ class Manifest:
     def read_frame(self, stage: str, file_name: str) -> pd.DataFrame:
         return pd.read_parquet(self.frame_path(stage, file_name))
 
-    def add_rejected(self, rejected: pd.DataFrame) -> None:
-        """Rows set aside at any stage, with their reasons; they are counted, reported and never lost."""
-        if rejected is None or rejected.empty:
-            return
-        p = self.path / "rejected.parquet"
-        frame = rejected[REJECTED_COLUMNS].astype({"source_file": str, "source_row": "Int64", "reason": str,
-                                                   "stage": str})
-        if p.exists():
-            frame = pd.concat([pd.read_parquet(p), frame], ignore_index=True)
-        frame.to_parquet(p, index=False)
+    def _set_rows(self, kind: str, step: str, file_name: str, rows: pd.DataFrame | None) -> None:
+        # Each (step, file) has its own parquet, written whole: a stage that fails after recording its rows and
+        # is retried writes the same file again, so a retry gives exactly what one clean run gives.
+        p = self.path / kind / f"{step}.{file_name}.parquet"
+        p.parent.mkdir(mode=0o700, exist_ok=True)
+        frame = pd.DataFrame(columns=REJECTED_COLUMNS) if rows is None or rows.empty else rows[REJECTED_COLUMNS]
+        frame.astype({"source_file": str, "source_row": "Int64", "reason": str, "stage": str}).to_parquet(
+            p, index=False)
+
+    def _rows(self, kind: str) -> pd.DataFrame:
+        folder = self.path / kind
+        frames = [f for f in (pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))) if not f.empty] \
+            if folder.exists() else []
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=REJECTED_COLUMNS)
+
+    def set_rejected(self, step: str, file_name: str, rejected: pd.DataFrame | None) -> None:
+        """Record the rows one step set aside from one file (not loaded), replacing what it recorded before."""
+        self._set_rows("rejected", step, file_name, rejected)
 
     def rejected(self) -> pd.DataFrame:
-        p = self.path / "rejected.parquet"
-        return pd.read_parquet(p) if p.exists() else pd.DataFrame(columns=REJECTED_COLUMNS)
+        """Every row set aside so far, at any stage, with its reason: counted, reported and never lost."""
+        return self._rows("rejected")
+
+    def set_flagged(self, step: str, file_name: str, flagged: pd.DataFrame | None) -> None:
+        """Record rows one step loads but that need the partner's attention (no location, a broken link)."""
+        self._set_rows("flagged", step, file_name, flagged)
+
+    def flagged(self) -> pd.DataFrame:
+        """Every row loaded with a problem the partner should fix, with its (value-free) reason."""
+        return self._rows("flagged")
 
 
 @lru_cache(maxsize=None)
@@ -282,9 +299,9 @@ def parse_and_validate(work_dirs: list[str], settings: Settings | None = None) -
                     _refuse(m, settings, client, f, bad.reason, "malformed", conn)
                 continue
             f.rows_in_file = len(parsed.frame) + len(parsed.rejected)
-            m.add_rejected(parsed.rejected)
+            m.set_rejected("parse", f.name, parsed.rejected)
             kept, rejected, nulled = validation.apply_row_rules(parsed.frame, feed_file)
-            m.add_rejected(rejected)
+            m.set_rejected("validate", f.name, rejected)
             summary = validation.validate(kept, feed_file, schema, period=m.period)
             summary.pop("gx_result", None)  # GX samples values; the manifest outlives the plaintext
             summaries[f.name] = {"summary": summary, "header_problems": parsed.header_problems,
@@ -310,7 +327,7 @@ def clean(work_dirs: list[str], settings: Settings | None = None) -> list[str]:
         changes: dict[str, Any] = {}
         for name in m.files:
             result = cleaning.clean(m.read_frame("parsed", name), schema.file(name))
-            m.add_rejected(result.removed)
+            m.set_rejected("clean", name, result.removed)
             m.write_frame("clean", name, result.frame)
             changes[name] = result.changes
         m.stages["cleaning"] = changes
@@ -322,16 +339,23 @@ def clean(work_dirs: list[str], settings: Settings | None = None) -> list[str]:
 def _link_problems(m: Manifest, schema: FeedSchema) -> dict[str, int]:
     """Rows of linked files (offenders, victims) whose crime reference has no offence in this supply.
 
-    They are kept (something rather than nothing, section 3.2.1) but counted so analysts know the join is short.
+    They are loaded (something rather than nothing, section 3.2.1) but flagged row by row for the partner, and
+    counted, so analysts know the join is short.
     """
     problems: dict[str, int] = {}
     for feed_file in schema.files:
         if not feed_file.links_to or feed_file.links_to["file"] not in m.files:
             continue
-        on = feed_file.links_to["column"]
-        targets = m.read_frame("clean", feed_file.links_to["file"])[on].dropna()
-        linked = m.read_frame("clean", feed_file.name)[on]
-        problems[feed_file.name] = int((linked.notna() & ~linked.isin(targets)).sum())
+        on, target = feed_file.links_to["column"], feed_file.links_to["file"]
+        targets = m.read_frame("clean", target)[on].dropna()
+        linked = m.read_frame("clean", feed_file.name)
+        orphan = (linked[on].notna() & ~linked[on].isin(targets)).to_numpy(bool)
+        problems[feed_file.name] = int(orphan.sum())
+        m.set_flagged("link", feed_file.name, pd.DataFrame({
+            "source_file": feed_file.name, "source_row": linked.loc[orphan, "source_row"].to_numpy(),
+            "reason": f"its {on} matches no row of the {target} file in this supply "
+                      f"(the linked record is missing or was set aside)",
+            "stage": "link"}))
     return problems
 
 
@@ -363,9 +387,19 @@ def geocode(work_dirs: list[str], settings: Settings | None = None) -> list[str]
         schema = schema_for(m.feed)
         counts: dict[str, Any] = {}
         for name in m.files:
-            result = geocoding.geocode(m.read_frame("clean", name), schema.file(name), reference, places)
+            feed_file = schema.file(name)
+            result = geocoding.geocode(m.read_frame("clean", name), feed_file, reference, places,
+                                       coverage_max_m=schema.coverage_max_m)
             m.write_frame("geocoded", name, result.frame)
-            counts[name] = result.counts
+            unplaced = result.frame["geocode_method"].isin(list(geocoding.UNPLACED)).to_numpy(bool) \
+                if feed_file.location.columns else np.zeros(len(result.frame), bool)
+            reasons = geocoding.problem_reasons(result.frame.loc[unplaced, "geocode_note"])
+            # Loaded without a point: the partner is told which rows and why, never the values.
+            m.set_flagged("geocode", name, pd.DataFrame({
+                "source_file": name, "source_row": result.frame.loc[unplaced, "source_row"].to_numpy(),
+                "reason": reasons.to_numpy(object), "stage": "geocode"}))
+            counts[name] = {**result.counts, "unplaced": int(unplaced.sum()),
+                            "unplaced_by_reason": {str(k): int(v) for k, v in reasons.value_counts().items()}}
         m.stages["geocoding"] = counts
         m.save()
     return work_dirs
@@ -406,7 +440,7 @@ def sanitise(work_dirs: list[str], settings: Settings | None = None) -> list[str
             feed_file = schema.file(name)
             result = sanitising.sanitise(m.read_frame("geocoded", name), feed_file, maps[threshold],
                                          period_end=_period_end(schema, m.period))
-            problems = sanitising.check_sanitised(result.frame, maps[threshold])
+            problems = sanitising.check_sanitised(result.frame, maps[threshold], feed_file)
             if problems:
                 # Never load something that breaks Appendix 1: stop the supply and say why.
                 raise RuntimeError(f"{m.supply_id} {name}: sanitised output breaks Appendix 1: {problems[:5]}")
@@ -418,7 +452,7 @@ def sanitise(work_dirs: list[str], settings: Settings | None = None) -> list[str
             if schema.min_k:
                 try:
                     frame, withheld = disclosure.enforce_min_k(frame, report, schema.min_k, mode=schema.min_k_mode)
-                    m.add_rejected(withheld.assign(source_file=name, stage="disclosure"))
+                    m.set_rejected("disclosure", name, withheld.assign(source_file=name, stage="disclosure"))
                 except disclosure.DisclosureBlocked as blocked:
                     m.status = "blocked"
                     m.problems.append({"file": name, "remote_name": m.files[name].remote_name,
@@ -434,8 +468,13 @@ def sanitise(work_dirs: list[str], settings: Settings | None = None) -> list[str
 
 # --- stage 7: load ----------------------------------------------------------------------------------
 
-def load(work_dirs: list[str], settings: Settings | None = None) -> list[str]:
-    """Load each supply in one transaction; the ledger marks its files loaded in the same commit."""
+def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list[str] | None = None) -> list[str]:
+    """Load each supply in one transaction; the ledger marks its files loaded in the same commit.
+
+    A re-sent period that would remove more than the feed's ``resend_max_loss`` of the rows loaded for it (a
+    header-only file, a partial extract) is held, not loaded, until an engineer confirms it by triggering the
+    feed's DAG with ``{"confirm_replace": ["<period>"]}``; the files stay in the inbox for that run.
+    """
     from csp_observatory import ddl, ledger, loading
 
     settings = settings or load_settings()
@@ -449,6 +488,19 @@ def load(work_dirs: list[str], settings: Settings | None = None) -> list[str]:
             ddl.ensure_database(conn)
             ddl.ensure_feed_tables(conn, schema)
             conn.commit()
+            losses = loading.resend_losses(loading.loaded_counts(conn, schema, m.supply_id),
+                                           {name: len(t) for name, t in tables.items()}, schema.resend_max_loss)
+            if losses and m.period not in (confirmed or []):
+                m.status = "held"
+                for name, (was, now) in losses.items():
+                    m.problems.append({"file": name, "remote_name": m.files[name].remote_name, "reason": (
+                        f"this re-sent {name} file has {now:,} usable rows where {was:,} are loaded for the period: "
+                        f"loading it would remove {was - now:,} of them. It is held for an engineer to confirm; "
+                        f"if it is a mistake, send the full file again.")})
+                log.warning("%s held: a re-send would remove most of the loaded rows %s; confirm with the DAG "
+                            "param confirm_replace=[%r]", m.supply_id, losses, m.period)
+                m.save()
+                continue
             result = loading.load_supply(
                 conn, schema, m.supply_id, m.period, tables,
                 lineage={name: f.sha256 for name, f in m.files.items()},
@@ -500,5 +552,31 @@ def report_and_archive(feed: str, work_dirs: list[str] | None, settings: Setting
             _delete_plaintext(m)
             m.save()
             outcome["supplies"].append({"supply_id": m.supply_id, "status": m.status, "report": str(html_path),
-                                        "json": str(json_path)})
+                                        "json": str(json_path), "headline": report["headline"],
+                                        **{k: report["outcome"][k] for k in ("level", "reasons")}})
     return outcome
+
+
+class SupplyNotLoaded(RuntimeError):
+    """A supply of the run was not loaded (refused, malformed, held, blocked or failed)."""
+
+
+class SupplyHasProblems(RuntimeError):
+    """Every supply of the run loaded, but at least one with problems to look at (amber)."""
+
+
+def verdict(outcome: dict[str, Any] | None) -> str:
+    """The run's verdict from ``report_and_archive``'s outcome: raise unless every supply is green.
+
+    Red (not loaded) raises SupplyNotLoaded, amber (loaded with problems) SupplyHasProblems, so that the task,
+    and with it the Airflow run, shows that this is not a plain success; the message names each supply and why.
+    A run that found no supply is fine: most daily polls find nothing.
+    """
+    supplies = (outcome or {}).get("supplies") or []
+    lines = [f"{s['supply_id']}: {s.get('level', 'red').upper()}: {s.get('headline', s['status'])}"
+             + "".join(f"\n  - {r}" for r in s.get("reasons") or []) for s in supplies]
+    if any(s.get("level") == "red" for s in supplies):
+        raise SupplyNotLoaded("\n".join(lines))
+    if any(s.get("level") == "amber" for s in supplies):
+        raise SupplyHasProblems("\n".join(lines))
+    return "\n".join(lines) or "no supply was ready"

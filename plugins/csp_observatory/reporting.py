@@ -33,7 +33,11 @@ STATUS_TEXT: Final = {
     "blocked": "Not loaded: publishing it could identify people (see Disclosure risk)",
     "failed": "Not loaded: processing stopped; the observatory is looking into it",
     "duplicate": "Not loaded again: these files were loaded before",
+    "held": "Not loaded: this re-send would remove most of the period's loaded rows; held for an engineer to confirm",
 }
+#: The supply's overall outcome, as the report, the Airflow run and the demo show it.
+LEVEL_TEXT: Final = {"green": "Loaded, no problems found", "amber": "Loaded, with problems to look at",
+                     "red": "Not loaded, or nothing useful loaded"}
 #: What a partner can do about a row set aside at each stage (the reason says which field).
 STAGE_ACTION: Final = {
     "parse": "Correct the value named in the reason (dates as YYYY-MM-DD or DD/MM/YYYY, whole numbers, Y/N "
@@ -41,6 +45,7 @@ STAGE_ACTION: Final = {
     "validate": "Correct the field named in the reason in your system and send the record with the next supply.",
     "clean": "Send each record once: remove the repeated row (the first copy was kept).",
     "geocode": "Add a full postcode or coordinates for the location.",
+    "link": "Send the linked record in the same supply, or correct the reference so that it matches one.",
     "disclosure": "No action needed: withheld from publication so that nobody can be identified.",
 }
 #: A row whose fields do not line up with the header needs a different fix from a bad value.
@@ -194,6 +199,7 @@ class SupplyOutcome:
     files: list[FileInfo] = field(default_factory=list)
     rows_loaded: dict[str, int] = field(default_factory=dict)          # "<schema>.<table>" -> rows
     rejected: list[dict[str, Any]] = field(default_factory=list)        # file, row, reason, stage
+    flagged: list[dict[str, Any]] = field(default_factory=list)         # loaded rows needing attention, same shape
     validation: dict[str, Any] = field(default_factory=dict)            # file -> summary (+ header_problems...)
     geocoding: dict[str, Any] = field(default_factory=dict)             # file -> {method: count}
     sanitising: dict[str, Any] = field(default_factory=dict)            # file -> {rules, displacement_m}
@@ -209,10 +215,14 @@ class SupplyOutcome:
 def outcome_from_manifest(manifest: Any, settings: Any = None) -> SupplyOutcome:
     """A SupplyOutcome from the pipeline's Manifest (pipeline.py), reading its rejected rows."""
     stages = manifest.stages or {}
-    rejected = manifest.rejected()
-    rows = [{"file": str(r.source_file), "row": None if r.source_row is None or r.source_row != r.source_row
-             else int(r.source_row), "reason": str(r.reason), "stage": str(r.stage)}
-            for r in rejected.itertuples(index=False)]
+
+    def rows_of(frame: Any) -> list[dict[str, Any]]:
+        return [{"file": str(r.source_file), "row": None if r.source_row is None or r.source_row != r.source_row
+                 else int(r.source_row), "reason": str(r.reason), "stage": str(r.stage)}
+                for r in frame.itertuples(index=False)]
+
+    rows = rows_of(manifest.rejected())
+    flagged = rows_of(manifest.flagged()) if hasattr(manifest, "flagged") else []
     load = stages.get("load") or {}
     contact = ""
     if settings is not None:
@@ -226,7 +236,7 @@ def outcome_from_manifest(manifest: Any, settings: Any = None) -> SupplyOutcome:
         files=[FileInfo(name=f.name, remote_name=f.remote_name, sha256=f.sha256, size=f.size, signer=f.signer,
                         rows_in_file=f.rows_in_file, encrypted_path=f.encrypted_path)
                for f in manifest.files.values()],
-        rows_loaded=dict(load.get("rows") or {}), rejected=rows,
+        rows_loaded=dict(load.get("rows") or {}), rejected=rows, flagged=flagged,
         validation=stages.get("validation") or {}, geocoding=stages.get("geocoding") or {},
         sanitising=stages.get("sanitising") or {}, disclosure=stages.get("disclosure") or {},
         cleaning=stages.get("cleaning") or {}, quarantined=list(manifest.problems or []),
@@ -340,6 +350,11 @@ def build_report(schema: FeedSchema, outcome: SupplyOutcome | Any, settings: Any
         key=lambda r: (r["file"], r["row"] if r["row"] is not None else -1, r["stage"]))
     attention = [r for r in rejected if r["stage"] != "disclosure"]
     withheld = len(rejected) - len(attention)
+    flagged = sorted(
+        ({"file": str(r.get("file", "")), "row": _int_or_none(r.get("row")), "stage": str(r.get("stage", "")),
+          "reason": redact_reason(str(r.get("reason", "")), field_names), "action": _action(r)}
+         for r in outcome.flagged),
+        key=lambda r: (r["file"], r["row"] if r["row"] is not None else -1, r["stage"]))
 
     counts_known = all(f.rows_in_file is not None for f in outcome.files) and outcome.files
     rows_in_files = sum(f.rows_in_file or 0 for f in outcome.files) if counts_known else None
@@ -349,6 +364,8 @@ def build_report(schema: FeedSchema, outcome: SupplyOutcome | Any, settings: Any
             else f"Loaded {loaded:,} rows"
         headline += f"; {len(attention):,} row{'s' if len(attention) != 1 else ''} need" \
                     f"{'s' if len(attention) == 1 else ''} attention" if attention else "; no rows need attention"
+        if flagged:
+            headline += f"; {_plural(len(flagged), 'loaded row')} with a problem to fix"
         if withheld:
             headline += f"; {withheld:,} withheld to protect identities"
     else:
@@ -379,16 +396,18 @@ def build_report(schema: FeedSchema, outcome: SupplyOutcome | Any, settings: Any
                    "status": outcome.status, "status_text": STATUS_TEXT.get(outcome.status, outcome.status)},
         "headline": headline,
         "summary": {"rows_in_files": rows_in_files, "rows_loaded": loaded, "rows_need_attention": len(attention),
-                    "rows_withheld": withheld, "files": len(outcome.files),
+                    "rows_loaded_with_problems": len(flagged), "rows_withheld": withheld, "files": len(outcome.files),
                     "files_refused": len(outcome.quarantined)},
         "files": files,
         "rows_loaded": dict(outcome.rows_loaded),
         "rejected_rows": rejected,
+        "flagged_rows": flagged,
         "quarantined": [{"file": str(q.get("file", "")), "remote_name": str(q.get("remote_name", "")),
                          "reason": redact_reason(str(q.get("reason", "")), field_names)}
                         for q in outcome.quarantined],
         "validation": _validation_section(outcome.validation),
-        "geocoding": {"by_file": geocoding, "total": total},
+        "geocoding": {"by_file": geocoding, "total": total, "placed_share": _placed_share(schema, geocoding),
+                      "expected_share": schema.geocode_min_rate},
         "sanitising": {name: _counts(s) for name, s in outcome.sanitising.items()},
         "disclosure": {name: _counts(d) for name, d in outcome.disclosure.items()},
         "cleaning": {name: _counts(c) for name, c in outcome.cleaning.items()},
@@ -398,7 +417,60 @@ def build_report(schema: FeedSchema, outcome: SupplyOutcome | Any, settings: Any
                      "signers": {f.name: f.signer for f in outcome.files},
                      "database_schema": schema.db_schema, "tables": tables},
     }
+    report["outcome"] = assess(report)
     return json.loads(json.dumps(report, default=str))
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _placed_share(schema: FeedSchema, geocoding: dict[str, dict[str, Any]]) -> float | None:
+    """Share of records placed on the map, over the files that have a location; None if there are none."""
+    total = placed = 0
+    for name, c in geocoding.items():
+        try:
+            has_location = bool(schema.file(name).location.columns)
+        except KeyError:
+            continue
+        if has_location and isinstance(c.get("total"), int):
+            total += c["total"]
+            placed += c["total"] - int(c.get("unplaced", c.get("failed", 0) or 0))
+    return round(placed / total, 4) if total else None
+
+
+def assess(report: dict[str, Any]) -> dict[str, Any]:
+    """Green, amber or red, with the reasons: the one verdict the report, the Airflow run and the demo show.
+
+    Red: nothing (useful) was loaded. Amber: loaded, but rows were set aside, loaded without a location or with a
+    missing linked record, or too few records were placed on the map. A supply is green only with none of these.
+    """
+    s, status = report["summary"], report["supply"]["status"]
+    reasons: list[str] = []
+    if status == "duplicate":
+        return {"level": "amber", "text": LEVEL_TEXT["amber"],
+                "reasons": ["these files are identical to a delivery already loaded: nothing new was loaded"]}
+    if status != "loaded":
+        reasons.append(STATUS_TEXT.get(status, status))
+        reasons += [f"{q['remote_name'] or q['file']}: {q['reason']}" for q in report["quarantined"]]
+        return {"level": "red", "text": LEVEL_TEXT["red"], "reasons": reasons}
+    if not s["rows_loaded"]:
+        return {"level": "red", "text": LEVEL_TEXT["red"], "reasons": ["the supply held no rows that could be loaded"]}
+    if s["rows_need_attention"]:
+        reasons.append(f"{_plural(s['rows_need_attention'], 'row')} set aside (not loaded)")
+    by_stage: dict[str, int] = {}
+    for r in report["flagged_rows"]:
+        by_stage[r["stage"]] = by_stage.get(r["stage"], 0) + 1
+    if by_stage.get("geocode"):
+        reasons.append(f"{_plural(by_stage['geocode'], 'row')} loaded without a location (not geocoded)")
+    if by_stage.get("link"):
+        reasons.append(f"{_plural(by_stage['link'], 'row')} loaded whose linked record is missing")
+    share, expected = report["geocoding"].get("placed_share"), report["geocoding"].get("expected_share")
+    if share is not None and expected is not None and share < expected:
+        reasons.append(f"only {share:.1%} of records were placed on the map (this feed expects at least "
+                       f"{expected:.0%})")
+    level = "amber" if reasons else "green"
+    return {"level": level, "text": LEVEL_TEXT[level], "reasons": reasons}
 
 
 def partner_view(report: dict[str, Any]) -> dict[str, Any]:
@@ -475,6 +547,25 @@ def _rejected_html(report: dict[str, Any]) -> str:
         if len(rows) > len(shown) else ""
     return ('<p>Row numbers count data rows in your file, not the header: row 1 is the first line after the header. '
             'These rows were not loaded.</p>' + table + more)
+
+
+def _flagged_html(report: dict[str, Any]) -> str:
+    rows = report.get("flagged_rows") or []
+    shown = rows[:HTML_ROW_LIMIT]
+    table = _table(["File", "Row", "What is wrong", "What to do"],
+                   [[_e(r["file"]), _e(r["row"]), _e(r["reason"]), _e(r["action"])] for r in shown], "rows")
+    more = f'<p class="note">{len(rows) - len(shown):,} more rows are listed in the JSON report.</p>' \
+        if len(rows) > len(shown) else ""
+    return ("<p>These rows were loaded, but without a location on the map or without the record they refer to. "
+            "Analysts will miss them in maps and joins until they are corrected.</p>" + table + more)
+
+
+def _outcome_html(report: dict[str, Any]) -> str:
+    o = report.get("outcome") or {}
+    if not o.get("reasons"):
+        return ""
+    return (f'<div class="outcome {_e(o.get("level"))}"><strong>{_e(o.get("text"))}:</strong><ul>'
+            + "".join(f"<li>{_e(r)}</li>" for r in o["reasons"]) + "</ul></div>")
 
 
 def _validation_html(report: dict[str, Any]) -> str:
@@ -567,9 +658,9 @@ def _metadata_html(md: dict[str, Any]) -> str:
 def render_html(report: dict[str, Any]) -> str:
     """A self-contained HTML page of a report (inline CSS, no scripts, no external resources)."""
     s = report["summary"]
-    status = report["supply"]["status"]
     cards = [("Rows in files", s["rows_in_files"]), ("Rows loaded", s["rows_loaded"]),
-             ("Rows needing attention", s["rows_need_attention"]), ("Files refused", s["files_refused"])]
+             ("Rows set aside", s["rows_need_attention"]),
+             ("Loaded rows with a problem", s.get("rows_loaded_with_problems", 0)), ("Files refused", s["files_refused"])]
     if s.get("rows_withheld"):
         cards.insert(3, ("Rows withheld (disclosure)", s["rows_withheld"]))
     cards_html = "".join(f'<div class="card"><div class="n">{_e(v)}</div><div class="l">{html.escape(k)}</div></div>'
@@ -582,8 +673,10 @@ def render_html(report: dict[str, Any]) -> str:
                      f'<code class="nowrap" title="{_e(f["sha256"])}">{_e((f["sha256"] or "")[:12])}&hellip;</code>']
                     for f in report["files"]])
     sections = [
-        _section("Rows that need attention", _rejected_html(report), "rows"),
+        _section("Rows that need attention", _outcome_html(report) + _rejected_html(report), "rows"),
     ]
+    if report.get("flagged_rows"):
+        sections.append(_section("Rows loaded with a problem", _flagged_html(report), "flagged"))
     if report["quarantined"]:
         sections.append(_section(
             "Refused files", _table(["File", "Your file name", "Reason and what to do"],
@@ -616,8 +709,7 @@ def render_html(report: dict[str, Any]) -> str:
     page = Template(TEMPLATE.read_text(encoding="utf-8"))
     return page.substitute(
         title=_e(report["report"]["title"]), marking=_e(report["report"]["marking"]),
-        status_class="ok" if status == "loaded" and not s["rows_need_attention"] else
-        "warn" if status == "loaded" else "bad",
+        status_class={"green": "ok", "amber": "warn"}.get((report.get("outcome") or {}).get("level"), "bad"),
         status_text=_e(report["supply"]["status_text"]), headline=_e(report["headline"]),
         supply_id=_e(report["supply"]["supply_id"]), generated_at=_e(report["report"]["generated_at"]),
         cards=cards_html, sections="".join(sections),
@@ -626,7 +718,10 @@ def render_html(report: dict[str, Any]) -> str:
 
 def render_text(report: dict[str, Any]) -> str:
     """A few lines for a terminal: headline, per-table counts and the first rows needing attention."""
-    lines = [report["report"]["title"], report["headline"]]
+    outcome = report.get("outcome") or {}
+    lines = [report["report"]["title"], report["headline"],
+             f"Outcome: {str(outcome.get('level', '?')).upper()} ({outcome.get('text', '')})"]
+    lines += [f"  - {r}" for r in outcome.get("reasons", [])]
     for table, n in report["rows_loaded"].items():
         lines.append(f"  {table}: {n:,} rows")
     for q in report["quarantined"]:

@@ -1,0 +1,91 @@
+"""The supply's verdict (green, amber, red): a supply that loads nothing useful, or sets rows aside, or leaves
+records off the map, never reads as a plain success."""
+from __future__ import annotations
+
+import pytest
+
+from csp_observatory import reporting
+from csp_observatory.reporting import FileInfo, SupplyOutcome
+from csp_observatory.schema import SCHEMA_DIR, load_schema
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(scope="module")
+def prc():
+    return load_schema(SCHEMA_DIR / "police_recorded_crime.yaml")
+
+
+def outcome(status: str = "loaded", loaded: int = 100, rejected=(), flagged=(), geocoding=None,
+            quarantined=()) -> SupplyOutcome:
+    return SupplyOutcome(
+        supply_id="police_recorded_crime/202609", period="202609", status=status,
+        files=[FileInfo("offences", "prc_offences_202609.csv.gpg", "a" * 64, 100, "F" * 40, loaded + len(rejected))],
+        rows_loaded={"depersonalised.prc_offences": loaded} if status == "loaded" else {},
+        rejected=list(rejected), flagged=list(flagged),
+        geocoding=geocoding or {"offences": {"supplied": loaded, "failed": 0, "unplaced": 0, "total": loaded}},
+        quarantined=list(quarantined))
+
+
+def test_green_only_when_nothing_is_wrong(prc):
+    report = reporting.build_report(prc, outcome())
+    assert report["outcome"]["level"] == "green" and report["outcome"]["reasons"] == []
+    assert report["headline"].endswith("no rows need attention")
+
+
+def test_rows_set_aside_make_it_amber(prc):
+    report = reporting.build_report(prc, outcome(rejected=[
+        {"file": "offences", "row": 3, "stage": "validate", "reason": "crime_reference is missing (required)"}]))
+    assert report["outcome"]["level"] == "amber"
+    assert report["outcome"]["reasons"] == ["1 row set aside (not loaded)"]
+
+
+def test_records_without_a_location_are_counted_listed_and_amber(prc):
+    flagged = [{"file": "offences", "row": r, "stage": "geocode",
+                "reason": "the postcode is not in the postcode reference"} for r in (4, 9)]
+    geocoding = {"offences": {"supplied": 98, "failed": 2, "unplaced": 2, "total": 100}}
+    report = reporting.build_report(prc, outcome(flagged=flagged, geocoding=geocoding))
+    assert "2 loaded rows with a problem to fix" in report["headline"]
+    assert report["summary"]["rows_loaded_with_problems"] == 2
+    assert [(r["row"], r["action"]) for r in report["flagged_rows"]] == [
+        (4, reporting.STAGE_ACTION["geocode"]), (9, reporting.STAGE_ACTION["geocode"])]
+    assert report["outcome"]["level"] == "amber"
+    assert "2 rows loaded without a location (not geocoded)" in report["outcome"]["reasons"]
+    # 98% placed is above the feed's 95%: no rate warning on top
+    assert not any("placed on the map" in r for r in report["outcome"]["reasons"])
+    html = reporting.render_html(report)
+    assert 'id="flagged"' in html and 'class="headline warn"' in html
+
+
+def test_a_low_geocoding_rate_is_amber_even_without_row_flags(prc):
+    geocoding = {"offences": {"supplied": 90, "failed": 10, "total": 100}}   # no per-row list (older manifest)
+    report = reporting.build_report(prc, outcome(geocoding=geocoding))
+    assert report["geocoding"]["placed_share"] == 0.9
+    assert report["outcome"]["level"] == "amber"
+    assert report["outcome"]["reasons"] == ["only 90.0% of records were placed on the map "
+                                            "(this feed expects at least 95%)"]
+
+
+def test_missing_linked_records_are_reported(prc):
+    flagged = [{"file": "offenders", "row": 1, "stage": "link", "reason": "its crime_reference matches no row"}]
+    report = reporting.build_report(prc, outcome(flagged=flagged))
+    assert report["outcome"]["reasons"] == ["1 row loaded whose linked record is missing"]
+    assert report["flagged_rows"][0]["action"] == reporting.STAGE_ACTION["link"]
+
+
+@pytest.mark.parametrize("status", ["refused", "malformed", "blocked", "failed", "held"])
+def test_not_loaded_is_red(prc, status):
+    report = reporting.build_report(prc, outcome(status=status, quarantined=[
+        {"file": "offences", "remote_name": "prc_offences_202609.csv.gpg", "reason": "not signed"}]))
+    assert report["outcome"]["level"] == "red"
+    assert report["outcome"]["reasons"][0] == reporting.STATUS_TEXT[status]
+    assert 'class="headline bad"' in reporting.render_html(report)
+
+
+def test_loaded_but_empty_is_red(prc):
+    report = reporting.build_report(prc, outcome(loaded=0))
+    assert report["outcome"]["level"] == "red"
+
+
+def test_a_duplicate_delivery_is_not_a_plain_success(prc):
+    assert reporting.build_report(prc, outcome(status="duplicate"))["outcome"]["level"] == "amber"

@@ -1,0 +1,136 @@
+"""Airflow retries a failed stage (``retries: 2``): a retry must give exactly what one clean run gives.
+
+The stages run here without Airflow and without services: parse_and_validate and clean read and write only the
+supply's private work folder. A stage is made to fail once after it has recorded its rejections, then run again.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from csp_observatory import cleaning, demo_data, pipeline, postcodes, validation
+from csp_observatory.pipeline import Manifest, SupplyFile
+
+pytestmark = pytest.mark.unit
+
+FEED = "police_recorded_crime"
+PERIOD = "202608"
+
+
+class _NoServices:
+    """Settings for stages that must not need SFTP or PostGIS on these files (any use fails the test)."""
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"the stage reached for settings.{name}: it should not need services here")
+
+
+@pytest.fixture(scope="module")
+def supply_files() -> dict[str, str]:
+    reference = postcodes.shipped_reference()
+    return demo_data.make_police_recorded_crime(PERIOD, reference[~reference["terminated"]], n_offences=80).files
+
+
+def _work_dir(root: Path, files: dict[str, str]) -> str:
+    work = root / "work"
+    (work / "plain").mkdir(parents=True)
+    m = Manifest(feed=FEED, period=PERIOD, work_dir=str(work), files={})
+    for name, text in files.items():
+        plain = work / "plain" / f"{name}.csv"
+        plain.write_text(text, encoding="utf-8")
+        m.files[name] = SupplyFile(name=name, remote_name=f"prc_{name}_{PERIOD}.csv.gpg", sha256=name * 8,
+                                   size=len(text), encrypted_path=str(work / f"{name}.gpg"),
+                                   plaintext_path=str(plain))
+    m.save()
+    return str(work)
+
+
+def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.sort_values(["source_file", "source_row", "stage", "reason"]).reset_index(drop=True)
+
+
+def _fail_once(monkeypatch, module, name: str, on_call: int) -> list[int]:
+    """Make ``module.name`` raise on its ``on_call``-th call (once), after the earlier calls did their work."""
+    real = getattr(module, name)
+    calls = [0]
+
+    def flaky(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == on_call:
+            raise ConnectionError("simulated fault part-way through the stage")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, flaky)
+    return calls
+
+
+def test_a_retried_stage_records_each_rejected_row_once(tmp_path, monkeypatch, supply_files):
+    clean_run = _work_dir(tmp_path / "clean", supply_files)
+    pipeline.parse_and_validate([clean_run], _NoServices())
+    pipeline.clean([clean_run], _NoServices())
+    expected = _sorted(Manifest.read(clean_run).rejected())
+    assert len(expected) > 0, "the demo supply has rows made bad on purpose"
+    assert set(expected["stage"]) >= {"parse", "validate", "clean"}
+
+    retried = _work_dir(tmp_path / "retried", supply_files)
+    # parse_and_validate fails on its second file, after the first file's rejections are recorded.
+    calls = _fail_once(monkeypatch, validation, "validate", on_call=2)
+    with pytest.raises(ConnectionError):
+        pipeline.parse_and_validate([retried], _NoServices())
+    assert not Manifest.read(retried).rejected().empty, "the failed try had recorded rejections"
+    pipeline.parse_and_validate([retried], _NoServices())          # Airflow's retry
+    assert calls[0] > 2
+    # clean fails on its last file, after the others' removed duplicates are recorded.
+    _fail_once(monkeypatch, cleaning, "clean", on_call=len(supply_files))
+    with pytest.raises(ConnectionError):
+        pipeline.clean([retried], _NoServices())
+    pipeline.clean([retried], _NoServices())
+
+    got = _sorted(Manifest.read(retried).rejected())
+    pd.testing.assert_frame_equal(got, expected)
+    for name in supply_files:
+        pd.testing.assert_frame_equal(Manifest.read(retried).read_frame("clean", name),
+                                      Manifest.read(clean_run).read_frame("clean", name))
+    # and a whole stage run twice over changes nothing either
+    pipeline.clean([retried], _NoServices())
+    pd.testing.assert_frame_equal(_sorted(Manifest.read(retried).rejected()), expected)
+    assert Manifest.read(retried).stages == Manifest.read(clean_run).stages
+
+
+def test_orphan_links_are_flagged_row_by_row(tmp_path, supply_files):
+    # Drop a few offences: their offenders and victims now point at no offence in the supply.
+    lines = supply_files["offences"].splitlines(keepends=True)
+    files = dict(supply_files, offences="".join(lines[:1] + lines[6:]))
+    work = _work_dir(tmp_path, files)
+    pipeline.parse_and_validate([work], _NoServices())
+    pipeline.clean([work], _NoServices())
+    m = Manifest.read(work)
+    flagged = m.flagged()
+    counts = m.stages["links"]
+    assert counts["offenders"] + counts["victims"] > 0
+    assert len(flagged) == counts["offenders"] + counts["victims"]
+    assert set(flagged["stage"]) == {"link"} and flagged["source_row"].notna().all()
+    assert all("matches no row of the offences file" in r for r in flagged["reason"])
+
+
+def test_verdict_fails_unless_every_supply_is_green():
+    green = {"supply_id": "f/202601", "status": "loaded", "level": "green", "reasons": [], "headline": "Loaded 5"}
+    amber = {**green, "supply_id": "f/202602", "level": "amber", "reasons": ["1 row set aside (not loaded)"]}
+    red = {**green, "supply_id": "f/202603", "status": "refused", "level": "red", "reasons": ["not signed"]}
+    assert "f/202601: GREEN" in pipeline.verdict({"supplies": [green]})
+    assert pipeline.verdict({"supplies": []}) == "no supply was ready"
+    assert pipeline.verdict(None) == "no supply was ready"
+    with pytest.raises(pipeline.SupplyHasProblems, match="1 row set aside"):
+        pipeline.verdict({"supplies": [green, amber]})
+    with pytest.raises(pipeline.SupplyNotLoaded, match="f/202603: RED"):
+        pipeline.verdict({"supplies": [amber, red]})
+
+
+def test_staging_work_folder_is_private(tmp_path, supply_files):
+    work = Path(_work_dir(tmp_path, supply_files))
+    pipeline.parse_and_validate([str(work)], _NoServices())
+    for sub in ("parsed", "rejected"):
+        assert (work / sub).stat().st_mode & 0o077 == 0, sub
+    shutil.rmtree(work)
