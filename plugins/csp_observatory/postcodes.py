@@ -241,27 +241,56 @@ def attach_households(reference: pd.DataFrame, households: pd.DataFrame) -> pd.D
     return out
 
 
-def _household_counts(centrality: np.ndarray, rng: np.random.Generator,
-                      small_share: float = 0.11) -> tuple[np.ndarray, np.ndarray]:
-    """Households and residents per postcode; the postcodes with 0-3 households cluster where centrality is high.
+#: Households in a residential postcode, 4 to 60: weights per 100,000 of a lognormal with median 16 and
+#: sigma 0.55, rounded to whole households and clipped (tails folded into 4 and 60). Written out as integers
+#: so that no machine's floating point decides a count; they sum to 100,000.
+_HOUSEHOLD_WEIGHTS: Final = (
+    1054, 1555, 2464, 3343, 4090, 4655, 5027, 5222, 5267, 5192, 5028, 4801, 4532, 4241, 3938, 3636, 3341, 3057,
+    2789, 2538, 2304, 2088, 1890, 1709, 1544, 1395, 1259, 1136, 1025, 925, 834, 753, 680, 614, 554, 501, 453,
+    410, 371, 335, 304, 275, 250, 227, 206, 187, 170, 154, 140, 128, 116, 106, 97, 88, 81, 74, 847)
+_HOUSEHOLDS_MIN: Final = 4
+#: Households of a small (non-residential) postcode: 0, 1, 2 or 3, weighted 45:20:20:15.
+_SMALL_WEIGHTS: Final = (45, 20, 20, 15)
 
-    ``centrality`` in [0, 1] (1 = town centre). About ``small_share`` of postcodes get 0, 1, 2 or 3
-    households, picked with weights that favour central postcodes (shops, offices, communal
-    establishments); the rest get 4 to 60, skewed towards 10-25 like real residential postcodes.
+
+def _integer_choice(weights: Iterable[int], size: int, rng: np.random.Generator) -> np.ndarray:
+    """Indexes drawn with replacement in proportion to integer weights, in integer arithmetic only.
+
+    ``Generator.choice(p=...)`` compares random doubles with a float cumulative sum; integers give the same
+    draws on every CPU and platform.
     """
-    n = len(centrality)
-    households = np.clip(np.round(rng.lognormal(np.log(16.0), 0.55, n)), 4, 60).astype(np.int64)
+    cumulative = np.cumsum(np.asarray(list(weights), dtype=np.int64))
+    return np.searchsorted(cumulative, rng.integers(0, int(cumulative[-1]), size), side="right")
+
+
+def _household_counts(weights: np.ndarray, rng: np.random.Generator,
+                      small_share: float = 0.11) -> tuple[np.ndarray, np.ndarray]:
+    """Households and residents per postcode; the postcodes with 0-3 households cluster where ``weights`` are high.
+
+    ``weights`` are positive integers (higher = more central: shops, offices, communal establishments). Each
+    postcode gets 0-3 households with probability ``small_share * n * weight / sum(weights)`` (so about
+    ``small_share`` of them do); the rest get 4 to 60, skewed towards 10-25 like real residential postcodes.
+
+    Every decision is made on integers (``rng.integers``, integer products and comparisons): the shipped
+    synthetic file must come out byte for byte the same on every CPU, and NumPy's float functions (``**``,
+    ``log``, ``exp``) and its SIMD partition/sort code differ in the last bit or in order between CPUs.
+    """
+    weights = np.asarray(weights, dtype=np.int64)
+    n = len(weights)
+    if n and weights.min() < 1:
+        raise ValueError("household weights must be positive integers")
+    households = _HOUSEHOLDS_MIN + _integer_choice(_HOUSEHOLD_WEIGHTS, n, rng).astype(np.int64)
     n_small = int(round(small_share * n))
     if n_small:
-        weights = 0.05 + np.asarray(centrality, float) ** 2
-        # Gumbel top-k: a weighted sample without replacement, vectorised.
-        keys = np.log(weights) - np.log(-np.log(rng.random(n)))
-        small = np.argpartition(-keys, n_small - 1)[:n_small]
-        households[small] = rng.choice([0, 1, 2, 3], size=n_small, p=[0.45, 0.2, 0.2, 0.15])
-    residents = np.round(households * rng.uniform(1.7, 2.9, n)).astype(np.int64)
+        total = int(weights.sum())
+        # P(small) = n_small * w / total, decided exactly: draw an integer in [0, total) per postcode.
+        small = rng.integers(0, total, n) < n_small * weights
+        households[small] = _integer_choice(_SMALL_WEIGHTS, int(small.sum()), rng)
+    # 1.70 to 2.90 residents per household, rounded half up in integer arithmetic.
+    residents = (households * rng.integers(170, 291, n) + 50) // 100
     zero = households == 0
     # Half the zero-household postcodes house people in communal establishments; the rest have nobody.
-    communal = zero & (rng.random(n) < 0.5)
+    communal = zero & (rng.integers(0, 2, n) == 1)
     residents[zero] = 0
     residents[communal] = rng.integers(3, 80, int(communal.sum()))
     return households, residents
@@ -270,31 +299,45 @@ def _household_counts(centrality: np.ndarray, rng: np.random.Generator,
 def synthetic_households(reference: pd.DataFrame, seed: int = SHIPPED_HOUSEHOLDS_SEED,
                          two_space_share: float = 0.02) -> pd.DataFrame:
     """SYNTHETIC household estimates in the ONS 2011 layout (``Postcode, Total, Males, Females,
-    Occupied_Households``) for the live postcodes of a reference; deterministic for a seed.
+    Occupied_Households``) for the live postcodes of a reference; deterministic for a seed, on every CPU.
 
     Like the real file: postcodes with no residents are absent, communal establishments have residents
     and 0 households, and a few postcodes are written with two spaces. Non-residential postcodes
-    cluster in town centres (the densest parts of the reference).
+    cluster in town centres (the densest parts of the reference). Integer arithmetic throughout (see
+    :func:`_household_counts`), so the shipped file can be regenerated exactly anywhere.
     """
     from scipy.spatial import cKDTree
 
     rng = np.random.default_rng(seed)
     live = reference[~reference["terminated"].to_numpy(bool)].sort_values("postcode").reset_index(drop=True)
-    xy = live[["easting", "northing"]].to_numpy(float)
     if len(live) == 0:
         return pd.DataFrame(columns=["Postcode", "Total", "Males", "Females", "Occupied_Households"])
-    # Town centres are where postcodes are densest: count neighbours within 200 m.
-    tree = cKDTree(xy)
-    density = tree.query_ball_point(xy, r=200.0, return_length=True).astype(float)
-    centrality = (density / max(density.max(), 1.0)) ** 0.7
-    households, residents = _household_counts(centrality, rng)
-    males = np.round(residents * rng.uniform(0.45, 0.55, len(live))).astype(np.int64)
+    # Town centres are where postcodes are densest: count neighbours within 200 m. Reference coordinates are
+    # whole metres, so every distance test is exact and every machine counts the same neighbours.
+    xy = live[["easting", "northing"]].to_numpy(float)
+    density = cKDTree(xy).query_ball_point(xy, r=200.0, return_length=True).astype(np.int64)
+    # Weight 0.03 + (density / densest)^2, times 100 * densest^2 to stay an integer.
+    densest = max(int(density.max()), 1)
+    weights = 3 * densest * densest + 100 * density * density
+    households, residents = _household_counts(weights, rng)
+    n = len(live)
+    # 45% to 55% of residents are male, rounded half up in integer arithmetic.
+    males = (residents * rng.integers(45, 56, n) + 50) // 100
     postcode = live["postcode"].astype(str).to_numpy().copy()
-    twin = rng.random(len(live)) < two_space_share
+    twin = rng.integers(0, 1_000_000, n) < int(round(two_space_share * 1_000_000))
     postcode[twin] = [p.replace(" ", "  ") for p in postcode[twin]]
     frame = pd.DataFrame({"Postcode": postcode, "Total": residents, "Males": males, "Females": residents - males,
                           "Occupied_Households": households})
     return frame[frame["Total"] > 0].reset_index(drop=True)
+
+
+def synthetic_households_csv(reference: pd.DataFrame, seed: int = SHIPPED_HOUSEHOLDS_SEED) -> str:
+    """:func:`synthetic_households` as CSV text, byte for byte as shipped in ``SHIPPED_HOUSEHOLDS``.
+
+    Regenerate the shipped file with
+    ``SHIPPED_HOUSEHOLDS.write_text(synthetic_households_csv(read_codepoint_open(SHIPPED_CODEPOINT)))``.
+    """
+    return synthetic_households(reference, seed).to_csv(index=False, lineterminator="\n")
 
 
 # --- shipped extracts -------------------------------------------------------------------------------
@@ -390,7 +433,10 @@ def national_synthetic_reference(n_live: int = 1_700_000, n_terminated: int = 10
     order = np.argsort(_z_order(e, n), kind="stable")
     e, n, town, radius = e[order], n[order], town[order], radius[order]
     centrality = np.exp(-radius / (0.6 * sigma[town]))
-    households, _ = _household_counts(centrality, rng)
+    # Weights 0.05 + centrality^2 as integers per million. This reference is made for benchmarks and compared
+    # only with itself on one machine; the shipped Calderdale file does not depend on float maths at all.
+    weights = 50_000 + np.round(1_000_000 * centrality * centrality).astype(np.int64)
+    households, _ = _household_counts(weights, rng)
     ward = _chunk_ids(n_live, 100, 300, rng)
     district = _chunk_ids(int(ward.max()) + 1, 30, 50, rng)[ward]
 

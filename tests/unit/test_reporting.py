@@ -74,7 +74,8 @@ def example_outcome() -> SupplyOutcome:
                                  "min_l": 1, "points_with_l1": 88,
                                  "cells": [["409123", "425111", "2026-09", "Jane Doe"]]}},
         quarantined=[], date_supplied="2026-10-12T06:00:03+00:00", run_id="manual__2026-10-12",
-        work_dir="/work/main/.run/staging/police_recorded_crime/202609/work", supplier_contact="data@police.example",
+        work_dir="/opt/csp-observatory/.run/staging/police_recorded_crime/202609/work",
+        supplier_contact="data@police.example",
     )
 
 
@@ -135,10 +136,11 @@ def test_strip_row_content_removes_sampled_values():
 def test_partner_view_hides_engineer_detail_and_paths(prc):
     outcome = example_outcome()
     outcome.quarantined = [{"file": "victims", "remote_name": "prc_victims_202609.csv.gpg",
-                            "reason": "Signature by an unknown key; staged at /work/main/.run/staging/x/y.gpg"}]
+                            "reason": "Signature by an unknown key; "
+                                      "staged at /opt/csp-observatory/.run/staging/x/y.gpg"}]
     outcome.status = "refused"
     report = reporting.build_report(prc, outcome)
-    assert report["engineer"]["work_dir"].startswith("/work/main/.run/staging")
+    assert report["engineer"]["work_dir"].startswith("/opt/csp-observatory/.run/staging")
     partner = reporting.partner_view(report)
     assert "engineer" not in partner and "engineer" in report        # the original is untouched
     text = json.dumps(partner)

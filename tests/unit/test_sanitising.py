@@ -1,18 +1,18 @@
 """Appendix 1 sanitising: displacement map against a brute-force oracle, the column contract, invariants."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
+from csp_observatory.postcodes import SHIPPED_CODEPOINT
 from csp_observatory.sanitising import build_displacement, check_sanitised, sanitise
 from csp_observatory.schema import SCHEMA_DIR, load_schema
 
 pytestmark = pytest.mark.unit
 
-CPO = Path("/work/shared/data/codepoint_open/cpo_2014-08_hx_calderdale.csv")
+#: The real Calderdale Code-Point Open extract shipped in include/postcodes.
+CPO = SHIPPED_CODEPOINT
 
 
 def calderdale_reference(seed: int = 7) -> pd.DataFrame:
