@@ -227,8 +227,11 @@ def test_bad_files_end_in_quarantine_and_nothing_is_loaded(case, settings, db, o
     with sftp.connect(settings.sftp_host, settings.sftp_port, demo_cfg["partner_sftp_user"],
                       Path(demo_cfg["partner_ssh_key"]), settings.sftp_host_key) as client:
         partner.upload(client, bad, "/inbox", victims)
-    demo.run_feed_dag(FEED)
+    run = demo.run_feed_dag(FEED)
     _assert_refused(db, observatory_sftp, victims, words)
+    # The engineer sees a supply set aside whole as a failed run, with the reason in the verdict's log.
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert str(run.state) == "failed" and states["verdict"] == "failed" and states["report_and_archive"] == "success"
     # The supply's good files are kept in the inbox (nothing is lost) until a good victims file arrives.
     assert sorted(observatory_sftp.listdir("/police/inbox")) == sorted(
         f"prc_{n}_{PERIOD}.csv.gpg" for n in good)
