@@ -2,25 +2,29 @@
 
 A supply is taken only when every file its schema lists is in the inbox and none is still being written: a
 ``NAME.part`` is an upload in progress, and a ``NAME`` counts only once its size has stayed the same between two
-polls (a partner that cannot rename). Names that match no file of the feed are returned, never silently skipped,
-so the pipeline can quarantine them with a reason the partner can act on.
+polls (a partner that cannot rename). Everything else in the inbox is a stray, returned with a reason and never
+silently skipped: a name that is no file of the feed (judged on the whole name), a period that is not a valid
+period, a link, a folder, an empty file. :func:`quarantine_strays` moves each to the partner's quarantine/ with
+that reason, so the partner hears about every file the observatory does not take.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Final, Iterator
 
 from csp_observatory import ledger
 from csp_observatory.config import Settings
 from csp_observatory.schema import FeedSchema
-from csp_observatory.sftp import RemoteFile, download, list_files, move, put_text
+from csp_observatory.sftp import RemoteFile, download, exists, list_entries, list_files, move, put_text
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +118,15 @@ class ReadySupplies:
     """What one look at the inbox found (iterating gives the ready supplies)."""
 
     supplies: list[PendingSupply] = field(default_factory=list)
-    unrecognised: list[str] = field(default_factory=list)     # names that are no file of this feed
+    strays: dict[str, str] = field(default_factory=dict)      # name -> why the observatory does not take it
+    kinds: dict[str, str] = field(default_factory=dict)       # stray name -> file | link | folder | other
     waiting: dict[str, str] = field(default_factory=dict)     # period -> why it is not taken yet
     sizes: dict[str, int] = field(default_factory=dict)       # name -> size now: the next poll's previous_sizes
+
+    @property
+    def unrecognised(self) -> list[str]:
+        """The names of every stray (misnamed, bad period, link, folder, empty), sorted."""
+        return sorted(self.strays)
 
     def __iter__(self) -> Iterator[PendingSupply]:
         return iter(self.supplies)
@@ -125,26 +135,98 @@ class ReadySupplies:
         return len(self.supplies)
 
 
+def shown_name(name: str) -> str:
+    """A name with every character that cannot be shown (line break, tab, other control) written as %XX.
+
+    Used for the quarantined copy and its note, so a partner can see and delete them in any SFTP client.
+    """
+    return "".join(c if c.isprintable() else f"%{ord(c):02X}" for c in name)
+
+
+def _period_words(period_format: str) -> str:
+    """A period format as a partner reads it: %Y%m -> YYYYMM."""
+    words = {"%Y": "YYYY", "%m": "MM", "%d": "DD", "%y": "YY", "%H": "HH", "%j": "DDD"}
+    return re.sub(r"%[A-Za-z]", lambda m: words.get(m.group(0), m.group(0)), period_format)
+
+
+def expected_names(schema: FeedSchema) -> list[str]:
+    """The feed's file names as a partner reads them (prc_offences_YYYYMM.csv.gpg), or the pattern itself."""
+    out = []
+    for f in schema.files:
+        text = re.sub(r"\(\?P<period>[^)]*\)", _period_words(schema.period_format), f.pattern)
+        text = re.sub(r"^\^|(?:\$|\\Z)$", "", text)
+        text = re.sub(r"\\(.)", r"\1", text)
+        # Anything still looking like a regular expression is shown as the pattern rather than guessed at.
+        out.append(f.pattern if re.search(r"[\[\](){}*+?|^$\\]", text) else text)
+    return out
+
+
+def period_problem(schema: FeedSchema, period: str) -> str | None:
+    """Why ``period`` (from a file name) is not a valid period of the feed, in a partner's words; None if it is."""
+    words = _period_words(schema.period_format)
+    example = datetime(2026, 9, 1).strftime(schema.period_format)
+    # The patterns' \d also accepts digits of other scripts (Arabic-Indic, Devanagari...); only 0-9 are a period.
+    if not (period.isascii() and period.isdigit()):
+        return (f"The period {period} in the file name is not written in the digits 0 to 9. Write the period as "
+                f"{words} using only the digits 0 to 9 (for example {example}), rename the file and upload it again.")
+    try:
+        parsed = datetime.strptime(period, schema.period_format)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.strftime(schema.period_format) != period:
+        return (f"The period {period} in the file name is not a valid period: it must be the period the file "
+                f"covers, written as {words} (for example {example}). Rename the file and upload it again.")
+    return None
+
+
+def stray_reason(schema: FeedSchema, entry: RemoteFile) -> str | None:
+    """Why an inbox entry is not a file of this feed the observatory can take; None if it may be one.
+
+    Size is not judged here: an empty file is refused only once its size has held still (see plan_supplies).
+    """
+    names = ", ".join(expected_names(schema))
+    if entry.kind == "link":
+        return ("This is a symbolic link, not a file. The observatory never follows links: upload the file "
+                "itself to inbox/ under its expected name.")
+    if entry.kind == "folder":
+        return (f"This is a folder. The inbox takes files only: upload each file of the supply directly into "
+                f"inbox/, not into a folder. Expected names: {names}.")
+    if entry.kind != "file":
+        return "This is not a regular file (it may be a device or a pipe). Upload the file itself to inbox/."
+    if shown_name(entry.name) != entry.name:
+        return (f"The file name contains a character that cannot be shown (a line break, tab or other control "
+                f"character, written here as %0A, %09 and so on), so it is none of the expected names: {names}. "
+                f"Rename the file to exactly the expected name and upload it again.")
+    hit = schema.classify(entry.name)
+    if hit is None:
+        return (f"The file name {entry.name} does not match any file of the feed {schema.title}. Expected "
+                f"names: {names}. Rename the file and upload it again.")
+    return period_problem(schema, hit[1])
+
+
 def plan_supplies(schema: FeedSchema, listing: list[RemoteFile],
                   previous_sizes: dict[str, int] | None) -> ReadySupplies:
     """Decide from one inbox listing (and the sizes at the previous poll) which periods are ready to take."""
     previous = previous_sizes or {}
-    out = ReadySupplies(sizes={f.name: f.size for f in listing})
-    uploading = {f.name[: -len(PART)] for f in listing if f.name.endswith(PART)}
+    out = ReadySupplies(sizes={f.name: f.size for f in listing if f.kind == "file"})
+    uploading = {f.name[: -len(PART)] for f in listing if f.kind == "file" and f.name.endswith(PART)}
     by_period: dict[str, dict[str, RemoteFile]] = {}
     for f in listing:
-        if f.name.endswith(PART):
+        if f.kind == "file" and f.name.endswith(PART):
             continue        # still being written by the partner
-        hit = schema.classify(f.name)
-        if hit is None:
-            out.unrecognised.append(f.name)
+        why = stray_reason(schema, f)
+        if why is None and f.size == 0 and previous.get(f.name) == 0:
+            why = "The file is empty (0 bytes): nothing of it arrived. Upload the file again."
+        if why is not None:
+            out.strays[f.name] = why
+            out.kinds[f.name] = f.kind
             continue
-        feed_file, period = hit
+        feed_file, period = schema.classify(f.name)  # type: ignore[misc]  # stray_reason said it is one
         by_period.setdefault(period, {})[feed_file.name] = f
     # A period is held back as a whole while any of its files is still uploading, even as a replacement.
     for name in uploading:
         hit = schema.classify(name)
-        if hit is not None:
+        if hit is not None and period_problem(schema, hit[1]) is None:
             by_period.setdefault(hit[1], {})
     for period in sorted(by_period):
         present = by_period[period]
@@ -187,13 +269,42 @@ def find_ready_supplies(sftp: Any, schema: FeedSchema, settings: Settings,
     inbox = settings.inbox(schema.partner.id)
     if previous_sizes is None:
         candidates = [f.name for f in list_files(sftp, inbox)
-                      if not f.name.endswith(PART) and schema.classify(f.name) is not None]
+                      if not f.name.endswith(PART) and stray_reason(schema, f) is None]
         previous_sizes = (wait_until_stable(sftp, inbox, candidates, settings.stable_polls,
                                             settings.poll_interval_s) if candidates else {})
-    ready = plan_supplies(schema, list_files(sftp, inbox), previous_sizes)
+    ready = plan_supplies(schema, list_entries(sftp, inbox), previous_sizes)
     for period, why in ready.waiting.items():
         log.info("%s/%s not taken yet: %s", schema.feed, period, why)
     return ready
+
+
+def quarantine_strays(sftp: Any, settings: Settings, schema: FeedSchema, ready: ReadySupplies) -> dict[str, str]:
+    """Refuse every stray of one inbox look with its reason; returns name -> where the partner finds the note.
+
+    One stray never stops another, nor any supply: a stray that vanished meanwhile (the partner renamed or
+    deleted it) is skipped, and one that cannot be moved gets its note in quarantine/ and stays in the inbox.
+    """
+    done: dict[str, str] = {}
+    for name, why in ready.strays.items():
+        kind = ready.kinds.get(name, "file")
+        # Only an empty file has a name that is right as it stands; every other stray needs another name.
+        right = kind == "file" and stray_reason(schema, RemoteFile(name, 1, 0)) is None
+        try:
+            done[name] = quarantine(sftp, settings, schema.partner.id, name, why, kind=kind, right_name=right)
+        except FileNotFoundError:
+            log.info("%s left the inbox before it could be quarantined", shown_name(name))
+        except OSError as exc:
+            if getattr(exc, "errno", None) == errno.ENOENT:
+                continue
+            log.warning("could not move %s out of %s's inbox (%s): leaving a reason for it in quarantine/",
+                        shown_name(name), schema.partner.id, exc)
+            try:
+                done[name] = leave_reason(sftp, settings, schema.partner.id, name, why, kind=kind,
+                                          right_name=right)
+            except OSError as again:
+                log.error("could not leave a reason for %s in %s's quarantine/ either: %s", shown_name(name),
+                          schema.partner.id, again)
+    return done
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -249,33 +360,68 @@ def collect(sftp: Any, conn: Any, schema: FeedSchema, settings: Settings, supply
                            datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
-def reason_text(remote_name: str, reason: str, when: datetime | None = None) -> str:
-    """The note left beside a quarantined file: what was wrong and what to do, for the partner's staff."""
+_WHAT: Final = {"file": "the file", "link": "the symbolic link", "folder": "the folder", "other": "the entry"}
+
+
+def reason_text(remote_name: str, reason: str, when: datetime | None = None, kind: str = "file",
+                moved: bool = True, right_name: bool = True) -> str:
+    """The note left beside a quarantined file: what was wrong and what to do, for the partner's staff.
+
+    ``right_name`` says the name itself is one the feed expects, so the note can say what to upload as.
+    """
     when = when or datetime.now(timezone.utc)
+    name = shown_name(remote_name)
+    if moved:
+        where = ("It has been moved from inbox/ to this quarantine folder so that it is not tried again. You may "
+                 "delete it and this note.")
+    else:
+        where = ("It could not be moved out of inbox/, so it is still there: please delete it from inbox/ (the "
+                 "observatory will not take it), then delete this note.")
+    if right_name:
+        upload = (f"upload the corrected file to inbox/ (upload it as {name}.part and rename it to {name} when "
+                  f"the upload is complete).")
+    else:
+        upload = ("upload the corrected file to inbox/ under its expected name (upload it as NAME.part and "
+                  "rename it to NAME when the upload is complete).")
     return (
-        f"The observatory did not accept the file {remote_name}.\n"
+        f"The observatory did not accept {_WHAT.get(kind, 'the entry')} {name}.\n"
         f"\n"
         f"What was wrong, and what to do:\n"
         f"{reason}\n"
         f"\n"
-        f"Nothing from this file was loaded. The file has been moved to this quarantine folder so that it is not\n"
-        f"tried again. When the problem is fixed, upload the corrected file to inbox/ (upload it as\n"
-        f"{remote_name}.part and rename it to {remote_name} when the upload is complete). You may delete the\n"
-        f"quarantined copy and this note.\n"
+        f"Nothing from it was loaded. {where}\n"
+        f"\n"
+        f"When the problem is fixed, {upload}\n"
         f"\n"
         f"Refused at {when.strftime('%Y-%m-%d %H:%M:%S')} UTC.\n"
     )
 
 
-def quarantine(sftp: Any, settings: Settings, partner_id: str, remote_name: str, reason: str) -> str:
-    """Move a refused file from the inbox to the partner's quarantine/ with ``NAME.reason.txt``; returns its path."""
+def quarantine(sftp: Any, settings: Settings, partner_id: str, remote_name: str, reason: str,
+               kind: str = "file", right_name: bool = True) -> str:
+    """Move a refused file from the inbox to the partner's quarantine/ with ``NAME.reason.txt``; returns its path.
+
+    The quarantined copy is named with :func:`shown_name`, so a name with a line break in it can be seen.
+    """
     inbox = settings.inbox(partner_id)
     folder = settings.partner_folder(partner_id, "quarantine")
-    dst = f"{folder}/{remote_name}"
+    dst = f"{folder}/{shown_name(remote_name)}"
     move(sftp, f"{inbox}/{remote_name}", dst)
-    put_text(sftp, dst + REASON_SUFFIX, reason_text(remote_name, reason))
-    log.warning("quarantined %s for %s: %s", remote_name, partner_id, reason)
+    put_text(sftp, dst + REASON_SUFFIX, reason_text(remote_name, reason, kind=kind, right_name=right_name))
+    log.warning("quarantined %s for %s: %s", shown_name(remote_name), partner_id, reason)
     return dst
+
+
+def leave_reason(sftp: Any, settings: Settings, partner_id: str, remote_name: str, reason: str,
+                 kind: str = "file", right_name: bool = False) -> str:
+    """For something in the inbox that cannot be moved: only the note, in quarantine/; returns the note's path.
+
+    Written once: the sensor looks at the inbox every few minutes, and one note is enough.
+    """
+    note = f"{settings.partner_folder(partner_id, 'quarantine')}/{shown_name(remote_name)}{REASON_SUFFIX}"
+    if not exists(sftp, note):
+        put_text(sftp, note, reason_text(remote_name, reason, kind=kind, moved=False, right_name=right_name))
+    return note
 
 
 def archive(sftp: Any, settings: Settings, partner_id: str, remote_name: str) -> str:

@@ -86,9 +86,22 @@ def rejected_frame(source_file: str, rows: list[int], reasons: list[str], stage:
     })
 
 
+def _line_of(data: bytes, offset: int) -> int:
+    """The 1-based line of the file a byte offset is on."""
+    return data.count(b"\n", 0, offset) + 1
+
+
 def _decode(data: bytes) -> tuple[str, str]:
-    if b"\x00" in data[:65536]:
-        raise MalformedFile("the file is not a CSV text file (it contains binary data)")
+    # The whole file, not its start: a NUL anywhere passes every later check and then fails the load's COPY
+    # on every retry. bytes.find is a memchr, fast even on a large file.
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        line = _line_of(data, nul)
+        # No quote marks in a reason: reports withhold anything quoted as if it were a value.
+        hint = ("; a file saved as UTF-16 (Unicode text) looks like this: save it as CSV UTF-8 instead"
+                if nul < 4 or line == 1 else "")
+        raise MalformedFile(f"line {line}: the file contains a NUL byte (binary data), so it is not a CSV text "
+                            f"file{hint}. Export the data again as CSV and check that line")
     try:
         return data.decode("utf-8-sig"), "utf-8"
     except UnicodeDecodeError:
@@ -104,8 +117,69 @@ def _read_records(text: str) -> list[list[str]]:
     try:
         # Sniffing is unreliable; partners are asked for comma-separated files, so read those strictly.
         return list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    except csv.Error:
+        pass
+    # Rare: read again record by record to find where it went wrong, and say so without quoting any value
+    # (the csv module's message can hold a character of the data).
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    start = 1
+    try:
+        for _ in reader:
+            start = reader.line_num + 1
     except csv.Error as exc:
-        raise MalformedFile(f"the file is not valid CSV ({exc})") from None
+        raise MalformedFile(_csv_problem(text, str(exc), start, reader.line_num)) from None
+    raise MalformedFile("the file is not valid CSV")    # the first read failed, the second did not: cannot happen
+
+
+def _open_quote_line(text: str, start: int, end: int) -> int:
+    """The line on which the last quoted field opened between lines ``start`` and ``end`` (CSV quoting rules)."""
+    opened, in_quotes, field_start, after_quote = start, False, True, False
+    for number, line in enumerate(io.StringIO(text, newline=""), start=1):
+        if number < start:
+            continue
+        if number > end:
+            break
+        for ch in line:
+            if in_quotes:
+                if after_quote:             # the previous character was a quote inside a quoted field
+                    after_quote = False
+                    if ch == '"':
+                        continue            # a doubled quote: part of the value
+                    in_quotes = False       # it closed the field; this character is outside it
+                elif ch == '"':
+                    after_quote = True
+                    continue
+                else:
+                    continue
+            if ch == '"' and field_start:
+                in_quotes, opened, field_start = True, number, False
+            elif ch in ",\r\n":
+                field_start = True
+            else:
+                field_start = False
+    return opened
+
+
+def _csv_problem(text: str, message: str, start: int, at: int) -> str:
+    """What is wrong, in a partner's words, from the csv module's error: line numbers, never a value."""
+    opened = _open_quote_line(text, start, at)
+    if "unexpected end of data" in message:
+        return (f"line {opened}: a quoted field is never closed. A value starting with a double quote mark has "
+                f"no closing double quote mark, so the rest of the file was read as part of it. Close the quote "
+                f"on that line, or write a double quote mark inside a value as two double quote marks")
+    if "field larger than field limit" in message:
+        return (f"line {opened}: a value is longer than {csv.field_size_limit()} characters, usually because a "
+                f"quoted field opened on that line is never closed. Close the quote on that line, or write a "
+                f"double quote mark inside a value as two double quote marks")
+    if "expected after" in message:
+        if opened < at:
+            return (f"line {opened}: a quoted field is never closed (it runs on into line {at}, where the next "
+                    f"double quote mark is followed by other text). Close the quote on line {opened}, or write a "
+                    f"double quote mark inside a value as two double quote marks")
+        return (f"line {at}: a double quote mark inside a quoted value is not doubled, or a quoted value has text "
+                f"after its closing double quote mark. Write a double quote mark inside a value as two double "
+                f"quote marks, or put the whole value in quotes")
+    return f"line {at}: the line is not valid CSV. Check its commas and double quote marks"
 
 
 def _shown(value: str, datafield_personal: bool) -> str:

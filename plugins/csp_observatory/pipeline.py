@@ -190,13 +190,18 @@ def _delete_plaintext(m: Manifest) -> None:
 # --- stage 1: collect ------------------------------------------------------------------------------
 
 def ready_periods(feed: str, settings: Settings | None = None) -> list[str]:
-    """Periods whose every file is in the partner's inbox and no longer being written."""
+    """Periods whose every file is in the partner's inbox and no longer being written.
+
+    Strays (misnamed files, bad periods, links, folders, empty files) are quarantined here with their reason:
+    when nothing in the inbox is ready no run starts, and the partner must still hear about every one.
+    """
     from csp_observatory import intake
 
     settings = settings or load_settings()
     schema = schema_for(feed)
     with _sftp(settings) as client:
         ready = intake.find_ready_supplies(client, schema, settings)
+        intake.quarantine_strays(client, settings, schema, ready)
     return sorted(s.period for s in ready.supplies)
 
 
@@ -211,11 +216,8 @@ def collect(feed: str, periods: list[str], run_id: str, settings: Settings | Non
         ledger.ensure_ledger(conn)
         conn.commit()
         ready = intake.find_ready_supplies(client, schema, settings)
-        for name in ready.unrecognised:
-            patterns = ", ".join(f.pattern for f in schema.files)
-            intake.quarantine(client, settings, schema.partner.id, name,
-                              f"The file name {name!r} does not match any file of the feed '{schema.title}'. "
-                              f"Expected names matching: {patterns}. Rename the file and upload it again.")
+        # Strays that arrived since the sensor's look; one never stops another, nor a supply.
+        intake.quarantine_strays(client, settings, schema, ready)
         for pending in ready.supplies:
             if pending.period not in periods:
                 continue

@@ -103,8 +103,12 @@ class FeedFile:
         return re.compile(self.pattern)
 
     def match(self, filename: str) -> str | None:
-        """The supply period a file name belongs to, or None if the name is not this file's."""
-        m = self.regex.match(filename)
+        """The supply period a file name belongs to, or None if the name is not this file's.
+
+        The whole name must match: a pattern's ``$`` also matches before a final line break, and a name
+        such as ``prc_offences_202609.csv.gpg`` followed by a newline is not the offences file.
+        """
+        m = self.regex.fullmatch(filename)
         return m.group("period") if m else None
 
     def field(self, name: str) -> Datafield:
@@ -174,7 +178,11 @@ class FeedSchema:
         raise KeyError(name)
 
     def classify(self, filename: str) -> tuple[FeedFile, str] | None:
-        """Which file of this feed a name is, with its period; None if it is none of them."""
+        """Which file of this feed a whole name is, with its period; None if it is none of them.
+
+        The period is as written in the name: whether it is a valid period (ASCII digits that parse with
+        ``period_format``) is intake's check, so that the partner is told exactly what is wrong.
+        """
         for f in self.files:
             period = f.match(filename)
             if period is not None:

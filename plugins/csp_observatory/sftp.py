@@ -25,11 +25,12 @@ class HostKeyMismatch(paramiko.SSHException):
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """One regular file in a remote folder."""
+    """One entry of a remote folder: a regular file unless ``kind`` says otherwise."""
 
     name: str
     size: int
     mtime: int
+    kind: str = "file"      # file | link | folder | other (see list_entries)
 
 
 def parse_host_key(host_key: str) -> paramiko.PKey:
@@ -97,14 +98,30 @@ def connect_observatory(settings: Settings) -> Iterator[paramiko.SFTPClient]:
         yield client
 
 
+def _kind(mode: int | None) -> str:
+    if mode is None or stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISLNK(mode):
+        return "link"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    return "other"
+
+
+def list_entries(sftp: paramiko.SFTPClient, folder: str) -> list[RemoteFile]:
+    """Every entry of ``folder``, sorted by name, each with its kind (file, link, folder, other).
+
+    The server reports links as links (OpenSSH's sftp-server lstat()s directory entries); they are never
+    followed, so a link cannot make the observatory read something outside the partner's folder.
+    """
+    out = [RemoteFile(a.filename, int(a.st_size or 0), int(a.st_mtime or 0), _kind(a.st_mode))
+           for a in sftp.listdir_attr(folder)]
+    return sorted(out, key=lambda f: f.name)
+
+
 def list_files(sftp: paramiko.SFTPClient, folder: str) -> list[RemoteFile]:
     """Regular files in ``folder``, sorted by name (folders and links are left out)."""
-    out = []
-    for attrs in sftp.listdir_attr(folder):
-        if attrs.st_mode is not None and not stat.S_ISREG(attrs.st_mode):
-            continue
-        out.append(RemoteFile(attrs.filename, int(attrs.st_size or 0), int(attrs.st_mtime or 0)))
-    return sorted(out, key=lambda f: f.name)
+    return [f for f in list_entries(sftp, folder) if f.kind == "file"]
 
 
 def download(sftp: paramiko.SFTPClient, remote: str, local: Path) -> int:
@@ -150,3 +167,12 @@ def put_file(sftp: paramiko.SFTPClient, local: Path, remote: str, mode: int | No
     if mode is not None:
         sftp.chmod(part, mode)
     sftp.posix_rename(part, remote)
+
+
+def exists(sftp: paramiko.SFTPClient, remote: str) -> bool:
+    """Whether ``remote`` exists (a link counts as itself: it is not followed)."""
+    try:
+        sftp.lstat(remote)
+    except FileNotFoundError:
+        return False
+    return True

@@ -24,6 +24,8 @@ from csp_observatory.cleaning import normalise_codes
 from csp_observatory.parsing import empty_rejected, rejected_frame
 from csp_observatory.schema import Datafield, FeedFile, FeedSchema
 
+log = logging.getLogger(__name__)
+
 # Great Britain, in British National Grid metres and in WGS84 degrees.
 GB_EASTING: Final = (0, 700_000)
 GB_NORTHING: Final = (0, 1_300_000)
@@ -53,6 +55,7 @@ class Check:
     type: str
     kwargs: dict[str, Any]
     describe: str
+    shown_column: str | None = None     # what the report names, when GX checks a derived column
 
 
 # --- row rules (pandas) ---------------------------------------------------------------------------
@@ -160,9 +163,20 @@ def apply_row_rules(frame: pd.DataFrame, feed_file: FeedFile) -> tuple[pd.DataFr
 # --- the GX suite ---------------------------------------------------------------------------------
 
 def _period_bounds(period: str | None, period_format: str) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """The first and last day of a supply period; None without one, or if it is not a valid period.
+
+    Intake refuses such names; this stays robust anyway, as one bad period must never stop validation.
+    """
     if not period:
         return None
-    start = pd.Timestamp(datetime.strptime(period, period_format))
+    try:
+        if not (period.isascii() and period.isdigit()):
+            raise ValueError("not ASCII digits")
+        start = pd.Timestamp(datetime.strptime(period, period_format))
+    except (ValueError, OverflowError) as exc:
+        log.warning("period %r is not a valid period for %s (%s): currency is measured against today",
+                    period, period_format, exc)
+        return None
     return start, start + pd.offsets.MonthBegin(1) - pd.Timedelta(days=1)
 
 
@@ -172,9 +186,10 @@ def build_checks(feed_file: FeedFile, schema: FeedSchema | None = None, period: 
     today = today or _today()
     checks: list[Check] = []
 
-    def add(quality: str, type_: str, describe: str, **kwargs: Any) -> None:
+    def add(quality: str, type_: str, describe: str, shown_column: str | None = None, **kwargs: Any) -> None:
         checks.append(Check(id=f"{quality}:{type_}:{kwargs.get('column', kwargs.get('column_list'))}:{len(checks)}",
-                            quality=quality, type=type_, kwargs=kwargs, describe=describe))
+                            quality=quality, type=type_, kwargs=kwargs, describe=describe,
+                            shown_column=shown_column))
 
     for d in feed_file.datafields:
         # Completeness: every datafield; required ones must be full, optional ones are measured (mostly=0).
@@ -206,6 +221,12 @@ def build_checks(feed_file: FeedFile, schema: FeedSchema | None = None, period: 
             min_value=x0, max_value=x1)
         add("accuracy", "expect_column_values_to_be_between", f"{y} inside Great Britain", column=y,
             min_value=y0, max_value=y1)
+    # A coordinate without its other half places nothing: an accuracy failure, not a silent empty.
+    for x, y, _, _ in _coordinate_pairs(feed_file):
+        for given, missing in ((x, y), (y, x)):
+            add("accuracy", "expect_column_values_to_not_be_in_set",
+                f"{missing} is given wherever {given} is (a point needs both)", shown_column=missing,
+                column=_half_pair_column(given, missing), value_set=[True])
     loc = feed_file.location
     if loc.easting and loc.northing:
         add("precision", "expect_column_values_to_not_be_in_set",
@@ -229,8 +250,9 @@ def build_checks(feed_file: FeedFile, schema: FeedSchema | None = None, period: 
         else:
             end = today
             oldest = today - pd.DateOffset(months=CURRENCY_MONTHS)
+            unusable = f" (period {period} is not a valid period)" if period else ""
             add("currency", "expect_column_max_to_be_between",
-                f"latest {feed_file.event_date} is within 2 months of today", column=feed_file.event_date,
+                f"latest {feed_file.event_date} is within 2 months of today{unusable}", column=feed_file.event_date,
                 min_value=(today - pd.DateOffset(months=2)).to_pydatetime(), max_value=today.to_pydatetime())
         add("currency", "expect_column_values_to_be_between",
             f"{feed_file.event_date} not older than {CURRENCY_MONTHS} months before the period",
@@ -243,6 +265,10 @@ def _rounded_column(x: str, y: str) -> str:
     return f"__{x}_{y}_rounded_to_100m"
 
 
+def _half_pair_column(given: str, missing: str) -> str:
+    return f"__{missing}_missing_where_{given}_given"
+
+
 def _batch_frame(frame: pd.DataFrame, feed_file: FeedFile) -> pd.DataFrame:
     """What GX sees: codes read as their schema spelling, plus a derived flag column for coordinate precision."""
     out = frame.copy()
@@ -252,6 +278,9 @@ def _batch_frame(frame: pd.DataFrame, feed_file: FeedFile) -> pd.DataFrame:
         elif d.type == "code":
             # 028E and 28E are the same code; formatting is cleaning's job, not an accuracy problem.
             out[d.name] = normalise_codes(out[d.name], d)
+    for x, y, _, _ in _coordinate_pairs(feed_file):
+        for given, missing in ((x, y), (y, x)):
+            out[_half_pair_column(given, missing)] = (out[given].notna() & out[missing].isna()).astype("boolean")
     loc = feed_file.location
     if loc.easting and loc.northing and loc.easting in out.columns and loc.northing in out.columns:
         e, n = out[loc.easting], out[loc.northing]
@@ -330,7 +359,8 @@ def validate(frame: pd.DataFrame, feed_file: FeedFile, schema: FeedSchema | None
         else:
             percent = result.get("unexpected_percent")
         entry = {
-            "id": check.id, "type": check.type, "column": check.kwargs.get("column", check.kwargs.get("column_list")),
+            "id": check.id, "type": check.type,
+            "column": check.shown_column or check.kwargs.get("column", check.kwargs.get("column_list")),
             "quality": check.quality, "describe": check.describe, "success": bool(r.get("success")),
             "unexpected_count": None if unexpected is None else int(unexpected),
             "unexpected_percent": None if percent is None else round(float(percent), 3),

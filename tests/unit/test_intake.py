@@ -102,12 +102,22 @@ class _Attr:
 
 
 class FakeSFTP:
-    """Just enough of paramiko.SFTPClient: folders of bytes, with sizes that can change between listings."""
+    """Just enough of paramiko.SFTPClient: folders of bytes, with sizes that can change between listings.
 
-    def __init__(self, files: dict[str, bytes], growth: dict[str, list[int]] | None = None) -> None:
+    ``modes`` gives an entry another kind than a regular file (a link, a folder); ``stuck`` names paths that
+    cannot be renamed. By default every folder listed also holds an empty sub-folder, as a real inbox might.
+    """
+
+    def __init__(self, files: dict[str, bytes], growth: dict[str, list[int]] | None = None,
+                 modes: dict[str, int] | None = None, stuck: set[str] | None = None,
+                 subfolder: bool = True) -> None:
         self.files = dict(files)
         self.growth = growth or {}   # path -> sizes reported at successive listings
+        self.modes = dict(modes or {})
+        self.stuck = stuck or set()
+        self.subfolder = subfolder
         self.listings = 0
+        self.writes: list[str] = []
 
     def listdir_attr(self, folder: str) -> list[_Attr]:
         self.listings += 1
@@ -117,20 +127,45 @@ class FakeSFTP:
             if head == folder:
                 sizes = self.growth.get(path)
                 size = sizes[min(self.listings - 1, len(sizes) - 1)] if sizes else len(data)
-                out.append(_Attr(name, size))
-        out.append(_Attr("subfolder", 0, st_mode=stat.S_IFDIR | 0o755))
+                out.append(_Attr(name, size, st_mode=self.modes.get(path, stat.S_IFREG | 0o644)))
+        if self.subfolder:
+            out.append(_Attr("subfolder", 0, st_mode=stat.S_IFDIR | 0o755))
         return out
 
     def open(self, path: str, mode: str = "rb"):
+        if "w" in mode:
+            self.writes.append(path)
+            return _Writable(self.files, path)
         return _Readable(self.files[path])
 
+    def lstat(self, path: str) -> _Attr:
+        if path not in self.files:
+            raise FileNotFoundError(path)
+        return _Attr(path.rpartition("/")[2], len(self.files[path]))
+
     def posix_rename(self, src: str, dst: str) -> None:
+        if src in self.stuck:
+            raise PermissionError(13, "Permission denied")
+        if src not in self.files:
+            raise FileNotFoundError(2, "No such file")
         self.files[dst] = self.files.pop(src)
+        if src in self.modes:
+            self.modes[dst] = self.modes.pop(src)
 
 
 class _Readable(io.BytesIO):
     def prefetch(self) -> None:
         pass
+
+
+class _Writable(io.BytesIO):
+    def __init__(self, files: dict[str, bytes], path: str) -> None:
+        super().__init__()
+        self._files, self._path = files, path
+
+    def close(self) -> None:
+        self._files[self._path] = self.getvalue()
+        super().close()
 
 
 def test_wait_until_stable_drops_a_file_still_growing(monkeypatch):
@@ -164,7 +199,8 @@ def test_find_ready_supplies_polls_until_sizes_hold(schema, tmp_path, monkeypatc
     names = _names("202609", *ALL)
     files = {f"/police/inbox/{n}": b"z" * 50 for n in names} | {"/police/inbox/notes.txt": b"hi"}
     ready = intake.find_ready_supplies(FakeSFTP(files), schema, settings)
-    assert [s.period for s in ready] == ["202609"] and ready.unrecognised == ["notes.txt"]
+    assert [s.period for s in ready] == ["202609"] and ready.unrecognised == ["notes.txt", "subfolder"]
+    assert "folder" in ready.strays["subfolder"] and ready.kinds["subfolder"] == "folder"
     growing = FakeSFTP(files, growth={f"/police/inbox/{names[2]}": [10, 20, 50, 50]})
     ready = intake.find_ready_supplies(growing, schema, settings)
     assert ready.supplies == [] and "202609" in ready.waiting
@@ -226,3 +262,121 @@ def test_reason_text_tells_the_partner_what_to_do():
     assert "prc_victims_202609.csv.gpg" in text
     assert "The file is not signed. Sign it with key ABC." in text
     assert "inbox/" in text and ".part" in text
+
+
+# --- hostile or clumsy names and entries (issue 6, section 8) ---------------------------------------
+
+def test_a_name_ending_in_a_newline_is_not_the_file_it_looks_like(schema):
+    good = _names("209901", *ALL)
+    evil = good[0] + "\n"
+    assert schema.classify(evil) is None and schema.classify("x" + good[0]) is None
+    listing = _listing(good + [evil])
+    ready = intake.plan_supplies(schema, listing, {f.name: f.size for f in listing})
+    (supply,) = ready.supplies
+    # The correctly named file is the one taken (the newline name sorted after it and used to replace it).
+    assert {f.file_name: f.remote_name for f in supply.files}["offences"] == good[0]
+    assert list(ready.strays) == [evil]
+    assert "cannot be shown" in ready.strays[evil] and "prc_offences_YYYYMM.csv.gpg" in ready.strays[evil]
+    assert intake.shown_name(evil) == good[0] + "%0A"
+
+
+@pytest.mark.parametrize("period, words", [
+    ("201113", "not a valid period"),
+    ("000000", "not a valid period"),
+    ("\u0662\u0660\u0662\u0666\u0660\u0669", "digits 0 to 9"),     # Arabic-Indic 202609: \d accepts them
+    ("2026\u0969\u0966", "digits 0 to 9"),                           # Devanagari 30 after ASCII 2026
+])
+def test_a_period_that_is_not_a_month_is_refused_at_intake(schema, period, words):
+    bad = _names(period, *ALL)
+    good = _names("209902", *ALL)
+    names = bad + good + [bad[0] + ".part"]
+    ready = intake.plan_supplies(schema, _listing(names), {n: 100 for n in names})
+    assert [s.period for s in ready.supplies] == ["209902"]       # the good supply beside it is not blocked
+    assert sorted(ready.strays) == sorted(bad)
+    assert all(words in why and "YYYYMM" in why for why in ready.strays.values())
+    assert period not in ready.waiting                           # nor is the bad period waited for
+
+
+def test_links_folders_and_empty_files_are_strays_with_reasons(schema):
+    good = _names("209903", *ALL)
+    listing = _listing(good) + [
+        RemoteFile(_names("209904", "offences")[0], 12, 0, "link"),
+        RemoteFile("september", 0, 0, "folder"),
+        RemoteFile("fifo", 0, 0, "other"),
+        RemoteFile(_names("209905", "victims")[0], 0, 0),
+    ]
+    stable = {f.name: f.size for f in listing if f.kind == "file"}
+    ready = intake.plan_supplies(schema, listing, stable)
+    assert [s.period for s in ready.supplies] == ["209903"]
+    assert ready.kinds == {_names("209904", "offences")[0]: "link", "september": "folder", "fifo": "other",
+                           _names("209905", "victims")[0]: "file"}
+    assert "symbolic link" in ready.strays[_names("209904", "offences")[0]]
+    assert "folder" in ready.strays["september"]
+    assert "not a regular file" in ready.strays["fifo"]
+    assert "empty" in ready.strays[_names("209905", "victims")[0]]
+    # An empty file that has not yet held still may be an upload starting: it is waited for, not refused.
+    ready = intake.plan_supplies(schema, listing, {})
+    assert _names("209905", "victims")[0] not in ready.strays
+    assert "209905" in ready.waiting
+
+
+def test_quarantine_strays_moves_each_with_a_note_and_never_stops(schema, tmp_path):
+    settings = _settings(tmp_path)
+    inbox, quarantine = "/police/inbox", "/police/quarantine"
+    newline = _names("209906", "offences")[0] + "\n"
+    files = {f"{inbox}/notes.txt": b"hi", f"{inbox}/{newline}": b"x", f"{inbox}/link": b"",
+             f"{inbox}/september": b"", f"{inbox}/gone.csv": b""}
+    fake = FakeSFTP(files, modes={f"{inbox}/link": stat.S_IFLNK | 0o777, f"{inbox}/september": stat.S_IFDIR | 0o755},
+                    stuck={f"{inbox}/september"}, subfolder=False)
+    ready = intake.plan_supplies(schema, sftp.list_entries(fake, inbox), {})
+    del fake.files[f"{inbox}/gone.csv"]           # the partner removed it between the listing and the move
+    done = intake.quarantine_strays(fake, settings, schema, ready)
+    assert sorted(done) == sorted(["notes.txt", newline, "link", "september"])
+    assert sorted(p for p in fake.files if p.startswith(inbox)) == [f"{inbox}/september"]   # could not move
+    shown = intake.shown_name(newline)
+    assert fake.files[f"{quarantine}/{shown}"] == b"x"
+    note = fake.files[f"{quarantine}/{shown}.reason.txt"].decode()
+    assert shown in note and "cannot be shown" in note and "\n" + newline not in note
+    assert "symbolic link" in fake.files[f"{quarantine}/link.reason.txt"].decode()
+    # A misnamed file's note cannot say which name to use as it stands; it says to use the expected one.
+    assert "under its expected name" in fake.files[f"{quarantine}/notes.txt.reason.txt"].decode()
+    stuck = fake.files[f"{quarantine}/september.reason.txt"].decode()
+    assert "folder" in stuck and "still there" in stuck
+    assert not any(".part" in p for p in fake.files)
+    # The sensor looks again five minutes later: the note for what could not be moved is not written twice.
+    writes = len(fake.writes)
+    intake.quarantine_strays(fake, settings, schema, intake.plan_supplies(schema, sftp.list_entries(fake, inbox), {}))
+    assert len(fake.writes) == writes
+
+
+def test_the_sensor_quarantines_strays_even_when_nothing_is_ready(schema, tmp_path, monkeypatch):
+    from contextlib import contextmanager
+
+    from csp_observatory import pipeline
+
+    monkeypatch.setattr(intake.time, "sleep", lambda s: None)
+    settings = _settings(tmp_path)
+    misnamed = ["prc_offences_sept.csv.gpg", _names("201113", "offenders")[0], _names("209907", "victims")[0] + "\n"]
+    fake = FakeSFTP({f"/police/inbox/{n}": b"data" for n in misnamed}, subfolder=False)
+
+    @contextmanager
+    def fake_sftp(_settings):
+        yield fake
+
+    monkeypatch.setattr(pipeline, "_sftp", fake_sftp)
+    assert pipeline.ready_periods("police_recorded_crime", settings) == []
+    assert not [p for p in fake.files if p.startswith("/police/inbox/")]
+    notes = [p for p in fake.files if p.startswith("/police/quarantine/") and p.endswith(".reason.txt")]
+    assert len(notes) == 3
+
+
+def test_list_entries_reports_links_and_folders_and_list_files_leaves_them_out():
+    fake = FakeSFTP({"/in/a": b"abc", "/in/l": b""}, modes={"/in/l": stat.S_IFLNK | 0o777})
+    assert [(e.name, e.kind) for e in sftp.list_entries(fake, "/in")] == [("a", "file"), ("l", "link"),
+                                                                          ("subfolder", "folder")]
+    assert sftp.list_files(fake, "/in") == [RemoteFile("a", 3, 0)]
+
+
+def test_reason_text_for_something_that_could_not_be_moved():
+    text = intake.reason_text("odd\tname", "This is a folder.", kind="folder", moved=False)
+    assert "the folder odd%09name" in text and "still there" in text and "\t" not in text

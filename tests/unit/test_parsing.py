@@ -157,3 +157,62 @@ def test_a_large_file_accounts_for_every_row(tmp_path, offences):
     assert len(result.rejected) == expected_bad
     assert len(result.frame) == 20000 - expected_bad
     assert result.frame["source_row"].is_unique
+
+
+# --- hostile input (issue 6, section 8) -----------------------------------------------------------
+
+def _offence_lines(n: int) -> list[str]:
+    return [f'CR{i:05d},28E,2026-09-01,"Flat {i}, Secret Street"\n' for i in range(1, n + 1)]
+
+
+OFFENCE_HEADER = "crime_reference,ho_offence_code,committed_from_date,location_address\n"
+
+
+def test_a_nul_byte_anywhere_refuses_the_file_with_its_line(tmp_path, offences):
+    lines = [OFFENCE_HEADER] + _offence_lines(3000)
+    data = "".join(lines).encode()
+    # A NUL well past the first 64 KiB, on line 2500 (the header is line 1).
+    cut = len("".join(lines[:2499]).encode()) + 5
+    assert cut > 65536
+    bad = data[:cut] + b"\x00" + data[cut:]
+    with pytest.raises(MalformedFile) as info:
+        parse_csv(_write(tmp_path, bad), offences)
+    assert info.value.reason.startswith("line 2500: ") and "NUL" in info.value.reason
+    assert "Secret" not in info.value.reason and "'" not in info.value.reason and '"' not in info.value.reason
+
+
+@pytest.mark.parametrize("case, line, words", [
+    ("never_closed_at_the_end", 58, "a quoted field is never closed"),
+    ("never_closed_in_the_middle", 57, "a quoted field is never closed"),
+    ("quote_inside_a_value", 57, "not doubled"),
+    ("never_closed_in_a_big_file", 57, "never closed"),
+])
+def test_an_unbalanced_quote_gives_the_line_and_what_is_wrong_never_the_value(tmp_path, offences, case, line,
+                                                                               words):
+    lines = [OFFENCE_HEADER] + _offence_lines(80)
+    if case == "never_closed_at_the_end":
+        lines = lines[:57] + ['CR99999,28E,2026-09-01,"Flat 9, Secret Street\n']
+    elif case == "never_closed_in_the_middle":
+        lines[56] = 'CR99999,28E,2026-09-01,"Flat 9, Secret Street\n'
+    elif case == "quote_inside_a_value":
+        lines[56] = 'CR99999,28E,2026-09-01,"Flat 9" Secret Street\n'
+    else:
+        # No further quote for longer than the csv module's field limit: the error comes far from line 57.
+        lines[56] = 'CR99999,28E,2026-09-01,"Flat 9, Secret Street\n'
+        lines[57:] = ["CR1,28E,2026-09-01,plain text\n"] * 8000
+    with pytest.raises(MalformedFile) as info:
+        parse_csv(_write(tmp_path, "".join(lines)), offences)
+    reason = info.value.reason
+    assert reason.startswith(f"line {line}: ") and words in reason, reason
+    assert "Secret" not in reason and "Flat" not in reason
+    # No quote marks: the report withholds anything quoted as if it were a value (the old reason read
+    # '[value withheld]' expected after '"').
+    assert "'" not in reason and '"' not in reason
+
+
+def test_a_multi_line_value_before_an_unclosed_quote_does_not_confuse_the_line(tmp_path, offences):
+    text = (OFFENCE_HEADER + 'CR1,28E,2026-09-01,"Flat 1,\nKing Cross Road"\n' + "CR2,28E,2026-09-01,ok\n"
+            + 'CR3,28E,2026-09-01,"Flat 3\n' + "CR4,28E,2026-09-01,ok\n")
+    with pytest.raises(MalformedFile) as info:
+        parse_csv(_write(tmp_path, text), offences)
+    assert info.value.reason.startswith("line 5: a quoted field is never closed"), info.value.reason

@@ -155,3 +155,54 @@ def test_gx_results_are_matched_by_type_and_kwargs_not_order(schema):
     compound = [c for c in victims if c.type == "expect_compound_columns_to_be_unique"]
     assert compound and compound[0].kwargs["column_list"] == ["crime_reference", "victim_reference"]
     assert any(c.quality == "precision" and c.kwargs.get("column") == "age" for c in victims)
+
+
+# --- half a coordinate pair, and a period that is not one (issue 6, sections 5 and 8) --------------
+
+def test_a_longitude_without_a_latitude_is_an_accuracy_failure_with_its_count(schema):
+    ff = schema.file("offences")
+    rows = [{"crime_reference": f"CR{i:04d}", "ho_offence_code": "58A", "committed_from_date": "2026-09-02",
+             "longitude": -1.86, "easting": 409508 + i, "northing": 425333} for i in range(10)]
+    for r in rows[:3]:
+        r["latitude"] = 53.72                 # three rows have both halves
+    rows[9]["northing"] = None                # one easting without its northing
+    frame = _frame(ff, rows)
+    kept, _, nulled = validation.apply_row_rules(frame, ff)
+    assert len(kept) == 10 and not nulled     # half a pair is not blanked silently: it is reported
+    summary = validation.validate(kept, ff, schema, period="202609", today=TODAY)
+    latitude = _find(summary, "latitude is given wherever longitude is", "accuracy")
+    assert latitude["success"] is False and latitude["unexpected_count"] == 7
+    northing = _find(summary, "northing is given wherever easting is", "accuracy")
+    assert northing["success"] is False and northing["unexpected_count"] == 1
+    assert _find(summary, "longitude is given wherever latitude is", "accuracy")["success"] is True
+    assert _find(summary, "easting is given wherever northing is", "accuracy")["success"] is True
+    assert summary["success"] is False and summary["qualities"]["accuracy"]["failed"] >= 2
+    assert not any(e["error"] for e in summary["expectations"])
+
+
+def test_the_pair_checks_come_from_the_schemas_location_roles(schema):
+    victims = validation.build_checks(schema.file("victims"), schema, None, TODAY)
+    pairs = sorted(c.describe for c in victims if "wherever" in c.describe)
+    loc = schema.file("victims").location
+    assert pairs == sorted([f"{loc.northing} is given wherever {loc.easting} is (a point needs both)",
+                            f"{loc.easting} is given wherever {loc.northing} is (a point needs both)"])
+    assert all(c.quality == "accuracy" for c in victims if "wherever" in c.describe)
+
+
+@pytest.mark.parametrize("period", ["201113", "\u0662\u0660\u0662\u0666\u0660\u0669", "2026"])
+def test_a_period_that_is_not_a_month_never_raises(schema, period):
+    ff = schema.file("offences")
+    frame = _frame(ff, [{"crime_reference": "CR0001", "ho_offence_code": "58A", "committed_from_date": "2026-09-02"}])
+    summary = validation.validate(frame, ff, schema, period=period, today=TODAY)
+    latest = [e for e in summary["expectations"] if e["quality"] == "currency" and "latest" in e["describe"]]
+    assert latest and "not a valid period" in latest[0]["describe"]
+
+
+def test_the_report_names_the_missing_half_not_a_derived_column(schema):
+    ff = schema.file("offences")
+    frame = _frame(ff, [{"crime_reference": "CR0001", "ho_offence_code": "58A", "committed_from_date": "2026-09-02",
+                         "longitude": -1.86}])
+    summary = validation.validate(frame, ff, schema, period="202609", today=TODAY)
+    assert _find(summary, "latitude is given wherever longitude is", "accuracy")["column"] == "latitude"
+    assert not any(str(e["column"]).startswith("__") and "missing" in str(e["column"])
+                   for e in summary["expectations"])
