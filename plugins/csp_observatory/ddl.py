@@ -21,10 +21,6 @@ SQL_TYPES: Final = {
     "string": "text", "code": "text", "postcode": "text", "time": "text",
     "date": "date", "integer": "integer", "float": "double precision", "boolean": "boolean",
 }
-#: Roles whose columns never reach a depersonalised table: the person, and the exact location.
-DEPERSONALISED_DROPPED_ROLES: Final = frozenset({"name", "date_of_birth", "easting", "northing", "longitude",
-                                                 "latitude"})
-
 #: Added by sanitising (ARCHITECTURE.md, column contracts).
 SANITISED_COLUMNS: Final = (
     ("sanitised_postcode", "text"), ("sanitised_easting", "integer"), ("sanitised_northing", "integer"),
@@ -91,8 +87,8 @@ def table_columns(schema: FeedSchema, feed_file: FeedFile) -> list[Column]:
         cols += [Column(d.name, SQL_TYPES[d.type]) for d in feed_file.datafields]
         extra = GEOCODED_COLUMNS
     else:
-        cols += [Column(d.name, SQL_TYPES[d.type]) for d in feed_file.datafields
-                 if d.role not in DEPERSONALISED_DROPPED_ROLES]
+        # what sanitising drops (schema.DROPPED_ON_SANITISING, or free_text: drop) has no column here
+        cols += [Column(d.name, SQL_TYPES[d.type]) for d in feed_file.datafields if not d.dropped_on_sanitising]
         if feed_file.by_role("date_of_birth") and not feed_file.by_role("age") and "age" not in feed_file.field_names:
             cols.append(Column("age", "integer"))
         extra = SANITISED_COLUMNS

@@ -47,7 +47,7 @@ def check_frame(schema: FeedSchema, file_name: str, frame: pd.DataFrame) -> list
     missing = [c for c in expected if c not in got]
     if extra or missing:
         personal = [c for c in extra if c in feed_file.field_names
-                    and feed_file.field(c).role in ddl.DEPERSONALISED_DROPPED_ROLES]
+                    and feed_file.field(c).dropped_on_sanitising]
         msg = f"{schema.feed}/{file_name}: frame does not match table {schema.db_schema}.{feed_file.table}"
         if personal:
             msg += f"; it carries personal or exact-location columns {personal}: refusing to load"

@@ -17,7 +17,7 @@ from pathlib import Path
 from string import Template
 from typing import Any, Final, Iterable
 
-from csp_observatory.schema import FeedSchema
+from csp_observatory.schema import PERSONAL_ROLES, POINT_ROLES, FeedSchema
 
 REPORT_VERSION: Final = 1
 QUALITIES: Final = ("completeness", "accuracy", "precision", "currency")
@@ -295,16 +295,25 @@ def _metadata(schema: FeedSchema, outcome: SupplyOutcome, records: int | None) -
     fields = []
     for f in schema.files:
         for d in f.datafields:
+            # the roles dropped or rewritten are listed once, in schema.py; each says here what became of it
             if schema.personalised:
                 kept = "kept (personal table, restricted access)"
-            elif d.role in ("name", "date_of_birth"):
+            elif d.role in PERSONAL_ROLES:
                 kept = "removed" + (" (age at the event kept instead)" if d.role == "date_of_birth" else "")
-            elif d.role in ("easting", "northing", "longitude", "latitude"):
+            elif d.role in POINT_ROLES:
                 kept = "replaced by the sanitised point (Appendix 1)"
             elif d.role == "address":
-                kept = "house numbers and names removed (Appendix 1)"
+                kept = ("house numbers and names removed (Appendix 1); e-mail addresses, phone numbers, dates "
+                        "and titled names scrubbed")
             elif d.role == "postcode":
                 kept = "replaced by the sanitised postcode (Appendix 1)"
+            elif d.free_text == "drop":
+                kept = "removed (free text)"
+            elif d.free_text == "scrub":
+                kept = ("free text, scrubbed: postcodes, house numbers with a street, dates, phone numbers, e-mail "
+                        "addresses and names replaced by markers (counts under Sanitising)")
+            elif d.dropped_on_sanitising:
+                kept = "removed"
             else:
                 kept = "kept"
             codes = None
@@ -636,7 +645,27 @@ def _sanitising_html(report: dict[str, Any]) -> str:
         stats = " &middot; ".join(f"{k} {_e(d[k])} m" for k in ("min", "median", "p90", "p99", "max") if k in d)
         body += (f"<h3>Distance moved: {_e(name)}</h3><p>{_e(d.get('records'))} records moved to a postcode "
                  f"centroid. {stats}</p><div class='hist'>{bars}</div>")
-    return body
+    return body + _scrubbed_html(report["sanitising"])
+
+
+#: Columns of the scrubbing table, in the order scrubbing.py applies them.
+_SCRUB_KINDS: Final = ("postcode", "address", "date", "phone", "email", "name")
+
+
+def _scrubbed_html(sanitising: dict[str, Any]) -> str:
+    """Per file and column, how many of each kind of personal data were replaced in free text (never values)."""
+    rows = []
+    for name, s in sanitising.items():
+        for col, counts in (s.get("scrubbed") or {}).items():
+            if isinstance(counts, dict):
+                rows.append([_e(name), f"<code>{_e(col)}</code>",
+                             *(_e(counts[k]) if k in counts else "&ndash;" for k in _SCRUB_KINDS)])
+    if not rows:
+        return ""
+    return ("<h3>Personal data scrubbed from free text</h3><p>How many of each were found and replaced by a "
+            "marker such as [name] (the values are never kept). &ndash;: not looked for in that column (address "
+            "text keeps its sanitised postcode and loses house numbers by the rules above).</p>"
+            + _table(["File", "Column", *(k.capitalize() for k in _SCRUB_KINDS)], rows))
 
 
 def _metadata_html(md: dict[str, Any]) -> str:
@@ -694,7 +723,8 @@ def render_html(report: dict[str, Any]) -> str:
                  "and its last centroid was used. 'failed': no usable location; the record is kept without a point."),
         _section("Sanitising (Appendix 1)", _sanitising_html(report), "sanitising",
                  "Each record is shown at the centroid of a postcode with enough households that no address "
-                 "can be singled out; house numbers and names are removed."),
+                 "can be singled out; house numbers and names are removed. Free text is scrubbed of names, "
+                 "addresses, postcodes, dates, phone numbers and e-mail addresses, or dropped."),
         _section("Disclosure risk", _matrix(report["disclosure"], "Measure", DISCLOSURE_LABELS), "disclosure",
                  "k: the fewest records sharing the same place, month and category (larger is safer). "
                  "l: the fewest distinct categories at one point."),
@@ -738,6 +768,11 @@ def render_text(report: dict[str, Any]) -> str:
                      f"with enough households (same ward {rules.get('same_ward', 0)}, same district "
                      f"{rules.get('same_district', 0)}, anywhere {rules.get('anywhere', 0)}); "
                      f"displacement median {d.get('median')} m, max {d.get('max')} m")
+        found = {col: {k: n for k, n in c.items() if n} for col, c in (s.get("scrubbed") or {}).items()
+                 if isinstance(c, dict)}
+        if any(found.values()):
+            lines.append(f"  scrubbed from {name} free text: " + "; ".join(
+                f"{col} " + ", ".join(f"{n:,} {k}" for k, n in c.items()) for col, c in found.items() if c))
     for name, v in (report.get("validation") or {}).items():
         scores = ", ".join(f"{q} {'n/a' if x.get('score') is None else str(x['score']) + '%'}"
                            for q, x in (v.get("qualities") or {}).items())

@@ -5,6 +5,13 @@ holds fewer than ``threshold`` (four) households, it takes the centroid of the n
 that holds at least ``threshold``. The address loses its house number, house name and flat number,
 and a postcode with too few households is replaced by the postcode the record moved to.
 
+Beyond Appendix 1 (issue 6): every free-text datafield of a depersonalised feed has a rule in its schema.
+``free_text: drop`` removes the column; ``free_text: scrub`` replaces postcodes, house numbers with a street,
+dates, phone numbers, e-mail addresses and names with markers (``scrubbing.py``, which says what it cannot
+catch); a code list is validated upstream. Address text is scrubbed too, after ``addresses.py``. What columns
+are dropped or rewritten by role is listed once, in ``schema.py`` (``DROPPED_ON_SANITISING``,
+``REWRITTEN_ON_SANITISING``).
+
 How "next nearest" is decided (``build_displacement``), and documented here because it must be exact
 and reproducible (the PostGIS oracle test and the benchmark check it record by record):
 
@@ -36,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pac
 from scipy.spatial import cKDTree
 
+from csp_observatory import scrubbing
 from csp_observatory.addresses import ADDRESS_LEAK, sanitise_addresses
 from csp_observatory.schema import FeedFile
 
@@ -250,11 +258,17 @@ def sanitise(frame: pd.DataFrame, feed_file: FeedFile, postcode_map: PostcodeMap
     disp[gazetteer & has_point] = 0.0
 
     loc = feed_file.location
+    scrubbed: dict[str, dict[str, int]] = {}
     if loc.address and loc.address in out:
         text = out[loc.address]
         # Every text is cleaned, non-addressable ones too: Appendix 1 does not require it for a park or a car
         # park, but a text wrongly taken for one must not keep a house name ("Rose Cottage, ...").
-        out[loc.address] = sanitise_addresses(text, postcodes=s_pc)
+        # Then what addresses.py does not look for (an e-mail address, "c/o Mrs Smith") is scrubbed.
+        out[loc.address], scrubbed[loc.address] = scrubbing.scrub(sanitise_addresses(text, postcodes=s_pc),
+                                                                   "address")
+    for f in feed_file.datafields:
+        if f.free_text == "scrub" and f.name in out:
+            out[f.name], scrubbed[f.name] = scrubbing.scrub(out[f.name])
     if loc.postcode and loc.postcode in out:
         out[loc.postcode] = s_pc
 
@@ -275,7 +289,7 @@ def sanitise(frame: pd.DataFrame, feed_file: FeedFile, postcode_map: PostcodeMap
             age = age.fillna(pd.to_numeric(out[age_col], errors="coerce").astype("Int64"))
         out[age_col] = age
 
-    drop = _role_columns(feed_file, out, "name", "date_of_birth", "easting", "northing", "longitude", "latitude")
+    drop = [f.name for f in feed_file.datafields if f.dropped_on_sanitising and f.name in out]
     drop += [c for c in _GEO_COLUMNS if c in out]
     out = out.drop(columns=drop)
     out["sanitised_postcode"] = s_pc
@@ -283,7 +297,10 @@ def sanitise(frame: pd.DataFrame, feed_file: FeedFile, postcode_map: PostcodeMap
     out["sanitised_northing"] = pd.array(s_n, dtype="Float64")
     out["sanitise_rule"] = pd.array(rules, dtype="string")
     out["displacement_m"] = pd.array(disp, dtype="Float64")
-    return SanitiseResult(frame=out, summary=summarise(out))
+    summary = summarise(out)
+    # counts by kind per column, never the values (the report shows them)
+    summary["scrubbed"] = scrubbed
+    return SanitiseResult(frame=out, summary=summary)
 
 
 def summarise(frame: pd.DataFrame) -> dict[str, Any]:
@@ -303,11 +320,15 @@ def summarise(frame: pd.DataFrame) -> dict[str, Any]:
     return {"records": int(len(frame)), "rules": counts, "displacement_m": dist}
 
 
-_DOB_NAME: Final = re.compile(r"(^|_)(dob|date_of_birth|birth_date)$|(^|_)(name|forename|surname)$", re.I)
+def check_sanitised(frame: pd.DataFrame, postcode_map: PostcodeMap, feed_file: FeedFile) -> list[str]:
+    """Invariant check of a sanitised frame, driven by its schema; returns the problems found (empty when safe).
 
-
-def check_sanitised(frame: pd.DataFrame, postcode_map: PostcodeMap, feed_file: FeedFile | None = None) -> list[str]:
-    """Invariant check of a sanitised frame; returns the problems found (empty when safe to load)."""
+    Points sit on the centroid of a postcode with enough households; nothing dropped on sanitising survives
+    (``schema.DROPPED_ON_SANITISING`` roles, ``free_text: drop`` columns, the exact geocoded point); no free-text
+    column lacks a rule; scrubbed free text holds none of the patterns ``scrubbing.py`` removes; address text
+    holds no house or flat number, none of those patterns, and no postcode but the record's sanitised one.
+    Problems name columns and row labels, never values.
+    """
     problems: list[str] = []
     rules = frame["sanitise_rule"].astype(str)
     targets = postcode_map.targets()
@@ -327,21 +348,63 @@ def check_sanitised(frame: pd.DataFrame, postcode_map: PostcodeMap, feed_file: F
     leaked_pc = (rules == "not_geocoded").to_numpy() & (pc.notna().to_numpy() | ~np.isnan(e))
     if leaked_pc.any():
         problems.append(f"{int(leaked_pc.sum())} record(s) not geocoded still carry a postcode or point")
-    if feed_file is not None:
-        address_cols = [feed_file.location.address] if feed_file.location.address in frame else []
-        personal = [f.name for f in feed_file.datafields
-                    if f.role in ("name", "date_of_birth", "easting", "northing", "longitude", "latitude")
-                    and f.name in frame.columns]
-    else:
-        address_cols = [c for c in frame.columns if "address" in c.lower()]
-        personal = [c for c in frame.columns if _DOB_NAME.search(c)]
+    personal = [f.name for f in feed_file.datafields if f.dropped_on_sanitising and f.name in frame.columns]
     personal += [c for c in frame.columns if c in _GEO_COLUMNS]
     if personal:
-        problems.append(f"personal or precise-location columns survive: {sorted(personal)}")
-    for col in address_cols:
-        text = frame.loc[(rules != "non_addressable").to_numpy(), col].dropna().astype(str)
+        problems.append(f"personal, precise-location or dropped free-text columns survive: {sorted(personal)}")
+    unruled = [f.name for f in feed_file.datafields
+               if f.needs_free_text_rule and f.free_text is None and f.name in frame.columns]
+    if unruled:
+        problems.append(f"free-text columns without a sanitising rule (scrub, drop or codes): {sorted(unruled)}")
+    for col in [f.name for f in feed_file.datafields if f.free_text == "scrub" and f.name in frame.columns]:
+        problems += _scrub_leaks(frame[col], col, "free_text")
+    address = feed_file.location.address
+    if address and address in frame.columns:
+        text = frame.loc[(rules != "non_addressable").to_numpy(), address].dropna().astype(str)
         leaks = text[text.str.contains(ADDRESS_LEAK, regex=True)]
         if len(leaks):
-            problems.append(f"{len(leaks)} address(es) in {col} still hold a house or flat number "
+            problems.append(f"{len(leaks)} address(es) in {address} still hold a house or flat number "
                             f"(first rows: {list(leaks.index[:5])})")
+        problems += _scrub_leaks(frame[address], address, "address")
+        problems += _foreign_postcodes(frame[address], pc, address)
     return problems
+
+
+def _scrub_leaks(texts: pd.Series, col: str, profile: scrubbing.Profile) -> list[str]:
+    """One problem per kind of personal data still found in a column (counts and row labels only)."""
+    found = scrubbing.find(texts, profile)
+    out = []
+    for kind in found.columns:
+        rows = found.index[found[kind].to_numpy() > 0]
+        if len(rows):
+            out.append(f"{len(rows)} value(s) in {col} still hold a {kind} after scrubbing "
+                       f"(first rows: {list(rows[:5])})")
+    return out
+
+
+_ANY_POSTCODE: Final = r"(?i)\b(?P<outward>[A-Z]{1,2}[0-9][A-Z0-9]?)\s*(?P<inward>[0-9][A-Z]{2})\b"
+
+
+def _foreign_postcodes(texts: pd.Series, sanitised: pd.Series, col: str) -> list[str]:
+    """Address text may hold only the record's own sanitised postcode (Appendix 1), never the one supplied."""
+    values = scrubbing.as_arrow(texts)
+    n = pac.count_substring_regex(values, _ANY_POSTCODE).fill_null(0).to_numpy(zero_copy_only=False)
+    has = np.flatnonzero(n > 0)
+    if not len(has):
+        return []
+    first = pac.extract_regex(values.take(pa.array(has)), _ANY_POSTCODE)
+    outward, inward = first.field("outward"), first.field("inward")
+    found = pac.utf8_upper(pac.binary_join_element_wise(outward, inward, pa.scalar(" ", type=outward.type)))
+    own = scrubbing.as_arrow(sanitised).take(pa.array(has)).cast(found.type)
+    # no sanitised postcode (not geocoded): any postcode in the text is the supplied one
+    bad = pac.fill_null(pac.not_equal(found, own), True).to_numpy(zero_copy_only=False).astype(bool)
+    # several postcodes in one text are rare: those rows are compared one by one (ASCII \b, as RE2 above)
+    for i in np.flatnonzero((n[has] > 1) & ~bad):
+        text = str(values[int(has[i])].as_py())
+        codes = {f"{a} {b}".upper() for a, b in re.findall(_ANY_POSTCODE, text, flags=re.ASCII)}
+        bad[i] = codes != {own[i].as_py()}
+    rows = texts.index[has[bad]]
+    if not len(rows):
+        return []
+    return [f"{len(rows)} address(es) in {col} hold a postcode other than the record's sanitised postcode "
+            f"(first rows: {list(rows[:5])})"]

@@ -26,6 +26,18 @@ ROLES: Final = frozenset({
 })
 #: Roles whose values identify a person and never reach a depersonalised table.
 PERSONAL_ROLES: Final = frozenset({"name", "date_of_birth"})
+#: Roles of the exact location: replaced by the sanitised point (Appendix 1).
+POINT_ROLES: Final = frozenset({"easting", "northing", "longitude", "latitude"})
+# The one list of what sanitising does by role (ddl.py, loading.py, sanitising.py and reporting.py read these).
+#: Roles whose columns are dropped on sanitising: they never reach a depersonalised table.
+DROPPED_ON_SANITISING: Final = PERSONAL_ROLES | POINT_ROLES
+#: Roles whose values are rewritten on sanitising: the address loses house numbers and names (and is scrubbed),
+#: the postcode becomes the sanitised postcode.
+REWRITTEN_ON_SANITISING: Final = frozenset({"address", "postcode"})
+#: Roles that identify a record, not a person, and are checked against a pattern, never free text.
+REFERENCE_ROLES: Final = frozenset({"reference_number", "link"})
+#: A free-text datafield's rule in a depersonalised feed: ``scrub`` it (scrubbing.py) or ``drop`` the column.
+FREE_TEXT_RULES: Final = frozenset({"scrub", "drop"})
 DATASET_TYPES: Final = frozenset({"depersonalised", "personalised"})
 
 
@@ -47,6 +59,8 @@ class Datafield:
     codes_file: str | None = None
     min: float | None = None
     max: float | None = None
+    #: What sanitising does with free text (a string datafield): "scrub", "drop", or None (no rule).
+    free_text: str | None = None
 
     @cached_property
     def allowed_codes(self) -> frozenset[str] | None:
@@ -61,6 +75,22 @@ class Datafield:
     @property
     def personal(self) -> bool:
         return self.role in PERSONAL_ROLES
+
+    @property
+    def dropped_on_sanitising(self) -> bool:
+        """True if this column never reaches a depersonalised table (by its role, or ``free_text: drop``)."""
+        return self.role in DROPPED_ON_SANITISING or self.free_text == "drop"
+
+    @property
+    def needs_free_text_rule(self) -> bool:
+        """True if this is free text that a depersonalised feed must scrub, drop or map to codes.
+
+        Free text is a string datafield that is not a location (address and postcode are rewritten), not a
+        reference (checked by pattern), not dropped anyway (a name) and not validated against a code list.
+        """
+        handled = DROPPED_ON_SANITISING | REWRITTEN_ON_SANITISING | REFERENCE_ROLES
+        return (self.type == "string" and self.role not in handled
+                and self.codes is None and self.codes_file is None)
 
 
 @dataclass(frozen=True)
@@ -214,7 +244,7 @@ class FeedSchema:
 
 def _datafield(raw: dict[str, Any], where: str) -> Datafield:
     unknown = set(raw) - {"name", "label", "type", "role", "required", "pattern", "codes",
-                          "codes_file", "min", "max"}
+                          "codes_file", "min", "max", "free_text"}
     if unknown:
         raise SchemaError(f"{where}: unknown keys {sorted(unknown)}")
     try:
@@ -223,6 +253,7 @@ def _datafield(raw: dict[str, Any], where: str) -> Datafield:
             required=bool(raw.get("required", False)), pattern=raw.get("pattern"),
             codes=tuple(str(c) for c in raw["codes"]) if "codes" in raw else None,
             codes_file=raw.get("codes_file"), min=raw.get("min"), max=raw.get("max"),
+            free_text=raw.get("free_text"),
         )
     except KeyError as exc:
         raise SchemaError(f"{where}: datafield needs {exc}") from exc
@@ -232,7 +263,24 @@ def _datafield(raw: dict[str, Any], where: str) -> Datafield:
         raise SchemaError(f"{where}: {d.name}: unknown role {d.role!r}")
     if d.type == "code" and d.codes is None and d.codes_file is None:
         raise SchemaError(f"{where}: {d.name}: a code datafield needs codes or codes_file")
+    if d.free_text is not None:
+        if d.free_text not in FREE_TEXT_RULES:
+            raise SchemaError(f"{where}: {d.name}: free_text must be one of {sorted(FREE_TEXT_RULES)}")
+        if d.type != "string":
+            raise SchemaError(f"{where}: {d.name}: free_text is a rule for string datafields, not {d.type!r}")
+        if d.role in DROPPED_ON_SANITISING | REWRITTEN_ON_SANITISING | REFERENCE_ROLES:
+            raise SchemaError(f"{where}: {d.name}: a {d.role!r} datafield is already dropped, rewritten or "
+                              f"pattern-checked on sanitising; free_text does not apply")
+        if d.free_text == "scrub" and not d.needs_free_text_rule:
+            raise SchemaError(f"{where}: {d.name}: a datafield with a code list is not free text; "
+                              f"give it codes or free_text: scrub, not both")
     return d
+
+
+def _free_text_without_rule(files: list[FeedFile]) -> list[str]:
+    """``file.datafield`` of every free-text datafield that has no sanitising rule (issue 6, part 7)."""
+    return [f"{f.name}.{d.name}" for f in files for d in f.datafields
+            if d.needs_free_text_rule and d.free_text is None]
 
 
 def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
@@ -279,6 +327,11 @@ def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
         raise SchemaError(f"{where}: missing {exc}") from exc
     if schema.dataset_type not in DATASET_TYPES:
         raise SchemaError(f"{where}: dataset_type must be one of {sorted(DATASET_TYPES)}")
+    unruled = [] if schema.personalised else _free_text_without_rule(list(schema.files))
+    if unruled:
+        # Partners type names, addresses and dates of birth into free text: none may reach analysts unchecked.
+        raise SchemaError(f"{where}: free-text datafields of a depersonalised feed need a rule: "
+                          f"free_text: scrub, free_text: drop, or codes/codes_file ({', '.join(unruled)})")
     if not re.fullmatch(r"[a-z][a-z0-9_]*", schema.feed):
         raise SchemaError(f"{where}: feed id must be snake_case")
     if schema.min_k_mode not in ("rows", "supply"):

@@ -98,3 +98,21 @@ def test_a_datafield_clashing_with_an_added_column_is_an_error(prc):
     with pytest.raises(ValueError, match="supply_id"):
         ddl.table_columns(prc, clash)
 
+
+
+def test_the_dropped_roles_are_the_ones_schema_lists(prc):
+    from csp_observatory.schema import DROPPED_ON_SANITISING
+
+    for f in prc.files:
+        assert _roles_dropped(f) == {d.name for d in f.datafields if d.role in DROPPED_ON_SANITISING}
+
+
+def test_free_text_dropped_on_sanitising_has_no_column(prc):
+    f = prc.file("offences")
+    dropped = dataclasses.replace(f, datafields=tuple(
+        dataclasses.replace(d, free_text="drop") if d.name == "property_stolen" else d for d in f.datafields))
+    names = [c.name for c in ddl.table_columns(prc, dropped)]
+    assert "property_stolen" not in names and "method_of_entry" in names
+    assert "property_stolen" in [c.name for c in ddl.table_columns(prc, f)]
+    personal = dataclasses.replace(prc, dataset_type="personalised")
+    assert "property_stolen" in [c.name for c in ddl.table_columns(personal, dropped)]

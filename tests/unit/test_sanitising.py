@@ -270,3 +270,117 @@ def test_text_taken_for_a_place_is_still_cleaned_of_house_names(reference, pmap,
     out = sanitise(frame, offences, pmap).frame
     assert out.loc[0, "sanitise_rule"] == "non_addressable"
     assert out.loc[0, "location_address"] == "Queens Road, Sowerby Bridge"
+
+
+#: Personal data a partner typed into free text: a name, a house number and street, a postcode, a date of birth.
+TYPED = {"name": "Mr John Smith", "address": "12 Acacia Avenue", "postcode": "HX1 2AB", "date": "12/03/1985"}
+
+
+def _typed(template: str) -> str:
+    return template.format(**TYPED)
+
+
+def test_personal_data_typed_into_free_text_never_survives_sanitising(reference, pmap, offences):
+    frame = _records(reference, 6)
+    frame["method_of_entry"] = pd.array([
+        _typed("Rear door forced by {name} of {address}, {postcode}, DOB {date}"),
+        _typed("Window smashed; {name} (born {date}) saw it"), "Insecure door", None,
+        _typed("front door, call 07700 900123 or jo@example.com"), "Lock snapped"], dtype="string")
+    frame["property_stolen"] = pd.array([
+        _typed("Laptop belonging to {name}"), _typed("post addressed to {address} {postcode}"), "Cash", None,
+        "Bicycle", _typed("Passport, DOB {date}")], dtype="string")
+    frame["weapon_used"] = pd.array(["Knife", None, None, None, None, "Hands/feet"], dtype="string")
+    res = sanitise(frame, offences, pmap)
+    out = res.frame
+    for col in ("method_of_entry", "property_stolen"):
+        text = " ".join(out[col].dropna())
+        for kind, value in TYPED.items():
+            assert value not in text, (col, kind)
+        assert "Smith" not in text and "Acacia" not in text and "1985" not in text
+    assert out.loc[0, "method_of_entry"] == "Rear door forced by [name] of [address], [postcode], [date]"
+    assert out.loc[4, "method_of_entry"] == "front door, call [phone] or [email]"
+    assert out.loc[2, "method_of_entry"] == "Insecure door" and pd.isna(out.loc[3, "method_of_entry"])
+    assert out["weapon_used"].tolist()[0] == "Knife"
+    assert res.summary["scrubbed"]["method_of_entry"] == {"email": 1, "postcode": 1, "phone": 1, "date": 2,
+                                                          "address": 1, "name": 2}
+    assert res.summary["scrubbed"]["property_stolen"] == {"email": 0, "postcode": 1, "phone": 0, "date": 1,
+                                                          "address": 1, "name": 1}
+    assert sum(res.summary["scrubbed"]["weapon_used"].values()) == 0
+    assert set(res.summary["scrubbed"]) == {"location_address", "method_of_entry", "property_stolen", "weapon_used"}
+    assert check_sanitised(out, pmap, offences) == []
+
+
+def test_occupation_of_offenders_and_victims_is_scrubbed_too(reference, pmap):
+    prc = load_schema(SCHEMA_DIR / "police_recorded_crime.yaml")
+    pcs = reference["postcode"].iloc[:3]
+    for file_name, name_col in (("offenders", "offender_name"), ("victims", "victim_name")):
+        feed_file = prc.file(file_name)
+        ref_col = "offender_reference" if file_name == "offenders" else "victim_reference"
+        frame = pd.DataFrame({
+            "crime_reference": pd.array(["CR1", "CR2", "CR3"], dtype="string"),
+            ref_col: pd.array(["P1", "P1", "P1"], dtype="string"),
+            name_col: pd.array(["John Smith", None, "Ann Lee"], dtype="string"),
+            "date_of_birth": pd.to_datetime(["1985-03-12", None, "1990-01-01"]),
+            "occupation": pd.array([_typed("works for {name}, lives {address} {postcode}, dob {date}"),
+                                    "retired", _typed("carer; {name}'s phone 01422 123456")], dtype="string"),
+            "home_address": pd.array(["3 Gibbet Street, jo@example.com", None, "Flat 2, 9 Clare Road"],
+                                     dtype="string"),
+            "home_postcode": pd.array(pcs, dtype="string"),
+            "geo_easting": reference["easting"].iloc[:3].astype(float).to_numpy(),
+            "geo_northing": reference["northing"].iloc[:3].astype(float).to_numpy(),
+            "geo_postcode": pd.array(pcs, dtype="string"),
+            "geocode_method": pd.array(["postcode"] * 3, dtype="string"),
+        })
+        res = sanitise(frame, feed_file, pmap, period_end="2026-09-30")
+        out = res.frame
+        occ = " ".join(out["occupation"].dropna())
+        assert not any(v in occ for v in TYPED.values()) and "01422" not in occ and "Smith" not in occ
+        assert out.loc[1, "occupation"] == "retired"
+        assert res.summary["scrubbed"]["occupation"] == {"email": 0, "postcode": 1, "phone": 1, "date": 1,
+                                                         "address": 1, "name": 2}
+        assert out.loc[0, "home_address"] == "Gibbet Street, [email]"
+        assert res.summary["scrubbed"]["home_address"]["email"] == 1
+        assert name_col not in out and "date_of_birth" not in out
+        assert check_sanitised(out, pmap, feed_file) == []
+
+
+def test_check_sanitised_flags_personal_data_left_in_free_text_and_addresses(reference, pmap, offences):
+    out = sanitise(_records(reference, 8), offences, pmap).frame
+    leaky = out.copy()
+    # what the pipeline loaded before issue 6: free text exactly as the partner typed it
+    leaky["method_of_entry"] = pd.array([_typed("forced by {name}"), _typed("at {address}"), None, "Lock snapped",
+                                         None, None, None, None], dtype="string")
+    leaky["property_stolen"] = pd.array([_typed("post for {postcode}"), _typed("passport, DOB {date}"),
+                                         "Cash", None, None, None, None, None], dtype="string")
+    leaky.loc[5, "location_address"] = "King Cross Road, c/o jo@example.com"
+    other = next(p for p in pmap.targets().index if p != out.loc[6, "sanitised_postcode"])
+    leaky.loc[6, "location_address"] = f"King Cross Road, Halifax {other}"
+    problems = check_sanitised(leaky, pmap, offences)
+    joined = " | ".join(problems)
+    for expected in ("method_of_entry still hold a name", "method_of_entry still hold a address",
+                     "property_stolen still hold a postcode", "property_stolen still hold a date",
+                     "location_address still hold a email", "postcode other than the record's sanitised postcode"):
+        assert expected in joined, expected
+    # row labels and column names only: never the values
+    for value in (*TYPED.values(), "jo@example.com", other):
+        assert value not in joined
+    clean = out.copy()
+    clean["method_of_entry"] = pd.array(["Lock snapped"] * 8, dtype="string")
+    assert check_sanitised(clean, pmap, offences) == []
+
+
+def test_check_sanitised_needs_the_feed_file_and_flags_dropped_and_unruled_columns(reference, pmap, offences):
+    import dataclasses
+    import inspect
+
+    assert inspect.signature(check_sanitised).parameters["feed_file"].default is inspect.Parameter.empty
+    out = sanitise(_records(reference, 4), offences, pmap).frame
+    dropped = dataclasses.replace(offences, datafields=tuple(
+        dataclasses.replace(d, free_text="drop") if d.name == "weapon_used" else d for d in offences.datafields))
+    # a column the schema drops is gone after sanitise; one that survives is flagged
+    assert "weapon_used" not in sanitise(_records(reference, 4).assign(weapon_used="Knife"), dropped, pmap).frame
+    assert any("weapon_used" in p for p in check_sanitised(out.assign(weapon_used="Knife"), pmap, dropped))
+    unruled = dataclasses.replace(offences, datafields=tuple(
+        dataclasses.replace(d, free_text=None) if d.name == "weapon_used" else d for d in offences.datafields))
+    assert any("without a sanitising rule" in p for p in check_sanitised(out.assign(weapon_used="Knife"), pmap,
+                                                                           unruled))

@@ -6,7 +6,8 @@ import copy
 import pytest
 import yaml
 
-from csp_observatory.schema import SCHEMA_DIR, SchemaError, load_schema, parse_schema
+from csp_observatory.schema import (DROPPED_ON_SANITISING, REWRITTEN_ON_SANITISING, SCHEMA_DIR, SchemaError,
+                                    load_schema, parse_schema)
 
 pytestmark = pytest.mark.unit
 
@@ -75,3 +76,63 @@ def test_bad_schemas_are_refused(raw: dict, mutate, message: str) -> None:
 def test_doc_md_lists_datafields_for_the_airflow_ui() -> None:
     doc = load_schema(PRC).doc_md()
     assert "Local police force" in doc and "`crime_reference`" in doc and "Caveats" in doc
+
+
+def _field(raw: dict, file_name: str, name: str) -> dict:
+    return next(d for d in raw["files"][file_name]["datafields"] if d["name"] == name)
+
+
+def test_roles_dropped_or_rewritten_on_sanitising_are_listed_once() -> None:
+    assert DROPPED_ON_SANITISING == {"name", "date_of_birth", "easting", "northing", "longitude", "latitude"}
+    assert REWRITTEN_ON_SANITISING == {"address", "postcode"}
+
+
+def test_every_free_text_datafield_of_the_police_feed_has_a_rule() -> None:
+    s = load_schema(PRC)
+    rules = {(f.name, d.name): d.free_text for f in s.files for d in f.datafields if d.needs_free_text_rule}
+    assert rules == {("offences", "method_of_entry"): "scrub", ("offences", "property_stolen"): "scrub",
+                     ("offences", "weapon_used"): "scrub", ("offenders", "occupation"): "scrub",
+                     ("victims", "occupation"): "scrub"}
+    # references, names, addresses and coded fields are not free text
+    offenders = s.file("offenders")
+    for name in ("crime_reference", "offender_reference", "offender_name", "home_address", "gender"):
+        assert not offenders.field(name).needs_free_text_rule, name
+
+
+@pytest.mark.parametrize("file_name, name", [("offences", "method_of_entry"), ("offenders", "occupation")])
+def test_a_depersonalised_feed_with_unruled_free_text_is_refused(raw: dict, file_name: str, name: str) -> None:
+    bad = copy.deepcopy(raw)
+    del _field(bad, file_name, name)["free_text"]
+    with pytest.raises(SchemaError, match=rf"need a rule.*{file_name}\.{name}"):
+        parse_schema(bad)
+    # the same feed kept whole in the personal schema needs no rule: nothing of it reaches analysts
+    bad["dataset_type"] = "personalised"
+    assert parse_schema(bad).personalised
+
+
+def test_a_new_free_text_datafield_needs_a_rule_and_each_rule_is_accepted(raw: dict) -> None:
+    new = {"name": "modus_operandi", "label": "MO notes", "type": "string", "role": "attribute"}
+    bad = copy.deepcopy(raw)
+    bad["files"]["offences"]["datafields"].append(dict(new))
+    with pytest.raises(SchemaError, match="offences.modus_operandi"):
+        parse_schema(bad)
+    for rule in ({"free_text": "drop"}, {"free_text": "scrub"}, {"codes": ["a", "b"]}):
+        ok = copy.deepcopy(raw)
+        ok["files"]["offences"]["datafields"].append({**new, **rule})
+        d = parse_schema(ok).file("offences").field("modus_operandi")
+        assert d.free_text == rule.get("free_text")
+        assert d.dropped_on_sanitising == (rule.get("free_text") == "drop")
+
+
+@pytest.mark.parametrize("where, update, message", [
+    (("offences", "method_of_entry"), {"free_text": "redact"}, "free_text must be one of"),
+    (("offences", "committed_from_date"), {"free_text": "scrub"}, "string datafields"),
+    (("offences", "location_address"), {"free_text": "drop"}, "already dropped, rewritten"),
+    (("offenders", "offender_name"), {"free_text": "scrub"}, "already dropped, rewritten"),
+    (("offences", "method_of_entry"), {"codes": ["x"]}, "not both"),
+])
+def test_bad_free_text_rules_are_refused(raw: dict, where, update: dict, message: str) -> None:
+    bad = copy.deepcopy(raw)
+    _field(bad, *where).update(update)
+    with pytest.raises(SchemaError, match=message):
+        parse_schema(bad)
