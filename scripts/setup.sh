@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # Install and start everything csp-observatory needs on a fresh Debian 12 / Ubuntu machine, as root.
 #
-# Idempotent: a second run (or a run from another clone on the same machine) finds the services running,
-# keeps the machine-wide pieces (PostGIS cluster, sshd, SFTP tree, host key) and re-keys the parts that belong
-# to this clone (database passwords, SSH client keys, config files under <repo>/.run).
+# Idempotent, and shared by every clone on the machine: a second run (from this clone or another) finds the
+# services running and reuses the machine's secrets, so it never invalidates a clone set up before it.
+#   machine-wide   PostGIS cluster, sshd, SFTP trees, host key (/etc/csp-observatory), and the secrets in
+#                  /var/lib/csp-observatory (root only): database passwords, SSH client keys, demo gpg keyrings;
+#                  each is made once and reused while it exists
+#   this clone     .venv, and under .run/ the config files that point at those secrets (observatory.yaml and
+#                  demo.yaml for the demo; test/observatory.yaml and test/demo.yaml for the tests), staging,
+#                  reports and the Airflow home
+# The tests get their own services next to the demo's, so they never touch what the demo shows: the database
+# csp_observatory_test, and the SFTP tree /srv/csp-observatory/sftp-test (same sshd and users, port 2223).
 #
 # Environment:
-#   CSP_DATABASE_URL  use this PostGIS database instead of the project's own cluster on 127.0.0.1:5433
-#                     (its user needs CREATEROLE to make the roles; the extension needs a superuser or a
-#                     trusted-extension setup)
+#   CSP_DATABASE_URL       use this PostGIS database instead of the project's own cluster on 127.0.0.1:5433
+#                          (its user needs CREATEROLE to make the roles; the extension needs a superuser or a
+#                          trusted-extension setup)
+#   CSP_TEST_DATABASE_URL  with CSP_DATABASE_URL: the database the tests use (default: CSP_DATABASE_URL itself)
 set -euo pipefail
 umask 022
 
@@ -26,6 +34,12 @@ HOST_KEY="$ETC/ssh_host_ed25519_key"
 SSHD_PIDFILE=/run/csp-observatory-sshd.pid
 SSHD_PORT=2222
 SFTP_ROOT=/srv/csp-observatory/sftp
+# the tests' twin of the SFTP tree: the same sshd and users, another port, another chroot
+TEST_SSHD_PORT=2223
+TEST_SFTP_ROOT=/srv/csp-observatory/sftp-test
+PG_TEST_DB=csp_observatory_test
+# The machine's secrets, outside any clone: made once, then reused by every clone's set-up.
+STORE=/var/lib/csp-observatory
 OBS_USER=cspobs
 PARTNERS=(police)               # partner ids; each is also its SFTP user name (see include/schemas/*.yaml)
 PARTNER_FOLDERS=(inbox quarantine processed reports)
@@ -117,8 +131,7 @@ VPY="$VENV/bin/python"
 # ---------------------------------------------------------------- PostGIS
 step "PostGIS"
 newpw() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
-LOADER_PW=$(newpw)
-ANALYST_PW=$(newpw)
+install -d -o root -g root -m 0700 "$STORE" "$STORE/db"
 # Replace a file only when its content changes; returns 0 when it did.
 replace_if_changed() {  # target mode owner < content
     local target=$1 mode=$2 owner=$3 tmp
@@ -151,12 +164,62 @@ SELECT format('GRANT CONNECT, TEMPORARY ON DATABASE %I TO csp_loader, csp_analys
 SQL
 )
 
+# The passwords this clone's config holds, as "role password url" lines: a set-up from before the machine's
+# store existed made them, and other processes may be using them right now.
+old_db_passwords() {
+    [ -f "$RUN/observatory.yaml" ] || return 0
+    "$VPY" - "$RUN" <<'PY' 2>/dev/null || true
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+run = Path(sys.argv[1])
+for name, key, role in (("observatory.yaml", "database_url", "csp_loader"), ("demo.yaml", "analyst_url", "analyst")):
+    try:
+        url = (yaml.safe_load((run / name).read_text(encoding="utf-8")) or {}).get(key) or ""
+    except OSError:
+        continue
+    u = urlsplit(url)
+    if u.username == role and u.password:
+        print(role, u.password, url)
+PY
+}
+# A role's password, from the machine's store; made once. Adopts the one this clone's old config holds if it
+# still logs in, so upgrading the set-up keeps the clones that use it working.
+db_password() {  # role
+    local f="$STORE/db/$1.password" role pw url
+    if [ ! -s "$f" ]; then
+        while read -r role pw url; do
+            [ "$role" = "$1" ] || continue
+            PGCONNECT_TIMEOUT=5 psql -X -q -w "$url" -c 'SELECT 1' >/dev/null 2>&1 || continue
+            (umask 077; printf '%s' "$pw" >"$f.new"; mv -f "$f.new" "$f")
+            echo "kept the $1 password this clone's config already used" >>"$LOG"
+        done < <(old_db_passwords)
+    fi
+    [ -s "$f" ] || (umask 077; newpw >"$f.new"; mv -f "$f.new" "$f")
+    chmod 0600 "$f"
+    cat "$f"
+}
+# The roles' SQL with the passwords set on stdin, never on a command line (ps) or in the log.
+roles_sql() {
+    printf '\\set loader_pw %s\n\\set analyst_pw %s\n' "'$LOADER_PW'" "'$ANALYST_PW'"
+    echo "$ROLES_SQL"
+}
+
 if [ -n "${CSP_DATABASE_URL:-}" ]; then
     # An existing PostGIS: make the extension and the roles there, and use the URL as given.
-    quiet psql -X -q "$CSP_DATABASE_URL" -v loader_pw="$LOADER_PW" -v analyst_pw="$ANALYST_PW" <<<"$ROLES_SQL"
-    quiet psql -X -q "$CSP_DATABASE_URL" <<<"$DB_SQL"
+    LOADER_PW=$(db_password csp_loader)
+    ANALYST_PW=$(db_password analyst)
+    TEST_DATABASE_URL=${CSP_TEST_DATABASE_URL:-$CSP_DATABASE_URL}
+    for url in "$CSP_DATABASE_URL" "$TEST_DATABASE_URL"; do
+        roles_sql | quiet psql -X -q "$url"
+        quiet psql -X -q "$url" <<<"$DB_SQL"
+    done
     DATABASE_URL=$CSP_DATABASE_URL
     ADMIN_URL=$CSP_DATABASE_URL
+    TEST_ADMIN_URL=$TEST_DATABASE_URL
     DB_MODE="CSP_DATABASE_URL"
 else
     PG_ETC="/etc/postgresql/$PG_VER/$PG_CLUSTER"
@@ -197,33 +260,46 @@ EOF
     fi
     [ "$(cluster_status)" = "online" ] || fail "cluster $PG_VER/$PG_CLUSTER did not start (is port $PG_PORT taken?)"
     pgsu() { (cd / && runuser -u postgres -- psql -X -q -p "$PG_PORT" "$@"); }
-    quiet pgsu -d postgres -v loader_pw="$LOADER_PW" -v analyst_pw="$ANALYST_PW" <<<"$ROLES_SQL"
-    if [ -z "$(pgsu -d postgres -tA -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" ]; then
-        quiet pgsu -d postgres -c "CREATE DATABASE $PG_DB OWNER csp_loader"
-    fi
-    quiet pgsu -d postgres -c "ALTER DATABASE $PG_DB OWNER TO csp_loader"
-    quiet pgsu -d "$PG_DB" <<<"$DB_SQL"
+    LOADER_PW=$(db_password csp_loader)
+    ANALYST_PW=$(db_password analyst)
+    roles_sql | quiet pgsu -d postgres
+    # the demo's database, and the tests' own (so the tests never touch what the demo shows)
+    for db in "$PG_DB" "$PG_TEST_DB"; do
+        if [ -z "$(pgsu -d postgres -tA -c "SELECT 1 FROM pg_database WHERE datname = '$db'")" ]; then
+            quiet pgsu -d postgres -c "CREATE DATABASE $db OWNER csp_loader"
+        fi
+        quiet pgsu -d postgres -c "ALTER DATABASE $db OWNER TO csp_loader"
+        quiet pgsu -d "$db" <<<"$DB_SQL"
+    done
     DATABASE_URL="postgresql://csp_loader:$LOADER_PW@127.0.0.1:$PG_PORT/$PG_DB"
+    TEST_DATABASE_URL="postgresql://csp_loader:$LOADER_PW@127.0.0.1:$PG_PORT/$PG_TEST_DB"
     ADMIN_URL="postgresql://postgres@/$PG_DB?host=/var/run/postgresql&port=$PG_PORT"
+    TEST_ADMIN_URL="postgresql://postgres@/$PG_TEST_DB?host=/var/run/postgresql&port=$PG_PORT"
     DB_MODE="cluster $PG_VER/$PG_CLUSTER on 127.0.0.1:$PG_PORT"
 fi
 # The analyst's URL: the database's host, port and name with the analyst's credentials.
-ANALYST_URL=$("$VPY" - "$DATABASE_URL" "$ANALYST_PW" <<'PY'
+analyst_url() {  # database_url
+    "$VPY" - "$1" "$ANALYST_PW" <<'PY'
 import sys
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 u = urlsplit(sys.argv[1])
-host = u.hostname or "127.0.0.1"
-netloc = f"analyst:{sys.argv[2]}@{host}" + (f":{u.port}" if u.port else "")
+host = u.hostname or "127.0.0.1"   # a socket URL: the analyst logs in over TCP, on the same port
+port = u.port or (parse_qs(u.query).get("port") or [None])[0]
+netloc = f"analyst:{sys.argv[2]}@{host}" + (f":{port}" if port else "")
 print(urlunsplit((u.scheme, netloc, u.path, "", "")))
 PY
-)
-# Prove the loader's TCP login works before writing it into the config.
-quiet psql -X -q "$DATABASE_URL" -c "SELECT postgis_version()"
+}
+ANALYST_URL=$(analyst_url "$DATABASE_URL")
+TEST_ANALYST_URL=$(analyst_url "$TEST_DATABASE_URL")
+# Prove the loader's TCP login works before writing it into the config (the URLs are not logged: passwords).
+for url in "$DATABASE_URL" "$TEST_DATABASE_URL"; do
+    psql -X -q "$url" -c "SELECT postgis_version()" >>"$LOG" 2>&1 || fail "cannot log in to the database as in its URL (see $LOG)"
+done
 
 # ---------------------------------------------------------------- SFTP (the project's own sshd)
 step "sshd"
 mkdir -p -m 755 /run/sshd
-install -d -o root -g root -m 0755 "$ETC" "$ETC/authorized_keys" /srv/csp-observatory "$SFTP_ROOT"
+install -d -o root -g root -m 0755 "$ETC" "$ETC/authorized_keys" /srv/csp-observatory "$SFTP_ROOT" "$TEST_SFTP_ROOT"
 [ -f "$HOST_KEY" ] || quiet ssh-keygen -q -t ed25519 -N '' -C "csp-observatory sftp host key" -f "$HOST_KEY"
 chmod 0600 "$HOST_KEY"
 
@@ -241,30 +317,48 @@ for p in "${PARTNERS[@]}"; do
     usermod -a -G "$OBS_USER" "$p"
     usermod -p '*' "$p"
     # the chroot: every component root-owned, not group/world writable; the partner writes in its subfolders
-    install -d -o root -g root -m 0755 "$SFTP_ROOT/$p"
-    for sub in "${PARTNER_FOLDERS[@]}"; do
-        install -d "$SFTP_ROOT/$p/$sub"
-        chown "$p:$OBS_USER" "$SFTP_ROOT/$p/$sub"
-        chmod 2770 "$SFTP_ROOT/$p/$sub"
+    for root in "$SFTP_ROOT" "$TEST_SFTP_ROOT"; do
+        install -d -o root -g root -m 0755 "$root/$p"
+        for sub in "${PARTNER_FOLDERS[@]}"; do
+            install -d "$root/$p/$sub"
+            chown "$p:$OBS_USER" "$root/$p/$sub"
+            chmod 2770 "$root/$p/$sub"
+        done
     done
 done
 
-# SSH client keys: one pair per clone, in .run/keys; their public halves replace the authorized keys.
-KEYS="$RUN/keys"
-install -d -m 0700 "$KEYS"
+# SSH client keys: one pair per account for the whole machine, in the store; every clone's config points at them.
+KEYS="$STORE/ssh"
+install -d -o root -g root -m 0700 "$KEYS"
 for u in "$OBS_USER" "${PARTNERS[@]}"; do
     k="$KEYS/${u}_ed25519"
-    [ -f "$k" ] || quiet ssh-keygen -q -t ed25519 -N '' -C "$u@csp-observatory" -f "$k"
+    old="$RUN/keys/${u}_ed25519"
+    if [ ! -f "$k" ]; then
+        if [ -f "$old" ] && [ -f "$old.pub" ] && [ -f "$ETC/authorized_keys/$u" ] \
+           && [ "$(cut -d' ' -f1,2 "$old.pub")" = "$(cut -d' ' -f1,2 "$ETC/authorized_keys/$u")" ]; then
+            # a set-up from before the store: keep the key sshd accepts now (clones in use hold it)
+            cp -p "$old.pub" "$k.pub"; cp -p "$old" "$k.new"; mv -f "$k.new" "$k"
+            echo "kept $u's SSH key from $old" >>"$LOG"
+        else
+            # made under a temporary name, so an interrupted run never leaves half a pair that looks whole
+            rm -f "$k.new" "$k.new.pub"
+            quiet ssh-keygen -q -t ed25519 -N '' -C "$u@csp-observatory" -f "$k.new"
+            mv -f "$k.new.pub" "$k.pub"; mv -f "$k.new" "$k"
+        fi
+    fi
+    [ -f "$k.pub" ] || ssh-keygen -y -f "$k" >"$k.pub"
     chmod 0600 "$k" "$k.pub"
-    install -o root -g root -m 0644 "$k.pub" "$ETC/authorized_keys/$u"
+    # replaced only when it changes, and atomically: a login at this moment must not find it missing
+    replace_if_changed "$ETC/authorized_keys/$u" 0644 root:root <"$k.pub" || true
 done
 
 ALLOW_USERS="$OBS_USER ${PARTNERS[*]}"
 sshd_config() {
     cat <<EOF
 # csp-observatory's own sshd: SFTP only, key auth only (written by scripts/setup.sh; edits are overwritten)
-ListenAddress 127.0.0.1
 Port $SSHD_PORT
+Port $TEST_SSHD_PORT
+ListenAddress 127.0.0.1
 HostKey $HOST_KEY
 PidFile $SSHD_PIDFILE
 UsePAM no
@@ -287,13 +381,29 @@ PermitUserRC no
 GatewayPorts no
 LogLevel INFO
 Subsystem sftp internal-sftp -u 0007
-
-# partners: each jailed in its own folder
 EOF
-    for p in "${PARTNERS[@]}"; do
+    # port $SSHD_PORT serves the demo's tree, port $TEST_SSHD_PORT the tests' twin of it: same users, same keys
+    local port root p
+    for port in "$SSHD_PORT" "$TEST_SSHD_PORT"; do
+        root=$SFTP_ROOT
+        [ "$port" = "$TEST_SSHD_PORT" ] && root=$TEST_SFTP_ROOT
+        echo
+        echo "# port $port, tree $root. Partners: each jailed in its own folder"
+        for p in "${PARTNERS[@]}"; do
+            cat <<EOF
+Match User $p LocalPort $port
+    ChrootDirectory $root/%u
+    ForceCommand internal-sftp -u 0007
+    AllowTcpForwarding no
+    AllowAgentForwarding no
+    X11Forwarding no
+    PermitTunnel no
+EOF
+        done
         cat <<EOF
-Match User $p
-    ChrootDirectory $SFTP_ROOT/%u
+# the observatory: sees every partner's folder
+Match User $OBS_USER LocalPort $port
+    ChrootDirectory $root
     ForceCommand internal-sftp -u 0007
     AllowTcpForwarding no
     AllowAgentForwarding no
@@ -301,17 +411,6 @@ Match User $p
     PermitTunnel no
 EOF
     done
-    cat <<EOF
-
-# the observatory: sees every partner's folder
-Match User $OBS_USER
-    ChrootDirectory $SFTP_ROOT
-    ForceCommand internal-sftp -u 0007
-    AllowTcpForwarding no
-    AllowAgentForwarding no
-    X11Forwarding no
-    PermitTunnel no
-EOF
 }
 NEW_CONFIG="$ETC/sshd_config.new"
 sshd_config >"$NEW_CONFIG"
@@ -330,71 +429,126 @@ sshd_pid() {
     echo "$pid"
 }
 if pid=$(sshd_pid) && [ "$sshd_changed" -eq 1 ]; then
-    kill "$pid"
-    for _ in $(seq 50); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
+    # SIGHUP: sshd re-executes itself with the new config; sessions in progress (other clones' tests) go on
+    kill -HUP "$pid"
+    sleep 0.5
 fi
 if ! sshd_pid >/dev/null; then
     quiet /usr/sbin/sshd -f "$SSHD_CONFIG" -E /var/log/csp-observatory-sshd.log
 fi
 HOST_KEY_PUB=$(cut -d' ' -f1,2 "$HOST_KEY.pub")
-# Wait until it answers with the host key we pin.
-served=""
-for _ in $(seq 50); do
-    served=$(ssh-keyscan -T 2 -t ed25519 -p "$SSHD_PORT" 127.0.0.1 2>/dev/null | awk '{print $2, $3}') || true
-    [ -n "$served" ] && break
-    sleep 0.1
+# Wait until both ports answer with the host key we pin.
+for port in "$SSHD_PORT" "$TEST_SSHD_PORT"; do
+    served=""
+    for _ in $(seq 50); do
+        served=$(ssh-keyscan -T 2 -t ed25519 -p "$port" 127.0.0.1 2>/dev/null | awk '{print $2, $3}') || true
+        [ -n "$served" ] && break
+        sleep 0.1
+    done
+    [ "$served" = "$HOST_KEY_PUB" ] || fail "sshd on 127.0.0.1:$port serves '${served:-nothing}', not $HOST_KEY.pub (see /var/log/csp-observatory-sshd.log)"
 done
-[ "$served" = "$HOST_KEY_PUB" ] || fail "sshd on 127.0.0.1:$SSHD_PORT serves '${served:-nothing}', not $HOST_KEY.pub (see /var/log/csp-observatory-sshd.log)"
 
 # ---------------------------------------------------------------- GnuPG demo keyrings
 step "gnupg"
-GNUPG="$RUN/gnupg"
+# One keyring per party for the whole machine, in the store. Other clones' pipelines and tests may be using them
+# right now, so a run that finds them complete only reads them, and never starts or stops their gpg-agent.
+GNUPG="$STORE/gnupg"
 OBS_HOME="$GNUPG/observatory"
-install -d -m 0700 "$GNUPG" "$OBS_HOME"
-G() { local home=$1; shift; gpg --batch --no-tty --quiet --homedir "$home" "$@"; }
-secret_fpr() { G "$1" --with-colons --list-secret-keys 2>/dev/null | awk -F: '$1 == "sec" {s = 1} s && $1 == "fpr" {print $10; exit}'; }
-ensure_key() {  # home uid -> prints the primary fingerprint
-    local home=$1 uid=$2 fpr
-    fpr=$(secret_fpr "$home")
-    if [ -z "$fpr" ]; then
-        quiet G "$home" --pinentry-mode loopback --passphrase '' --quick-gen-key "$uid" ed25519 sign never
-        fpr=$(secret_fpr "$home")
-        quiet G "$home" --pinentry-mode loopback --passphrase '' --quick-add-key "$fpr" cv25519 encr never
+install -d -o root -g root -m 0700 "$GNUPG"
+G() { local home=$1; shift; gpg --batch --no-tty --quiet --homedir "$home" "$@" 9>&-; }
+AGENT_USED=0
+# The fingerprint of the key whose secret part this keyring holds, read without the agent (public listing + the
+# key file named by its keygrip).
+own_fpr() {  # home
+    [ -d "$1/private-keys-v1.d" ] || return 0
+    G "$1" --with-colons --with-keygrip --list-keys 2>/dev/null | awk -F: -v d="$1/private-keys-v1.d" '
+        $1 == "pub" {p = 1; fpr = ""; next}
+        p && $1 == "fpr" && fpr == "" {fpr = $10; next}
+        p && $1 == "grp" {p = 0; f = d "/" $10 ".key"; if ((getline line < f) > 0) {print fpr; exit}}'
+}
+ensure_key() {  # name uid -> KEY_FPR
+    local home="$GNUPG/$1" uid=$2 old="$RUN/gnupg/$1"
+    KEY_FPR=$(own_fpr "$home")
+    [ -n "$KEY_FPR" ] && return 0
+    # never replace a keyring that holds secret keys, even ones this script cannot make sense of
+    [ -z "$(ls -A "$home/private-keys-v1.d" 2>/dev/null)" ] \
+        || fail "$home holds secret keys but none with a public key I can use: move it away and run me again"
+    rm -rf "$home.new"
+    if [ -n "$(own_fpr "$old")" ]; then
+        # a set-up from before the store: keep this clone's keyring (its fingerprints are pinned in configs in use)
+        cp -a "$old" "$home.new"
+        find "$home.new" -type s -delete      # the old agent's sockets
+        echo "kept the $1 keyring from $old" >>"$LOG"
+    else
+        # made aside and moved in whole, so an interrupted run never leaves a key without its encryption subkey
+        install -d -m 0700 "$home.new"
+        quiet G "$home.new" --pinentry-mode loopback --passphrase '' --quick-gen-key "$uid" ed25519 sign never
+        quiet G "$home.new" --pinentry-mode loopback --passphrase '' --quick-add-key "$(own_fpr "$home.new")" \
+            cv25519 encr never
+        gpgconf --homedir "$home.new" --kill all >/dev/null 2>&1 || true
     fi
-    echo "$fpr"
+    chmod 0700 "$home.new"
+    rm -rf "$home"
+    mv "$home.new" "$home"
+    KEY_FPR=$(own_fpr "$home")
+    [ -n "$KEY_FPR" ] || fail "no usable key in $home after making it (see $LOG)"
+}
+# import a public key into a keyring, unless it is there
+import_once() {  # from_home to_home fpr
+    G "$2" --list-keys "$3" >/dev/null 2>&1 || G "$1" --export "$3" | quiet G "$2" --import
 }
 # certify (locally) a key in a keyring, once: python-gnupg cannot encrypt to an uncertified key
 lsign_once() {  # home signer_fpr key_fpr
     G "$1" --with-colons --check-sigs "$3" 2>/dev/null | awk -F: -v k="${2: -16}" '$1 == "sig" && $5 == k {f = 1} END {exit !f}' \
-        || quiet G "$1" --pinentry-mode loopback --passphrase '' --quick-lsign-key "$3"
+        && return 0
+    AGENT_USED=1
+    quiet G "$1" --pinentry-mode loopback --passphrase '' --quick-lsign-key "$3"
 }
-OBS_FPR=$(ensure_key "$OBS_HOME" "CSP Observatory (demo key) <observatory@csp-observatory.invalid>")
+ensure_key observatory "CSP Observatory (demo key) <observatory@csp-observatory.invalid>"
+OBS_FPR=$KEY_FPR
 declare -A PARTNER_FPR
 for p in "${PARTNERS[@]}"; do
     home="$GNUPG/$p"
-    install -d -m 0700 "$home"
-    fpr=$(ensure_key "$home" "$p partner (demo key) <$p@csp-observatory.invalid>")
+    ensure_key "$p" "$p partner (demo key) <$p@csp-observatory.invalid>"
+    fpr=$KEY_FPR
     PARTNER_FPR[$p]=$fpr
-    G "$home" --export "$fpr" | quiet G "$OBS_HOME" --import
-    G "$OBS_HOME" --export "$OBS_FPR" | quiet G "$home" --import
+    import_once "$home" "$OBS_HOME" "$fpr"
+    import_once "$OBS_HOME" "$home" "$OBS_FPR"
     lsign_once "$home" "$fpr" "$OBS_FPR"
     lsign_once "$OBS_HOME" "$OBS_FPR" "$fpr"
-    gpgconf --homedir "$home" --kill all >/dev/null 2>&1 || true
 done
-gpgconf --homedir "$OBS_HOME" --kill all >/dev/null 2>&1 || true
+# The agents this run started (to make or certify keys) go: set-up leaves no daemon of its own behind. A run
+# that only reads the keyrings starts none and stops none (another clone's tests may be using them).
+if [ "$AGENT_USED" -eq 1 ]; then
+    for home in "$OBS_HOME" "${PARTNERS[@]/#/$GNUPG/}"; do
+        gpgconf --homedir "$home" --kill all >/dev/null 2>&1 || true
+    done
+fi
+
+# Secrets a set-up from before the store left in this clone: copied into the store above (or superseded by it)
+# and no longer named by any config here, so they go: one copy per machine.
+for legacy in "$RUN/keys" "$RUN/gnupg"; do
+    [ -e "$legacy" ] || continue
+    for home in "$legacy"/*/; do gpgconf --homedir "$home" --kill all >/dev/null 2>&1 || true; done
+    rm -rf "$legacy"
+    echo "removed $legacy: the machine's secrets live in $STORE" >>"$LOG"
+done
 
 # ---------------------------------------------------------------- config files
 step "config"
-install -d -m 0700 "$RUN/staging"
-install -d -m 0755 "$RUN/reports"
+# The demo's config in .run/, the tests' twin in .run/test/: the same secrets, the tests' own database and SFTP tree.
+install -d -m 0700 "$RUN/staging" "$RUN/test" "$RUN/test/staging"
+install -d -m 0755 "$RUN/reports" "$RUN/test/reports"
 AIRFLOW_HOME="$RUN/airflow"
 install -d -m 0700 "$AIRFLOW_HOME"
 partner_args=()
 for p in "${PARTNERS[@]}"; do partner_args+=("$p=${PARTNER_FPR[$p]}"); done
 (umask 077
- REPO="$REPO" RUN="$RUN" DATABASE_URL="$DATABASE_URL" ADMIN_URL="$ADMIN_URL" ANALYST_URL="$ANALYST_URL" \
- ANALYST_PW="$ANALYST_PW" HOST_KEY_PUB="$HOST_KEY_PUB" SFTP_PORT="$SSHD_PORT" OBS_USER="$OBS_USER" \
- OBS_FPR="$OBS_FPR" AIRFLOW_HOME="$AIRFLOW_HOME" \
+ RUN="$RUN" STORE="$STORE" KEYS="$KEYS" GNUPG="$GNUPG" HOST_KEY_PUB="$HOST_KEY_PUB" OBS_USER="$OBS_USER" \
+ OBS_FPR="$OBS_FPR" AIRFLOW_HOME="$AIRFLOW_HOME" ANALYST_PW="$ANALYST_PW" \
+ DATABASE_URL="$DATABASE_URL" ADMIN_URL="$ADMIN_URL" ANALYST_URL="$ANALYST_URL" SFTP_PORT="$SSHD_PORT" \
+ TEST_DATABASE_URL="$TEST_DATABASE_URL" TEST_ADMIN_URL="$TEST_ADMIN_URL" TEST_ANALYST_URL="$TEST_ANALYST_URL" \
+ TEST_SFTP_PORT="$TEST_SSHD_PORT" \
  "$VPY" - "${partner_args[@]}" <<'PY'
 import os
 import sys
@@ -404,63 +558,79 @@ from urllib.parse import urlsplit
 import yaml
 
 env = os.environ
-run = Path(env["RUN"])
+run, keys, gnupg = Path(env["RUN"]), Path(env["KEYS"]), Path(env["GNUPG"])
 partners = dict(a.split("=", 1) for a in sys.argv[1:])
-settings = {
-    "database_url": env["DATABASE_URL"],
-    "sftp_host": "127.0.0.1",
-    "sftp_port": int(env["SFTP_PORT"]),
-    "sftp_user": env["OBS_USER"],
-    "sftp_key_file": str(run / "keys" / f"{env['OBS_USER']}_ed25519"),
-    "sftp_host_key": env["HOST_KEY_PUB"],
-    "sftp_root": "",
-    "gnupg_home": str(run / "gnupg" / "observatory"),
-    "staging_dir": str(run / "staging"),
-    "reports_dir": str(run / "reports"),
-    "partners": {
-        pid: {"sftp_user": pid, "signing_fingerprint": fpr,
-              "contact": f"data-quality@{pid}.example (demo partner)"}
-        for pid, fpr in partners.items()
-    },
-}
 first = next(iter(partners))
-analyst = urlsplit(env["ANALYST_URL"])
-demo = {
-    "partner": first,
-    "partner_sftp_user": first,
-    "partner_ssh_key": str(run / "keys" / f"{first}_ed25519"),
-    "partner_gnupg_home": str(run / "gnupg" / first),
-    "partner_fingerprint": partners[first],
-    "observatory_fingerprint": env["OBS_FPR"],
-    "analyst_url": env["ANALYST_URL"],
-    "analyst_host": analyst.hostname,
-    "analyst_port": analyst.port or 5432,
-    "analyst_database": analyst.path.lstrip("/"),
-    "analyst_user": "analyst",
-    "analyst_password": env["ANALYST_PW"],
-    "admin_url": env["ADMIN_URL"],
-    "airflow_home": env["AIRFLOW_HOME"],
-    "partners": {
-        pid: {"sftp_user": pid, "ssh_key": str(run / "keys" / f"{pid}_ed25519"),
-              "gnupg_home": str(run / "gnupg" / pid), "fingerprint": fpr}
-        for pid, fpr in partners.items()
-    },
-}
-for name, doc in (("observatory.yaml", settings), ("demo.yaml", demo)):
-    tmp = run / f".{name}.tmp"
-    tmp.write_text("# written by scripts/setup.sh; re-run it rather than editing\n"
-                   + yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-    tmp.chmod(0o600)
-    tmp.replace(run / name)
+
+
+def documents(folder: Path, prefix: str) -> tuple[dict, dict]:
+    """observatory.yaml and demo.yaml for one set of services ("" the demo's, "TEST_" the tests')."""
+    settings = {
+        "database_url": env[prefix + "DATABASE_URL"],
+        "sftp_host": "127.0.0.1",
+        "sftp_port": int(env[prefix + "SFTP_PORT"]),
+        "sftp_user": env["OBS_USER"],
+        "sftp_key_file": str(keys / f"{env['OBS_USER']}_ed25519"),
+        "sftp_host_key": env["HOST_KEY_PUB"],
+        "sftp_root": "",
+        "gnupg_home": str(gnupg / "observatory"),
+        "staging_dir": str(folder / "staging"),
+        "reports_dir": str(folder / "reports"),
+        "partners": {
+            pid: {"sftp_user": pid, "signing_fingerprint": fpr,
+                  "contact": f"data-quality@{pid}.example (demo partner)"}
+            for pid, fpr in partners.items()
+        },
+    }
+    analyst = urlsplit(env[prefix + "ANALYST_URL"])
+    demo = {
+        "partner": first,
+        "partner_sftp_user": first,
+        "partner_ssh_key": str(keys / f"{first}_ed25519"),
+        "partner_gnupg_home": str(gnupg / first),
+        "partner_fingerprint": partners[first],
+        "observatory_fingerprint": env["OBS_FPR"],
+        "analyst_url": env[prefix + "ANALYST_URL"],
+        "analyst_host": analyst.hostname,
+        "analyst_port": analyst.port or 5432,
+        "analyst_database": analyst.path.lstrip("/"),
+        "analyst_user": "analyst",
+        "analyst_password": env["ANALYST_PW"],
+        "admin_url": env[prefix + "ADMIN_URL"],
+        "airflow_home": env["AIRFLOW_HOME"],
+        "secrets_dir": env["STORE"],
+        "partners": {
+            pid: {"sftp_user": pid, "ssh_key": str(keys / f"{pid}_ed25519"),
+                  "gnupg_home": str(gnupg / pid), "fingerprint": fpr}
+            for pid, fpr in partners.items()
+        },
+    }
+    return settings, demo
+
+
+for folder, prefix in ((run, ""), (run / "test", "TEST_")):
+    settings, demo = documents(folder, prefix)
+    for name, doc in (("observatory.yaml", settings), ("demo.yaml", demo)):
+        text = "# written by scripts/setup.sh; re-run it rather than editing\n" + yaml.safe_dump(doc, sort_keys=False)
+        target = folder / name
+        if target.exists() and target.read_text(encoding="utf-8") == text:
+            continue                      # unchanged: leave it alone for the processes reading it
+        tmp = folder / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.chmod(0o600)
+        tmp.replace(target)
 PY
 )
 # The settings must load through the project's own reader.
-quiet env CSP_CONFIG="$RUN/observatory.yaml" PYTHONPATH="$REPO/plugins" "$VPY" -c \
-    'from csp_observatory.config import load_settings; s = load_settings(); print("config ok:", s.sftp_user, sorted(s.partners))'
+for cfg in "$RUN/observatory.yaml" "$RUN/test/observatory.yaml"; do
+    quiet env CSP_CONFIG="$cfg" PYTHONPATH="$REPO/plugins" "$VPY" -c \
+        'from csp_observatory.config import load_settings; s = load_settings(); print("config ok:", s.sftp_user, sorted(s.partners))'
+done
 
 # ---------------------------------------------------------------- Airflow (SQLite metadata, for dag.test())
 step "airflow"
-cat >"$RUN/airflow.env" <<EOF
+# replaced whole and only when it changes: a test run in this clone may be sourcing it right now
+replace_if_changed "$RUN/airflow.env" 0600 root:root <<EOF || true
 # written by scripts/setup.sh: source it before running airflow or pytest from this clone
 export AIRFLOW_HOME='$AIRFLOW_HOME'
 export AIRFLOW__CORE__DAGS_FOLDER='$REPO/dags'
@@ -471,7 +641,6 @@ export GX_ANALYTICS_ENABLED=false
 export PYTHONPATH='$REPO/plugins:$REPO'\${PYTHONPATH:+:\$PYTHONPATH}
 export PATH='$VENV/bin':"\$PATH"
 EOF
-chmod 0600 "$RUN/airflow.env"
 AIRFLOW_VERSION=$("$VPY" -c 'import importlib.metadata as m; print(m.version("apache-airflow-core"))')
 MIGRATED="$AIRFLOW_HOME/.csp-migrated"
 if [ ! -f "$AIRFLOW_HOME/airflow.db" ] || [ "$(cat "$MIGRATED" 2>/dev/null)" != "$AIRFLOW_VERSION" ]; then
@@ -485,5 +654,7 @@ csp-observatory is set up ($(( $(date +%s) - START )) s; log: $LOG)
   PostGIS   $DB_MODE (roles csp_loader, csp_analyst, csp_engineer, csp_personal_reader, analyst)
   SFTP      sftp -P $SSHD_PORT -i $KEYS/${OBS_USER}_ed25519 $OBS_USER@127.0.0.1 (partners: ${PARTNERS[*]})
   GnuPG     observatory $OBS_FPR; ${PARTNERS[0]} ${PARTNER_FPR[${PARTNERS[0]}]}
+  secrets   $STORE (this machine's, made once and kept; every clone uses them)
   config    $RUN/observatory.yaml, $RUN/demo.yaml, $RUN/airflow.env (Airflow $AIRFLOW_VERSION)
+  tests     $RUN/test/: their own database and SFTP tree (port $TEST_SSHD_PORT, $TEST_SFTP_ROOT)
 EOF

@@ -2,7 +2,9 @@
 
 Everything comes from one YAML file (``CSP_CONFIG``, default ``<repo>/.run/observatory.yaml``),
 written by ``scripts/setup.sh``; single values can be overridden with environment variables so a
-deployment can point at an existing PostGIS (``CSP_DATABASE_URL``) or SFTP server.
+deployment can point at an existing PostGIS (``CSP_DATABASE_URL``) or SFTP server. The file names the
+machine's secrets (SSH keys, gpg keyrings under ``/var/lib/csp-observatory``) by path, and holds the loader's
+database password in its URL: every clone's copy holds the same one.
 """
 from __future__ import annotations
 
@@ -90,8 +92,9 @@ def settings_from_dict(raw: dict[str, Any]) -> Settings:
 
 
 def load_settings(path: Path | None = None) -> Settings:
-    """Read the config file, then apply environment overrides."""
-    path = Path(os.environ.get("CSP_CONFIG", path or DEFAULT_CONFIG))
+    """Read the config file (``path`` if given, else ``CSP_CONFIG``, else the default), then apply environment
+    overrides."""
+    path = Path(path) if path is not None else Path(os.environ.get("CSP_CONFIG") or DEFAULT_CONFIG)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run scripts/setup.sh, or set CSP_CONFIG")
     with open(path, encoding="utf-8") as fh:

@@ -2,12 +2,21 @@
 
 PostGIS (``db``), the project's sshd as the partner and as the observatory (``partner_sftp``,
 ``observatory_sftp``), and the config files setup.sh writes (``settings``, ``demo_config``).
+
+The tests use the tests' twin of the services, never the demo's: setup.sh writes ``.run/test/observatory.yaml``
+next to the demo's config (``CSP_TEST_CONFIG`` overrides), naming the same secrets but the database
+``csp_observatory_test`` and the SFTP tree on port 2223. This module points ``CSP_CONFIG`` and
+``CSP_DATABASE_URL`` at it for the whole session, so the pipeline, the DAG and every test module use it.
 """
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
 import stat
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,38 +27,97 @@ import psycopg2
 import pytest
 import yaml
 
-from csp_observatory.config import DEFAULT_CONFIG, Settings, load_settings
+from csp_observatory.config import DEFAULT_CONFIG, Settings, load_settings, settings_from_dict
 
 PARTNER_FOLDERS = ("inbox", "quarantine", "processed", "reports")
 SETUP_HINT = "run scripts/setup.sh first"
 
+# The environment as the session found it, before the switch below: what scripts/setup.sh must be run with.
+SETUP_ENV: dict[str, str] = dict(os.environ)
+# The demo's config (the one the session was given), and the tests' twin of it.
+DEMO_CONFIG = Path(os.environ.get("CSP_CONFIG") or DEFAULT_CONFIG)
+TEST_CONFIG = Path(os.environ.get("CSP_TEST_CONFIG") or DEMO_CONFIG.parent / "test" / "observatory.yaml")
+
 
 def _config_path() -> Path:
-    return Path(os.environ.get("CSP_CONFIG", DEFAULT_CONFIG))
+    return TEST_CONFIG
 
 
 def _config_database_url() -> str | None:
-    """The database URL the config file names, if the file exists and names one."""
-    path = _config_path()
-    if not path.exists():
+    """The database URL the tests' config names, if the file exists and names one."""
+    if not TEST_CONFIG.exists():
         return None
-    with open(path, encoding="utf-8") as fh:
+    with open(TEST_CONFIG, encoding="utf-8") as fh:
         raw = yaml.safe_load(fh) or {}
     return raw.get("database_url") or None
 
 
-# Other modules' integration tests take their database from CSP_DATABASE_URL: point it at the database the
-# config names, unless the environment already chose one (then load_settings() applies it too).
-if not os.environ.get("CSP_DATABASE_URL") and (_url := _config_database_url()):
-    os.environ["CSP_DATABASE_URL"] = _url
+# Everything in this process (load_settings(), the DAG's tasks, modules that read CSP_DATABASE_URL) uses the tests'
+# services from here on. CSP_DATABASE_URL is overridden too: setup.sh already wrote the tests' database into the
+# tests' config (from CSP_TEST_DATABASE_URL or CSP_DATABASE_URL), and the demo's must not win over it.
+if TEST_CONFIG.exists():
+    os.environ["CSP_CONFIG"] = str(TEST_CONFIG)
+    if _url := _config_database_url():
+        os.environ["CSP_DATABASE_URL"] = _url
+
+
+# One integration session at a time on a machine: there is one set of the tests' services, and two sessions
+# (two clones, or CI beside a developer) would empty each other's SFTP folders and forget each other's months.
+SESSION_LOCK = Path("/run" if os.access("/run", os.W_OK) else tempfile.gettempdir()) / "csp-observatory-tests.lock"
+SESSION_WAIT_S = 1800
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_session_at_a_time(pytestconfig: pytest.Config) -> Iterator[None]:
+    """Wait (at most SESSION_WAIT_S) for any other integration session on this machine to finish, then hold the
+    tests' services until this one ends."""
+    with open(SESSION_LOCK, "a+", encoding="utf-8") as fh:
+        deadline = time.monotonic() + SESSION_WAIT_S
+        told = False
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip()
+                holder = holder if holder.isdigit() and Path(f"/proc/{holder}").exists() else "?"
+                if time.monotonic() > deadline:
+                    pytest.fail(f"another integration test session (pid {holder}) has held the tests' services for "
+                                f"{SESSION_WAIT_S} s ({SESSION_LOCK})", pytrace=False)
+                if not told:
+                    # past pytest's capture: whoever runs the tests should know why nothing happens
+                    with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+                        print(f"\nwaiting for another integration test session (pid {holder}) to finish ...",
+                              file=sys.stderr, flush=True)
+                    told = True
+                time.sleep(2)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
-    """The observatory's settings, as written by scripts/setup.sh."""
+    """The observatory's settings for the tests' services, as written by scripts/setup.sh."""
     if not _config_path().exists():
         pytest.fail(f"{_config_path()} is missing: {SETUP_HINT}", pytrace=False)
-    return load_settings()
+    return load_settings(TEST_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def demo_settings() -> Settings:
+    """The demo's settings (its database and SFTP tree), for the tests that prove they are left alone."""
+    if not DEMO_CONFIG.exists():
+        pytest.fail(f"{DEMO_CONFIG} is missing: {SETUP_HINT}", pytrace=False)
+    with open(DEMO_CONFIG, encoding="utf-8") as fh:
+        return settings_from_dict(yaml.safe_load(fh) or {})   # no environment overrides: they name the tests'
+
 
 
 @pytest.fixture(scope="session")
@@ -60,6 +128,12 @@ def demo_config() -> dict[str, Any]:
         pytest.fail(f"{path} is missing: {SETUP_HINT}", pytrace=False)
     with open(path, encoding="utf-8") as fh:
         return yaml.safe_load(fh)
+
+
+@pytest.fixture(scope="session")
+def setup_env() -> dict[str, str]:
+    """The environment to run scripts/setup.sh with: the session's, before this module pointed it at the tests."""
+    return dict(SETUP_ENV)
 
 
 @pytest.fixture()
@@ -137,9 +211,23 @@ def _empty(sftp: paramiko.SFTPClient, folder: str) -> None:
             sftp.remove(path)
 
 
-@pytest.fixture()
-def clean_partner_folders(settings: Settings, observatory_sftp: paramiko.SFTPClient) -> None:
-    """Empty the partner's inbox, quarantine, processed and reports folders before the test."""
+def _empty_partner_folders(sftp: paramiko.SFTPClient, settings: Settings) -> None:
     for partner_id in settings.partners:
         for sub in PARTNER_FOLDERS:
-            _empty(observatory_sftp, settings.partner_folder(partner_id, sub))
+            _empty(sftp, settings.partner_folder(partner_id, sub))
+
+
+@pytest.fixture()
+def clean_partner_folders(settings: Settings, observatory_sftp: paramiko.SFTPClient) -> Iterator[None]:
+    """Empty the partner's inbox, quarantine, processed and reports folders (the tests' tree) before the test,
+    and again after it, so no test leaves files behind (e.g. ``209912_report.*``)."""
+    _empty_partner_folders(observatory_sftp, settings)
+    yield
+    # a fresh connection: the test may have closed or broken the fixture's
+    client, sftp = open_sftp(settings.sftp_host, settings.sftp_port, settings.sftp_host_key,
+                             settings.sftp_user, settings.sftp_key_file)
+    try:
+        _empty_partner_folders(sftp, settings)
+    finally:
+        sftp.close()
+        client.close()

@@ -1,14 +1,24 @@
-"""The services scripts/setup.sh starts: PostGIS, the project's sshd (chroots, key-only, pinned host key), gpg."""
+"""The services scripts/setup.sh starts: PostGIS, the project's sshd (chroots, key-only, pinned host key), gpg;
+the machine's secrets it keeps once for every clone, and the tests' own database and SFTP tree.
+"""
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import socket
+import stat
+import subprocess
 import uuid
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import gnupg
 import paramiko
+import psycopg2
 import pytest
+
+from csp_observatory.schema import REPO_ROOT
 
 
 pytestmark = pytest.mark.integration
@@ -168,3 +178,101 @@ def test_partner_encrypts_and_signs_and_the_observatory_verifies(settings, demo_
     assert result.ok and result.valid
     assert result.pubkey_fingerprint == settings.partner("police").signing_fingerprint
     assert out.read_text() == text
+
+
+# ------------------------------------------------------------------ one set of secrets per machine, tests apart
+
+def _secrets(store: Path) -> dict[str, tuple[int, int, str]]:
+    """(inode, mtime, sha256) of every secret in the machine's store: passwords, SSH keys, gpg keys and keyrings
+    (not gpg's own bookkeeping: trustdb, random_seed, sockets)."""
+    files = [*store.glob("db/*"), *store.glob("ssh/*"), *store.glob("gnupg/*/private-keys-v1.d/*"),
+             *store.glob("gnupg/*/pubring.kbx")]
+    out = {}
+    for f in files:
+        st = f.stat()
+        out[str(f.relative_to(store))] = (st.st_ino, st.st_mtime_ns, hashlib.sha256(f.read_bytes()).hexdigest())
+    return out
+
+
+def _analyst_url(database_url: str, password: str) -> str:
+    """The analyst's TCP URL for the database a (loader's or admin's, maybe socket) URL names."""
+    u = urlsplit(database_url)
+    port = u.port or (parse_qs(u.query).get("port") or [5432])[0]
+    return f"postgresql://analyst:{password}@{u.hostname or '127.0.0.1'}:{port}{u.path}"
+
+
+def _sftp_logs_in(ssh_helpers, settings, user: str, key_file) -> bool:
+    try:
+        client, sftp = ssh_helpers.open_sftp(settings.sftp_host, settings.sftp_port, settings.sftp_host_key, user,
+                                             key_file)
+    except (paramiko.SSHException, OSError):
+        return False
+    sftp.close()
+    client.close()
+    return True
+
+
+def test_the_secrets_live_once_per_machine_root_only(settings, demo_settings, demo_config):
+    store = Path(demo_config["secrets_dir"])
+    assert store.is_absolute() and REPO_ROOT not in store.parents, "the secrets must live outside any clone"
+    # the demo's config and the tests' name the same keys: one set per machine
+    for s in (settings, demo_settings):
+        assert store in Path(s.sftp_key_file).parents and store in Path(s.gnupg_home).parents
+    assert stat.S_IMODE(store.stat().st_mode) == 0o700
+    for path in store.rglob("*"):
+        st = path.lstat()
+        assert st.st_uid == 0, path
+        if stat.S_ISDIR(st.st_mode):
+            assert stat.S_IMODE(st.st_mode) == 0o700, path
+        elif path.parent.name in ("db", "ssh", "private-keys-v1.d"):
+            assert stat.S_IMODE(st.st_mode) == 0o600, path
+    assert _secrets(store).keys() >= {"db/csp_loader.password", "db/analyst.password", "ssh/cspobs_ed25519",
+                                      f"ssh/{demo_config['partner_sftp_user']}_ed25519"}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="scripts/setup.sh runs as root")
+def test_setup_run_again_keeps_the_secrets_and_every_config_working(settings, demo_settings, demo_config, setup_env,
+                                                                    ssh_helpers):
+    """What another clone's set-up does to this one: it must make no new key or password. The settings were read
+    before the run, and must still log in after it, to both databases and both SFTP trees."""
+    store = Path(demo_config["secrets_dir"])
+    before = _secrets(store)
+    done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "setup.sh")], env=setup_env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr == ""                                  # quiet: the details go to its log
+    assert _secrets(store) == before                          # not one secret made anew, rewritten or touched
+
+    partner_user, partner_key = demo_config["partner_sftp_user"], demo_config["partner_ssh_key"]
+    for s in (settings, demo_settings):
+        for url, user in ((s.database_url, None),
+                          (_analyst_url(s.database_url, demo_config["analyst_password"]), "analyst")):
+            with psycopg2.connect(url, connect_timeout=10) as conn, conn.cursor() as cur:
+                cur.execute("SELECT current_user")
+                assert user is None or cur.fetchone() == (user,)
+            conn.close()
+        assert _sftp_logs_in(ssh_helpers, s, s.sftp_user, s.sftp_key_file), (s.sftp_port, s.sftp_user)
+        assert _sftp_logs_in(ssh_helpers, s, partner_user, partner_key), (s.sftp_port, partner_user)
+
+
+def test_the_tests_use_their_own_sftp_tree_and_database(settings, demo_settings, setup_env, partner_sftp,
+                                                        ssh_helpers, clean_partner_folders):
+    # the same sshd and accounts, another port, whose chroots are the tests' own tree
+    assert settings.sftp_port != demo_settings.sftp_port
+    name = f"isolation-{uuid.uuid4().hex}.csv.gpg"
+    partner_sftp.putfo(io.BytesIO(b"x"), f"/inbox/{name}")
+    client, demo_sftp = ssh_helpers.open_sftp(demo_settings.sftp_host, demo_settings.sftp_port,
+                                              demo_settings.sftp_host_key, demo_settings.sftp_user,
+                                              demo_settings.sftp_key_file)
+    try:
+        assert name not in demo_sftp.listdir(demo_settings.inbox("police"))
+    finally:
+        demo_sftp.close()
+        client.close()
+    if setup_env.get("CSP_DATABASE_URL") and not setup_env.get("CSP_TEST_DATABASE_URL"):
+        pytest.skip("CSP_DATABASE_URL without CSP_TEST_DATABASE_URL: the tests share that database")
+    with psycopg2.connect(settings.database_url, connect_timeout=10) as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_database()")
+        (ours,) = cur.fetchone()
+    conn.close()
+    assert ours != urlsplit(demo_settings.database_url).path.lstrip("/")
