@@ -21,9 +21,10 @@ from csp_observatory.schema import FeedSchema, load_schemas
 
 OWNER: Final = "observatory-data-engineering"
 START: Final = datetime(2026, 1, 1, tzinfo=timezone.utc)
-# A supply is waited for for most of a day; a day without one ends as "skipped", not failed.
-SENSOR_TIMEOUT_S: Final = 20 * 60 * 60
-SENSOR_POKE_S: Final = 300
+# A supply is waited for for most of a day; a day without one ends as "skipped", not failed. The demo and tests
+# (dag.test, one process) shorten both, so a supply that never arrives ends a run in seconds, not in 20 hours.
+SENSOR_TIMEOUT_S: Final = float(os.environ.get("CSP_SENSOR_TIMEOUT_S", str(20 * 60 * 60)))
+SENSOR_POKE_S: Final = float(os.environ.get("CSP_SENSOR_POKE_S", "300"))
 # Transient failures (SFTP or PostGIS unreachable) are retried; the demo and tests shorten the wait.
 RETRY_DELAY: Final = timedelta(seconds=float(os.environ.get("CSP_RETRY_DELAY_S", "300")))
 

@@ -95,7 +95,10 @@ def run_feed_dag(feed: str = FEED, run_conf: dict[str, Any] | None = None, check
     """
     from airflow.dag_processing.dagbag import DagBag
 
-    os.environ.setdefault("CSP_RETRY_DELAY_S", "1")  # before the DAG file is parsed
+    # Before the DAG file is parsed: quick retries, and a sensor that gives up in a minute if nothing arrives.
+    os.environ.setdefault("CSP_RETRY_DELAY_S", "1")
+    os.environ.setdefault("CSP_SENSOR_TIMEOUT_S", "60")
+    os.environ.setdefault("CSP_SENSOR_POKE_S", "5")
     bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
     if bag.import_errors:
         raise RuntimeError(f"DAG import errors: {bag.import_errors}")
