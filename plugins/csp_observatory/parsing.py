@@ -110,7 +110,8 @@ def _decode(data: bytes) -> tuple[str, str]:
         # Spreadsheets on Windows save CSV as cp1252 ("ANSI"); accept it but tell the partner.
         return data.decode("cp1252"), "cp1252"
     except UnicodeDecodeError:
-        raise MalformedFile("the file is not text in UTF-8 (nor Windows cp1252): save it as 'CSV UTF-8'") from None
+        raise MalformedFile("the file is not text in UTF-8 (nor Windows cp1252): save it as CSV UTF-8 (a Save As"
+                            " type in spreadsheets)") from None
 
 
 def _read_records(text: str) -> list[list[str]]:
@@ -246,7 +247,7 @@ def parse_csv(path: Path, feed_file: FeedFile) -> ParseResult:
     positions: dict[str, int] = {}
     problems: list[str] = []
     if encoding != "utf-8":
-        problems.append("the file was read as Windows cp1252, not UTF-8: please export as 'CSV UTF-8'")
+        problems.append("the file was read as Windows cp1252, not UTF-8: please export as CSV UTF-8")
     unknown: list[str] = []
     for i, cell in enumerate(header):
         key = header_key(cell)
@@ -260,8 +261,8 @@ def parse_csv(path: Path, feed_file: FeedFile) -> ParseResult:
     missing_required = [d.name for d in feed_file.datafields if d.required and d.name not in positions]
     if missing_required:
         if not positions:
-            raise MalformedFile(f"the first row is not a header this file's schema knows (none of its columns "
-                                f"is a datafield of '{feed_file.name}'). The expected header is: {expected}")
+            raise MalformedFile(f"the first row is not a header the schema of the {feed_file.name} file knows (none "
+                                f"of its columns is one of its datafields). The expected header is: {expected}")
         raise MalformedFile(f"required column(s) missing from the header: {', '.join(missing_required)}. "
                             f"The expected header is: {expected}")
     missing_optional = [d.name for d in feed_file.datafields if d.name not in positions]

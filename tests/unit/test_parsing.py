@@ -114,6 +114,8 @@ def test_files_that_are_not_csv_are_refused(tmp_path, offences, content, words):
     with pytest.raises(MalformedFile) as info:
         parse_csv(_write(tmp_path, content), offences)
     assert words.lower() in info.value.reason.lower()
+    # No quote marks or apostrophes: the report withholds anything between two of them as if it were a value.
+    assert "'" not in info.value.reason and '"' not in info.value.reason
 
 
 def test_cp1252_is_read_and_reported(tmp_path, offences):
