@@ -545,28 +545,28 @@ def _fingerprint(fp: str | None) -> str:
     return f'<code class="nowrap" title="{_e(fp)}">&hellip;{_e(tail)}</code>'
 
 
+def _rows_html(rows: list[dict[str, Any]], intro: str) -> str:
+    """Rows to fix (file, row number, what is wrong, what to do), at most HTML_ROW_LIMIT; the JSON has all."""
+    shown = rows[:HTML_ROW_LIMIT]
+    table = _table(["File", "Row", "What is wrong", "What to do"],
+                   [[_e(r["file"]), _e(r["row"]), _e(r["reason"]), _e(r["action"])] for r in shown], "rows")
+    more = f'<p class="note">{len(rows) - len(shown):,} more rows are listed in the JSON report.</p>' \
+        if len(rows) > len(shown) else ""
+    return f"<p>{intro}</p>{table}{more}"
+
+
 def _rejected_html(report: dict[str, Any]) -> str:
     rows = [r for r in report["rejected_rows"] if r["stage"] != "disclosure"]
     if not rows:
         return '<p class="ok">Every row could be used.</p>'
-    shown = rows[:HTML_ROW_LIMIT]
-    table = _table(["File", "Row", "What is wrong", "What to do"],
-                   [[_e(r["file"]), _e(r["row"]), _e(r["reason"]), _e(r["action"])] for r in shown], "rows")
-    more = f'<p class="note">{len(rows) - len(shown):,} more rows are listed in the JSON report.</p>' \
-        if len(rows) > len(shown) else ""
-    return ('<p>Row numbers count data rows in your file, not the header: row 1 is the first line after the header. '
-            'These rows were not loaded.</p>' + table + more)
+    return _rows_html(rows, "Row numbers count data rows in your file, not the header: row 1 is the first line "
+                            "after the header. These rows were not loaded.")
 
 
 def _flagged_html(report: dict[str, Any]) -> str:
-    rows = report.get("flagged_rows") or []
-    shown = rows[:HTML_ROW_LIMIT]
-    table = _table(["File", "Row", "What is wrong", "What to do"],
-                   [[_e(r["file"]), _e(r["row"]), _e(r["reason"]), _e(r["action"])] for r in shown], "rows")
-    more = f'<p class="note">{len(rows) - len(shown):,} more rows are listed in the JSON report.</p>' \
-        if len(rows) > len(shown) else ""
-    return ("<p>These rows were loaded, but without a location on the map or without the record they refer to. "
-            "Analysts will miss them in maps and joins until they are corrected.</p>" + table + more)
+    return _rows_html(report.get("flagged_rows") or [],
+                      "These rows were loaded, but without a location on the map or without the record they refer "
+                      "to. Analysts will miss them in maps and joins until they are corrected.")
 
 
 def _outcome_html(report: dict[str, Any]) -> str:
