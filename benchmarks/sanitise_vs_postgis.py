@@ -31,11 +31,20 @@ from csp_observatory.schema import SCHEMA_DIR, load_schema  # noqa: E402
 SCHEMA = "bench_sanitise"
 
 
-def peer_sql(schema: str, k: int) -> str:
-    """The one-statement PostGIS peer: own postcode, else KNN in ward, district, anywhere; ties by postcode."""
+def peer_sql(schema: str, k: int, displacement: str = "nearest") -> str:
+    """The one-statement PostGIS peer: own postcode, else the KNN nearest eligible postcode (``nearest``), or KNN
+    in ward, district, anywhere (``same_ward_first``); ties by postcode."""
     eligible = f"p.households >= {int(k)} AND NOT p.terminated"
     own_ok = f"(o.households >= {int(k)} AND NOT o.terminated)"
     knn = 'ORDER BY p.geom <-> o.geom, p.postcode COLLATE "C" LIMIT 1'
+    if displacement == "nearest":
+        return f"""
+SELECT r.record_id, COALESCE(CASE WHEN {own_ok} THEN o.postcode END, a.postcode) AS target,
+       CASE WHEN {own_ok} THEN 'own_postcode' ELSE 'next_nearest' END AS rule
+FROM {schema}.records r
+JOIN {schema}.postcodes o ON o.postcode = r.postcode
+LEFT JOIN LATERAL (SELECT p.postcode FROM {schema}.postcodes p WHERE NOT {own_ok} AND {eligible} {knn}) a ON true
+"""
     return f"""
 SELECT r.record_id,
        COALESCE(CASE WHEN {own_ok} THEN o.postcode END, w.postcode, d.postcode, a.postcode) AS target,
@@ -87,12 +96,12 @@ def load_tables(conn: Any, schema: str, reference: pd.DataFrame, records: pd.Dat
     return time.perf_counter() - t
 
 
-def run_peer(conn: Any, schema: str, k: int) -> pd.DataFrame:
+def run_peer(conn: Any, schema: str, k: int, displacement: str = "nearest") -> pd.DataFrame:
     """Run the peer statement and fetch (record_id, target, rule) for every record."""
     buf = io.StringIO()
     with conn.cursor() as cur:
         cur.execute("SET max_parallel_workers_per_gather = 2")
-        cur.copy_expert(f"COPY ({peer_sql(schema, k)}) TO STDOUT WITH (FORMAT csv)", buf)
+        cur.copy_expert(f"COPY ({peer_sql(schema, k, displacement)}) TO STDOUT WITH (FORMAT csv)", buf)
     conn.commit()
     buf.seek(0)
     return pd.read_csv(buf, header=None, names=["record_id", "target", "rule"], dtype={"target": str, "rule": str})
@@ -113,11 +122,12 @@ def make_records(reference: pd.DataFrame, n: int, k: int, seed: int = 1) -> pd.D
                          "geocode_method": pd.array(["supplied"] * n, dtype="string")})
 
 
-def run_sanitiser(reference: pd.DataFrame, records: pd.DataFrame, k: int) -> tuple[pd.DataFrame, dict[str, float]]:
+def run_sanitiser(reference: pd.DataFrame, records: pd.DataFrame, k: int,
+                  displacement: str = "nearest") -> tuple[pd.DataFrame, dict[str, float]]:
     """build_displacement + sanitise (map lookup) over the records; returns the result and timings."""
     feed_file = load_schema(SCHEMA_DIR / "police_recorded_crime.yaml").file("offences")
     t0 = time.perf_counter()
-    pmap = build_displacement(reference, threshold=k)
+    pmap = build_displacement(reference, threshold=k, displacement=displacement)
     t1 = time.perf_counter()
     out = sanitise(records, feed_file, pmap).frame
     t2 = time.perf_counter()
@@ -131,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--postcodes", type=int, default=1_700_000, help="live postcodes in the synthetic reference")
     ap.add_argument("--reference", type=Path, help="reference CSV instead of the synthetic one")
     ap.add_argument("--threshold", type=int, default=4)
+    ap.add_argument("--displacement", choices=("nearest", "same_ward_first"), default="nearest",
+                    help="how a small postcode finds its target (the feed schema's sanitising.displacement)")
     ap.add_argument("--db", default=os.environ.get("CSP_DATABASE_URL"))
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--no-tracemalloc", action="store_true", help="skip the second, traced sanitiser run")
@@ -148,14 +160,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"reference: {len(reference):,} postcodes ({int(reference['terminated'].sum()):,} terminated); "
           f"records: {len(records):,}; data generated in {time.perf_counter() - t:.1f} s", flush=True)
 
-    out, times = run_sanitiser(reference, records, k)
+    out, times = run_sanitiser(reference, records, k, a.displacement)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"sanitiser: build_displacement {times['build_s']:.2f} s + sanitise {times['sanitise_s']:.2f} s "
           f"= {times['total_s']:.2f} s; max RSS so far {rss_mb:,.0f} MB", flush=True)
     if not a.no_tracemalloc:
         del out
         tracemalloc.start()
-        out, traced = run_sanitiser(reference, records, k)
+        out, traced = run_sanitiser(reference, records, k, a.displacement)
         peak = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
         print(f"sanitiser tracemalloc peak {peak:,.0f} MB (traced run took {traced['total_s']:.1f} s: tracing is slow)")
@@ -171,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     load_s = load_tables(conn, SCHEMA, reference, records, k)
     print(f"PostGIS load (not timed against either side): {load_s:.1f} s", flush=True)
     t = time.perf_counter()
-    peer = run_peer(conn, SCHEMA, k)
+    peer = run_peer(conn, SCHEMA, k, a.displacement)
     peer_s = time.perf_counter() - t
     print(f"peer (PostGIS KNN LATERAL query): {peer_s:.2f} s", flush=True)
     print(f"ratio peer / sanitiser: {peer_s / times['total_s']:.1f}x")

@@ -46,8 +46,8 @@ _COMMENTS: Final = {
     "sanitised_postcode": "Postcode the record is shown at after Appendix 1 sanitising",
     "sanitised_easting": "Easting (EPSG:27700) of the sanitised point: a postcode centroid, never the address",
     "sanitised_northing": "Northing (EPSG:27700) of the sanitised point: a postcode centroid, never the address",
-    "sanitise_rule": "How the point was chosen: own_postcode | same_ward | same_district | anywhere | "
-                     "non_addressable | not_geocoded",
+    "sanitise_rule": "How the point was chosen: own_postcode | next_nearest (or, where the feed keeps points in "
+                     "their ward first: same_ward | same_district | anywhere) | non_addressable | not_geocoded",
     "displacement_m": "Distance in metres from the geocoded location to the sanitised point",
     "geocode_method": "How the location was found: supplied | wgs84 | postcode | terminated_postcode | gazetteer | "
                       "failed",

@@ -424,7 +424,7 @@ def sanitise(work_dirs: list[str], settings: Settings | None = None) -> list[str
         return work_dirs
     with _db(settings) as conn:
         reference = _postcode_reference(conn)
-    maps: dict[int, Any] = {}
+    maps: dict[tuple[int, str], Any] = {}
     for m in manifests:
         schema = schema_for(m.feed)
         if schema.personalised:
@@ -433,16 +433,17 @@ def sanitise(work_dirs: list[str], settings: Settings | None = None) -> list[str
                 m.write_frame("sanitised", name, m.read_frame("geocoded", name))
             m.save()
             continue
-        threshold = schema.household_threshold
-        if threshold not in maps:
-            maps[threshold] = sanitising.build_displacement(reference, threshold)
+        # One map per (threshold, displacement): built once per run, shared by the supplies that use it.
+        key = (schema.household_threshold, schema.displacement)
+        if key not in maps:
+            maps[key] = sanitising.build_displacement(reference, *key)
         summaries: dict[str, Any] = {}
         risks: dict[str, Any] = {}
         for name in m.files:
             feed_file = schema.file(name)
-            result = sanitising.sanitise(m.read_frame("geocoded", name), feed_file, maps[threshold],
+            result = sanitising.sanitise(m.read_frame("geocoded", name), feed_file, maps[key],
                                          period_end=_period_end(schema, m.period))
-            problems = sanitising.check_sanitised(result.frame, maps[threshold], feed_file)
+            problems = sanitising.check_sanitised(result.frame, maps[key], feed_file)
             if problems:
                 # Never load something that breaks Appendix 1: stop the supply and say why.
                 raise RuntimeError(f"{m.supply_id} {name}: sanitised output breaks Appendix 1: {problems[:5]}")

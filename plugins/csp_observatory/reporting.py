@@ -17,7 +17,8 @@ from pathlib import Path
 from string import Template
 from typing import Any, Final, Iterable
 
-from csp_observatory.schema import PERSONAL_ROLES, POINT_ROLES, FeedSchema
+from csp_observatory.sanitising import MOVED_RULES
+from csp_observatory.schema import DISPLACEMENT_TEXT, PERSONAL_ROLES, POINT_ROLES, FeedSchema
 
 REPORT_VERSION: Final = 1
 QUALITIES: Final = ("completeness", "accuracy", "precision", "currency")
@@ -169,7 +170,7 @@ def _counts(obj: Any) -> dict[str, Any]:
         elif isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v) and len(v) <= 20 \
                 and k in ("quasi_identifiers", "sensitive", "columns"):
             out[str(k)] = list(v)
-        elif isinstance(v, str) and k in ("sensitive", "sensitive_column", "mode", "note"):
+        elif isinstance(v, str) and k in ("sensitive", "sensitive_column", "mode", "note", "displacement"):
             out[str(k)] = v
     return out
 
@@ -338,8 +339,9 @@ def _metadata(schema: FeedSchema, outcome: SupplyOutcome, records: int | None) -
         "datafields": fields,
         "caveats": schema.caveats,
         "geographic_method": "Points in British National Grid (EPSG:27700): the supplied easting/northing, "
-                             "else WGS84 converted, else the postcode centroid; then moved to a postcode with at "
-                             f"least {schema.household_threshold} households (Appendix 1).",
+                             "else WGS84 converted, else the postcode centroid; a point in a postcode with fewer than "
+                             f"{schema.household_threshold} households then moves to the "
+                             f"{DISPLACEMENT_TEXT[schema.displacement]}.",
         "conditions_of_use": "Use in line with the information sharing protocol. Even depersonalised, these data "
                              "are restricted: intelligence products made from them must be marked 'restricted'.",
     }
@@ -633,7 +635,10 @@ def _sanitising_html(report: dict[str, Any]) -> str:
     if not report["sanitising"]:
         return '<p class="muted">Nothing recorded.</p>'
     rules = {name: s.get("rules", {}) for name, s in report["sanitising"].items()}
-    body = "<h3>How each record's point was chosen</h3>" + _matrix(rules, "Rule")
+    settings = {s.get("displacement") for s in report["sanitising"].values() if s.get("displacement")}
+    named = "".join(f"<p>A point in a postcode with too few households moved to the "
+                    f"{_e(DISPLACEMENT_TEXT.get(d, d))}.</p>" for d in sorted(settings))
+    body = named + "<h3>How each record's point was chosen</h3>" + _matrix(rules, "Rule")
     for name, s in report["sanitising"].items():
         d = s.get("displacement_m") or {}
         hist = d.get("histogram") or {}
@@ -762,11 +767,11 @@ def render_text(report: dict[str, Any]) -> str:
                                                  for f in files))
     for name, s in (report.get("sanitising") or {}).items():
         rules = s.get("rules") or {}
-        moved = sum(rules.get(r, 0) for r in ("same_ward", "same_district", "anywhere"))
+        moved = {r: rules[r] for r in MOVED_RULES if rules.get(r)}
         d = s.get("displacement_m") or {}
-        lines.append(f"  sanitised {name}: {moved:,} of {s.get('records', 0):,} records moved to the nearest postcode "
-                     f"with enough households (same ward {rules.get('same_ward', 0)}, same district "
-                     f"{rules.get('same_district', 0)}, anywhere {rules.get('anywhere', 0)}); "
+        how = ", ".join(f"{r.replace('_', ' ')} {n:,}" for r, n in moved.items()) or "none"
+        lines.append(f"  sanitised {name}: {sum(moved.values()):,} of {s.get('records', 0):,} records moved to a "
+                     f"postcode with enough households ({how}; displacement: {s.get('displacement', 'nearest')}); "
                      f"displacement median {d.get('median')} m, max {d.get('max')} m")
         found = {col: {k: n for k, n in c.items() if n} for col, c in (s.get("scrubbed") or {}).items()
                  if isinstance(c, dict)}

@@ -18,9 +18,12 @@ and reproducible (the PostGIS oracle test and the benchmark check it record by r
 - Targets are the live (not terminated) postcodes with ``households >= threshold``. Terminated
   postcodes are origins only: a record in one always moves.
 - A target postcode maps to itself (rule ``own_postcode``).
-- Any other postcode maps to the nearest target in the **same ward** (``same_ward``); if its ward has no
-  target, the nearest in the **same district** (``same_district``); otherwise the nearest **anywhere**
-  (``anywhere``). A postcode with no ward (or district) skips that level.
+- Any other postcode maps, by the feed's ``sanitising.displacement`` setting, either
+  - (``nearest``, the default: Appendix 1's "next nearest postcode") to the nearest target (``next_nearest``), or
+  - (``same_ward_first``, a per-feed option that keeps points inside their ward where it can) to the nearest
+    target in the **same ward** (``same_ward``); if its ward has no target, the nearest in the **same
+    district** (``same_district``); otherwise the nearest **anywhere** (``anywhere``). A postcode with no
+    ward (or district) skips that level.
 - Distance is Euclidean between postcode centroids in EPSG:27700 metres (integer coordinates, so equal
   distances are exactly equal in floating point).
 - **Ties** (several targets at exactly the same distance) are broken by the target postcode string in
@@ -47,8 +50,16 @@ from csp_observatory import scrubbing
 from csp_observatory.addresses import ADDRESS_LEAK, sanitise_addresses
 from csp_observatory.schema import FeedFile
 
-RULES: Final = ("own_postcode", "same_ward", "same_district", "anywhere", "non_addressable", "not_geocoded")
-POSTCODE_RULES: Final = RULES[:4]
+RULES: Final = ("own_postcode", "next_nearest", "same_ward", "same_district", "anywhere", "non_addressable",
+                 "not_geocoded")
+POSTCODE_RULES: Final = RULES[:5]
+#: Rules of records moved to another postcode's centroid.
+MOVED_RULES: Final = RULES[1:5]
+#: How a postcode with too few households finds its target (schema ``sanitising.displacement``), level by level.
+DISPLACEMENTS: Final = {
+    "nearest": (("next_nearest", None),),
+    "same_ward_first": (("same_ward", "ward_code"), ("same_district", "district_code"), ("anywhere", None)),
+}
 #: Histogram bins of displacement in metres, as reported in the summary.
 DISPLACEMENT_BINS: Final = (("0", 0.0, 0.0), ("1-50", 0.0, 50.0), ("50-100", 50.0, 100.0),
                             ("100-250", 100.0, 250.0), ("250-500", 250.0, 500.0),
@@ -67,6 +78,8 @@ class PostcodeMap:
     #: ``distance_m`` (origin centroid to target centroid), ``easting``, ``northing``, ``terminated``.
     table: pd.DataFrame
     threshold: int
+    #: The displacement setting the map was built with (a key of DISPLACEMENTS).
+    displacement: str = "nearest"
     _live_tree: Any = field(default=None, repr=False, compare=False)
     _arrays: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -154,7 +167,7 @@ def _nearest(target_xyz: np.ndarray, target_rank: np.ndarray, origin_xyz: np.nda
     return best, best_d
 
 
-def build_displacement(reference: pd.DataFrame, threshold: int = 4) -> PostcodeMap:
+def build_displacement(reference: pd.DataFrame, threshold: int = 4, displacement: str = "nearest") -> PostcodeMap:
     """Decide, for every reference postcode, which postcode centroid a record in it is moved to."""
     ref = reference.drop_duplicates("postcode", keep="first").reset_index(drop=True)
     pc = ref["postcode"].astype(str).to_numpy(object)
@@ -173,7 +186,9 @@ def build_displacement(reference: pd.DataFrame, threshold: int = 4) -> PostcodeM
     result = np.where(eligible, np.arange(len(ref)), -1)
     rule = np.where(eligible, "own_postcode", "").astype(object)
     pending = np.flatnonzero(~eligible)
-    for level, col in (("same_ward", "ward_code"), ("same_district", "district_code"), ("anywhere", None)):
+    if displacement not in DISPLACEMENTS:
+        raise ValueError(f"displacement must be one of {sorted(DISPLACEMENTS)}, not {displacement!r}")
+    for level, col in DISPLACEMENTS[displacement]:
         if len(pending) == 0:
             break
         if col is None:
@@ -202,7 +217,7 @@ def build_displacement(reference: pd.DataFrame, threshold: int = 4) -> PostcodeM
         "distance_m": np.hypot(e[result] - e, n[result] - n),
         "easting": e, "northing": n, "terminated": terminated,
     }, index=pd.Index(pc, name="postcode", dtype=object))
-    return PostcodeMap(table=table, threshold=threshold)
+    return PostcodeMap(table=table, threshold=threshold, displacement=displacement)
 
 
 def _whole_years(born: pd.Series, at: pd.Series) -> pd.Series:
@@ -298,6 +313,7 @@ def sanitise(frame: pd.DataFrame, feed_file: FeedFile, postcode_map: PostcodeMap
     out["sanitise_rule"] = pd.array(rules, dtype="string")
     out["displacement_m"] = pd.array(disp, dtype="Float64")
     summary = summarise(out)
+    summary["displacement"] = postcode_map.displacement    # named in the report: how "next nearest" was read
     # counts by kind per column, never the values (the report shows them)
     summary["scrubbed"] = scrubbed
     return SanitiseResult(frame=out, summary=summary)

@@ -39,6 +39,12 @@ REFERENCE_ROLES: Final = frozenset({"reference_number", "link"})
 #: A free-text datafield's rule in a depersonalised feed: ``scrub`` it (scrubbing.py) or ``drop`` the column.
 FREE_TEXT_RULES: Final = frozenset({"scrub", "drop"})
 DATASET_TYPES: Final = frozenset({"depersonalised", "personalised"})
+#: How each ``sanitising.displacement`` setting reads, for the Airflow UI and the report.
+DISPLACEMENT_TEXT: Final = {
+    "nearest": "next nearest postcode with enough households (Appendix 1)",
+    "same_ward_first": "nearest postcode with enough households in the same ward, else the same district, else "
+                       "anywhere (this feed's option; Appendix 1 asks only for the next nearest)",
+}
 
 
 class SchemaError(ValueError):
@@ -183,6 +189,9 @@ class FeedSchema:
     min_k: int | None = None
     #: What a min_k breach does: withhold the offending "rows", or block the whole "supply".
     min_k_mode: str = "rows"
+    #: How a postcode with too few households finds its target: "nearest" (Appendix 1's next nearest postcode)
+    #: or "same_ward_first" (nearest in the same ward, then district, then anywhere).
+    displacement: str = "nearest"
     #: Share of records that must get a point; below it the supply is marked amber (a warning, not green).
     geocode_min_rate: float = 0.95
     #: A supplied point further than this from the nearest reference postcode is outside the reference's
@@ -228,7 +237,8 @@ class FeedSchema:
             "",
             f"- **Source agency:** {self.partner.agency} ({self.partner.name}; SFTP account `{self.partner.id}`)",
             f"- **Supply cycle:** {self.supply_cycle}",
-            f"- **Household threshold (Appendix 1):** {self.household_threshold}",
+            f"- **Household threshold (Appendix 1):** {self.household_threshold}; a point in a smaller postcode "
+            f"moves to the {DISPLACEMENT_TEXT[self.displacement]}",
             f"- **Schema file:** `include/schemas/{self.source_path.name}`",
             "",
             f"**Caveats:** {self.caveats}",
@@ -317,6 +327,7 @@ def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
             period_format=raw["supply_cycle"].get("period_format", "%Y%m"),
             household_threshold=int(sanitising.get("household_threshold", 4)),
             min_k=sanitising.get("min_k"), min_k_mode=sanitising.get("min_k_mode", "rows"),
+            displacement=str(sanitising.get("displacement", "nearest")),
             geocode_min_rate=float((raw.get("quality") or {}).get("geocode_min_rate", 0.95)),
             coverage_max_m=float((raw.get("quality") or {}).get("coverage_max_m", 1000.0)),
             resend_max_loss=float((raw.get("quality") or {}).get("resend_max_loss", 0.5)),
@@ -334,6 +345,8 @@ def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
                           f"free_text: scrub, free_text: drop, or codes/codes_file ({', '.join(unruled)})")
     if not re.fullmatch(r"[a-z][a-z0-9_]*", schema.feed):
         raise SchemaError(f"{where}: feed id must be snake_case")
+    if schema.displacement not in ("nearest", "same_ward_first"):
+        raise SchemaError(f"{where}: sanitising.displacement must be 'nearest' or 'same_ward_first'")
     if schema.min_k_mode not in ("rows", "supply"):
         raise SchemaError(f"{where}: sanitising.min_k_mode must be 'rows' or 'supply'")
     if not 0.0 <= schema.geocode_min_rate <= 1.0 or not 0.0 <= schema.resend_max_loss <= 1.0:

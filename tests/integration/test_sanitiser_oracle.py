@@ -51,7 +51,8 @@ def oracle_reference() -> pd.DataFrame:
     return pd.concat([ref, twins, mirror], ignore_index=True)
 
 
-def test_sanitiser_and_postgis_knn_assign_the_same_postcode_to_every_record(conn):
+@pytest.mark.parametrize("displacement", ["nearest", "same_ward_first"])
+def test_sanitiser_and_postgis_knn_assign_the_same_postcode_to_every_record(conn, displacement):
     from benchmarks.sanitise_vs_postgis import load_tables, make_records, run_peer, run_sanitiser
 
     ref = oracle_reference()
@@ -71,16 +72,18 @@ def test_sanitiser_and_postgis_knn_assign_the_same_postcode_to_every_record(conn
     schema = f"oracle_{uuid.uuid4().hex[:8]}"
     try:
         load_tables(conn, schema, ref, records, k=4)
-        peer = run_peer(conn, schema, k=4)
+        peer = run_peer(conn, schema, k=4, displacement=displacement)
     finally:
         with conn.cursor() as cur:
             cur.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         conn.commit()
-    mine, _ = run_sanitiser(ref, records, k=4)
+    mine, _ = run_sanitiser(ref, records, k=4, displacement=displacement)
     got = pd.DataFrame({"record_id": records["record_id"], "mine": mine["sanitised_postcode"].astype(str),
                         "my_rule": mine["sanitise_rule"].astype(str)}).merge(peer, on="record_id")
     assert len(got) == len(records)
     rules = set(got["rule"])
-    assert {"own_postcode", "same_ward", "same_district", "anywhere"} <= rules, rules
+    expected = {"own_postcode", "next_nearest"} if displacement == "nearest" else \
+        {"own_postcode", "same_ward", "same_district", "anywhere"}
+    assert rules == expected, rules
     disagree = got[(got["mine"] != got["target"]) | (got["my_rule"] != got["rule"])]
     assert disagree.empty, disagree.head(20).to_string()

@@ -89,3 +89,14 @@ def test_loaded_but_empty_is_red(prc):
 
 def test_a_duplicate_delivery_is_not_a_plain_success(prc):
     assert reporting.build_report(prc, outcome(status="duplicate"))["outcome"]["level"] == "amber"
+
+
+def test_the_report_names_the_displacement_setting(prc):
+    o = outcome()
+    o.sanitising = {"offences": {"records": 100, "rules": {"own_postcode": 90, "next_nearest": 10},
+                                 "displacement": "nearest", "displacement_m": {"records": 100}}}
+    report = reporting.build_report(prc, o)
+    assert report["sanitising"]["offences"]["displacement"] == "nearest"
+    assert "next nearest postcode with enough households" in report["metadata"]["geographic_method"]
+    assert "next nearest postcode with enough households (Appendix 1)" in reporting.render_html(report)
+    assert "next nearest 10" in reporting.render_text(report)

@@ -28,7 +28,8 @@ def calderdale_reference(seed: int = 7) -> pd.DataFrame:
     return raw
 
 
-def brute_force(ref: pd.DataFrame, threshold: int) -> dict[str, tuple[str, str]]:
+def brute_force(ref: pd.DataFrame, threshold: int, displacement: str = "same_ward_first"
+                ) -> dict[str, tuple[str, str]]:
     """The Appendix 1 rule written the slow, obvious way: sort candidates by (distance, postcode)."""
     ok = ref[(~ref["terminated"]) & (ref["households"] >= threshold)]
     out = {}
@@ -36,9 +37,11 @@ def brute_force(ref: pd.DataFrame, threshold: int) -> dict[str, tuple[str, str]]
         if not row.terminated and row.households >= threshold:
             out[row.postcode] = (row.postcode, "own_postcode")
             continue
-        for rule, cand in (("same_ward", ok[ok["ward_code"] == row.ward_code]),
-                           ("same_district", ok[ok["district_code"] == row.district_code]),
-                           ("anywhere", ok)):
+        levels = (("next_nearest", ok),) if displacement == "nearest" else (
+            ("same_ward", ok[ok["ward_code"] == row.ward_code]),
+            ("same_district", ok[ok["district_code"] == row.district_code]),
+            ("anywhere", ok))
+        for rule, cand in levels:
             if len(cand):
                 d = np.hypot(cand["easting"] - row.easting, cand["northing"] - row.northing)
                 best = sorted(zip(d, cand["postcode"]))[0]
@@ -76,7 +79,7 @@ def test_map_matches_brute_force_on_calderdale(reference, threshold):
         ref.loc[ref["ward_code"].isin(wards), "households"].clip(upper=threshold - 1)
     ref.loc[ref.index[:40], "ward_code"] = None
     ref.loc[ref.index[:20], "district_code"] = "E08999999"
-    got = build_displacement(ref, threshold=threshold).table
+    got = build_displacement(ref, threshold=threshold, displacement="same_ward_first").table
     expected = brute_force(ref, threshold)
     assert len(got) == len(ref)
     mismatched = [pc for pc, (target, rule) in expected.items()
@@ -85,6 +88,24 @@ def test_map_matches_brute_force_on_calderdale(reference, threshold):
     assert set(got["rule"]) == {"own_postcode", "same_ward", "same_district", "anywhere"}
     hh = ref.set_index("postcode")["households"]
     assert (hh.loc[got["target_postcode"]].to_numpy() >= threshold).all()
+
+
+@pytest.mark.parametrize("threshold", [4, 8])
+def test_the_default_is_appendix_1s_next_nearest_postcode(reference, threshold):
+    ref = reference.sample(900, random_state=4).reset_index(drop=True)
+    ref.loc[ref.index[:40], "ward_code"] = None        # wards play no part in the default rule
+    pmap = build_displacement(ref, threshold=threshold)
+    assert pmap.displacement == "nearest"
+    got = pmap.table
+    expected = brute_force(ref, threshold, displacement="nearest")
+    mismatched = [pc for pc, (target, rule) in expected.items()
+                  if (got.loc[pc, "target_postcode"], got.loc[pc, "rule"]) != (target, rule)]
+    assert mismatched == []
+    assert set(got["rule"]) == {"own_postcode", "next_nearest"}
+    # never further than the ward-first rule would move a record, and sometimes nearer (across a ward edge)
+    ward = build_displacement(ref, threshold=threshold, displacement="same_ward_first").table
+    assert (got["distance_m"] <= ward["distance_m"] + 1e-9).all()
+    assert (got["distance_m"] < ward["distance_m"] - 1e-9).any()
 
 
 def test_levels_ties_and_terminated_on_a_hand_made_reference():
@@ -98,7 +119,7 @@ def test_levels_ties_and_terminated_on_a_hand_made_reference():
         "terminated": [False, False, False, False, False, False, True],
         "source": "test",
     })
-    m = build_displacement(ref, threshold=4).table
+    m = build_displacement(ref, threshold=4, displacement="same_ward_first").table
     # AA1 1AB and AA1 1AC are both exactly 100 m away: the smaller postcode string wins
     assert m.loc["AA1 1AA", "target_postcode"] == "AA1 1AB"
     assert m.loc["AA1 1AA", "rule"] == "same_ward"
