@@ -10,7 +10,7 @@ from typing import Any, Final, NamedTuple
 
 from psycopg2 import sql
 
-from csp_observatory.schema import FeedFile, FeedSchema
+from csp_observatory.schema import CONTENT_KEY_COLUMN, FeedFile, FeedSchema
 
 SRID: Final = 27700
 SCHEMAS: Final = ("depersonalised", "personal", "observatory", "reference")
@@ -50,7 +50,9 @@ _COMMENTS: Final = {
                      "their ward first: same_ward | same_district | anywhere) | non_addressable | not_geocoded",
     "displacement_m": "Distance in metres from the geocoded location to the sanitised point",
     "geocode_method": "How the location was found: supplied | wgs84 | postcode | terminated_postcode | gazetteer | "
-                      "failed",
+                      "outside_coverage | failed",
+    CONTENT_KEY_COLUMN: "Key of a file with no reference number: a hash of the record's loaded values and its "
+                        "occurrence among identical records; the same in a re-sent supply",
     "geo_easting": "Easting (EPSG:27700) of the geocoded location",
     "geo_northing": "Northing (EPSG:27700) of the geocoded location",
     "geo_postcode": "Postcode the geocoded point belongs to",
@@ -92,6 +94,8 @@ def table_columns(schema: FeedSchema, feed_file: FeedFile) -> list[Column]:
         if feed_file.by_role("date_of_birth") and not feed_file.by_role("age") and "age" not in feed_file.field_names:
             cols.append(Column("age", "integer"))
         extra = SANITISED_COLUMNS
+    if feed_file.content_key:
+        cols.append(Column(CONTENT_KEY_COLUMN, "text"))
     names = {c.name for c in cols}
     for name, sql_type in (*extra, *LINEAGE_COLUMNS):
         if name in names:
@@ -222,7 +226,7 @@ def ensure_feed_tables(conn: Any, schema: FeedSchema) -> list[str]:
                                                   sql.SQL(" NOT NULL" if c.name in NOT_NULL_COLUMNS else ""))
                         for c in cols]
             # supply_id first: the key index also serves "delete this supply's rows".
-            pk = [I("supply_id"), *(I(k) for k in f.key)]
+            pk = [I("supply_id"), *(I(k) for k in f.table_key)]
             cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, CONSTRAINT {} PRIMARY KEY ({}))").format(
                 table, sql.SQL(", ").join(col_defs), I(f"{f.table}_pkey"), sql.SQL(", ").join(pk)))
             # A schema may gain datafields after its table exists: add them, never drop (old supplies keep theirs).

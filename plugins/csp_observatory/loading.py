@@ -6,6 +6,7 @@ is either wholly there (once) or not at all. Rows go in by COPY into a temporary
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -229,3 +230,19 @@ def resend_losses(before: dict[str, int], after: dict[str, int], max_loss: float
     """Files whose re-sent rows would remove more than ``max_loss`` of the rows loaded before: {file: (was, now)}."""
     return {name: (was, after.get(name, 0)) for name, was in before.items()
             if was > 0 and (was - after.get(name, 0)) / was > max_loss}
+
+
+def content_keys(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """A key per row for a file with no reference number: ``<sha256 of its values>-<occurrence>``.
+
+    Stable for a re-sent supply: it depends only on the record's own loaded values (never its position in the
+    file), and identical records, which are interchangeable, are told apart by counting them in file order. It is
+    computed over the values that are loaded (after sanitising), so it reveals nothing the row does not show.
+    """
+    if frame.empty:
+        return pd.Series([], index=frame.index, dtype="string")
+    text = [frame[c].astype("string").fillna("\x00") for c in columns]
+    joined = text[0].str.cat(text[1:], sep="\x1f") if len(text) > 1 else text[0]
+    digest = pd.Series([hashlib.sha256(v.encode("utf-8")).hexdigest()[:32] for v in joined], index=frame.index)
+    occurrence = digest.groupby(digest, sort=False).cumcount() + 1
+    return (digest + "-" + occurrence.astype(str)).astype("string")

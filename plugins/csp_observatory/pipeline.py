@@ -21,7 +21,7 @@ import pandas as pd
 import psycopg2
 
 from csp_observatory.config import Settings, load_settings
-from csp_observatory.schema import SCHEMA_DIR, FeedSchema, load_schema
+from csp_observatory.schema import CONTENT_KEY_COLUMN, SCHEMA_DIR, FeedSchema, load_schema
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +430,7 @@ def sanitise(work_dirs: list[str], settings: Settings | None = None) -> list[str
         if schema.personalised:
             # Personalised feeds are stored whole, apart, with restricted access (section 3.2).
             for name in m.files:
-                m.write_frame("sanitised", name, m.read_frame("geocoded", name))
+                m.write_frame("sanitised", name, _keyed(m.read_frame("geocoded", name), schema.file(name)))
             m.save()
             continue
         # One map per (threshold, displacement): built once per run, shared by the supplies that use it.
@@ -460,13 +460,23 @@ def sanitise(work_dirs: list[str], settings: Settings | None = None) -> list[str
                     m.status = "blocked"
                     m.problems.append({"file": name, "remote_name": m.files[name].remote_name,
                                        "reason": str(blocked)})
-            m.write_frame("sanitised", name, frame)
+            m.write_frame("sanitised", name, _keyed(frame, feed_file))
             summaries[name] = result.summary
             risks[name] = report.as_dict()
         m.stages["sanitising"] = summaries
         m.stages["disclosure"] = risks
         m.save()
     return work_dirs
+
+
+def _keyed(frame: pd.DataFrame, feed_file: Any) -> pd.DataFrame:
+    """The frame with its content key, for a file with no reference number (``key: content``)."""
+    from csp_observatory import loading
+
+    if not feed_file.content_key:
+        return frame
+    columns = [c for c in feed_file.field_names if c in frame.columns]
+    return frame.assign(**{CONTENT_KEY_COLUMN: loading.content_keys(frame, columns)})
 
 
 # --- stage 7: load ----------------------------------------------------------------------------------

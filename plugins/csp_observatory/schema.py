@@ -39,6 +39,8 @@ REFERENCE_ROLES: Final = frozenset({"reference_number", "link"})
 #: A free-text datafield's rule in a depersonalised feed: ``scrub`` it (scrubbing.py) or ``drop`` the column.
 FREE_TEXT_RULES: Final = frozenset({"scrub", "drop"})
 DATASET_TYPES: Final = frozenset({"depersonalised", "personalised"})
+#: The column holding a content key (``key: content``): see FeedFile.content_key and loading.content_keys.
+CONTENT_KEY_COLUMN: Final = "row_key"
 #: How each ``sanitising.displacement`` setting reads, for the Airflow UI and the report.
 DISPLACEMENT_TEXT: Final = {
     "nearest": "next nearest postcode with enough households (Appendix 1)",
@@ -67,6 +69,8 @@ class Datafield:
     max: float | None = None
     #: What sanitising does with free text (a string datafield): "scrub", "drop", or None (no rule).
     free_text: str | None = None
+    #: False for a datafield the guidance's minimum dataset does not list: it may be sent, never required.
+    guidance: bool = True
 
     @cached_property
     def allowed_codes(self) -> frozenset[str] | None:
@@ -133,6 +137,14 @@ class FeedFile:
     location: LocationFields
     event_date: str | None = None
     links_to: dict[str, str] | None = None
+    #: ``key: content`` in the schema: the file has no reference number (school exclusions; the victims file of
+    #: 3.2.1), so each row is keyed by a hash of its loaded values plus an occurrence number (``row_key``).
+    content_key: bool = False
+
+    @property
+    def table_key(self) -> tuple[str, ...]:
+        """The columns that identify a row within a supply in its table (``row_key`` for a content key)."""
+        return (CONTENT_KEY_COLUMN,) if self.content_key else self.key
 
     @cached_property
     def regex(self) -> re.Pattern[str]:
@@ -228,6 +240,15 @@ class FeedSchema:
                 return f, period
         return None
 
+    def _on_sanitising(self, d: Datafield) -> str:
+        if self.personalised:
+            return "kept (restricted)"
+        if d.dropped_on_sanitising:
+            return "dropped"
+        if d.role in REWRITTEN_ON_SANITISING:
+            return "rewritten (Appendix 1)"
+        return "scrubbed" if d.free_text == "scrub" else "kept"
+
     def doc_md(self) -> str:
         """Markdown for the Airflow UI: source agency, datafields and caveats."""
         lines = [
@@ -245,16 +266,18 @@ class FeedSchema:
         ]
         for f in self.files:
             lines += ["", f"## {f.title} (`{f.pattern}` -> `{self.db_schema}.{f.table}`)", "",
-                      f.description, "", "| datafield | meaning | type | required | role |",
-                      "|---|---|---|---|---|"]
+                      f.description, "", f"Key: {'a hash of each row (no reference number)' if f.content_key else ', '.join(f.key)}",
+                      "", "| datafield | meaning | type | required | role | in the guidance | on sanitising |",
+                      "|---|---|---|---|---|---|---|"]
             for d in f.datafields:
-                lines.append(f"| `{d.name}` | {d.label} | {d.type} | {'yes' if d.required else ''} | {d.role} |")
+                lines.append(f"| `{d.name}` | {d.label} | {d.type} | {'yes' if d.required else ''} | {d.role} | "
+                             f"{'yes' if d.guidance else 'no (optional)'} | {self._on_sanitising(d)} |")
         return "\n".join(lines)
 
 
 def _datafield(raw: dict[str, Any], where: str) -> Datafield:
     unknown = set(raw) - {"name", "label", "type", "role", "required", "pattern", "codes",
-                          "codes_file", "min", "max", "free_text"}
+                          "codes_file", "min", "max", "free_text", "guidance"}
     if unknown:
         raise SchemaError(f"{where}: unknown keys {sorted(unknown)}")
     try:
@@ -263,7 +286,7 @@ def _datafield(raw: dict[str, Any], where: str) -> Datafield:
             required=bool(raw.get("required", False)), pattern=raw.get("pattern"),
             codes=tuple(str(c) for c in raw["codes"]) if "codes" in raw else None,
             codes_file=raw.get("codes_file"), min=raw.get("min"), max=raw.get("max"),
-            free_text=raw.get("free_text"),
+            free_text=raw.get("free_text"), guidance=bool(raw.get("guidance", True)),
         )
     except KeyError as exc:
         raise SchemaError(f"{where}: datafield needs {exc}") from exc
@@ -271,6 +294,9 @@ def _datafield(raw: dict[str, Any], where: str) -> Datafield:
         raise SchemaError(f"{where}: {d.name}: unknown type {d.type!r}")
     if d.role not in ROLES:
         raise SchemaError(f"{where}: {d.name}: unknown role {d.role!r}")
+    if d.required and not d.guidance:
+        # A file holding exactly the guidance's datafields must load: what the guidance does not list is optional.
+        raise SchemaError(f"{where}: {d.name}: the guidance does not list it, so it cannot be required")
     if d.type == "code" and d.codes is None and d.codes_file is None:
         raise SchemaError(f"{where}: {d.name}: a code datafield needs codes or codes_file")
     if d.free_text is not None:
@@ -306,7 +332,12 @@ def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
             loc = LocationFields(**(f.get("location") or {}))
             if loc.kind not in ("incident", "home"):
                 raise SchemaError(f"{where}:{name}: location kind must be 'incident' or 'home'")
-            for ref in [*f["key"], *loc.columns.values(), f.get("event_date")]:
+            content_key = f["key"] == "content"
+            key = () if content_key else tuple(f["key"])
+            if not content_key and (isinstance(f["key"], str) or not key):
+                raise SchemaError(f"{where}:{name}: key must be a list of datafields, or 'content' for a file with "
+                                  f"no reference number")
+            for ref in [*key, *loc.columns.values(), f.get("event_date")]:
                 if ref and ref not in names:
                     raise SchemaError(f"{where}:{name}: {ref!r} is not a datafield")
             links = f.get("links_to")
@@ -316,7 +347,7 @@ def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
                 raise SchemaError(f"{where}:{name}: pattern needs a (?P<period>...) group")
             files.append(FeedFile(
                 name=name, title=f.get("title", name), description=f.get("description", ""),
-                pattern=f["pattern"], table=f["table"], key=tuple(f["key"]), datafields=fields,
+                pattern=f["pattern"], table=f["table"], key=key, content_key=content_key, datafields=fields,
                 location=loc, event_date=f.get("event_date"), links_to=f.get("links_to"),
             ))
         sanitising = raw.get("sanitising") or {}
@@ -338,6 +369,11 @@ def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
         raise SchemaError(f"{where}: missing {exc}") from exc
     if schema.dataset_type not in DATASET_TYPES:
         raise SchemaError(f"{where}: dataset_type must be one of {sorted(DATASET_TYPES)}")
+    if not schema.personalised:
+        named = [f"{f.name}.{d.name}" for f in schema.files for d in f.datafields if d.required and d.personal]
+        if named:
+            raise SchemaError(f"{where}: a depersonalised feed never asks for names or dates of birth: "
+                              f"{', '.join(named)} cannot be required")
     unruled = [] if schema.personalised else _free_text_without_rule(list(schema.files))
     if unruled:
         # Partners type names, addresses and dates of birth into free text: none may reach analysts unchecked.

@@ -66,12 +66,12 @@ def test_unusable_rows_are_rejected_and_bad_optional_values_blanked(schema):
 
 
 def test_row_problems_on_a_compound_key_file(schema):
-    ff = schema.file("victims")
-    frame = _frame(ff, [{"crime_reference": "CR0001", "victim_reference": "V1", "age": 130, "gender": "Q"},
-                        {"crime_reference": "CR0001", "victim_reference": None}])
+    ff = schema.file("offenders")
+    frame = _frame(ff, [{"crime_reference": "CR0001", "offender_reference": "O1", "age": 130, "gender": "Q"},
+                        {"crime_reference": "CR0001", "offender_reference": None}])
     problems = validation.row_problems(frame, ff)
     assert problems["source_row"].tolist() == [2]
-    assert "victim_reference is missing" in problems["reason"].iloc[0]
+    assert "offender_reference is missing" in problems["reason"].iloc[0]
     kept, _, nulled = validation.apply_row_rules(frame, ff)
     assert nulled == {"age": 1, "gender": 1}
     assert kept["age"].isna().all() and kept["gender"].isna().all()
@@ -151,10 +151,13 @@ def test_gx_results_are_matched_by_type_and_kwargs_not_order(schema):
     checks = validation.build_checks(ff, schema, "202609", TODAY)
     assert len({c.id for c in checks}) == len(checks)
     assert {c.quality for c in checks} == set(validation.QUALITIES)
+    offenders = validation.build_checks(schema.file("offenders"), schema, None, TODAY)
+    compound = [c for c in offenders if c.type == "expect_compound_columns_to_be_unique"]
+    assert compound and compound[0].kwargs["column_list"] == ["crime_reference", "offender_reference"]
     victims = validation.build_checks(schema.file("victims"), schema, None, TODAY)
-    compound = [c for c in victims if c.type == "expect_compound_columns_to_be_unique"]
-    assert compound and compound[0].kwargs["column_list"] == ["crime_reference", "victim_reference"]
     assert any(c.quality == "precision" and c.kwargs.get("column") == "age" for c in victims)
+    # a file keyed by content has no key column to check for uniqueness
+    assert not [c for c in victims if "unique" in c.type]
 
 
 # --- half a coordinate pair, and a period that is not one (issue 6, sections 5 and 8) --------------
