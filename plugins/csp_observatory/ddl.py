@@ -206,6 +206,41 @@ def _comment_for(schema: FeedSchema, feed_file: FeedFile, column: str) -> str | 
     return _COMMENTS.get(column)
 
 
+def _primary_key(cur: Any, db_schema: str, table: str) -> list[str]:
+    """The primary key columns of a table, in order ([] if it has none or does not exist)."""
+    cur.execute("""SELECT a.attname FROM pg_index i
+                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                   WHERE i.indrelid = to_regclass(%s) AND i.indisprimary
+                   ORDER BY array_position(i.indkey, a.attnum)""", (f'"{db_schema}"."{table}"',))
+    return [r[0] for r in cur.fetchall()]
+
+
+def _migrate_primary_key(cur: Any, db_schema: str, feed_file: FeedFile) -> None:
+    """Give an existing table the key its schema now declares (e.g. a file that moved to ``key: content``).
+
+    Rows loaded before a move to a content key get a ``migrated-`` key from their stored values; a re-sent supply
+    replaces them with its own keys.
+    """
+    I = sql.Identifier  # noqa: E741
+    want = ["supply_id", *feed_file.table_key]
+    have = _primary_key(cur, db_schema, feed_file.table)
+    if have == want:
+        return
+    table = I(db_schema, feed_file.table)
+    if feed_file.content_key:
+        cur.execute(sql.SQL(
+            "UPDATE {t} SET {k} = m.k FROM (SELECT ctid AS id, 'migrated-' || md5(x::text) || '-' || "
+            "row_number() OVER (PARTITION BY md5(x::text)) AS k FROM {t} x WHERE {k} IS NULL) m "
+            "WHERE {t}.ctid = m.id").format(t=table, k=I(CONTENT_KEY_COLUMN)))
+    if have:
+        cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(table, I(f"{feed_file.table}_pkey")))
+        # A column leaving the key keeps the NOT NULL the key gave it: drop that too (it may now be optional).
+        for column in set(have) - set(want) - NOT_NULL_COLUMNS:
+            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(table, I(column)))
+    cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
+        table, I(f"{feed_file.table}_pkey"), sql.SQL(", ").join(I(c) for c in want)))
+
+
 def ensure_feed_tables(conn: Any, schema: FeedSchema) -> list[str]:
     """Create (or extend) one table per file of a feed, with keys, indexes and comments; no commit."""
     I = sql.Identifier  # noqa: E741
@@ -219,7 +254,8 @@ def ensure_feed_tables(conn: Any, schema: FeedSchema) -> list[str]:
             cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
                         "AND table_name = %s", (db_schema, f.table))
             existing = {r[0] for r in cur.fetchall()}
-            if existing and {c.name for c in cols} <= existing:
+            if existing and {c.name for c in cols} <= existing and _primary_key(cur, db_schema, f.table) == \
+                    ["supply_id", *f.table_key]:
                 # Up to date: take no lock stronger than a read, so analysts' open queries never block a load.
                 continue
             col_defs = [sql.SQL("{} {}{}").format(I(c.name), sql.SQL(c.sql_type),
@@ -233,6 +269,7 @@ def ensure_feed_tables(conn: Any, schema: FeedSchema) -> list[str]:
             for c in cols:
                 cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
                     table, I(c.name), sql.SQL(c.sql_type)))
+            _migrate_primary_key(cur, db_schema, f)
             cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gist (geom)").format(
                 I(f"{f.table}_geom_gist"), table))
             cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (supply_id)").format(

@@ -36,6 +36,8 @@ STATUS_TEXT: Final = {
     "duplicate": "Not loaded again: these files were loaded before",
     "held": "Not loaded: this re-send would remove most of the period's loaded rows; held for an engineer to confirm",
 }
+#: What sanitise_other_location counts for each further location of a record, in display order.
+OTHER_LOCATION_OUTCOMES: Final = ("own_postcode", "moved", "postcode_unknown", "no_postcode")
 #: The supply's overall outcome, as the report, the Airflow run and the demo show it.
 LEVEL_TEXT: Final = {"green": "Loaded, no problems found", "amber": "Loaded, with problems to look at",
                      "red": "Not loaded, or nothing useful loaded"}
@@ -639,6 +641,12 @@ def _sanitising_html(report: dict[str, Any]) -> str:
     named = "".join(f"<p>A point in a postcode with too few households moved to the "
                     f"{_e(DISPLACEMENT_TEXT.get(d, d))}.</p>" for d in sorted(settings))
     body = named + "<h3>How each record's point was chosen</h3>" + _matrix(rules, "Rule")
+    others = [[_e(name), _e(place), *(_e(c.get(k, 0)) for k in OTHER_LOCATION_OUTCOMES)]
+              for name, s in report["sanitising"].items() for place, c in (s.get("other_locations") or {}).items()]
+    if others:
+        body += ("<h3>Other locations in the records (sanitised to postcode level)</h3>"
+                 + _table(["File", "Location", "Postcode kept", "Moved to a postcode with enough households",
+                           "Postcode not in the reference (removed)", "No postcode"], others))
     for name, s in report["sanitising"].items():
         d = s.get("displacement_m") or {}
         hist = d.get("histogram") or {}

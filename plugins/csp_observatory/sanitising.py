@@ -286,6 +286,8 @@ def sanitise(frame: pd.DataFrame, feed_file: FeedFile, postcode_map: PostcodeMap
             out[f.name], scrubbed[f.name] = scrubbing.scrub(out[f.name])
     if loc.postcode and loc.postcode in out:
         out[loc.postcode] = s_pc
+    others = {name: sanitise_other_location(out, other, postcode_map, scrubbed)
+              for name, other in feed_file.other_locations}
 
     # date of birth -> age at the event (or at the end of the supply period)
     dob_cols = _role_columns(feed_file, out, "date_of_birth")
@@ -314,9 +316,41 @@ def sanitise(frame: pd.DataFrame, feed_file: FeedFile, postcode_map: PostcodeMap
     out["displacement_m"] = pd.array(disp, dtype="Float64")
     summary = summarise(out)
     summary["displacement"] = postcode_map.displacement    # named in the report: how "next nearest" was read
+    if others:
+        summary["other_locations"] = others
     # counts by kind per column, never the values (the report shows them)
     summary["scrubbed"] = scrubbed
     return SanitiseResult(frame=out, summary=summary)
+
+
+def sanitise_other_location(out: pd.DataFrame, loc: Any, postcode_map: PostcodeMap,
+                            scrubbed: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Sanitise a further location of a record (a vehicle keeper's or a patient's home) to postcode level, in place.
+
+    Its postcode becomes the map's target (itself when it has enough households, else the next nearest that has);
+    a postcode the reference does not know is removed. Its address loses house numbers and names, keeps only that
+    sanitised postcode, and is scrubbed. Its coordinates are dropped by role, like every exact point.
+    Returns counts by outcome, never values.
+    """
+    from csp_observatory.postcodes import normalise_postcodes
+
+    idx = out.index
+    if loc.postcode and loc.postcode in out:
+        given = normalise_postcodes(out[loc.postcode])
+        looked = postcode_map.lookup(given)
+        target = pd.Series(looked["target_postcode"].to_numpy(object), index=idx, dtype="string")
+        rule = pd.Series(looked["rule"].to_numpy(object), index=idx, dtype="string")
+        out[loc.postcode] = target
+    else:
+        given = target = pd.Series(pd.NA, index=idx, dtype="string")
+        rule = pd.Series(pd.NA, index=idx, dtype="string")
+    if loc.address and loc.address in out:
+        out[loc.address], scrubbed[loc.address] = scrubbing.scrub(
+            sanitise_addresses(out[loc.address], postcodes=target), "address")
+    return {"own_postcode": int((rule == "own_postcode").sum()),
+            "moved": int((rule.notna() & (rule != "own_postcode")).sum()),
+            "postcode_unknown": int((given.notna() & target.isna()).sum()),
+            "no_postcode": int(given.isna().sum())}
 
 
 def summarise(frame: pd.DataFrame) -> dict[str, Any]:
@@ -383,6 +417,22 @@ def check_sanitised(frame: pd.DataFrame, postcode_map: PostcodeMap, feed_file: F
                             f"(first rows: {list(leaks.index[:5])})")
         problems += _scrub_leaks(frame[address], address, "address")
         problems += _foreign_postcodes(frame[address], pc, address)
+    for name, other in feed_file.other_locations:
+        own = frame[other.postcode].astype("string") if other.postcode and other.postcode in frame else \
+            pd.Series(pd.NA, index=frame.index, dtype="string")
+        unsafe = own.notna().to_numpy() & (targets.index.get_indexer(own.astype(object).where(own.notna(), None)) < 0)
+        if unsafe.any():
+            problems.append(f"{int(unsafe.sum())} value(s) in {other.postcode} ({name}) are not a postcode with at "
+                            f"least {postcode_map.threshold} households (first rows: "
+                            f"{list(frame.index[unsafe][:5])})")
+        if other.address and other.address in frame.columns:
+            text = frame[other.address].dropna().astype(str)
+            leaks = text[text.str.contains(ADDRESS_LEAK, regex=True)]
+            if len(leaks):
+                problems.append(f"{len(leaks)} address(es) in {other.address} ({name}) still hold a house or flat "
+                                f"number (first rows: {list(leaks.index[:5])})")
+            problems += _scrub_leaks(frame[other.address], other.address, "address")
+            problems += _foreign_postcodes(frame[other.address], own, other.address)
     return problems
 
 

@@ -140,6 +140,15 @@ class FeedFile:
     #: ``key: content`` in the schema: the file has no reference number (school exclusions; the victims file of
     #: 3.2.1), so each row is keyed by a hash of its loaded values plus an occurrence number (``row_key``).
     content_key: bool = False
+    #: Further locations in the same file (the vehicle keeper's address, the patient's home), by name: each is
+    #: sanitised to postcode level in place (sanitising.sanitise_other_location); the file's point is ``location``.
+    other_locations: tuple[tuple[str, LocationFields], ...] = ()
+
+    @property
+    def location_columns(self) -> set[str]:
+        """Every datafield that is an address or postcode of one of the file's locations."""
+        return {c for _, loc in (("location", self.location), *self.other_locations)
+                for role, c in loc.columns.items() if role in ("address", "postcode")}
 
     @property
     def table_key(self) -> tuple[str, ...]:
@@ -330,14 +339,21 @@ def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
             if len(set(names)) != len(names):
                 raise SchemaError(f"{where}:{name}: datafield names repeat")
             loc = LocationFields(**(f.get("location") or {}))
-            if loc.kind not in ("incident", "home"):
-                raise SchemaError(f"{where}:{name}: location kind must be 'incident' or 'home'")
+            others = tuple((k, LocationFields(**v)) for k, v in (f.get("other_locations") or {}).items())
+            for label, place in (("location", loc), *others):
+                if place.kind not in ("incident", "home"):
+                    raise SchemaError(f"{where}:{name}: {label}: location kind must be 'incident' or 'home'")
+            for label, place in others:
+                if not (place.address or place.postcode):
+                    raise SchemaError(f"{where}:{name}: other location {label!r} needs an address or a postcode: "
+                                      f"it is sanitised to postcode level")
             content_key = f["key"] == "content"
             key = () if content_key else tuple(f["key"])
             if not content_key and (isinstance(f["key"], str) or not key):
                 raise SchemaError(f"{where}:{name}: key must be a list of datafields, or 'content' for a file with "
                                   f"no reference number")
-            for ref in [*key, *loc.columns.values(), f.get("event_date")]:
+            for ref in [*key, *loc.columns.values(), *(c for _, o in others for c in o.columns.values()),
+                        f.get("event_date")]:
                 if ref and ref not in names:
                     raise SchemaError(f"{where}:{name}: {ref!r} is not a datafield")
             links = f.get("links_to")
@@ -348,7 +364,7 @@ def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
             files.append(FeedFile(
                 name=name, title=f.get("title", name), description=f.get("description", ""),
                 pattern=f["pattern"], table=f["table"], key=key, content_key=content_key, datafields=fields,
-                location=loc, event_date=f.get("event_date"), links_to=f.get("links_to"),
+                location=loc, other_locations=others, event_date=f.get("event_date"), links_to=f.get("links_to"),
             ))
         sanitising = raw.get("sanitising") or {}
         schema = FeedSchema(
@@ -374,6 +390,13 @@ def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
         if named:
             raise SchemaError(f"{where}: a depersonalised feed never asks for names or dates of birth: "
                               f"{', '.join(named)} cannot be required")
+    if not schema.personalised:
+        # The lint: in a depersonalised file every personal or location datafield is dropped or sanitised by a rule.
+        uncovered = [f"{f.name}.{d.name}" for f in schema.files for d in f.datafields
+                     if d.role in ("address", "postcode") and d.name not in f.location_columns]
+        if uncovered:
+            raise SchemaError(f"{where}: no sanitising rule covers {', '.join(uncovered)}: name each address and "
+                              f"postcode in the file's location or other_locations")
     unruled = [] if schema.personalised else _free_text_without_rule(list(schema.files))
     if unruled:
         # Partners type names, addresses and dates of birth into free text: none may reach analysts unchecked.

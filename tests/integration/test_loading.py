@@ -68,6 +68,8 @@ def _value(col: ddl.Column, i: int, file_name: str):
         return f"CR{i // 2 if file_name != 'offences' else i:05d}"
     if col.name.endswith("_reference"):
         return f"R{i:04d}"
+    if col.name == "row_key":
+        return f"{i:032x}-1"
     if col.name in ("sanitised_easting", "geo_easting"):
         return 409000.0 + i
     if col.name in ("sanitised_northing", "geo_northing"):
@@ -324,3 +326,38 @@ def test_schema_gaining_a_datafield_adds_the_column(conn, feed):
                     (f"{feed.db_schema}.{f.table}", feed.db_schema, f.table))
         assert cur.fetchone() == ("text", "Police beat")
     conn.rollback()
+
+
+def test_a_file_moving_to_a_content_key_is_migrated_and_loads_without_its_old_key(conn, feed):
+    """A table made when victims were keyed by victim_reference takes row_key as its key, rows kept."""
+    victims = feed.file("victims")
+    old = dataclasses.replace(victims, key=("crime_reference", "victim_reference"), content_key=False)
+    table = psycopg2.sql.Identifier(feed.db_schema, victims.table)
+    with conn.cursor() as cur:
+        cur.execute(psycopg2.sql.SQL("DROP TABLE {}").format(table))
+    ddl.ensure_feed_tables(conn, dataclasses.replace(feed, files=(feed.files[0], feed.files[1], old)))
+    with conn.cursor() as cur:
+        cur.execute(psycopg2.sql.SQL("INSERT INTO {} (supply_id, period, source_sha256, crime_reference, "
+                                     "victim_reference, gender, loaded_at) VALUES "
+                                     "('x/202608', '202608', 's', 'CR1', 'V1', 'F', now()), "
+                                     "('x/202608', '202608', 's', 'CR1', 'V2', 'F', now())").format(table))
+    conn.commit()
+    ddl.ensure_feed_tables(conn, feed)       # the schema now says key: content
+    conn.commit()
+    with conn.cursor() as cur:
+        cur.execute("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
+                    "AND a.attnum = ANY (i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary",
+                    (f"{feed.db_schema}.{victims.table}",))
+        assert sorted(r[0] for r in cur.fetchall()) == ["row_key", "supply_id"]
+        cur.execute(psycopg2.sql.SQL("SELECT count(*), count(DISTINCT row_key) FROM {}").format(table))
+        assert cur.fetchone() == (2, 2)
+    # a guidance-exact victims frame (no victim_reference) now loads, twice identical rows and all
+    frame = pd.DataFrame({c: pd.Series([None, None], dtype="object") for c in ddl.frame_columns(feed, victims)})
+    frame["crime_reference"] = ["CR9", "CR9"]
+    frame["row_key"] = loading.content_keys(frame[["crime_reference"]], ["crime_reference"])
+    loading.load_supply(conn, feed, f"{feed.feed}/{PERIOD}", PERIOD, {"victims": frame},
+                        lineage={"victims": "a" * 64})
+    with conn.cursor() as cur:
+        cur.execute(psycopg2.sql.SQL("SELECT count(*) FROM {} WHERE supply_id = %s").format(table),
+                    (f"{feed.feed}/{PERIOD}",))
+        assert cur.fetchone()[0] == 2

@@ -100,3 +100,14 @@ def test_the_report_names_the_displacement_setting(prc):
     assert "next nearest postcode with enough households" in report["metadata"]["geographic_method"]
     assert "next nearest postcode with enough households (Appendix 1)" in reporting.render_html(report)
     assert "next nearest 10" in reporting.render_text(report)
+
+
+def test_the_report_counts_each_other_location(prc):
+    o = outcome()
+    o.sanitising = {"offences": {"records": 4, "rules": {"own_postcode": 4}, "displacement": "nearest",
+                                 "other_locations": {"vehicle_keeper": {"own_postcode": 1, "moved": 2,
+                                                                        "postcode_unknown": 1, "no_postcode": 0}}}}
+    report = reporting.build_report(prc, o)
+    assert report["sanitising"]["offences"]["other_locations"]["vehicle_keeper"]["moved"] == 2
+    html = reporting.render_html(report)
+    assert "Other locations in the records" in html and "<td>vehicle_keeper</td>" in html

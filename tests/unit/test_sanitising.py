@@ -405,3 +405,73 @@ def test_check_sanitised_needs_the_feed_file_and_flags_dropped_and_unruled_colum
         dataclasses.replace(d, free_text=None) if d.name == "weapon_used" else d for d in offences.datafields))
     assert any("without a sanitising rule" in p for p in check_sanitised(out.assign(weapon_used="Knife"), pmap,
                                                                            unruled))
+
+
+# --- several locations in one file (issue 7): council ASB's incident and the vehicle keeper's address -----------
+
+def _asb_schema():
+    from csp_observatory.schema import parse_schema
+
+    field = lambda name, type_, role, **kw: {"name": name, "type": type_, "role": role, **kw}  # noqa: E731
+    return parse_schema({
+        "feed": "asb", "title": "Council ASB", "guidance_section": "3.2.3", "dataset_type": "depersonalised",
+        "partner": {"id": "council", "agency": "Council", "name": "Calderdale"},
+        "supply_cycle": {"schedule": "@monthly", "description": "monthly"},
+        "files": {"incidents": {
+            "pattern": r"^asb_(?P<period>\d{6})\.csv\.gpg$", "table": "asb_incidents", "key": ["incident_reference"],
+            "location": {"address": "location_address", "easting": "easting", "northing": "northing"},
+            "other_locations": {"vehicle_keeper": {"kind": "home", "address": "vehicle_address",
+                                                   "postcode": "vehicle_postcode"}},
+            "datafields": [field("incident_reference", "string", "reference_number", required=True),
+                           field("location_address", "string", "address"),
+                           field("easting", "integer", "easting"), field("northing", "integer", "northing"),
+                           field("vehicle_address", "string", "address"),
+                           field("vehicle_postcode", "postcode", "postcode")]}}})
+
+
+def test_a_second_location_is_sanitised_to_postcode_level(reference, pmap):
+    ff = _asb_schema().file("incidents")
+    live = reference[~reference["terminated"]]
+    small = live[live["households"] < 4]["postcode"].iloc[0]
+    big = live[live["households"] >= 4]["postcode"].iloc[0]
+    frame = pd.DataFrame({
+        "incident_reference": ["A1", "A2", "A3", "A4"],
+        "location_address": ["Car park, Bull Green", None, None, None],
+        "vehicle_address": [f"12 Acacia Avenue, Halifax {small}", f"Flat 3, 7 Rose Street, {big}",
+                            "Rose Cottage, Moor Lane, ZZ9 9ZZ", None],
+        "vehicle_postcode": pd.array([small, big, "ZZ9 9ZZ", None], dtype="string"),
+        "geocode_method": pd.array(["failed"] * 4, dtype="string"),
+    })
+    out = sanitise(frame, ff, pmap)
+    f = out.frame
+    target = pmap.table.loc[small, "target_postcode"]
+    assert target != small and f["vehicle_postcode"].tolist()[:2] == [target, big]
+    assert pd.isna(f.loc[2, "vehicle_postcode"]) and pd.isna(f.loc[3, "vehicle_postcode"])
+    assert not f["vehicle_address"].str.contains(r"\b(?:12|7|3)\b|Flat|Acacia Avenue, Halifax " + small,
+                                                 regex=True, na=False).any()
+    assert small not in " ".join(f["vehicle_address"].dropna()) and "ZZ9" not in " ".join(f["vehicle_address"].dropna())
+    assert out.summary["other_locations"]["vehicle_keeper"] == {"own_postcode": 1, "moved": 1,
+                                                               "postcode_unknown": 1, "no_postcode": 1}
+    assert check_sanitised(f, pmap, ff) == []
+    # the same frame with the keeper's postcode left as sent is caught
+    leaked = f.assign(vehicle_postcode=frame["vehicle_postcode"])
+    assert any("vehicle_postcode (vehicle_keeper)" in p for p in check_sanitised(leaked, pmap, ff))
+
+
+def test_the_lint_refuses_an_address_no_rule_covers():
+    from csp_observatory.schema import SchemaError, parse_schema
+
+    assert {"vehicle_address", "vehicle_postcode"} <= _asb_schema().file("incidents").location_columns
+    doc = {
+        "feed": "asb", "title": "T", "guidance_section": "3.2.3", "dataset_type": "depersonalised",
+        "partner": {"id": "c", "agency": "A", "name": "N"},
+        "supply_cycle": {"schedule": "@monthly", "description": "monthly"},
+        "files": {"incidents": {"pattern": r"^a_(?P<period>\d{6})\.csv\.gpg$", "table": "a", "key": ["ref"],
+                                "location": {"address": "addr"},
+                                "datafields": [{"name": "ref", "type": "string", "role": "reference_number"},
+                                               {"name": "addr", "type": "string", "role": "address"},
+                                               {"name": "keeper_address", "type": "string", "role": "address"}]}}}
+    with pytest.raises(SchemaError, match="no sanitising rule covers incidents.keeper_address"):
+        parse_schema(doc)
+    doc["dataset_type"] = "personalised"       # stored whole, apart: nothing to sanitise
+    parse_schema(doc)
