@@ -295,12 +295,19 @@ def parse_and_validate(work_dirs: list[str], settings: Settings | None = None) -
         for f in m.files.values():
             feed_file = schema.file(f.name)
             try:
-                parsed = parsing.parse_csv(Path(f.plaintext_path), feed_file)
+                source, mapped = _in_canonical_layout(m, f.name, Path(f.plaintext_path), feed_file)
+                parsed = parsing.parse_csv(source, feed_file)
             except parsing.MalformedFile as bad:
                 with _sftp(settings) as client, _db(settings) as conn:
                     _refuse(m, settings, client, f, bad.reason, "malformed", conn)
                 continue
-            f.rows_in_file = len(parsed.frame) + len(parsed.rejected)
+            if mapped is not None:
+                # Row numbers are the partner's own, in their file, not the canonical copy's.
+                parsed.frame["source_row"] = _partner_rows(parsed.frame["source_row"], mapped.source_rows)
+                parsed.rejected["source_row"] = _partner_rows(parsed.rejected["source_row"], mapped.source_rows)
+                parsed.header_problems[:0] = [f"read as the declared layout '{mapped.layout}'", *mapped.notes]
+            m.set_rejected("layout", f.name, mapped.rejected if mapped is not None else None)
+            f.rows_in_file = len(parsed.frame) + len(parsed.rejected) + (len(mapped.rejected) if mapped else 0)
             m.set_rejected("parse", f.name, parsed.rejected)
             kept, rejected, nulled = validation.apply_row_rules(parsed.frame, feed_file)
             m.set_rejected("validate", f.name, rejected)
@@ -314,6 +321,36 @@ def parse_and_validate(work_dirs: list[str], settings: Settings | None = None) -
             _delete_plaintext(m)
         m.save()
     return work_dirs
+
+
+def _in_canonical_layout(m: Manifest, file_name: str, plaintext: Path, feed_file: Any) -> tuple[Path, Any]:
+    """The file to parse: the partner's own if it is in the canonical layout, else its canonical copy.
+
+    A feed file with declared partner layouts (include/layouts/) is matched to one by its header or root element,
+    and rewritten to the schema's datafield names and codes beside the plaintext (deleted with it). Returns the
+    path and the layout's result (None for the canonical layout). A file in no known layout is malformed.
+    """
+    from csp_observatory import layouts, parsing
+
+    candidates = layouts.layouts_for(m.feed, file_name)
+    if len(candidates) <= 1:
+        return plaintext, None
+    chosen = layouts.detect(plaintext, candidates)
+    if chosen is None:
+        known = "; ".join(lay.title for lay in candidates)
+        raise parsing.MalformedFile(f"the file's columns match none of the layouts the observatory knows for this "
+                                    f"file ({known}). Send it in one of them, or ask the observatory to declare yours.")
+    if chosen.id == "canonical":
+        return plaintext, None
+    canonical = plaintext.with_name(f"{file_name}.canonical.csv")
+    return canonical, layouts.apply(chosen, plaintext, canonical, feed_file)
+
+
+def _partner_rows(rows: pd.Series, source_rows: list[int]) -> pd.Series:
+    """Canonical-copy row numbers (1-based) as the partner's row numbers."""
+    lookup = np.asarray(source_rows, dtype=np.int64)
+    values = pd.to_numeric(rows).to_numpy(dtype=np.int64)
+    return pd.Series(lookup[values - 1] if len(values) else values, index=rows.index, dtype=rows.dtype)
 
 
 # --- stage 4: clean ---------------------------------------------------------------------------------

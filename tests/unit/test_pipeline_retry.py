@@ -134,3 +134,35 @@ def test_staging_work_folder_is_private(tmp_path, supply_files):
     for sub in ("parsed", "rejected"):
         assert (work / sub).stat().st_mode & 0o077 == 0, sub
     shutil.rmtree(work)
+
+
+def test_a_partner_layout_is_read_through_its_declared_mapping(tmp_path, supply_files):
+    """The parse stage meets a force's own export with a declared layout (include/layouts/), row numbers intact."""
+    data = Path(__file__).resolve().parents[1] / "data" / "layouts"
+    runs = {}
+    for variant in ("demo_force", "canonical"):
+        files = dict(supply_files, offenders=(data / f"{variant}_offenders_202609.csv").read_text(encoding="utf-8"))
+        work = _work_dir(tmp_path / variant, files)
+        pipeline.parse_and_validate([work], _NoServices())
+        runs[variant] = Manifest.read(work)
+    force, canonical = runs["demo_force"], runs["canonical"]
+    assert force.ok and force.files["offenders"].rows_in_file == canonical.files["offenders"].rows_in_file == 8
+    got, want = force.read_frame("parsed", "offenders"), canonical.read_frame("parsed", "offenders")
+    pd.testing.assert_frame_equal(got[want.columns], want)
+    problems = force.stages["validation"]["offenders"]["header_problems"]
+    assert problems[0] == "read as the declared layout 'demo_force_offenders'"
+    # the canonical copy is plaintext too: it lives beside the partner's file and goes with it
+    assert (Path(force.work_dir) / "plain" / "offenders.canonical.csv").exists()
+
+
+def test_a_file_in_no_known_layout_is_malformed_with_a_reason(tmp_path, supply_files, monkeypatch):
+    files = dict(supply_files, offenders="Nominal,Sex\nN1,Male\n")
+    work = _work_dir(tmp_path, files)
+    refused = []
+    monkeypatch.setattr(pipeline, "_refuse", lambda m, s, c, f, reason, status, conn: (
+        refused.append((f.name, reason)), setattr(m, "status", status)))
+    monkeypatch.setattr(pipeline, "_sftp", lambda s: __import__("contextlib").nullcontext())
+    monkeypatch.setattr(pipeline, "_db", lambda s: __import__("contextlib").nullcontext())
+    pipeline.parse_and_validate([work], _NoServices())
+    assert [name for name, _ in refused] == ["offenders"]
+    assert "match none of the layouts" in refused[0][1] and "Demo Constabulary" in refused[0][1]
