@@ -187,6 +187,27 @@ def _delete_plaintext(m: Manifest) -> None:
             parent.rmdir()
 
 
+@contextmanager
+def _one_supply(m: Manifest, stage: str, alone: bool) -> Iterator[None]:
+    """One supply's share of a stage: an error in it stops that supply, never the others in the run.
+
+    A supply that fails is marked ``failed`` with the stage in its problems (its report says so, the verdict turns
+    the run red, its files stay in the inbox for the next run). When it is the run's only supply the error is raised
+    instead, so that Airflow retries the stage for a transient fault.
+    """
+    try:
+        yield
+    except Exception as exc:
+        if alone:
+            raise
+        log.exception("%s: %s failed; the run's other supplies go on", m.supply_id, stage)
+        m.status = "failed"
+        m.problems.append({"file": "", "remote_name": "", "reason": f"processing stopped at the {stage} stage "
+                                                                     f"({type(exc).__name__}); the observatory is "
+                                                                     f"looking into it"})
+        m.save()
+
+
 # --- stage 1: collect ------------------------------------------------------------------------------
 
 def ready_periods(feed: str, settings: Settings | None = None) -> list[str]:
@@ -288,38 +309,39 @@ def parse_and_validate(work_dirs: list[str], settings: Settings | None = None) -
 
     settings = settings or load_settings()
     for m in _in_flight(work_dirs):
-        if not m.ok:
-            continue
-        schema = schema_for(m.feed)
-        summaries: dict[str, Any] = {}
-        for f in m.files.values():
-            feed_file = schema.file(f.name)
-            try:
-                source, mapped = _in_canonical_layout(m, f.name, Path(f.plaintext_path), feed_file)
-                parsed = parsing.parse_csv(source, feed_file)
-            except parsing.MalformedFile as bad:
-                with _sftp(settings) as client, _db(settings) as conn:
-                    _refuse(m, settings, client, f, bad.reason, "malformed", conn)
+        with _one_supply(m, "parse and validate", alone=len(work_dirs) <= 1):
+            if not m.ok:
                 continue
-            if mapped is not None:
-                # Row numbers are the partner's own, in their file, not the canonical copy's.
-                parsed.frame["source_row"] = _partner_rows(parsed.frame["source_row"], mapped.source_rows)
-                parsed.rejected["source_row"] = _partner_rows(parsed.rejected["source_row"], mapped.source_rows)
-                parsed.header_problems[:0] = [f"read as the declared layout '{mapped.layout}'", *mapped.notes]
-            m.set_rejected("layout", f.name, mapped.rejected if mapped is not None else None)
-            f.rows_in_file = len(parsed.frame) + len(parsed.rejected) + (len(mapped.rejected) if mapped else 0)
-            m.set_rejected("parse", f.name, parsed.rejected)
-            kept, rejected, nulled = validation.apply_row_rules(parsed.frame, feed_file)
-            m.set_rejected("validate", f.name, rejected)
-            summary = validation.validate(kept, feed_file, schema, period=m.period)
-            summary.pop("gx_result", None)  # GX samples values; the manifest outlives the plaintext
-            summaries[f.name] = {"summary": summary, "header_problems": parsed.header_problems,
-                                 "nulled_values": nulled}
-            m.write_frame("parsed", f.name, kept)
-        m.stages["validation"] = summaries
-        if not m.ok:
-            _delete_plaintext(m)
-        m.save()
+            schema = schema_for(m.feed)
+            summaries: dict[str, Any] = {}
+            for f in m.files.values():
+                feed_file = schema.file(f.name)
+                try:
+                    source, mapped = _in_canonical_layout(m, f.name, Path(f.plaintext_path), feed_file)
+                    parsed = parsing.parse_csv(source, feed_file)
+                except parsing.MalformedFile as bad:
+                    with _sftp(settings) as client, _db(settings) as conn:
+                        _refuse(m, settings, client, f, bad.reason, "malformed", conn)
+                    continue
+                if mapped is not None:
+                    # Row numbers are the partner's own, in their file, not the canonical copy's.
+                    parsed.frame["source_row"] = _partner_rows(parsed.frame["source_row"], mapped.source_rows)
+                    parsed.rejected["source_row"] = _partner_rows(parsed.rejected["source_row"], mapped.source_rows)
+                    parsed.header_problems[:0] = [f"read as the declared layout '{mapped.layout}'", *mapped.notes]
+                m.set_rejected("layout", f.name, mapped.rejected if mapped is not None else None)
+                f.rows_in_file = len(parsed.frame) + len(parsed.rejected) + (len(mapped.rejected) if mapped else 0)
+                m.set_rejected("parse", f.name, parsed.rejected)
+                kept, rejected, nulled = validation.apply_row_rules(parsed.frame, feed_file)
+                m.set_rejected("validate", f.name, rejected)
+                summary = validation.validate(kept, feed_file, schema, period=m.period)
+                summary.pop("gx_result", None)  # GX samples values; the manifest outlives the plaintext
+                summaries[f.name] = {"summary": summary, "header_problems": parsed.header_problems,
+                                     "nulled_values": nulled}
+                m.write_frame("parsed", f.name, kept)
+            m.stages["validation"] = summaries
+            if not m.ok:
+                _delete_plaintext(m)
+            m.save()
     return work_dirs
 
 
@@ -360,18 +382,19 @@ def clean(work_dirs: list[str], settings: Settings | None = None) -> list[str]:
     from csp_observatory import cleaning
 
     for m in _in_flight(work_dirs):
-        if not m.ok:
-            continue
-        schema = schema_for(m.feed)
-        changes: dict[str, Any] = {}
-        for name in m.files:
-            result = cleaning.clean(m.read_frame("parsed", name), schema.file(name))
-            m.set_rejected("clean", name, result.removed)
-            m.write_frame("clean", name, result.frame)
-            changes[name] = result.changes
-        m.stages["cleaning"] = changes
-        m.stages["links"] = _link_problems(m, schema)
-        m.save()
+        with _one_supply(m, "clean", alone=len(work_dirs) <= 1):
+            if not m.ok:
+                continue
+            schema = schema_for(m.feed)
+            changes: dict[str, Any] = {}
+            for name in m.files:
+                result = cleaning.clean(m.read_frame("parsed", name), schema.file(name))
+                m.set_rejected("clean", name, result.removed)
+                m.write_frame("clean", name, result.frame)
+                changes[name] = result.changes
+            m.stages["cleaning"] = changes
+            m.stages["links"] = _link_problems(m, schema)
+            m.save()
     return work_dirs
 
 
@@ -423,24 +446,25 @@ def geocode(work_dirs: list[str], settings: Settings | None = None) -> list[str]
     with _db(settings) as conn:
         reference, places = _postcode_reference(conn), gazetteer.read_places(conn)
     for m in manifests:
-        schema = schema_for(m.feed)
-        counts: dict[str, Any] = {}
-        for name in m.files:
-            feed_file = schema.file(name)
-            result = geocoding.geocode(m.read_frame("clean", name), feed_file, reference, places,
-                                       coverage_max_m=schema.coverage_max_m)
-            m.write_frame("geocoded", name, result.frame)
-            unplaced = result.frame["geocode_method"].isin(list(geocoding.UNPLACED)).to_numpy(bool) \
-                if feed_file.location.columns else np.zeros(len(result.frame), bool)
-            reasons = geocoding.problem_reasons(result.frame.loc[unplaced, "geocode_note"])
-            # Loaded without a point: the partner is told which rows and why, never the values.
-            m.set_flagged("geocode", name, pd.DataFrame({
-                "source_file": name, "source_row": result.frame.loc[unplaced, "source_row"].to_numpy(),
-                "reason": reasons.to_numpy(object), "stage": "geocode"}))
-            counts[name] = {**result.counts, "unplaced": int(unplaced.sum()),
-                            "unplaced_by_reason": {str(k): int(v) for k, v in reasons.value_counts().items()}}
-        m.stages["geocoding"] = counts
-        m.save()
+        with _one_supply(m, "geocode", alone=len(work_dirs) <= 1):
+            schema = schema_for(m.feed)
+            counts: dict[str, Any] = {}
+            for name in m.files:
+                feed_file = schema.file(name)
+                result = geocoding.geocode(m.read_frame("clean", name), feed_file, reference, places,
+                                           coverage_max_m=schema.coverage_max_m)
+                m.write_frame("geocoded", name, result.frame)
+                unplaced = result.frame["geocode_method"].isin(list(geocoding.UNPLACED)).to_numpy(bool) \
+                    if feed_file.location.columns else np.zeros(len(result.frame), bool)
+                reasons = geocoding.problem_reasons(result.frame.loc[unplaced, "geocode_note"])
+                # Loaded without a point: the partner is told which rows and why, never the values.
+                m.set_flagged("geocode", name, pd.DataFrame({
+                    "source_file": name, "source_row": result.frame.loc[unplaced, "source_row"].to_numpy(),
+                    "reason": reasons.to_numpy(object), "stage": "geocode"}))
+                counts[name] = {**result.counts, "unplaced": int(unplaced.sum()),
+                                "unplaced_by_reason": {str(k): int(v) for k, v in reasons.value_counts().items()}}
+            m.stages["geocoding"] = counts
+            m.save()
     return work_dirs
 
 
@@ -463,46 +487,47 @@ def sanitise(work_dirs: list[str], settings: Settings | None = None) -> list[str
         reference = _postcode_reference(conn)
     maps: dict[tuple[int, str], Any] = {}
     for m in manifests:
-        schema = schema_for(m.feed)
-        if schema.personalised:
-            # Personalised feeds are stored whole, apart, with restricted access (section 3.2).
+        with _one_supply(m, "sanitise", alone=len(work_dirs) <= 1):
+            schema = schema_for(m.feed)
+            if schema.personalised:
+                # Personalised feeds are stored whole, apart, with restricted access (section 3.2).
+                for name in m.files:
+                    m.write_frame("sanitised", name, _keyed(m.read_frame("geocoded", name), schema.file(name)))
+                m.save()
+                continue
+            # One map per (threshold, displacement): built once per run, shared by the supplies that use it.
+            key = (schema.household_threshold, schema.displacement)
+            if key not in maps:
+                maps[key] = sanitising.build_displacement(reference, *key)
+            summaries: dict[str, Any] = {}
+            risks: dict[str, Any] = {}
             for name in m.files:
-                m.write_frame("sanitised", name, _keyed(m.read_frame("geocoded", name), schema.file(name)))
+                feed_file = schema.file(name)
+                result = sanitising.sanitise(m.read_frame("geocoded", name), feed_file, maps[key],
+                                             period_end=_period_end(schema, m.period))
+                problems = sanitising.check_sanitised(result.frame, maps[key], feed_file)
+                if problems:
+                    # Never load something that breaks Appendix 1: stop the supply and say why.
+                    raise RuntimeError(f"{m.supply_id} {name}: sanitised output breaks Appendix 1: {problems[:5]}")
+                frame = result.frame
+                categories = feed_file.by_role("category")
+                report = disclosure.k_anonymity(frame, disclosure.quasi_identifiers_for(feed_file),
+                                                k_threshold=schema.min_k,
+                                                sensitive=categories[0].name if categories else None)
+                if schema.min_k:
+                    try:
+                        frame, withheld = disclosure.enforce_min_k(frame, report, schema.min_k, mode=schema.min_k_mode)
+                        m.set_rejected("disclosure", name, withheld.assign(source_file=name, stage="disclosure"))
+                    except disclosure.DisclosureBlocked as blocked:
+                        m.status = "blocked"
+                        m.problems.append({"file": name, "remote_name": m.files[name].remote_name,
+                                           "reason": str(blocked)})
+                m.write_frame("sanitised", name, _keyed(frame, feed_file))
+                summaries[name] = result.summary
+                risks[name] = report.as_dict()
+            m.stages["sanitising"] = summaries
+            m.stages["disclosure"] = risks
             m.save()
-            continue
-        # One map per (threshold, displacement): built once per run, shared by the supplies that use it.
-        key = (schema.household_threshold, schema.displacement)
-        if key not in maps:
-            maps[key] = sanitising.build_displacement(reference, *key)
-        summaries: dict[str, Any] = {}
-        risks: dict[str, Any] = {}
-        for name in m.files:
-            feed_file = schema.file(name)
-            result = sanitising.sanitise(m.read_frame("geocoded", name), feed_file, maps[key],
-                                         period_end=_period_end(schema, m.period))
-            problems = sanitising.check_sanitised(result.frame, maps[key], feed_file)
-            if problems:
-                # Never load something that breaks Appendix 1: stop the supply and say why.
-                raise RuntimeError(f"{m.supply_id} {name}: sanitised output breaks Appendix 1: {problems[:5]}")
-            frame = result.frame
-            categories = feed_file.by_role("category")
-            report = disclosure.k_anonymity(frame, disclosure.quasi_identifiers_for(feed_file),
-                                            k_threshold=schema.min_k,
-                                            sensitive=categories[0].name if categories else None)
-            if schema.min_k:
-                try:
-                    frame, withheld = disclosure.enforce_min_k(frame, report, schema.min_k, mode=schema.min_k_mode)
-                    m.set_rejected("disclosure", name, withheld.assign(source_file=name, stage="disclosure"))
-                except disclosure.DisclosureBlocked as blocked:
-                    m.status = "blocked"
-                    m.problems.append({"file": name, "remote_name": m.files[name].remote_name,
-                                       "reason": str(blocked)})
-            m.write_frame("sanitised", name, _keyed(frame, feed_file))
-            summaries[name] = result.summary
-            risks[name] = report.as_dict()
-        m.stages["sanitising"] = summaries
-        m.stages["disclosure"] = risks
-        m.save()
     return work_dirs
 
 
@@ -529,38 +554,39 @@ def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list
 
     settings = settings or load_settings()
     for m in _in_flight(work_dirs):
-        if not m.ok:
-            continue
-        schema = schema_for(m.feed)
-        tables = {name: m.read_frame("sanitised", name) for name in m.files}
-        shas = [f.sha256 for f in m.files.values()]
-        with _db(settings) as conn:
-            ddl.ensure_database(conn)
-            ddl.ensure_feed_tables(conn, schema)
-            conn.commit()
-            losses = loading.resend_losses(loading.loaded_counts(conn, schema, m.supply_id),
-                                           {name: len(t) for name, t in tables.items()}, schema.resend_max_loss)
-            if losses and m.period not in (confirmed or []):
-                m.status = "held"
-                for name, (was, now) in losses.items():
-                    m.problems.append({"file": name, "remote_name": m.files[name].remote_name, "reason": (
-                        f"this re-sent {name} file has {now:,} usable rows where {was:,} are loaded for the period: "
-                        f"loading it would remove {was - now:,} of them. It is held for an engineer to confirm; "
-                        f"if it is a mistake, send the full file again.")})
-                log.warning("%s held: a re-send would remove most of the loaded rows %s; confirm with the DAG "
-                            "param confirm_replace=[%r]", m.supply_id, losses, m.period)
-                m.save()
+        with _one_supply(m, "load", alone=len(work_dirs) <= 1):
+            if not m.ok:
                 continue
-            result = loading.load_supply(
-                conn, schema, m.supply_id, m.period, tables,
-                lineage={name: f.sha256 for name, f in m.files.items()},
-                rejected=m.rejected(),
-                validation={k: v["summary"] for k, v in m.stages.get("validation", {}).items()},
-                on_commit_ledger=lambda c, shas=shas, sid=m.supply_id: ledger.mark_loaded(c, shas, sid),
-            )
-        m.status = "loaded"
-        m.stages["load"] = result.to_dict() if hasattr(result, "to_dict") else asdict(result)
-        m.save()
+            schema = schema_for(m.feed)
+            tables = {name: m.read_frame("sanitised", name) for name in m.files}
+            shas = [f.sha256 for f in m.files.values()]
+            with _db(settings) as conn:
+                ddl.ensure_database(conn)
+                ddl.ensure_feed_tables(conn, schema)
+                conn.commit()
+                losses = loading.resend_losses(loading.loaded_counts(conn, schema, m.supply_id),
+                                               {name: len(t) for name, t in tables.items()}, schema.resend_max_loss)
+                if losses and m.period not in (confirmed or []):
+                    m.status = "held"
+                    for name, (was, now) in losses.items():
+                        m.problems.append({"file": name, "remote_name": m.files[name].remote_name, "reason": (
+                            f"this re-sent {name} file has {now:,} usable rows where {was:,} are loaded for the "
+                            f"period: loading it would remove {was - now:,} of them. It is held for an engineer to "
+                            f"confirm; if it is a mistake, send the full file again.")})
+                    log.warning("%s held: a re-send would remove most of the loaded rows %s; confirm with the DAG "
+                                "param confirm_replace=[%r]", m.supply_id, losses, m.period)
+                    m.save()
+                    continue
+                result = loading.load_supply(
+                    conn, schema, m.supply_id, m.period, tables,
+                    lineage={name: f.sha256 for name, f in m.files.items()},
+                    rejected=m.rejected(),
+                    validation={k: v["summary"] for k, v in m.stages.get("validation", {}).items()},
+                    on_commit_ledger=lambda c, shas=shas, sid=m.supply_id: ledger.mark_loaded(c, shas, sid),
+                )
+            m.status = "loaded"
+            m.stages["load"] = result.to_dict() if hasattr(result, "to_dict") else asdict(result)
+            m.save()
     return work_dirs
 
 

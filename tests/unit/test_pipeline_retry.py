@@ -166,3 +166,22 @@ def test_a_file_in_no_known_layout_is_malformed_with_a_reason(tmp_path, supply_f
     pipeline.parse_and_validate([work], _NoServices())
     assert [name for name, _ in refused] == ["offenders"]
     assert "match none of the layouts" in refused[0][1] and "Demo Constabulary" in refused[0][1]
+
+
+def test_an_error_in_one_supply_never_stops_another(tmp_path, monkeypatch, supply_files):
+    """Two supplies in one run: the one that breaks is marked failed with its stage; the other goes on."""
+    good = _work_dir(tmp_path / "good", supply_files)
+    bad = _work_dir(tmp_path / "bad", supply_files)
+    for w in (good, bad):
+        pipeline.parse_and_validate([w], _NoServices())
+    # the run takes the bad supply first, and its first file breaks
+    _fail_once(monkeypatch, cleaning, "clean", on_call=1)
+    pipeline.clean([bad, good], _NoServices())
+    monkeypatch.undo()
+    assert Manifest.read(bad).status == "failed"
+    assert "clean stage (ConnectionError)" in Manifest.read(bad).problems[-1]["reason"]
+    assert Manifest.read(good).ok and "cleaning" in Manifest.read(good).stages
+    # alone in its run, the same fault is raised, so that Airflow retries the stage
+    monkeypatch.setattr(cleaning, "clean", lambda frame, ff: (_ for _ in ()).throw(ValueError("transient")))
+    with pytest.raises(ValueError, match="transient"):
+        pipeline.clean([good], _NoServices())
