@@ -41,6 +41,8 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
         start_date=START,
         catchup=False,
         max_active_runs=1,  # two runs of one feed must never take the same files
+        # A new feed waits, paused, until its partner is onboarded (SFTP account, key) and an engineer unpauses it.
+        is_paused_upon_creation=True,
         default_args={"owner": OWNER, "retries": 2, "retry_delay": RETRY_DELAY},
         doc_md=schema.doc_md(),
         params={"confirm_replace": Param(

@@ -37,6 +37,7 @@ def test_dag_policies(dagbag) -> None:
         assert dag.doc_md and "datafield" in dag.doc_md, f"{dag_id} has no feed documentation"
         assert dag.catchup is False, f"{dag_id} would backfill on deploy"
         assert dag.max_active_runs == 1, f"{dag_id} could run twice over the same files"
+        assert dag.is_paused_upon_creation is True, f"{dag_id} would start polling before its partner is onboarded"
         for t in dag.tasks:
             assert t.owner and t.owner != "airflow", f"{dag_id}.{t.task_id} has no owner"
             # Stages retry transient faults; the two judging tasks judge data, which a retry does not change.
