@@ -38,12 +38,17 @@ def peer_sql(schema: str, k: int, displacement: str = "nearest") -> str:
     own_ok = f"(o.households >= {int(k)} AND NOT o.terminated)"
     knn = 'ORDER BY p.geom <-> o.geom, p.postcode COLLATE "C" LIMIT 1'
     if displacement == "nearest":
+        # The GiST index serves ORDER BY distance alone, not the tie-break after it: take the 16 nearest by the index,
+        # then order those by (distance, postcode). Exact unless more than 16 targets tie at the nearest distance.
         return f"""
 SELECT r.record_id, COALESCE(CASE WHEN {own_ok} THEN o.postcode END, a.postcode) AS target,
        CASE WHEN {own_ok} THEN 'own_postcode' ELSE 'next_nearest' END AS rule
 FROM {schema}.records r
 JOIN {schema}.postcodes o ON o.postcode = r.postcode
-LEFT JOIN LATERAL (SELECT p.postcode FROM {schema}.postcodes p WHERE NOT {own_ok} AND {eligible} {knn}) a ON true
+LEFT JOIN LATERAL (SELECT c.postcode FROM (
+                       SELECT p.postcode, p.geom <-> o.geom AS d FROM {schema}.postcodes p
+                       WHERE NOT {own_ok} AND {eligible} ORDER BY p.geom <-> o.geom LIMIT 16) c
+                   ORDER BY c.d, c.postcode COLLATE "C" LIMIT 1) a ON true
 """
     return f"""
 SELECT r.record_id,
