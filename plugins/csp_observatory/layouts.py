@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import yaml
 
-from csp_observatory.parsing import MalformedFile, _decode, _read_records, empty_rejected, rejected_frame
+from csp_observatory.parsing import MalformedFile, _decode, _read_records, empty_rejected, rejected_frame, split_rows
 from csp_observatory.schema import REFERENCE_DIR, REPO_ROOT, SCHEMA_DIR, FeedFile, SchemaError, load_schema
 
 LAYOUT_DIR: Final = REPO_ROOT / "include" / "layouts"
@@ -531,17 +531,7 @@ def _read_csv(data: bytes) -> _Source:
         raise MalformedFile("the file is empty: it has no header row and no data")
     header, body = records[0], records[1:]
     width = len(header)
-    good: list[list[str]] = []
-    numbers: list[int] = []
-    bad: list[tuple[int, str]] = []
-    for number, record in enumerate(body, start=1):
-        if len(record) == width:
-            good.append(record)
-            numbers.append(number)
-        elif not record or (len(record) == 1 and not record[0].strip()):
-            continue    # a blank line is not a data row
-        else:
-            bad.append((number, f"row {number} has {len(record)} values but the header has {width} columns"))
+    good, numbers, bad = split_rows(body, width)
     columns = list(zip(*good)) if good else [()] * width
     return _Source(header, [_series(list(c)) for c in columns], numbers, bad, encoding)
 

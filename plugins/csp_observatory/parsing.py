@@ -229,6 +229,27 @@ def _convert(raw: pd.Series, kind: str) -> tuple[pd.Series, pd.Series]:
     raise ValueError(f"unknown datafield type {kind!r}")
 
 
+def split_rows(body: list[list[str]], width: int) -> tuple[list[list[str]], list[int], list[tuple[int, str]]]:
+    """Data rows that fit the header, their row numbers (1 = first after the header), and the misfits with reasons.
+
+    A blank line is not a data row and is skipped silently.
+    """
+    if all(len(r) == width for r in body):
+        return body, list(range(1, len(body) + 1)), []      # the usual case, kept fast
+    good: list[list[str]] = []
+    numbers: list[int] = []
+    bad: list[tuple[int, str]] = []
+    for number, record in enumerate(body, start=1):
+        if len(record) == width:
+            good.append(record)
+            numbers.append(number)
+        elif not record or (len(record) == 1 and not record[0].strip()):
+            continue
+        else:
+            bad.append((number, f"row {number} has {len(record)} values but the header has {width} columns"))
+    return good, numbers, bad
+
+
 def parse_csv(path: Path, feed_file: FeedFile) -> ParseResult:
     """Read one decrypted partner CSV against its feed file's datafields; bad rows go to ``rejected``."""
     data = Path(path).read_bytes()
@@ -273,22 +294,9 @@ def parse_csv(path: Path, feed_file: FeedFile) -> ParseResult:
         problems.append(f"column(s) not in the schema were dropped and not loaded: {', '.join(unknown)}")
 
     width = len(header)
-    good_rows: list[list[str]] = []
-    good_numbers: list[int] = []
-    bad_numbers: list[int] = []
-    bad_reasons: list[str] = []
-    if all(len(r) == width for r in body):
-        good_rows, good_numbers = body, list(range(1, len(body) + 1))   # the usual case, kept fast
-        body = []
-    for number, record in enumerate(body, start=1):
-        if len(record) == width:
-            good_rows.append(record)
-            good_numbers.append(number)
-        elif not record or (len(record) == 1 and not record[0].strip()):
-            continue     # a blank line is not a data row
-        else:
-            bad_numbers.append(number)
-            bad_reasons.append(f"row {number} has {len(record)} values but the header has {width} columns")
+    good_rows, good_numbers, bad = split_rows(body, width)
+    bad_numbers = [number for number, _ in bad]
+    bad_reasons = [reason for _, reason in bad]
 
     columns = list(zip(*good_rows)) if good_rows else [()] * width
     index = pd.RangeIndex(len(good_rows))
