@@ -231,3 +231,33 @@ def clean_partner_folders(settings: Settings, observatory_sftp: paramiko.SFTPCli
     finally:
         sftp.close()
         client.close()
+
+
+#: The observatory's per-supply records, kept beside the feed's own tables.
+OBSERVATORY_SUPPLY_TABLES = ("observatory.deliveries", "observatory.supplies", "observatory.rejected_rows",
+                             "observatory.validation_results")
+
+
+def _forget_supply(conn: psycopg2.extensions.connection, schema: Any, period: str) -> None:
+    """Delete one supply's rows from its feed's tables and the observatory's records (tables that exist)."""
+    supply_id = f"{schema.feed}/{period}"
+    with conn.cursor() as cur:
+        for table in [*(f"{schema.db_schema}.{f.table}" for f in schema.files), *OBSERVATORY_SUPPLY_TABLES]:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
+            if cur.fetchone()[0]:
+                cur.execute(f"DELETE FROM {table} WHERE supply_id = %s", (supply_id,))
+    conn.commit()
+
+
+@pytest.fixture(scope="session")
+def forget_supply() -> Any:
+    """``forget_supply(conn, schema, period)``: start (and end) a test's own period from a clean slate."""
+    return _forget_supply
+
+
+@pytest.fixture(scope="module")
+def reference_loaded(settings: Settings) -> dict[str, int]:
+    """The shipped reference, loaded afresh: other tests may have put their own frames in the reference tables."""
+    from csp_observatory import demo
+
+    return demo.ensure_reference(settings, force=True)

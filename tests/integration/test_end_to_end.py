@@ -30,36 +30,11 @@ def schema():
 
 
 @pytest.fixture(scope="module")
-def reference_loaded(settings):
-    # Loaded afresh: other tests on this machine may have put their own frames in the reference tables.
-    return demo.ensure_reference(settings, force=True)
-
-
-@pytest.fixture(scope="module")
 def supply_files():
     """One month of records, made once for the module, and the rows made bad on purpose."""
     reference = postcodes.shipped_reference()
     made = demo_data.make_police_recorded_crime(PERIOD, reference[~reference["terminated"]], n_offences=150)
     return made
-
-
-def _forget_period(conn, period: str) -> None:
-    """Start from a clean slate for the tests' month (earlier test runs on this machine may have loaded it)."""
-    supply_id = f"{FEED}/{period}"
-    with conn.cursor() as cur:
-        for table in TABLES.values():
-            cur.execute(f"DELETE FROM depersonalised.{table} WHERE supply_id = %s", (supply_id,)) \
-                if _exists(cur, f"depersonalised.{table}") else None
-        for table in ("observatory.deliveries", "observatory.supplies", "observatory.rejected_rows",
-                      "observatory.validation_results"):
-            if _exists(cur, table):
-                cur.execute(f"DELETE FROM {table} WHERE supply_id = %s", (supply_id,))
-    conn.commit()
-
-
-def _exists(cur, table: str) -> bool:
-    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
-    return cur.fetchone()[0]
 
 
 def _count(conn, sql: str, *args) -> int:
@@ -78,11 +53,11 @@ def _loaded(conn, period: str = PERIOD) -> dict[str, int]:
 
 
 @pytest.fixture()
-def fresh(db, clean_partner_folders, reference_loaded):
+def fresh(db, clean_partner_folders, reference_loaded, forget_supply, schema):
     db.autocommit = True  # like an analyst's session: reads must not hold locks across the DAG's run
-    _forget_period(db, PERIOD)
+    forget_supply(db, schema, PERIOD)
     yield
-    _forget_period(db, PERIOD)
+    forget_supply(db, schema, PERIOD)
 
 
 def test_a_supply_goes_from_sftp_to_sanitised_postgis_layers(settings, db, observatory_sftp, schema, fresh,

@@ -25,31 +25,14 @@ def schema():
     return schema_for(FEED)
 
 
-@pytest.fixture(scope="module")
-def reference_loaded(settings):
-    return demo.ensure_reference(settings, force=True)
-
-
-def _forget(conn, period: str) -> None:
-    supply_id = f"{FEED}/{period}"
-    with conn.cursor() as cur:
-        for table in [f"depersonalised.{t}" for t in TABLES.values()] + [
-                "observatory.deliveries", "observatory.supplies", "observatory.rejected_rows",
-                "observatory.validation_results"]:
-            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
-            if cur.fetchone()[0]:
-                cur.execute(f"DELETE FROM {table} WHERE supply_id = %s", (supply_id,))
-    conn.commit()
-
-
 @pytest.fixture()
-def month(request, db, clean_partner_folders, reference_loaded):
+def month(request, db, clean_partner_folders, reference_loaded, forget_supply, schema):
     """A month of this test's own, forgotten before and after."""
     period = request.param
     db.autocommit = True
-    _forget(db, period)
+    forget_supply(db, schema, period)
     yield period
-    _forget(db, period)
+    forget_supply(db, schema, period)
 
 
 def _loaded(db, period: str) -> dict[str, int]:
