@@ -215,7 +215,7 @@ def _primary_key(cur: Any, db_schema: str, table: str) -> list[str]:
     return [r[0] for r in cur.fetchall()]
 
 
-def _migrate_primary_key(cur: Any, db_schema: str, feed_file: FeedFile) -> None:
+def _migrate_primary_key(cur: Any, db_schema: str, feed_file: FeedFile, have: list[str]) -> None:
     """Give an existing table the key its schema now declares (e.g. a file that moved to ``key: content``).
 
     Rows loaded before a move to a content key get a ``migrated-`` key from their stored values; a re-sent supply
@@ -223,7 +223,6 @@ def _migrate_primary_key(cur: Any, db_schema: str, feed_file: FeedFile) -> None:
     """
     I = sql.Identifier  # noqa: E741
     want = ["supply_id", *feed_file.table_key]
-    have = _primary_key(cur, db_schema, feed_file.table)
     if have == want:
         return
     table = I(db_schema, feed_file.table)
@@ -254,8 +253,8 @@ def ensure_feed_tables(conn: Any, schema: FeedSchema) -> list[str]:
             cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
                         "AND table_name = %s", (db_schema, f.table))
             existing = {r[0] for r in cur.fetchall()}
-            if existing and {c.name for c in cols} <= existing and _primary_key(cur, db_schema, f.table) == \
-                    ["supply_id", *f.table_key]:
+            key = _primary_key(cur, db_schema, f.table)
+            if existing and {c.name for c in cols} <= existing and key == ["supply_id", *f.table_key]:
                 # Up to date: take no lock stronger than a read, so analysts' open queries never block a load.
                 continue
             col_defs = [sql.SQL("{} {}{}").format(I(c.name), sql.SQL(c.sql_type),
@@ -269,7 +268,9 @@ def ensure_feed_tables(conn: Any, schema: FeedSchema) -> list[str]:
             for c in cols:
                 cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
                     table, I(c.name), sql.SQL(c.sql_type)))
-            _migrate_primary_key(cur, db_schema, f)
+            if existing:
+                # A table made just now has its key already; an older one may need the key its schema now declares.
+                _migrate_primary_key(cur, db_schema, f, key)
             cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gist (geom)").format(
                 I(f"{f.table}_geom_gist"), table))
             cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (supply_id)").format(

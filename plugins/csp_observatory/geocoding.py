@@ -34,8 +34,7 @@ FAR_FROM_POSTCODE_M: Final = 1000.0
 _OUTSIDE_COVERAGE: Final = "outside the reference's coverage"
 #: Value-free wording of each geocoding problem, for reports: a note may hold the partner's postcode.
 _PROBLEMS: Final = (
-    ("outside the reference's coverage",
-     "the point is outside the postcode reference's coverage (too far from every known postcode)"),
+    (_OUTSIDE_COVERAGE, "the point is outside the postcode reference's coverage (too far from every known postcode)"),
     ("not in the postcode reference", "the postcode is not in the postcode reference"),
     ("is not a UK postcode", "the postcode is not a valid UK postcode"),
     ("easting/northing outside Great Britain", "the easting/northing is outside Great Britain"),
