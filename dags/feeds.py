@@ -5,9 +5,15 @@ wait for a complete supply on SFTP, collect, decrypt and verify, parse and valid
 sanitise, load, and report and archive. The work itself lives in ``csp_observatory.pipeline``; this file
 only wires tasks, and imports nothing heavy at parse time.
 
+Core datasets (the guidance's Table 1) run monthly on their schema's schedule, and wait through the supply window
+for the supply; peripheral datasets (Table 2) have no schedule: the supply's arrival in the partner's inbox starts
+them (an Airflow asset with a watcher in the triggerer, ``csp_observatory.arrival``). Either way the wait is
+deferred, so no worker slot is held while nothing has arrived.
+
 The run's state follows the supply: ``verdict`` fails when a supply was not loaded (red) or loaded with
 problems (amber), naming each and why in its log; ``stage_failed`` fails the run when any stage failed, even
-when no report could be written (for example SFTP refused the login). A day with no supply ends green.
+when no report could be written (for example SFTP refused the login). A window with no supply ends with the
+remaining tasks skipped.
 """
 from __future__ import annotations
 
@@ -15,16 +21,19 @@ import os
 from datetime import datetime, timedelta, timezone
 from typing import Final
 
-from airflow.sdk import DAG, Param, PokeReturnValue, TriggerRule, dag, task
+from airflow.sdk import DAG, Param, TriggerRule, dag, task
 
+from csp_observatory.arrival import SupplySensor, supply_asset
 from csp_observatory.schema import FeedSchema, load_schemas
 
 OWNER: Final = "observatory-data-engineering"
 START: Final = datetime(2026, 1, 1, tzinfo=timezone.utc)
-# A supply is waited for for most of a day; a day without one ends as "skipped", not failed. The demo and tests
-# (dag.test, one process) shorten both, so a supply that never arrives ends a run in seconds, not in 20 hours.
-SENSOR_TIMEOUT_S: Final = float(os.environ.get("CSP_SENSOR_TIMEOUT_S", str(20 * 60 * 60)))
-SENSOR_POKE_S: Final = float(os.environ.get("CSP_SENSOR_POKE_S", "300"))
+# A supply is waited for through its schema's window (supply_cycle.wait_hours); one that never arrives ends the
+# run's remaining tasks as "skipped", not failed. The demo and tests (dag.test, one process) shorten the window,
+# so a supply that never arrives ends a run in seconds, not in days.
+SENSOR_TIMEOUT_S: Final = os.environ.get("CSP_SENSOR_TIMEOUT_S")
+# How often the triggerer looks at an inbox: one SFTP listing, in the triggerer, holding no worker slot.
+SENSOR_POKE_S: Final = float(os.environ.get("CSP_SENSOR_POKE_S", "60"))
 # Transient failures (SFTP or PostGIS unreachable) are retried; the demo and tests shorten the wait.
 RETRY_DELAY: Final = timedelta(seconds=float(os.environ.get("CSP_RETRY_DELAY_S", "300")))
 
@@ -37,7 +46,7 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
         dag_id=f"feed_{feed}",
         dag_display_name=f"Feed: {schema.title}",
         description=f"{schema.partner.agency}: {schema.title} (guidance {schema.guidance_section})",
-        schedule=schema.schedule,
+        schedule=[supply_asset(feed, schema.partner.id, SENSOR_POKE_S)] if schema.on_arrival else schema.schedule,
         start_date=START,
         catchup=False,
         max_active_runs=1,  # two runs of one feed must never take the same files
@@ -52,13 +61,12 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
         tags=["feed", schema.dataset_type, schema.partner.id, *schema.tags],
     )
     def feed_dag() -> None:
-        @task.sensor(poke_interval=SENSOR_POKE_S, timeout=SENSOR_TIMEOUT_S, mode="reschedule", soft_fail=True)
-        def wait_for_supply() -> PokeReturnValue:
-            """Done when every file of a supply is in the inbox and no longer being written."""
-            from csp_observatory import pipeline
-
-            periods = pipeline.ready_periods(feed)
-            return PokeReturnValue(is_done=bool(periods), xcom_value=periods)
+        # Done when every file of a supply is in the inbox and no longer being written.
+        waiting = SupplySensor(
+            task_id="wait_for_supply", feed=feed, poke_interval=SENSOR_POKE_S, soft_fail=True,
+            timeout=float(SENSOR_TIMEOUT_S) if SENSOR_TIMEOUT_S else schema.wait_hours * 3600,
+            doc_md="Waits, deferred to the triggerer, until every file of a supply is in the partner's inbox and "
+                   "no longer being written; skipped when the window closes with nothing ready.")
 
         @task
         def collect(periods: list[str], run_id: str | None = None) -> list[str]:
@@ -130,7 +138,7 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
 
             raise AirflowFailException("a stage of this run failed: see the failed task's log")
 
-        waited = wait_for_supply()
+        waited = waiting.output
         collected = collect(waited)
         decrypted = decrypt_and_verify(collected)
         stages = [parse_and_validate(decrypted)]
@@ -139,7 +147,7 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
         done = report_and_archive(collected)
         stages[-1] >> done
         verdict(done)
-        [waited, collected, decrypted, *stages, done] >> stage_failed()
+        [waiting, collected, decrypted, *stages, done] >> stage_failed()
 
     return feed_dag()
 

@@ -35,6 +35,8 @@ DROPPED_ON_SANITISING: Final = PERSONAL_ROLES | POINT_ROLES
 #: the postcode becomes the sanitised postcode.
 REWRITTEN_ON_SANITISING: Final = frozenset({"address", "postcode"})
 #: Roles that identify a record, not a person, and are checked against a pattern, never free text.
+#: The schedule of a feed whose DAG a supply's arrival starts (an Airflow asset watched on the partner's inbox).
+ON_ARRIVAL: Final = "on_arrival"
 REFERENCE_ROLES: Final = frozenset({"reference_number", "link"})
 #: A free-text datafield's rule in a depersonalised feed: ``scrub`` it (scrubbing.py) or ``drop`` the column.
 FREE_TEXT_RULES: Final = frozenset({"scrub", "drop"})
@@ -221,6 +223,14 @@ class FeedSchema:
     #: A re-sent period that would remove more than this share of the rows already loaded for it is held
     #: for an engineer's confirmation instead of replacing them.
     resend_max_loss: float = 0.5
+    #: How long a run waits for its supply to be complete once it has started, in hours: for a scheduled (core)
+    #: feed the supply window after the run's date; for an as-and-when feed, the rest of a supply after its first file.
+    wait_hours: float = 24.0
+
+    @property
+    def on_arrival(self) -> bool:
+        """Whether the feed's DAG is started by a supply's arrival (peripheral data, Table 2), not by a schedule."""
+        return self.schedule == ON_ARRIVAL
 
     @property
     def personalised(self) -> bool:
@@ -267,6 +277,10 @@ class FeedSchema:
             "",
             f"- **Source agency:** {self.partner.agency} ({self.partner.name}; SFTP account `{self.partner.id}`)",
             f"- **Supply cycle:** {self.supply_cycle}",
+            "- **Started by:** " + (
+                "the supply's arrival in the partner's inbox (asset `supply_" + self.feed + "`), waiting up to "
+                f"{self.wait_hours:g} h for the rest of a supply" if self.on_arrival else
+                f"the schedule `{self.schedule}` (UTC), waiting up to {self.wait_hours:g} h for the supply"),
             f"- **Household threshold (Appendix 1):** {self.household_threshold}; a point in a smaller postcode "
             f"moves to the {DISPLACEMENT_TEXT[self.displacement]}",
             f"- **Schema file:** `include/schemas/{self.source_path.name}`",
@@ -372,6 +386,7 @@ def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
             dataset_type=raw["dataset_type"], partner=Partner(**raw["partner"]),
             schedule=raw["supply_cycle"]["schedule"], supply_cycle=raw["supply_cycle"]["description"],
             period_format=raw["supply_cycle"].get("period_format", "%Y%m"),
+            wait_hours=float(raw["supply_cycle"].get("wait_hours", 24)),
             household_threshold=int(sanitising.get("household_threshold", 4)),
             min_k=sanitising.get("min_k"), min_k_mode=sanitising.get("min_k_mode", "rows"),
             displacement=str(sanitising.get("displacement", "nearest")),
@@ -412,9 +427,22 @@ def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
         raise SchemaError(f"{where}: quality.geocode_min_rate and quality.resend_max_loss are shares from 0 to 1")
     if schema.coverage_max_m <= 0:
         raise SchemaError(f"{where}: quality.coverage_max_m must be positive")
+    if not schema.on_arrival and not _is_cron(schema.schedule):
+        raise SchemaError(f"{where}: supply_cycle.schedule must be a cron expression (minute hour day month weekday) "
+                          f"or {ON_ARRIVAL!r}")
+    if schema.wait_hours <= 0:
+        raise SchemaError(f"{where}: supply_cycle.wait_hours must be positive")
     if schema.household_threshold < 1:
         raise SchemaError(f"{where}: household_threshold must be at least 1")
     return schema
+
+
+def _is_cron(expr: str) -> bool:
+    """A five-field cron expression (or an Airflow preset such as @daily), checked by shape only."""
+    if expr.startswith("@"):
+        return expr in ("@hourly", "@daily", "@weekly", "@monthly", "@yearly")
+    parts = expr.split()
+    return len(parts) == 5 and all(re.fullmatch(r"[0-9*,/\-A-Za-z]+", p) for p in parts)
 
 
 def load_schema(path: Path) -> FeedSchema:

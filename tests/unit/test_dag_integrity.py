@@ -66,3 +66,35 @@ def test_the_run_state_follows_the_supply(dagbag) -> None:
     assert stages <= watcher.upstream_task_ids
     assert dag.get_task("verdict").upstream_task_ids == {"report_and_archive"}
     assert "confirm_replace" in dag.params
+
+
+def test_core_feeds_run_on_their_schedule_and_peripheral_feeds_on_a_supply_arriving(dagbag) -> None:
+    from airflow.sdk.definitions.timetables.assets import AssetTriggeredTimetable
+    from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
+
+    from csp_observatory.arrival import SupplyArrivalTrigger
+
+    for schema in load_schemas():
+        dag = dagbag.dags[f"feed_{schema.feed}"]
+        if schema.on_arrival:
+            assert isinstance(dag.timetable, AssetTriggeredTimetable), dag.dag_id
+            (asset,) = dag.timetable.asset_condition.objects
+            (watcher,) = asset.watchers
+            # the watcher looks at this feed's own inbox, in the triggerer
+            assert isinstance(watcher.trigger, SupplyArrivalTrigger) and watcher.trigger.feed == schema.feed
+            assert f"/{schema.partner.id}/inbox/" in asset.uri
+        else:
+            assert isinstance(dag.timetable, CronTriggerTimetable), dag.dag_id
+            assert dag.timetable.expression == schema.schedule, dag.dag_id
+
+
+def test_the_wait_for_a_supply_holds_no_worker_and_ends_with_its_window(dagbag) -> None:
+    from csp_observatory.arrival import SupplySensor
+
+    for schema in load_schemas():
+        sensor = dagbag.dags[f"feed_{schema.feed}"].get_task("wait_for_supply")
+        assert isinstance(sensor, SupplySensor) and sensor.deferrable and sensor.feed == schema.feed
+        # a closed window skips the run (nothing arrived), it does not fail it
+        assert sensor.soft_fail is True
+        if not os.environ.get("CSP_SENSOR_TIMEOUT_S"):
+            assert sensor.timeout == schema.wait_hours * 3600, schema.feed

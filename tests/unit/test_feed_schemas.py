@@ -156,10 +156,12 @@ def test_core_feeds_are_monthly_on_a_schedule_and_peripheral_ones_as_and_when():
     for s in load_schemas():
         assert s.period_format == "%Y%m", s.feed
         if s.guidance_section in CORE:
-            assert s.schedule == "0 6 * * *", f"{s.feed} is core (Table 1): polled daily for its monthly supply"
+            # Table 1: monthly, on a schedule, waiting through the supply window (more than a week, under a month)
+            assert not s.on_arrival and s.schedule.split()[2:] == ["1", "*", "*"], f"{s.feed}: monthly on the 1st"
+            assert 7 * 24 < s.wait_hours < 28 * 24, s.feed
         else:
-            # Table 2: as and when. Polled weekly until the DAG factory triggers such DAGs by a file's arrival.
-            assert s.schedule == "0 7 * * 1", s.feed
+            # Table 2: as and when. The DAG is started by the supply's arrival, never polled on a schedule.
+            assert s.on_arrival and s.schedule == "on_arrival", s.feed
             assert "as and when" in s.supply_cycle.lower(), s.feed
 
 

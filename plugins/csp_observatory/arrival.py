@@ -1,0 +1,218 @@
+"""Knowing when a supply has arrived, without holding a worker: the triggers and sensor the feed DAGs wait with.
+
+Core datasets (the guidance's Table 1) are supplied monthly: their DAG runs on a schedule and its first task,
+:class:`SupplySensor`, waits through the supply window for every file of a supply to be in the partner's inbox. It
+is deferrable: while it waits, no worker slot is held; the triggerer runs :class:`SupplyReadyTrigger`, which looks
+at the inbox with one SFTP listing per look.
+
+Peripheral datasets (Table 2) come as and when: their DAG has no schedule at all. It is scheduled on an Airflow
+asset (:func:`supply_asset`) whose watcher, :class:`SupplyArrivalTrigger`, runs in the triggerer and fires once for
+each new arrival in the partner's inbox (a complete supply, or a file the observatory must refuse), so the DAG runs
+when there is something to take or to refuse, and never otherwise.
+
+Both triggers only look: they never move, download or quarantine anything. The DAG run does that, once, in its
+own tasks, so what a partner sees never depends on how often the triggerer looked.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, AsyncIterator, Final
+
+from airflow.sdk import Asset, AssetWatcher
+from airflow.sdk.bases.sensor import BaseSensorOperator
+from airflow.sdk.exceptions import AirflowSkipException
+from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
+
+log = logging.getLogger(__name__)
+
+#: The key under which a watcher keeps the last arrival it fired for, in the asset's state store.
+LAST_FIRED: Final = "last_arrival"
+
+
+@dataclass(frozen=True)
+class InboxLook:
+    """What one look at a feed's inbox found: the ready periods, the files to refuse, and the sizes seen."""
+
+    periods: list[str]
+    strays: list[str]
+    signature: str          # names, sizes and times of every ready or refusable file; "" when there are none
+    sizes: dict[str, int]
+    settled: bool           # nothing in the inbox changed size, appeared or went since the previous look
+
+
+def look(feed: str, previous_sizes: dict[str, int] | None = None, settings: Any = None) -> InboxLook:
+    """One read-only look at the inbox of ``feed``'s partner (blocking: triggers run it in a thread).
+
+    With ``previous_sizes`` (the sizes of the last look) it is a single listing: a file is taken as complete when
+    its size held between two looks, as intake decides. Without, intake polls until sizes hold.
+    """
+    from csp_observatory import intake, sftp
+    from csp_observatory.config import load_settings
+    from csp_observatory.pipeline import schema_for
+
+    settings = settings or load_settings()
+    schema = schema_for(feed)
+    with sftp.connect_observatory(settings) as client:
+        ready = intake.find_ready_supplies(client, schema, settings, previous_sizes)
+    files = sorted((f.remote_name, f.size, f.mtime) for s in ready.supplies for f in s.files)
+    strays = sorted(ready.strays)
+    listed = files + [(name, ready.sizes.get(name, -1), 0) for name in strays]
+    signature = hashlib.sha256(json.dumps(listed).encode()).hexdigest() if listed else ""
+    settled = previous_sizes is not None and ready.sizes == previous_sizes
+    return InboxLook(sorted(s.period for s in ready.supplies), strays, signature, dict(ready.sizes), settled)
+
+
+class SupplyReadyTrigger(BaseTrigger):
+    """Fires when a complete supply of ``feed`` is in the inbox, or with ``status: timeout`` at ``deadline``.
+
+    The deadline is the trigger's own, not only Airflow's task timeout, so a run tested in one process
+    (``dag.test()`` runs triggers inline) ends when the window closes, as it would with a triggerer.
+    """
+
+    def __init__(self, feed: str, deadline: str, poke_s: float = 60.0) -> None:
+        super().__init__()
+        self.feed = feed
+        self.deadline = deadline          # ISO 8601, UTC
+        self.poke_s = poke_s
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{type(self).__module__}.{type(self).__qualname__}",
+                {"feed": self.feed, "deadline": self.deadline, "poke_s": self.poke_s})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        deadline = datetime.fromisoformat(self.deadline)
+        sizes: dict[str, int] = {}
+        while True:
+            try:
+                seen = await asyncio.to_thread(look, self.feed, sizes)
+            except Exception as exc:          # SFTP down for a moment: look again, the window is long
+                log.warning("could not look at the inbox of %s: %s", self.feed, exc)
+                seen = None
+            if seen is not None:
+                if seen.periods:
+                    yield TriggerEvent({"status": "ready", "feed": self.feed, "periods": seen.periods})
+                    return
+                sizes = seen.sizes
+            left = (deadline - datetime.now(timezone.utc)).total_seconds()
+            if left <= 0:
+                yield TriggerEvent({"status": "timeout", "feed": self.feed, "periods": []})
+                return
+            await asyncio.sleep(min(self.poke_s, left))
+
+
+class SupplyArrivalTrigger(BaseEventTrigger):
+    """An asset watcher on one feed's inbox: fires once per new arrival, so the feed's DAG runs when it must.
+
+    An arrival is a change in the set of complete supplies and refusable files (a misnamed file, a link...), told
+    apart by their names, sizes and modification times, judged when the inbox has held still between two looks. What it last fired for is kept in the asset's state store
+    (Airflow 3.3), so a triggerer restart does not start a second run for files a run is already taking; a
+    partner re-sending the same file name later changes its time, and fires again.
+    """
+
+    def __init__(self, feed: str, poke_s: float = 30.0) -> None:
+        super().__init__()
+        self.feed = feed
+        self.poke_s = poke_s
+        self._last_fired: str | None = None   # when no state store is attached (tests of the trigger alone)
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{type(self).__module__}.{type(self).__qualname__}", {"feed": self.feed, "poke_s": self.poke_s})
+
+    async def _last(self) -> str | None:
+        store = getattr(self, "asset_state_store", None)
+        if store is None:
+            return self._last_fired
+        try:
+            return await store.aget(LAST_FIRED)       # type: ignore[no-any-return]
+        except Exception as exc:                     # the store is an optimisation against duplicate runs
+            log.warning("asset state store unavailable for %s: %s", self.feed, exc)
+            return self._last_fired
+
+    async def _remember(self, signature: str) -> None:
+        self._last_fired = signature
+        store = getattr(self, "asset_state_store", None)
+        if store is not None:
+            try:
+                await store.aset(LAST_FIRED, signature)
+            except Exception as exc:
+                log.warning("could not record the arrival for %s: %s", self.feed, exc)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        sizes: dict[str, int] = {}
+        while True:
+            try:
+                seen = await asyncio.to_thread(look, self.feed, sizes)
+            except Exception as exc:
+                log.warning("could not look at the inbox of %s: %s", self.feed, exc)
+                seen = None
+            if seen is not None:
+                sizes = seen.sizes
+                # Only an inbox that held still between two looks is judged: mid-upload, a supply's first files
+                # would read as an arrival of their own, and a restarted trigger's first look as a new one.
+                if seen.settled and seen.signature and seen.signature != await self._last():
+                    await self._remember(seen.signature)
+                    yield TriggerEvent({"feed": self.feed, "periods": seen.periods, "refused": len(seen.strays),
+                                        "arrival": seen.signature})
+            await asyncio.sleep(self.poke_s)
+
+
+def supply_asset(feed: str, partner_id: str, poke_s: float = 30.0) -> Asset:
+    """The asset "a supply of ``feed`` is waiting in ``partner_id``'s inbox", watched by :class:`SupplyArrivalTrigger`."""
+    return Asset(
+        name=f"supply_{feed}",
+        uri=f"sftp://csp-observatory/{partner_id}/inbox/{feed}",
+        group="partner-supplies",
+        watchers=[AssetWatcher(name=f"arrival_{feed}", trigger=SupplyArrivalTrigger(feed=feed, poke_s=poke_s))],
+    )
+
+
+class SupplySensor(BaseSensorOperator):
+    """Wait for a complete supply of ``feed``; returns its periods (the XCom the run's later tasks take).
+
+    It looks once in the worker (quarantining what the partner must hear about), then defers to the triggerer
+    until a supply is ready or the window (``timeout``) closes: a closed window skips the run's remaining tasks.
+    """
+
+    def __init__(self, *, feed: str, deferrable: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.feed = feed
+        self.deferrable = deferrable
+
+    def poke(self, context: Any) -> Any:
+        from airflow.sdk import PokeReturnValue
+
+        from csp_observatory import pipeline
+
+        periods = pipeline.ready_periods(self.feed)
+        return PokeReturnValue(is_done=bool(periods), xcom_value=periods)
+
+    def execute(self, context: Any) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        from csp_observatory import pipeline
+
+        periods = pipeline.ready_periods(self.feed)
+        if periods:
+            return periods
+        deadline = datetime.now(timezone.utc) + timedelta(seconds=float(self.timeout))
+        self.defer(trigger=SupplyReadyTrigger(feed=self.feed, deadline=deadline.isoformat(),
+                                              poke_s=float(self.poke_interval)),
+                   method_name="execute_complete",
+                   # Airflow's own limit, a little after the trigger's: the trigger ends the wait itself
+                   timeout=timedelta(seconds=float(self.timeout) + 3 * float(self.poke_interval) + 60))
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> list[str]:
+        from csp_observatory import pipeline
+
+        if not event or event.get("status") != "ready":
+            raise AirflowSkipException(f"no complete supply of {self.feed} arrived within the window")
+        # Look again in the worker: intake quarantines strays here, and the supply must still be there.
+        periods = pipeline.ready_periods(self.feed)
+        if not periods:
+            raise AirflowSkipException(f"the supply of {self.feed} seen by the trigger is no longer ready")
+        return periods
