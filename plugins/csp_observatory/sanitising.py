@@ -229,10 +229,6 @@ def _whole_years(born: pd.Series, at: pd.Series) -> pd.Series:
     return (years - before_birthday.astype("Int64")).astype("Int64")
 
 
-def _role_columns(feed_file: FeedFile, frame: pd.DataFrame, *roles: str) -> list[str]:
-    return [f.name for f in feed_file.datafields if f.role in roles and f.name in frame.columns]
-
-
 def sanitise(frame: pd.DataFrame, feed_file: FeedFile, postcode_map: PostcodeMap,
              event_dates: pd.Series | None = None, period_end: Any = None) -> SanitiseResult:
     """Depersonalise a geocoded frame: safe points and postcodes, clean addresses, no names or birth dates."""
@@ -289,10 +285,10 @@ def sanitise(frame: pd.DataFrame, feed_file: FeedFile, postcode_map: PostcodeMap
     others = {name: sanitise_other_location(out, other, postcode_map, scrubbed)
               for name, other in feed_file.other_locations}
 
-    # date of birth -> age at the event (or at the end of the supply period)
-    dob_cols = _role_columns(feed_file, out, "date_of_birth")
-    age_cols = _role_columns(feed_file, out, "age")
-    if dob_cols:
+    # each date of birth -> its own person's age at the event (or at the end of the supply period); every date of
+    # birth is then dropped by role below, paired or not
+    pairs = [(dob, age) for dob, age in feed_file.age_pairs if dob in out]
+    if pairs:
         if event_dates is None and feed_file.event_date and feed_file.event_date in out:
             event_dates = out[feed_file.event_date]
         at = pd.Series(pd.NaT, index=idx, dtype="datetime64[ns]")
@@ -300,11 +296,12 @@ def sanitise(frame: pd.DataFrame, feed_file: FeedFile, postcode_map: PostcodeMap
             at = pd.to_datetime(pd.Series(event_dates, index=idx))
         if period_end is not None:
             at = at.fillna(pd.Timestamp(period_end))
-        age = _whole_years(out[dob_cols[0]], at)
-        age_col = age_cols[0] if age_cols else "age"
-        if age_col in out:
-            age = age.fillna(pd.to_numeric(out[age_col], errors="coerce").astype("Int64"))
-        out[age_col] = age
+        for dob, age_col in pairs:
+            age = _whole_years(out[dob], at)
+            if age_col in out:
+                # the age sent stands where there is no date of birth (or no date to measure it at)
+                age = age.fillna(pd.to_numeric(out[age_col], errors="coerce").astype("Int64"))
+            out[age_col] = age
 
     drop = [f.name for f in feed_file.datafields if f.dropped_on_sanitising and f.name in out]
     drop += [c for c in _GEO_COLUMNS if c in out]

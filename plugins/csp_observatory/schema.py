@@ -73,6 +73,9 @@ class Datafield:
     free_text: str | None = None
     #: False for a datafield the guidance's minimum dataset does not list: it may be sent, never required.
     guidance: bool = True
+    #: On a date of birth: the age datafield it becomes on sanitising (``age_field`` in the schema). Needed where a
+    #: file has several people (the offender's and the victim's); FeedFile.age_pairs gives the default.
+    age_field: str | None = None
 
     @cached_property
     def allowed_codes(self) -> frozenset[str] | None:
@@ -182,6 +185,23 @@ class FeedFile:
 
     def by_role(self, role: str) -> list[Datafield]:
         return [f for f in self.datafields if f.role == role]
+
+    @cached_property
+    def age_pairs(self) -> tuple[tuple[str, str], ...]:
+        """(date of birth, age) datafield names: each date of birth becomes its own age on sanitising.
+
+        A date of birth names its age datafield with ``age_field``; a file with exactly one date of birth and one
+        age pairs them without it. A date of birth with neither is left out here (the lint refuses it in a
+        depersonalised feed: see ``_age_pairing_problems``).
+        """
+        dobs, ages = self.by_role("date_of_birth"), self.by_role("age")
+        pairs = []
+        for d in dobs:
+            if d.age_field is not None:
+                pairs.append((d.name, d.age_field))
+            elif len(dobs) == 1 and len(ages) == 1:
+                pairs.append((d.name, ages[0].name))
+        return tuple(pairs)
 
 
 @dataclass(frozen=True)
@@ -300,7 +320,7 @@ class FeedSchema:
 
 def _datafield(raw: dict[str, Any], where: str) -> Datafield:
     unknown = set(raw) - {"name", "label", "type", "role", "required", "pattern", "codes",
-                          "codes_file", "min", "max", "free_text", "guidance"}
+                          "codes_file", "min", "max", "free_text", "guidance", "age_field"}
     if unknown:
         raise SchemaError(f"{where}: unknown keys {sorted(unknown)}")
     try:
@@ -310,9 +330,13 @@ def _datafield(raw: dict[str, Any], where: str) -> Datafield:
             codes=tuple(str(c) for c in raw["codes"]) if "codes" in raw else None,
             codes_file=raw.get("codes_file"), min=raw.get("min"), max=raw.get("max"),
             free_text=raw.get("free_text"), guidance=bool(raw.get("guidance", True)),
+            age_field=raw.get("age_field"),
         )
     except KeyError as exc:
         raise SchemaError(f"{where}: datafield needs {exc}") from exc
+    if d.age_field is not None and d.role != "date_of_birth":
+        raise SchemaError(f"{where}: {d.name}: age_field names the age a date of birth becomes; "
+                          f"a {d.role!r} datafield has none")
     if d.type not in TYPES:
         raise SchemaError(f"{where}: {d.name}: unknown type {d.type!r}")
     if d.role not in ROLES:
@@ -334,6 +358,30 @@ def _datafield(raw: dict[str, Any], where: str) -> Datafield:
             raise SchemaError(f"{where}: {d.name}: a datafield with a code list is not free text; "
                               f"give it codes or free_text: scrub, not both")
     return d
+
+
+def _age_pairing_problems(f: FeedFile, personalised: bool) -> list[str]:
+    """What is wrong with how a file's dates of birth become ages (empty when every one has its own age).
+
+    An ``age_field`` must name an age datafield of the file, and no two dates of birth may feed one age. In a
+    depersonalised file every date of birth must have its age: it is dropped on sanitising, and without a pair
+    the person's age would be lost or written to a column the table does not have.
+    """
+    problems = []
+    ages = {d.name for d in f.by_role("age")}
+    for d in f.by_role("date_of_birth"):
+        if d.age_field is not None and d.age_field not in ages:
+            problems.append(f"{d.name}: age_field {d.age_field!r} is not an age datafield of the file")
+    fed = [age for _, age in f.age_pairs]
+    for age in sorted({a for a in fed if fed.count(a) > 1}):
+        problems.append(f"several dates of birth feed {age}: give each its own age datafield")
+    if not personalised:
+        paired = {dob for dob, _ in f.age_pairs}
+        unpaired = [d.name for d in f.by_role("date_of_birth") if d.name not in paired]
+        if unpaired:
+            problems.append(f"no age datafield for {', '.join(unpaired)}: a date of birth becomes an age on "
+                            f"sanitising; name it with age_field (needed where a file has several people)")
+    return problems
 
 
 def _free_text_without_rule(files: list[FeedFile]) -> list[str]:
@@ -412,6 +460,10 @@ def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
         if uncovered:
             raise SchemaError(f"{where}: no sanitising rule covers {', '.join(uncovered)}: name each address and "
                               f"postcode in the file's location or other_locations")
+    for f in schema.files:
+        pairing = _age_pairing_problems(f, schema.personalised)
+        if pairing:
+            raise SchemaError(f"{where}:{f.name}: {'; '.join(pairing)}")
     unruled = [] if schema.personalised else _free_text_without_rule(list(schema.files))
     if unruled:
         # Partners type names, addresses and dates of birth into free text: none may reach analysts unchecked.

@@ -199,6 +199,21 @@ def test_several_locations_in_one_file_are_each_sanitised():
         assert loc.columns == {"postcode": "postcode"} and loc.kind == "home", section
 
 
+def test_every_date_of_birth_in_a_depersonalised_feed_becomes_its_own_persons_age():
+    for s in load_schemas():
+        for f in s.files:
+            dobs = [d.name for d in f.by_role("date_of_birth")]
+            if s.personalised or not dobs:
+                continue
+            pairs = dict(f.age_pairs)
+            assert sorted(pairs) == sorted(dobs), (s.feed, f.name)
+            assert len(set(pairs.values())) == len(pairs), (s.feed, f.name)         # one age per person
+            assert all(f.field(a).role == "age" for a in pairs.values()), (s.feed, f.name)
+    for section in ("3.2.15", "3.2.16", "3.2.17"):
+        assert dict(_schema(section).file("offences").age_pairs) == {"offender_date_of_birth": "offender_age",
+                                                                     "victim_date_of_birth": "victim_age"}
+
+
 # --- fixture supplies ------------------------------------------------------------------------------------------
 
 def _feed_files():

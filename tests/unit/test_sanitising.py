@@ -475,3 +475,64 @@ def test_the_lint_refuses_an_address_no_rule_covers():
         parse_schema(doc)
     doc["dataset_type"] = "personalised"       # stored whole, apart: nothing to sanitise
     parse_schema(doc)
+
+
+# --- several people in one row (issue 7): the offender's and the victim's dates of birth --------------------------
+
+@pytest.mark.parametrize("feed", ["btp_crimes", "tram_train_incidents", "bus_incidents"])
+def test_every_date_of_birth_becomes_its_own_persons_age(reference, pmap, feed):
+    ff = load_schema(SCHEMA_DIR / f"{feed}.yaml").file("offences")
+    assert ff.age_pairs == (("offender_date_of_birth", "offender_age"), ("victim_date_of_birth", "victim_age"))
+    pcs = reference[~reference["terminated"]]["postcode"].iloc[:3]
+    frame = _records(reference, 3).drop(columns=["ho_offence_code", "committed_from_date", "longitude", "latitude"])
+    frame = frame.assign(
+        offence_type=pd.array(["Assault", "Theft", "Criminal damage"], dtype="string"),
+        incident_date=pd.to_datetime(["2026-09-15", None, "2026-09-01"]),
+        route=pd.array(["576", None, "Calder Valley line"], dtype="string"),
+        location_postcode=pd.array(pcs, dtype="string"), geo_postcode=pd.array(pcs, dtype="string"),
+        offender_age=pd.array([None, 44, None], dtype="Int64"),
+        offender_date_of_birth=pd.to_datetime(["2000-09-15", None, "1970-01-01"]),
+        victim_age=pd.array([None, None, 63], dtype="Int64"),
+        victim_date_of_birth=pd.to_datetime(["1961-09-16", "2010-09-30", None]),
+    )
+    out = sanitise(frame, ff, pmap, period_end="2026-09-30").frame
+    # at the incident (row 1: no incident date, so the end of the period), each from its own date of birth;
+    # an age sent stands where there is no date of birth
+    assert list(out["offender_age"]) == [26, 44, 56]
+    assert list(out["victim_age"]) == [64, 16, 63]
+    assert not {"offender_date_of_birth", "victim_date_of_birth"} & set(out.columns)
+    assert check_sanitised(out, pmap, ff) == []
+    # a date of birth left in is caught, whichever person it is
+    for dob in ("offender_date_of_birth", "victim_date_of_birth"):
+        assert any(dob in p for p in check_sanitised(out.assign(**{dob: frame[dob]}), pmap, ff))
+
+
+def test_a_date_of_birth_the_lint_cannot_pair_with_an_age_is_refused():
+    from csp_observatory.schema import SchemaError, parse_schema
+
+    def doc(*fields: dict, dataset_type: str = "depersonalised") -> dict:
+        return {"feed": "t", "title": "T", "guidance_section": "3.2.15", "dataset_type": dataset_type,
+                "partner": {"id": "c", "agency": "A", "name": "N"},
+                "supply_cycle": {"schedule": "@monthly", "description": "monthly"},
+                "files": {"offences": {"pattern": r"^t_(?P<period>\d{6})\.csv\.gpg$", "table": "t", "key": ["ref"],
+                                       "datafields": [{"name": "ref", "type": "string", "role": "reference_number"},
+                                                      *fields]}}}
+
+    dob = lambda name, **kw: {"name": name, "type": "date", "role": "date_of_birth", **kw}  # noqa: E731
+    age = lambda name: {"name": name, "type": "integer", "role": "age"}  # noqa: E731
+    # one of each pairs by default; two people need age_field
+    assert parse_schema(doc(dob("dob"), age("age"))).file("offences").age_pairs == (("dob", "age"),)
+    with pytest.raises(SchemaError, match="no age datafield for offender_dob, victim_dob"):
+        parse_schema(doc(dob("offender_dob"), age("offender_age"), dob("victim_dob"), age("victim_age")))
+    with pytest.raises(SchemaError, match="no age datafield for victim_dob"):
+        parse_schema(doc(dob("offender_dob", age_field="offender_age"), age("offender_age"), dob("victim_dob")))
+    with pytest.raises(SchemaError, match="no age datafield for dob"):
+        parse_schema(doc(dob("dob")))
+    with pytest.raises(SchemaError, match="age_field 'victim_dob' is not an age datafield"):
+        parse_schema(doc(dob("offender_dob", age_field="victim_dob"), dob("victim_dob"), age("age")))
+    with pytest.raises(SchemaError, match="several dates of birth feed age"):
+        parse_schema(doc(dob("a_dob", age_field="age"), dob("b_dob", age_field="age"), age("age")))
+    with pytest.raises(SchemaError, match="age_field names the age a date of birth becomes"):
+        parse_schema(doc(dob("dob"), {**age("age"), "age_field": "age"}))
+    # a personalised feed keeps its dates of birth whole: nothing to pair
+    parse_schema(doc(dob("offender_dob"), dob("victim_dob"), dataset_type="personalised"))
