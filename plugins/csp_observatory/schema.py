@@ -76,6 +76,10 @@ class Datafield:
     #: On a date of birth: the age datafield it becomes on sanitising (``age_field`` in the schema). Needed where a
     #: file has several people (the offender's and the victim's); FeedFile.age_pairs gives the default.
     age_field: str | None = None
+    #: On a date: how many days after today a value may lie (``future_days``). 0, the default, refuses any date in
+    #: the future: right for events (offences, incidents, attendances) and births; a release date announced ahead
+    #: or a planned discharge date needs more.
+    future_days: int = 0
 
     @cached_property
     def allowed_codes(self) -> frozenset[str] | None:
@@ -320,7 +324,7 @@ class FeedSchema:
 
 def _datafield(raw: dict[str, Any], where: str) -> Datafield:
     unknown = set(raw) - {"name", "label", "type", "role", "required", "pattern", "codes",
-                          "codes_file", "min", "max", "free_text", "guidance", "age_field"}
+                          "codes_file", "min", "max", "free_text", "guidance", "age_field", "future_days"}
     if unknown:
         raise SchemaError(f"{where}: unknown keys {sorted(unknown)}")
     try:
@@ -330,13 +334,19 @@ def _datafield(raw: dict[str, Any], where: str) -> Datafield:
             codes=tuple(str(c) for c in raw["codes"]) if "codes" in raw else None,
             codes_file=raw.get("codes_file"), min=raw.get("min"), max=raw.get("max"),
             free_text=raw.get("free_text"), guidance=bool(raw.get("guidance", True)),
-            age_field=raw.get("age_field"),
+            age_field=raw.get("age_field"), future_days=raw.get("future_days", 0),
         )
     except KeyError as exc:
         raise SchemaError(f"{where}: datafield needs {exc}") from exc
     if d.age_field is not None and d.role != "date_of_birth":
         raise SchemaError(f"{where}: {d.name}: age_field names the age a date of birth becomes; "
                           f"a {d.role!r} datafield has none")
+    if not isinstance(d.future_days, int) or isinstance(d.future_days, bool) or d.future_days < 0:
+        raise SchemaError(f"{where}: {d.name}: future_days is a whole number of days, 0 or more")
+    if d.future_days and (d.type != "date" or d.role == "date_of_birth"):
+        # Nobody is born in the future: a date of birth after today is always a mistake.
+        raise SchemaError(f"{where}: {d.name}: future_days applies to a date that may lie ahead (a release or a "
+                          f"planned discharge), not to a {d.role if d.type == 'date' else d.type!r} datafield")
     if d.type not in TYPES:
         raise SchemaError(f"{where}: {d.name}: unknown type {d.type!r}")
     if d.role not in ROLES:

@@ -64,6 +64,18 @@ def _today() -> pd.Timestamp:
     return pd.Timestamp(date.today())
 
 
+def latest_date(d: Datafield, today: pd.Timestamp | None = None) -> pd.Timestamp:
+    """The latest date a date datafield may hold: today, or ``future_days`` after it (a release announced ahead)."""
+    return (today or _today()) + pd.Timedelta(days=d.future_days)
+
+
+def _date_rule(d: Datafield) -> str:
+    """The date rule in words, as the reason a partner reads."""
+    if not d.future_days:
+        return "is before 1900 or in the future"
+    return f"is before 1900 or more than {d.future_days} days after today"
+
+
 def _blank(values: pd.Series) -> pd.Series:
     if pd.api.types.is_string_dtype(values.dtype):
         return values.isna() | (values.str.strip() == "").fillna(True)
@@ -74,7 +86,7 @@ def _shown(d: Datafield, value: Any) -> str:
     return "(value withheld: personal data)" if d.personal else f"'{value}'"
 
 
-def _invalid(frame: pd.DataFrame, d: Datafield) -> tuple[pd.Series, str]:
+def _invalid(frame: pd.DataFrame, d: Datafield, today: pd.Timestamp | None = None) -> tuple[pd.Series, str]:
     """Present values of a datafield that break its schema rule, and what the rule is, in words."""
     values = frame[d.name]
     present = ~_blank(values)
@@ -93,8 +105,8 @@ def _invalid(frame: pd.DataFrame, d: Datafield) -> tuple[pd.Series, str]:
         bad = bad | (present & ~values.between(lo, hi).fillna(True))
         rule = rule or f"is outside {d.min}..{d.max}"
     if d.type == "date":
-        bad = bad | (present & ((values < EARLIEST_DATE) | (values > _today())).fillna(False))
-        rule = rule or "is before 1900 or in the future"
+        bad = bad | (present & ((values < EARLIEST_DATE) | (values > latest_date(d, today))).fillna(False))
+        rule = rule or _date_rule(d)
     return bad, rule
 
 
@@ -108,7 +120,7 @@ def _coordinate_pairs(feed_file: FeedFile) -> list[tuple[str, str, tuple[float, 
     return pairs
 
 
-def row_problems(frame: pd.DataFrame, feed_file: FeedFile) -> pd.DataFrame:
+def row_problems(frame: pd.DataFrame, feed_file: FeedFile, today: pd.Timestamp | None = None) -> pd.DataFrame:
     """Rows that cannot be used at all, with a plain reason: ``DataFrame[source_row, reason]``."""
     required = {d.name for d in feed_file.datafields if d.required} | set(feed_file.key)
     messages: dict[int, list[str]] = {}
@@ -118,7 +130,7 @@ def row_problems(frame: pd.DataFrame, feed_file: FeedFile) -> pd.DataFrame:
         missing = _blank(frame[d.name])
         for i in frame.index[missing]:
             messages.setdefault(i, []).append(f"{d.name} is missing (it is required)")
-        bad, rule = _invalid(frame, d)
+        bad, rule = _invalid(frame, d, today)
         if d.type == "date":
             continue   # a questionable required date is an accuracy finding, not a reason to refuse the row
         for i in frame.index[bad]:
@@ -128,9 +140,14 @@ def row_problems(frame: pd.DataFrame, feed_file: FeedFile) -> pd.DataFrame:
     return pd.DataFrame({"source_row": pd.Series(rows, dtype="int64"), "reason": pd.Series(reasons, dtype="string")})
 
 
-def apply_row_rules(frame: pd.DataFrame, feed_file: FeedFile) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
-    """Reject unusable rows (stage "validate"); blank and count optional values that break a rule."""
-    problems = row_problems(frame, feed_file)
+def apply_row_rules(frame: pd.DataFrame, feed_file: FeedFile, today: pd.Timestamp | None = None
+                    ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """Reject unusable rows (stage "validate"); blank and count optional values that break a rule.
+
+    A date after today (or after its ``future_days``) is such a value: blanked and counted when optional, an
+    accuracy finding when required. ``today`` is the date measured against (tests fix it).
+    """
+    problems = row_problems(frame, feed_file, today)
     if problems.empty:
         rejected = empty_rejected()
         kept = frame.copy()
@@ -144,7 +161,7 @@ def apply_row_rules(frame: pd.DataFrame, feed_file: FeedFile) -> tuple[pd.DataFr
     for d in feed_file.datafields:
         if d.name in required or d.name not in kept.columns:
             continue
-        bad, _ = _invalid(kept, d)
+        bad, _ = _invalid(kept, d, today)
         if bad.any():
             kept.loc[bad, d.name] = pd.NA
             nulled[d.name] = int(bad.sum())
@@ -206,8 +223,10 @@ def build_checks(feed_file: FeedFile, schema: FeedSchema | None = None, period: 
             add("accuracy", "expect_column_values_to_be_between", f"{d.name} within {d.min}..{d.max}",
                 column=d.name, min_value=d.min, max_value=d.max)
         if d.type == "date":
-            add("accuracy", "expect_column_values_to_be_between", f"{d.name} is a date from 1900 to today",
-                column=d.name, min_value=EARLIEST_DATE.to_pydatetime(), max_value=today.to_pydatetime())
+            until = "today" if not d.future_days else f"{d.future_days} days after today"
+            add("accuracy", "expect_column_values_to_be_between", f"{d.name} is a date from 1900 to {until}",
+                column=d.name, min_value=EARLIEST_DATE.to_pydatetime(),
+                max_value=latest_date(d, today).to_pydatetime())
         if d.type == "postcode":
             add("precision", "expect_column_values_to_match_regex", f"{d.name} is a full postcode, not a district",
                 column=d.name, regex=FULL_POSTCODE)

@@ -199,6 +199,22 @@ def test_several_locations_in_one_file_are_each_sanitised():
         assert loc.columns == {"postcode": "postcode"} and loc.kind == "home", section
 
 
+def test_only_dates_that_lie_ahead_in_the_guidances_meaning_may_be_in_the_future():
+    ahead = {(s.feed, f.name, d.name): d.future_days for s in load_schemas() for f in s.files for d in f.datafields
+             if d.future_days}
+    # 3.2.8 and 3.2.9: "when they are to be released"; 3.2.10 and 3.2.11: a planned discharge date
+    assert ahead == {("prison_releases", "releases", "release_date"): 366,
+                     ("yoi_releases", "releases", "release_date"): 366,
+                     ("drug_treatment_adults", "clients", "planned_discharge_date"): 731,
+                     ("drug_treatment_young_people", "clients", "planned_discharge_date"): 731}
+    for s in load_schemas():
+        for f in s.files:
+            # offences, incidents, attendances, assessments and births happened: never in the future
+            if f.event_date and (s.feed, f.name, f.event_date) not in ahead:
+                assert f.field(f.event_date).future_days == 0, (s.feed, f.name)
+            assert all(d.future_days == 0 for d in f.by_role("date_of_birth")), (s.feed, f.name)
+
+
 def test_every_date_of_birth_in_a_depersonalised_feed_becomes_its_own_persons_age():
     for s in load_schemas():
         for f in s.files:

@@ -136,3 +136,29 @@ def test_bad_free_text_rules_are_refused(raw: dict, where, update: dict, message
     _field(bad, *where).update(update)
     with pytest.raises(SchemaError, match=message):
         parse_schema(bad)
+
+
+@pytest.mark.parametrize("where, update, message", [
+    (("offenders", "date_of_birth"), {"future_days": 30}, "not to a 'date_of_birth' datafield"),
+    (("offences", "committed_from_time"), {"future_days": 30}, "not to a 'time' datafield"),
+    (("offences", "committed_to_date"), {"future_days": -1}, "whole number of days"),
+    (("offences", "committed_to_date"), {"future_days": True}, "whole number of days"),
+    (("offences", "committed_to_date"), {"future_days": "a year"}, "whole number of days"),
+    (("offenders", "age"), {"age_field": "age"}, "age_field names the age a date of birth becomes"),
+    (("offenders", "date_of_birth"), {"age_field": "gender"}, "age_field 'gender' is not an age datafield"),
+])
+def test_bad_future_days_and_age_fields_are_refused(raw: dict, where, update: dict, message: str) -> None:
+    bad = copy.deepcopy(raw)
+    _field(bad, *where).update(update)
+    with pytest.raises(SchemaError, match=message):
+        parse_schema(bad)
+
+
+def test_future_days_and_age_field_are_read(raw: dict) -> None:
+    ok = copy.deepcopy(raw)
+    _field(ok, "offences", "committed_to_date")["future_days"] = 10
+    _field(ok, "offenders", "date_of_birth")["age_field"] = "age"
+    s = parse_schema(ok)
+    assert s.file("offences").field("committed_to_date").future_days == 10
+    assert s.file("offences").field("committed_from_date").future_days == 0      # the default: no future
+    assert s.file("offenders").age_pairs == (("date_of_birth", "age"),)

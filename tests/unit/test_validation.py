@@ -209,3 +209,61 @@ def test_the_report_names_the_missing_half_not_a_derived_column(schema):
     assert _find(summary, "latitude is given wherever longitude is", "accuracy")["column"] == "latitude"
     assert not any(str(e["column"]).startswith("__") and "missing" in str(e["column"])
                    for e in summary["expectations"])
+
+
+# --- dates that may lie ahead (issue 7): a release announced ahead, a planned discharge --------------------------
+
+def _days(n: int) -> str:
+    return (TODAY + pd.Timedelta(days=n)).strftime("%Y-%m-%d")
+
+
+def test_a_release_date_ahead_is_kept_and_a_birth_in_the_future_is_not():
+    ff = load_schema(SCHEMA_DIR / "prison_releases.yaml").file("releases")
+    assert ff.field("release_date").future_days == 366 and ff.field("date_of_birth").future_days == 0
+    frame = _frame(ff, [
+        {"name": "A", "release_date": _days(30), "date_of_birth": "1990-01-01"},     # announced a month ahead
+        {"name": "B", "release_date": _days(366), "date_of_birth": _days(1)},        # the last day taken; born tomorrow
+        {"name": "C", "release_date": _days(367), "date_of_birth": "1990-01-01"},    # a mistyped year, most likely
+    ])
+    kept, rejected, nulled = validation.apply_row_rules(frame, ff, today=TODAY)
+    assert rejected.empty and len(kept) == 3
+    assert kept["release_date"].notna().tolist() == [True, True, False]
+    assert kept["date_of_birth"].notna().tolist() == [True, False, True]
+    assert nulled == {"release_date": 1, "date_of_birth": 1}
+    # the report says how far ahead a date may be
+    checks = {c.describe: c.kwargs for c in validation.build_checks(ff, None, None, TODAY)}
+    assert checks["release_date is a date from 1900 to 366 days after today"]["max_value"] == \
+        (TODAY + pd.Timedelta(days=366)).to_pydatetime()
+    assert checks["date_of_birth is a date from 1900 to today"]["max_value"] == TODAY.to_pydatetime()
+
+
+def test_a_planned_discharge_lies_ahead_but_the_start_of_treatment_does_not():
+    schema = load_schema(SCHEMA_DIR / "drug_treatment_adults.yaml")
+    ff = schema.file("clients")
+    rows = [{"client_reference": f"CL{i:04d}", "treatment_start_date": "2026-11-02",
+             "planned_discharge_date": _days(180)} for i in range(10)]
+    rows[1]["treatment_start_date"] = _days(3)           # an event in the future: a finding, the row is kept
+    rows[2]["planned_discharge_date"] = _days(800)       # further ahead than any plan: blanked
+    kept, rejected, nulled = validation.apply_row_rules(_frame(ff, rows), ff, today=TODAY)
+    assert rejected.empty and nulled == {"planned_discharge_date": 1}
+    assert kept["planned_discharge_date"].notna().sum() == 9
+    summary = validation.validate(kept, ff, schema, period="202611", today=TODAY)
+    start = _find(summary, "treatment_start_date is a date from 1900 to today", "accuracy")
+    assert start["success"] is False and start["unexpected_count"] == 1
+    planned = _find(summary, "planned_discharge_date is a date from 1900 to 731 days after today", "accuracy")
+    assert planned["success"] is True
+
+
+def test_an_optional_event_date_in_the_future_is_blanked_with_the_rule_in_words():
+    ff = load_schema(SCHEMA_DIR / "ae_assaults.yaml").file("assaults")
+    assert ff.field("incident_date").future_days == 0 and not ff.field("incident_date").required
+    frame = _frame(ff, [{"attendance_reference": "AE0001", "incident_date": _days(1)},
+                        {"attendance_reference": "AE0002", "incident_date": _days(0)}])
+    kept, _, nulled = validation.apply_row_rules(frame, ff, today=TODAY)
+    assert nulled == {"incident_date": 1} and kept["incident_date"].notna().tolist() == [False, True]
+    bad, rule = validation._invalid(frame, ff.field("incident_date"), TODAY)
+    assert bad.tolist() == [True, False] and rule == "is before 1900 or in the future"
+    yoi = load_schema(SCHEMA_DIR / "yoi_releases.yaml").file("releases")
+    bad, rule = validation._invalid(_frame(yoi, [{"name": "A", "release_date": _days(400)}]),
+                                    yoi.field("release_date"), TODAY)
+    assert bad.tolist() == [True] and rule == "is before 1900 or more than 366 days after today"
