@@ -299,6 +299,77 @@ def test_istv_element_names_tolerate_namespaces_prefixes_and_grouping(tmp_path):
     assert (row["site_code"], row["incident_date"], row["incident_time"]) == ("ZZ901", "2026-09-05", "23:10")
 
 
+#: ASSAULT LOCATION TYPE as departments send it -> the guidance's type of location (the ae_assaults schema's code):
+#: the guidance's words and short forms, and the NHS A and E INCIDENT LOCATION TYPE codes with their words.
+ISTV_LOCATION_TYPES = {
+    "At home": "at home", "home": "at home", "In a licensed premise": "in licensed premises",
+    "LICENSED PREMISES": "in licensed premises", "Outside a licensed premise": "outside licensed premises",
+    "outside licensed premises": "outside licensed premises", "On the street": "on the street",
+    "Street": "on the street", "Other": "other",
+    "10": "at home", "40": "other", "Work": "other", "50": "other", "Educational Establishment": "other",
+    "60": "other", "Public place": "other", "91": "other",
+}
+_ISTV_HEADER = ["Reporting Period Start Date", "Reporting Period End Date", "Site Code (of Treatment)",
+                "Arrival Date and Time at Accident and Emergency Department", "Assault Date and Time", "Assault Method",
+                "Assault Location Type", "Assault Location Description"]
+
+
+def _istv_files(tmp_path: Path, location_types: list[str]) -> tuple[Path, Path]:
+    """One ISTV submission of one assault per location type, as a CSV and as XML."""
+    rows = [["01/09/2026", "30/09/2026", "ZZ901", f"05/09/2026 23:{i:02d}", "05/09/2026 22:10", "01", code,
+             "Bull Green"] for i, code in enumerate(location_types)]
+    csv_path = _write_rows(tmp_path / "istv.csv", [_ISTV_HEADER, *rows])
+    assaults = "".join(
+        f"<Assault><ArrivalDateAndTimeAtAccidentAndEmergencyDepartment>2026-09-05T23:{i:02d}:00"
+        f"</ArrivalDateAndTimeAtAccidentAndEmergencyDepartment><AssaultDateAndTime>2026-09-05T22:10:00"
+        f"</AssaultDateAndTime><AssaultMethod>01</AssaultMethod><AssaultLocationType>{code}</AssaultLocationType>"
+        f"<AssaultLocationDescription>Bull Green</AssaultLocationDescription></Assault>"
+        for i, code in enumerate(location_types))
+    xml_path = tmp_path / "istv.xml"
+    xml_path.write_text(f'<?xml version="1.0" encoding="UTF-8"?><IstvSubmission><ReportingPeriodStartDate>2026-09-01'
+                        f'</ReportingPeriodStartDate><ReportingPeriodEndDate>2026-09-30</ReportingPeriodEndDate>'
+                        f'<SiteCodeOfTreatment>ZZ901</SiteCodeOfTreatment>{assaults}</IstvSubmission>',
+                        encoding="utf-8")
+    return csv_path, xml_path
+
+
+def test_istv_location_types_map_onto_the_guidances_types_in_csv_and_xml(tmp_path):
+    layout = _layout("nhs_istv_assaults")
+    assaults = load_schema(SCHEMA_DIR / "ae_assaults.yaml").file("assaults")
+    assert set(ISTV_LOCATION_TYPES.values()) == assaults.field("location_type").allowed_codes
+    sent = list(ISTV_LOCATION_TYPES)
+    frames = []
+    for src in _istv_files(tmp_path, sent):
+        out = tmp_path / f"{src.suffix[1:]}.out.csv"
+        result = L.apply(layout, src, out)
+        assert result.rows == len(sent) and not any(n.startswith("location_type") for n in result.notes)
+        parsed = parse_csv(out, assaults)
+        kept, rejected, nulled = apply_row_rules(parsed.frame, assaults)
+        assert rejected.empty and "location_type" not in nulled
+        assert kept["location_type"].tolist() == [ISTV_LOCATION_TYPES[c] for c in sent]
+        frames.append(out.read_bytes())
+    assert frames[0] == frames[1]                         # the CSV and the XML give one canonical file
+
+
+def test_an_istv_location_type_not_in_the_map_is_counted_and_left_empty(tmp_path):
+    layout = _layout("nhs_istv_assaults")
+    assaults = load_schema(SCHEMA_DIR / "ae_assaults.yaml").file("assaults")
+    for src in _istv_files(tmp_path, ["03", "10", "Car park behind Hambone Yard"]):
+        out = tmp_path / f"{src.suffix[1:]}.out.csv"
+        result = L.apply(layout, src, out)
+        # the layout's convention for a value its code map does not know: passed on, counted in a note naming
+        # the datafield, never quoted; nothing is set aside for it
+        note = next(n for n in result.notes if n.startswith("location_type"))
+        assert "2 value(s)" in note and "Hambone" not in note and "03" not in note
+        assert result.rejected.empty and result.rows == 3
+        parsed = parse_csv(out, assaults)
+        kept, rejected, nulled = apply_row_rules(parsed.frame, assaults)
+        # validation blanks an optional code that is not the schema's, counts it, and keeps the row
+        assert rejected.empty and nulled == {"location_type": 2}
+        assert kept["location_type"].isna().tolist() == [True, False, True]
+        assert kept.at[1, "location_type"] == "at home"
+
+
 BOMBS = {
     "billion laughs": b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">' + b"".join(
         b'<!ENTITY lol%d "%s">' % (i, (b"&lol%d;" % (i - 1) if i > 1 else b"&lol;") * 10) for i in range(1, 10))
