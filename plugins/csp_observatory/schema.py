@@ -283,9 +283,11 @@ class FeedSchema:
                 return f, period
         return None
 
-    def _on_sanitising(self, d: Datafield) -> str:
+    def _on_sanitising(self, f: FeedFile, d: Datafield) -> str:
         if self.personalised:
             return "kept (restricted)"
+        if d.name in dict(f.age_pairs):
+            return f"dropped (becomes `{dict(f.age_pairs)[d.name]}`)"
         if d.dropped_on_sanitising:
             return "dropped"
         if d.role in REWRITTEN_ON_SANITISING:
@@ -317,8 +319,9 @@ class FeedSchema:
                       "", "| datafield | meaning | type | required | role | in the guidance | on sanitising |",
                       "|---|---|---|---|---|---|---|"]
             for d in f.datafields:
-                lines.append(f"| `{d.name}` | {d.label} | {d.type} | {'yes' if d.required else ''} | {d.role} | "
-                             f"{'yes' if d.guidance else 'no (optional)'} | {self._on_sanitising(d)} |")
+                type_ = f"{d.type}, up to {d.future_days} days ahead" if d.future_days else d.type
+                lines.append(f"| `{d.name}` | {d.label} | {type_} | {'yes' if d.required else ''} | {d.role} | "
+                             f"{'yes' if d.guidance else 'no (optional)'} | {self._on_sanitising(f, d)} |")
         return "\n".join(lines)
 
 

@@ -162,3 +162,11 @@ def test_future_days_and_age_field_are_read(raw: dict) -> None:
     assert s.file("offences").field("committed_to_date").future_days == 10
     assert s.file("offences").field("committed_from_date").future_days == 0      # the default: no future
     assert s.file("offenders").age_pairs == (("date_of_birth", "age"),)
+
+
+def test_the_airflow_docs_say_which_age_a_date_of_birth_becomes_and_how_far_ahead_a_date_may_be() -> None:
+    btp = load_schema(SCHEMA_DIR / "btp_crimes.yaml").doc_md()
+    assert "| `victim_date_of_birth` |" in btp and "| dropped (becomes `victim_age`) |" in btp
+    assert "| dropped (becomes `offender_age`) |" in btp
+    assert "| `release_date` | Date of release (when they are to be released) | date, up to 366 days ahead |" in \
+        load_schema(SCHEMA_DIR / "prison_releases.yaml").doc_md()
