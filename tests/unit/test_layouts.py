@@ -279,6 +279,9 @@ def test_istv_xml_and_csv_give_identical_canonical_output(tmp_path):
         ["2026-09-05", "23:48", "2026-09-05", "23:10"]
     assert frame.at[1, "assault_method_other"] == "struck with a glass bottle"
     assert frame.at[1, "location_description"] == "inside a pub, Bull Green"
+    # every location type of the sample is one the layout understands: none is left for validation to blank
+    assert frame["location_type"].tolist() == ["outside licensed premises", "in licensed premises",
+                                               "in licensed premises", "at home", "other", "other"]
     assert frame.loc[4, ["arrival_date", "arrival_time"]].tolist() == ["", ""]     # arrival is not mandatory
     # Two assaults arriving at one site in the same minute still get distinct, valid references.
     assert frame["attendance_reference"].is_unique
