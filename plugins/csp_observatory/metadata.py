@@ -19,21 +19,27 @@ The caveats are shown where people meet the data: the tables' and columns' comme
 QGIS shows), the DAG's docs (:func:`doc_md_section`) and the quality report (:func:`report_section`).
 
 Functions that take a connection never commit: the load's transaction commits (or rolls back) with the data.
+``pipeline.py`` wires it: intake takes the file with its supply, the parse stage checks it, the load catalogues
+it and applies the comments in its own transaction, then writes the feed's caveats section to a small cache
+(:func:`write_dag_doc`, ``<reports_dir>/<feed>/supply_metadata.md``) that :func:`dag_doc` reads when the DAG file
+is parsed, since no database may be touched then. Importing this module does not import pandas.
 """
 from __future__ import annotations
 
 import calendar
 import json
+import os
 import re
+import tempfile
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any, Final, Mapping
 
 import yaml
 from psycopg2 import sql
 
 from csp_observatory import ddl
-from csp_observatory.parsing import header_key
 from csp_observatory.schema import POINT_ROLES, FeedFile, FeedSchema
 
 #: Largest metadata file read, in bytes (a hand-written file is a few kilobytes).
@@ -65,6 +71,14 @@ KINDS: Final = (FEED, PERIOD, FILE_NOT_DESCRIBED, FILE_NOT_RECEIVED, RECORD_COUN
 #: A name that may be quoted back to a partner (a key or a datafield name); anything else is described, not shown.
 _SHOWABLE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _./()-]{0,63}")
 _PERIOD_WORDS: Final = {"%Y": "YYYY", "%m": "MM", "%d": "DD", "%y": "YY", "%j": "DDD"}
+
+
+def header_key(text: str) -> str:
+    """:func:`parsing.header_key`, imported on first use: parsing loads pandas, and the DAG file imports this module
+    at parse time (:func:`dag_doc`), when every second counts."""
+    from csp_observatory.parsing import header_key as key
+
+    return key(text)
 
 
 class MetadataError(ValueError):
@@ -755,7 +769,8 @@ def first_supply_needs_metadata(conn: Any, feed: str) -> bool:
 
 # --- where people meet the data ----------------------------------------------------------------------------------
 
-def _coding_text(system: str | dict[str, str]) -> str:
+def coding_text(system: str | dict[str, str]) -> str:
+    """A coding system as one line: its description, or "code = meaning; ..."."""
     if isinstance(system, dict):
         return "; ".join(f"{code} = {meaning}" for code, meaning in system.items())
     return system
@@ -792,7 +807,7 @@ def column_comment(schema: FeedSchema, feed_file: FeedFile, column: str,
         extra.append(f"Partner: {explanation}")
     coding = {header_key(k): v for k, v in metadata.coding_systems.items()}
     if key in coding and key in {header_key(n) for n in fm.field_names}:
-        extra.append(f"Coding: {_coding_text(coding[key])}")
+        extra.append(f"Coding: {coding_text(coding[key])}")
     if not extra:
         return base
     head = (base or column).rstrip(".")
@@ -853,7 +868,7 @@ def doc_md_section(metadata: SupplyMetadata | None) -> str:
              f"(supplied {metadata.date_supplied.isoformat()}).*", "", "**Caveats on use:**", ""]
     lines += [f"- {_md(c)}" for c in metadata.caveats] or ["- none given"]
     lines += ["", "**Coding systems:**", ""]
-    lines += [f"- {_md(name)}: {_md(_coding_text(system))}" for name, system in metadata.coding_systems.items()] \
+    lines += [f"- {_md(name)}: {_md(coding_text(system))}" for name, system in metadata.coding_systems.items()] \
         or ["- none given"]
     lines += ["", f"**How coordinates were made:** {_md(metadata.geographic_method or 'not given')}"]
     if metadata.conditions_of_use:
@@ -883,3 +898,101 @@ def report_section(metadata: SupplyMetadata | None, mismatches: list[Mismatch]) 
         "messages": [m.message for m in mismatches],
         "matches": not mismatches,
     }
+
+
+# --- the pipeline's use of it ------------------------------------------------------------------------------------
+
+def read_metadata(path: str | Path, schema: FeedSchema) -> SupplyMetadata:
+    """Read a decrypted metadata file (at most :data:`MAX_BYTES` of it is read) and parse it for ``schema``."""
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_BYTES + 1)
+    return parse_metadata(data, schema)
+
+
+def shown_document(metadata: SupplyMetadata) -> dict[str, Any]:
+    """:meth:`SupplyMetadata.to_document` without the supplier (a person's details): what a report may hold."""
+    doc = metadata.to_document()
+    doc.pop("supplier", None)
+    return doc
+
+
+def from_shown_document(doc: Mapping[str, Any]) -> SupplyMetadata:
+    """A :class:`SupplyMetadata` from :func:`shown_document`'s output, the supplier left blank."""
+    return SupplyMetadata.from_document({**doc, "supplier": {"name": "", "contact": ""}})
+
+
+def missing_reason(schema: FeedSchema, period: str) -> str:
+    """Why a feed's first supply without a metadata file is not loaded, naming the file the partner must send."""
+    name = metadata_file_name(schema, period)
+    return (f"This is the first supply of {schema.title}, and the first supply of a feed must carry a metadata file "
+            f"(guidance section 3.4: who supplied it, what it covers, what each datafield means and the caveats on "
+            f"its use). Send {name} (or {name.replace('.yaml.gpg', '.json.gpg')} in JSON), encrypted and signed "
+            f"like the data files, into inbox/. The data files of this supply stay in inbox/ and are taken again "
+            f"with it. The partner guide (Supply metadata) has a complete example.")
+
+
+def refused_reason(schema: FeedSchema, problems: list[str], *, required: bool, remote_name: str) -> str:
+    """Why a metadata file that cannot be read was returned to the partner (its quarantine note), and what then.
+
+    ``required``: the feed's first supply, which is not loaded without it; otherwise the data were loaded.
+    """
+    what = MetadataError(problems).args[0]
+    if required:
+        return (f"{what} This is the first supply of {schema.title}, so it is not loaded without a metadata file the "
+                f"observatory can read: correct the file and upload it again as {remote_name}. The data files of "
+                f"this supply stay in inbox/ and are taken again with it.")
+    return (f"{what} The data of this supply were loaded without it: correct the file and send it with your next "
+            f"supply of {schema.title}.")
+
+
+# --- the DAG's docs ----------------------------------------------------------------------------------------------
+
+#: The cache of a feed's caveats for its DAG's docs: ``<reports_dir>/<feed>/`` + this name.
+DAG_DOC_NAME: Final = "supply_metadata.md"
+#: Largest cache file :func:`dag_doc` shows (a caveats section is a few kilobytes).
+MAX_DAG_DOC_BYTES: Final = 64_000
+_FEED_ID: Final = re.compile(r"[A-Za-z0-9_]{1,100}")
+
+
+def dag_doc_path(reports_dir: str | Path, feed: str) -> Path:
+    """Where the load keeps a feed's latest caveats section for its DAG's docs (beside the feed's reports)."""
+    return Path(reports_dir) / feed / DAG_DOC_NAME
+
+
+def write_dag_doc(reports_dir: str | Path, feed: str, metadata: SupplyMetadata | None) -> Path:
+    """Write the feed's :func:`doc_md_section` for :func:`dag_doc`, atomically (a DAG parse never reads half a
+    file): a temporary file in the same folder, then a rename over the old one. Call after the load commits."""
+    path = dag_doc_path(reports_dir, feed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{DAG_DOC_NAME}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(doc_md_section(metadata))
+        os.chmod(temp, 0o644)   # the DAG processor may run as another user; nothing personal is in it
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def dag_doc(feed: str, reports_dir: str | Path | None = None) -> str:
+    """The partner's latest caveats for a feed's DAG docs (Markdown), or "" when there are none; never raises.
+
+    For the DAG file at parse time, when no database or network may be touched: it reads only the small cache the
+    load writes (:func:`write_dag_doc`) under the settings' ``reports_dir`` (or ``reports_dir`` if given).
+    """
+    try:
+        if not _FEED_ID.fullmatch(feed):
+            return ""
+        if reports_dir is None:
+            from csp_observatory.config import load_settings
+
+            reports_dir = load_settings().reports_dir
+        with open(dag_doc_path(reports_dir, feed), "rb") as fh:
+            data = fh.read(MAX_DAG_DOC_BYTES + 1)
+        if len(data) > MAX_DAG_DOC_BYTES:
+            return ""
+        return data.decode("utf-8")
+    except Exception:       # noqa: BLE001  (a DAG must parse whatever became of the cache or the config)
+        return ""

@@ -482,3 +482,91 @@ def test_the_partner_guides_example_parses_and_matches_the_police_schema(prc):
     assert M.check_against(md, prc, PERIOD, _counts(md), _headers(prc)) == []
     assert md.coding_systems["ethnicity"]["IC5"] == "Chinese, Japanese or other South East Asian"
     assert md.geographic_method and md.conditions_of_use
+
+
+# --- the pipeline's helpers and the DAG's docs -------------------------------------------------------------------
+
+def test_read_metadata_reads_a_decrypted_file_and_stops_at_the_size_limit(tmp_path, prc, example):
+    path = tmp_path / "prc_metadata_202609.yaml"
+    path.write_bytes(EXAMPLE.read_bytes())
+    assert M.read_metadata(path, prc) == example
+    path.write_bytes(b"# " + b"x" * (M.MAX_BYTES + 10))
+    with pytest.raises(M.MetadataError, match="larger than"):
+        M.read_metadata(path, prc)
+
+
+def test_the_shown_document_has_everything_but_the_supplier(example):
+    doc = M.shown_document(example)
+    assert "supplier" not in doc and example.supplier.contact not in json.dumps(doc)
+    back = M.from_shown_document(doc)
+    assert dataclasses.replace(back, supplier=example.supplier) == example
+
+
+def test_reasons_name_the_file_to_send_and_what_happens_to_the_data(prc):
+    missing = M.missing_reason(prc, PERIOD)
+    assert "prc_metadata_202609.yaml.gpg" in missing and "prc_metadata_202609.json.gpg" in missing
+    assert "first supply" in missing and "stay in inbox/" in missing
+    first = M.refused_reason(prc, ["agency is missing (x)"], required=True, remote_name="prc_metadata_202609.yaml.gpg")
+    assert first.startswith("The metadata file cannot be used: agency is missing (x).")
+    assert "not loaded" in first and "prc_metadata_202609.yaml.gpg" in first
+    later = M.refused_reason(prc, ["agency is missing (x)"], required=False, remote_name="x")
+    assert "were loaded without it" in later
+    for text in (missing, first, later):
+        assert not re.search(r"['\"]", text)        # reports withhold anything quoted, as a value
+
+
+def test_dag_doc_reads_what_the_load_wrote_and_nothing_else(tmp_path, example):
+    assert M.dag_doc("police_recorded_crime", tmp_path) == ""            # nothing written yet
+    path = M.write_dag_doc(tmp_path, "police_recorded_crime", example)
+    assert path == tmp_path / "police_recorded_crime" / M.DAG_DOC_NAME
+    assert M.dag_doc("police_recorded_crime", tmp_path) == M.doc_md_section(example)
+    assert "Ages of offenders and victims may be estimates" in M.dag_doc("police_recorded_crime", tmp_path)
+    assert [p.name for p in path.parent.iterdir()] == [M.DAG_DOC_NAME]     # no temporary file left behind
+    # a later supply's caveats replace it whole
+    M.write_dag_doc(tmp_path, "police_recorded_crime", dataclasses.replace(example, caveats=("Only this one.",)))
+    assert "- Only this one." in M.dag_doc("police_recorded_crime", tmp_path)
+    assert "may be estimates" not in M.dag_doc("police_recorded_crime", tmp_path)
+    assert M.dag_doc("fire_incidents", tmp_path) == ""
+
+
+@pytest.mark.parametrize("case", ["path_in_feed", "too_large", "not_utf8", "folder", "no_config"])
+def test_dag_doc_never_raises(tmp_path, monkeypatch, case):
+    feed = "police_recorded_crime"
+    if case == "path_in_feed":
+        feed = "../../etc"
+    elif case == "too_large":
+        (tmp_path / feed).mkdir()
+        (tmp_path / feed / M.DAG_DOC_NAME).write_bytes(b"x" * (M.MAX_DAG_DOC_BYTES + 1))
+    elif case == "not_utf8":
+        (tmp_path / feed).mkdir()
+        (tmp_path / feed / M.DAG_DOC_NAME).write_bytes(b"\xff\xfe caveats")
+    elif case == "folder":
+        (tmp_path / feed / M.DAG_DOC_NAME).mkdir(parents=True)
+    else:
+        monkeypatch.setenv("CSP_CONFIG", str(tmp_path / "missing.yaml"))
+        assert M.dag_doc(feed) == ""
+        return
+    assert M.dag_doc(feed, tmp_path) == ""
+
+
+def test_dag_doc_uses_the_settings_reports_dir(tmp_path, monkeypatch, example):
+    config = tmp_path / "observatory.yaml"
+    config.write_text(yaml.safe_dump({
+        "database_url": "postgresql://unused", "sftp_host": "127.0.0.1", "sftp_port": 2222, "sftp_user": "x",
+        "sftp_key_file": str(tmp_path / "k"), "sftp_host_key": "ssh-ed25519 AAAA", "sftp_root": "",
+        "gnupg_home": str(tmp_path / "g"), "staging_dir": str(tmp_path / "s"), "reports_dir": str(tmp_path / "r")}))
+    monkeypatch.setenv("CSP_CONFIG", str(config))
+    M.write_dag_doc(tmp_path / "r", "police_recorded_crime", example)
+    assert M.dag_doc("police_recorded_crime") == M.doc_md_section(example)
+
+
+def test_the_dag_file_can_import_this_module_without_pandas():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; import csp_observatory.metadata as m; m.dag_doc('police_recorded_crime'); "
+            "print('pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.strip() == "False"
