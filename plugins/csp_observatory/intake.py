@@ -2,9 +2,12 @@
 
 A supply is taken only when every file its schema lists is in the inbox and none is still being written: a
 ``NAME.part`` is an upload in progress, and a ``NAME`` counts only once its size has stayed the same between two
-polls (a partner that cannot rename). Everything else in the inbox is a stray, returned with a reason and never
-silently skipped: a name that is no file of the feed (judged on the whole name), a period that is not a valid
-period, a link, a folder, an empty file. :func:`quarantine_strays` moves each to the partner's quarantine/ with
+polls (a partner that cannot rename). A period's metadata file (guidance section 3.4,
+``prc_metadata_202609.yaml.gpg``: ``metadata.metadata_pattern``) belongs to its supply: optional here (the load
+decides whether the feed needs one), waited for like a data file while it is being written, and collected with the
+data; alone it waits like an incomplete supply. Everything else in the inbox is a stray, returned with a reason and
+never silently skipped: a name that is no file of the feed (judged on the whole name), a period that is not a valid
+period, a link, a folder, an empty file, a second metadata file for a period. :func:`quarantine_strays` moves each to the partner's quarantine/ with
 that reason, so the partner hears about every file the observatory does not take.
 """
 from __future__ import annotations
@@ -21,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final, Iterator
 
-from csp_observatory import ledger
+from csp_observatory import ledger, metadata
 from csp_observatory.config import Settings
 from csp_observatory.schema import FeedSchema
 from csp_observatory.sftp import RemoteFile, download, exists, list_entries, list_files, move, put_text
@@ -30,6 +33,8 @@ log = logging.getLogger(__name__)
 
 PART = ".part"
 REASON_SUFFIX = ".reason.txt"
+#: The ``file_name`` of a supply's metadata file (no data file of any schema has this name).
+METADATA = "metadata"
 
 
 class IncompleteDownload(RuntimeError):
@@ -54,6 +59,7 @@ class PendingSupply:
     partner_id: str
     period: str
     files: list[PendingFile]
+    metadata: PendingFile | None = None     # the period's metadata file, if the partner sent one
 
     @property
     def supply_id(self) -> str:
@@ -66,7 +72,9 @@ class PendingSupply:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> PendingSupply:
         """The inverse of ``to_dict``."""
-        return cls(**{**raw, "files": [PendingFile(**f) for f in raw["files"]]})
+        md = raw.get("metadata")
+        return cls(**{**raw, "files": [PendingFile(**f) for f in raw["files"]],
+                      "metadata": PendingFile(**md) if md else None})
 
 
 @dataclass
@@ -94,14 +102,20 @@ class CollectedSupply:
     period: str
     files: list[CollectedFile]
     collected_at: str = ""
+    metadata: CollectedFile | None = None
 
     @property
     def supply_id(self) -> str:
         return f"{self.feed}/{self.period}"
 
     @property
+    def all_files(self) -> list[CollectedFile]:
+        """The data files, then the metadata file if there is one."""
+        return [*self.files, *([self.metadata] if self.metadata else [])]
+
+    @property
     def duplicates(self) -> list[CollectedFile]:
-        return [f for f in self.files if f.duplicate]
+        return [f for f in self.all_files if f.duplicate]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data (paths as strings), for Airflow XCom."""
@@ -110,7 +124,9 @@ class CollectedSupply:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> CollectedSupply:
         """The inverse of ``to_dict``."""
-        return cls(**{**raw, "files": [CollectedFile(**f) for f in raw["files"]]})
+        md = raw.get("metadata")
+        return cls(**{**raw, "files": [CollectedFile(**f) for f in raw["files"]],
+                      "metadata": CollectedFile(**md) if md else None})
 
 
 @dataclass
@@ -161,6 +177,16 @@ def expected_names(schema: FeedSchema) -> list[str]:
     return out
 
 
+def classify(schema: FeedSchema, name: str) -> tuple[str, str] | None:
+    """(file name, period) of an inbox name: a data file of the feed, or its metadata file (:data:`METADATA`);
+    None if it is neither. The whole name must match, and the period is not judged here (see period_problem)."""
+    hit = schema.classify(name)
+    if hit is not None:
+        return hit[0].name, hit[1]
+    period = metadata.match_metadata(schema, name)
+    return (METADATA, period) if period is not None else None
+
+
 def period_problem(schema: FeedSchema, period: str) -> str | None:
     """Why ``period`` (from a file name) is not a valid period of the feed, in a partner's words; None if it is."""
     words = _period_words(schema.period_format)
@@ -197,10 +223,11 @@ def stray_reason(schema: FeedSchema, entry: RemoteFile) -> str | None:
         return (f"The file name contains a character that cannot be shown (a line break, tab or other control "
                 f"character, written here as %0A, %09 and so on), so it is none of the expected names: {names}. "
                 f"Rename the file to exactly the expected name and upload it again.")
-    hit = schema.classify(entry.name)
+    hit = classify(schema, entry.name)
     if hit is None:
+        optional = metadata.metadata_file_name(schema, _period_words(schema.period_format))
         return (f"The file name {entry.name} does not match any file of the feed {schema.title}. Expected "
-                f"names: {names}. Rename the file and upload it again.")
+                f"names: {names}, and the supply's metadata file {optional}. Rename the file and upload it again.")
     return period_problem(schema, hit[1])
 
 
@@ -211,6 +238,7 @@ def plan_supplies(schema: FeedSchema, listing: list[RemoteFile],
     out = ReadySupplies(sizes={f.name: f.size for f in listing if f.kind == "file"})
     uploading = {f.name[: -len(PART)] for f in listing if f.kind == "file" and f.name.endswith(PART)}
     by_period: dict[str, dict[str, RemoteFile]] = {}
+    metadata_files: dict[str, list[RemoteFile]] = {}
     for f in listing:
         if f.kind == "file" and f.name.endswith(PART):
             continue        # still being written by the partner
@@ -221,18 +249,33 @@ def plan_supplies(schema: FeedSchema, listing: list[RemoteFile],
             out.strays[f.name] = why
             out.kinds[f.name] = f.kind
             continue
-        feed_file, period = schema.classify(f.name)  # type: ignore[misc]  # stray_reason said it is one
-        by_period.setdefault(period, {})[feed_file.name] = f
+        file_name, period = classify(schema, f.name)  # type: ignore[misc]  # stray_reason said it is one
+        if file_name == METADATA:
+            metadata_files.setdefault(period, []).append(f)
+            by_period.setdefault(period, {})    # a metadata file alone makes a period that waits for its data
+        else:
+            by_period.setdefault(period, {})[file_name] = f
+    for period, found in list(metadata_files.items()):
+        if len(found) > 1:
+            # prc_metadata_202609.yaml.gpg beside .json.gpg: which one the partner meant cannot be told.
+            names = ", ".join(sorted(f.name for f in found))
+            for f in found:
+                out.strays[f.name] = (f"There is more than one metadata file for the period {period} ({names}). "
+                                      f"A supply carries one metadata file: upload only the one you mean.")
+                out.kinds[f.name] = f.kind
+            del metadata_files[period]
     # A period is held back as a whole while any of its files is still uploading, even as a replacement.
     for name in uploading:
-        hit = schema.classify(name)
+        hit = classify(schema, name)
         if hit is not None and period_problem(schema, hit[1]) is None:
             by_period.setdefault(hit[1], {})
     for period in sorted(by_period):
         present = by_period[period]
+        meta = (metadata_files.get(period) or [None])[0]
         missing = [f.name for f in schema.files if f.name not in present]
-        in_progress = sorted(n for n in uploading if (h := schema.classify(n)) is not None and h[1] == period)
-        unstable = sorted(f.name for f in present.values() if previous.get(f.name) != f.size)
+        in_progress = sorted(n for n in uploading if (h := classify(schema, n)) is not None and h[1] == period)
+        unstable = sorted(f.name for f in [*present.values(), *([meta] if meta else [])]
+                          if previous.get(f.name) != f.size)
         if missing:
             out.waiting[period] = f"waiting for {', '.join(missing)}"
         elif in_progress:
@@ -243,7 +286,8 @@ def plan_supplies(schema: FeedSchema, listing: list[RemoteFile],
             out.supplies.append(PendingSupply(
                 feed=schema.feed, partner_id=schema.partner.id, period=period,
                 files=[PendingFile(ff.name, present[ff.name].name, present[ff.name].size, present[ff.name].mtime)
-                       for ff in schema.files]))
+                       for ff in schema.files],
+                metadata=PendingFile(METADATA, meta.name, meta.size, meta.mtime) if meta else None))
     return out
 
 
@@ -329,11 +373,12 @@ def private_dir(root: Path, *parts: str) -> Path:
 
 
 def collect(sftp: Any, conn: Any, schema: FeedSchema, settings: Settings, supply: PendingSupply) -> CollectedSupply:
-    """Download a ready supply into private staging, hash each file and record it in the ledger (no commit)."""
+    """Download a ready supply (its metadata file too) into private staging, hash each file and record it in the
+    ledger (no commit)."""
     inbox = settings.inbox(schema.partner.id)
     incoming = private_dir(settings.staging_dir, schema.feed, supply.period, "incoming")
-    files = []
-    for pf in supply.files:
+
+    def one(pf: PendingFile) -> CollectedFile:
         # A unique name, so two runs collecting at once cannot write into each other's download.
         temp = incoming / f"{pf.remote_name}.{secrets.token_hex(4)}"
         got = download(sftp, f"{inbox}/{pf.remote_name}", temp)
@@ -353,11 +398,14 @@ def collect(sftp: Any, conn: Any, schema: FeedSchema, settings: Settings, supply
                         pf.remote_name, earlier.file_name, earlier.supply_id)
         else:
             ledger.record_received(conn, sha, schema.feed, pf.remote_name, supply.supply_id, got)
-        files.append(CollectedFile(pf.file_name, pf.remote_name, sha, got, str(local), duplicate_of))
+        return CollectedFile(pf.file_name, pf.remote_name, sha, got, str(local), duplicate_of)
+
+    files = [one(pf) for pf in supply.files]
+    meta = one(supply.metadata) if supply.metadata else None
     if incoming.exists() and not any(incoming.iterdir()):
         incoming.rmdir()
     return CollectedSupply(schema.feed, schema.partner.id, supply.period, files,
-                           datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                           datetime.now(timezone.utc).isoformat(timespec="seconds"), metadata=meta)
 
 
 _WHAT: Final = {"file": "the file", "link": "the symbolic link", "folder": "the folder", "other": "the entry"}

@@ -380,3 +380,80 @@ def test_list_entries_reports_links_and_folders_and_list_files_leaves_them_out()
 def test_reason_text_for_something_that_could_not_be_moved():
     text = intake.reason_text("odd\tname", "This is a folder.", kind="folder", moved=False)
     assert "the folder odd%09name" in text and "still there" in text and "\t" not in text
+
+
+# --- the supply's metadata file (guidance section 3.4) --------------------------------------------------------------
+
+META = "prc_metadata_202609.yaml.gpg"
+
+
+def test_a_metadata_file_is_part_of_its_periods_supply_not_a_stray(schema):
+    names = _names("202609", *ALL) + [META]
+    ready = intake.plan_supplies(schema, _listing(names), {n: 100 for n in names})
+    assert ready.unrecognised == [] and [s.period for s in ready] == ["202609"]
+    supply = ready.supplies[0]
+    assert supply.metadata == intake.PendingFile("metadata", META, 100, 0)
+    assert [f.file_name for f in supply.files] == list(ALL)
+    assert intake.PendingSupply.from_dict(json.loads(json.dumps(supply.to_dict()))) == supply
+    # optional: the same supply without it is ready too
+    without = intake.plan_supplies(schema, _listing(names[:3]), {n: 100 for n in names}).supplies[0]
+    assert without.metadata is None
+    assert intake.PendingSupply.from_dict(without.to_dict()) == without
+
+
+@pytest.mark.parametrize("name", ["prc_metadata_202609.json.gpg", "prc_metadata_202609.yml.gpg"])
+def test_json_and_yml_metadata_names_are_taken(schema, name):
+    names = _names("202609", *ALL) + [name]
+    supply = intake.plan_supplies(schema, _listing(names), {n: 100 for n in names}).supplies[0]
+    assert supply.metadata is not None and supply.metadata.remote_name == name
+
+
+def test_a_metadata_file_alone_waits_like_an_incomplete_supply(schema):
+    ready = intake.plan_supplies(schema, _listing([META]), {META: 100})
+    assert ready.supplies == [] and ready.unrecognised == []
+    assert ready.waiting["202609"] == "waiting for offences, offenders, victims"
+
+
+def test_a_metadata_file_still_uploading_or_growing_holds_back_its_period(schema):
+    names = _names("202609", *ALL)
+    uploading = intake.plan_supplies(schema, _listing(names + [META + ".part"]), {n: 100 for n in names})
+    assert uploading.supplies == [] and "still uploading" in uploading.waiting["202609"]
+    growing = intake.plan_supplies(schema, _listing(names + [META]), {n: 100 for n in names} | {META: 50})
+    assert growing.supplies == [] and "not yet stable" in growing.waiting["202609"]
+
+
+def test_misnamed_bad_period_empty_or_doubled_metadata_files_are_strays(schema):
+    names = _names("202609", *ALL)
+    odd = ["prc_metadata_202613.yaml.gpg", "prc_metadata_202609.yaml", "prc_meta_202609.yaml.gpg",
+           "prc_metadata_202610.yaml.gpg"]
+    listing = _listing(names + odd[:3]) + [RemoteFile(odd[3], 0, 0)]
+    ready = intake.plan_supplies(schema, listing, {n: 100 for n in names} | {odd[3]: 0})
+    assert sorted(ready.unrecognised) == sorted(odd)
+    assert "not a valid period" in ready.strays[odd[0]]
+    assert "prc_metadata_YYYYMM.yaml.gpg" in ready.strays[odd[1]]       # the expected names say it may come
+    assert "empty" in ready.strays[odd[3]]
+    assert ready.supplies[0].metadata is None
+    both = [META, "prc_metadata_202609.json.gpg"]
+    ready = intake.plan_supplies(schema, _listing(names + both), {n: 100 for n in names + both})
+    assert sorted(ready.unrecognised) == sorted(both) and "more than one metadata file" in ready.strays[META]
+    assert [s.period for s in ready] == ["202609"] and ready.supplies[0].metadata is None
+
+
+def test_collect_downloads_and_ledgers_the_metadata_file_with_the_data(schema, tmp_path, monkeypatch):
+    settings = _settings(tmp_path)
+    names = _names("202609", *ALL) + [META]
+    fake = FakeSFTP({f"/police/inbox/{n}": f"encrypted {n}".encode() for n in names})
+    recorded = []
+    monkeypatch.setattr(ledger, "find", lambda conn, sha: None)
+    monkeypatch.setattr(ledger, "record_received", lambda conn, *args: recorded.append(args))
+    listing = [RemoteFile(n, len(f"encrypted {n}"), 0) for n in names]
+    pending = intake.plan_supplies(schema, listing, {f.name: f.size for f in listing}).supplies[0]
+    collected = intake.collect(fake, None, schema, settings, pending)
+    assert [f.file_name for f in collected.files] == list(ALL)
+    md = collected.metadata
+    assert md is not None and md.file_name == "metadata" and md.remote_name == META
+    assert Path(md.local_path).read_bytes() == f"encrypted {META}".encode()
+    assert stat.S_IMODE(os.stat(md.local_path).st_mode) == 0o600
+    assert sorted(a[2] for a in recorded) == sorted(names)
+    assert collected.all_files[-1] is md
+    assert intake.CollectedSupply.from_dict(json.loads(json.dumps(collected.to_dict()))) == collected
