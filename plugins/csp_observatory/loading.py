@@ -163,8 +163,13 @@ def _write_validation(cur: Any, supply_id: str, validation: dict[str, Any] | Non
 def load_supply(conn: Any, schema: FeedSchema, supply_id: str, period: str, tables: dict[str, pd.DataFrame],
                 lineage: dict[str, str], rejected: pd.DataFrame | None = None,
                 validation: dict[str, Any] | None = None,
-                on_commit_ledger: Callable[[Any], None] | None = None) -> LoadResult:
-    """Replace a supply's rows in one transaction (rows, rejected rows, validation, ledger); commit or nothing."""
+                on_commit_ledger: Callable[[Any], None] | None = None,
+                in_transaction: Callable[[Any], None] | None = None) -> LoadResult:
+    """Replace a supply's rows in one transaction (rows, rejected rows, validation, ledger); commit or nothing.
+
+    ``in_transaction(conn)`` does further writes that must commit or roll back with the rows (the supply's
+    metadata in the catalogue, the tables' comments); ``on_commit_ledger(conn)`` marks the files loaded, last.
+    """
     unknown = set(tables) - {f.name for f in schema.files}
     if unknown:
         raise ValueError(f"{schema.feed}: {sorted(unknown)} are not files of this feed")
@@ -195,6 +200,8 @@ def load_supply(conn: Any, schema: FeedSchema, supply_id: str, period: str, tabl
                 "status = EXCLUDED.status, files = EXCLUDED.files, row_counts = EXCLUDED.row_counts, "
                 "report = NULL, loaded_at = EXCLUDED.loaded_at",
                 (supply_id, schema.feed, period, json.dumps(files), json.dumps(result.rows)))
+        if in_transaction is not None:
+            in_transaction(conn)
         if on_commit_ledger is not None:
             on_commit_ledger(conn)
         conn.commit()

@@ -3,9 +3,16 @@
 Each stage takes the work folders of the supplies in flight and returns those still going. A supply's
 state lives in ``manifest.json`` in its private staging folder; its data passes between stages as
 parquet beside it, so nothing personal ever goes through Airflow's XCom or metadata database.
+
+A supply's metadata file (guidance section 3.4, ``metadata.py``) travels with its data files: collected,
+decrypted and verified like them, read and checked against them at parse time (``stages["metadata"]``), and
+catalogued with its table and column comments inside the load's transaction. The load refuses a feed's first
+supply without one.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import shutil
@@ -50,11 +57,13 @@ class Manifest:
     period: str
     work_dir: str
     files: dict[str, SupplyFile]
-    status: str = "collected"    # collected | refused | malformed | blocked | failed | loaded
+    # collected | refused | malformed | blocked | held | needs_metadata | failed | duplicate | loaded
+    status: str = "collected"
     problems: list[dict[str, str]] = field(default_factory=list)   # file-level: {file, remote_name, reason}
     stages: dict[str, Any] = field(default_factory=dict)           # per-stage summaries for the report
     run_id: str = ""
     collected_at: str = ""
+    metadata: SupplyFile | None = None                             # the supply's metadata file, if it has one
 
     @property
     def supply_id(self) -> str:
@@ -68,6 +77,11 @@ class Manifest:
     def path(self) -> Path:
         return Path(self.work_dir)
 
+    @property
+    def all_files(self) -> list[SupplyFile]:
+        """The data files, then the metadata file if there is one: what is decrypted, archived or refused."""
+        return [*self.files.values(), *([self.metadata] if self.metadata else [])]
+
     def save(self) -> None:
         (self.path / "manifest.json").write_text(json.dumps(asdict(self), indent=1, default=str))
 
@@ -75,6 +89,8 @@ class Manifest:
     def read(cls, work_dir: str | Path) -> Manifest:
         raw = json.loads((Path(work_dir) / "manifest.json").read_text())
         raw["files"] = {k: SupplyFile(**v) for k, v in raw["files"].items()}
+        if raw.get("metadata"):
+            raw["metadata"] = SupplyFile(**raw["metadata"])
         return cls(**raw)
 
     # Frames between stages: one parquet per file per stage.
@@ -177,7 +193,7 @@ def _delete_plaintext(m: Manifest) -> None:
             shutil.rmtree(child)
         else:
             child.unlink()
-    for f in m.files.values():
+    for f in m.all_files:
         f.plaintext_path = None
         for p in (Path(f.encrypted_path),):
             if p.exists():
@@ -253,9 +269,12 @@ def collect(feed: str, periods: list[str], run_id: str, settings: Settings | Non
             for cf in collected.files:
                 m.files[cf.file_name] = SupplyFile(name=cf.file_name, remote_name=cf.remote_name,
                                                    sha256=cf.sha256, size=cf.size, encrypted_path=cf.local_path)
-            if all(cf.duplicate_of for cf in collected.files):
+            if (cf := collected.metadata) is not None:
+                m.metadata = SupplyFile(name=cf.file_name, remote_name=cf.remote_name, sha256=cf.sha256,
+                                        size=cf.size, encrypted_path=cf.local_path)
+            if all(cf.duplicate_of for cf in collected.all_files):
                 # The same bytes were loaded before: never load them twice. The partner is told where.
-                for cf in collected.files:
+                for cf in collected.all_files:
                     intake.archive(client, settings, schema.partner.id, cf.remote_name)
                     m.problems.append({"file": cf.file_name, "remote_name": cf.remote_name,
                                        "reason": f"identical to a delivery already loaded as supply "
@@ -284,8 +303,9 @@ def decrypt_and_verify(work_dirs: list[str], settings: Settings | None = None) -
                 continue
             schema = schema_for(m.feed)
             fingerprint = settings.partner(schema.partner.id).signing_fingerprint
-            for f in m.files.values():
-                plaintext = m.path / "plain" / f"{f.name}.csv"
+            for f in m.all_files:
+                plaintext = m.path / "plain" / (f"{f.name}.csv" if f is not m.metadata else
+                                                 Path(f.remote_name).with_suffix("").name)
                 plaintext.parent.mkdir(mode=0o700, exist_ok=True)
                 try:
                     verified = decryption.decrypt_and_verify(settings.gnupg_home, Path(f.encrypted_path), plaintext,
@@ -314,11 +334,13 @@ def parse_and_validate(work_dirs: list[str], settings: Settings | None = None) -
                 continue
             schema = schema_for(m.feed)
             summaries: dict[str, Any] = {}
+            headers: dict[str, list[str]] = {}
             for f in m.files.values():
                 feed_file = schema.file(f.name)
                 try:
                     source, mapped = _in_canonical_layout(m, f.name, Path(f.plaintext_path), feed_file)
                     parsed = parsing.parse_csv(source, feed_file)
+                    headers[f.name] = _header(source)
                 except parsing.MalformedFile as bad:
                     with _sftp(settings) as client, _db(settings) as conn:
                         _refuse(m, settings, client, f, bad.reason, "malformed", conn)
@@ -339,10 +361,52 @@ def parse_and_validate(work_dirs: list[str], settings: Settings | None = None) -
                                      "nulled_values": nulled}
                 m.write_frame("parsed", f.name, kept)
             m.stages["validation"] = summaries
-            if not m.ok:
+            if m.ok:
+                m.stages["metadata"] = _check_metadata(m, schema, headers)
+            else:
                 _delete_plaintext(m)
             m.save()
     return work_dirs
+
+
+def _header(path: Path) -> list[str]:
+    """The header cells of a CSV file the parser has read (its first non-blank record)."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 20)
+    try:
+        text = head.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = head.decode("cp1252", errors="replace")      # as the parser falls back; names only
+    for record in csv.reader(io.StringIO(text, newline="")):
+        if any(c.strip() for c in record):
+            return record
+    return []
+
+
+def _check_metadata(m: Manifest, schema: FeedSchema, headers: dict[str, list[str]]) -> dict[str, Any]:
+    """The supply's metadata file read and checked against its files (counts, period, datafields), for the load
+    and the report.
+
+    Nothing personal is kept: the manifest outlives the plaintext, so the supplier's name and contact are left out
+    (the load reads the file again to catalogue it). Headers are those the parser read: the canonical copy's for
+    a file in a declared partner layout, whose datafields the metadata names as the schema does.
+    """
+    from csp_observatory import metadata
+
+    out: dict[str, Any] = {"file": None, "expected": metadata.metadata_file_name(schema, m.period),
+                           "supplied": m.metadata is not None, "refused": [], "document": None, "mismatches": []}
+    if m.metadata is None:
+        return out
+    out["file"] = m.metadata.remote_name
+    try:
+        md = metadata.read_metadata(m.metadata.plaintext_path or "", schema)
+    except metadata.MetadataError as bad:
+        out["refused"] = list(bad.problems)
+        return out
+    counts = {name: f.rows_in_file for name, f in m.files.items() if f.rows_in_file is not None}
+    out["document"] = metadata.shown_document(md)
+    out["mismatches"] = [x.to_dict() for x in metadata.check_against(md, schema, m.period, counts, headers)]
+    return out
 
 
 def _in_canonical_layout(m: Manifest, file_name: str, plaintext: Path, feed_file: Any) -> tuple[Path, Any]:
@@ -550,7 +614,7 @@ def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list
     header-only file, a partial extract) is held, not loaded, until an engineer confirms it by triggering the
     feed's DAG with ``{"confirm_replace": ["<period>"]}``; the files stay in the inbox for that run.
     """
-    from csp_observatory import ddl, ledger, loading
+    from csp_observatory import ddl, ledger, loading, metadata
 
     settings = settings or load_settings()
     for m in _in_flight(work_dirs):
@@ -560,10 +624,33 @@ def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list
             schema = schema_for(m.feed)
             tables = {name: m.read_frame("sanitised", name) for name in m.files}
             shas = [f.sha256 for f in m.files.values()]
+            # Read at parse time; a manifest from before metadata was read (an older run) is read now.
+            checked = m.stages.get("metadata") or _check_metadata(m, schema, {})
+            m.stages["metadata"] = checked
             with _db(settings) as conn:
                 ddl.ensure_database(conn)
                 ddl.ensure_feed_tables(conn, schema)
+                metadata.ensure_catalogue(conn)
                 conn.commit()
+                # The feed's first supply must bring its metadata (section 3.4): without it nothing is loaded and
+                # the files stay in the inbox until it arrives.
+                checked["required"] = metadata.first_supply_needs_metadata(conn, schema.feed)
+                md = None
+                if m.metadata is not None and not checked.get("refused"):
+                    md = metadata.read_metadata(m.metadata.plaintext_path or "", schema)
+                if checked["required"] and md is None:
+                    if m.metadata is None:
+                        m.status = "needs_metadata"
+                        m.problems.append({"file": "metadata", "remote_name": checked["expected"],
+                                           "reason": metadata.missing_reason(schema, m.period)})
+                        log.warning("%s not loaded: the feed's first supply carries no metadata file", m.supply_id)
+                    else:
+                        with _sftp(settings) as client:
+                            _refuse(m, settings, client, m.metadata, metadata.refused_reason(
+                                schema, checked["refused"], required=True, remote_name=m.metadata.remote_name),
+                                "refused", conn)
+                    m.save()
+                    continue
                 losses = loading.resend_losses(loading.loaded_counts(conn, schema, m.supply_id),
                                                {name: len(t) for name, t in tables.items()}, schema.resend_max_loss)
                 if losses and m.period not in (confirmed or []):
@@ -577,17 +664,45 @@ def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list
                                 "param confirm_replace=[%r]", m.supply_id, losses, m.period)
                     m.save()
                     continue
+                if md is not None:
+                    shas.append(m.metadata.sha256)      # type: ignore[union-attr]  # md came from it
+                shown: list[Any] = []
+
+                def catalogue(c: Any, md: Any = md, sid: str = m.supply_id, found: Any = checked["mismatches"],
+                              shown: list[Any] = shown) -> None:
+                    shown.append(_catalogue(c, schema, sid, md, found))
+
                 result = loading.load_supply(
                     conn, schema, m.supply_id, m.period, tables,
                     lineage={name: f.sha256 for name, f in m.files.items()},
                     rejected=m.rejected(),
                     validation={k: v["summary"] for k, v in m.stages.get("validation", {}).items()},
                     on_commit_ledger=lambda c, shas=shas, sid=m.supply_id: ledger.mark_loaded(c, shas, sid),
+                    in_transaction=catalogue,
                 )
             m.status = "loaded"
             m.stages["load"] = result.to_dict() if hasattr(result, "to_dict") else asdict(result)
+            checked["recorded"] = md is not None
             m.save()
+            try:
+                metadata.write_dag_doc(settings.reports_dir, schema.feed, shown[0] if shown else None)
+            except OSError:
+                log.exception("%s loaded, but the DAG docs' caveats could not be written", m.supply_id)
     return work_dirs
+
+
+def _catalogue(conn: Any, schema: FeedSchema, supply_id: str, md: Any, mismatches: list[dict[str, Any]]) -> Any:
+    """Inside the load's transaction: catalogue the supply's metadata (if it has any), and put the feed's latest
+    caveats and explanations in its tables' and columns' comments (``ensure_feed_tables`` may just have written
+    the schema's own over them). Returns the latest metadata, for the DAG's docs once the load has committed."""
+    from csp_observatory import metadata
+
+    if md is not None:
+        metadata.record(conn, supply_id, md, [metadata.Mismatch(**x) for x in mismatches])
+    latest = metadata.latest(conn, schema.feed)
+    if latest is not None:
+        metadata.apply_comments(conn, schema, latest)
+    return latest
 
 
 # --- stage 8: report and archive --------------------------------------------------------------------
@@ -610,11 +725,13 @@ def report_and_archive(feed: str, work_dirs: list[str] | None, settings: Setting
             if m.status == "loaded":
                 for f in m.files.values():
                     intake.archive(client, settings, schema.partner.id, f.remote_name)
+                if m.metadata is not None:
+                    _archive_metadata(m, schema, settings, client)
             elif m.status == "blocked":
                 # Publishing it would single people out: the partner gets it back with the reason.
                 reason = "; ".join(p["reason"] for p in m.problems)
                 with _db(settings) as conn:
-                    for f in m.files.values():
+                    for f in m.all_files:
                         _quarantine(settings, client, conn, schema.partner.id, f, reason)
             report = reporting.build_report(schema, m, settings)
             folder = Path(settings.reports_dir) / feed / m.period
@@ -631,6 +748,22 @@ def report_and_archive(feed: str, work_dirs: list[str] | None, settings: Setting
                                         "json": str(json_path), "headline": report["headline"],
                                         **{k: report["outcome"][k] for k in ("level", "reasons")}})
     return outcome
+
+
+def _archive_metadata(m: Manifest, schema: FeedSchema, settings: Settings, client: Any) -> None:
+    """After a load: the metadata file goes to processed/, or, if it could not be read, to quarantine/ with why."""
+    from csp_observatory import intake, metadata
+
+    refused = (m.stages.get("metadata") or {}).get("refused")
+    f = m.metadata
+    assert f is not None
+    if not refused:
+        intake.archive(client, settings, schema.partner.id, f.remote_name)
+        return
+    reason = metadata.refused_reason(schema, refused, required=False, remote_name=f.remote_name)
+    with _db(settings) as conn:
+        _quarantine(settings, client, conn, schema.partner.id, f, reason)
+    m.problems.append({"file": f.name, "remote_name": f.remote_name, "reason": reason})
 
 
 class SupplyNotLoaded(RuntimeError):

@@ -35,7 +35,20 @@ STATUS_TEXT: Final = {
     "failed": "Not loaded: processing stopped; the observatory is looking into it",
     "duplicate": "Not loaded again: these files were loaded before",
     "held": "Not loaded: this re-send would remove most of the period's loaded rows; held for an engineer to confirm",
+    "needs_metadata": "Not loaded: the first supply of a feed must carry a metadata file (see What to send)",
 }
+#: The note over the files the partner must act on, by the supply's status (default: refused files).
+PROBLEM_SECTION: Final = {
+    "held": ("Held files", "Nothing of this supply was loaded. Your files stay in inbox/ until an engineer has "
+                           "checked the re-send with you."),
+    "needs_metadata": ("What to send", "Nothing of this supply was loaded. Your files stay in inbox/: upload the "
+                                       "metadata file named here and the whole supply is taken again."),
+    "loaded": ("Refused files", "Each file here was moved to your quarantine folder with a .reason.txt beside it. "
+                                "The rest of the supply was loaded."),
+}
+_REFUSED_SECTION: Final = ("Refused files", "A refused file was moved to your quarantine folder with a .reason.txt "
+                                            "beside it. Nothing of this supply was loaded: fix the file and upload "
+                                            "the whole supply again.")
 #: What sanitise_other_location counts for each further location of a record, in display order.
 OTHER_LOCATION_OUTCOMES: Final = ("own_postcode", "moved", "postcode_unknown", "no_postcode")
 #: The supply's overall outcome, as the report, the Airflow run and the demo show it.
@@ -213,6 +226,8 @@ class SupplyOutcome:
     run_id: str = ""
     work_dir: str = ""                                                  # engineer only
     supplier_contact: str = ""
+    #: the partner's metadata file as the pipeline read it (pipeline._check_metadata; no supplier details)
+    supply_metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def outcome_from_manifest(manifest: Any, settings: Any = None) -> SupplyOutcome:
@@ -244,7 +259,7 @@ def outcome_from_manifest(manifest: Any, settings: Any = None) -> SupplyOutcome:
         sanitising=stages.get("sanitising") or {}, disclosure=stages.get("disclosure") or {},
         cleaning=stages.get("cleaning") or {}, quarantined=list(manifest.problems or []),
         date_supplied=manifest.collected_at, run_id=manifest.run_id, work_dir=manifest.work_dir,
-        supplier_contact=contact,
+        supplier_contact=contact, supply_metadata=dict(stages.get("metadata") or {}),
     )
 
 
@@ -293,8 +308,46 @@ def _validation_section(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _partner_metadata(raw: dict[str, Any]) -> dict[str, Any] | None:
+    """What the partner's metadata file said (caveats, coding, coordinates; never the supplier's details) and how it
+    compared with the supply; None when the pipeline has not looked for one."""
+    from csp_observatory import metadata as M
+
+    if not raw:
+        return None
+    doc = raw.get("document")
+    md = M.from_shown_document(doc) if doc else None
+    mismatches = [M.Mismatch(**x) for x in raw.get("mismatches") or []]
+    out = M.report_section(md, mismatches)
+    # the texts themselves, where report_section counts them: the partner's words are the point here
+    out.update({
+        "supplied": bool(raw.get("supplied")), "read": md is not None, "file": raw.get("file"),
+        "expected_file": raw.get("expected"), "refused": [str(p) for p in raw.get("refused") or []],
+        "required": raw.get("required"), "catalogued": bool(raw.get("recorded")),
+        "mismatches": [m.to_dict() for m in mismatches],
+        "agency": None, "dataset": None, "file_format": None, "period_start": None, "period_end": None,
+        "caveats": [], "coding_systems": {}, "geographic_method": None, "conditions_of_use": None,
+        "explanations": {},
+    })
+    if md is not None:
+        out.update({
+            "agency": md.agency, "dataset": md.dataset, "file_format": md.file_format,
+            "period_start": md.period_start.isoformat() if md.period_start else None,
+            "period_end": md.period_end.isoformat() if md.period_end else None,
+            "caveats": list(md.caveats),
+            "coding_systems": {name: M.coding_text(system) for name, system in md.coding_systems.items()},
+            "geographic_method": md.geographic_method, "conditions_of_use": md.conditions_of_use,
+            "explanations": {f.file: dict(f.explanations) for f in md.files},
+        })
+    return out
+
+
 def _metadata(schema: FeedSchema, outcome: SupplyOutcome, records: int | None) -> dict[str, Any]:
-    """Section 3.4 of the guidance: what a supply's metadata must say."""
+    """Section 3.4 of the guidance: what a supply's metadata must say; and what the partner's metadata file said."""
+    from csp_observatory.metadata import header_key
+
+    partner = _partner_metadata(outcome.supply_metadata)
+    explained = (partner or {}).get("explanations") or {}
     fields = []
     for f in schema.files:
         for d in f.datafields:
@@ -324,8 +377,9 @@ def _metadata(schema: FeedSchema, outcome: SupplyOutcome, records: int | None) -
                 codes = ", ".join(d.codes)
             elif d.codes_file:
                 codes = f"code list {d.codes_file}"
-            fields.append({"file": f.name, "name": d.name, "explanation": d.label, "type": d.type,
-                           "required": d.required, "codes": codes, "in_observatory": kept})
+            fields.append({"file": f.name, "name": d.name, "explanation": d.label,
+                           "partner_explanation": (explained.get(f.name) or {}).get(header_key(d.name)),
+                           "type": d.type, "required": d.required, "codes": codes, "in_observatory": kept})
     return {
         "agency": schema.partner.agency,
         "supplier": schema.partner.name,
@@ -346,6 +400,7 @@ def _metadata(schema: FeedSchema, outcome: SupplyOutcome, records: int | None) -
                              f"{DISPLACEMENT_TEXT[schema.displacement]}.",
         "conditions_of_use": "Use in line with the information sharing protocol. Even depersonalised, these data "
                              "are restricted: intelligence products made from them must be marked 'restricted'.",
+        "partner": partner,
     }
 
 
@@ -469,6 +524,16 @@ def assess(report: dict[str, Any]) -> dict[str, Any]:
         return {"level": "red", "text": LEVEL_TEXT["red"], "reasons": reasons}
     if not s["rows_loaded"]:
         return {"level": "red", "text": LEVEL_TEXT["red"], "reasons": ["the supply held no rows that could be loaded"]}
+    partner = (report.get("metadata") or {}).get("partner") or {}
+    if partner.get("refused"):
+        reasons.append(f"the metadata file {partner.get('file')} could not be read and was returned to you; the data "
+                       f"were loaded without it (see Supply metadata)")
+    if partner.get("mismatch_count"):
+        shown = partner["messages"][:3]
+        left = partner["mismatch_count"] - len(shown)
+        more = f" (and {left} more)" if left else ""
+        reasons.append(f"the metadata file does not match the supply in {_plural(partner['mismatch_count'], 'way')}: "
+                       + " ".join(shown) + more)
     if s["rows_need_attention"]:
         reasons.append(f"{_plural(s['rows_need_attention'], 'row')} set aside (not loaded)")
     by_stage: dict[str, int] = {}
@@ -691,10 +756,48 @@ def _metadata_html(md: dict[str, Any]) -> str:
              ("Date supplied", md["date_supplied"]), ("Caveats", md["caveats"]),
              ("Geographic coordinates", md["geographic_method"]), ("Conditions of use", md["conditions_of_use"])]
     dl = "<dl>" + "".join(f"<dt>{html.escape(k)}</dt><dd>{_e(v)}</dd>" for k, v in items) + "</dl>"
-    fields = _table(["File", "Datafield", "Explanation", "Type", "Required", "Codes", "In the observatory"],
-                    [[_e(f["file"]), f"<code>{_e(f['name'])}</code>", _e(f["explanation"]), _e(f["type"]),
-                      _e(f["required"]), _e(f["codes"]), _e(f["in_observatory"])] for f in md["datafields"]])
-    return dl + "<h3>Datafields</h3>" + fields
+    fields = _table(["File", "Datafield", "Explanation", "Partner's explanation", "Type", "Required", "Codes",
+                     "In the observatory"],
+                    [[_e(f["file"]), f"<code>{_e(f['name'])}</code>", _e(f["explanation"]),
+                      _e(f.get("partner_explanation")), _e(f["type"]), _e(f["required"]), _e(f["codes"]),
+                      _e(f["in_observatory"])] for f in md["datafields"]])
+    return _partner_metadata_html(md.get("partner")) + "<h3>The feed as the observatory describes it</h3>" + dl \
+        + "<h3>Datafields</h3>" + fields
+
+
+def _partner_metadata_html(p: dict[str, Any] | None) -> str:
+    """The partner's metadata file: what it said, and each difference from the supply."""
+    if p is None:
+        return ""
+    if not p["supplied"]:
+        need = " The first supply of a feed must carry one." if p.get("required") else ""
+        return (f"<h3>Your metadata file</h3><p>None came with this supply (expected name: "
+                f"<code>{_e(p.get('expected_file'))}</code>).{need} Send one whenever its caveats, coding systems or "
+                f"coordinates change.</p>")
+    head = f"<h3>Your metadata file <code>{_e(p.get('file'))}</code></h3>"
+    if p["refused"]:
+        return head + ("<p class='fail'>It could not be read, and was returned to your quarantine folder:</p><ul>"
+                       + "".join(f"<li>{_e(x)}</li>" for x in p["refused"]) + "</ul>")
+    items = [("Agency", p.get("agency")), ("Period covered", p.get("period") or
+                                           f"{p.get('period_start')} to {p.get('period_end')}"),
+             ("Date supplied", p.get("date_supplied")), ("File format", p.get("file_format")),
+             ("Records declared", ", ".join(f"{k}: {v:,}" for k, v in p["records_declared"].items())),
+             ("How coordinates were made", p.get("geographic_method")),
+             ("Conditions of use", p.get("conditions_of_use")),
+             ("Kept in the catalogue", p.get("catalogued"))]
+    body = "<dl>" + "".join(f"<dt>{html.escape(k)}</dt><dd>{_e(v)}</dd>" for k, v in items) + "</dl>"
+    body += "<p><strong>Caveats on use:</strong></p><ul>" + ("".join(f"<li>{_e(c)}</li>" for c in p["caveats"])
+                                                             or "<li class='muted'>none given</li>") + "</ul>"
+    if p["coding_systems"]:
+        body += "<p><strong>Coding systems:</strong></p><ul>" + "".join(
+            f"<li><code>{_e(k)}</code>: {_e(v)}</li>" for k, v in p["coding_systems"].items()) + "</ul>"
+    if p["mismatches"]:
+        body += ("<p class='fail'>It does not match the supply:</p>"
+                 + _table(["File", "Datafield", "Difference"],
+                          [[_e(m["file"]), _e(m["datafield"]), _e(m["message"])] for m in p["mismatches"]]))
+    else:
+        body += "<p class='ok'>It matches the supply: record counts, period and datafields.</p>"
+    return head + body
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -720,12 +823,11 @@ def render_html(report: dict[str, Any]) -> str:
     if report.get("flagged_rows"):
         sections.append(_section("Rows loaded with a problem", _flagged_html(report), "flagged"))
     if report["quarantined"]:
+        title, note = PROBLEM_SECTION.get(report["supply"]["status"], _REFUSED_SECTION)
         sections.append(_section(
-            "Refused files", _table(["File", "Your file name", "Reason and what to do"],
-                                    [[_e(q["file"]), _e(q["remote_name"]), _e(q["reason"])]
-                                     for q in report["quarantined"]]), "refused",
-            "A refused file was moved to your quarantine folder with a .reason.txt beside it. Nothing of this "
-            "supply was loaded: fix the file and upload the whole supply again."))
+            title, _table(["File", "Your file name", "Reason and what to do"],
+                          [[_e(q["file"]), _e(q["remote_name"]), _e(q["reason"])]
+                           for q in report["quarantined"]]), "refused", note))
     sections += [
         _section("Files received", files, "files"),
         _section("Fitness for purpose", _validation_html(report), "quality",
@@ -769,6 +871,13 @@ def render_text(report: dict[str, Any]) -> str:
         lines.append(f"  {table}: {n:,} rows")
     for q in report["quarantined"]:
         lines.append(f"  refused {q['remote_name'] or q['file']}: {q['reason']}")
+    partner = (report.get("metadata") or {}).get("partner")
+    if partner and partner.get("read"):
+        said = "matches the supply" if partner["matches"] else \
+            f"differs from the supply in {_plural(partner['mismatch_count'], 'way')}"
+        lines.append(f"Metadata {partner['file']}: {said}; {_plural(len(partner['caveats']), 'caveat')}"
+                     + ("; catalogued, caveats in the table comments" if partner.get("catalogued") else ""))
+        lines += [f"  - {m}" for m in partner["messages"]]
     files = report.get("files") or []
     if files:
         lines.append("Files taken: " + ", ".join(f"{f['remote_name']} ({f.get('rows_in_file') or 0:,} rows)"

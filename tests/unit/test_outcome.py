@@ -2,6 +2,8 @@
 records off the map, never reads as a plain success."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from csp_observatory import reporting
@@ -111,3 +113,82 @@ def test_the_report_counts_each_other_location(prc):
     assert report["sanitising"]["offences"]["other_locations"]["vehicle_keeper"]["moved"] == 2
     html = reporting.render_html(report)
     assert "Other locations in the records" in html and "<td>vehicle_keeper</td>" in html
+
+
+# --- the partner's metadata file (guidance section 3.4) ------------------------------------------------------------
+
+def _checked(prc, **changes):
+    """What pipeline._check_metadata records for the example metadata file, with changes."""
+    from csp_observatory import metadata as M
+    from csp_observatory.schema import REPO_ROOT
+
+    md = M.parse_metadata((REPO_ROOT / "include" / "examples" / "police_recorded_crime_metadata.yaml").read_text(),
+                          prc)
+    return {"file": "prc_metadata_202609.yaml.gpg", "expected": "prc_metadata_202609.yaml.gpg", "supplied": True,
+            "refused": [], "document": M.shown_document(md), "mismatches": [], "required": False,
+            "recorded": True, **changes}
+
+
+def test_metadata_that_matches_keeps_a_supply_green_and_shows_the_partners_words(prc):
+    o = outcome()
+    o.supply_metadata = _checked(prc)
+    report = reporting.build_report(prc, o)
+    assert report["outcome"]["level"] == "green"
+    p = report["metadata"]["partner"]
+    assert p["matches"] and p["read"] and p["catalogued"] and p["file"] == "prc_metadata_202609.yaml.gpg"
+    assert p["caveats"][1].startswith("Ages of offenders and victims may be estimates")
+    assert p["coding_systems"]["ethnicity"].startswith("IC1 = White - North European")
+    assert p["records_declared"] == {"offences": 1240, "offenders": 412, "victims": 1105}
+    fields = {(f["file"], f["name"]): f for f in report["metadata"]["datafields"]}
+    assert fields[("offenders", "ethnicity")]["partner_explanation"].startswith("Officer-defined ethnicity")
+    assert fields[("offences", "location_postcode")]["partner_explanation"] is None
+    for view in (report, reporting.partner_view(report)):
+        page = reporting.render_html(view)
+        assert "Ages of offenders and victims may be estimates" in page and "It matches the supply" in page
+        text = json.dumps(view) + page
+        assert "analysis@demo-constabulary.example" not in text and "Performance and Analysis Unit" not in text
+    assert "Metadata prc_metadata_202609.yaml.gpg: matches the supply; 4 caveats" in reporting.render_text(report)
+
+
+def test_metadata_that_does_not_match_makes_a_loaded_supply_amber_and_lists_each_difference(prc):
+    mismatch = {"kind": "record_count", "file": "offences", "datafield": None,
+                "message": "The metadata says the offences file has 1,240 records; it has 100 rows of data."}
+    o = outcome()
+    o.supply_metadata = _checked(prc, mismatches=[mismatch])
+    report = reporting.build_report(prc, o)
+    assert report["outcome"]["level"] == "amber"
+    assert report["outcome"]["reasons"] == [
+        "the metadata file does not match the supply in 1 way: " + mismatch["message"]]
+    p = reporting.partner_view(report)["metadata"]["partner"]
+    assert p["mismatch_count"] == 1 and p["mismatches"] == [mismatch] and p["mismatches_by_kind"] == {"record_count": 1}
+    page = reporting.render_html(reporting.partner_view(report))
+    assert "It does not match the supply" in page and "has 1,240 records; it has 100 rows" in page
+    assert "  - " + mismatch["message"] in reporting.render_text(report)
+
+
+def test_an_unreadable_metadata_file_on_a_loaded_supply_is_amber(prc):
+    o = outcome(quarantined=[{"file": "metadata", "remote_name": "prc_metadata_202609.yaml.gpg",
+                              "reason": "The metadata file cannot be used: agency is missing. The data of this "
+                                        "supply were loaded without it."}])
+    o.supply_metadata = _checked(prc, refused=["agency is missing (name of the agency)"], document=None,
+                                 recorded=False)
+    report = reporting.build_report(prc, o)
+    assert report["outcome"]["level"] == "amber"
+    assert "could not be read and was returned to you" in report["outcome"]["reasons"][0]
+    page = reporting.render_html(report)
+    assert "agency is missing (name of the agency)" in page and "The rest of the supply was loaded" in page
+
+
+def test_a_first_supply_without_metadata_is_red_and_says_what_to_send(prc):
+    from csp_observatory import metadata as M
+
+    o = outcome(status="needs_metadata", quarantined=[{
+        "file": "metadata", "remote_name": "prc_metadata_202609.yaml.gpg", "reason": M.missing_reason(prc, "202609")}])
+    o.supply_metadata = _checked(prc, file=None, supplied=False, document=None, required=True, recorded=False)
+    report = reporting.build_report(prc, o)
+    assert report["outcome"]["level"] == "red"
+    assert report["outcome"]["reasons"][0] == reporting.STATUS_TEXT["needs_metadata"]
+    assert "Send prc_metadata_202609.yaml.gpg" in report["outcome"]["reasons"][1]
+    page = reporting.render_html(reporting.partner_view(report))
+    assert "What to send" in page and "Your files stay in inbox/" in page
+    assert "The first supply of a feed must carry one" in page

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from csp_observatory import cleaning, demo_data, pipeline, postcodes, validation
+from csp_observatory import cleaning, demo_data, fixtures, pipeline, postcodes, validation
 from csp_observatory.pipeline import Manifest, SupplyFile
 
 pytestmark = pytest.mark.unit
@@ -33,7 +33,8 @@ def supply_files() -> dict[str, str]:
     return demo_data.make_police_recorded_crime(PERIOD, reference[~reference["terminated"]], n_offences=80).files
 
 
-def _work_dir(root: Path, files: dict[str, str]) -> str:
+def _work_dir(root: Path, files: dict[str, str], metadata: str | None = None) -> str:
+    """A work folder as decrypt_and_verify leaves it (with ``metadata`` as the supply's metadata file, if given)."""
     work = root / "work"
     (work / "plain").mkdir(parents=True)
     m = Manifest(feed=FEED, period=PERIOD, work_dir=str(work), files={})
@@ -43,6 +44,12 @@ def _work_dir(root: Path, files: dict[str, str]) -> str:
         m.files[name] = SupplyFile(name=name, remote_name=f"prc_{name}_{PERIOD}.csv.gpg", sha256=name * 8,
                                    size=len(text), encrypted_path=str(work / f"{name}.gpg"),
                                    plaintext_path=str(plain))
+    if metadata is not None:
+        plain = work / "plain" / f"prc_metadata_{PERIOD}.yaml"
+        plain.write_text(metadata, encoding="utf-8")
+        m.metadata = SupplyFile(name="metadata", remote_name=f"prc_metadata_{PERIOD}.yaml.gpg", sha256="m" * 64,
+                                size=len(metadata), encrypted_path=str(work / "metadata.gpg"),
+                                plaintext_path=str(plain))
     m.save()
     return str(work)
 
@@ -185,3 +192,46 @@ def test_an_error_in_one_supply_never_stops_another(tmp_path, monkeypatch, suppl
     monkeypatch.setattr(cleaning, "clean", lambda frame, ff: (_ for _ in ()).throw(ValueError("transient")))
     with pytest.raises(ValueError, match="transient"):
         pipeline.clean([good], _NoServices())
+
+
+def test_the_parse_stage_checks_the_metadata_file_against_the_files_it_read(tmp_path, supply_files):
+    schema = pipeline.schema_for(FEED)
+    runs = {}
+    for kind, text in {"matching": fixtures.make_metadata(schema, PERIOD, supply_files),
+                       "miscounted": fixtures.make_metadata(schema, PERIOD, supply_files, records={"victims": 3}),
+                       "unreadable": "agency: Local police force\n", "none": None}.items():
+        work = _work_dir(tmp_path / kind, supply_files, text)
+        pipeline.parse_and_validate([work], _NoServices())
+        runs[kind] = Manifest.read(work).stages["metadata"]
+    assert runs["matching"]["mismatches"] == [] and runs["matching"]["refused"] == []
+    assert runs["matching"]["file"] == f"prc_metadata_{PERIOD}.yaml.gpg"
+    doc = runs["matching"]["document"]
+    assert doc["caveats"] and "supplier" not in doc     # the manifest outlives the plaintext: no contact details
+    assert [m["kind"] for m in runs["miscounted"]["mismatches"]] == ["record_count"]
+    assert "victims file has 3 records" in runs["miscounted"]["mismatches"][0]["message"]
+    assert runs["unreadable"]["document"] is None and any("supplier is missing" in p
+                                                          for p in runs["unreadable"]["refused"])
+    assert runs["none"] == {"file": None, "expected": f"prc_metadata_{PERIOD}.yaml.gpg", "supplied": False,
+                            "refused": [], "document": None, "mismatches": []}
+
+
+def test_a_retried_parse_stage_checks_the_metadata_once(tmp_path, monkeypatch, supply_files):
+    text = fixtures.make_metadata(pipeline.schema_for(FEED), PERIOD, supply_files, records={"offences": 1})
+    clean_run = _work_dir(tmp_path / "clean", supply_files, text)
+    pipeline.parse_and_validate([clean_run], _NoServices())
+    retried = _work_dir(tmp_path / "retried", supply_files, text)
+    _fail_once(monkeypatch, validation, "validate", on_call=3)
+    with pytest.raises(ConnectionError):
+        pipeline.parse_and_validate([retried], _NoServices())
+    pipeline.parse_and_validate([retried], _NoServices())
+    assert Manifest.read(retried).stages["metadata"] == Manifest.read(clean_run).stages["metadata"]
+    assert len(Manifest.read(retried).stages["metadata"]["mismatches"]) == 1
+
+
+def test_the_metadata_files_plaintext_goes_with_the_rest(tmp_path, supply_files):
+    work = _work_dir(tmp_path, supply_files, fixtures.make_metadata(pipeline.schema_for(FEED), PERIOD, supply_files))
+    m = Manifest.read(work)
+    assert m.all_files[-1] == m.metadata and Manifest.read(work).metadata.plaintext_path
+    pipeline._delete_plaintext(m)
+    assert sorted(p.name for p in Path(work).iterdir()) == ["manifest.json"]
+    assert m.metadata.plaintext_path is None
