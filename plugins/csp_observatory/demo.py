@@ -57,22 +57,29 @@ def ensure_reference(settings: Settings, force: bool = False) -> dict[str, int]:
 
 def drop_demo_supply(settings: Settings, schema: FeedSchema, period: str = DEMO_PERIOD,
                      n_offences: int = 600, files: dict[str, str] | None = None,
-                     signer_home: str | None = None, signer_fingerprint: str | None = None) -> list[str]:
-    """As the partner: make a month of records, encrypt and sign each file, and upload it with .part + rename."""
-    from csp_observatory import demo_data, partner, postcodes, sftp
+                     signer_home: str | None = None, signer_fingerprint: str | None = None,
+                     metadata: str | bool = True) -> list[str]:
+    """As the partner: make a month of records, encrypt and sign each file, and upload it with .part + rename.
+
+    ``metadata``: True sends a metadata file (guidance section 3.4) that matches the files
+    (``fixtures.make_metadata``), a string sends that text as the metadata file, False sends none.
+    """
+    from csp_observatory import demo_data, fixtures, metadata as supply_metadata, partner, postcodes, sftp
 
     demo = demo_config()
     if files is None:
         reference = postcodes.shipped_reference()
         files = demo_data.make_police_recorded_crime(period, reference[~reference["terminated"]],
                                                      n_offences=n_offences).files
+    uploads = {fixtures.remote_name(schema.file(name), period): text for name, text in files.items()}
+    if metadata is not False:
+        text = fixtures.make_metadata(schema, period, files) if metadata is True else metadata
+        uploads[supply_metadata.metadata_file_name(schema, period)] = text
     names = []
     with tempfile.TemporaryDirectory() as tmp, sftp.connect(
             settings.sftp_host, settings.sftp_port, demo["partner_sftp_user"], Path(demo["partner_ssh_key"]),
             settings.sftp_host_key) as client:
-        for file_name, text in files.items():
-            feed_file = schema.file(file_name)
-            remote = feed_file.pattern.strip("^$").replace(r"(?P<period>\d{6})", period).replace("\\", "")
+        for remote, text in uploads.items():
             plain = Path(tmp) / remote.removesuffix(".gpg")
             plain.write_text(text, encoding="utf-8")
             enc = Path(tmp) / remote

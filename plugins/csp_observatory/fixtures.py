@@ -24,6 +24,9 @@ every value compared exactly (no NumPy), so a seed gives the same rows and bad r
 exception is a longitude/latitude (sent in some rows of a file whose location has them): pyproj computes it, and
 its sixth decimal can differ where PROJ has the OSTN15 grid. Use a period in the past: dates fall in the period,
 and validation blanks dates in the future.
+
+Each supply also has its metadata file (guidance section 3.4; ``metadata.py``), made by :func:`make_metadata` to
+match the files (every file's records and header), or miscounted, or left out (``make_supply(metadata=...)``).
 """
 from __future__ import annotations
 
@@ -36,11 +39,17 @@ from datetime import date, timedelta
 from typing import Any, Final
 
 import pandas as pd
+import yaml
 
+from csp_observatory import metadata as supply_metadata
 from csp_observatory.demo_data import FIRST_NAMES, LAST_NAMES, OCCUPATIONS, STREETS, TOWNS
-from csp_observatory.schema import Datafield, FeedFile, FeedSchema, LocationFields
+from csp_observatory.schema import POINT_ROLES, REPO_ROOT, Datafield, FeedFile, FeedSchema, LocationFields
 
 DEFAULT_SEED: Final = 20260701
+#: A feed's example metadata file, if it has one: ``<feed>_metadata.yaml`` (make_metadata starts from it).
+EXAMPLES_DIR: Final = REPO_ROOT / "include" / "examples"
+#: What ``make_supply(metadata=...)`` can give the supply: a matching file, one whose first file is miscounted, none.
+METADATA_KINDS: Final = ("matching", "miscounted", None)
 HO_CODES_FILE: Final = "ho_offence_codes.csv"
 # Street names with a park or a market in them could be read as a non-addressable place: left out, so that every
 # fixture address is an addressable one and its point a postcode centroid after sanitising.
@@ -101,6 +110,9 @@ class FixtureSupply:
     bad_rows: list[dict[str, Any]] = field(default_factory=list)
     #: data rows per file (header excluded)
     rows: dict[str, int] = field(default_factory=dict)
+    #: the supply's metadata file (YAML text) and its name on SFTP, or None when it has none
+    metadata: str | None = None
+    metadata_name: str | None = None
 
     def rejected(self, file_name: str) -> dict[int, str]:
         """Row number -> stage, of the rows of one file that must be set aside."""
@@ -341,15 +353,18 @@ def _write(header: list[str], rows: list[dict[str, str]]) -> str:
 
 
 def make_supply(schema: FeedSchema, period: str, reference: pd.DataFrame, n: int = 60,
-                seed: int = DEFAULT_SEED) -> FixtureSupply:
+                seed: int = DEFAULT_SEED, metadata: str | None = "matching") -> FixtureSupply:
     """Every file of one supply of ``schema`` for ``period`` as CSV text, with bad rows among the good.
 
     ``reference`` is a postcode reference frame (``postcodes.shipped_reference()``); ``n`` is the number of good
     rows of each file (a linked file, such as offenders, links each of its rows to a row of its target file).
-    Deterministic for a seed.
+    ``metadata`` (one of :data:`METADATA_KINDS`): a metadata file that matches the files, one that says the first
+    file has one record more than it has, or none. Deterministic for a seed.
     """
     if n < 8:
         raise ValueError("make at least 8 rows: the bad rows need room among the good")
+    if metadata not in METADATA_KINDS:
+        raise ValueError(f"metadata must be one of {METADATA_KINDS}")
     rng = random.Random(f"{seed}/{schema.feed}/{period}")
     places = _Places(reference)
     start, days = _period_days(period, schema.period_format)
@@ -369,6 +384,70 @@ def make_supply(schema: FeedSchema, period: str, reference: pd.DataFrame, n: int
         position = {id(r): i + 1 for i, r in enumerate(rows)}
         bad_rows += [{"file": feed_file.name, "row": position[id(r)], **info} for r, info in bad]
     files = {f.name: _write(f.field_names, made[f.name]) for f in schema.files}
+    rows = {name: len(rows) for name, rows in made.items()}
+    text = None
+    if metadata is not None:
+        first = schema.files[0].name
+        text = make_metadata(schema, period, files,
+                             records={first: rows[first] + 1} if metadata == "miscounted" else None)
     return FixtureSupply(feed=schema.feed, period=period, files=files,
-                         bad_rows=sorted(bad_rows, key=lambda b: (b["file"], b["row"])),
-                         rows={name: len(rows) for name, rows in made.items()})
+                         bad_rows=sorted(bad_rows, key=lambda b: (b["file"], b["row"])), rows=rows, metadata=text,
+                         metadata_name=supply_metadata.metadata_file_name(schema, period) if text else None)
+
+
+def _records_and_header(text: str) -> tuple[int, list[str]]:
+    """A CSV file's data records (as the parser counts them: blank lines are none) and its header cells."""
+    records = [r for r in csv.reader(io.StringIO(text, newline="")) if any(c.strip() for c in r)]
+    return max(len(records) - 1, 0), (records[0] if records else [])
+
+
+def make_metadata(schema: FeedSchema, period: str, files: dict[str, str], *,
+                  records: dict[str, int] | None = None, caveats: list[str] | None = None,
+                  date_supplied: date | None = None) -> str:
+    """A metadata file (guidance section 3.4) for a supply of ``schema``, as the partner would write it: YAML text.
+
+    It matches ``files`` (file name -> CSV text): each file's records are its data rows and its datafields its
+    header, so ``metadata.check_against`` finds nothing. The feed's example in ``include/examples`` (if any) gives
+    the agency, supplier, explanations, caveats, coding systems and how coordinates were made; other feeds get
+    plain made-up ones. ``records`` overrides a file's count (a mismatch on purpose), ``caveats`` the caveats.
+    Deterministic: the date supplied is, by default, twelve days after the period ends.
+    """
+    example = EXAMPLES_DIR / f"{schema.feed}_metadata.yaml"
+    if example.exists():
+        doc: dict[str, Any] = yaml.safe_load(example.read_text(encoding="utf-8"))
+    else:
+        doc = {"agency": schema.partner.agency,
+               "supplier": {"name": f"Data team, {schema.partner.name}", "contact": "data-team@partner.example"},
+               "dataset": schema.feed,
+               "file_format": "CSV (UTF-8, comma-separated, one header row), encrypted and signed with OpenPGP",
+               "files": {},
+               "caveats": [f"Made-up records for trying the {schema.title} feed: they describe no real event."],
+               "geographic_method": "Geocoded from the address by the partner's own gazetteer (made-up points)."}
+    bounds = supply_metadata.period_bounds(schema.period_format, period)
+    explained = {name: entry.get("datafields") for name, entry in (doc.get("files") or {}).items()}
+    out_files: dict[str, Any] = {}
+    listed: set[str] = set()
+    for f in schema.files:
+        if f.name not in files:
+            continue
+        count, header = _records_and_header(files[f.name])
+        known = explained.get(f.name) if isinstance(explained.get(f.name), dict) else {}
+        names = [cell for cell in header if cell.strip()]
+        listed |= {supply_metadata.header_key(c) for c in names}
+        # name: explanation where there are explanations, else the plain list a partner may write instead
+        fields: Any = {c: known.get(c) for c in names} if any(known.get(c) for c in names) else names
+        out_files[f.name] = {"records": (records or {}).get(f.name, count), "datafields": fields}
+    coordinates = any(d.role in POINT_ROLES and supply_metadata.header_key(d.name) in listed
+                      for f in schema.files for d in f.datafields)
+    if caveats is not None:
+        doc["caveats"] = list(caveats)
+    doc.update({
+        "period": period, "files": out_files,
+        "date_supplied": date_supplied or ((bounds[1] if bounds else date(2026, 1, 1)) + timedelta(days=12)),
+    })
+    if not coordinates:
+        doc.pop("geographic_method", None)
+    text = yaml.safe_dump({k: doc[k] for k in supply_metadata.TOP_LEVEL if k in doc}, sort_keys=False,
+                          allow_unicode=True, width=110)
+    # "name:" with nothing after it, as a person writes a self-explanatory datafield (YAML reads it as null)
+    return re.sub(r"(?m)^(\s+[^\s:#]+): null$", r"\1:", text)

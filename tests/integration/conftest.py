@@ -233,9 +233,9 @@ def clean_partner_folders(settings: Settings, observatory_sftp: paramiko.SFTPCli
         client.close()
 
 
-#: The observatory's per-supply records, kept beside the feed's own tables.
+#: The observatory's per-supply records, kept beside the feed's own tables (the supply's metadata among them).
 OBSERVATORY_SUPPLY_TABLES = ("observatory.deliveries", "observatory.supplies", "observatory.rejected_rows",
-                             "observatory.validation_results")
+                             "observatory.validation_results", "observatory.supply_metadata")
 
 
 def _forget_supply(conn: psycopg2.extensions.connection, schema: Any, period: str) -> None:

@@ -13,7 +13,8 @@ from pathlib import Path
 import gnupg
 import pytest
 
-from csp_observatory import demo, demo_data, postcodes
+from csp_observatory import demo, demo_data, fixtures, postcodes
+from csp_observatory.metadata import metadata_file_name
 from csp_observatory.pipeline import schema_for
 
 pytestmark = pytest.mark.integration
@@ -121,12 +122,14 @@ def test_a_supply_goes_from_sftp_to_sanitised_postgis_layers(settings, db, obser
                        "AND sanitise_rule IN ('next_nearest', 'same_ward', 'same_district', 'anywhere')", f"{FEED}/{PERIOD}")
     assert moved > 0
 
-    # The originals are archived only now the load has committed; the partner has a report.
+    # The originals (the metadata file with them) are archived only now the load has committed; the partner has a
+    # report.
+    assert metadata_file_name(schema, PERIOD) in names
     assert sorted(observatory_sftp.listdir("/police/processed")) == sorted(names)
     assert observatory_sftp.listdir("/police/inbox") == []
     assert any(n.endswith(".html") for n in observatory_sftp.listdir("/police/reports"))
     assert _count(db, "SELECT count(*) FROM observatory.deliveries WHERE supply_id = %s AND status = 'loaded'",
-                  f"{FEED}/{PERIOD}") == 3
+                  f"{FEED}/{PERIOD}") == 4      # three data files and the metadata file
     # No plaintext outlives the run.
     staging = Path(settings.staging_dir)
     assert not [p for p in staging.rglob("*") if p.is_file() and p.suffix in (".csv", ".parquet")]
@@ -198,7 +201,8 @@ def test_bad_files_end_in_quarantine_and_nothing_is_loaded(case, settings, db, o
         bad.write_bytes(data[: len(data) // 2])
         words = "truncated|damaged|incomplete"
     good = {k: v for k, v in supply_files.files.items() if k != "victims"}
-    demo.drop_demo_supply(settings, schema, PERIOD, files=good)
+    demo.drop_demo_supply(settings, schema, PERIOD, files=good,
+                          metadata=fixtures.make_metadata(schema, PERIOD, supply_files.files))
     with sftp.connect(settings.sftp_host, settings.sftp_port, demo_cfg["partner_sftp_user"],
                       Path(demo_cfg["partner_ssh_key"]), settings.sftp_host_key) as client:
         partner.upload(client, bad, "/inbox", victims)
@@ -209,6 +213,6 @@ def test_bad_files_end_in_quarantine_and_nothing_is_loaded(case, settings, db, o
     assert str(run.state) == "failed" and states["verdict"] == "failed" and states["report_and_archive"] == "success"
     # The supply's good files are kept in the inbox (nothing is lost) until a good victims file arrives.
     assert sorted(observatory_sftp.listdir("/police/inbox")) == sorted(
-        f"prc_{n}_{PERIOD}.csv.gpg" for n in good)
+        [f"prc_{n}_{PERIOD}.csv.gpg" for n in good] + [metadata_file_name(schema, PERIOD)])
     staging = Path(settings.staging_dir)
     assert not [p for p in staging.rglob("*") if p.is_file() and p.suffix in (".csv", ".parquet")]

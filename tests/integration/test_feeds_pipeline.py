@@ -67,7 +67,8 @@ def reader_url(demo_config):
 
 
 def _work_dir(root: Path, schema: FeedSchema, supply: fixtures.FixtureSupply) -> tuple[str, list[str]]:
-    """A work folder as decrypt_and_verify leaves it: plaintext CSVs and a manifest; the files' ledger hashes."""
+    """A work folder as decrypt_and_verify leaves it: plaintext CSVs, the metadata file and a manifest; the files'
+    ledger hashes (the metadata file's last)."""
     work = root / "work"
     (work / "plain").mkdir(parents=True, mode=0o700)
     m = Manifest(feed=schema.feed, period=PERIOD, work_dir=str(work), files={}, run_id="test_feeds_pipeline")
@@ -82,6 +83,14 @@ def _work_dir(root: Path, schema: FeedSchema, supply: fixtures.FixtureSupply) ->
         m.files[f.name] = SupplyFile(name=f.name, remote_name=fixtures.remote_name(f, PERIOD), sha256=sha,
                                      size=len(text.encode()), encrypted_path=str(work / f"{f.name}.gpg"),
                                      plaintext_path=str(plain))
+    # Every supply carries its metadata file: the test database may or may not know the feed already.
+    plain = work / "plain" / supply.metadata_name.removesuffix(".gpg")
+    plain.write_text(supply.metadata, encoding="utf-8")
+    sha = hashlib.sha256(supply.metadata.encode() + uuid.uuid4().bytes).hexdigest()
+    shas.append(sha)
+    m.metadata = SupplyFile(name="metadata", remote_name=supply.metadata_name, sha256=sha,
+                            size=len(supply.metadata.encode()), encrypted_path=str(work / "metadata.gpg"),
+                            plaintext_path=str(plain))
     m.save()
     return str(work), shas
 
@@ -100,7 +109,9 @@ def _cleanup(db, schema: FeedSchema, supply_id: str, shas: list[str], made: list
                 cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
             elif _exists(cur, schema.db_schema, f.table):
                 cur.execute(sql.SQL("DELETE FROM {} WHERE supply_id = %s").format(table), (supply_id,))
-        for t in ("supplies", "rejected_rows", "validation_results"):
+        for t in ("supplies", "rejected_rows", "validation_results", "supply_metadata"):
+            if not _exists(cur, "observatory", t):
+                continue
             cur.execute(sql.SQL("DELETE FROM {} WHERE supply_id = %s").format(sql.Identifier("observatory", t)),
                         (supply_id,))
         cur.execute("DELETE FROM observatory.deliveries WHERE sha256 = ANY(%s)", (shas,))
@@ -117,6 +128,7 @@ def test_a_feed_runs_from_its_files_to_postgis(schema, settings, db, reference, 
         made = [f.table for f in schema.files if not _exists(cur, schema.db_schema, f.table)]
     for f, sha in zip(schema.files, shas):
         ledger.record_received(db, sha, schema.feed, f.name, supply_id, len(supply.files[f.name].encode()))
+    ledger.record_received(db, shas[-1], schema.feed, supply.metadata_name, supply_id, len(supply.metadata.encode()))
     db.commit()
     try:
         for stage in (pipeline.parse_and_validate, pipeline.clean, pipeline.geocode, pipeline.sanitise):
@@ -124,6 +136,12 @@ def test_a_feed_runs_from_its_files_to_postgis(schema, settings, db, reference, 
         pipeline.load([work], settings)
         m = Manifest.read(work)
         assert m.status == "loaded", m.problems
+        # The metadata made for the supply matches it, and is catalogued with the rows.
+        assert m.stages["metadata"]["mismatches"] == [] and m.stages["metadata"]["recorded"]
+        with db.cursor() as cur:
+            cur.execute("SELECT count(*) FROM observatory.supply_metadata WHERE supply_id = %s", (supply_id,))
+            assert cur.fetchone()[0] == 1
+        db.rollback()
         for f in schema.files:
             _rows_are_accounted_for(db, schema, f, supply, supply_id, m)
             if schema.personalised:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from csp_observatory import demo, demo_data, intake, partner, pipeline, postcodes, sftp
+from csp_observatory import demo, demo_data, fixtures, intake, metadata, partner, pipeline, postcodes, sftp
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,7 @@ def _forget(conn, settings) -> None:
         with conn.cursor() as cur:
             for table in [f"depersonalised.{t}" for t in TABLES.values()] + [
                     "observatory.deliveries", "observatory.supplies", "observatory.rejected_rows",
-                    "observatory.validation_results"]:
+                    "observatory.validation_results", "observatory.supply_metadata"]:
                 if _exists(conn, table):
                     cur.execute(f"DELETE FROM {table} WHERE supply_id = %s", (supply_id,))  # noqa: S608
         conn.commit()
@@ -97,7 +97,10 @@ def _drop(settings, files: dict[str, str | bytes]) -> None:
 
 
 def _drop_supply(settings, period: str, files: dict[str, str]) -> None:
-    _drop(settings, {_name(f, period): text for f, text in files.items()})
+    """A supply's files and its metadata file (so that none of these is ever the feed's first without one)."""
+    schema = pipeline.schema_for(FEED)
+    _drop(settings, {**{_name(f, period): text for f, text in files.items()},
+                     metadata.metadata_file_name(schema, period): fixtures.make_metadata(schema, period, files)})
 
 
 def _run_dag() -> None:
@@ -125,7 +128,7 @@ def _assert_good_supply_loaded(db, observatory_sftp, settings, period: str, file
                               "file_name = %s", f"{FEED}/{period}", f)
         assert loaded.get(f, 0) > 0 and loaded[f] + rejected == _rows(files[f]), (period, f, loaded, rejected)
     processed = observatory_sftp.listdir(settings.partner_folder("police", "processed"))
-    assert {_name(f, period) for f in TABLES} <= set(processed)
+    assert {_name(f, period) for f in TABLES} | {f"prc_metadata_{period}.yaml.gpg"} <= set(processed)
 
 
 def _reason(observatory_sftp, settings, name: str) -> str:
@@ -230,7 +233,8 @@ def test_a_nul_byte_past_64_kib_is_refused_with_its_line_before_anything_loads(
     assert f"line {line}" in reason and "NUL" in reason, reason
     assert sum(_loaded(db, bad_period).values()) == 0
     # The supply's other files wait in the inbox for a corrected offences file; nothing is stuck retrying.
-    assert sorted(_inbox(observatory_sftp, settings)) == sorted(_name(f, bad_period) for f in ("offenders", "victims"))
+    assert sorted(_inbox(observatory_sftp, settings)) == sorted(
+        [_name(f, bad_period) for f in ("offenders", "victims")] + [f"prc_metadata_{bad_period}.yaml.gpg"])
 
 
 def test_an_unbalanced_quote_is_refused_with_its_line_and_what_is_wrong(
