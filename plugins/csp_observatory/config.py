@@ -5,10 +5,16 @@ written by ``scripts/setup.sh``; single values can be overridden with environmen
 deployment can point at an existing PostGIS (``CSP_DATABASE_URL``) or SFTP server. The file names the
 machine's secrets (SSH keys, gpg keyrings under ``/var/lib/csp-observatory``) by path, and holds the loader's
 database password in its URL: every clone's copy holds the same one.
+
+Partners come from two places: the file's own ``partners`` map, and the machine's partner registry
+(``partners_dir``: one YAML file per partner, written only by ``scripts/partner``, see docs/ONBOARDING.md). The
+registry wins: an active entry replaces the file's entry of the same id, and a removed entry takes the partner
+out altogether, so nothing is collected for a partner whose SFTP login has been revoked.
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
@@ -18,6 +24,10 @@ import yaml
 from csp_observatory.schema import REPO_ROOT
 
 DEFAULT_CONFIG: Final = REPO_ROOT / ".run" / "observatory.yaml"
+#: Registry entry states: ``active`` partners are collected for; ``removed`` ones are kept for the record only.
+PARTNER_STATES: Final = ("active", "removed")
+#: A partner id: also its SFTP (system) user name, so it must be a safe one.
+PARTNER_ID: Final = re.compile(r"^[a-z][a-z0-9_]{1,30}$")
 
 
 @dataclass(frozen=True)
@@ -27,6 +37,7 @@ class PartnerKeys:
     sftp_user: str
     signing_fingerprint: str          # primary key fingerprint the partner signs with
     contact: str = ""
+    feeds: tuple[str, ...] = ()       # the feeds (schema ``feed`` names) it supplies; empty: not recorded
 
 
 @dataclass(frozen=True)
@@ -47,12 +58,29 @@ class Settings:
     gpg_passphrase: str | None = None  # for the observatory's secret key, if it has one
     stable_polls: int = 2              # a file without .part must keep its size over this many polls
     poll_interval_s: float = 1.0
+    partners_dir: Path | None = None   # the machine's partner registry (scripts/partner), merged into partners
+    # partners the registry marks removed, with the date: absent from ``partners``, named in errors
+    removed_partners: dict[str, str] = field(default_factory=dict)
 
     def partner(self, partner_id: str) -> PartnerKeys:
         try:
             return self.partners[partner_id]
         except KeyError:
-            raise KeyError(f"no keys are registered for partner {partner_id!r} in the observatory config") from None
+            if partner_id in self.removed_partners:
+                raise KeyError(f"partner {partner_id!r} was removed from the observatory on "
+                               f"{self.removed_partners[partner_id]}: its SFTP login is revoked and nothing is "
+                               f"collected for it (onboard it again with scripts/partner onboard)") from None
+            where = f" or in the partner registry {self.partners_dir}" if self.partners_dir else ""
+            raise KeyError(f"no keys are registered for partner {partner_id!r} in the observatory config{where} "
+                           f"(onboard it with scripts/partner onboard)") from None
+
+    def suppliers(self, feed: str) -> list[str]:
+        """The active partners that supply ``feed`` (sorted ids); empty when nobody does."""
+        return sorted(pid for pid, p in self.partners.items() if feed in p.feeds)
+
+    def feed_enabled(self, feed: str) -> bool:
+        """Whether an active partner supplies ``feed``."""
+        return bool(self.suppliers(feed))
 
     def inbox(self, partner_id: str) -> str:
         return f"{self.sftp_root}/{self.partner(partner_id).sftp_user}/inbox"
@@ -71,23 +99,67 @@ _ENV: Final = {
     "sftp_host_key": "CSP_SFTP_HOST_KEY",
     "gnupg_home": "CSP_GNUPG_HOME",
     "staging_dir": "CSP_STAGING_DIR",
+    "partners_dir": "CSP_PARTNERS_DIR",
 }
 
 
+def partner_keys(raw: dict[str, Any]) -> PartnerKeys:
+    """A config file's or registry entry's partner as PartnerKeys (other registry fields are ignored)."""
+    return PartnerKeys(sftp_user=str(raw["sftp_user"]), signing_fingerprint=str(raw["signing_fingerprint"]),
+                       contact=str(raw.get("contact") or ""), feeds=tuple(str(f) for f in raw.get("feeds") or ()))
+
+
+def read_registry(folder: Path) -> dict[str, dict[str, Any]]:
+    """Every entry of a partner registry folder (``<id>.yaml``), active or removed, by id.
+
+    A folder that does not exist is an empty registry (a machine nobody has onboarded a partner on yet). An entry
+    that cannot be read is an error, never skipped: its pin decides whose files are accepted.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    entries: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                entry = yaml.safe_load(fh)
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"partner registry entry {path} cannot be read: {exc}") from None
+        if not isinstance(entry, dict) or entry.get("id") != path.stem:
+            raise ValueError(f"partner registry entry {path} does not describe partner {path.stem!r}")
+        missing = [k for k in ("sftp_user", "signing_fingerprint", "status") if not entry.get(k)]
+        if missing or entry["status"] not in PARTNER_STATES:
+            raise ValueError(f"partner registry entry {path} lacks {', '.join(missing) or 'a valid status'}")
+        entries[path.stem] = entry
+    return entries
+
+
 def settings_from_dict(raw: dict[str, Any]) -> Settings:
-    """Settings from a parsed config document (paths become Paths, partners PartnerKeys)."""
+    """Settings from a parsed config document (paths become Paths, partners PartnerKeys), with the partner
+    registry (``partners_dir``) merged in: active entries replace the file's, removed ones take it out."""
     kinds = {f.name: f.type for f in fields(Settings)}
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in kinds:
             raise ValueError(f"unknown setting {key!r}")
         if key == "partners":
-            value = {pid: PartnerKeys(**p) for pid, p in (value or {}).items()}
-        elif "Path" in str(kinds[key]):
+            value = {pid: partner_keys(p) for pid, p in (value or {}).items()}
+        elif value is not None and "Path" in str(kinds[key]):
             value = Path(value)
         elif key in ("sftp_port", "stable_polls"):
             value = int(value)
         values[key] = value
+    if values.get("partners_dir"):
+        partners = dict(values.get("partners") or {})
+        removed = dict(values.get("removed_partners") or {})
+        for pid, entry in read_registry(values["partners_dir"]).items():
+            if entry["status"] == "active":
+                partners[pid] = partner_keys(entry)
+                removed.pop(pid, None)
+            else:
+                partners.pop(pid, None)
+                removed[pid] = str(entry.get("removed_at") or "an unrecorded date")
+        values["partners"], values["removed_partners"] = partners, removed
     return Settings(**values)
 
 
