@@ -5,7 +5,10 @@
 # services running and reuses the machine's secrets, so it never invalidates a clone set up before it.
 #   machine-wide   PostGIS cluster, sshd, SFTP trees, host key (/etc/csp-observatory), and the secrets in
 #                  /var/lib/csp-observatory (root only): database passwords, SSH client keys, demo gpg keyrings;
-#                  each is made once and reused while it exists
+#                  each is made once and reused while it exists. The demo partners (one per partner.id of the
+#                  feed schemas) are onboarded with scripts/partner, the command an engineer uses for a real one
+#                  (docs/ONBOARDING.md): it reads /etc/csp-observatory/site.yaml, which this script writes, and
+#                  keeps the partner registry in /etc/csp-observatory/partners
 #   this clone     .venv, and under .run/ the config files that point at those secrets (observatory.yaml and
 #                  demo.yaml for the demo; test/observatory.yaml and test/demo.yaml for the tests), staging,
 #                  reports and the Airflow home
@@ -41,7 +44,11 @@ PG_TEST_DB=csp_observatory_test
 # The machine's secrets, outside any clone: made once, then reused by every clone's set-up.
 STORE=/var/lib/csp-observatory
 OBS_USER=cspobs
-PARTNERS=(police)               # partner ids; each is also its SFTP user name (see include/schemas/*.yaml)
+# Partners are onboarded by scripts/partner (docs/ONBOARDING.md), never named here: set-up onboards one demo
+# partner per partner.id of include/schemas/*.yaml with it. It reads what it needs to know from the site file.
+PARTNER_GROUP=csp-partners      # sshd jails this group's members in their own folder
+REGISTRY="$ETC/partners"        # the partner registry: one YAML file per partner (read by config.py)
+SITE="$ETC/site.yaml"
 PARTNER_FOLDERS=(inbox quarantine processed reports)
 
 mkdir -p "$RUN/logs"
@@ -296,36 +303,40 @@ for url in "$DATABASE_URL" "$TEST_DATABASE_URL"; do
     psql -X -q "$url" -c "SELECT postgis_version()" >>"$LOG" 2>&1 || fail "cannot log in to the database as in its URL (see $LOG)"
 done
 
-# ---------------------------------------------------------------- SFTP (the project's own sshd)
+# ---------------------------------------------------------------- SFTP (the project's own sshd): base
 step "sshd"
 mkdir -p -m 755 /run/sshd
 install -d -o root -g root -m 0755 "$ETC" "$ETC/authorized_keys" /srv/csp-observatory "$SFTP_ROOT" "$TEST_SFTP_ROOT"
 [ -f "$HOST_KEY" ] || quiet ssh-keygen -q -t ed25519 -N '' -C "csp-observatory sftp host key" -f "$HOST_KEY"
 chmod 0600 "$HOST_KEY"
 
+# The observatory's account; partners' accounts are made by scripts/partner (below), in the partners' group
+# that the sshd config jails, so onboarding a partner never rewrites the sshd config.
 getent group "$OBS_USER" >/dev/null || quiet groupadd --system "$OBS_USER"
+getent group "$PARTNER_GROUP" >/dev/null || quiet groupadd --system "$PARTNER_GROUP"
 id -u "$OBS_USER" >/dev/null 2>&1 \
     || quiet useradd --system -g "$OBS_USER" -d "$SFTP_ROOT" -M -s /usr/sbin/nologin "$OBS_USER"
 # With UsePAM no, an account whose password field is "!" is locked and refuses even key logins.
 usermod -p '*' "$OBS_USER"
-for p in "${PARTNERS[@]}"; do
-    if ! id -u "$p" >/dev/null 2>&1; then
-        if getent group "$p" >/dev/null; then grp=(-g "$p"); else grp=(--user-group); fi
-        quiet useradd --system "${grp[@]}" -d "$SFTP_ROOT/$p" -M -s /usr/sbin/nologin "$p"
-    fi
-    # in the observatory's group, so the partner can read the reports the observatory writes (0660, group cspobs)
-    usermod -a -G "$OBS_USER" "$p"
-    usermod -p '*' "$p"
-    # the chroot: every component root-owned, not group/world writable; the partner writes in its subfolders
-    for root in "$SFTP_ROOT" "$TEST_SFTP_ROOT"; do
-        install -d -o root -g root -m 0755 "$root/$p"
-        for sub in "${PARTNER_FOLDERS[@]}"; do
-            install -d "$root/$p/$sub"
-            chown "$p:$OBS_USER" "$root/$p/$sub"
-            chmod 2770 "$root/$p/$sub"
-        done
-    done
+
+# The demo's and the tests' partners: one per partner.id of the feed schemas (each is also its SFTP user), with
+# the feeds whose schema names it. The police partner is the one the demo and most tests drop files as.
+DEMO_PARTNER=police
+mapfile -t PARTNER_FEEDS < <(PYTHONPATH="$REPO/plugins" "$VPY" -c '
+from collections import defaultdict
+from csp_observatory.onboarding import feed_partners
+feeds = defaultdict(list)
+for feed, pid in feed_partners().items():
+    feeds[pid].append(feed)
+for pid in sorted(feeds):
+    print(pid, ",".join(sorted(feeds[pid])))')
+PARTNERS=()
+declare -A FEEDS_OF
+for line in "${PARTNER_FEEDS[@]}"; do
+    PARTNERS+=("${line%% *}")
+    FEEDS_OF[${line%% *}]=${line#* }
 done
+[ -n "${FEEDS_OF[$DEMO_PARTNER]:-}" ] || fail "no feed schema in include/schemas names the partner $DEMO_PARTNER"
 
 # SSH client keys: one pair per account for the whole machine, in the store; every clone's config points at them.
 KEYS="$STORE/ssh"
@@ -335,7 +346,7 @@ for u in "$OBS_USER" "${PARTNERS[@]}"; do
     old="$RUN/keys/${u}_ed25519"
     if [ ! -f "$k" ]; then
         if [ -f "$old" ] && [ -f "$old.pub" ] && [ -f "$ETC/authorized_keys/$u" ] \
-           && [ "$(cut -d' ' -f1,2 "$old.pub")" = "$(cut -d' ' -f1,2 "$ETC/authorized_keys/$u")" ]; then
+           && grep -qF "$(cut -d' ' -f1,2 "$old.pub")" "$ETC/authorized_keys/$u"; then
             # a set-up from before the store: keep the key sshd accepts now (clones in use hold it)
             cp -p "$old.pub" "$k.pub"; cp -p "$old" "$k.new"; mv -f "$k.new" "$k"
             echo "kept $u's SSH key from $old" >>"$LOG"
@@ -348,11 +359,195 @@ for u in "$OBS_USER" "${PARTNERS[@]}"; do
     fi
     [ -f "$k.pub" ] || ssh-keygen -y -f "$k" >"$k.pub"
     chmod 0600 "$k" "$k.pub"
-    # replaced only when it changes, and atomically: a login at this moment must not find it missing
-    replace_if_changed "$ETC/authorized_keys/$u" 0644 root:root <"$k.pub" || true
+done
+# the observatory's own key; partners' keys are installed by scripts/partner when it onboards them
+# (replaced only when it changes, and atomically: a login at this moment must not find it missing)
+replace_if_changed "$ETC/authorized_keys/$OBS_USER" 0644 root:root <"$KEYS/${OBS_USER}_ed25519.pub" || true
+
+# ---------------------------------------------------------------- GnuPG keyrings
+step "gnupg"
+# One keyring per party for the whole machine, in the store. Other clones' pipelines and tests may be using them
+# right now, so a run that finds them complete only reads them, and never starts or stops their gpg-agent.
+GNUPG="$STORE/gnupg"
+OBS_HOME="$GNUPG/observatory"
+# The demo partners' keys, each only signing, in one keyring: one gpg-agent makes them all. (A partner whose own
+# keyring an earlier set-up made, gnupg/<id>, keeps it: its fingerprint is pinned in configs in use.)
+PARTNERS_HOME="$GNUPG/partners"
+install -d -o root -g root -m 0700 "$GNUPG"
+G() { local home=$1; shift; gpg --batch --no-tty --quiet --homedir "$home" "$@" 9>&-; }
+AGENT_USED=0
+USED_HOMES=("$OBS_HOME")
+# "fingerprint email" of every key whose secret part this keyring holds, read without the agent (public listing
+# + the key file named by its keygrip).
+own_keys() {  # home
+    [ -d "$1/private-keys-v1.d" ] || return 0
+    G "$1" --no-autostart --with-colons --with-keygrip --list-keys 2>/dev/null | awk -F: -v d="$1/private-keys-v1.d" '
+        $1 == "pub" {p = 1; fpr = ""; grip = ""; next}
+        $1 == "sub" {p = 0}
+        p && $1 == "fpr" && fpr == "" {fpr = $10; next}
+        p && $1 == "grp" && grip == "" {grip = $10; next}
+        p && $1 == "uid" {
+            p = 0; f = d "/" grip ".key"
+            if ((getline line < f) > 0) {close(f); email = ""; if (match($10, /<[^>]*>/)) email = substr($10, RSTART + 1, RLENGTH - 2); print fpr, email}
+        }'
+}
+own_fpr() { own_keys "$1" | awk 'NR == 1 {print $1}'; }  # home
+ensure_key() {  # name uid -> KEY_FPR
+    local home="$GNUPG/$1" uid=$2 old="$RUN/gnupg/$1"
+    KEY_FPR=$(own_fpr "$home")
+    [ -n "$KEY_FPR" ] && return 0
+    # never replace a keyring that holds secret keys, even ones this script cannot make sense of
+    [ -z "$(ls -A "$home/private-keys-v1.d" 2>/dev/null)" ] \
+        || fail "$home holds secret keys but none with a public key I can use: move it away and run me again"
+    rm -rf "$home.new"
+    if [ -n "$(own_fpr "$old")" ]; then
+        # a set-up from before the store: keep this clone's keyring (its fingerprints are pinned in configs in use)
+        cp -a "$old" "$home.new"
+        find "$home.new" -type s -delete      # the old agent's sockets
+        echo "kept the $1 keyring from $old" >>"$LOG"
+    else
+        # made aside and moved in whole, so an interrupted run never leaves a key without its encryption subkey
+        install -d -m 0700 "$home.new"
+        quiet G "$home.new" --pinentry-mode loopback --passphrase '' --quick-gen-key "$uid" ed25519 sign never
+        quiet G "$home.new" --pinentry-mode loopback --passphrase '' --quick-add-key "$(own_fpr "$home.new")" \
+            cv25519 encr never
+        gpgconf --homedir "$home.new" --kill all >/dev/null 2>&1 || true
+    fi
+    chmod 0700 "$home.new"
+    rm -rf "$home"
+    mv "$home.new" "$home"
+    KEY_FPR=$(own_fpr "$home")
+    [ -n "$KEY_FPR" ] || fail "no usable key in $home after making it (see $LOG)"
+}
+# import a public key into a keyring, unless it is there (public keys need no agent)
+import_once() {  # from_home to_home fpr
+    G "$2" --no-autostart --list-keys "$3" >/dev/null 2>&1 \
+        || G "$1" --no-autostart --export "$3" | quiet G "$2" --no-autostart --import
+}
+# certify (locally) a key in a keyring, once: python-gnupg cannot encrypt to an uncertified key
+lsign_once() {  # home signer_fpr key_fpr
+    G "$1" --no-autostart --with-colons --check-sigs "$3" 2>/dev/null \
+        | awk -F: -v k="${2: -16}" '$1 == "sig" && $5 == k {f = 1} END {exit !f}' && return 0
+    AGENT_USED=1
+    quiet G "$1" --pinentry-mode loopback --passphrase '' -u "$2" --quick-lsign-key "$3"
+}
+ensure_key observatory "CSP Observatory (demo key) <observatory@csp-observatory.invalid>"
+OBS_FPR=$KEY_FPR
+
+declare -A PARTNER_FPR PARTNER_HOME
+shared=()
+for p in "${PARTNERS[@]}"; do
+    case "$p" in observatory|partners) fail "partner id $p is the name of a keyring in $GNUPG: choose another";; esac
+    if [ -d "$GNUPG/$p" ] || [ -n "$(own_fpr "$RUN/gnupg/$p")" ]; then
+        ensure_key "$p" "$p partner (demo key) <$p@csp-observatory.invalid>"
+        PARTNER_FPR[$p]=$KEY_FPR; PARTNER_HOME[$p]="$GNUPG/$p"
+        USED_HOMES+=("$GNUPG/$p")
+    else
+        shared+=("$p")
+    fi
+done
+if [ "${#shared[@]}" -gt 0 ]; then
+    demo_key_params() {  # partner ids -> a gpg --generate-key parameter file, one signing key each
+        local p
+        for p in "$@"; do
+            printf '%%no-protection\nKey-Type: eddsa\nKey-Curve: ed25519\nKey-Usage: sign\nName-Real: %s\n' \
+                "$p partner (demo key)"
+            printf 'Name-Email: %s@csp-observatory.invalid\nExpire-Date: 0\n%%commit\n' "$p"
+        done
+    }
+    declare -A HAVE
+    while read -r fpr email; do HAVE[${email%@csp-observatory.invalid}]=$fpr; done < <(own_keys "$PARTNERS_HOME")
+    missing=()
+    for p in "${shared[@]}"; do [ -n "${HAVE[$p]:-}" ] || missing+=("$p"); done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        # the first time, made aside and moved in whole; later, a new schema's partner is added in place (each key
+        # is one signing key, complete on its own)
+        target=$PARTNERS_HOME
+        if [ ! -d "$PARTNERS_HOME" ]; then rm -rf "$PARTNERS_HOME.new"; install -d -m 0700 "$PARTNERS_HOME.new"; target="$PARTNERS_HOME.new"; fi
+        demo_key_params "${missing[@]}" | quiet G "$target" --pinentry-mode loopback --generate-key
+        AGENT_USED=1
+        if [ "$target" != "$PARTNERS_HOME" ]; then
+            # its agent goes with the name it was started for: a moved socket would lead to an agent that no
+            # longer finds the keys
+            gpgconf --homedir "$target" --kill all >/dev/null 2>&1 || true
+            find "$target" -type s -delete
+            mv "$target" "$PARTNERS_HOME"
+        fi
+        while read -r fpr email; do HAVE[${email%@csp-observatory.invalid}]=$fpr; done < <(own_keys "$PARTNERS_HOME")
+    fi
+    for p in "${shared[@]}"; do
+        [ -n "${HAVE[$p]:-}" ] || fail "no demo key for $p in $PARTNERS_HOME after making it (see $LOG)"
+        PARTNER_FPR[$p]=${HAVE[$p]}; PARTNER_HOME[$p]=$PARTNERS_HOME
+    done
+    USED_HOMES+=("$PARTNERS_HOME")
+fi
+# Every partner keyring knows the observatory's key and has certified it, so a partner can encrypt to it (the
+# partner guide has partners do the same). The partners' keys reach the observatory's keyring by onboarding.
+for home in "${USED_HOMES[@]:1}"; do
+    import_once "$OBS_HOME" "$home" "$OBS_FPR"
+    lsign_once "$home" "$(own_fpr "$home")" "$OBS_FPR"
+done
+# The agents this run started (to make or certify keys) go: set-up leaves no daemon of its own behind. A run
+# that only reads the keyrings starts none and stops none (another clone's tests may be using them).
+if [ "$AGENT_USED" -eq 1 ]; then
+    for home in "${USED_HOMES[@]}"; do
+        gpgconf --homedir "$home" --kill all >/dev/null 2>&1 || true
+    done
+fi
+
+# Secrets a set-up from before the store left in this clone: copied into the store above (or superseded by it)
+# and no longer named by any config here, so they go: one copy per machine.
+for legacy in "$RUN/keys" "$RUN/gnupg"; do
+    [ -e "$legacy" ] || continue
+    for home in "$legacy"/*/; do gpgconf --homedir "$home" --kill all >/dev/null 2>&1 || true; done
+    rm -rf "$legacy"
+    echo "removed $legacy: the machine's secrets live in $STORE" >>"$LOG"
 done
 
-ALLOW_USERS="$OBS_USER ${PARTNERS[*]}"
+# ---------------------------------------------------------------- partners (scripts/partner)
+step "partners"
+# What scripts/partner needs to know about this machine; it reads nothing else of set-up's.
+replace_if_changed "$SITE" 0644 root:root <<EOF || true
+# written by scripts/setup.sh: this machine, for scripts/partner (docs/ONBOARDING.md); re-run set-up to change it
+accounts: system
+registry_dir: $REGISTRY
+authorized_keys_dir: $ETC/authorized_keys
+observatory_gnupg_home: $OBS_HOME
+observatory_fingerprint: $OBS_FPR
+observatory_public_key: $ETC/observatory.asc
+partner_group: $PARTNER_GROUP
+observatory_user: $OBS_USER
+observatory_group: $OBS_USER
+folders: [$(IFS=,; echo "${PARTNER_FOLDERS[*]}" | sed 's/,/, /g')]
+sftp_trees:
+  - {root: $SFTP_ROOT, port: $SSHD_PORT}
+  - {root: $TEST_SFTP_ROOT, port: $TEST_SSHD_PORT}
+sftp_host: 127.0.0.1
+sftp_port: $SSHD_PORT
+host_key: $HOST_KEY.pub
+EOF
+# Onboard every demo partner with the same command an engineer runs for a real one: accounts, folders, keys,
+# registry entries. It changes nothing when they are already onboarded, and leaves removed ones removed. Airflow
+# comes at the end, once its database is there.
+ONBOARD_DIR=$(mktemp -d "$RUN/.onboard.XXXXXX")
+trap 'rc=$?; rm -rf "$ONBOARD_DIR"; (exit $rc); on_exit' EXIT
+for p in "${PARTNERS[@]}"; do
+    G "${PARTNER_HOME[$p]}" --no-autostart --armor --export "${PARTNER_FPR[$p]}" >"$ONBOARD_DIR/$p.asc"
+    cat <<EOF
+- id: $p
+  ssh_key: $KEYS/${p}_ed25519.pub
+  gpg_key: $ONBOARD_DIR/$p.asc
+  feeds: [${FEEDS_OF[$p]}]
+  contact: data-quality@$p.example (demo partner)
+EOF
+done >"$ONBOARD_DIR/partners.yaml"
+quiet env PYTHONPATH="$REPO/plugins" CSP_SITE="$SITE" "$REPO/scripts/partner" apply --keep-removed --no-airflow \
+    "$ONBOARD_DIR/partners.yaml" || fail "onboarding the demo partners failed (see $LOG)"
+rm -rf "$ONBOARD_DIR"
+trap on_exit EXIT
+
+# ---------------------------------------------------------------- sshd config
+# No partner is named here: the partners' group is jailed in <tree>/<user>, so onboarding never rewrites this file.
 sshd_config() {
     cat <<EOF
 # csp-observatory's own sshd: SFTP only, key auth only (written by scripts/setup.sh; edits are overwritten)
@@ -369,7 +564,7 @@ KbdInteractiveAuthentication no
 PermitRootLogin no
 PermitEmptyPasswords no
 AuthorizedKeysFile $ETC/authorized_keys/%u
-AllowUsers $ALLOW_USERS
+AllowGroups $OBS_USER $PARTNER_GROUP
 StrictModes yes
 AllowTcpForwarding no
 AllowAgentForwarding no
@@ -383,24 +578,21 @@ LogLevel INFO
 Subsystem sftp internal-sftp -u 0007
 EOF
     # port $SSHD_PORT serves the demo's tree, port $TEST_SSHD_PORT the tests' twin of it: same users, same keys
-    local port root p
+    local port root
     for port in "$SSHD_PORT" "$TEST_SSHD_PORT"; do
         root=$SFTP_ROOT
         [ "$port" = "$TEST_SSHD_PORT" ] && root=$TEST_SFTP_ROOT
-        echo
-        echo "# port $port, tree $root. Partners: each jailed in its own folder"
-        for p in "${PARTNERS[@]}"; do
-            cat <<EOF
-Match User $p LocalPort $port
+        cat <<EOF
+
+# port $port, tree $root
+# partners (scripts/partner puts them in $PARTNER_GROUP): each jailed in its own folder
+Match Group $PARTNER_GROUP LocalPort $port
     ChrootDirectory $root/%u
     ForceCommand internal-sftp -u 0007
     AllowTcpForwarding no
     AllowAgentForwarding no
     X11Forwarding no
     PermitTunnel no
-EOF
-        done
-        cat <<EOF
 # the observatory: sees every partner's folder
 Match User $OBS_USER LocalPort $port
     ChrootDirectory $root
@@ -448,92 +640,6 @@ for port in "$SSHD_PORT" "$TEST_SSHD_PORT"; do
     [ "$served" = "$HOST_KEY_PUB" ] || fail "sshd on 127.0.0.1:$port serves '${served:-nothing}', not $HOST_KEY.pub (see /var/log/csp-observatory-sshd.log)"
 done
 
-# ---------------------------------------------------------------- GnuPG demo keyrings
-step "gnupg"
-# One keyring per party for the whole machine, in the store. Other clones' pipelines and tests may be using them
-# right now, so a run that finds them complete only reads them, and never starts or stops their gpg-agent.
-GNUPG="$STORE/gnupg"
-OBS_HOME="$GNUPG/observatory"
-install -d -o root -g root -m 0700 "$GNUPG"
-G() { local home=$1; shift; gpg --batch --no-tty --quiet --homedir "$home" "$@" 9>&-; }
-AGENT_USED=0
-# The fingerprint of the key whose secret part this keyring holds, read without the agent (public listing + the
-# key file named by its keygrip).
-own_fpr() {  # home
-    [ -d "$1/private-keys-v1.d" ] || return 0
-    G "$1" --with-colons --with-keygrip --list-keys 2>/dev/null | awk -F: -v d="$1/private-keys-v1.d" '
-        $1 == "pub" {p = 1; fpr = ""; next}
-        p && $1 == "fpr" && fpr == "" {fpr = $10; next}
-        p && $1 == "grp" {p = 0; f = d "/" $10 ".key"; if ((getline line < f) > 0) {print fpr; exit}}'
-}
-ensure_key() {  # name uid -> KEY_FPR
-    local home="$GNUPG/$1" uid=$2 old="$RUN/gnupg/$1"
-    KEY_FPR=$(own_fpr "$home")
-    [ -n "$KEY_FPR" ] && return 0
-    # never replace a keyring that holds secret keys, even ones this script cannot make sense of
-    [ -z "$(ls -A "$home/private-keys-v1.d" 2>/dev/null)" ] \
-        || fail "$home holds secret keys but none with a public key I can use: move it away and run me again"
-    rm -rf "$home.new"
-    if [ -n "$(own_fpr "$old")" ]; then
-        # a set-up from before the store: keep this clone's keyring (its fingerprints are pinned in configs in use)
-        cp -a "$old" "$home.new"
-        find "$home.new" -type s -delete      # the old agent's sockets
-        echo "kept the $1 keyring from $old" >>"$LOG"
-    else
-        # made aside and moved in whole, so an interrupted run never leaves a key without its encryption subkey
-        install -d -m 0700 "$home.new"
-        quiet G "$home.new" --pinentry-mode loopback --passphrase '' --quick-gen-key "$uid" ed25519 sign never
-        quiet G "$home.new" --pinentry-mode loopback --passphrase '' --quick-add-key "$(own_fpr "$home.new")" \
-            cv25519 encr never
-        gpgconf --homedir "$home.new" --kill all >/dev/null 2>&1 || true
-    fi
-    chmod 0700 "$home.new"
-    rm -rf "$home"
-    mv "$home.new" "$home"
-    KEY_FPR=$(own_fpr "$home")
-    [ -n "$KEY_FPR" ] || fail "no usable key in $home after making it (see $LOG)"
-}
-# import a public key into a keyring, unless it is there
-import_once() {  # from_home to_home fpr
-    G "$2" --list-keys "$3" >/dev/null 2>&1 || G "$1" --export "$3" | quiet G "$2" --import
-}
-# certify (locally) a key in a keyring, once: python-gnupg cannot encrypt to an uncertified key
-lsign_once() {  # home signer_fpr key_fpr
-    G "$1" --with-colons --check-sigs "$3" 2>/dev/null | awk -F: -v k="${2: -16}" '$1 == "sig" && $5 == k {f = 1} END {exit !f}' \
-        && return 0
-    AGENT_USED=1
-    quiet G "$1" --pinentry-mode loopback --passphrase '' --quick-lsign-key "$3"
-}
-ensure_key observatory "CSP Observatory (demo key) <observatory@csp-observatory.invalid>"
-OBS_FPR=$KEY_FPR
-declare -A PARTNER_FPR
-for p in "${PARTNERS[@]}"; do
-    home="$GNUPG/$p"
-    ensure_key "$p" "$p partner (demo key) <$p@csp-observatory.invalid>"
-    fpr=$KEY_FPR
-    PARTNER_FPR[$p]=$fpr
-    import_once "$home" "$OBS_HOME" "$fpr"
-    import_once "$OBS_HOME" "$home" "$OBS_FPR"
-    lsign_once "$home" "$fpr" "$OBS_FPR"
-    lsign_once "$OBS_HOME" "$OBS_FPR" "$fpr"
-done
-# The agents this run started (to make or certify keys) go: set-up leaves no daemon of its own behind. A run
-# that only reads the keyrings starts none and stops none (another clone's tests may be using them).
-if [ "$AGENT_USED" -eq 1 ]; then
-    for home in "$OBS_HOME" "${PARTNERS[@]/#/$GNUPG/}"; do
-        gpgconf --homedir "$home" --kill all >/dev/null 2>&1 || true
-    done
-fi
-
-# Secrets a set-up from before the store left in this clone: copied into the store above (or superseded by it)
-# and no longer named by any config here, so they go: one copy per machine.
-for legacy in "$RUN/keys" "$RUN/gnupg"; do
-    [ -e "$legacy" ] || continue
-    for home in "$legacy"/*/; do gpgconf --homedir "$home" --kill all >/dev/null 2>&1 || true; done
-    rm -rf "$legacy"
-    echo "removed $legacy: the machine's secrets live in $STORE" >>"$LOG"
-done
-
 # ---------------------------------------------------------------- config files
 step "config"
 # The demo's config in .run/, the tests' twin in .run/test/: the same secrets, the tests' own database and SFTP tree.
@@ -542,10 +648,11 @@ install -d -m 0755 "$RUN/reports" "$RUN/test/reports"
 AIRFLOW_HOME="$RUN/airflow"
 install -d -m 0700 "$AIRFLOW_HOME"
 partner_args=()
-for p in "${PARTNERS[@]}"; do partner_args+=("$p=${PARTNER_FPR[$p]}"); done
+for p in "${PARTNERS[@]}"; do partner_args+=("$p=${PARTNER_FPR[$p]}=${PARTNER_HOME[$p]}"); done
 (umask 077
  RUN="$RUN" STORE="$STORE" KEYS="$KEYS" GNUPG="$GNUPG" HOST_KEY_PUB="$HOST_KEY_PUB" OBS_USER="$OBS_USER" \
- OBS_FPR="$OBS_FPR" AIRFLOW_HOME="$AIRFLOW_HOME" ANALYST_PW="$ANALYST_PW" \
+ OBS_FPR="$OBS_FPR" AIRFLOW_HOME="$AIRFLOW_HOME" ANALYST_PW="$ANALYST_PW" REGISTRY="$REGISTRY" \
+ DEMO_PARTNER="$DEMO_PARTNER" \
  DATABASE_URL="$DATABASE_URL" ADMIN_URL="$ADMIN_URL" ANALYST_URL="$ANALYST_URL" SFTP_PORT="$SSHD_PORT" \
  TEST_DATABASE_URL="$TEST_DATABASE_URL" TEST_ADMIN_URL="$TEST_ADMIN_URL" TEST_ANALYST_URL="$TEST_ANALYST_URL" \
  TEST_SFTP_PORT="$TEST_SSHD_PORT" \
@@ -559,8 +666,9 @@ import yaml
 
 env = os.environ
 run, keys, gnupg = Path(env["RUN"]), Path(env["KEYS"]), Path(env["GNUPG"])
-partners = dict(a.split("=", 1) for a in sys.argv[1:])
-first = next(iter(partners))
+# id -> (fingerprint, gnupg home) of every demo partner; the demo and most tests drop files as DEMO_PARTNER
+partners = {pid: (fpr, home) for pid, fpr, home in (a.split("=", 2) for a in sys.argv[1:])}
+first = env["DEMO_PARTNER"]
 
 
 def documents(folder: Path, prefix: str) -> tuple[dict, dict]:
@@ -576,19 +684,16 @@ def documents(folder: Path, prefix: str) -> tuple[dict, dict]:
         "gnupg_home": str(gnupg / "observatory"),
         "staging_dir": str(folder / "staging"),
         "reports_dir": str(folder / "reports"),
-        "partners": {
-            pid: {"sftp_user": pid, "signing_fingerprint": fpr,
-                  "contact": f"data-quality@{pid}.example (demo partner)"}
-            for pid, fpr in partners.items()
-        },
+        # partners (their pinned keys and feeds) are in the machine's registry, written by scripts/partner
+        "partners_dir": env["REGISTRY"],
     }
     analyst = urlsplit(env[prefix + "ANALYST_URL"])
     demo = {
         "partner": first,
         "partner_sftp_user": first,
         "partner_ssh_key": str(keys / f"{first}_ed25519"),
-        "partner_gnupg_home": str(gnupg / first),
-        "partner_fingerprint": partners[first],
+        "partner_gnupg_home": partners[first][1],
+        "partner_fingerprint": partners[first][0],
         "observatory_fingerprint": env["OBS_FPR"],
         "analyst_url": env[prefix + "ANALYST_URL"],
         "analyst_host": analyst.hostname,
@@ -600,9 +705,8 @@ def documents(folder: Path, prefix: str) -> tuple[dict, dict]:
         "airflow_home": env["AIRFLOW_HOME"],
         "secrets_dir": env["STORE"],
         "partners": {
-            pid: {"sftp_user": pid, "ssh_key": str(keys / f"{pid}_ed25519"),
-                  "gnupg_home": str(gnupg / pid), "fingerprint": fpr}
-            for pid, fpr in partners.items()
+            pid: {"sftp_user": pid, "ssh_key": str(keys / f"{pid}_ed25519"), "gnupg_home": home, "fingerprint": fpr}
+            for pid, (fpr, home) in partners.items()
         },
     }
     return settings, demo
@@ -643,18 +747,30 @@ export PATH='$VENV/bin':"\$PATH"
 EOF
 AIRFLOW_VERSION=$("$VPY" -c 'import importlib.metadata as m; print(m.version("apache-airflow-core"))')
 MIGRATED="$AIRFLOW_HOME/.csp-migrated"
+if [ ! -f "$AIRFLOW_HOME/airflow.db" ]; then
+    # a new metadata DB: no feed has been enabled in it yet (scripts/partner keeps this note in the Airflow home)
+    rm -f "$AIRFLOW_HOME/csp-observatory-enabled-feeds"
+fi
 if [ ! -f "$AIRFLOW_HOME/airflow.db" ] || [ "$(cat "$MIGRATED" 2>/dev/null)" != "$AIRFLOW_VERSION" ]; then
     (set +u; . "$RUN/airflow.env"; quiet "$VENV/bin/airflow" db migrate)
     echo "$AIRFLOW_VERSION" >"$MIGRATED"
+fi
+# The onboarded partners' feeds, unpaused in this clone's Airflow once (the first time it sees them; after that
+# their pause state is the engineers'). A failure leaves the DAGs paused, and set-up says so, but goes on.
+AIRFLOW_NOTE=""
+if ! (set +u; . "$RUN/airflow.env"; quiet env CSP_SITE="$SITE" "$REPO/scripts/partner" airflow-sync); then
+    AIRFLOW_NOTE="  WARNING   the onboarded feeds' DAGs could not be unpaused in Airflow: see $LOG, then run scripts/partner airflow-sync"
 fi
 
 # ---------------------------------------------------------------- summary
 cat <<EOF
 csp-observatory is set up ($(( $(date +%s) - START )) s; log: $LOG)
   PostGIS   $DB_MODE (roles csp_loader, csp_analyst, csp_engineer, csp_personal_reader, analyst)
-  SFTP      sftp -P $SSHD_PORT -i $KEYS/${OBS_USER}_ed25519 $OBS_USER@127.0.0.1 (partners: ${PARTNERS[*]})
-  GnuPG     observatory $OBS_FPR; ${PARTNERS[0]} ${PARTNER_FPR[${PARTNERS[0]}]}
+  SFTP      sftp -P $SSHD_PORT -i $KEYS/${OBS_USER}_ed25519 $OBS_USER@127.0.0.1
+  partners  ${#PARTNERS[@]} demo partners onboarded (scripts/partner list; $DEMO_PARTNER is the demo's)
+  GnuPG     observatory $OBS_FPR; $DEMO_PARTNER ${PARTNER_FPR[$DEMO_PARTNER]}
   secrets   $STORE (this machine's, made once and kept; every clone uses them)
   config    $RUN/observatory.yaml, $RUN/demo.yaml, $RUN/airflow.env (Airflow $AIRFLOW_VERSION)
   tests     $RUN/test/: their own database and SFTP tree (port $TEST_SSHD_PORT, $TEST_SFTP_ROOT)
 EOF
+[ -z "$AIRFLOW_NOTE" ] || echo "$AIRFLOW_NOTE"
