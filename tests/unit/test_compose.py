@@ -1,13 +1,18 @@
 """docker-compose.yaml (production layout) is a valid Compose file and wires Airflow 3 the way it needs.
 
 No Docker engine runs here, so the file is checked against the official compose-spec JSON schema (vendored as
-tests/data/compose-spec.json) and against the installed Airflow's own list of configuration options.
+tests/data/compose-spec.json) and against the installed Airflow's own list of configuration options. Partners are
+never built in: the SFTP server jails the partners' group and makes their accounts from the registry volume, and
+the partner-admin service runs scripts/partner's code against the same volumes (checked with the real
+site-file reader, the real sshd -t and the registry format scripts/partner writes).
 """
 from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +157,99 @@ def test_secrets_come_from_the_environment_and_must_be_set(compose):
     for service in compose["services"].values():
         for value in _env(service).values():
             assert not re.search(r"://[^:/@]+:(?!\$\{)[^@/]+@", value), value
+
+
+# ------------------------------------------------------------------ partners: onboarded, never hard-coded
+
+def _content(compose: dict[str, Any], config: str) -> str:
+    """A config's content as the container sees it (compose turns $$ into $; ${VAR} would be the environment's)."""
+    return compose["configs"][config]["content"].replace("$$", "$")
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """container path -> (source, options) of a service's volumes (a source may be ${VAR:?message})."""
+    out = {}
+    for v in service["volumes"]:
+        source, rest = (v[:v.index("}") + 1], v[v.index("}") + 2:]) if v.startswith("${") else v.split(":", 1)
+        target, _, options = rest.partition(":")
+        out[target] = (source, options)
+    return out
+
+
+def test_no_partner_is_built_into_the_sftp_server(compose, services):
+    from csp_observatory.onboarding import feed_partners
+
+    sftp = json.dumps(services["sftp"]) + _content(compose, "sshd-config") + _content(compose, "sftp-accounts")
+    for partner_id in set(feed_partners().values()):
+        assert not re.search(rf"\b{partner_id}\b", sftp), f"partner {partner_id!r} is hard-coded in the SFTP server"
+    sshd = _content(compose, "sshd-config")
+    assert "AllowUsers" not in sshd and "AllowGroups cspobs csp-partners" in sshd
+    assert re.search(r"Match Group csp-partners\n\s+ChrootDirectory /srv/csp-observatory/sftp/%u\n"
+                     r"\s+ForceCommand internal-sftp", sshd)
+    assert re.findall(r"Match User (\S+)", sshd) == ["cspobs"]
+
+
+def test_the_sftp_server_reads_partners_and_keys_from_volumes(services):
+    mounts = _mounts(services["sftp"])
+    assert mounts["/etc/csp-observatory/partners"] == ("${CSP_PARTNER_REGISTRY_DIR:?set CSP_PARTNER_REGISTRY_DIR}", "ro")
+    assert mounts["/etc/csp-observatory/authorized_keys"][1] == "ro"
+    assert services["sftp"]["entrypoint"] == ["/usr/local/sbin/csp-sftp-accounts", "serve"]
+    # the pipeline reads the same registry
+    for name in AIRFLOW_SERVICES:
+        airflow = _mounts(services[name])
+        assert airflow[_env(services[name])["CSP_PARTNERS_DIR"]] == mounts["/etc/csp-observatory/partners"], name
+
+
+def test_the_partner_admin_runs_scripts_partner_against_the_same_volumes(compose, services, tmp_path):
+    from csp_observatory.onboarding import load_site
+
+    admin, sftp = services["partner-admin"], services["sftp"]
+    assert admin["profiles"] == ["tools"] and admin["restart"] == "no" and admin["user"] == "0:0"
+    assert admin["entrypoint"][:3] == ["python", "-m", "csp_observatory.onboarding"]
+    # its site file is one scripts/partner reads, and every path in it is mounted where the SFTP server has it
+    site_text = re.sub(r"\$\{(\w+):\?[^}]*\}", lambda m: {"CSP_OBSERVATORY_FINGERPRINT": "A" * 40}.get(m.group(1),
+                                                                                                "sftp.example.org"),
+                       _content(compose, "partner-site"))
+    (tmp_path / "site.yaml").write_text(site_text)
+    site = load_site(tmp_path / "site.yaml")
+    assert site.external and site.observatory_gid is not None
+    ours, theirs = _mounts(admin), _mounts(sftp)
+    for path in (site.registry_dir, site.authorized_keys_dir, *(t.root for t in site.trees)):
+        assert str(path) in ours and str(path) in theirs and ours[str(path)][0] == theirs[str(path)][0], path
+        assert ours[str(path)][1] == "", f"partner-admin must write {path}"
+    assert any(str(site.observatory_gnupg_home).startswith(target) for target in ours)
+    assert str(site.host_key) in {s["target"] for s in admin["secrets"]}
+    # the SFTP image's numbers are the ones scripts/partner uses for folders
+    image = sftp["build"]["dockerfile_inline"]
+    assert f"groupadd --system -g {site.observatory_gid} cspobs" in image
+    assert "csp-partners" in image
+
+
+def test_the_sftp_accounts_script_reads_the_registry_scripts_partner_writes(compose, tmp_path):
+    from csp_observatory import onboarding
+
+    site = onboarding.Site(registry_dir=tmp_path, authorized_keys_dir=tmp_path, observatory_gnupg_home=tmp_path,
+                           observatory_fingerprint="A" * 40, observatory_public_key=tmp_path / "o.asc",
+                           trees=(onboarding.Tree(tmp_path, 22),), sftp_host="h", sftp_port=22, host_key=tmp_path)
+    onboarding._write_entry(site, {"id": "police_ppo", "status": "removed", "sftp_user": "police_ppo", "uid": 2007,
+                                   "signing_fingerprint": "B" * 40, "feeds": ["prolific_priority_offenders"],
+                                   "contact": "a: b, 'c'", "onboarded_at": "2026-01-01T00:00:00Z",
+                                   "removed_at": "2026-02-01T00:00:00Z", "history": [{"event": "onboarded"}]})
+    script = _content(compose, "sftp-accounts")
+    reads = [ln.strip() for ln in script.splitlines() if "sed -n" in ln]
+    assert len(reads) == 3
+    shell = f"entry={tmp_path / 'police_ppo.yaml'}\n" + "\n".join(reads) + '\necho "$user $uid $status"'
+    done = subprocess.run(["sh", "-eu", "-c", shell], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["police_ppo", "2007", "removed"]
+
+
+def test_the_compose_sshd_config_is_valid_for_sshd(compose, tmp_path):
+    sshd = Path("/usr/sbin/sshd")
+    if not sshd.exists() or os.geteuid() != 0:
+        pytest.skip("needs OpenSSH's sshd, run as root, to check a config")
+    key = tmp_path / "host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    config = tmp_path / "sshd_config"
+    config.write_text(_content(compose, "sshd-config").replace("/etc/csp-observatory/ssh_host_ed25519_key", str(key)))
+    done = subprocess.run([str(sshd), "-t", "-f", str(config)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
