@@ -6,6 +6,7 @@ or touches the machine's accounts, registry or keyrings.
 """
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
@@ -410,3 +411,56 @@ def test_the_guide_works_from_a_fresh_keyring(tmp_path):
     finally:
         for home in (obs_home, partner_home):
             subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True)
+
+
+# ------------------------------------------------------------------ onboard and remove, in a sandbox
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making partners' folders sets their owners: root only")
+def test_onboard_and_remove_in_a_sandbox_with_external_accounts(keys, tmp_path):
+    """The compose deployment's mode (accounts made by the SFTP container): everything but the system accounts,
+    in temporary folders, including a feed that two partners supply (the registry allows it; intake does not yet)."""
+    paths, fpr = keys
+    obs_home, obs_fpr = _keyring(tmp_path, "observatory", subkey="encr")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "host")], check=True)
+    (tmp_path / "sftp").mkdir()
+    site = _site(tmp_path, accounts="external", observatory_gid=2000, first_uid=3001,
+                 observatory_gnupg_home=str(obs_home), observatory_fingerprint=obs_fpr,
+                 host_key=str(tmp_path / "host.pub"))
+    site.authorized_keys_dir.mkdir()
+    ssh = onboarding.read_ssh_public_key(paths["ssh_public"])
+    pgp = onboarding.read_openpgp_public_key(paths["public"])
+    try:
+        first = onboarding.onboard(site, onboarding.Checked("alpha", ssh, pgp, ("shared_feed", "alpha_feed"), "a@x"))
+        second = onboarding.onboard(site, onboarding.Checked("beta", ssh, pgp, ("shared_feed",), None))
+        assert first.enable == ["shared_feed", "alpha_feed"] and second.enable == ["shared_feed"]
+        assert "csp-sftp-accounts" in " ".join(first.notes)
+        registry = read_registry(site.registry_dir)
+        assert (registry["alpha"]["uid"], registry["beta"]["uid"]) == (3001, 3002)
+        for sub in site.folders:
+            st = (tmp_path / "sftp" / "alpha" / sub).stat()
+            assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (3001, 2000, 0o2770)
+        assert (tmp_path / "sftp" / "alpha").stat().st_uid == 0
+        assert site.observatory_public_key.read_text().startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+        assert onboarding.onboard(site, onboarding.Checked("alpha", ssh, pgp, ("shared_feed", "alpha_feed"),
+                                                           "a@x")).changes == []
+        # removing alpha pauses only the feed nobody else supplies; its folders and entry stay
+        gone = onboarding.remove(site, "alpha")
+        assert gone.disable == ["alpha_feed"]
+        assert any("shared_feed" in n for n in gone.notes)
+        assert not (site.authorized_keys_dir / "alpha").exists() and (site.authorized_keys_dir / "beta").exists()
+        assert {p.name for p in (tmp_path / "sftp" / "alpha").iterdir()} == set(site.folders)
+        assert read_registry(site.registry_dir)["alpha"]["status"] == "removed"
+        assert onboarding.remove(site, "alpha").changes == []            # removing twice changes nothing
+        s = settings_from_dict({**BASE, "partners_dir": str(site.registry_dir)})
+        assert s.suppliers("shared_feed") == ["beta"] and not s.feed_enabled("alpha_feed")
+        # onboarding again restores it, with the uid it had
+        back = onboarding.onboard(site, onboarding.Checked("alpha", ssh, pgp, ("alpha_feed",), None))
+        assert back.enable == ["alpha_feed"]
+        entry = read_registry(site.registry_dir)["alpha"]
+        assert entry["status"] == "active" and entry["uid"] == 3001 and entry["contact"] == "a@x"
+        assert [h["event"] for h in entry["history"]] == ["onboarded", "removed", "onboarded again"]
+        with pytest.raises(OnboardingError, match="not in the registry"):
+            onboarding.remove(site, "gamma")
+        assert "alpha" in onboarding.list_partners(site) and "beta" in onboarding.list_partners(site)
+    finally:
+        subprocess.run(["gpgconf", "--homedir", str(obs_home), "--kill", "all"], capture_output=True)
