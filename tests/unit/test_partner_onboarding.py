@@ -462,5 +462,21 @@ def test_onboard_and_remove_in_a_sandbox_with_external_accounts(keys, tmp_path):
         with pytest.raises(OnboardingError, match="not in the registry"):
             onboarding.remove(site, "gamma")
         assert "alpha" in onboarding.list_partners(site) and "beta" in onboarding.list_partners(site)
+
+        # scripts/partner apply --keep-removed (what set-up runs) leaves a removed partner removed
+        onboarding.remove(site, "beta")
+        (tmp_path / "schemas").mkdir()
+        for pid in ("alpha", "beta"):
+            (tmp_path / "schemas" / f"{pid}_feed.yaml").write_text(f"feed: {pid}_feed\npartner: {{id: {pid}}}\n")
+        doc = yaml.safe_load((tmp_path / "site.yaml").read_text())
+        (tmp_path / "site.yaml").write_text(yaml.safe_dump({**doc, "schemas_dir": str(tmp_path / "schemas")}))
+        (tmp_path / "apply.yaml").write_text(yaml.safe_dump([
+            {"id": pid, "ssh_key": str(paths["ssh_public"]), "gpg_key": str(paths["public"]), "feeds": [f"{pid}_feed"]}
+            for pid in ("alpha", "beta")]))
+        argv = ["--site", str(tmp_path / "site.yaml"), "apply", "--keep-removed", "--no-airflow",
+                str(tmp_path / "apply.yaml")]
+        assert onboarding.main(argv) == 0
+        registry = read_registry(site.registry_dir)
+        assert registry["beta"]["status"] == "removed" and registry["alpha"]["feeds"] == ["alpha_feed"]
     finally:
         subprocess.run(["gpgconf", "--homedir", str(obs_home), "--kill", "all"], capture_output=True)
