@@ -107,3 +107,21 @@ def test_the_bad_rows_end_where_the_listing_says(made, schema, tmp_path):
         p.write_text(made.files[name], encoding="utf-8")
         result = parsing.parse_csv(p, schema.file(name))
         assert result.rejected.empty and len(result.frame) > 0
+
+
+def test_the_demo_supplys_metadata_file_matches_it_as_the_parser_reads_it(made, schema, tmp_path):
+    """The demo sends a metadata file with its supply (the feed's first must carry one): it must match."""
+    from csp_observatory import fixtures, metadata
+
+    text = fixtures.make_metadata(schema, "202609", made.files)
+    md = metadata.parse_metadata(text, schema)
+    counts, headers = {}, {}
+    for name, csv_text in made.files.items():
+        path = tmp_path / f"{name}.csv"
+        path.write_text(csv_text, encoding="utf-8")
+        parsed = parsing.parse_csv(path, schema.file(name))
+        counts[name] = len(parsed.frame) + len(parsed.rejected)      # what the pipeline counts as rows_in_file
+        headers[name] = next(csv.reader(io.StringIO(csv_text)))
+    assert metadata.check_against(md, schema, "202609", counts, headers) == []
+    assert md.caveats and md.geographic_method and md.date_supplied.isoformat() == "2026-10-12"
+    assert fixtures.make_metadata(schema, "202609", made.files) == text          # deterministic
