@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The end-to-end demo: set everything up (idempotent), then a partner drops a month of police recorded crime
-# on SFTP, encrypted and signed, and the feed's DAG runs it through to PostGIS. Extra arguments go to the demo
-# (e.g. --period 202610 --offences 2000).
+# on SFTP with its metadata file (guidance section 3.4), encrypted and signed, and the feed's DAG runs it through to
+# PostGIS. Extra arguments go to the demo (e.g. --period 202610 --offences 2000).
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$REPO/scripts/setup.sh"

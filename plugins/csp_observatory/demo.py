@@ -1,4 +1,5 @@
-"""The end-to-end demo: a partner drops a month of police recorded crime on SFTP; the feed's DAG runs.
+"""The end-to-end demo: a partner drops a month of police recorded crime, with its metadata file, on SFTP; the
+feed's DAG runs.
 
 Run by ``scripts/demo.sh`` after set-up. Everything it uses is real: the project's PostGIS, its sshd, gpg
 keys, and Airflow's ``dag.test()``. Only the crime records are made up (on real Calderdale postcodes).
@@ -153,6 +154,8 @@ Connect QGIS to the PostGIS layers (read-only analyst account):
     User {demo.get('analyst_user', 'analyst')}  Password: in {REPO_ROOT}/.run/demo.yaml (analyst_password)
     Layers: depersonalised.prc_offences, depersonalised.prc_offenders, depersonalised.prc_victims (EPSG:27700),
             reference.postcodes. From a shell: psql with the analyst_url in .run/demo.yaml.
+    The partner's caveats (its metadata file, guidance section 3.4) are in each layer's and field's description
+    (Layer Properties > Information, Fields) and in the table reference.feed_caveats; the DAG's page shows them too.
 """
 
 
