@@ -21,8 +21,9 @@ import os
 from datetime import datetime, timedelta, timezone
 from typing import Final
 
-from airflow.sdk import DAG, Param, TriggerRule, dag, task
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, dag, task
 
+from csp_observatory import metadata
 from csp_observatory.arrival import SupplySensor, supply_asset
 from csp_observatory.schema import FeedSchema, load_schemas
 
@@ -38,6 +39,15 @@ SENSOR_POKE_S: Final = float(os.environ.get("CSP_SENSOR_POKE_S", "60"))
 RETRY_DELAY: Final = timedelta(seconds=float(os.environ.get("CSP_RETRY_DELAY_S", "300")))
 
 
+def schedule_of(schema: FeedSchema) -> object:
+    """A peripheral feed runs when a supply arrives; a core feed on its monthly schedule, and also when a supply
+    arrives (a late supply, a corrected re-send, the metadata file a first supply waits for are taken at once)."""
+    arrival = supply_asset(schema.feed, schema.partner.id, SENSOR_POKE_S)
+    if schema.on_arrival:
+        return [arrival]
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(schema.schedule, timezone="UTC"), assets=[arrival])
+
+
 def build_feed_dag(schema: FeedSchema) -> DAG:
     """The DAG for one feed schema."""
     feed = schema.feed
@@ -46,14 +56,15 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
         dag_id=f"feed_{feed}",
         dag_display_name=f"Feed: {schema.title}",
         description=f"{schema.partner.agency}: {schema.title} (guidance {schema.guidance_section})",
-        schedule=[supply_asset(feed, schema.partner.id, SENSOR_POKE_S)] if schema.on_arrival else schema.schedule,
+        schedule=schedule_of(schema),
         start_date=START,
         catchup=False,
         max_active_runs=1,  # two runs of one feed must never take the same files
         # A new feed waits, paused, until its partner is onboarded (SFTP account, key) and an engineer unpauses it.
         is_paused_upon_creation=True,
         default_args={"owner": OWNER, "retries": 2, "retry_delay": RETRY_DELAY},
-        doc_md=schema.doc_md(),
+        # the partner's own caveats (section 3.4) from the last load's cache file: no database at parse time
+        doc_md=schema.doc_md() + metadata.dag_doc(feed),
         params={"confirm_replace": Param(
             [], type="array", items={"type": "string"},
             description="Periods (e.g. 202609) whose re-send may replace most of the rows loaded for that period. "

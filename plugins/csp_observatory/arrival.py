@@ -171,11 +171,18 @@ def supply_asset(feed: str, partner_id: str, poke_s: float = 30.0) -> Asset:
     )
 
 
+#: How long a run started by an arrival (or by hand) waits: the watcher fired for a settled inbox, so what is
+#: there is all there is; a short grace covers a partner still renaming the last file.
+ARRIVAL_WAIT_S: Final = 600.0
+
+
 class SupplySensor(BaseSensorOperator):
     """Wait for a complete supply of ``feed``; returns its periods (the XCom the run's later tasks take).
 
     It looks once in the worker (quarantining what the partner must hear about), then defers to the triggerer
-    until a supply is ready or the window (``timeout``) closes: a closed window skips the run's remaining tasks.
+    until a supply is ready or the window closes: a closed window skips the run's remaining tasks. A scheduled
+    run's window is ``timeout`` (the feed's supply window); a run an arrival or a person started waits at most
+    :data:`ARRIVAL_WAIT_S`, so that it never holds up the feed's next run for days.
     """
 
     def __init__(self, *, feed: str, deferrable: bool = True, **kwargs: Any) -> None:
@@ -199,12 +206,16 @@ class SupplySensor(BaseSensorOperator):
         periods = pipeline.ready_periods(self.feed)
         if periods:
             return periods
-        deadline = datetime.now(timezone.utc) + timedelta(seconds=float(self.timeout))
+        window = float(self.timeout)
+        run = context.get("dag_run") if hasattr(context, "get") else None
+        if run is not None and str(getattr(run, "run_type", "scheduled")).lower().split(".")[-1] != "scheduled":
+            window = min(window, ARRIVAL_WAIT_S)
+        deadline = datetime.now(timezone.utc) + timedelta(seconds=window)
         self.defer(trigger=SupplyReadyTrigger(feed=self.feed, deadline=deadline.isoformat(),
                                               poke_s=float(self.poke_interval)),
                    method_name="execute_complete",
                    # Airflow's own limit, a little after the trigger's: the trigger ends the wait itself
-                   timeout=timedelta(seconds=float(self.timeout) + 3 * float(self.poke_interval) + 60))
+                   timeout=timedelta(seconds=window + 3 * float(self.poke_interval) + 60))
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> list[str]:
         from csp_observatory import pipeline

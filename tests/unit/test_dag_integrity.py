@@ -69,23 +69,26 @@ def test_the_run_state_follows_the_supply(dagbag) -> None:
 
 
 def test_core_feeds_run_on_their_schedule_and_peripheral_feeds_on_a_supply_arriving(dagbag) -> None:
-    from airflow.sdk.definitions.timetables.assets import AssetTriggeredTimetable
+    from airflow.sdk.definitions.timetables.assets import AssetOrTimeSchedule, AssetTriggeredTimetable
     from airflow.sdk.definitions.timetables.trigger import CronTriggerTimetable
 
     from csp_observatory.arrival import SupplyArrivalTrigger
 
     for schema in load_schemas():
         dag = dagbag.dags[f"feed_{schema.feed}"]
+        assert isinstance(dag.timetable, AssetTriggeredTimetable), dag.dag_id
+        # every feed is started by its supply's arrival: the watcher looks at this feed's own inbox, in the triggerer
+        (asset,) = dag.timetable.asset_condition.objects
+        (watcher,) = asset.watchers
+        assert isinstance(watcher.trigger, SupplyArrivalTrigger) and watcher.trigger.feed == schema.feed
+        assert f"/{schema.partner.id}/inbox/" in asset.uri
         if schema.on_arrival:
-            assert isinstance(dag.timetable, AssetTriggeredTimetable), dag.dag_id
-            (asset,) = dag.timetable.asset_condition.objects
-            (watcher,) = asset.watchers
-            # the watcher looks at this feed's own inbox, in the triggerer
-            assert isinstance(watcher.trigger, SupplyArrivalTrigger) and watcher.trigger.feed == schema.feed
-            assert f"/{schema.partner.id}/inbox/" in asset.uri
+            assert not isinstance(dag.timetable, AssetOrTimeSchedule), f"{dag.dag_id} is as and when: no schedule"
         else:
-            assert isinstance(dag.timetable, CronTriggerTimetable), dag.dag_id
-            assert dag.timetable.expression == schema.schedule, dag.dag_id
+            # and a core feed on its monthly schedule too
+            assert isinstance(dag.timetable, AssetOrTimeSchedule), dag.dag_id
+            assert isinstance(dag.timetable.timetable, CronTriggerTimetable), dag.dag_id
+            assert dag.timetable.timetable.expression == schema.schedule, dag.dag_id
 
 
 def test_the_wait_for_a_supply_holds_no_worker_and_ends_with_its_window(dagbag) -> None:
@@ -98,3 +101,17 @@ def test_the_wait_for_a_supply_holds_no_worker_and_ends_with_its_window(dagbag) 
         assert sensor.soft_fail is True
         if not os.environ.get("CSP_SENSOR_TIMEOUT_S"):
             assert sensor.timeout == schema.wait_hours * 3600, schema.feed
+
+
+def test_the_dag_docs_carry_the_partners_latest_caveats(dagbag, monkeypatch) -> None:
+    import importlib.util
+
+    from csp_observatory import metadata
+
+    monkeypatch.setattr(metadata, "dag_doc", lambda feed: f"\n## Partner's caveats for {feed}\n")
+    spec = importlib.util.spec_from_file_location("feeds_for_docs", DAGS / "feeds.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    schema = next(s for s in load_schemas() if s.feed == "police_recorded_crime")
+    doc = module.build_feed_dag(schema).doc_md
+    assert doc.startswith(schema.doc_md()) and doc.endswith("## Partner's caveats for police_recorded_crime\n")
