@@ -62,12 +62,14 @@ def drop_demo_supply(settings: Settings, schema: FeedSchema, period: str = DEMO_
                      metadata: str | bool = True) -> list[str]:
     """As the partner: make a month of records, encrypt and sign each file, and upload it with .part + rename.
 
-    ``metadata``: True sends a metadata file (guidance section 3.4) that matches the files
-    (``fixtures.make_metadata``), a string sends that text as the metadata file, False sends none.
+    ``files`` (schema file name -> CSV text) replaces the made-up police recorded crime. ``metadata``: True sends
+    a metadata file (guidance section 3.4) that matches the files (``fixtures.make_metadata``), a string sends
+    that text as the metadata file, False sends none. The feed's own demo partner (``schema.partner.id``) sends it.
     """
     from csp_observatory import demo_data, fixtures, metadata as supply_metadata, partner, postcodes, sftp
 
     demo = demo_config()
+    keys = partner_keys(demo, schema.partner.id)
     if files is None:
         reference = postcodes.shipped_reference()
         files = demo_data.make_police_recorded_crime(period, reference[~reference["terminated"]],
@@ -78,18 +80,28 @@ def drop_demo_supply(settings: Settings, schema: FeedSchema, period: str = DEMO_
         uploads[supply_metadata.metadata_file_name(schema, period)] = text
     names = []
     with tempfile.TemporaryDirectory() as tmp, sftp.connect(
-            settings.sftp_host, settings.sftp_port, demo["partner_sftp_user"], Path(demo["partner_ssh_key"]),
+            settings.sftp_host, settings.sftp_port, keys["sftp_user"], Path(keys["ssh_key"]),
             settings.sftp_host_key) as client:
         for remote, text in uploads.items():
             plain = Path(tmp) / remote.removesuffix(".gpg")
             plain.write_text(text, encoding="utf-8")
             enc = Path(tmp) / remote
-            partner.encrypt_and_sign(signer_home or demo["partner_gnupg_home"], plain, enc,
+            partner.encrypt_and_sign(signer_home or keys["gnupg_home"], plain, enc,
                                      recipient_fingerprint=demo["observatory_fingerprint"],
-                                     signer_fingerprint=signer_fingerprint or demo["partner_fingerprint"])
+                                     signer_fingerprint=signer_fingerprint or keys["fingerprint"])
             partner.upload(client, enc, "/inbox", remote)
             names.append(remote)
     return names
+
+
+def partner_keys(demo: dict[str, Any], partner_id: str) -> dict[str, str]:
+    """A demo partner's SFTP user, SSH key, keyring and signing fingerprint, from demo.yaml (setup.sh wrote it)."""
+    try:
+        keys = demo["partners"][partner_id]
+    except KeyError:
+        raise KeyError(f"demo.yaml has no keys for partner {partner_id!r}: run scripts/setup.sh") from None
+    return {"sftp_user": keys.get("sftp_user", partner_id), "ssh_key": keys["ssh_key"],
+            "gnupg_home": keys["gnupg_home"], "fingerprint": keys["fingerprint"]}
 
 
 #: Tasks that judge the supply: they fail by design when it is amber or red (the report says why).

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from csp_observatory import fixtures, postcodes
+from csp_observatory import demo, fixtures, postcodes
 from csp_observatory.pipeline import schema_for
 from csp_observatory.schema import REPO_ROOT
 
@@ -116,37 +116,15 @@ def airflow_deployment(tmp_path_factory: pytest.TempPathFactory, settings) -> It
                 p.wait(timeout=10)
 
 
-def _drop(settings, demo_config: dict[str, Any], feed: str, period: str) -> list[str]:
+def _drop(settings, feed: str, period: str) -> list[str]:
     """As the feed's partner: a fixture supply with its metadata, encrypted, signed and uploaded to its inbox."""
     schema = schema_for(feed)
-    keys = demo_config["partners"][schema.partner.id]
     supply = fixtures.make_supply(schema, period, postcodes.shipped_reference(), n=30)
-    files = {fixtures.remote_name(schema.file(name), period): text for name, text in supply.files.items()}
-    files[supply.metadata_name] = supply.metadata
-    return _upload(settings, keys, schema.partner.id, files, demo_config)
-
-
-def _upload(settings, keys: dict[str, Any], partner_id: str, files: dict[str, str],
-            demo_config: dict[str, Any]) -> list[str]:
-    import tempfile
-
-    from csp_observatory import partner, sftp
-
-    with tempfile.TemporaryDirectory() as tmp, sftp.connect(
-            settings.sftp_host, settings.sftp_port, keys.get("sftp_user", partner_id), Path(keys["ssh_key"]),
-            settings.sftp_host_key) as client:
-        for remote, text in files.items():
-            plain = Path(tmp) / remote.removesuffix(".gpg")
-            plain.write_text(text, encoding="utf-8")
-            partner.encrypt_and_sign(keys["gnupg_home"], plain, Path(tmp) / remote,
-                                     recipient_fingerprint=demo_config["observatory_fingerprint"],
-                                     signer_fingerprint=keys["fingerprint"])
-            partner.upload(client, Path(tmp) / remote, "/inbox", remote)
-    return sorted(files)
+    return demo.drop_demo_supply(settings, schema, period, files=supply.files, metadata=supply.metadata)
 
 
 @pytest.mark.usefixtures("clean_partner_folders", "reference_loaded")
-def test_a_supply_arriving_starts_its_feed_dag_in_a_running_airflow(airflow_deployment, settings, demo_config, db,
+def test_a_supply_arriving_starts_its_feed_dag_in_a_running_airflow(airflow_deployment, settings, db,
                                                                     forget_supply) -> None:
     env, db_file, logs = airflow_deployment["env"], airflow_deployment["db"], airflow_deployment["logs"]
     schema = schema_for(FEED)
@@ -167,7 +145,7 @@ def test_a_supply_arriving_starts_its_feed_dag_in_a_running_airflow(airflow_depl
     time.sleep(10)
     assert _query(db_file, "SELECT count(*) FROM dag_run WHERE dag_id = ?", dag_id) == [(0,)]
 
-    dropped = _drop(settings, demo_config, FEED, PERIOD)
+    dropped = _drop(settings, FEED, PERIOD)
     runs = _wait("an asset-triggered run of the feed's DAG finishing",
                  lambda: _query(db_file, "SELECT run_id, run_type, state FROM dag_run WHERE dag_id = ? AND state IN "
                                 "('success', 'failed')", dag_id), RUN_WAIT_S, logs, every=2)

@@ -1,8 +1,10 @@
-"""Every feed of section 3.2 through the pipeline's stages on the real PostGIS (issue 7, "Tests").
+"""Every feed of section 3.2 from its partner's SFTP drop to PostGIS, through the feed's own DAG (issue 7, "Tests").
 
 For each feed, a fixture supply (csp_observatory.fixtures: realistic rows on real Calderdale postcodes, with bad rows
-among the good) is written into a fresh work folder as the decrypt stage leaves it, and the stage functions run
-on it: parse_and_validate, clean, geocode, sanitise, load. Then, against the database:
+among the good, and a metadata file that matches them) is encrypted and signed with the feed's demo partner's key
+and uploaded to that partner's inbox on the real sshd (the tests' tree); then the feed's DAG runs (Airflow's
+dag.test(): collect, decrypt and verify, parse and validate, clean, geocode, sanitise, load, report). Against the
+database and the report:
 
 - every input row is loaded or set aside with a reason (the bad rows among the latter, at their stage);
 - a depersonalised feed's every point is the centroid of a live postcode with at least four households, every
@@ -10,26 +12,22 @@ on it: parse_and_validate, clean, geocode, sanitise, load. Then, against the dat
   that sanitising drops has a column;
 - a personalised feed is in the schema ``personal``, never ``depersonalised``, and a real login holding only
   csp_personal_reader reads it while the analyst's login cannot.
-
-Collecting and decrypting (SFTP, gpg) are tested end to end for police recorded crime in test_end_to_end.py; the
-new feeds' partners have no SFTP accounts or keys until they are onboarded.
 """
 from __future__ import annotations
 
-import hashlib
+import json
 import re
 import secrets
+import time
 import uuid
-from pathlib import Path
 from urllib.parse import quote
 
 import psycopg2
 import pytest
 from psycopg2 import sql
 
-from csp_observatory import demo, fixtures, ledger, pipeline, postcodes
+from csp_observatory import demo, fixtures, postcodes, sftp
 from csp_observatory.addresses import ADDRESS_LEAK
-from csp_observatory.pipeline import Manifest, SupplyFile
 from csp_observatory.schema import DROPPED_ON_SANITISING, FeedSchema, load_schemas
 
 pytestmark = pytest.mark.integration
@@ -66,96 +64,71 @@ def reader_url(demo_config):
         admin.close()
 
 
-def _work_dir(root: Path, schema: FeedSchema, supply: fixtures.FixtureSupply) -> tuple[str, list[str]]:
-    """A work folder as decrypt_and_verify leaves it: plaintext CSVs, the metadata file and a manifest; the files'
-    ledger hashes (the metadata file's last)."""
-    work = root / "work"
-    (work / "plain").mkdir(parents=True, mode=0o700)
-    m = Manifest(feed=schema.feed, period=PERIOD, work_dir=str(work), files={}, run_id="test_feeds_pipeline")
-    shas = []
-    for f in schema.files:
-        text = supply.files[f.name]
-        plain = work / "plain" / f"{f.name}.csv"
-        plain.write_text(text, encoding="utf-8")
-        # A hash of these bytes and this run: the ledger holds each delivery once, and no other test's.
-        sha = hashlib.sha256(text.encode() + uuid.uuid4().bytes).hexdigest()
-        shas.append(sha)
-        m.files[f.name] = SupplyFile(name=f.name, remote_name=fixtures.remote_name(f, PERIOD), sha256=sha,
-                                     size=len(text.encode()), encrypted_path=str(work / f"{f.name}.gpg"),
-                                     plaintext_path=str(plain))
-    # Every supply carries its metadata file: the test database may or may not know the feed already.
-    plain = work / "plain" / supply.metadata_name.removesuffix(".gpg")
-    plain.write_text(supply.metadata, encoding="utf-8")
-    sha = hashlib.sha256(supply.metadata.encode() + uuid.uuid4().bytes).hexdigest()
-    shas.append(sha)
-    m.metadata = SupplyFile(name="metadata", remote_name=supply.metadata_name, sha256=sha,
-                            size=len(supply.metadata.encode()), encrypted_path=str(work / "metadata.gpg"),
-                            plaintext_path=str(plain))
-    m.save()
-    return str(work), shas
-
-
 def _exists(cur, db_schema: str, table: str) -> bool:
     cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{db_schema}.{table}",))
     return cur.fetchone()[0]
 
 
-def _cleanup(db, schema: FeedSchema, supply_id: str, shas: list[str], made: list[str]) -> None:
+def _drop_made_tables(db, schema: FeedSchema, made: list[str]) -> None:
+    """Tables this test made (the feed had none before): gone again, so a later run starts as this one did."""
     db.rollback()
     with db.cursor() as cur:
-        for f in schema.files:
-            table = sql.Identifier(schema.db_schema, f.table)
-            if f.table in made:
-                cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
-            elif _exists(cur, schema.db_schema, f.table):
-                cur.execute(sql.SQL("DELETE FROM {} WHERE supply_id = %s").format(table), (supply_id,))
-        for t in ("supplies", "rejected_rows", "validation_results", "supply_metadata"):
-            if not _exists(cur, "observatory", t):
-                continue
-            cur.execute(sql.SQL("DELETE FROM {} WHERE supply_id = %s").format(sql.Identifier("observatory", t)),
-                        (supply_id,))
-        cur.execute("DELETE FROM observatory.deliveries WHERE sha256 = ANY(%s)", (shas,))
+        for table in made:
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema.db_schema, table)))
     db.commit()
 
 
+@pytest.mark.usefixtures("clean_partner_folders")
 @pytest.mark.parametrize("schema", SCHEMAS, ids=lambda s: s.feed)
-def test_a_feed_runs_from_its_files_to_postgis(schema, settings, db, reference, reader_url, demo_config, tmp_path):
+def test_a_feed_runs_from_an_sftp_drop_to_postgis(schema, settings, db, reference, reader_url, demo_config,
+                                                   forget_supply):
     supply = fixtures.make_supply(schema, PERIOD, reference, n=60, seed=SEED)
     supply_id = f"{schema.feed}/{PERIOD}"
-    work, shas = _work_dir(tmp_path, schema, supply)
-    ledger.ensure_ledger(db)
+    forget_supply(db, schema, PERIOD)
     with db.cursor() as cur:
         made = [f.table for f in schema.files if not _exists(cur, schema.db_schema, f.table)]
-    for f, sha in zip(schema.files, shas):
-        ledger.record_received(db, sha, schema.feed, f.name, supply_id, len(supply.files[f.name].encode()))
-    ledger.record_received(db, shas[-1], schema.feed, supply.metadata_name, supply_id, len(supply.metadata.encode()))
-    db.commit()
+    db.rollback()
+    since = time.time()
     try:
-        for stage in (pipeline.parse_and_validate, pipeline.clean, pipeline.geocode, pipeline.sanitise):
-            stage([work], settings)
-        pipeline.load([work], settings)
-        m = Manifest.read(work)
-        assert m.status == "loaded", m.problems
+        demo.drop_demo_supply(settings, schema, PERIOD, files=supply.files, metadata=supply.metadata)
+        run = demo.run_feed_dag(schema.feed)      # raises if any stage failed; the verdict judges the data
+        states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+        assert states["load"] == "success" and states["report_and_archive"] == "success", states
+        path = demo.latest_report(settings, schema.feed, PERIOD, since)
+        assert path is not None, "the run wrote no report"
+        report = json.loads(path.read_text(encoding="utf-8"))
+        # Bad rows among the good: loaded, and amber, never a plain success.
+        assert report["outcome"]["level"] == "amber", report["outcome"]
+        assert states["verdict"] == "failed"
         # The metadata made for the supply matches it, and is catalogued with the rows.
-        assert m.stages["metadata"]["mismatches"] == [] and m.stages["metadata"]["recorded"]
         with db.cursor() as cur:
+            cur.execute("SELECT status FROM observatory.supplies WHERE supply_id = %s", (supply_id,))
+            assert cur.fetchone()[0] == "loaded"
             cur.execute("SELECT count(*) FROM observatory.supply_metadata WHERE supply_id = %s", (supply_id,))
             assert cur.fetchone()[0] == 1
         db.rollback()
+        # The partner's files were taken: the inbox is empty and the originals are in processed/.
+        inbox = settings.inbox(schema.partner.id)
+        with sftp.connect_observatory(settings) as client:
+            assert client.listdir(inbox) == []
+            assert sorted(client.listdir(settings.partner_folder(schema.partner.id, "processed"))) == sorted(
+                [fixtures.remote_name(f, PERIOD) for f in schema.files] + [supply.metadata_name])
+        files = {f["name"]: f for f in report["files"]}
         for f in schema.files:
-            _rows_are_accounted_for(db, schema, f, supply, supply_id, m)
+            _rows_are_accounted_for(db, schema, f, supply, supply_id, files[f.name])
             if schema.personalised:
                 _kept_apart_for_its_reader_only(db, schema, f, supply_id, reader_url, demo_config)
             else:
                 _sanitised_by_appendix_1(db, schema, f, supply_id, demo_config)
     finally:
-        _cleanup(db, schema, supply_id, shas, made)
+        forget_supply(db, schema, PERIOD)
+        _drop_made_tables(db, schema, made)
 
 
-def _rows_are_accounted_for(db, schema, f, supply, supply_id, m) -> None:
+def _rows_are_accounted_for(db, schema, f, supply, supply_id, reported) -> None:
     """Every input row is in the table or in observatory.rejected_rows with its reason; the bad ones set aside."""
     total = supply.rows[f.name]
-    assert m.files[f.name].rows_in_file == total
+    assert reported["rows_in_file"] == total
     with db.cursor() as cur:
         cur.execute(sql.SQL("SELECT source_row FROM {} WHERE supply_id = %s").format(
             sql.Identifier(schema.db_schema, f.table)), (supply_id,))
@@ -168,6 +141,7 @@ def _rows_are_accounted_for(db, schema, f, supply, supply_id, m) -> None:
     assert set(loaded) | set(rejected) == set(range(1, total + 1)), f"{f.name}: rows neither loaded nor set aside"
     assert all(reason.strip() for _, reason in rejected.values())
     assert {row: stage for row, (stage, _) in rejected.items()} == supply.rejected(f.name)
+    assert reported["rows_loaded"] == len(loaded)
 
 
 def _columns(cur, db_schema: str, table: str) -> set[str]:
