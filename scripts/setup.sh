@@ -100,7 +100,7 @@ pick_python() {
     return 1
 }
 
-apt_install postgresql openssh-server openssh-client gnupg ca-certificates util-linux
+apt_install postgresql openssh-server openssh-client gnupg ca-certificates util-linux gdal-bin
 PY=$(pick_python) || { apt_install python3; PY=$(pick_python) || fail "Python >= 3.11 is needed"; }
 if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then
     # Debian/Ubuntu split ensurepip out of the interpreter; only their own python3 can be fixed with apt
