@@ -42,7 +42,7 @@ RETRY_DELAY: Final = timedelta(seconds=float(os.environ.get("CSP_RETRY_DELAY_S",
 def schedule_of(schema: FeedSchema) -> object:
     """A peripheral feed runs when a supply arrives; a core feed on its monthly schedule, and also when a supply
     arrives (a late supply, a corrected re-send, the metadata file a first supply waits for are taken at once)."""
-    arrival = supply_asset(schema.feed, schema.partner.id, SENSOR_POKE_S)
+    arrival = supply_asset(schema.feed, SENSOR_POKE_S)
     if schema.on_arrival:
         return [arrival]
     return AssetOrTimeSchedule(timetable=CronTriggerTimetable(schema.schedule, timezone="UTC"), assets=[arrival])

@@ -161,11 +161,15 @@ class SupplyArrivalTrigger(BaseEventTrigger):
             await asyncio.sleep(self.poke_s)
 
 
-def supply_asset(feed: str, partner_id: str, poke_s: float = 30.0) -> Asset:
-    """The asset "a supply of ``feed`` is waiting in ``partner_id``'s inbox", watched by :class:`SupplyArrivalTrigger`."""
+def supply_asset(feed: str, poke_s: float = 30.0) -> Asset:
+    """The asset "a supply of ``feed`` is waiting in its partner's inbox", watched by :class:`SupplyArrivalTrigger`.
+
+    The URI names the feed, not the partner: which inbox serves the feed is the partner registry's to say
+    (scripts/partner), read by the watcher when it looks, never fixed when the DAG file is parsed.
+    """
     return Asset(
         name=f"supply_{feed}",
-        uri=f"sftp://csp-observatory/{partner_id}/inbox/{feed}",
+        uri=f"sftp://csp-observatory/supplies/{feed}",
         group="partner-supplies",
         watchers=[AssetWatcher(name=f"arrival_{feed}", trigger=SupplyArrivalTrigger(feed=feed, poke_s=poke_s))],
     )

@@ -78,6 +78,20 @@ class Settings:
         """The active partners that supply ``feed`` (sorted ids); empty when nobody does."""
         return sorted(pid for pid, p in self.partners.items() if feed in p.feeds)
 
+    def supplier(self, feed: str, default: str) -> str:
+        """The partner whose inbox ``feed`` is collected from: the one active partner the registry says supplies it,
+        else ``default`` (the schema's ``partner.id``). One partner's inbox may serve several feeds."""
+        found = self.suppliers(feed)
+        if len(found) > 1:
+            raise KeyError(f"feed {feed!r} is supplied by more than one active partner ({', '.join(found)}): "
+                           f"a feed is collected from one inbox; remove all but one (scripts/partner remove)")
+        return found[0] if found else default
+
+    def inbox_feeds(self, partner_id: str) -> tuple[str, ...]:
+        """The feeds whose files a partner's inbox holds, as the registry records them (may be empty)."""
+        keys = self.partners.get(partner_id)
+        return keys.feeds if keys else ()
+
     def feed_enabled(self, feed: str) -> bool:
         """Whether an active partner supplies ``feed``."""
         return bool(self.suppliers(feed))

@@ -59,17 +59,18 @@ def ensure_reference(settings: Settings, force: bool = False) -> dict[str, int]:
 def drop_demo_supply(settings: Settings, schema: FeedSchema, period: str = DEMO_PERIOD,
                      n_offences: int = 600, files: dict[str, str] | None = None,
                      signer_home: str | None = None, signer_fingerprint: str | None = None,
-                     metadata: str | bool = True) -> list[str]:
+                     metadata: str | bool = True, partner_id: str | None = None) -> list[str]:
     """As the partner: make a month of records, encrypt and sign each file, and upload it with .part + rename.
 
     ``files`` (schema file name -> CSV text) replaces the made-up police recorded crime. ``metadata``: True sends
     a metadata file (guidance section 3.4) that matches the files (``fixtures.make_metadata``), a string sends
-    that text as the metadata file, False sends none. The feed's own demo partner (``schema.partner.id``) sends it.
+    that text as the metadata file, False sends none. The feed's own demo partner (``schema.partner.id``) sends it,
+    or ``partner_id`` (a partner whose inbox serves several feeds).
     """
     from csp_observatory import demo_data, fixtures, metadata as supply_metadata, partner, postcodes, sftp
 
     demo = demo_config()
-    keys = partner_keys(demo, schema.partner.id)
+    keys = partner_keys(demo, partner_id or schema.partner.id)
     if files is None:
         reference = postcodes.shipped_reference()
         files = demo_data.make_police_recorded_crime(period, reference[~reference["terminated"]],

@@ -20,13 +20,14 @@ import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final, Iterator
 
 from csp_observatory import ledger, metadata
 from csp_observatory.config import Settings
-from csp_observatory.schema import FeedSchema
+from csp_observatory.schema import FeedSchema, load_schemas
 from csp_observatory.sftp import RemoteFile, download, exists, list_entries, list_files, move, put_text
 
 log = logging.getLogger(__name__)
@@ -205,12 +206,30 @@ def period_problem(schema: FeedSchema, period: str) -> str | None:
     return None
 
 
-def stray_reason(schema: FeedSchema, entry: RemoteFile) -> str | None:
+def sibling_schemas(schema: FeedSchema, settings: Settings) -> tuple[FeedSchema, ...]:
+    """The other feeds whose files the same partner inbox holds (a police force's crime, incidents, stop and
+    search...): their files are theirs to take, never this feed's strays."""
+    partner_id = settings.supplier(schema.feed, schema.partner.id)
+    others = set(settings.inbox_feeds(partner_id)) - {schema.feed}
+    return tuple(s for s in _all_schemas() if s.feed in others) if others else ()
+
+
+@lru_cache(maxsize=1)
+def _all_schemas() -> tuple[FeedSchema, ...]:
+    return tuple(load_schemas())
+
+
+def _sibling_claims(siblings: tuple[FeedSchema, ...], name: str) -> bool:
+    return any(classify(s, name) is not None for s in siblings)
+
+
+def stray_reason(schema: FeedSchema, entry: RemoteFile, siblings: tuple[FeedSchema, ...] = ()) -> str | None:
     """Why an inbox entry is not a file of this feed the observatory can take; None if it may be one.
 
     Size is not judged here: an empty file is refused only once its size has held still (see plan_supplies).
+    ``siblings``: the other feeds the inbox serves, whose names the partner is told too.
     """
-    names = ", ".join(expected_names(schema))
+    names = ", ".join(n for s in (schema, *siblings) for n in expected_names(s))
     if entry.kind == "link":
         return ("This is a symbolic link, not a file. The observatory never follows links: upload the file "
                 "itself to inbox/ under its expected name.")
@@ -225,16 +244,25 @@ def stray_reason(schema: FeedSchema, entry: RemoteFile) -> str | None:
                 f"Rename the file to exactly the expected name and upload it again.")
     hit = classify(schema, entry.name)
     if hit is None:
-        optional = metadata.metadata_file_name(schema, _period_words(schema.period_format))
-        return (f"The file name {entry.name} does not match any file of the feed {schema.title}. Expected "
-                f"names: {names}, and the supply's metadata file {optional}. Rename the file and upload it again.")
+        optional = ", ".join(metadata.metadata_file_name(s, _period_words(s.period_format)) for s in (schema, *siblings))
+        titles = " or ".join(s.title for s in (schema, *siblings))
+        return (f"The file name {entry.name} does not match any file of the feed {titles}. Expected "
+                f"names: {names}, and each supply's metadata file ({optional}). Rename the file and upload it "
+                f"again.")
     return period_problem(schema, hit[1])
 
 
-def plan_supplies(schema: FeedSchema, listing: list[RemoteFile],
-                  previous_sizes: dict[str, int] | None) -> ReadySupplies:
-    """Decide from one inbox listing (and the sizes at the previous poll) which periods are ready to take."""
+def plan_supplies(schema: FeedSchema, listing: list[RemoteFile], previous_sizes: dict[str, int] | None,
+                  siblings: tuple[FeedSchema, ...] = (), partner_id: str | None = None) -> ReadySupplies:
+    """Decide from one inbox listing (and the sizes at the previous poll) which periods are ready to take.
+
+    ``siblings``: the other feeds the same inbox serves; their files (and uploads) are left for their own runs.
+    ``partner_id``: whose inbox it is (default: the schema's partner).
+    """
     previous = previous_sizes or {}
+    partner_id = partner_id or schema.partner.id
+    listing = [f for f in listing
+               if not (siblings and _sibling_claims(siblings, f.name.removesuffix(PART)))]
     out = ReadySupplies(sizes={f.name: f.size for f in listing if f.kind == "file"})
     uploading = {f.name[: -len(PART)] for f in listing if f.kind == "file" and f.name.endswith(PART)}
     by_period: dict[str, dict[str, RemoteFile]] = {}
@@ -242,7 +270,7 @@ def plan_supplies(schema: FeedSchema, listing: list[RemoteFile],
     for f in listing:
         if f.kind == "file" and f.name.endswith(PART):
             continue        # still being written by the partner
-        why = stray_reason(schema, f)
+        why = stray_reason(schema, f, siblings)
         if why is None and f.size == 0 and previous.get(f.name) == 0:
             why = "The file is empty (0 bytes): nothing of it arrived. Upload the file again."
         if why is not None:
@@ -284,7 +312,7 @@ def plan_supplies(schema: FeedSchema, listing: list[RemoteFile],
             out.waiting[period] = f"size not yet stable for {', '.join(unstable)}"
         else:
             out.supplies.append(PendingSupply(
-                feed=schema.feed, partner_id=schema.partner.id, period=period,
+                feed=schema.feed, partner_id=partner_id, period=period,
                 files=[PendingFile(ff.name, present[ff.name].name, present[ff.name].size, present[ff.name].mtime)
                        for ff in schema.files],
                 metadata=PendingFile(METADATA, meta.name, meta.size, meta.mtime) if meta else None))
@@ -310,13 +338,15 @@ def find_ready_supplies(sftp: Any, schema: FeedSchema, settings: Settings,
     With ``previous_sizes`` (the ``sizes`` of the last poll) this is one listing; without, it polls the inbox
     ``settings.stable_polls`` times ``settings.poll_interval_s`` apart to see which sizes hold still.
     """
-    inbox = settings.inbox(schema.partner.id)
+    partner_id = settings.supplier(schema.feed, schema.partner.id)
+    siblings = sibling_schemas(schema, settings)
+    inbox = settings.inbox(partner_id)
     if previous_sizes is None:
         candidates = [f.name for f in list_files(sftp, inbox)
                       if not f.name.endswith(PART) and stray_reason(schema, f) is None]
         previous_sizes = (wait_until_stable(sftp, inbox, candidates, settings.stable_polls,
                                             settings.poll_interval_s) if candidates else {})
-    ready = plan_supplies(schema, list_entries(sftp, inbox), previous_sizes)
+    ready = plan_supplies(schema, list_entries(sftp, inbox), previous_sizes, siblings, partner_id)
     for period, why in ready.waiting.items():
         log.info("%s/%s not taken yet: %s", schema.feed, period, why)
     return ready
@@ -329,25 +359,26 @@ def quarantine_strays(sftp: Any, settings: Settings, schema: FeedSchema, ready: 
     deleted it) is skipped, and one that cannot be moved gets its note in quarantine/ and stays in the inbox.
     """
     done: dict[str, str] = {}
+    partner_id = settings.supplier(schema.feed, schema.partner.id)
     for name, why in ready.strays.items():
         kind = ready.kinds.get(name, "file")
         # Only an empty file has a name that is right as it stands; every other stray needs another name.
         right = kind == "file" and stray_reason(schema, RemoteFile(name, 1, 0)) is None
         try:
-            done[name] = quarantine(sftp, settings, schema.partner.id, name, why, kind=kind, right_name=right)
+            done[name] = quarantine(sftp, settings, partner_id, name, why, kind=kind, right_name=right)
         except FileNotFoundError:
             log.info("%s left the inbox before it could be quarantined", shown_name(name))
         except OSError as exc:
             if getattr(exc, "errno", None) == errno.ENOENT:
                 continue
             log.warning("could not move %s out of %s's inbox (%s): leaving a reason for it in quarantine/",
-                        shown_name(name), schema.partner.id, exc)
+                        shown_name(name), partner_id, exc)
             try:
-                done[name] = leave_reason(sftp, settings, schema.partner.id, name, why, kind=kind,
+                done[name] = leave_reason(sftp, settings, partner_id, name, why, kind=kind,
                                           right_name=right)
             except OSError as again:
                 log.error("could not leave a reason for %s in %s's quarantine/ either: %s", shown_name(name),
-                          schema.partner.id, again)
+                          partner_id, again)
     return done
 
 
@@ -375,7 +406,7 @@ def private_dir(root: Path, *parts: str) -> Path:
 def collect(sftp: Any, conn: Any, schema: FeedSchema, settings: Settings, supply: PendingSupply) -> CollectedSupply:
     """Download a ready supply (its metadata file too) into private staging, hash each file and record it in the
     ledger (no commit)."""
-    inbox = settings.inbox(schema.partner.id)
+    inbox = settings.inbox(supply.partner_id)
     incoming = private_dir(settings.staging_dir, schema.feed, supply.period, "incoming")
 
     def one(pf: PendingFile) -> CollectedFile:
@@ -404,7 +435,7 @@ def collect(sftp: Any, conn: Any, schema: FeedSchema, settings: Settings, supply
     meta = one(supply.metadata) if supply.metadata else None
     if incoming.exists() and not any(incoming.iterdir()):
         incoming.rmdir()
-    return CollectedSupply(schema.feed, schema.partner.id, supply.period, files,
+    return CollectedSupply(schema.feed, supply.partner_id, supply.period, files,
                            datetime.now(timezone.utc).isoformat(timespec="seconds"), metadata=meta)
 
 

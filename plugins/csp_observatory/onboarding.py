@@ -154,8 +154,11 @@ def feed_partners(schemas_dir: Path = SCHEMA_DIR) -> dict[str, str]:
     return out
 
 
-def check_feeds(partner_id: str, feeds: Iterable[str], schemas_dir: Path = SCHEMA_DIR) -> tuple[str, ...]:
-    """The feeds, sorted and without repeats, if each is a schema in ``schemas_dir`` that names this partner."""
+def check_feeds(partner_id: str, feeds: Iterable[str], schemas_dir: Path = SCHEMA_DIR,
+                supplied_by_others: dict[str, str] | None = None) -> tuple[str, ...]:
+    """The feeds, sorted and without repeats, if each is a schema in ``schemas_dir`` that no other active partner
+    supplies (``supplied_by_others``: feed -> partner). One partner may supply several feeds (a police force's
+    crime, incidents, stop and search...): their files share its inbox, and each feed's run takes its own."""
     wanted = sorted({f.strip() for f in feeds if f and f.strip()})
     if not wanted:
         raise OnboardingError("name the feeds the partner supplies (--feeds feed1,feed2)")
@@ -164,13 +167,12 @@ def check_feeds(partner_id: str, feeds: Iterable[str], schemas_dir: Path = SCHEM
     if unknown:
         raise OnboardingError(f"unknown feed(s) {', '.join(unknown)}: a feed is a schema in {schemas_dir} "
                               f"(known: {', '.join(sorted(known))})")
-    # Intake collects a feed from the folder of the partner its schema names, so any other id would enable a feed
-    # nobody collects.
-    other = {f: known[f] for f in wanted if known[f] != partner_id}
+    # A feed is collected from one inbox (its supplies are feed/period): a second supplier is refused, not merged.
+    other = {f: p for f, p in (supplied_by_others or {}).items() if f in wanted and p != partner_id}
     if other:
-        raise OnboardingError("; ".join(f"feed {f} is collected from partner {p!r} (partner.id in its schema), "
-                                        f"not {partner_id!r}" for f, p in other.items())
-                              + ": onboard that id, or change the schema")
+        raise OnboardingError("; ".join(f"feed {f} is already supplied by the active partner {p!r}"
+                                        for f, p in sorted(other.items()))
+                              + ": remove that partner first (scripts/partner remove --id ...), or leave the feed out")
     return tuple(wanted)
 
 
@@ -718,7 +720,9 @@ class Checked:
 def check_request(site: Site, req: Request) -> Checked:
     """Every check onboarding makes, before it changes anything (no root needed)."""
     pid = check_partner_id(req.partner_id)
-    feeds = check_feeds(pid, req.feeds, site.schemas_dir)
+    others = {f: other for other, e in read_registry(site.registry_dir).items()
+              if other != pid and e["status"] == "active" for f in e.get("feeds") or ()}
+    feeds = check_feeds(pid, req.feeds, site.schemas_dir, others)
     ssh = read_ssh_public_key(req.ssh_key)
     pgp = read_openpgp_public_key(req.gpg_key)
     check_account(site, pid)

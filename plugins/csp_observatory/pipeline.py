@@ -64,10 +64,16 @@ class Manifest:
     run_id: str = ""
     collected_at: str = ""
     metadata: SupplyFile | None = None                             # the supply's metadata file, if it has one
+    partner_id: str = ""                                           # whose inbox it came from ("": the schema's)
 
     @property
     def supply_id(self) -> str:
         return f"{self.feed}/{self.period}"
+
+    @property
+    def partner(self) -> str:
+        """The partner the supply came from: its files are archived, refused and reported in that inbox."""
+        return self.partner_id or schema_for(self.feed).partner.id
 
     @property
     def ok(self) -> bool:
@@ -178,7 +184,7 @@ def _quarantine(settings: Settings, sftp_client: Any, conn: Any, partner_id: str
 def _refuse(m: Manifest, settings: Settings, sftp_client: Any, file: SupplyFile, reason: str, status: str,
             conn: Any) -> None:
     """Quarantine a refused file and stop its supply; the supply's other files stay in the inbox."""
-    _quarantine(settings, sftp_client, conn, schema_for(m.feed).partner.id, file, reason)
+    _quarantine(settings, sftp_client, conn, m.partner, file, reason)
     m.problems.append({"file": file.name, "remote_name": file.remote_name, "reason": reason})
     m.status = status
     log.warning("%s: %s refused: %s", m.supply_id, file.remote_name, reason)
@@ -265,7 +271,7 @@ def collect(feed: str, periods: list[str], run_id: str, settings: Settings | Non
                 shutil.rmtree(work)  # what an earlier, interrupted run left: this run starts the supply afresh
             work.mkdir(mode=0o700, parents=True)
             m = Manifest(feed=feed, period=pending.period, work_dir=str(work), files={}, run_id=run_id,
-                         collected_at=datetime.now(timezone.utc).isoformat())
+                         collected_at=datetime.now(timezone.utc).isoformat(), partner_id=collected.partner_id)
             for cf in collected.files:
                 m.files[cf.file_name] = SupplyFile(name=cf.file_name, remote_name=cf.remote_name,
                                                    sha256=cf.sha256, size=cf.size, encrypted_path=cf.local_path)
@@ -275,7 +281,7 @@ def collect(feed: str, periods: list[str], run_id: str, settings: Settings | Non
             if all(cf.duplicate_of for cf in collected.all_files):
                 # The same bytes were loaded before: never load them twice. The partner is told where.
                 for cf in collected.all_files:
-                    intake.archive(client, settings, schema.partner.id, cf.remote_name)
+                    intake.archive(client, settings, m.partner, cf.remote_name)
                     m.problems.append({"file": cf.file_name, "remote_name": cf.remote_name,
                                        "reason": f"identical to a delivery already loaded as supply "
                                                  f"{cf.duplicate_of}; not loaded again"})
@@ -302,7 +308,7 @@ def decrypt_and_verify(work_dirs: list[str], settings: Settings | None = None) -
                 out.append(m.work_dir)
                 continue
             schema = schema_for(m.feed)
-            fingerprint = settings.partner(schema.partner.id).signing_fingerprint
+            fingerprint = settings.partner(m.partner).signing_fingerprint
             for f in m.all_files:
                 plaintext = m.path / "plain" / (f"{f.name}.csv" if f is not m.metadata else
                                                  Path(f.remote_name).with_suffix("").name)
@@ -724,7 +730,7 @@ def report_and_archive(feed: str, work_dirs: list[str] | None, settings: Setting
                 m.status = "failed"
             if m.status == "loaded":
                 for f in m.files.values():
-                    intake.archive(client, settings, schema.partner.id, f.remote_name)
+                    intake.archive(client, settings, m.partner, f.remote_name)
                 if m.metadata is not None:
                     _archive_metadata(m, schema, settings, client)
             elif m.status == "blocked":
@@ -732,14 +738,14 @@ def report_and_archive(feed: str, work_dirs: list[str] | None, settings: Setting
                 reason = "; ".join(p["reason"] for p in m.problems)
                 with _db(settings) as conn:
                     for f in m.all_files:
-                        _quarantine(settings, client, conn, schema.partner.id, f, reason)
+                        _quarantine(settings, client, conn, m.partner, f, reason)
             report = reporting.build_report(schema, m, settings)
             folder = Path(settings.reports_dir) / feed / m.period
             json_path, html_path = reporting.write_report(report, folder)
             partner = reporting.partner_view(report)
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             base = f"{feed}_{m.period}_quality_{stamp}"
-            reports = settings.partner_folder(schema.partner.id, "reports")
+            reports = settings.partner_folder(m.partner, "reports")
             sftp.put_text(client, f"{reports}/{base}.html", reporting.render_html(partner))
             sftp.put_text(client, f"{reports}/{base}.json", json.dumps(partner, indent=1, default=str))
             _delete_plaintext(m)
@@ -758,11 +764,11 @@ def _archive_metadata(m: Manifest, schema: FeedSchema, settings: Settings, clien
     f = m.metadata
     assert f is not None
     if not refused:
-        intake.archive(client, settings, schema.partner.id, f.remote_name)
+        intake.archive(client, settings, m.partner, f.remote_name)
         return
     reason = metadata.refused_reason(schema, refused, required=False, remote_name=f.remote_name)
     with _db(settings) as conn:
-        _quarantine(settings, client, conn, schema.partner.id, f, reason)
+        _quarantine(settings, client, conn, m.partner, f, reason)
     m.problems.append({"file": f.name, "remote_name": f.remote_name, "reason": reason})
 
 

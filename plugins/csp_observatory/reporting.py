@@ -245,8 +245,7 @@ def outcome_from_manifest(manifest: Any, settings: Any = None) -> SupplyOutcome:
     contact = ""
     if settings is not None:
         try:
-            from csp_observatory.pipeline import schema_for
-            contact = settings.partner(schema_for(manifest.feed).partner.id).contact
+            contact = settings.partner(manifest.partner).contact
         except (KeyError, ImportError, AttributeError):
             contact = ""
     return SupplyOutcome(

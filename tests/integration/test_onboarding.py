@@ -272,7 +272,7 @@ def test_bad_requests_change_nothing(partner):
             (["--gpg-key", str(partner.ssh_pub)], "not an OpenPGP public key"),
             (["--feeds", "police_recorded_crime"], "unknown feed"),      # not a schema of this site's schemas_dir
             (["--id", "daemon", "--feeds", "onboarding_daemon_feed"], "is not an observatory partner"),
-            (["--id", "police", "--feeds", partner.feed], "collected from partner")):
+            (["--id", "police", "--feeds", partner.feed], "already supplied by the active partner")):
         argv = {"--id": partner.id, "--ssh-key": str(partner.ssh_pub), "--gpg-key": str(partner.gpg_key),
                 "--feeds": partner.feed}
         argv.update(dict(zip(args[::2], args[1::2])))

@@ -81,7 +81,7 @@ def test_core_feeds_run_on_their_schedule_and_peripheral_feeds_on_a_supply_arriv
         (asset,) = dag.timetable.asset_condition.objects
         (watcher,) = asset.watchers
         assert isinstance(watcher.trigger, SupplyArrivalTrigger) and watcher.trigger.feed == schema.feed
-        assert f"/{schema.partner.id}/inbox/" in asset.uri
+        assert asset.uri.endswith(f"/supplies/{schema.feed}")
         if schema.on_arrival:
             assert not isinstance(dag.timetable, AssetOrTimeSchedule), f"{dag.dag_id} is as and when: no schedule"
         else:

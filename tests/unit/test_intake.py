@@ -457,3 +457,45 @@ def test_collect_downloads_and_ledgers_the_metadata_file_with_the_data(schema, t
     assert sorted(a[2] for a in recorded) == sorted(names)
     assert collected.all_files[-1] is md
     assert intake.CollectedSupply.from_dict(json.loads(json.dumps(collected.to_dict()))) == collected
+
+
+# --- one partner's inbox serving several feeds ---------------------------------------------------------------
+
+def _settings_serving(tmp_path: Path, feeds: tuple[str, ...]) -> Settings:
+    return Settings(database_url="postgresql://x@localhost/x", sftp_host="h", sftp_port=22, sftp_user="u",
+                    sftp_key_file=tmp_path / "k", sftp_host_key="ssh-ed25519 AAAA", sftp_root="",
+                    gnupg_home=tmp_path, staging_dir=tmp_path, reports_dir=tmp_path,
+                    partners={"force": PartnerKeys("force", "AB" * 20, feeds=feeds)})
+
+
+def test_a_partners_inbox_serves_each_of_its_feeds_and_no_feed_takes_anothers_files(schema, tmp_path):
+    settings = _settings_serving(tmp_path, ("police_recorded_crime", "police_incidents"))
+    incidents = schema_for("police_incidents")
+    assert settings.supplier("police_recorded_crime", "police") == "force"      # the registry's, not the schema's
+    assert settings.supplier("fire_incidents", "fire") == "fire"                 # nobody registered: the schema's
+    names = [*_names("202609", *ALL), "pi_incidents_202609.csv.gpg", "pi_incidents_metadata_202609.yaml.gpg",
+             "pi_incidents_202610.csv.gpg.part", "crime.xlsx"]
+    listing = _listing(names)
+    sizes = {f.name: f.size for f in listing}
+    for feed_schema, other in ((schema, incidents), (incidents, schema)):
+        siblings = intake.sibling_schemas(feed_schema, settings)
+        assert siblings == (other,)
+        ready = intake.plan_supplies(feed_schema, listing, sizes, siblings, "force")
+        # each feed takes its own supply, from the partner's inbox, and leaves the other's files alone
+        assert [(s.feed, s.partner_id, s.period) for s in ready.supplies] == [(feed_schema.feed, "force", "202609")]
+        assert list(ready.strays) == ["crime.xlsx"]
+        # the partner is told every name the inbox takes, for both feeds
+        assert "prc_offences_YYYYMM.csv.gpg" in ready.strays["crime.xlsx"]
+        assert "pi_incidents_YYYYMM.csv.gpg" in ready.strays["crime.xlsx"]
+    # without the registry saying so, the incidents files are strays of the crime feed, as before
+    alone = intake.plan_supplies(schema, listing, sizes)
+    assert "pi_incidents_202609.csv.gpg" in alone.strays
+
+
+def test_a_feed_has_one_supplier_at_a_time(tmp_path):
+    settings = _settings_serving(tmp_path, ("police_recorded_crime",))
+    two = Settings(**{**settings.__dict__, "partners": {**settings.partners,
+                                                        "other": PartnerKeys("other", "CD" * 20,
+                                                                             feeds=("police_recorded_crime",))}})
+    with pytest.raises(KeyError, match="more than one active partner"):
+        two.supplier("police_recorded_crime", "police")

@@ -89,13 +89,19 @@ def test_every_schema_partner_id_is_a_good_partner_id():
         assert onboarding.check_partner_id(pid) == pid
 
 
-def test_feeds_must_be_schemas_that_name_the_partner():
+def test_feeds_must_be_schemas_that_no_other_active_partner_supplies():
     assert onboarding.check_feeds("police", ["police_recorded_crime", " police_recorded_crime"]) == (
         "police_recorded_crime",)
     with pytest.raises(OnboardingError, match="unknown feed.*no_such_feed"):
         onboarding.check_feeds("police", ["police_recorded_crime", "no_such_feed"])
-    with pytest.raises(OnboardingError, match="fire_incidents is collected from partner 'fire'"):
-        onboarding.check_feeds("police", ["fire_incidents"])
+    # one partner may supply several feeds, whatever partner id their schemas name by default
+    assert onboarding.check_feeds("police", ["stop_and_search", "police_recorded_crime"]) == (
+        "police_recorded_crime", "stop_and_search")
+    # but a feed has one supplier: another active partner's feed is refused, naming it
+    with pytest.raises(OnboardingError, match="fire_incidents is already supplied by the active partner 'fire'"):
+        onboarding.check_feeds("police", ["fire_incidents"], supplied_by_others={"fire_incidents": "fire"})
+    assert onboarding.check_feeds("fire", ["fire_incidents"], supplied_by_others={"fire_incidents": "fire"}) == (
+        "fire_incidents",)
     with pytest.raises(OnboardingError, match="name the feeds"):
         onboarding.check_feeds("police", [""])
 
