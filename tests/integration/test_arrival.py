@@ -3,10 +3,11 @@ of scheduled ones, both looking at a real partner inbox on the real sshd (the te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import time
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, AsyncIterator
 
 import pytest
 
@@ -31,6 +32,29 @@ async def _until(events: list[dict[str, Any]], count: int, within: float) -> Non
         await asyncio.sleep(0.1)
 
 
+@contextlib.asynccontextmanager
+async def _watching(trigger: SupplyArrivalTrigger) -> AsyncIterator[list[dict[str, Any]]]:
+    """Run a watcher as the triggerer does, collecting the payloads it fires, until the block ends."""
+    events: list[dict[str, Any]] = []
+
+    async def consume() -> None:
+        async for event in trigger.run():
+            events.append(event.payload)
+
+    task = asyncio.create_task(consume())
+    try:
+        yield events
+    finally:
+        task.cancel()
+
+
+def _watcher(store: Any = None) -> SupplyArrivalTrigger:
+    trigger = SupplyArrivalTrigger(feed=FEED, poke_s=POKE)
+    if store is not None:
+        trigger.asset_state_store = store  # type: ignore[attr-defined]
+    return trigger
+
+
 class _RememberingStore:
     """Stands in for the asset state store Airflow gives a watcher in a running triggerer (aget/aset)."""
 
@@ -48,16 +72,7 @@ def test_the_watcher_fires_once_per_arrival_and_for_files_to_refuse(partner_sftp
     store = _RememberingStore()
 
     async def scenario() -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        trigger = SupplyArrivalTrigger(feed=FEED, poke_s=POKE)
-        trigger.asset_state_store = store  # type: ignore[attr-defined]
-
-        async def consume() -> None:
-            async for event in trigger.run():
-                events.append(event.payload)
-
-        task = asyncio.create_task(consume())
-        try:
+        async with _watching(_watcher(store)) as events:
             await asyncio.sleep(8 * POKE)
             assert events == [], "an empty inbox started a run"
             # two of three files: not a supply yet
@@ -80,8 +95,6 @@ def test_the_watcher_fires_once_per_arrival_and_for_files_to_refuse(partner_sftp
             assert events[2]["refused"] == 1
             await asyncio.sleep(6 * POKE)
             assert len(events) == 3
-        finally:
-            task.cancel()
         return events
 
     events = asyncio.run(scenario())
@@ -89,17 +102,8 @@ def test_the_watcher_fires_once_per_arrival_and_for_files_to_refuse(partner_sftp
 
     # A triggerer that restarts gets a new trigger, with the store: the files a run is taking fire nothing.
     async def restarted() -> list[dict[str, Any]]:
-        again: list[dict[str, Any]] = []
-        trigger = SupplyArrivalTrigger(feed=FEED, poke_s=POKE)
-        trigger.asset_state_store = store  # type: ignore[attr-defined]
-
-        async def consume() -> None:
-            async for event in trigger.run():
-                again.append(event.payload)
-
-        task = asyncio.create_task(consume())
-        await asyncio.sleep(10 * POKE)
-        task.cancel()
+        async with _watching(_watcher(store)) as again:
+            await asyncio.sleep(10 * POKE)
         return again
 
     assert asyncio.run(restarted()) == []
@@ -108,15 +112,7 @@ def test_the_watcher_fires_once_per_arrival_and_for_files_to_refuse(partner_sftp
 def test_the_watcher_fires_again_when_a_partner_re_sends_the_same_file_names(partner_sftp, observatory_sftp,
                                                                              settings) -> None:
     async def scenario() -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        trigger = SupplyArrivalTrigger(feed=FEED, poke_s=POKE)
-
-        async def consume() -> None:
-            async for event in trigger.run():
-                events.append(event.payload)
-
-        task = asyncio.create_task(consume())
-        try:
+        async with _watching(_watcher()) as events:
             await asyncio.to_thread(_drop, partner_sftp, "209903")
             await _until(events, 1, 15)
             # the run takes the supply away (as archive does), then the partner sends a corrected month
@@ -127,8 +123,6 @@ def test_the_watcher_fires_again_when_a_partner_re_sends_the_same_file_names(par
             await asyncio.sleep(1.1)      # a new modification time, to the second
             await asyncio.to_thread(_drop, partner_sftp, "209903")
             await _until(events, 2, 15)
-        finally:
-            task.cancel()
         return events
 
     events = asyncio.run(scenario())
