@@ -3,14 +3,24 @@
 Every identifier goes through ``psycopg2.sql.Identifier``: table and column names come from YAML files that
 partners' schemas may one day be contributed as, so they are never formatted into SQL text. Functions here do
 not commit: the caller decides the transaction (see ARCHITECTURE.md, *PostGIS*).
+
+Every feed table has one integer key, ``fid`` (an identity column and its primary key), which QGIS and GDAL take
+as the feature id without being told. A record's own key within its supply (``supply_id`` and the schema's key
+columns) is a ``UNIQUE`` constraint on NOT NULL columns (``<table>_supply_key``), so a repeated record is refused
+as it always was. Each file of a depersonalised feed that has a location also has its counts by ward, month and
+category (``<table>_ward_month``: :func:`refresh_ward_month`), refreshed inside each load's transaction.
 """
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any, Final, NamedTuple
 
-from psycopg2 import sql
+from psycopg2 import errors, sql
 
-from csp_observatory.schema import CONTENT_KEY_COLUMN, FeedFile, FeedSchema
+from csp_observatory.schema import CONTENT_KEY_COLUMN, Datafield, FeedFile, FeedSchema
+
+log = logging.getLogger(__name__)
 
 SRID: Final = 27700
 SCHEMAS: Final = ("depersonalised", "personal", "observatory", "reference")
@@ -40,6 +50,15 @@ NOT_NULL_COLUMNS: Final = frozenset({"supply_id", "source_sha256", "loaded_at"})
 GEOM_TYPE: Final = f"geometry(Point,{SRID})"
 #: Columns the loader fills itself; every other table column must come from the frame.
 LOADER_COLUMNS: Final = frozenset({"supply_id", "period", "source_sha256", "loaded_at", "geom"})
+#: The feature id: the primary key of every feed table and counts table, filled by the database (never by a frame,
+#: so it is not among table_columns). GDAL's PostgreSQL driver takes a single-column integer primary key as the FID
+#: and QGIS a table's primary key as its feature id; a key of several columns neither can use ("Multi-column primary
+#: key ... detected but not supported").
+FID_COLUMN: Final = "fid"
+#: A depersonalised layer's counts by ward, month and category: ``<table><WARD_MONTH_SUFFIX>`` beside it.
+WARD_MONTH_SUFFIX: Final = "_ward_month"
+#: How a counts table's comment starts: only tables so marked are ever dropped as orphans (ensure_database).
+WARD_MONTH_MARK: Final = "Counts by ward and month of "
 
 _COMMENTS: Final = {
     "age": "Age in whole years at the event date (or at the end of the supply period), derived from date of birth",
@@ -62,6 +81,8 @@ _COMMENTS: Final = {
     "source_sha256": "SHA-256 of the encrypted file the record came from (observatory.deliveries)",
     "source_row": "Data row number in the partner's file (header excluded)",
     "loaded_at": "When the supply was loaded",
+    FID_COLUMN: "Feature id (QGIS, GDAL): a number for the record in this table. A re-run of its supply gives its "
+                "records new ones: to refer to a record, use its supply and reference",
 }
 
 
@@ -97,6 +118,8 @@ def table_columns(schema: FeedSchema, feed_file: FeedFile) -> list[Column]:
     if feed_file.content_key:
         cols.append(Column(CONTENT_KEY_COLUMN, "text"))
     names = {c.name for c in cols}
+    if FID_COLUMN in names:
+        raise ValueError(f"{feed_file.name}: datafield {FID_COLUMN!r} clashes with the feature id the observatory adds")
     for name, sql_type in (*extra, *LINEAGE_COLUMNS):
         if name in names:
             raise ValueError(f"{feed_file.name}: datafield {name!r} clashes with a column the observatory adds")
@@ -148,6 +171,7 @@ def ensure_database(conn: Any) -> None:
         for role in ("csp_analyst", "csp_engineer"):
             cur.execute(sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA personal FROM {}").format(I(role)))
         _ensure_observatory_tables(cur)
+        _drop_orphan_counts(conn, cur)
 
 
 def _ensure_observatory_tables(cur: Any) -> None:
@@ -206,38 +230,71 @@ def _comment_for(schema: FeedSchema, feed_file: FeedFile, column: str) -> str | 
     return _COMMENTS.get(column)
 
 
-def _primary_key(cur: Any, db_schema: str, table: str) -> list[str]:
-    """The primary key columns of a table, in order ([] if it has none or does not exist)."""
-    cur.execute("""SELECT a.attname FROM pg_index i
-                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-                   WHERE i.indrelid = to_regclass(%s) AND i.indisprimary
-                   ORDER BY array_position(i.indkey, a.attnum)""", (f'"{db_schema}"."{table}"',))
+def natural_key(feed_file: FeedFile) -> list[str]:
+    """The columns that identify a record in its table: its supply and the schema's key (``row_key`` for content)."""
+    return ["supply_id", *feed_file.table_key]
+
+
+def _key_name(table: str) -> str:
+    return f"{table}_supply_key"
+
+
+def _constraint(cur: Any, db_schema: str, table: str, contype: str, name: str | None = None) -> list[str]:
+    """The columns, in order, of a table's primary key (``contype`` 'p') or of its unique constraint ``name``
+    ('u'); [] if there is none or the table does not exist."""
+    cur.execute("""SELECT a.attname FROM pg_constraint c
+                   CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord)
+                   JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+                   WHERE c.conrelid = to_regclass(%s) AND c.contype = %s AND (%s::text IS NULL OR c.conname = %s)
+                   ORDER BY k.ord""", (f'"{db_schema}"."{table}"', contype, name, name))
     return [r[0] for r in cur.fetchall()]
 
 
-def _migrate_primary_key(cur: Any, db_schema: str, feed_file: FeedFile, have: list[str]) -> None:
-    """Give an existing table the key its schema now declares (e.g. a file that moved to ``key: content``).
+def _primary_key(cur: Any, db_schema: str, table: str) -> list[str]:
+    """The primary key columns of a table, in order ([] if it has none or does not exist)."""
+    return _constraint(cur, db_schema, table, "p")
 
-    Rows loaded before a move to a content key get a ``migrated-`` key from their stored values; a re-sent supply
-    replaces them with its own keys.
+
+def _unique_key(cur: Any, db_schema: str, table: str) -> list[str]:
+    """The columns of a table's ``<table>_supply_key`` constraint, in order ([] if it has none)."""
+    return _constraint(cur, db_schema, table, "u", _key_name(table))
+
+
+def _migrate_keys(cur: Any, db_schema: str, feed_file: FeedFile, pk: list[str], unique: list[str]) -> None:
+    """Give an existing table the keys it has now: ``fid`` as its primary key, and the key its schema declares
+    (e.g. a file that moved to ``key: content``) as ``<table>_supply_key``, in place, every row kept.
+
+    A table from before ``fid`` had its natural key as the primary key: that becomes the unique constraint and an
+    identity ``fid`` numbers the rows already there. Rows loaded before a move to a content key get a
+    ``migrated-`` key from their stored values; a re-sent supply replaces them with its own keys.
     """
     I = sql.Identifier  # noqa: E741
-    want = ["supply_id", *feed_file.table_key]
-    if have == want:
-        return
+    want = natural_key(feed_file)
+    have = unique if pk == [FID_COLUMN] else pk       # the natural key the table has now
     table = I(db_schema, feed_file.table)
-    if feed_file.content_key:
+    if have != want and feed_file.content_key:
         cur.execute(sql.SQL(
             "UPDATE {t} SET {k} = m.k FROM (SELECT ctid AS id, 'migrated-' || md5(x::text) || '-' || "
             "row_number() OVER (PARTITION BY md5(x::text)) AS k FROM {t} x WHERE {k} IS NULL) m "
             "WHERE {t}.ctid = m.id").format(t=table, k=I(CONTENT_KEY_COLUMN)))
-    if have:
-        cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(table, I(f"{feed_file.table}_pkey")))
+    # Numbers the rows already there (PostgreSQL fills an identity column added to a table that has rows).
+    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} bigint GENERATED ALWAYS AS IDENTITY").format(
+        table, I(FID_COLUMN)))
+    if pk != [FID_COLUMN]:
+        if pk:
+            cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(table, I(f"{feed_file.table}_pkey")))
+        cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
+            table, I(f"{feed_file.table}_pkey"), I(FID_COLUMN)))
+    if unique != want:
+        if unique:
+            cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(table, I(_key_name(feed_file.table))))
         # A column leaving the key keeps the NOT NULL the key gave it: drop that too (it may now be optional).
-        for column in set(have) - set(want) - NOT_NULL_COLUMNS:
+        for column in sorted(set(have) - set(want) - NOT_NULL_COLUMNS):
             cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(table, I(column)))
-    cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
-        table, I(f"{feed_file.table}_pkey"), sql.SQL(", ").join(I(c) for c in want)))
+        for column in want:
+            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL").format(table, I(column)))
+        cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} UNIQUE ({})").format(
+            table, I(_key_name(feed_file.table)), sql.SQL(", ").join(I(c) for c in want)))
 
 
 def ensure_feed_tables(conn: Any, schema: FeedSchema) -> list[str]:
@@ -253,24 +310,32 @@ def ensure_feed_tables(conn: Any, schema: FeedSchema) -> list[str]:
             cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
                         "AND table_name = %s", (db_schema, f.table))
             existing = {r[0] for r in cur.fetchall()}
-            key = _primary_key(cur, db_schema, f.table)
-            if existing and {c.name for c in cols} <= existing and key == ["supply_id", *f.table_key]:
+            pk, unique = _primary_key(cur, db_schema, f.table), _unique_key(cur, db_schema, f.table)
+            key = natural_key(f)
+            counts = has_ward_month(schema, f)
+            if counts:
+                cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{db_schema}"."{ward_month_table(f)}"',))
+                counts_there = cur.fetchone()[0]
+            if (existing and {c.name for c in cols} | {FID_COLUMN} <= existing and pk == [FID_COLUMN]
+                    and unique == key and (not counts or counts_there)):
                 # Up to date: take no lock stronger than a read, so analysts' open queries never block a load.
                 continue
-            col_defs = [sql.SQL("{} {}{}").format(I(c.name), sql.SQL(c.sql_type),
-                                                  sql.SQL(" NOT NULL" if c.name in NOT_NULL_COLUMNS else ""))
-                        for c in cols]
-            # supply_id first: the key index also serves "delete this supply's rows".
-            pk = [I("supply_id"), *(I(k) for k in f.table_key)]
-            cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, CONSTRAINT {} PRIMARY KEY ({}))").format(
-                table, sql.SQL(", ").join(col_defs), I(f"{f.table}_pkey"), sql.SQL(", ").join(pk)))
+            col_defs = [sql.SQL("{} {}{}").format(I(c.name), sql.SQL(c.sql_type), sql.SQL(
+                " NOT NULL" if c.name in NOT_NULL_COLUMNS or c.name in key else "")) for c in cols]
+            # fid last, so the datafields keep their places (the first column is the first datafield); supply_id
+            # first in the record's key: its index also serves "delete this supply's rows".
+            cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, {} bigint GENERATED ALWAYS AS IDENTITY, "
+                                "CONSTRAINT {} PRIMARY KEY ({}), CONSTRAINT {} UNIQUE ({}))").format(
+                table, sql.SQL(", ").join(col_defs), I(FID_COLUMN), I(f"{f.table}_pkey"), I(FID_COLUMN),
+                I(_key_name(f.table)), sql.SQL(", ").join(I(k) for k in key)))
             # A schema may gain datafields after its table exists: add them, never drop (old supplies keep theirs).
             for c in cols:
                 cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
                     table, I(c.name), sql.SQL(c.sql_type)))
             if existing:
-                # A table made just now has its key already; an older one may need the key its schema now declares.
-                _migrate_primary_key(cur, db_schema, f, key)
+                # A table made just now has its keys already; an older one may need fid, or the key its schema
+                # now declares.
+                _migrate_keys(cur, db_schema, f, pk, unique)
             cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gist (geom)").format(
                 I(f"{f.table}_geom_gist"), table))
             cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (supply_id)").format(
@@ -278,9 +343,157 @@ def ensure_feed_tables(conn: Any, schema: FeedSchema) -> list[str]:
             title = f"{schema.title}: {f.title}. {f.description} (guidance section {schema.guidance_section}; " \
                     f"{schema.dataset_type}; partner {schema.partner.agency})"
             cur.execute(sql.SQL("COMMENT ON TABLE {} IS %s").format(table), (title,))
-            for c in cols:
+            for c in [*cols, Column(FID_COLUMN, "bigint")]:
                 comment = _comment_for(schema, f, c.name)
                 if comment:
                     cur.execute(sql.SQL("COMMENT ON COLUMN {}.{} IS %s").format(table, I(c.name)), (comment,))
+            if counts and not counts_there:
+                _ensure_ward_month(cur, schema, f)
+                if existing:
+                    _refresh_one(cur, schema, f)     # an older layer's counts are there before its next load
             made.append(f"{db_schema}.{f.table}")
     return made
+
+
+# --- counts by ward, month and category ----------------------------------------------------------------------
+
+def has_ward_month(schema: FeedSchema, feed_file: FeedFile) -> bool:
+    """Whether a file has counts by ward and month: a depersonalised file with a location (never a personal one)."""
+    return not schema.personalised and bool(feed_file.location.columns)
+
+
+def ward_month_table(feed_file: FeedFile) -> str:
+    """The name of a layer's counts table, in the layer's schema."""
+    return f"{feed_file.table}{WARD_MONTH_SUFFIX}"
+
+
+def category_field(schema: FeedSchema, feed_file: FeedFile) -> Datafield | None:
+    """The datafield a layer is counted and styled by: the one its schema gives the role ``category`` (the offence
+    code, the incident type...) and that its table keeps; None if it has none (every record is then counted under
+    a null category)."""
+    kept = {c.name for c in table_columns(schema, feed_file)}
+    return next((d for d in feed_file.by_role("category") if d.name in kept), None)
+
+
+def _event_month(schema: FeedSchema, feed_file: FeedFile) -> sql.Composable:
+    """SQL for a record's month: its event date's, else its supply period's (as the first day of the month)."""
+    period = (sql.SQL("CASE WHEN t.period ~ '^[0-9]{{6}}$' THEN to_date(t.period, 'YYYYMM') END")
+              if schema.period_format == "%Y%m" else sql.SQL("NULL::date"))
+    event = feed_file.event_date
+    if event and feed_file.field(event).type == "date" and not feed_file.field(event).dropped_on_sanitising:
+        return sql.SQL("COALESCE(date_trunc('month', t.{})::date, {})").format(sql.Identifier(event), period)
+    return period
+
+
+def _ensure_ward_month(cur: Any, schema: FeedSchema, feed_file: FeedFile) -> None:
+    I = sql.Identifier  # noqa: E741
+    db_schema, name = table_schema(schema), ward_month_table(feed_file)
+    table = I(db_schema, name)
+    cur.execute(sql.SQL("""CREATE TABLE IF NOT EXISTS {} (
+        {} bigint PRIMARY KEY, ward_code text, district_code text, month date, category text,
+        records integer NOT NULL)""").format(table, I(FID_COLUMN)))
+    category = category_field(schema, feed_file)
+    by = f"{category.label} ({category.name})" if category else "no category (the schema names none)"
+    cur.execute(sql.SQL("COMMENT ON TABLE {} IS %s").format(table), (
+        f"{WARD_MONTH_MARK}{db_schema}.{feed_file.table} ({schema.title}: {feed_file.title}), by {by}. Refreshed "
+        f"by every load of the feed, in its transaction: it counts what the layer holds. A record's ward is its "
+        f"sanitised postcode's (reference.postcodes), or the nearest postcode's for a place without one; its month "
+        f"is its event date's, else its supply period's",))
+    comments = {
+        FID_COLUMN: "Row number (QGIS, GDAL feature id); renumbered at each refresh",
+        "ward_code": "Ward (ONS code) of the sanitised point; empty for records without a point",
+        "district_code": "Local authority district (ONS code) of the sanitised point",
+        "month": "First day of the month of the event (or of the supply period where the record has no date)",
+        "category": f"Category: {by}",
+        "records": "Number of records",
+    }
+    for column, text in comments.items():
+        cur.execute(sql.SQL("COMMENT ON COLUMN {}.{} IS %s").format(table, I(column)), (text,))
+    # The schema's default privileges already grant analysts and engineers SELECT; say it here too, whoever made it.
+    cur.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (["csp_analyst", "csp_engineer"],))
+    for (role,) in cur.fetchall():
+        cur.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(table, I(role)))
+
+
+def ward_month_query(schema: FeedSchema, feed_file: FeedFile, reference: bool = True) -> sql.Composable:
+    """The query that counts a layer by ward, month and category (the counts table's columns, in order): what a
+    plain view would run on every read. ``reference``: whether reference.postcodes exists to give the wards."""
+    I = sql.Identifier  # noqa: E741
+    category = category_field(schema, feed_file)
+    category_sql = sql.SQL("t.{}::text").format(I(category.name)) if category else sql.SQL("NULL::text")
+    if reference:
+        # The ward of the sanitised postcode; a point with no postcode (a park, a car park) takes the nearest one's.
+        ward = sql.SQL("""COALESCE(p.ward_code, n.ward_code) AS ward_code,
+                          COALESCE(p.district_code, n.district_code) AS district_code""")
+        joins = sql.SQL("""LEFT JOIN reference.postcodes p ON p.postcode = t.sanitised_postcode
+                           LEFT JOIN LATERAL (SELECT r.ward_code, r.district_code FROM reference.postcodes r
+                                              WHERE p.postcode IS NULL AND t.geom IS NOT NULL
+                                              ORDER BY r.geom <-> t.geom LIMIT 1) n ON true""")
+    else:
+        ward, joins = sql.SQL("NULL::text AS ward_code, NULL::text AS district_code"), sql.SQL("")
+    return sql.SQL("""
+        SELECT row_number() OVER (ORDER BY month, ward_code, category) AS {fid}, ward_code, district_code, month,
+               category, records
+          FROM (SELECT {ward}, {month} AS month, {category} AS category, count(*)::integer AS records
+                  FROM {layer} t {joins}
+                 GROUP BY 1, 2, 3, 4) s""").format(
+        fid=I(FID_COLUMN), ward=ward, month=_event_month(schema, feed_file), category=category_sql,
+        layer=I(table_schema(schema), feed_file.table), joins=joins)
+
+
+def _refresh_one(cur: Any, schema: FeedSchema, feed_file: FeedFile) -> int:
+    """Recount one layer into its counts table; returns the number of rows written."""
+    counts = sql.Identifier(table_schema(schema), ward_month_table(feed_file))
+    cur.execute("SELECT to_regclass('reference.postcodes') IS NOT NULL")
+    reference = cur.fetchone()[0]
+    # Loads of two supplies of a feed may run at once: one recount at a time, each seeing the other's rows once
+    # committed (a read committed statement started after the lock sees them). Readers are never blocked.
+    cur.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(counts))
+    cur.execute(sql.SQL("DELETE FROM {}").format(counts))
+    cur.execute(sql.SQL("INSERT INTO {} ({}, ward_code, district_code, month, category, records) {}").format(
+        counts, sql.Identifier(FID_COLUMN), ward_month_query(schema, feed_file, reference)))
+    return cur.rowcount
+
+
+def refresh_ward_month(conn: Any, schema: FeedSchema) -> dict[str, int]:
+    """Recount each of a feed's layers by ward, month and category; no commit (the load calls it in its
+    transaction, so the counts always match the layer). Returns the rows written per counts table."""
+    written: dict[str, int] = {}
+    files = [f for f in schema.files if has_ward_month(schema, f)]
+    if not files:
+        return written
+    with conn.cursor() as cur:
+        for f in files:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{table_schema(schema)}"."{ward_month_table(f)}"',))
+            if not cur.fetchone()[0]:
+                continue        # made by ensure_feed_tables; a table from before it is counted at its next run
+            started = time.perf_counter()
+            written[f"{table_schema(schema)}.{ward_month_table(f)}"] = _refresh_one(cur, schema, f)
+            log.info("%s.%s: counts by ward and month refreshed in %.3f s", table_schema(schema),
+                     ward_month_table(f), time.perf_counter() - started)
+    return written
+
+
+def _drop_orphan_counts(conn: Any, cur: Any) -> list[str]:
+    """Drop the counts tables whose layer is gone (dropped by an engineer, or by a test): they have no other
+    dependency on it, so that dropping a layer never needs CASCADE. A table someone is reading is left for the
+    next time (never wait for an analyst's lock)."""
+    if conn.autocommit:
+        return []
+    cur.execute("""SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE n.nspname = 'depersonalised' AND c.relkind = 'r' AND right(c.relname, %s) = %s
+                     AND starts_with(coalesce(obj_description(c.oid, 'pg_class'), ''), %s)
+                     AND to_regclass(format('%%I.%%I', n.nspname, left(c.relname, -%s))) IS NULL""",
+                (len(WARD_MONTH_SUFFIX), WARD_MONTH_SUFFIX, WARD_MONTH_MARK, len(WARD_MONTH_SUFFIX)))
+    dropped = []
+    for (name,) in cur.fetchall():
+        table = sql.Identifier("depersonalised", name)
+        cur.execute("SAVEPOINT csp_orphan_counts")
+        try:
+            cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE NOWAIT").format(table))
+            cur.execute(sql.SQL("DROP TABLE {}").format(table))
+            cur.execute("RELEASE SAVEPOINT csp_orphan_counts")
+            dropped.append(name)
+        except (errors.LockNotAvailable, errors.UndefinedTable):
+            cur.execute("ROLLBACK TO SAVEPOINT csp_orphan_counts")
+    return dropped

@@ -200,6 +200,7 @@ def load_supply(conn: Any, schema: FeedSchema, supply_id: str, period: str, tabl
                 "status = EXCLUDED.status, files = EXCLUDED.files, row_counts = EXCLUDED.row_counts, "
                 "report = NULL, loaded_at = EXCLUDED.loaded_at",
                 (supply_id, schema.feed, period, json.dumps(files), json.dumps(result.rows)))
+        ddl.refresh_ward_month(conn, schema)    # the layers' counts by ward and month, committed with the rows
         if in_transaction is not None:
             in_transaction(conn)
         if on_commit_ledger is not None:

@@ -116,3 +116,54 @@ def test_free_text_dropped_on_sanitising_has_no_column(prc):
     assert "property_stolen" in [c.name for c in ddl.table_columns(prc, f)]
     personal = dataclasses.replace(prc, dataset_type="personalised")
     assert "property_stolen" in [c.name for c in ddl.table_columns(personal, dropped)]
+
+
+# --- the feature id and the counts by ward and month (issue 10, an analyst's workspace) ----------------------------
+
+def test_the_feature_id_is_the_databases_never_a_frames(prc):
+    for f in prc.files:
+        assert ddl.FID_COLUMN not in [c.name for c in ddl.table_columns(prc, f)]
+        assert ddl.FID_COLUMN not in ddl.frame_columns(prc, f)
+    clash = dataclasses.replace(prc.file("offences"), datafields=(*prc.file("offences").datafields, Datafield(
+        name="fid", label="x", type="integer", role="attribute")))
+    with pytest.raises(ValueError, match="feature id"):
+        ddl.table_columns(prc, clash)
+
+
+def test_a_records_key_is_its_supply_and_its_schemas_key(prc):
+    assert ddl.natural_key(prc.file("offences")) == ["supply_id", "crime_reference"]
+    assert ddl.natural_key(prc.file("offenders")) == ["supply_id", "crime_reference", "offender_reference"]
+    assert ddl.natural_key(prc.file("victims")) == ["supply_id", "row_key"]
+
+
+def test_counts_by_ward_and_month_only_for_depersonalised_files_with_a_location(prc):
+    from csp_observatory.schema import load_schemas
+
+    assert all(ddl.has_ward_month(prc, f) for f in prc.files)
+    assert not any(ddl.has_ward_month(dataclasses.replace(prc, dataset_type="personalised"), f) for f in prc.files)
+    schemas = {s.feed: s for s in load_schemas()}
+    detections = schemas["detection_status"]
+    assert not ddl.has_ward_month(detections, detections.files[0])       # no location: no ward to count by
+    names = [t for s in schemas.values() for f in s.files
+             for t in (f.table, *([ddl.ward_month_table(f)] if ddl.has_ward_month(s, f) else []))]
+    assert len(names) == len(set(names)) and max(map(len, names)) <= 63   # no clash, no truncated identifier
+
+
+def test_the_category_is_the_datafield_the_schema_marks(prc):
+    from csp_observatory.schema import load_schemas
+
+    assert ddl.category_field(prc, prc.file("offences")).name == "ho_offence_code"
+    assert ddl.category_field(prc, prc.file("offenders")) is None      # counted without a category
+    for schema in load_schemas():
+        for f in schema.files:
+            kept = {c.name for c in ddl.table_columns(schema, f)}
+            marked = [d.name for d in f.by_role("category") if d.name in kept]
+            # one at most, so which one a layer is counted and styled by is never a guess
+            assert len(marked) <= 1, (schema.feed, f.name, marked)
+            found = ddl.category_field(schema, f)
+            assert (found.name if found else None) == (marked[0] if marked else None)
+    dropped = dataclasses.replace(prc.file("offences"), datafields=tuple(
+        dataclasses.replace(d, role="category", free_text="drop") if d.name == "property_stolen" else
+        dataclasses.replace(d, role="attribute") if d.role == "category" else d
+        for d in prc.file("offences").datafields))
+    assert ddl.category_field(prc, dropped) is None      # a category sanitising drops is never counted
