@@ -377,7 +377,7 @@ def category_field(schema: FeedSchema, feed_file: FeedFile) -> Datafield | None:
 
 def _event_month(schema: FeedSchema, feed_file: FeedFile) -> sql.Composable:
     """SQL for a record's month: its event date's, else its supply period's (as the first day of the month)."""
-    period = (sql.SQL("CASE WHEN t.period ~ '^[0-9]{{6}}$' THEN to_date(t.period, 'YYYYMM') END")
+    period = (sql.SQL("CASE WHEN t.period ~ '^[0-9]{6}$' THEN to_date(t.period, 'YYYYMM') END")
               if schema.period_format == "%Y%m" else sql.SQL("NULL::date"))
     event = feed_file.event_date
     if event and feed_file.field(event).type == "date" and not feed_file.field(event).dropped_on_sanitising:
