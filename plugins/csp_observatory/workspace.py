@@ -47,7 +47,8 @@ PALETTE: Final = ("31,120,180", "227,26,28", "51,160,44", "255,127,0", "106,61,1
 OTHER_COLOUR: Final = "160,160,160"
 #: A code list file whose rows say which broader category each code belongs to: styled by that category.
 GROUPING_COLUMNS: Final = ("police_uk_category",)
-QGIS_VERSION: Final = "3.28.0-Firenze"
+#: The QGIS version the project says it was saved with: the LTR Debian 12 ships (later versions read it as is).
+QGIS_VERSION: Final = "3.22.16-Białowieża"
 _BNG_PROJ4: Final = ("+proj=tmerc +lat_0=49 +lon_0=-2 +k=0.9996012717 +x_0=400000 +y_0=-100000 +ellps=airy "
                      "+units=m +no_defs")
 _QGIS_SRSID_27700: Final = "2437"     # QGIS's own id for EPSG:27700 (QGIS reads the authid first)
@@ -331,6 +332,9 @@ def project_xml(title: str, connection: Connection, layers: list[Layer],
     _sub(root, "evaluateDefaultValues", active="0")
     _sub(root, "trust", active="0")
     _spatialrefsys(_sub(root, "projectCrs"))
+    # QGIS reads projectCrs only where the project says it uses a CRS ("on the fly" projections, QGIS < 3.28).
+    properties = _sub(root, "properties")
+    _sub(_sub(properties, "SpatialRefSys"), "ProjectionsEnabled", "1", type="int")
     tree = _sub(root, "layer-tree-group")
     _sub(tree, "customproperties")
     groups: dict[str, ET.Element] = {}
@@ -453,14 +457,25 @@ def export_gpkg(conn: Any, schema: FeedSchema, period: str, out: Path, files: It
                 if not rows:
                     continue
                 frame = pd.DataFrame([r[:-1] for r in rows], columns=columns)
+                # The table's types, so the GeoPackage's fields are integer, real, boolean, date as in PostGIS.
                 for c in ddl.table_columns(schema, f):
-                    if c.name in frame and c.sql_type == "date":
+                    if c.name not in frame:
+                        continue
+                    if c.sql_type == "date":
                         frame[c.name] = pd.to_datetime(frame[c.name])
-                    elif c.name in frame and c.sql_type == "timestamptz":
+                    elif c.sql_type == "timestamptz":
                         frame[c.name] = pd.to_datetime(frame[c.name], utc=True)
+                    elif c.sql_type == "integer":
+                        frame[c.name] = pd.array(frame[c.name], dtype="Int64")
+                    elif c.sql_type == "boolean":
+                        frame[c.name] = pd.array(frame[c.name], dtype="boolean")
+                    elif c.sql_type in ("double precision", "real"):
+                        frame[c.name] = pd.to_numeric(frame[c.name]).astype(float)
                 geometry = shapely.from_wkb([None if r[-1] is None else bytes(r[-1]) for r in rows])
                 gdf = gpd.GeoDataFrame(frame, geometry=geometry, crs=f"EPSG:{ddl.SRID}")
+                # GeoPackage 1.2: what older GDAL (Debian 12's 3.6, QGIS LTRs built on it) reads without a warning.
                 gdf.to_file(tmp, layer=f.table, driver="GPKG", engine="pyogrio",
+                            dataset_options=None if result.rows else {"VERSION": "1.2"},
                             layer_options={"DESCRIPTION": _comment(cur, db_schema, f.table)[:2000]})
                 result.rows[f.table] = len(gdf)
         conn.rollback()

@@ -50,6 +50,7 @@ def test_the_project_is_qgis_xml_in_british_national_grid_with_fid_keys():
     root = ET.fromstring(text.split("\n", 1)[1])
     assert root.tag == "qgis" and root.get("projectname") == "Calderdale CSP"
     assert root.find("projectCrs/spatialrefsys/authid").text == "EPSG:27700"
+    assert root.find("properties/SpatialRefSys/ProjectionsEnabled").text == "1"
     assert root.find("mapcanvas/destinationsrs/spatialrefsys/authid").text == "EPSG:27700"
     assert [root.find(f"mapcanvas/extent/{t}").text for t in ("xmin", "xmax")] == ["400000.0", "410000.0"]
     maplayers = root.findall("projectlayers/maplayer")
