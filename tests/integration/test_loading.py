@@ -348,7 +348,9 @@ def test_a_file_moving_to_a_content_key_is_migrated_and_loads_without_its_old_ke
         cur.execute("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
                     "AND a.attnum = ANY (i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary",
                     (f"{feed.db_schema}.{victims.table}",))
-        assert sorted(r[0] for r in cur.fetchall()) == ["row_key", "supply_id"]
+        # the feature id QGIS and GDAL take is the primary key; the record's own key is the table's unique key
+        assert [r[0] for r in cur.fetchall()] == ["fid"]
+        assert sorted(ddl._unique_key(cur, feed.db_schema, victims.table)) == ["row_key", "supply_id"]
         cur.execute(psycopg2.sql.SQL("SELECT count(*), count(DISTINCT row_key) FROM {}").format(table))
         assert cur.fetchone() == (2, 2)
     # a guidance-exact victims frame (no victim_reference) now loads, twice identical rows and all
