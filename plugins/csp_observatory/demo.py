@@ -167,6 +167,8 @@ Connect QGIS to the PostGIS layers (read-only analyst account):
     User {demo.get('analyst_user', 'analyst')}  Password: in {REPO_ROOT}/.run/demo.yaml (analyst_password)
     Layers: depersonalised.prc_offences, depersonalised.prc_offenders, depersonalised.prc_victims (EPSG:27700),
             reference.postcodes. From a shell: psql with the analyst_url in .run/demo.yaml.
+    Or open one file with every layer and the counts by ward and month (no password is written in it):
+        {REPO_ROOT}/scripts/qgis_project --demo-config {REPO_ROOT}/.run/demo.yaml --out csp-observatory.qgs
     The partner's caveats (its metadata file, guidance section 3.4) are in each layer's and field's description
     (Layer Properties > Information, Fields) and in the table reference.feed_caveats; the DAG's page shows them too.
 """
