@@ -20,14 +20,13 @@ import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final, Iterator
 
 from csp_observatory import ledger, metadata
 from csp_observatory.config import Settings
-from csp_observatory.schema import FeedSchema, load_schemas
+from csp_observatory.schema import FeedSchema, schema_for
 from csp_observatory.sftp import RemoteFile, download, exists, list_entries, list_files, move, put_text
 
 log = logging.getLogger(__name__)
@@ -210,13 +209,7 @@ def sibling_schemas(schema: FeedSchema, settings: Settings) -> tuple[FeedSchema,
     """The other feeds whose files the same partner inbox holds (a police force's crime, incidents, stop and
     search...): their files are theirs to take, never this feed's strays."""
     partner_id = settings.supplier(schema.feed, schema.partner.id)
-    others = set(settings.inbox_feeds(partner_id)) - {schema.feed}
-    return tuple(s for s in _all_schemas() if s.feed in others) if others else ()
-
-
-@lru_cache(maxsize=1)
-def _all_schemas() -> tuple[FeedSchema, ...]:
-    return tuple(load_schemas())
+    return tuple(schema_for(f) for f in sorted(set(settings.inbox_feeds(partner_id)) - {schema.feed}))
 
 
 def _sibling_claims(siblings: tuple[FeedSchema, ...], name: str) -> bool:

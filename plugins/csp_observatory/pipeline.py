@@ -18,7 +18,6 @@ import logging
 import shutil
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,7 +27,7 @@ import pandas as pd
 import psycopg2
 
 from csp_observatory.config import Settings, load_settings
-from csp_observatory.schema import CONTENT_KEY_COLUMN, SCHEMA_DIR, FeedSchema, load_schema
+from csp_observatory.schema import CONTENT_KEY_COLUMN, FeedSchema, schema_for  # noqa: F401 (schema_for: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -141,16 +140,6 @@ class Manifest:
     def flagged(self) -> pd.DataFrame:
         """Every row loaded with a problem the partner should fix, with its (value-free) reason."""
         return self._rows("flagged")
-
-
-@lru_cache(maxsize=None)
-def schema_for(feed: str) -> FeedSchema:
-    """The schema of a feed, by its id (read once per process: every stage asks for it, file by file)."""
-    for path in SCHEMA_DIR.glob("*.yaml"):
-        schema = load_schema(path)
-        if schema.feed == feed:
-            return schema
-    raise KeyError(f"no schema in {SCHEMA_DIR} has feed {feed!r}")
 
 
 @contextmanager

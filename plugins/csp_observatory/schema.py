@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Final
 
@@ -514,6 +514,16 @@ def load_schema(path: Path) -> FeedSchema:
     """Read one feed schema file."""
     with open(path, encoding="utf-8") as fh:
         return parse_schema(yaml.safe_load(fh), path)
+
+
+@lru_cache(maxsize=None)
+def schema_for(feed: str) -> FeedSchema:
+    """The schema of a feed, by its id (read once per process: every stage asks for it, file by file)."""
+    for path in SCHEMA_DIR.glob("*.yaml"):
+        schema = load_schema(path)
+        if schema.feed == feed:
+            return schema
+    raise KeyError(f"no schema in {SCHEMA_DIR} has feed {feed!r}")
 
 
 def load_schemas(directory: Path = SCHEMA_DIR) -> list[FeedSchema]:
