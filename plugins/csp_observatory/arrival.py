@@ -53,7 +53,7 @@ def look(feed: str, previous_sizes: dict[str, int] | None = None, settings: Any 
     """
     from csp_observatory import intake, sftp
     from csp_observatory.config import load_settings
-    from csp_observatory.pipeline import schema_for
+    from csp_observatory.schema import schema_for
 
     settings = settings or load_settings()
     schema = schema_for(feed)
@@ -211,8 +211,9 @@ class SupplySensor(BaseSensorOperator):
         if periods:
             return periods
         window = float(self.timeout)
-        run = context.get("dag_run") if hasattr(context, "get") else None
-        if run is not None and str(getattr(run, "run_type", "scheduled")).lower().split(".")[-1] != "scheduled":
+        run = context.get("dag_run")
+        # DagRunType is a str enum: an asset-triggered or manual run is anything but "scheduled"
+        if run is not None and run.run_type != "scheduled":
             window = min(window, ARRIVAL_WAIT_S)
         deadline = datetime.now(timezone.utc) + timedelta(seconds=window)
         self.defer(trigger=SupplyReadyTrigger(feed=self.feed, deadline=deadline.isoformat(),
