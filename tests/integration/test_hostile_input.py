@@ -209,6 +209,18 @@ def test_when_every_file_is_misnamed_the_partner_still_hears_about_each(
         f"{settings.partner_folder('police', 'quarantine')}/{strays[4]}").st_mode)
 
 
+def _refused_beside_a_good_supply(settings, db, observatory_sftp, reference, bad_period: str, good_period: str,
+                                  bad: dict[str, str]) -> str:
+    """Drop a bad supply and a good one, run the DAG once; the good one must load. Returns why the bad supply's
+    offences file was refused, as the partner reads it."""
+    good = _supply(reference, good_period)
+    _drop_supply(settings, bad_period, bad)
+    _drop_supply(settings, good_period, good)
+    _run_dag()
+    _assert_good_supply_loaded(db, observatory_sftp, settings, good_period, good)
+    return _reason(observatory_sftp, settings, _name("offences", bad_period))
+
+
 def _with_line(text: str, line: int, new: str) -> str:
     lines = text.splitlines(keepends=True)
     lines[line - 1] = new
@@ -224,12 +236,7 @@ def test_a_nul_byte_past_64_kib_is_refused_with_its_line_before_anything_loads(
     assert len("".join(lines[: line - 1]).encode()) > 65536
     bad["offences"] = "".join(lines[: line - 1]) + lines[line - 1][:20] + "\x00" + lines[line - 1][20:] \
         + "".join(lines[line:])
-    good = _supply(reference, good_period)
-    _drop_supply(settings, bad_period, bad)
-    _drop_supply(settings, good_period, good)
-    _run_dag()
-    _assert_good_supply_loaded(db, observatory_sftp, settings, good_period, good)
-    reason = _reason(observatory_sftp, settings, _name("offences", bad_period))
+    reason = _refused_beside_a_good_supply(settings, db, observatory_sftp, reference, bad_period, good_period, bad)
     assert f"line {line}" in reason and "NUL" in reason, reason
     assert sum(_loaded(db, bad_period).values()) == 0
     # The supply's other files wait in the inbox for a corrected offences file; nothing is stuck retrying.
@@ -246,12 +253,7 @@ def test_an_unbalanced_quote_is_refused_with_its_line_and_what_is_wrong(
     # Line 57 opens a quote it never closes (the address keeps its secret: it must not appear in the reason).
     bad["offences"] = _with_line(bad["offences"], 57, ",".join(plain[:6]) + ',"Flat 9 Secret Street,'
                                  + ",".join(plain[7:]) + "\n")
-    good = _supply(reference, good_period)
-    _drop_supply(settings, bad_period, bad)
-    _drop_supply(settings, good_period, good)
-    _run_dag()
-    _assert_good_supply_loaded(db, observatory_sftp, settings, good_period, good)
-    reason = _reason(observatory_sftp, settings, _name("offences", bad_period))
+    reason = _refused_beside_a_good_supply(settings, db, observatory_sftp, reference, bad_period, good_period, bad)
     assert "line 57: a quoted field is never closed" in reason, reason
     assert "Secret" not in reason and "withheld" not in reason
     assert sum(_loaded(db, bad_period).values()) == 0
