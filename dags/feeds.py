@@ -37,6 +37,8 @@ SENSOR_TIMEOUT_S: Final = os.environ.get("CSP_SENSOR_TIMEOUT_S")
 SENSOR_POKE_S: Final = float(os.environ.get("CSP_SENSOR_POKE_S", "60"))
 # Transient failures (SFTP or PostGIS unreachable) are retried; the demo and tests shorten the wait.
 RETRY_DELAY: Final = timedelta(seconds=float(os.environ.get("CSP_RETRY_DELAY_S", "300")))
+# Where the loads cache each feed's partner caveats for the docs below: found once per parse, not once per feed.
+DAG_DOCS_DIR: Final = metadata.dag_docs_dir()
 
 
 def schedule_of(schema: FeedSchema) -> object:
@@ -64,7 +66,7 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
         is_paused_upon_creation=True,
         default_args={"owner": OWNER, "retries": 2, "retry_delay": RETRY_DELAY},
         # the partner's own caveats (section 3.4) from the last load's cache file: no database at parse time
-        doc_md=schema.doc_md() + metadata.dag_doc(feed),
+        doc_md=schema.doc_md() + (metadata.dag_doc(feed, DAG_DOCS_DIR) if DAG_DOCS_DIR else ""),
         params={"confirm_replace": Param(
             [], type="array", items={"type": "string"},
             description="Periods (e.g. 202609) whose re-send may replace most of the rows loaded for that period. "

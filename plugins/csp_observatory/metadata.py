@@ -976,6 +976,17 @@ def write_dag_doc(reports_dir: str | Path, feed: str, metadata: SupplyMetadata |
     return path
 
 
+def dag_docs_dir() -> Path | None:
+    """The folder :func:`dag_doc` reads from (the settings' ``reports_dir``), or None when the config cannot be
+    read; never raises. A DAG file asks once per parse, not once per feed: the settings read the partner registry."""
+    try:
+        from csp_observatory.config import load_settings
+
+        return Path(load_settings().reports_dir)
+    except Exception:       # noqa: BLE001  (a DAG must parse whatever became of the config)
+        return None
+
+
 def dag_doc(feed: str, reports_dir: str | Path | None = None) -> str:
     """The partner's latest caveats for a feed's DAG docs (Markdown), or "" when there are none; never raises.
 
@@ -986,9 +997,9 @@ def dag_doc(feed: str, reports_dir: str | Path | None = None) -> str:
         if not _FEED_ID.fullmatch(feed):
             return ""
         if reports_dir is None:
-            from csp_observatory.config import load_settings
-
-            reports_dir = load_settings().reports_dir
+            reports_dir = dag_docs_dir()
+            if reports_dir is None:
+                return ""
         with open(dag_doc_path(reports_dir, feed), "rb") as fh:
             data = fh.read(MAX_DAG_DOC_BYTES + 1)
         if len(data) > MAX_DAG_DOC_BYTES:

@@ -108,10 +108,13 @@ def test_the_dag_docs_carry_the_partners_latest_caveats(dagbag, monkeypatch) -> 
 
     from csp_observatory import metadata
 
-    monkeypatch.setattr(metadata, "dag_doc", lambda feed: f"\n## Partner's caveats for {feed}\n")
+    monkeypatch.setattr(metadata, "dag_docs_dir", lambda: Path("/the/reports"))
+    monkeypatch.setattr(metadata, "dag_doc", lambda feed, reports_dir: f"\n## Partner's caveats for {feed} "
+                                                                       f"from {reports_dir}\n")
     spec = importlib.util.spec_from_file_location("feeds_for_docs", DAGS / "feeds.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     schema = next(s for s in load_schemas() if s.feed == "police_recorded_crime")
     doc = module.build_feed_dag(schema).doc_md
-    assert doc.startswith(schema.doc_md()) and doc.endswith("## Partner's caveats for police_recorded_crime\n")
+    assert doc.startswith(schema.doc_md())
+    assert doc.endswith("## Partner's caveats for police_recorded_crime from /the/reports\n")
