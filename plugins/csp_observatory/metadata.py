@@ -26,7 +26,6 @@ is parsed, since no database may be touched then. Importing this module does not
 """
 from __future__ import annotations
 
-import calendar
 import json
 import os
 import re
@@ -40,7 +39,7 @@ import yaml
 from psycopg2 import sql
 
 from csp_observatory import ddl
-from csp_observatory.schema import POINT_ROLES, FeedFile, FeedSchema
+from csp_observatory.schema import POINT_ROLES, FeedFile, FeedSchema, period_bounds, valid_period  # noqa: F401  (re-exported)
 
 #: Largest metadata file read, in bytes (a hand-written file is a few kilobytes).
 MAX_BYTES: Final = 1_000_000
@@ -260,30 +259,6 @@ def match_metadata(schema: FeedSchema, filename: str) -> str | None:
 
 def _period_words(period_format: str) -> str:
     return re.sub(r"%[A-Za-z]", lambda m: _PERIOD_WORDS.get(m.group(0), m.group(0)), period_format)
-
-
-def valid_period(period_format: str, period: str) -> bool:
-    """True if ``period`` is written exactly as ``period_format`` writes a date (ASCII digits only)."""
-    if not (period.isascii() and period.isdigit()):
-        return False
-    try:
-        return datetime.strptime(period, period_format).strftime(period_format) == period
-    except ValueError:
-        return False
-
-
-def period_bounds(period_format: str, period: str) -> tuple[date, date] | None:
-    """First and last day a period covers (a day, month or year by its format); None if that cannot be told."""
-    if not valid_period(period_format, period) or re.search(r"%[UWVGuaAw]", period_format):
-        return None
-    start = datetime.strptime(period, period_format).date()
-    if re.search(r"%[dj]", period_format):
-        return start, start
-    if re.search(r"%[mbB]", period_format):
-        return start, start.replace(day=calendar.monthrange(start.year, start.month)[1])
-    if re.search(r"%[Yy]", period_format):
-        return start, start.replace(month=12, day=31)
-    return None
 
 
 def _period_of(period_format: str, start: date, end: date) -> str | None:

@@ -5,9 +5,11 @@ sanitising rules, the PostGIS DDL and the documentation shown in the Airflow UI.
 """
 from __future__ import annotations
 
+import calendar
 import csv
 import re
 from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, timezone
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, Final
@@ -250,6 +252,17 @@ class FeedSchema:
     #: How long a run waits for its supply to be complete once it has started, in hours: for a scheduled (core)
     #: feed the supply window after the run's date; for an as-and-when feed, the rest of a supply after its first file.
     wait_hours: float = 24.0
+    #: Days after its period ends by which a supply is due (``supply_cycle.due_days``); a supply not in by then is
+    #: late: the feed's DAG raises a deadline alert and the report's currency counts it. None: no due date (an
+    #: as-and-when feed with no agreed cycle).
+    due_days: int | None = None
+
+    def supply_due(self, period: str) -> datetime | None:
+        """When the supply of ``period`` is due (UTC midnight ``due_days`` after its last day), or None."""
+        bounds = period_bounds(self.period_format, period)
+        if self.due_days is None or bounds is None:
+            return None
+        return datetime.combine(bounds[1] + timedelta(days=self.due_days + 1), time(0), tzinfo=timezone.utc)
 
     @property
     def on_arrival(self) -> bool:
@@ -448,6 +461,7 @@ def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
             schedule=raw["supply_cycle"]["schedule"], supply_cycle=raw["supply_cycle"]["description"],
             period_format=raw["supply_cycle"].get("period_format", "%Y%m"),
             wait_hours=float(raw["supply_cycle"].get("wait_hours", 24)),
+            due_days=_due_days(raw["supply_cycle"]),
             household_threshold=int(sanitising.get("household_threshold", 4)),
             min_k=sanitising.get("min_k"), min_k_mode=sanitising.get("min_k_mode", "rows"),
             displacement=str(sanitising.get("displacement", "nearest")),
@@ -497,9 +511,46 @@ def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
                           f"or {ON_ARRIVAL!r}")
     if schema.wait_hours <= 0:
         raise SchemaError(f"{where}: supply_cycle.wait_hours must be positive")
+    if schema.due_days is not None and schema.due_days < 0:
+        raise SchemaError(f"{where}: supply_cycle.due_days must be 0 or more")
     if schema.household_threshold < 1:
         raise SchemaError(f"{where}: household_threshold must be at least 1")
     return schema
+
+
+def _due_days(cycle: dict[str, Any]) -> int | None:
+    """``supply_cycle.due_days``; by default a scheduled (core) feed's supply is due when its run stops waiting
+    (``wait_hours`` after the period, rounded up to days), and an as-and-when feed has no due date."""
+    if "due_days" in cycle:
+        return None if cycle["due_days"] is None else int(cycle["due_days"])
+    if cycle["schedule"] == ON_ARRIVAL:
+        return None
+    return -(-int(float(cycle.get("wait_hours", 24))) // 24)
+
+
+def valid_period(period_format: str, period: str) -> bool:
+    """True if ``period`` is written exactly as ``period_format`` writes a date (ASCII digits only)."""
+    if not (period.isascii() and period.isdigit()):
+        return False
+    try:
+        return datetime.strptime(period, period_format).strftime(period_format) == period
+    except ValueError:
+        return False
+
+
+def period_bounds(period_format: str, period: str) -> tuple[date, date] | None:
+    """First and last day a period covers (a day, month or year by its format); None if that cannot be told."""
+    if not valid_period(period_format, period) or re.search(r"%[UWVGuaAw]", period_format):
+        return None
+    start = datetime.strptime(period, period_format).date()
+    if re.search(r"%[dj]", period_format):
+        return start, start
+    if re.search(r"%[mbB]", period_format):
+        return start, start.replace(day=calendar.monthrange(start.year, start.month)[1])
+    if re.search(r"%[Yy]", period_format):
+        return start, start.replace(month=12, day=31)
+    return None
+
 
 
 def _is_cron(expr: str) -> bool:

@@ -170,3 +170,19 @@ def test_the_airflow_docs_say_which_age_a_date_of_birth_becomes_and_how_far_ahea
     assert "| dropped (becomes `offender_age`) |" in btp
     assert "| `release_date` | Date of release (when they are to be released) | date, up to 366 days ahead |" in \
         load_schema(SCHEMA_DIR / "prison_releases.yaml").doc_md()
+
+
+@pytest.mark.unit
+def test_supply_due_follows_the_period_and_due_days():
+    """A core feed's supply is due when its window closes (police: 16 days after the month); an as-and-when
+    feed has no due date unless its schema sets one; a period that cannot be read has none."""
+    from datetime import datetime, timezone
+
+    from csp_observatory.schema import schema_for
+
+    police = schema_for("police_recorded_crime")
+    assert police.due_days == 16
+    assert police.supply_due("202602") == datetime(2026, 3, 17, tzinfo=timezone.utc)
+    assert police.supply_due("202612") == datetime(2027, 1, 17, tzinfo=timezone.utc)
+    assert police.supply_due("2026-02") is None
+    assert schema_for("ae_assaults").supply_due("202602") is None
