@@ -350,7 +350,7 @@ def parse_and_validate(work_dirs: list[str], settings: Settings | None = None) -
                 m.set_rejected("parse", f.name, parsed.rejected)
                 kept, rejected, nulled = validation.apply_row_rules(parsed.frame, feed_file)
                 m.set_rejected("validate", f.name, rejected)
-                summary = validation.validate(kept, feed_file, schema, period=m.period)
+                summary = validation.validate(kept, feed_file, schema, period=m.period, received=parsed.frame)
                 summary.pop("gx_result", None)  # GX samples values; the manifest outlives the plaintext
                 summaries[f.name] = {"summary": summary, "header_problems": parsed.header_problems,
                                      "nulled_values": nulled}

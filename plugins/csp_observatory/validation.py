@@ -40,6 +40,12 @@ FULL_POSTCODE: Final = r"^\s*[A-Za-z]{1,2}[0-9][A-Za-z0-9]?\s*[0-9][A-Za-z]{2}\s
 # Ages given as band starts (0, 5, 10, ...) leave most values on multiples of five.
 AGE_BAND_VALUES: Final = tuple(range(0, 125, 5))
 PRECISION_MOSTLY: Final = 0.6
+#: How much a datafield's fill rate counts in the completeness score. Required datafields (and key fields) count
+#: fully. Optional ones count not at all: the guidance's minimum dataset lists many a partner may not hold, and a
+#: location comes in one of several forms (address, postcode, coordinates), so an empty optional field is often
+#: empty by design. Every field's fill rate is still shown, marked required or optional (docs/ARCHITECTURE.md).
+REQUIRED_WEIGHT: Final = 1.0
+OPTIONAL_WEIGHT: Final = 0.0
 #: validate()'s JSON-ready result: file, rows, period, success, qualities, populated_percent, expectations, gx_result.
 ValidationSummary = dict[str, Any]
 _SAMPLED: Final = ("partial_unexpected_list", "partial_unexpected_index_list", "partial_unexpected_counts",
@@ -348,9 +354,45 @@ def _expectation_class(gx: Any, type_: str) -> Any:
     return getattr(gx.expectations, camel)
 
 
+def fill_rates(frame: pd.DataFrame, feed_file: FeedFile) -> dict[str, dict[str, Any]]:
+    """Per datafield: rows, rows with a value, percent filled, whether it is required, and its completeness weight."""
+    required = {d.name for d in feed_file.datafields if d.required} | set(feed_file.key)
+    rows = int(len(frame))
+    out: dict[str, dict[str, Any]] = {}
+    for d in feed_file.datafields:
+        filled = int((~_blank(frame[d.name])).sum()) if d.name in frame.columns else 0
+        out[d.name] = {"rows": rows, "filled": filled,
+                       "percent": round(100.0 * filled / rows, 2) if rows else None,
+                       "required": d.name in required, "guidance": d.guidance,
+                       "weight": REQUIRED_WEIGHT if d.name in required else OPTIONAL_WEIGHT}
+    return out
+
+
+def completeness_score(rates: dict[str, dict[str, Any]]) -> float | None:
+    """The weighted share of values present (``REQUIRED_WEIGHT``, ``OPTIONAL_WEIGHT``); None with nothing to weigh."""
+    expected = sum(r["weight"] * r["rows"] for r in rates.values())
+    if not expected:
+        return None
+    return round(100.0 * sum(r["weight"] * r["filled"] for r in rates.values()) / expected, 2)
+
+
+def records_per_day(frame: pd.DataFrame, feed_file: FeedFile) -> dict[str, int]:
+    """Records per day of the file's event date (``YYYY-MM-DD`` -> count): counts only, for the report's gaps."""
+    if not feed_file.event_date or feed_file.event_date not in frame.columns:
+        return {}
+    days = pd.to_datetime(frame[feed_file.event_date], errors="coerce").dropna().dt.strftime("%Y-%m-%d")
+    return {str(k): int(v) for k, v in days.value_counts().sort_index().items()}
+
+
 def validate(frame: pd.DataFrame, feed_file: FeedFile, schema: FeedSchema | None = None,
-             period: str | None = None, today: pd.Timestamp | None = None) -> ValidationSummary:
-    """Score a file on completeness, accuracy, precision and currency with a GX suite; JSON-ready summary."""
+             period: str | None = None, today: pd.Timestamp | None = None,
+             received: pd.DataFrame | None = None) -> ValidationSummary:
+    """Score a file on completeness, accuracy, precision and currency with a GX suite; JSON-ready summary.
+
+    ``frame`` holds the rows kept; ``received`` (optional) every parsed row, before rows missing a required value
+    were set aside: fill rates, and so the completeness score, are measured on it, so that a required value
+    missing counts against completeness even though its row was not loaded.
+    """
     checks = build_checks(feed_file, schema, period, today)
     batch = _batch_frame(frame, feed_file)
     raw = run_suite(batch, checks, feed_file.name)
@@ -394,22 +436,23 @@ def validate(frame: pd.DataFrame, feed_file: FeedFile, schema: FeedSchema | None
         if e["type"] == "expect_column_values_to_not_be_null" and e["unexpected_percent"] is not None:
             populated[e["column"]] = round(100.0 - e["unexpected_percent"], 2)
 
+    rates = fill_rates(frame if received is None else received, feed_file)
     scores: dict[str, Any] = {}
     for quality in QUALITIES:
         found = [e for e in expectations if e["quality"] == quality]
         if quality == "completeness":
-            values = list(populated.values())
+            score = completeness_score(rates)
         else:
             values = [0.0 if e["error"] else (100.0 - e["unexpected_percent"]) if e["unexpected_percent"] is not None
                       else (100.0 if e["success"] else 0.0) for e in found]
-        scores[quality] = {
-            "score": round(sum(values) / len(values), 2) if values else None,
-            "expectations": len(found), "failed": sum(1 for e in found if not e["success"]),
-        }
+            score = round(sum(values) / len(values), 2) if values else None
+        scores[quality] = {"score": score, "expectations": len(found),
+                           "failed": sum(1 for e in found if not e["success"])}
     return {
         "file": feed_file.name, "rows": int(len(frame)), "period": period,
         "success": all(e["success"] for e in expectations),
-        "qualities": scores, "populated_percent": populated, "expectations": expectations,
+        "qualities": scores, "populated_percent": populated, "fill_rates": rates,
+        "records_per_day": records_per_day(frame, feed_file), "expectations": expectations,
         "gx_result": raw,
     }
 
