@@ -33,7 +33,10 @@ from __future__ import annotations
 import re
 from typing import Final
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pac
 
 #: Matches text that still holds a house number or a flat/unit number (used by the invariant check).
 ADDRESS_LEAK: Final = (r"(?<![A-Za-z0-9])\d(?![A-Z]{2}\b)"
@@ -69,6 +72,11 @@ _NUMBER: Final = re.compile(rf"(?i)^(?:{_POSITIONAL})?(?:no\.?\s*)?\d+[A-Z]?(?:\
 _STRAY_DIGITS: Final = re.compile(r"(?<![A-Za-z0-9])\d[\w/.-]*")
 _SPACE: Final = re.compile(r"\s+")
 _PC_MARK: Final = "\x00PC\x00"
+# sanitise_addresses: how a row's postcode argument is read, and the placeholder for its replacement postcode
+_KEEP, _REPLACE, _REMOVE, _ODD = 0, 1, 2, 3
+_SLOT: Final = "\ue001"
+_PLAIN_POSTCODE: Final = r"^[A-Za-z0-9]+(?: [A-Za-z0-9]+)?$"
+_ANY_DIGIT: Final = re.compile(r"[0-9]")
 
 
 def _words(component: str) -> list[str]:
@@ -154,20 +162,94 @@ def _replace_postcodes(text: str, postcode: str | None | bool) -> str | None:
     return re.sub(r"(,\s*)+", ", ", _SPACE.sub(" ", out)).strip(" ,") or None
 
 
+def _arrow_text(values: pd.Series) -> pa.Array:
+    """A column as one Arrow string array (missing values as nulls)."""
+    if not (isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow"):
+        values = values.astype("string[pyarrow]")
+    arr = pa.array(values.array)
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    return arr.cast(pa.large_string())
+
+
+def _one(text: str | None, mode: int, postcode: str | None) -> str | None:
+    return sanitise_address(text, True if mode == _KEEP else (postcode if mode == _REPLACE else None))
+
+
 def sanitise_addresses(texts: pd.Series, postcodes: pd.Series | None = None) -> pd.Series:
-    """Vectorised ``sanitise_address`` (each distinct text is cleaned once); postcodes: per-row replacement."""
+    """``sanitise_address`` over a column (``postcodes``: each row's replacement postcode), same results.
+
+    Columnar: every ASCII digit is read as ``0`` (Arrow kernel), and each distinct such *skeleton* of an address
+    is cleaned once, with a placeholder for the replacement postcode that Arrow then fills in per row. This is
+    exact because every rule above treats all ASCII digits alike (they appear only as ``\\d``, ``\\w`` or a
+    class holding every digit): cleaning commutes with the digit mapping, so a skeleton's result that holds no
+    digit is the result of every address with that skeleton. A result that holds a digit (a postcode kept, a
+    road number like ``A58``) is computed again from the address itself, once per distinct address. A
+    replacement postcode that is not plain letters and digits (one space at most), or a text holding the
+    placeholder, takes the per-row path. Typical address columns have thousands of skeletons, not millions.
+    """
+    values = _arrow_text(texts)
+    n = len(values)
     if postcodes is None:
-        values = texts.astype(object).where(texts.notna(), None)
-        uniq = pd.unique(values)
-        cleaned = {t: sanitise_address(t) for t in uniq if t is not None}
-        return pd.Series([cleaned.get(t) if t is not None else None for t in values],
-                         index=texts.index, dtype="string")
-    pcs = postcodes.reindex(texts.index).astype(object).where(postcodes.reindex(texts.index).notna(), None)
-    pairs = list(zip(texts.astype(object).where(texts.notna(), None), pcs))
-    cache: dict[tuple[str | None, str | None], str | None] = {}
-    out = []
-    for pair in pairs:
-        if pair not in cache:
-            cache[pair] = sanitise_address(pair[0], pair[1])
-        out.append(cache[pair])
-    return pd.Series(out, index=texts.index, dtype="string")
+        modes = np.full(n, _KEEP, dtype=np.int64)
+        pcs = pa.nulls(n, pa.large_string())
+    else:
+        pcs = _arrow_text(postcodes.reindex(texts.index))
+        given = pac.fill_null(pac.greater(pac.utf8_length(pcs), 0), False).to_numpy(zero_copy_only=False)
+        modes = np.where(given, _REPLACE, _REMOVE).astype(np.int64)
+        plain = pac.fill_null(pac.match_substring_regex(pcs, _PLAIN_POSTCODE), False).to_numpy(zero_copy_only=False)
+        modes[given & ~plain] = _ODD
+    odd = pac.fill_null(pac.match_substring(values, _SLOT), False).to_numpy(zero_copy_only=False)
+    modes[odd] = _ODD
+    present = values.is_valid().to_numpy(zero_copy_only=False)
+
+    skeleton = pac.dictionary_encode(pac.replace_substring_regex(values, "[0-9]", "0"))
+    skel_idx = skeleton.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    skel_text = skeleton.dictionary.to_pylist()
+    pair = skel_idx * 4 + modes
+    common = present & (modes != _ODD)
+    pairs, inverse = np.unique(pair[common], return_inverse=True)
+    templates: list[str | None] = []
+    exact = np.zeros(len(pairs), dtype=bool)
+    for k, code in enumerate(pairs.tolist()):
+        out = _one(skel_text[code // 4], code % 4, _SLOT)
+        exact[k] = out is not None and _ANY_DIGIT.search(out) is not None
+        templates.append(out)
+    # each row's result is pool[where[row]]: its skeleton's template, or one computed for it below
+    pool = templates
+    where = np.full(n, -1, dtype=np.int64)
+    rows = np.flatnonzero(common)
+    where[rows] = inverse
+    # results holding a digit: from the address itself, once per distinct (address, mode)
+    redo = rows[exact[inverse]]
+    if len(redo):
+        seen: dict[tuple[str, int], int] = {}
+        for r, text in zip(redo.tolist(), values.take(pa.array(redo)).to_pylist()):
+            key = (text, int(modes[r]))
+            if key not in seen:
+                seen[key] = len(pool)
+                pool.append(_one(text, key[1], _SLOT))
+            where[r] = seen[key]
+    # the rare rows nothing can be shared for: one by one, as they are
+    for r in np.flatnonzero(present & (modes == _ODD)).tolist():
+        where[r] = len(pool)
+        pool.append(sanitise_address(values[r].as_py(), True if postcodes is None else pcs[r].as_py()))
+    out = pa.array(pool, type=pa.large_string()).take(pa.array(where, mask=where < 0))
+    fill = modes == _REPLACE
+    if fill.any():
+        # each row's own postcode into its template's placeholder(s)
+        at = pa.array(np.flatnonzero(fill))
+        joined = pac.binary_join(pac.split_pattern(out.take(at), _SLOT), pcs.take(at))
+        out = pac.replace_with_mask(out, pa.array(fill), joined)
+    return pd.Series(pd.arrays.ArrowStringArray(out.cast(pa.string())), index=texts.index).astype("string")
+
+
+def address_leaks(texts: pd.Series) -> np.ndarray:
+    """Which values still hold a house or flat number (``ADDRESS_LEAK``); missing values never do.
+
+    The pattern needs look-arounds RE2 lacks, so it runs in Python, but once per distinct value: sanitised
+    addresses repeat (a street and a town), so a million rows hold a few thousand distinct values.
+    """
+    values = pac.dictionary_encode(_arrow_text(texts))
+    leak = re.compile(ADDRESS_LEAK)
+    distinct = np.array([leak.search(t) is not None for t in values.dictionary.to_pylist()] + [False], dtype=bool)
+    return distinct[values.indices.fill_null(len(values.dictionary)).to_numpy(zero_copy_only=False)]

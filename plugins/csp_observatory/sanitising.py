@@ -47,7 +47,7 @@ import pyarrow.compute as pac
 from scipy.spatial import cKDTree
 
 from csp_observatory import scrubbing
-from csp_observatory.addresses import ADDRESS_LEAK, sanitise_addresses
+from csp_observatory.addresses import address_leaks, sanitise_addresses
 from csp_observatory.schema import FeedFile
 
 RULES: Final = ("own_postcode", "next_nearest", "same_ward", "same_district", "anywhere", "non_addressable",
@@ -407,8 +407,8 @@ def check_sanitised(frame: pd.DataFrame, postcode_map: PostcodeMap, feed_file: F
         problems += _scrub_leaks(frame[col], col, "free_text")
     address = feed_file.location.address
     if address and address in frame.columns:
-        text = frame.loc[(rules != "non_addressable").to_numpy(), address].dropna().astype(str)
-        leaks = text[text.str.contains(ADDRESS_LEAK, regex=True)]
+        text = frame.loc[(rules != "non_addressable").to_numpy(), address]
+        leaks = text[address_leaks(text)]
         if len(leaks):
             problems.append(f"{len(leaks)} address(es) in {address} still hold a house or flat number "
                             f"(first rows: {list(leaks.index[:5])})")
@@ -423,8 +423,8 @@ def check_sanitised(frame: pd.DataFrame, postcode_map: PostcodeMap, feed_file: F
                             f"least {postcode_map.threshold} households (first rows: "
                             f"{list(frame.index[unsafe][:5])})")
         if other.address and other.address in frame.columns:
-            text = frame[other.address].dropna().astype(str)
-            leaks = text[text.str.contains(ADDRESS_LEAK, regex=True)]
+            text = frame[other.address]
+            leaks = text[address_leaks(text)]
             if len(leaks):
                 problems.append(f"{len(leaks)} address(es) in {other.address} ({name}) still hold a house or flat "
                                 f"number (first rows: {list(leaks.index[:5])})")
