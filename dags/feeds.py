@@ -14,6 +14,12 @@ The run's state follows the supply: ``verdict`` fails when a supply was not load
 problems (amber), naming each and why in its log; ``stage_failed`` fails the run when any stage failed, even
 when no report could be written (for example SFTP refused the login). A window with no supply ends with the
 remaining tasks skipped.
+
+A scheduled feed's supply is due ``supply_cycle.due_days`` after its period ends: each run carries an Airflow
+deadline alert at that time (``csp_observatory.alerts``). If the run has not succeeded by then, the UI lists the
+deadline as missed and the triggerer calls ``alerts.late_supply_alert``, which raises the late-supply alert (a log
+line and a row in ``observatory.alerts`` naming the partner, the feed, the period and the due date) unless the
+supply was loaded in time.
 """
 from __future__ import annotations
 
@@ -21,9 +27,10 @@ import os
 from datetime import datetime, timedelta, timezone
 from typing import Final
 
-from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, TriggerRule, dag, task
+from airflow.sdk import (DAG, AssetOrTimeSchedule, AsyncCallback, CronTriggerTimetable, DeadlineAlert,
+                         DeadlineReference, Param, TriggerRule, dag, task)
 
-from csp_observatory import metadata
+from csp_observatory import alerts, metadata
 from csp_observatory.arrival import SupplySensor, supply_asset
 from csp_observatory.schema import FeedSchema, load_schemas
 
@@ -39,6 +46,10 @@ SENSOR_POKE_S: Final = float(os.environ.get("CSP_SENSOR_POKE_S", "60"))
 RETRY_DELAY: Final = timedelta(seconds=float(os.environ.get("CSP_RETRY_DELAY_S", "300")))
 # Where the loads cache each feed's partner caveats for the docs below: found once per parse, not once per feed.
 DAG_DOCS_DIR: Final = metadata.dag_docs_dir()
+# TEST ONLY (tests/integration/test_late_supply.py): the late-supply deadline falls this many seconds after a run is
+# queued, instead of the schema's due date after the run's logical date, so a test sees it fire in minutes. Never
+# set it in a deployment.
+TEST_DUE_AFTER_S: Final = os.environ.get("CSP_TEST_DUE_AFTER_S")
 
 
 def schedule_of(schema: FeedSchema) -> object:
@@ -50,9 +61,22 @@ def schedule_of(schema: FeedSchema) -> object:
     return AssetOrTimeSchedule(timetable=CronTriggerTimetable(schema.schedule, timezone="UTC"), assets=[arrival])
 
 
+def late_supply_deadline(schema: FeedSchema, interval: timedelta | None) -> DeadlineAlert | None:
+    """The deadline alert of a scheduled feed's runs: the supply is due ``interval`` after the run's logical date
+    (``due_days`` after the period it waits for); None for a feed with no due date (as and when)."""
+    if interval is None:
+        return None
+    reference = DeadlineReference.DAGRUN_LOGICAL_DATE
+    if TEST_DUE_AFTER_S:
+        reference, interval = DeadlineReference.DAGRUN_QUEUED_AT, timedelta(seconds=float(TEST_DUE_AFTER_S))
+    return DeadlineAlert(reference=reference, interval=interval, name=alerts.alert_name(schema),
+                         callback=AsyncCallback(alerts.late_supply_alert, kwargs={"feed": schema.feed}))
+
+
 def build_feed_dag(schema: FeedSchema) -> DAG:
     """The DAG for one feed schema."""
     feed = schema.feed
+    due_after = alerts.deadline_interval(schema, START)
 
     @dag(
         dag_id=f"feed_{feed}",
@@ -64,6 +88,7 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
         max_active_runs=1,  # two runs of one feed must never take the same files
         # A new feed waits, paused, until its partner is onboarded (SFTP account, key) and an engineer unpauses it.
         is_paused_upon_creation=True,
+        deadline=late_supply_deadline(schema, due_after),
         default_args={"owner": OWNER, "retries": 2, "retry_delay": RETRY_DELAY},
         # the partner's own caveats (section 3.4) from the last load's cache file: no database at parse time
         doc_md=schema.doc_md() + (metadata.dag_doc(feed, DAG_DOCS_DIR) if DAG_DOCS_DIR else ""),
@@ -77,6 +102,7 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
         # Done when every file of a supply is in the inbox and no longer being written.
         waiting = SupplySensor(
             task_id="wait_for_supply", feed=feed, poke_interval=SENSOR_POKE_S, soft_fail=True,
+            due_after_s=due_after.total_seconds() if due_after else None,
             timeout=float(SENSOR_TIMEOUT_S) if SENSOR_TIMEOUT_S else schema.wait_hours * 3600,
             doc_md="Waits, deferred to the triggerer, until every file of a supply is in the partner's inbox and "
                    "no longer being written; skipped when the window closes with nothing ready.")

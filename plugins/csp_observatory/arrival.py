@@ -180,6 +180,25 @@ def supply_asset(feed: str, poke_s: float = 30.0) -> Asset:
 ARRIVAL_WAIT_S: Final = 600.0
 
 
+def wait_until(now: datetime, window_s: float, run_type: str | None, logical_date: datetime | None,
+               due_after_s: float | None = None) -> datetime:
+    """When a run's wait for its supply ends: after the feed's window for a scheduled run, at most
+    :data:`ARRIVAL_WAIT_S` for any other (an arrival or a person started it).
+
+    A scheduled run also waits at least until its supply is due (``logical_date + due_after_s``): Airflow drops a
+    run's deadline when the run succeeds before it, so a run that gave up earlier would silence the late-supply
+    alert. The shipped schemas' windows already outlast their due dates, so for them this changes nothing.
+    """
+    # DagRunType is a str enum: an asset-triggered or manual run is anything but "scheduled"
+    if run_type is not None and run_type != "scheduled":
+        return now + timedelta(seconds=min(window_s, ARRIVAL_WAIT_S))
+    end = now + timedelta(seconds=window_s)
+    if due_after_s is not None and logical_date is not None:
+        # a minute past the due time, so the scheduler has judged the deadline before the run can end
+        end = max(end, logical_date + timedelta(seconds=due_after_s + 60))
+    return end
+
+
 class SupplySensor(BaseSensorOperator):
     """Wait for a complete supply of ``feed``; returns its periods (the XCom the run's later tasks take).
 
@@ -189,10 +208,13 @@ class SupplySensor(BaseSensorOperator):
     :data:`ARRIVAL_WAIT_S`, so that it never holds up the feed's next run for days.
     """
 
-    def __init__(self, *, feed: str, deferrable: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *, feed: str, deferrable: bool = True, due_after_s: float | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.feed = feed
         self.deferrable = deferrable
+        # seconds from a scheduled run's logical date to its supply's due time (the late-supply deadline)
+        self.due_after_s = due_after_s
 
     def poke(self, context: Any) -> Any:
         from airflow.sdk import PokeReturnValue
@@ -210,12 +232,11 @@ class SupplySensor(BaseSensorOperator):
         periods = pipeline.ready_periods(self.feed)
         if periods:
             return periods
-        window = float(self.timeout)
         run = context.get("dag_run")
-        # DagRunType is a str enum: an asset-triggered or manual run is anything but "scheduled"
-        if run is not None and run.run_type != "scheduled":
-            window = min(window, ARRIVAL_WAIT_S)
-        deadline = datetime.now(timezone.utc) + timedelta(seconds=window)
+        now = datetime.now(timezone.utc)
+        deadline = wait_until(now, float(self.timeout), getattr(run, "run_type", None),
+                              getattr(run, "logical_date", None), self.due_after_s)
+        window = (deadline - now).total_seconds()
         self.defer(trigger=SupplyReadyTrigger(feed=self.feed, deadline=deadline.isoformat(),
                                               poke_s=float(self.poke_interval)),
                    method_name="execute_complete",

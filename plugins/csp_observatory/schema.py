@@ -320,6 +320,11 @@ class FeedSchema:
                 "the supply's arrival in the partner's inbox (asset `supply_" + self.feed + "`), waiting up to "
                 f"{self.wait_hours:g} h for the rest of a supply" if self.on_arrival else
                 f"the schedule `{self.schedule}` (UTC), waiting up to {self.wait_hours:g} h for the supply"),
+            "- **Supply due:** " + ("no due date (as and when)" if self.due_days is None else
+                                    f"{self.due_days} days after its period ends" + (
+                                        " (no alert: the DAG runs only on arrival)" if self.on_arrival else
+                                        "; a supply not loaded by then raises the late-supply deadline alert "
+                                        "(Airflow's *Deadlines*, and `observatory.alerts`)")),
             f"- **Household threshold (Appendix 1):** {self.household_threshold}; a point in a smaller postcode "
             f"moves to the {DISPLACEMENT_TEXT[self.displacement]}",
             f"- **Schema file:** `include/schemas/{self.source_path.name}`",
