@@ -125,3 +125,38 @@ def test_the_demo_supplys_metadata_file_matches_it_as_the_parser_reads_it(made, 
     assert metadata.check_against(md, schema, "202609", counts, headers) == []
     assert md.caveats and md.geographic_method and md.date_supplied.isoformat() == "2026-10-12"
     assert fixtures.make_metadata(schema, "202609", made.files) == text          # deterministic
+
+
+def test_people_are_numbered_per_offence_and_their_ages_match_their_dates_of_birth(made):
+    """The columns are drawn at once: each person still belongs to one offence, numbered within it, and the age
+    sent is the whole years from the date of birth to the offence's date."""
+    from datetime import date, datetime
+
+    offences = {r["crime_reference"]: r for r in _rows(made.files["offences"]) if r["crime_reference"]}
+    for name, prefix in (("offenders", "O"), ("victims", "V")):
+        rows = _rows(made.files[name])
+        assert rows
+        seen: dict[str, int] = {}
+        for r in rows:
+            seen[r["crime_reference"]] = seen.get(r["crime_reference"], 0) + 1
+            assert r[f"{name[:-1]}_reference"] == f"{prefix}{seen[r['crime_reference']]}"
+            dob_text = r["date_of_birth"]
+            born = (date.fromisoformat(dob_text) if "-" in dob_text
+                    else datetime.strptime(dob_text, "%d/%m/%Y").date())
+            offence = offences.get(r["crime_reference"])
+            if r["age"] and offence and "/" not in offence["committed_from_date"]:
+                on = date.fromisoformat(offence["committed_from_date"])
+                age = on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+                assert int(r["age"]) == age and 10 <= age <= 95
+        assert max(seen.values()) <= 2
+    assert any("/" in r["date_of_birth"] for r in _rows(made.files["victims"]))      # both date forms are sent
+
+
+def test_text_is_quoted_and_numbers_are_bare(made):
+    """Written as many systems export (Python's QUOTE_NONNUMERIC): the CSV module reads it back unchanged."""
+    lines = made.files["offences"].splitlines()
+    assert lines[1].startswith('"13') and all(line.count('"') % 2 == 0 for line in lines)
+    rows = _rows(made.files["offences"])
+    assert any("," in r["location_address"] for r in rows)
+    assert all(r["easting"] == "" or r["easting"].isdigit() for r in rows)
+    assert all(r["longitude"] == "" or len(r["longitude"].split(".")[1]) == 6 for r in rows)
