@@ -66,15 +66,6 @@ def _section(title: str, body: str, anchor: str, note: str = "") -> str:
     return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{note_html}{body}</section>'
 
 
-def _score_class(score: float | None, failed: int = 0) -> str:
-    if score is None:
-        return "na"
-    if score < 90:
-        return "poor"
-    # A high score with a failed check is still worth a look: never show it as all clear.
-    return "fair" if failed or score < 99.5 else "good"
-
-
 def _fingerprint(fp: str | None) -> str:
     if not fp:
         return _e(None)
@@ -112,38 +103,6 @@ def _outcome_html(report: dict[str, Any]) -> str:
         return ""
     return (f'<div class="outcome {_e(o.get("level"))}"><strong>{_e(o.get("text"))}:</strong><ul>'
             + "".join(f"<li>{_e(r)}</li>" for r in o["reasons"]) + "</ul></div>")
-
-
-def _validation_html(report: dict[str, Any]) -> str:
-    parts = []
-    for file_name, v in report["validation"].items():
-        cards = "".join(
-            f'<div class="quality {_score_class(q["score"], q["failed"])}"><div class="q">{html.escape(name.title())}</div>'
-            f'<div class="score">{_e(q["score"]) + "%" if q["score"] is not None else "n/a"}</div>'
-            f'<div class="sub">{q["passed"]} passed, {q["failed"]} failed</div></div>'
-            for name, q in v["qualities"].items())
-        rows = []
-        for name, q in v["qualities"].items():
-            for e in q["expectations"]:
-                mark = '<span class="pass">pass</span>' if e["success"] else \
-                    '<span class="fail">fail</span>' if e["success"] is False else "-"
-                pct = f'{e["unexpected_percent"]:.2f}%' if e["unexpected_percent"] is not None else "-"
-                check = _e(e["describe"]) + f'<br><code class="muted">{_e(e["expectation"])}</code>' \
-                    if e.get("describe") else _e(e["expectation"])
-                rows.append([html.escape(name), _e(e["column"]), check, mark,
-                             _e(e["unexpected_count"]), pct])
-        detail = _table(["Quality", "Field", "Check", "Result", "Values failing", "% of values given"], rows) \
-            if rows else '<p class="muted">No checks recorded.</p>'
-        extra = ""
-        if v["header_problems"]:
-            extra += "<p><strong>Header:</strong></p><ul>" + "".join(
-                f"<li>{_e(h)}</li>" for h in v["header_problems"]) + "</ul>"
-        if v["nulled_values"]:
-            extra += "<p><strong>Invalid optional values left empty (the rows were kept):</strong> " + ", ".join(
-                f"{_e(k)}: {_e(n)}" for k, n in v["nulled_values"].items()) + "</p>"
-        parts.append(f'<h3>{_e(file_name)}</h3><div class="qualities">{cards}</div>{extra}'
-                     f'<details><summary>All checks ({len(rows)})</summary>{detail}</details>')
-    return "".join(parts) or '<p class="muted">No validation results (the supply stopped before validation).</p>'
 
 
 DISCLOSURE_LABELS: Final = {
@@ -269,7 +228,8 @@ def _partner_metadata_html(p: dict[str, Any] | None) -> str:
 
 
 def render_html(report: dict[str, Any]) -> str:
-    """A self-contained HTML page of a report (inline CSS, no scripts, no external resources)."""
+    """A self-contained HTML page of a report (inline CSS and SVG, no scripts, no external resources)."""
+    from csp_observatory.report_quality_html import fitness_html   # it builds on this module's helpers
     s = report["summary"]
     cards = [("Rows in files", s["rows_in_files"]), ("Rows loaded", s["rows_loaded"]),
              ("Rows set aside", s["rows_need_attention"]),
@@ -298,7 +258,7 @@ def render_html(report: dict[str, Any]) -> str:
                            for q in report["quarantined"]]), "refused", note))
     sections += [
         _section("Files received", files, "files"),
-        _section("Fitness for purpose", _validation_html(report), "quality",
+        _section("Fitness for purpose", fitness_html(report), "quality",
                  "The four qualities of section 4.2.3 of the guidance. Accuracy and completeness problems do not "
                  "stop a supply; they are reported so that users of the data are aware of them."),
         _section("Geocoding", _matrix(report["geocoding"]["by_file"], "Method"), "geocoding",
@@ -363,10 +323,19 @@ def render_text(report: dict[str, Any]) -> str:
         if any(found.values()):
             lines.append(f"  scrubbed from {name} free text: " + "; ".join(
                 f"{col} " + ", ".join(f"{n:,} {k}" for k, n in c.items()) for col, c in found.items() if c))
+    if report.get("qualities"):
+        lines.append("Fitness for purpose: " + ", ".join(
+            f"{q} {x.get('grade', 'n/a')} ({'n/a' if x.get('score') is None else str(x['score']) + '%'})"
+            for q, x in report["qualities"].items()))
+    if (report.get("arrival") or {}).get("text"):
+        lines.append(report["arrival"]["text"])
     for name, v in (report.get("validation") or {}).items():
         scores = ", ".join(f"{q} {'n/a' if x.get('score') is None else str(x['score']) + '%'}"
                            for q, x in (v.get("qualities") or {}).items())
         lines.append(f"  quality {name}: {scores}")
+    for name, g in (report.get("gaps") or {}).items():
+        for x in (g or {}).get("gaps", []):
+            lines.append(f"  gap in {name}: no records {x['from']} to {x['to']} ({x['days']} days)")
     attention = [r for r in report["rejected_rows"] if r["stage"] != "disclosure"]
     if attention:
         lines.append("Rows set aside, and why:")

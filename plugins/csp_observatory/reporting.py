@@ -18,6 +18,7 @@ from typing import Any, Final, Iterable
 # The page and the terminal summary live in report_html; these names stay importable from here.
 from csp_observatory.report_html import (HTML_ROW_LIMIT, OTHER_LOCATION_OUTCOMES, PROBLEM_SECTION,  # noqa: F401
                                          TEMPLATE, render_html, render_text)
+from csp_observatory import fitness, trends
 from csp_observatory.schema import DISPLACEMENT_TEXT, PERSONAL_ROLES, POINT_ROLES, FeedSchema
 
 REPORT_VERSION: Final = 1
@@ -282,10 +283,15 @@ def _validation_section(raw: dict[str, Any]) -> dict[str, Any]:
             qualities[q] = {"score": score, "passed": sum(1 for e in mine if e["success"]),
                             "failed": sum(1 for e in mine if e["success"] is False), "expectations": mine}
         header = entry.get("header_problems") or []
+        rates = summary.get("fill_rates") if isinstance(summary, dict) else None
+        days = summary.get("records_per_day") if isinstance(summary, dict) else None
         out[file_name] = {
             "qualities": qualities,
             "header_problems": [str(h) for h in header] if isinstance(header, list) else [str(header)],
             "nulled_values": _counts(entry.get("nulled_values") or {}),
+            # counts only: per field how many rows have a value; per day of the event date how many records
+            "fill_rates": {str(k): _counts(v) for k, v in rates.items()} if isinstance(rates, dict) else {},
+            "records_per_day": {str(k): int(v) for k, v in days.items()} if isinstance(days, dict) else None,
         }
     return out
 
@@ -386,10 +392,18 @@ def _metadata(schema: FeedSchema, outcome: SupplyOutcome, records: int | None) -
     }
 
 
-def build_report(schema: FeedSchema, outcome: SupplyOutcome | Any, settings: Any = None) -> dict[str, Any]:
-    """The full (observatory) quality report of a supply as a JSON-serialisable dict; no row content."""
+def build_report(schema: FeedSchema, outcome: SupplyOutcome | Any, settings: Any = None,
+                 history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The full (observatory) quality report of a supply as a JSON-serialisable dict; no row content.
+
+    ``history``: the feed's earlier reports, oldest first (``trends.load_history``), for the trend and the gaps;
+    by default read from ``settings.reports_dir`` when settings are given, else none.
+    """
     if not isinstance(outcome, SupplyOutcome):
         outcome = outcome_from_manifest(outcome, settings)
+    if history is None:
+        reports_dir = getattr(settings, "reports_dir", None)
+        history = trends.load_history(reports_dir, schema.feed, outcome.period) if reports_dir else []
     field_names = {d.name for f in schema.files for d in f.datafields}
     tables = {f.name: f"{schema.db_schema}.{f.table}" for f in schema.files}
 
@@ -438,6 +452,11 @@ def build_report(schema: FeedSchema, outcome: SupplyOutcome | Any, settings: Any
             if isinstance(n, int) and not isinstance(n, bool):
                 total[method] = total.get(method, 0) + n
 
+    validation = _validation_section(outcome.validation)
+    arrival = trends.arrival(schema, outcome.period, outcome.date_supplied)
+    links = fitness.link_counts(schema, flagged)
+    gaps = fitness.apply_supply_checks(schema, outcome.period, validation, arrival, links, history)
+
     report = {
         "report": {"version": REPORT_VERSION, "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    "title": f"Data quality report: {schema.title}, {_period_text(schema, outcome.period)}",
@@ -455,7 +474,11 @@ def build_report(schema: FeedSchema, outcome: SupplyOutcome | Any, settings: Any
         "quarantined": [{"file": str(q.get("file", "")), "remote_name": str(q.get("remote_name", "")),
                          "reason": redact_reason(str(q.get("reason", "")), field_names)}
                         for q in outcome.quarantined],
-        "validation": _validation_section(outcome.validation),
+        "validation": validation,
+        "qualities": fitness.supply_qualities(validation),
+        "arrival": arrival,
+        "gaps": gaps,
+        "missing_links": links,
         "geocoding": {"by_file": geocoding, "total": total, "placed_share": _placed_share(schema, geocoding),
                       "expected_share": schema.geocode_min_rate},
         "sanitising": {name: _counts(s) for name, s in outcome.sanitising.items()},
@@ -468,6 +491,7 @@ def build_report(schema: FeedSchema, outcome: SupplyOutcome | Any, settings: Any
                      "database_schema": schema.db_schema, "tables": tables},
     }
     report["outcome"] = assess(report)
+    report["trend"] = trends.trend(history, report, QUALITIES)
     return json.loads(json.dumps(report, default=str))
 
 
