@@ -52,7 +52,7 @@ class Settings:
     sftp_host_key: str                 # pinned host key: "ssh-ed25519 AAAA..."
     sftp_root: str                     # remote folder holding one folder per partner
     gnupg_home: Path                   # the observatory's keyring (decryption key + partner keys)
-    staging_dir: Path                  # private (0700) working area for plaintext
+    staging_dir: Path                  # private (0700) working area for plaintext (this machine's)
     reports_dir: Path                  # the observatory's copy of every quality report
     partners: dict[str, PartnerKeys] = field(default_factory=dict)
     gpg_passphrase: str | None = None  # for the observatory's secret key, if it has one
@@ -61,6 +61,9 @@ class Settings:
     partners_dir: Path | None = None   # the machine's partner registry (scripts/partner), merged into partners
     # partners the registry marks removed, with the date: absent from ``partners``, named in errors
     removed_partners: dict[str, str] = field(default_factory=dict)
+    # The staging store every worker reaches (staging.py): a local folder, a file:// URL of a shared volume, or an
+    # fsspec URL (s3://bucket/prefix). Unset: staging_dir, which does for one machine.
+    staging_url: str | None = None
 
     def partner(self, partner_id: str) -> PartnerKeys:
         try:
@@ -113,6 +116,7 @@ _ENV: Final = {
     "sftp_host_key": "CSP_SFTP_HOST_KEY",
     "gnupg_home": "CSP_GNUPG_HOME",
     "staging_dir": "CSP_STAGING_DIR",
+    "staging_url": "CSP_STAGING_URL",
     "partners_dir": "CSP_PARTNERS_DIR",
 }
 
@@ -189,3 +193,28 @@ def load_settings(path: Path | None = None) -> Settings:
         if os.environ.get(env):
             raw[key] = os.environ[env]
     return settings_from_dict(raw)
+
+
+def stage_queues(spec: str | None = None) -> dict[str, str]:
+    """The Celery queue of each task of a feed's DAG, from ``CSP_STAGE_QUEUES`` (``task=queue`` pairs separated by
+    commas, e.g. ``decrypt_and_verify=secure,parse_and_validate=secure``; ``*=queue`` for every other task).
+
+    Read at DAG-parse time from the environment only (no file, no network). A task not named runs on Airflow's
+    default queue. A malformed entry is an error: a task sent to a queue no worker listens on would wait forever.
+    """
+    spec = os.environ.get("CSP_STAGE_QUEUES", "") if spec is None else spec
+    queues: dict[str, str] = {}
+    for item in (i.strip() for i in spec.split(",")):
+        if not item:
+            continue
+        task_id, sep, queue = (x.strip() for x in item.partition("="))
+        if not sep or not task_id or not queue:
+            raise ValueError(f"CSP_STAGE_QUEUES: {item!r} is not task=queue")
+        queues[task_id] = queue
+    return queues
+
+
+def stage_queue(task_id: str, default: str, queues: dict[str, str] | None = None) -> str:
+    """The queue one task runs on: its own entry, else the ``*`` entry, else ``default`` (Airflow's)."""
+    queues = stage_queues() if queues is None else queues
+    return queues.get(task_id) or queues.get("*") or default

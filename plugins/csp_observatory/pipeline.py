@@ -15,7 +15,6 @@ import csv
 import io
 import json
 import logging
-import shutil
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 import psycopg2
 
+from csp_observatory import staging
 from csp_observatory.config import Settings, load_settings
 from csp_observatory.schema import CONTENT_KEY_COLUMN, FeedSchema, schema_for  # noqa: F401 (schema_for: re-exported)
 
@@ -42,8 +42,8 @@ class SupplyFile:
     remote_name: str             # the partner's file name on SFTP
     sha256: str
     size: int
-    encrypted_path: str
-    plaintext_path: str | None = None
+    encrypted_path: str          # in the staging store (staging.py): a path, or a URL every worker reaches
+    plaintext_path: str | None = None   # likewise, in the supply's work area until the supply is done
     signer: str | None = None
     rows_in_file: int | None = None
 
@@ -79,8 +79,9 @@ class Manifest:
         return self.status == "collected"
 
     @property
-    def path(self) -> Path:
-        return Path(self.work_dir)
+    def path(self) -> staging.Location:
+        """The supply's work area in the staging store (a local Path, or a remote UPath)."""
+        return staging.location(self.work_dir)
 
     @property
     def all_files(self) -> list[SupplyFile]:
@@ -88,41 +89,37 @@ class Manifest:
         return [*self.files.values(), *([self.metadata] if self.metadata else [])]
 
     def save(self) -> None:
-        (self.path / "manifest.json").write_text(json.dumps(asdict(self), indent=1, default=str))
+        staging.write_text(self.path / "manifest.json", json.dumps(asdict(self), indent=1, default=str))
 
     @classmethod
     def read(cls, work_dir: str | Path) -> Manifest:
-        raw = json.loads((Path(work_dir) / "manifest.json").read_text())
+        raw = json.loads(staging.read_text(staging.location(work_dir) / "manifest.json"))
         raw["files"] = {k: SupplyFile(**v) for k, v in raw["files"].items()}
         if raw.get("metadata"):
             raw["metadata"] = SupplyFile(**raw["metadata"])
         return cls(**raw)
 
     # Frames between stages: one parquet per file per stage.
-    def frame_path(self, stage: str, file_name: str) -> Path:
+    def frame_path(self, stage: str, file_name: str) -> staging.Location:
         return self.path / stage / f"{file_name}.parquet"
 
     def write_frame(self, stage: str, file_name: str, frame: pd.DataFrame) -> None:
-        p = self.frame_path(stage, file_name)
-        p.parent.mkdir(mode=0o700, exist_ok=True)
-        frame.to_parquet(p, index=False)
+        staging.write_frame(self.frame_path(stage, file_name), frame)
 
     def read_frame(self, stage: str, file_name: str) -> pd.DataFrame:
-        return pd.read_parquet(self.frame_path(stage, file_name))
+        return staging.read_frame(self.frame_path(stage, file_name))
 
     def _set_rows(self, kind: str, step: str, file_name: str, rows: pd.DataFrame | None) -> None:
         # Each (step, file) has its own parquet, written whole: a stage that fails after recording its rows and
         # is retried writes the same file again, so a retry gives exactly what one clean run gives.
         p = self.path / kind / f"{step}.{file_name}.parquet"
-        p.parent.mkdir(mode=0o700, exist_ok=True)
         frame = pd.DataFrame(columns=REJECTED_COLUMNS) if rows is None or rows.empty else rows[REJECTED_COLUMNS]
-        frame.astype({"source_file": str, "source_row": "Int64", "reason": str, "stage": str}).to_parquet(
-            p, index=False)
+        staging.write_frame(p, frame.astype({"source_file": str, "source_row": "Int64", "reason": str,
+                                             "stage": str}))
 
     def _rows(self, kind: str) -> pd.DataFrame:
-        folder = self.path / kind
-        frames = [f for f in (pd.read_parquet(p) for p in sorted(folder.glob("*.parquet"))) if not f.empty] \
-            if folder.exists() else []
+        frames = [f for f in (staging.read_frame(p) for p in staging.files_in(self.path / kind, "*.parquet"))
+                  if not f.empty]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=REJECTED_COLUMNS)
 
     def set_rejected(self, step: str, file_name: str, rejected: pd.DataFrame | None) -> None:
@@ -180,22 +177,21 @@ def _refuse(m: Manifest, settings: Settings, sftp_client: Any, file: SupplyFile,
 
 
 def _delete_plaintext(m: Manifest) -> None:
-    """Remove every decrypted or derived copy of a supply's data; keep only the manifest and reports."""
-    for child in m.path.iterdir():
-        if child.name in ("manifest.json", "report"):
-            continue
-        if child.is_dir():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+    """Remove every decrypted or derived copy of a supply's data; keep only the manifest and reports.
+
+    Everything of the supply is in its work area of the staging store (the encrypted originals too, under
+    ``encrypted/``), so this is the same on a local folder and on object storage. An encrypted file an older run
+    left outside the work area (on the collecting worker's disk) is removed too when this worker can see it.
+    """
+    staging.clear(m.path, keep=("manifest.json", "report"))
     for f in m.all_files:
         f.plaintext_path = None
-        for p in (Path(f.encrypted_path),):
-            if p.exists():
-                p.unlink()
-        parent = Path(f.encrypted_path).parent
-        if parent.exists() and parent != m.path and not any(parent.iterdir()):
-            parent.rmdir()
+        outside = staging.location(f.encrypted_path)
+        if staging.is_local(outside) and outside.exists():
+            outside.unlink()
+            parent = outside.parent
+            if parent.exists() and parent != m.path and not any(parent.iterdir()):
+                parent.rmdir()
 
 
 @contextmanager
@@ -255,18 +251,19 @@ def collect(feed: str, periods: list[str], run_id: str, settings: Settings | Non
                 continue
             collected = intake.collect(client, conn, schema, settings, pending)
             conn.commit()
-            work = Path(settings.staging_dir) / feed / pending.period / "work"
-            if work.exists():
-                shutil.rmtree(work)  # what an earlier, interrupted run left: this run starts the supply afresh
-            work.mkdir(mode=0o700, parents=True)
+            # The work area is in the staging store every worker reaches (staging.py), not on this worker's disk.
+            work = staging.supply_area(settings, feed, pending.period)
+            staging.remove(work)  # what an earlier, interrupted run left: this run starts the supply afresh
+            staging.make_private_dir(work)
             m = Manifest(feed=feed, period=pending.period, work_dir=str(work), files={}, run_id=run_id,
                          collected_at=datetime.now(timezone.utc).isoformat(), partner_id=collected.partner_id)
             for cf in collected.files:
                 m.files[cf.file_name] = SupplyFile(name=cf.file_name, remote_name=cf.remote_name,
-                                                   sha256=cf.sha256, size=cf.size, encrypted_path=cf.local_path)
+                                                   sha256=cf.sha256, size=cf.size,
+                                                   encrypted_path=_into_store(cf.local_path, work))
             if (cf := collected.metadata) is not None:
                 m.metadata = SupplyFile(name=cf.file_name, remote_name=cf.remote_name, sha256=cf.sha256,
-                                        size=cf.size, encrypted_path=cf.local_path)
+                                        size=cf.size, encrypted_path=_into_store(cf.local_path, work))
             if all(cf.duplicate_of for cf in collected.all_files):
                 # The same bytes were loaded before: never load them twice. The partner is told where.
                 for cf in collected.all_files:
@@ -281,6 +278,18 @@ def collect(feed: str, periods: list[str], run_id: str, settings: Settings | Non
             m.save()
             work_dirs.append(str(work))
     return work_dirs
+
+
+def _into_store(local_path: str, work: staging.Location) -> str:
+    """A file this task downloaded to its own disk, moved into the supply's work area (``encrypted/``): the decrypt
+    task may run on another worker. The download's own folder, now empty, goes too."""
+    local = Path(local_path)
+    stored = staging.adopt(local, work / "encrypted" / local.name)
+    try:
+        local.parent.rmdir()
+    except OSError:
+        pass            # not empty (another file of the supply), or already gone
+    return stored
 
 
 # --- stage 2: decrypt and verify --------------------------------------------------------------------
@@ -301,14 +310,16 @@ def decrypt_and_verify(work_dirs: list[str], settings: Settings | None = None) -
             for f in m.all_files:
                 plaintext = m.path / "plain" / (f"{f.name}.csv" if f is not m.metadata else
                                                  Path(f.remote_name).with_suffix("").name)
-                plaintext.parent.mkdir(mode=0o700, exist_ok=True)
+                # gpg reads and writes real files: for a remote store, private copies on this worker, deleted
+                # when it is done (the plaintext goes up into the supply's work area only once verified).
                 try:
-                    verified = decryption.decrypt_and_verify(settings.gnupg_home, Path(f.encrypted_path), plaintext,
-                                                            fingerprint, settings.gpg_passphrase)
+                    with staging.local_file(f.encrypted_path) as encrypted, staging.local_output(plaintext) as out:
+                        verified = decryption.decrypt_and_verify(settings.gnupg_home, encrypted, out,
+                                                                fingerprint, settings.gpg_passphrase)
                 except decryption.RefusedFile as refused:
                     _refuse(m, settings, client, f, refused.reason, "refused", conn)
                     continue
-                f.plaintext_path, f.signer = str(verified.plaintext_path), verified.signer_fingerprint
+                f.plaintext_path, f.signer = str(plaintext), verified.signer_fingerprint
             if not m.ok:
                 _delete_plaintext(m)
             m.save()
@@ -333,9 +344,12 @@ def parse_and_validate(work_dirs: list[str], settings: Settings | None = None) -
             for f in m.files.values():
                 feed_file = schema.file(f.name)
                 try:
-                    source, mapped = _in_canonical_layout(m, f.name, Path(f.plaintext_path), feed_file)
-                    parsed = parsing.parse_csv(source, feed_file)
-                    headers[f.name] = _header(source)
+                    # a remote store's plaintext is read from a private copy on this worker (the canonical copy of
+                    # a partner layout is written beside it and goes with it)
+                    with staging.local_file(f.plaintext_path or "") as plain:
+                        source, mapped = _in_canonical_layout(m, f.name, plain, feed_file)
+                        parsed = parsing.parse_csv(source, feed_file)
+                        headers[f.name] = _header(source)
                 except parsing.MalformedFile as bad:
                     with _sftp(settings) as client, _db(settings) as conn:
                         _refuse(m, settings, client, f, bad.reason, "malformed", conn)
@@ -394,7 +408,8 @@ def _check_metadata(m: Manifest, schema: FeedSchema, headers: dict[str, list[str
         return out
     out["file"] = m.metadata.remote_name
     try:
-        md = metadata.read_metadata(m.metadata.plaintext_path or "", schema)
+        with staging.local_file(m.metadata.plaintext_path or "") as plain:
+            md = metadata.read_metadata(plain, schema)
     except metadata.MetadataError as bad:
         out["refused"] = list(bad.problems)
         return out
@@ -632,7 +647,8 @@ def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list
                 checked["required"] = metadata.first_supply_needs_metadata(conn, schema.feed)
                 md = None
                 if m.metadata is not None and not checked.get("refused"):
-                    md = metadata.read_metadata(m.metadata.plaintext_path or "", schema)
+                    with staging.local_file(m.metadata.plaintext_path or "") as plain:
+                        md = metadata.read_metadata(plain, schema)
                 if checked["required"] and md is None:
                     if m.metadata is None:
                         m.status = "needs_metadata"

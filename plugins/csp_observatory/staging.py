@@ -1,0 +1,242 @@
+"""The staging store: where a supply's work area lives between the DAG's tasks, reachable by every worker.
+
+Each task of a feed's DAG may run on a different worker (CeleryExecutor queues), so no task may read a file that
+another task left on its own disk. A supply's work area (its manifest, its encrypted and decrypted files, the
+parquet frames each stage hands to the next, the rows set aside) lives in one store every worker reaches:
+
+- ``staging_url`` unset (a single machine, the default): the local folder ``staging_dir``, as before;
+- ``staging_url`` a local path or ``file://`` URL: a folder every worker mounts (a shared volume);
+- ``staging_url`` any other fsspec URL (``s3://bucket/prefix``, ``gs://``, ``abfs://``): object storage, the same
+  filesystems Airflow's ``ObjectStoragePath`` is built on (``universal_pathlib``). The filesystem's package
+  (``s3fs``, ``gcsfs``, ``adlfs``) must be installed and its credentials given the usual way (environment,
+  instance role); nothing here imports Airflow.
+
+Every file access of a work area goes through this module. A location is a :class:`pathlib.Path` for a local
+store (files are written 0600 in 0700 folders, atomically by rename), else a ``UPath``. Tools that need a real
+file (gpg, the CSV parser) get one from :func:`local_file` / :func:`local_output`: for a remote store that is a
+private temporary copy in this worker's own ``TMPDIR``, deleted as soon as the tool is done.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Union
+
+import pandas as pd
+from upath import UPath
+
+#: A place in the staging store: a local path, or a remote (fsspec) one.
+Location = Union[Path, UPath]
+
+_LOCAL_PROTOCOLS = ("", "file", "local")
+
+
+def location(where: str | os.PathLike[str] | Location) -> Location:
+    """A path or URL as a store location: ``pathlib.Path`` when it is on this machine's filesystem."""
+    if isinstance(where, UPath):
+        return Path(where.path) if where.protocol in _LOCAL_PROTOCOLS else where
+    if isinstance(where, Path):
+        return where
+    text = os.fspath(where)
+    if "://" not in text:
+        return Path(text)
+    loc = UPath(text)
+    return Path(loc.path) if loc.protocol in _LOCAL_PROTOCOLS else loc
+
+
+def is_local(loc: Location) -> bool:
+    """Whether a location is a file on this machine (a tool can open it directly)."""
+    return not isinstance(loc, UPath)
+
+
+def root(settings: Any) -> Location:
+    """The store's root: ``settings.staging_url`` if set, else the local ``staging_dir``."""
+    return location(getattr(settings, "staging_url", None) or settings.staging_dir)
+
+
+def supply_area(settings: Any, feed: str, period: str) -> Location:
+    """The work area of one supply (``<root>/<feed>/<period>/work``)."""
+    return root(settings) / feed / period / "work"
+
+
+def make_private_dir(loc: Location) -> Location:
+    """Create a folder (and its parents); 0700 on a local store. Object stores have no folders: nothing to do."""
+    if is_local(loc):
+        loc.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(loc, 0o700)
+    else:
+        loc.mkdir(parents=True, exist_ok=True)
+    return loc
+
+
+def _private_temp_beside(loc: Path) -> Path:
+    """A new empty 0600 file beside ``loc``, to be renamed over it: readers never see half a file."""
+    make_private_dir(loc.parent)
+    temp = loc.with_name(f".{loc.name}.{secrets.token_hex(4)}.partial")
+    os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    return temp
+
+
+def write_bytes(where: str | Location, data: bytes) -> None:
+    """Write a whole file into the store (replacing it), private to the observatory."""
+    loc = location(where)
+    if not is_local(loc):
+        with loc.open("wb") as fh:
+            fh.write(data)
+        return
+    temp = _private_temp_beside(loc)
+    try:
+        temp.write_bytes(data)
+        os.replace(temp, loc)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def read_bytes(where: str | Location) -> bytes:
+    """A whole file of the store."""
+    loc = location(where)
+    if is_local(loc):
+        return loc.read_bytes()
+    with loc.open("rb") as fh:
+        return fh.read()
+
+
+def write_text(where: str | Location, text: str) -> None:
+    """Write a UTF-8 text file into the store (replacing it)."""
+    write_bytes(where, text.encode("utf-8"))
+
+
+def read_text(where: str | Location) -> str:
+    """A UTF-8 text file of the store."""
+    return read_bytes(where).decode("utf-8")
+
+
+def write_frame(where: str | Location, frame: pd.DataFrame) -> None:
+    """Write a frame as parquet into the store (replacing it)."""
+    loc = location(where)
+    if not is_local(loc):
+        with loc.open("wb") as fh:
+            frame.to_parquet(fh, index=False)
+        return
+    temp = _private_temp_beside(loc)
+    try:
+        frame.to_parquet(temp, index=False)
+        os.replace(temp, loc)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def read_frame(where: str | Location) -> pd.DataFrame:
+    """A parquet frame of the store."""
+    loc = location(where)
+    if is_local(loc):
+        return pd.read_parquet(loc)
+    with loc.open("rb") as fh:
+        return pd.read_parquet(fh)
+
+
+def exists(where: str | Location) -> bool:
+    """Whether a file or folder is in the store."""
+    return location(where).exists()
+
+
+def files_in(folder: str | Location, pattern: str = "*") -> list[Location]:
+    """The files of a store folder matching a glob pattern, sorted by name; none when it does not exist."""
+    loc = location(folder)
+    if not loc.exists():
+        return []
+    return sorted((p for p in loc.glob(pattern) if p.is_file() and not p.name.endswith(".partial")),
+                  key=lambda p: p.name)
+
+
+def remove(where: str | Location) -> None:
+    """Delete a file or a whole folder of the store; nothing when it is not there."""
+    loc = location(where)
+    if is_local(loc):
+        if loc.is_dir() and not loc.is_symlink():
+            shutil.rmtree(loc, ignore_errors=True)
+        else:
+            loc.unlink(missing_ok=True)
+        return
+    if loc.exists():
+        loc.fs.rm(loc.path, recursive=True)
+
+
+def clear(folder: str | Location, keep: tuple[str, ...] = ()) -> None:
+    """Delete everything in a store folder except the entries named in ``keep``."""
+    loc = location(folder)
+    if not loc.exists():
+        return
+    for child in list(loc.iterdir()):
+        if child.name.rstrip("/") not in keep:
+            remove(child)
+
+
+def adopt(local: Path, dest: str | Location) -> str:
+    """Move a file this task wrote on its own disk into the store (0600); returns the store location's text.
+
+    Within one local filesystem this is a rename; otherwise it is copied up and the local file deleted, so the
+    worker's disk keeps nothing.
+    """
+    loc = location(dest)
+    if is_local(loc):
+        make_private_dir(loc.parent)
+        shutil.move(str(local), str(loc))
+        os.chmod(loc, 0o600)
+    else:
+        loc.fs.put_file(str(local), loc.path)
+        Path(local).unlink()
+    return str(loc)
+
+
+@contextmanager
+def _private_temp_dir() -> Iterator[Path]:
+    # mkdtemp makes the folder 0700 in this worker's own TMPDIR; it goes, with what is in it, even on failure.
+    folder = Path(tempfile.mkdtemp(prefix="csp-staging-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def local_file(where: str | Location) -> Iterator[Path]:
+    """A store file as a file on this machine, for a tool that opens paths (gpg, the CSV parser).
+
+    A local store's file is given as it is. A remote one is copied into a private temporary folder of this worker,
+    deleted when the block ends, with anything the tool wrote beside it.
+    """
+    loc = location(where)
+    if is_local(loc):
+        yield loc
+        return
+    with _private_temp_dir() as folder:
+        copy = folder / loc.name
+        loc.fs.get_file(loc.path, str(copy))
+        os.chmod(copy, 0o600)
+        yield copy
+
+
+@contextmanager
+def local_output(where: str | Location) -> Iterator[Path]:
+    """A path on this machine for a tool to write a store file to.
+
+    On a local store it is the store's own path (its folder made private). On a remote one it is a private temporary
+    file, copied up to ``where`` when the block ends without error and deleted either way.
+    """
+    loc = location(where)
+    if is_local(loc):
+        make_private_dir(loc.parent)
+        yield loc
+        return
+    with _private_temp_dir() as folder:
+        out = folder / loc.name
+        yield out
+        if out.exists():
+            loc.fs.put_file(str(out), loc.path)
