@@ -32,6 +32,7 @@ from airflow.sdk import (DAG, AssetOrTimeSchedule, AsyncCallback, CronTriggerTim
 
 from csp_observatory import alerts, metadata
 from csp_observatory.arrival import SupplySensor, supply_asset
+from csp_observatory.config import stage_queue, stage_queues
 from csp_observatory.schema import FeedSchema, load_schemas
 
 OWNER: Final = "observatory-data-engineering"
@@ -188,7 +189,13 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
         verdict(done)
         [waiting, collected, decrypted, *stages, done] >> stage_failed()
 
-    return feed_dag()
+    built = feed_dag()
+    # With the CeleryExecutor each task goes to the queue CSP_STAGE_QUEUES names for it (else Airflow's default
+    # queue): a supply's work area is in the staging store every worker reaches, so any worker can run any stage.
+    queues = stage_queues()
+    for t in built.tasks:
+        t.queue = stage_queue(t.task_id, t.queue, queues)
+    return built
 
 
 for _schema in load_schemas():
