@@ -10,6 +10,7 @@ from typing import Any, Final
 
 import pandas as pd
 
+from csp_observatory import textkernels
 from csp_observatory.parsing import empty_rejected, rejected_frame
 from csp_observatory.postcodes import normalise_postcodes
 from csp_observatory.schema import Datafield, FeedFile
@@ -30,9 +31,9 @@ class CleanResult:
 def normalise_times(values: pd.Series) -> pd.Series:
     """Times as ``HH:MM`` from ``H:MM``, ``HH:MM:SS`` or ``HHMM``; anything else is left as it was."""
     text = values.astype("string").str.strip()
-    parts = text.str.extract(r"^(\d{1,2}):?(\d{2})(?::\d{2})?$")
-    ok = parts[0].notna()
-    out = parts[0].str.zfill(2) + ":" + parts[1]
+    hours, minutes = textkernels.extract(text, r"^(\d{1,2}):?(\d{2})(?::\d{2})?$", 2)
+    ok = hours.notna()
+    out = hours.str.zfill(2) + ":" + minutes
     return out.where(ok, text).astype("string")
 
 
@@ -41,7 +42,7 @@ def normalise_codes(values: pd.Series, datafield: Datafield) -> pd.Series:
     text = values.astype("string").str.strip()
     if datafield.codes_file == HO_CODES_FILE:
         # Forces write 028E for 28E and 08N for 8N; the Home Office list has no leading zeros.
-        text = text.str.upper().str.replace(r"^0+(?=\d)", "", regex=True)
+        text = textkernels.replace(text.str.upper(), r"^0+(\d)", r"\1")
     allowed = datafield.allowed_codes or frozenset()
     spelling = {code.lower(): code for code in allowed}
     canonical = text.str.lower().map(spelling)
@@ -61,7 +62,7 @@ def clean(frame: pd.DataFrame, feed_file: FeedFile) -> CleanResult:
         if d.name not in frame.columns or d.type not in _TEXT_TYPES:
             continue
         before = frame[d.name].astype("string")
-        tidy = before.str.strip().str.replace(r"\s+", " ", regex=True)
+        tidy = textkernels.replace(before.str.strip(), r"\s+", " ")
         blank = tidy.notna() & (tidy == "")
         tidy = tidy.mask(blank, pd.NA)
         _count(changes["whitespace_tidied"], d.name, (tidy != before).fillna(False) & ~blank)

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pac
 import pyarrow.csv as pcsv
 
+from csp_observatory import textkernels
 from csp_observatory.schema import FeedFile
 
 REJECTED_COLUMNS: Final = ["source_file", "source_row", "reason", "stage"]
@@ -276,12 +277,12 @@ def _convert(raw: pd.Series, kind: str) -> tuple[pd.Series, pd.Series]:
     if kind in ("string", "code", "postcode"):
         return raw.where(present, pd.NA).astype("string"), pd.Series(False, index=raw.index)
     if kind == "time":
-        ok = stripped.str.fullmatch(_TIME).fillna(False)
+        ok = textkernels.fullmatch(stripped, _TIME)
         return stripped.where(present, pd.NA).astype("string"), present & ~ok
     if kind == "date":
         out = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns]")
-        iso = present & stripped.str.fullmatch(_ISO_DATE).fillna(False)
-        uk = present & stripped.str.fullmatch(_UK_DATE).fillna(False)
+        iso = present & textkernels.fullmatch(stripped, _ISO_DATE)
+        uk = present & textkernels.fullmatch(stripped, _UK_DATE)
         for mask, fmt in ((iso, "%Y-%m-%d"), (uk, "%d/%m/%Y")):
             if mask.any():
                 parsed = pd.to_datetime(stripped[mask], format=fmt, errors="coerce")
@@ -289,12 +290,12 @@ def _convert(raw: pd.Series, kind: str) -> tuple[pd.Series, pd.Series]:
                 out[mask] = parsed.astype("datetime64[ns]")
         return out, present & out.isna()
     if kind == "integer":
-        ok = present & stripped.str.fullmatch(_INTEGER).fillna(False)
+        ok = present & textkernels.fullmatch(stripped, _INTEGER)
         # Only well-formed values reach the cast, so it cannot fail.
-        values = stripped.where(ok).str.replace(r"\.0*$", "", regex=True).astype("Int64")
+        values = textkernels.replace(stripped.where(ok), r"\.0*$", "").astype("Int64")
         return values, present & ~ok
     if kind == "float":
-        ok = present & stripped.str.fullmatch(_FLOAT).fillna(False)
+        ok = present & textkernels.fullmatch(stripped, _FLOAT)
         values = stripped.where(ok).astype("Float64")
         return values, present & ~ok
     if kind == "boolean":

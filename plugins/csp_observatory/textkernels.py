@@ -1,0 +1,89 @@
+"""Regular expressions over whole string columns in Arrow (RE2), giving exactly what Python's ``re`` gives.
+
+pandas runs a pattern through Python, value by value, whenever RE2 might read it differently (``\\d`` and
+``\\s`` are Unicode-wide in Python, ASCII in RE2; ``$`` also matches before a final newline in Python). For
+ASCII text without a newline the two agree once ``\\d`` is written ``[0-9]`` and ``\\s`` as Python's ASCII
+whitespace, so those values (nearly all of a partner's file) go through one Arrow kernel, and the rest
+(Unicode, newlines) through pandas as before. Patterns here must not use look-arounds or back-references.
+"""
+from __future__ import annotations
+
+import re
+from typing import Final
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pac
+
+#: Python's ``\s`` on ASCII text (``str.isspace``): RE2's ``\s`` lacks \v and \x1c-\x1f.
+_ASCII_SPACE: Final = r"[\t\n\x0b\x0c\r\x1c-\x1f ]"
+_UNSUPPORTED: Final = re.compile(r"\(\?[=!<]|\\[1-9]|\\[AZbB]")
+
+
+def re2_pattern(pattern: str) -> str:
+    """The RE2 spelling of a Python pattern, for ASCII text without newlines."""
+    if _UNSUPPORTED.search(pattern):
+        raise ValueError(f"pattern needs Python's regex engine: {pattern!r}")
+    return pattern.replace(r"\d", "[0-9]").replace(r"\s", _ASCII_SPACE)
+
+
+def arrow_strings(values: pd.Series) -> pa.Array:
+    """A column as one Arrow string array (missing values as nulls; no copy when it already is one)."""
+    if not (isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow"):
+        values = values.astype("string[pyarrow]")
+    arr = pa.array(values.array)
+    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+
+
+def plain_rows(arr: pa.Array) -> np.ndarray:
+    """Rows RE2 reads as Python does: ASCII without a newline, or missing."""
+    ok = pac.and_(pac.string_is_ascii(arr), pac.invert(pac.match_substring(arr, "\n")))
+    return pac.fill_null(ok, True).to_numpy(zero_copy_only=False)
+
+
+def _series(arr: pa.Array, like: pd.Series) -> pd.Series:
+    return pd.Series(pd.arrays.ArrowStringArray(arr.cast(pa.large_string())), index=like.index,
+                     name=like.name).astype("string")
+
+
+def replace(values: pd.Series, pattern: str, repl: str) -> pd.Series:
+    """``values.str.replace(pattern, repl, regex=True)`` as a ``string`` column (``repl``: ``\\1`` style only)."""
+    arr = arrow_strings(values)
+    fast = plain_rows(arr)
+    out = pac.replace_substring_regex(arr, re2_pattern(pattern), repl)
+    if not fast.all():
+        slow = values.astype("string")[~fast].str.replace(pattern, repl, regex=True)
+        out = pac.replace_with_mask(out, pa.array(~fast), arrow_strings(slow).cast(out.type))
+    return _series(out, values)
+
+
+def fullmatch(values: pd.Series, pattern: str) -> pd.Series:
+    """``values.str.fullmatch(pattern).fillna(False)``: a plain bool column, False where missing."""
+    arr = arrow_strings(values)
+    fast = plain_rows(arr)
+    hit = pac.fill_null(pac.match_substring_regex(arr, f"^(?:{re2_pattern(pattern)})$"), False)
+    out = hit.to_numpy(zero_copy_only=False).copy()
+    if not fast.all():
+        slow = values.astype("string")[~fast].str.fullmatch(pattern).fillna(False)
+        out[~fast] = slow.to_numpy(bool)
+    return pd.Series(out, index=values.index)
+
+
+def extract(values: pd.Series, pattern: str, groups: int) -> list[pd.Series]:
+    """``values.str.extract(pattern)``'s columns as ``string`` columns (missing where it does not match).
+
+    Every group of ``pattern`` must take part in any match (no optional groups).
+    """
+    arr = arrow_strings(values)
+    fast = plain_rows(arr)
+    names = [f"g{i}" for i in range(groups)]
+    # RE2 in Arrow wants named groups: number them in order (the pattern's groups are all capturing)
+    named = re.sub(r"\((?!\?)", lambda _m, it=iter(names): f"(?P<{next(it)}>", re2_pattern(pattern))
+    cols = pac.extract_regex(arr, named).flatten()     # flatten: a row that does not match is missing
+    if not fast.all():
+        slow = values.astype("string")[~fast].str.extract(pattern)
+        mask = pa.array(~fast)
+        cols = [pac.replace_with_mask(c, mask, arrow_strings(slow[i].astype("string")).cast(c.type))
+                for i, c in enumerate(cols)]
+    return [_series(c, values) for c in cols]
