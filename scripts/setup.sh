@@ -303,6 +303,49 @@ for url in "$DATABASE_URL" "$TEST_DATABASE_URL"; do
     psql -X -q "$url" -c "SELECT postgis_version()" >>"$LOG" 2>&1 || fail "cannot log in to the database as in its URL (see $LOG)"
 done
 
+# ---------------------------------------------------------------- Celery: broker and Airflow's metadata database
+step "celery"
+# The CeleryExecutor (docker-compose.yaml, tests/integration/test_celery_workers.py) needs a broker: Redis on
+# 127.0.0.1:6379. When nothing answers there, Debian's redis-server is installed and started, on loopback only.
+REDIS_PORT=6379
+redis_up() {
+    timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$REDIS_PORT && printf 'PING\r\n' >&3 && head -c 5 <&3" 2>/dev/null \
+        | grep -q PONG
+}
+if ! redis_up; then
+    apt_install redis-server
+    # Debian's package starts it under systemd; without systemd (a container) its init script or redis itself
+    redis_up || quiet service redis-server start || true
+    redis_up || quiet redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --protected-mode yes --daemonize yes || true
+    for _ in 1 2 3 4 5 6 7 8 9 10; do redis_up && break; sleep 1; done
+    redis_up || fail "no Redis answers on 127.0.0.1:$REDIS_PORT (see $LOG)"
+fi
+# A Celery deployment's metadata database (its result backend too) must be a real database, not SQLite: the tests'
+# one is csp_airflow_test in the project's cluster, owned by the role csp_airflow (password in the machine's store).
+# The Celery test reads where they are from .run/test/celery.yaml; without it (CSP_DATABASE_URL mode) it is skipped.
+if [ -z "${CSP_DATABASE_URL:-}" ]; then
+    AIRFLOW_DB_PW=$(db_password csp_airflow)
+    printf '\\set pw %s\n%s\n' "'$AIRFLOW_DB_PW'" "$(cat <<'SQL'
+\set ON_ERROR_STOP on
+SELECT 'CREATE ROLE csp_airflow LOGIN' WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'csp_airflow') \gexec
+ALTER ROLE csp_airflow WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'pw';
+SQL
+)" | quiet pgsu -d postgres
+    if [ -z "$(pgsu -d postgres -tA -c "SELECT 1 FROM pg_database WHERE datname = 'csp_airflow_test'")" ]; then
+        quiet pgsu -d postgres -c "CREATE DATABASE csp_airflow_test OWNER csp_airflow"
+    fi
+    quiet pgsu -d postgres -c "REVOKE ALL ON DATABASE csp_airflow_test FROM PUBLIC"
+    install -d -m 0700 "$RUN/test"
+    replace_if_changed "$RUN/test/celery.yaml" 0600 root:root <<EOF || true
+# written by scripts/setup.sh: the tests' Celery deployment (tests/integration/test_celery_workers.py)
+broker_url: redis://127.0.0.1:$REDIS_PORT/0
+airflow_database_url: postgresql+psycopg2://csp_airflow:$AIRFLOW_DB_PW@127.0.0.1:$PG_PORT/csp_airflow_test
+result_backend: db+postgresql://csp_airflow:$AIRFLOW_DB_PW@127.0.0.1:$PG_PORT/csp_airflow_test
+EOF
+    psql -X -q "postgresql://csp_airflow:$AIRFLOW_DB_PW@127.0.0.1:$PG_PORT/csp_airflow_test" -c "SELECT 1" >>"$LOG" 2>&1 \
+        || fail "cannot log in to csp_airflow_test as csp_airflow (see $LOG)"
+fi
+
 # ---------------------------------------------------------------- SFTP (the project's own sshd): base
 step "sshd"
 mkdir -p -m 755 /run/sshd
