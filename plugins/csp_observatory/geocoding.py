@@ -18,7 +18,7 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 
-from csp_observatory import gazetteer
+from csp_observatory import gazetteer, textkernels
 from csp_observatory.postcodes import inside_gb, normalise_postcodes, postcode_positions
 
 METHODS: Final = ("supplied", "wgs84", "postcode", "terminated_postcode", "gazetteer", "outside_coverage",
@@ -163,6 +163,7 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
                   and getattr(loc, "kind", "incident") != "home")
     index = None
     texts = frame[address_col].astype("string") if use_places else None
+    matches: dict[Any, Any] = {}
 
     def match_places(rows: np.ndarray) -> None:
         nonlocal index
@@ -170,9 +171,10 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
             index = places if isinstance(places, gazetteer.PlaceIndex) else gazetteer.PlaceIndex.build(places)
         for i in np.flatnonzero(rows):
             text = texts.iloc[i]
-            if not gazetteer.is_non_addressable(text):
-                continue
-            match = gazetteer.match_location(text, index)
+            if text not in matches:     # the same place is named by many records: match each text once
+                matches[text] = (gazetteer.match_location(text, index) if gazetteer.is_non_addressable(text)
+                                 else None)
+            match = matches[text]
             if match is None:
                 continue
             geo_e[i], geo_n[i] = match.easting, match.northing
@@ -182,7 +184,7 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
             done[i] = True
 
     if use_places:
-        match_places(texts.str.contains(gazetteer.STRONG_HINT, regex=True).fillna(False).to_numpy(bool))
+        match_places(textkernels.contains_distinct(texts, gazetteer.STRONG_HINT))
 
     # 2. Supplied easting/northing inside Great Britain.
     e = _numbers(frame, loc.easting)
@@ -229,8 +231,7 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
     done |= hit
 
     if use_places and (~done).any():
-        match_places(~done & texts.str.contains(gazetteer.NON_ADDRESSABLE_HINT, regex=True).fillna(False)
-                     .to_numpy(bool))
+        match_places(~done & textkernels.contains_distinct(texts, gazetteer.NON_ADDRESSABLE_HINT))
 
     # 7. Failed: say why, so the partner can fix it.
     failed = ~done

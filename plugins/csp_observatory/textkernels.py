@@ -87,3 +87,14 @@ def extract(values: pd.Series, pattern: str, groups: int) -> list[pd.Series]:
         cols = [pac.replace_with_mask(c, mask, arrow_strings(slow[i].astype("string")).cast(c.type))
                 for i, c in enumerate(cols)]
     return [_series(c, values) for c in cols]
+
+
+def contains_distinct(values: pd.Series, pattern: str) -> np.ndarray:
+    """``values.str.contains(pattern).fillna(False)`` with Python's ``re``, once per distinct value.
+
+    For patterns RE2 cannot run (look-arounds, word boundaries on Unicode text) over columns that repeat.
+    """
+    encoded = pac.dictionary_encode(arrow_strings(values))
+    compiled = re.compile(pattern)
+    hit = [compiled.search(v) is not None for v in encoded.dictionary.to_pylist()] + [False]
+    return np.asarray(hit, dtype=bool)[encoded.indices.fill_null(len(hit) - 1).to_numpy(zero_copy_only=False)]

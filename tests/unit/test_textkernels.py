@@ -82,3 +82,15 @@ def test_patterns_needing_python_are_refused():
     for pattern in (r"^0+(?=\d)", r"(?<!a)b", r"\bx", r"(a)\1"):
         with pytest.raises(ValueError):
             textkernels.re2_pattern(pattern)
+
+
+def test_contains_distinct_matches_pandas():
+    from csp_observatory import gazetteer
+
+    values = pd.concat([_values(2000, 4), pd.Series(["Car park, Piece Hall", "12 Park Road", "Shroggs Park", None,
+                                                     "STATION ROAD", "Bus station, Cripplegate"] * 50,
+                                                    dtype="string")], ignore_index=True)
+    for pattern in (gazetteer.STRONG_HINT, gazetteer.NON_ADDRESSABLE_HINT, r"\d(?![A-Z]{2}\b)"):
+        expected = values.str.contains(pattern, regex=True).fillna(False).to_numpy(bool).tolist()
+        assert textkernels.contains_distinct(values, pattern).tolist() == expected
+        assert any(expected)
