@@ -201,7 +201,7 @@ def fitness_html(report: dict[str, Any]) -> str:
                 + "<ul class='qtext'>" + "".join(f"<li><strong>{html.escape(q.title())}</strong>: "
                                                  f"{html.escape(QUALITY_TEXT[q])}</li>" for q in supply) + "</ul>")
     body = head + _arrival_html(report) + _grades_html() + _trend_html(report)
-    body += "<h3 id='completeness'>Completeness: gaps and missing linked records</h3>" + _gaps_html(report) \
+    body += '<h3 id="completeness">Completeness: gaps and missing linked records</h3>' + _gaps_html(report) \
         + _links_html(report)
     files = "".join(_file_html(name, v) for name, v in (report.get("validation") or {}).items())
     return body + ("<h3>By file</h3>" + files if files else

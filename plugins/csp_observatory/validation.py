@@ -21,7 +21,7 @@ from typing import Any, Final
 import pandas as pd
 
 from csp_observatory.cleaning import normalise_codes
-from csp_observatory.parsing import empty_rejected, rejected_frame
+from csp_observatory.parsing import DTYPES, empty_rejected, rejected_frame
 from csp_observatory.schema import Datafield, FeedFile, FeedSchema
 
 log = logging.getLogger(__name__)
@@ -299,7 +299,8 @@ def _batch_frame(frame: pd.DataFrame, feed_file: FeedFile) -> pd.DataFrame:
     out = frame.copy()
     for d in feed_file.datafields:
         if d.name not in out.columns:
-            out[d.name] = pd.Series(pd.NA, index=out.index, dtype="string")
+            # typed as parsing types it, so that a check on a missing number column sees numbers, not strings
+            out[d.name] = pd.Series(pd.NA, index=out.index).astype(DTYPES.get(d.type, "string"))
         elif d.type == "code":
             # 028E and 28E are the same code; formatting is cleaning's job, not an accuracy problem.
             out[d.name] = normalise_codes(out[d.name], d)
