@@ -569,10 +569,11 @@ def sanitise(work_dirs: list[str], settings: Settings | None = None) -> list[str
                     m.write_frame("sanitised", name, _keyed(m.read_frame("geocoded", name), schema.file(name)))
                 m.save()
                 continue
-            # One map per (threshold, displacement): built once per run, shared by the supplies that use it.
+            # One map per (threshold, displacement), kept on disk per reference version: built once, then reused.
             key = (schema.household_threshold, schema.displacement)
             if key not in maps:
-                maps[key] = sanitising.build_displacement(reference, *key)
+                maps[key] = sanitising.cached_displacement(reference, *key,
+                                                           cache_dir=Path(settings.staging_dir) / "_displacement_maps")
             summaries: dict[str, Any] = {}
             risks: dict[str, Any] = {}
             for name in m.files:
