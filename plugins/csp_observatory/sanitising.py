@@ -36,8 +36,11 @@ where all of them tie, so the tie rule is applied exactly.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
@@ -218,6 +221,46 @@ def build_displacement(reference: pd.DataFrame, threshold: int = 4, displacement
         "easting": e, "northing": n, "terminated": terminated,
     }, index=pd.Index(pc, name="postcode", dtype=object))
     return PostcodeMap(table=table, threshold=threshold, displacement=displacement)
+
+
+#: Bump when build_displacement's rules or the map's columns change: older cached maps are then never read.
+MAP_FORMAT: Final = 1
+_REFERENCE_COLUMNS: Final = ("postcode", "easting", "northing", "households", "terminated", "ward_code",
+                             "district_code")
+
+
+def reference_digest(reference: pd.DataFrame) -> str:
+    """A checksum of what the displacement map depends on: every reference row's postcode, point, households,
+    terminated flag, ward and district, in order (hashing 1.8M rows takes well under a second)."""
+    cols = [c for c in _REFERENCE_COLUMNS if c in reference.columns]
+    digest = hashlib.sha256(f"{MAP_FORMAT}:{len(reference)}:{','.join(cols)}".encode())
+    digest.update(pd.util.hash_pandas_object(reference[cols], index=False).to_numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+def cached_displacement(reference: pd.DataFrame, threshold: int = 4, displacement: str = "nearest",
+                        cache_dir: Path | None = None) -> PostcodeMap:
+    """``build_displacement``, kept on disk per reference version (its checksum), threshold and setting.
+
+    The map depends only on those, so a supply reuses the map an earlier run built from the same reference;
+    a reloaded reference has another checksum and gets a new map. Without ``cache_dir`` it is built.
+    """
+    if cache_dir is None:
+        return build_displacement(reference, threshold, displacement)
+    path = Path(cache_dir) / f"map-{reference_digest(reference)}-{int(threshold)}-{displacement}.parquet"
+    if path.exists():
+        try:
+            table = pd.read_parquet(path)
+            table.index = pd.Index(table.index.to_numpy(object), name="postcode", dtype=object)   # as built
+            return PostcodeMap(table=table, threshold=threshold, displacement=displacement)
+        except Exception:       # a damaged file (a full disk, a killed write): build it again
+            path.unlink(missing_ok=True)
+    built = build_displacement(reference, threshold, displacement)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(f"{path.name}.{os.getpid()}.part")
+    built.table.to_parquet(part)
+    os.replace(part, path)      # atomic: a concurrent reader sees the whole map or none
+    return built
 
 
 def _whole_years(born: pd.Series, at: pd.Series) -> pd.Series:
