@@ -48,8 +48,8 @@ RETRY_DELAY: Final = timedelta(seconds=float(os.environ.get("CSP_RETRY_DELAY_S",
 # Where the loads cache each feed's partner caveats for the docs below: found once per parse, not once per feed.
 DAG_DOCS_DIR: Final = metadata.dag_docs_dir()
 # TEST ONLY (tests/integration/test_late_supply.py): the late-supply deadline falls this many seconds after a run is
-# queued, instead of the schema's due date after the run's logical date, so a test sees it fire in minutes. Never
-# set it in a deployment.
+# queued, instead of the schema's due date after the run's logical date, so a test sees it fire in minutes (and a
+# scheduled run waits only its window, not until the real due date). Never set it in a deployment.
 TEST_DUE_AFTER_S: Final = os.environ.get("CSP_TEST_DUE_AFTER_S")
 
 
@@ -103,7 +103,7 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
         # Done when every file of a supply is in the inbox and no longer being written.
         waiting = SupplySensor(
             task_id="wait_for_supply", feed=feed, poke_interval=SENSOR_POKE_S, soft_fail=True,
-            due_after_s=due_after.total_seconds() if due_after else None,
+            due_after_s=due_after.total_seconds() if due_after and not TEST_DUE_AFTER_S else None,
             timeout=float(SENSOR_TIMEOUT_S) if SENSOR_TIMEOUT_S else schema.wait_hours * 3600,
             doc_md="Waits, deferred to the triggerer, until every file of a supply is in the partner's inbox and "
                    "no longer being written; skipped when the window closes with nothing ready.")
