@@ -461,31 +461,64 @@ def clean(work_dirs: list[str], settings: Settings | None = None) -> list[str]:
                 continue
             schema = schema_for(m.feed)
             changes: dict[str, Any] = {}
+            link_columns = _link_columns(schema)
+            kept: dict[str, pd.DataFrame] = {}
             for name in m.files:
                 result = cleaning.clean(m.read_frame("parsed", name), schema.file(name))
                 m.set_rejected("clean", name, result.removed)
                 m.write_frame("clean", name, result.frame)
                 changes[name] = result.changes
+                if name in link_columns:    # only the link columns, for _link_problems: no re-reading
+                    kept[name] = result.frame[[c for c in dict.fromkeys(link_columns[name]) if c in result.frame]]
+                del result
             m.stages["cleaning"] = changes
-            m.stages["links"] = _link_problems(m, schema)
+            m.stages["links"] = _link_problems(m, schema, kept)
             m.save()
     return work_dirs
 
 
-def _link_problems(m: Manifest, schema: FeedSchema) -> dict[str, int]:
+def _link_columns(schema: FeedSchema) -> dict[str, list[str]]:
+    """The columns ``_link_problems`` reads, per file: each link's column, and the linked file's row numbers."""
+    out: dict[str, list[str]] = {}
+    for feed_file in schema.files:
+        if feed_file.links_to:
+            on = feed_file.links_to["column"]
+            out.setdefault(feed_file.links_to["file"], []).append(on)
+            out.setdefault(feed_file.name, []).extend([on, "source_row"])
+    return out
+
+
+def _link_problems(m: Manifest, schema: FeedSchema,
+                   frames: dict[str, pd.DataFrame] | None = None) -> dict[str, int]:
     """Rows of linked files (offenders, victims) whose crime reference has no offence in this supply.
 
     They are loaded (something rather than nothing, section 3.2.1) but flagged row by row for the partner, and
-    counted, so analysts know the join is short.
+    counted, so analysts know the join is short. ``frames``: the cleaned frames (or their link columns) in
+    memory; a file not in it is read from staging.
     """
+    import pyarrow.compute as pac
+
+    from csp_observatory import textkernels
+
+    frames = frames or {}
+
+    def frame(name: str) -> pd.DataFrame:
+        return frames[name] if name in frames else m.read_frame("clean", name)
+
     problems: dict[str, int] = {}
     for feed_file in schema.files:
         if not feed_file.links_to or feed_file.links_to["file"] not in m.files:
             continue
         on, target = feed_file.links_to["column"], feed_file.links_to["file"]
-        targets = m.read_frame("clean", target)[on].dropna()
-        linked = m.read_frame("clean", feed_file.name)
-        orphan = (linked[on].notna() & ~linked[on].isin(targets)).to_numpy(bool)
+        targets = frame(target)[on].dropna()
+        linked = frame(feed_file.name)
+        if isinstance(linked[on].dtype, pd.StringDtype) and isinstance(targets.dtype, pd.StringDtype):
+            # one Arrow hash lookup for the column (equal strings, as isin compares them)
+            found = pac.is_in(textkernels.arrow_strings(linked[on]),
+                              value_set=textkernels.arrow_strings(targets)).to_numpy(zero_copy_only=False)
+        else:
+            found = linked[on].isin(targets).to_numpy(bool)
+        orphan = linked[on].notna().to_numpy(bool) & ~found
         problems[feed_file.name] = int(orphan.sum())
         m.set_flagged("link", feed_file.name, pd.DataFrame({
             "source_file": feed_file.name, "source_row": linked.loc[orphan, "source_row"].to_numpy(),

@@ -1,0 +1,59 @@
+"""Orphan links found from the cleaned frames in memory are exactly those a plain set lookup over the staged
+clean files finds (issue 9: the clean stage no longer reads its own output back)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from csp_observatory import demo_data, pipeline, postcodes
+from csp_observatory.pipeline import Manifest, SupplyFile
+from csp_observatory.schema import schema_for
+
+pytestmark = pytest.mark.unit
+PERIOD = "202608"
+
+
+class _NoServices:
+    """Settings that fail the test if a stage reaches for SFTP or PostGIS."""
+
+    def __getattr__(self, name: str):
+        raise AssertionError(f"the stage reached for settings.{name}")
+
+
+def _work_dir(root: Path, files: dict[str, str]) -> str:
+    work = root / "work"
+    (work / "plain").mkdir(parents=True)
+    m = Manifest(feed="police_recorded_crime", period=PERIOD, work_dir=str(work), files={})
+    for name, text in files.items():
+        plain = work / "plain" / f"{name}.csv"
+        plain.write_text(text, encoding="utf-8")
+        m.files[name] = SupplyFile(name=name, remote_name=f"prc_{name}_{PERIOD}.csv.gpg", sha256=name * 8,
+                                   size=len(text), encrypted_path=str(work / f"{name}.gpg"),
+                                   plaintext_path=str(plain))
+    m.save()
+    return str(work)
+
+
+def test_links_from_memory_match_a_set_lookup_and_the_staged_files(tmp_path):
+    reference = postcodes.shipped_reference()
+    files = demo_data.make_police_recorded_crime(PERIOD, reference[~reference["terminated"]], n_offences=120).files
+    lines = files["offences"].splitlines(keepends=True)
+    files = dict(files, offences="".join(lines[:1] + lines[4:9] + lines[15:]))     # 9 offences gone
+    work = _work_dir(tmp_path, files)
+    pipeline.parse_and_validate([work], _NoServices())
+    pipeline.clean([work], _NoServices())
+    m = Manifest.read(work)
+    offences = set(m.read_frame("clean", "offences")["crime_reference"].dropna())
+    flagged = m.flagged()
+    total = 0
+    for name in ("offenders", "victims"):
+        linked = m.read_frame("clean", name)
+        expected = sorted(int(r) for r, ref in zip(linked["source_row"], linked["crime_reference"])
+                          if isinstance(ref, str) and ref not in offences)
+        got = sorted(int(r) for r in flagged.loc[flagged["source_file"] == name, "source_row"])
+        assert got == expected and m.stages["links"][name] == len(expected)
+        total += len(expected)
+    assert total > 0
+    # the same counts when the frames are read back from staging (the path a caller without frames takes)
+    assert pipeline._link_problems(m, schema_for(m.feed)) == m.stages["links"]
