@@ -313,8 +313,9 @@ def decrypt_and_verify(work_dirs: list[str], settings: Settings | None = None) -
                 # gpg reads and writes real files: for a remote store, private copies on this worker, deleted
                 # when it is done (the plaintext goes up into the supply's work area only once verified).
                 try:
-                    with staging.local_file(f.encrypted_path) as encrypted, staging.local_output(plaintext) as out:
-                        verified = decryption.decrypt_and_verify(settings.gnupg_home, encrypted, out,
+                    with staging.local_file(f.encrypted_path) as encrypted, \
+                            staging.local_output(plaintext) as written:
+                        verified = decryption.decrypt_and_verify(settings.gnupg_home, encrypted, written,
                                                                 fingerprint, settings.gpg_passphrase)
                 except decryption.RefusedFile as refused:
                     _refuse(m, settings, client, f, refused.reason, "refused", conn)
