@@ -808,8 +808,10 @@ def apply_comments(conn: Any, schema: FeedSchema, metadata: SupplyMetadata) -> l
             oid = row[0]
             table = I(schema.db_schema, f.table)
             cur.execute("SELECT obj_description(%s, 'pg_class')", (oid,))
-            wanted = table_comment(schema, f, metadata)
-            if cur.fetchone()[0] != wanted:
+            current = cur.fetchone()[0]
+            # The quality stamp at the end of the comment (stamp.py) stays until the report replaces it.
+            wanted = table_comment(schema, f, metadata) + _stamp_part(current)
+            if current != wanted:
                 cur.execute(sql.SQL("COMMENT ON TABLE {} IS %s").format(table), (wanted,))
             cur.execute("SELECT attname, col_description(attrelid, attnum) FROM pg_attribute "
                         "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped", (oid,))
@@ -822,6 +824,13 @@ def apply_comments(conn: Any, schema: FeedSchema, metadata: SupplyMetadata) -> l
                     cur.execute(sql.SQL("COMMENT ON COLUMN {}.{} IS %s").format(table, I(d.name)), (comment,))
             done.append(f"{schema.db_schema}.{f.table}")
     return done
+
+
+def _stamp_part(comment: str | None) -> str:
+    """The quality stamp a table comment ends with (``stamp.COMMENT_MARK`` on), or ""."""
+    from csp_observatory.stamp import stamp_of
+
+    return stamp_of(comment)
 
 
 def _md(text: str) -> str:
@@ -924,6 +933,8 @@ def refused_reason(schema: FeedSchema, problems: list[str], *, required: bool, r
 
 #: The cache of a feed's caveats for its DAG's docs: ``<reports_dir>/<feed>/`` + this name.
 DAG_DOC_NAME: Final = "supply_metadata.md"
+#: The cache of a feed's latest quality stamp for its DAG's docs (``stamp.dag_doc_section``), beside the caveats.
+QUALITY_DOC_NAME: Final = "quality_stamp.md"
 #: Largest cache file :func:`dag_doc` shows (a caveats section is a few kilobytes).
 MAX_DAG_DOC_BYTES: Final = 64_000
 _FEED_ID: Final = re.compile(r"[A-Za-z0-9_]{1,100}")
@@ -937,12 +948,21 @@ def dag_doc_path(reports_dir: str | Path, feed: str) -> Path:
 def write_dag_doc(reports_dir: str | Path, feed: str, metadata: SupplyMetadata | None) -> Path:
     """Write the feed's :func:`doc_md_section` for :func:`dag_doc`, atomically (a DAG parse never reads half a
     file): a temporary file in the same folder, then a rename over the old one. Call after the load commits."""
-    path = dag_doc_path(reports_dir, feed)
+    return _write_doc(dag_doc_path(reports_dir, feed), doc_md_section(metadata))
+
+
+def write_quality_doc(reports_dir: str | Path, feed: str, text: str) -> Path:
+    """Write the feed's latest quality stamp (Markdown, ``stamp.dag_doc_section``) for :func:`dag_doc`, atomically.
+    Call after the stamp commits."""
+    return _write_doc(Path(reports_dir) / feed / QUALITY_DOC_NAME, text)
+
+
+def _write_doc(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{DAG_DOC_NAME}.", dir=path.parent)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(doc_md_section(metadata))
+            fh.write(text)
         os.chmod(temp, 0o644)   # the DAG processor may run as another user; nothing personal is in it
         os.replace(temp, path)
     except BaseException:
@@ -963,10 +983,12 @@ def dag_docs_dir() -> Path | None:
 
 
 def dag_doc(feed: str, reports_dir: str | Path | None = None) -> str:
-    """The partner's latest caveats for a feed's DAG docs (Markdown), or "" when there are none; never raises.
+    """The partner's latest caveats and the feed's latest quality stamp for its DAG docs (Markdown), or "" when there
+    are none; never raises.
 
-    For the DAG file at parse time, when no database or network may be touched: it reads only the small cache the
-    load writes (:func:`write_dag_doc`) under the settings' ``reports_dir`` (or ``reports_dir`` if given).
+    For the DAG file at parse time, when no database or network may be touched: it reads only the small caches the
+    load and the report write (:func:`write_dag_doc`, :func:`write_quality_doc`) under the settings' ``reports_dir``
+    (or ``reports_dir`` if given).
     """
     try:
         if not _FEED_ID.fullmatch(feed):
@@ -975,10 +997,17 @@ def dag_doc(feed: str, reports_dir: str | Path | None = None) -> str:
             reports_dir = dag_docs_dir()
             if reports_dir is None:
                 return ""
-        with open(dag_doc_path(reports_dir, feed), "rb") as fh:
-            data = fh.read(MAX_DAG_DOC_BYTES + 1)
-        if len(data) > MAX_DAG_DOC_BYTES:
-            return ""
-        return data.decode("utf-8")
+        return "\n\n".join(text for name in (DAG_DOC_NAME, QUALITY_DOC_NAME)
+                           if (text := _read_doc(Path(reports_dir) / feed / name)))
     except Exception:       # noqa: BLE001  (a DAG must parse whatever became of the cache or the config)
         return ""
+
+
+def _read_doc(path: Path) -> str:
+    """One cached section for :func:`dag_doc`: "" if it is missing or too large."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_DAG_DOC_BYTES + 1)
+    except FileNotFoundError:
+        return ""
+    return "" if len(data) > MAX_DAG_DOC_BYTES else data.decode("utf-8")

@@ -782,6 +782,9 @@ def report_and_archive(feed: str, work_dirs: list[str] | None, settings: Setting
             report = reporting.build_report(schema, m, settings)
             folder = Path(settings.reports_dir) / feed / m.period
             json_path, html_path = reporting.write_report(report, folder)
+            # The quality stamp analysts read (dq schema) and the report in observatory.supplies, in one transaction.
+            from csp_observatory.stamp import stamp_supply
+            stamp_supply(settings, schema, report, m.partner, m.collected_at)
             partner = reporting.partner_view(report)
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             base = f"{feed}_{m.period}_quality_{stamp}"
