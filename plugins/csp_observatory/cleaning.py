@@ -62,7 +62,7 @@ def clean(frame: pd.DataFrame, feed_file: FeedFile) -> CleanResult:
         if d.name not in frame.columns or d.type not in _TEXT_TYPES:
             continue
         before = frame[d.name].astype("string")
-        tidy = textkernels.replace(before.str.strip(), r"\s+", " ")
+        tidy = textkernels.squeeze_spaces(before.str.strip())
         blank = tidy.notna() & (tidy == "")
         tidy = tidy.mask(blank, pd.NA)
         _count(changes["whitespace_tidied"], d.name, (tidy != before).fillna(False) & ~blank)

@@ -58,6 +58,27 @@ def replace(values: pd.Series, pattern: str, repl: str) -> pd.Series:
     return _series(out, values)
 
 
+def squeeze_spaces(values: pd.Series) -> pd.Series:
+    """``values.str.replace(r"\\s+", " ", regex=True)``, rewriting only the values it changes.
+
+    A value whose whitespace is all single spaces is its own result, and that is nearly every value: one
+    match finds the others (a tab, a line end, two spaces), and only they are rewritten.
+    """
+    arr = arrow_strings(values)
+    fast = plain_rows(arr)
+    out = arr
+    change = pac.fill_null(pac.match_substring_regex(arr, r"[\t\n\x0b\x0c\r\x1c-\x1f]| {2}"), False)
+    change = change.to_numpy(zero_copy_only=False) & fast
+    if change.any():
+        rows = pa.array(np.flatnonzero(change))
+        squeezed = pac.replace_substring_regex(arr.take(rows), f"{_ASCII_SPACE}+", " ")
+        out = pac.replace_with_mask(out, pa.array(change), squeezed)
+    if not fast.all():
+        slow = values.astype("string")[~fast].str.replace(r"\s+", " ", regex=True)
+        out = pac.replace_with_mask(out, pa.array(~fast), arrow_strings(slow).cast(out.type))
+    return _series(out, values)
+
+
 def fullmatch(values: pd.Series, pattern: str) -> pd.Series:
     """``values.str.fullmatch(pattern).fillna(False)``: a plain bool column, False where missing."""
     arr = arrow_strings(values)

@@ -94,3 +94,14 @@ def test_contains_distinct_matches_pandas():
         expected = values.str.contains(pattern, regex=True).fillna(False).to_numpy(bool).tolist()
         assert textkernels.contains_distinct(values, pattern).tolist() == expected
         assert any(expected)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_squeeze_spaces_matches_pandas(seed):
+    values = pd.concat([_values(3000, seed), pd.Series(["a b", "a  b", "a\tb", " x ", "é  é", None, "a\x1cb"] * 30,
+                                                        dtype="string")], ignore_index=True)
+    expected = values.str.replace(r"\s+", " ", regex=True)
+    got = textkernels.squeeze_spaces(values)
+    assert str(got.dtype) == "string" and list(got.index) == list(values.index)
+    assert _plain(got) == _plain(expected)
+    assert _plain(got) != _plain(values)
