@@ -588,6 +588,10 @@ quiet env PYTHONPATH="$REPO/plugins" CSP_SITE="$SITE" "$REPO/scripts/partner" ap
     "$ONBOARD_DIR/partners.yaml" || fail "onboarding the demo partners failed (see $LOG)"
 rm -rf "$ONBOARD_DIR"
 trap on_exit EXIT
+# Each demo partner's feeds under a demo information sharing agreement (marked demo; docs/GOVERNANCE.md): without a
+# current one a feed's supplies are refused (guidance 2.2). Agreements already registered, real or demo, are kept.
+quiet env PYTHONPATH="$REPO/plugins" CSP_AGREEMENTS_DIR="$ETC/agreements" "$REPO/scripts/agreements" demo \
+    || fail "registering the demo partners' information sharing agreements failed (see $LOG)"
 
 # ---------------------------------------------------------------- sshd config
 # No partner is named here: the partners' group is jailed in <tree>/<user>, so onboarding never rewrites this file.

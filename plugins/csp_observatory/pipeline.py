@@ -235,7 +235,7 @@ def ready_periods(feed: str, settings: Settings | None = None) -> list[str]:
 
 def collect(feed: str, periods: list[str], run_id: str, settings: Settings | None = None) -> list[str]:
     """Download each ready supply into staging, record its hashes, and set aside duplicates and strays."""
-    from csp_observatory import intake, ledger
+    from csp_observatory import agreements, intake, ledger
 
     settings = settings or load_settings()
     schema = schema_for(feed)
@@ -264,7 +264,19 @@ def collect(feed: str, periods: list[str], run_id: str, settings: Settings | Non
             if (cf := collected.metadata) is not None:
                 m.metadata = SupplyFile(name=cf.file_name, remote_name=cf.remote_name, sha256=cf.sha256,
                                         size=cf.size, encrypted_path=_into_store(cf.local_path, work))
-            if all(cf.duplicate_of for cf in collected.all_files):
+            # Guidance 2.2: a feed is taken only under a current information sharing agreement (agreements.py).
+            standing = agreements.standing(m.partner, feed)
+            if standing.warning:
+                log.warning("%s: %s", m.supply_id, standing.warning)
+            if standing.agreement is not None:
+                m.stages["agreement"] = {"id": standing.agreement.id, "title": standing.agreement.title(),
+                                         "review_date": standing.agreement.review_date.isoformat(),
+                                         "review_due": standing.warning is not None}
+            if not standing.current:
+                for f in m.all_files:
+                    _refuse(m, settings, client, f, standing.refusal or "", "refused", conn)
+                _delete_plaintext(m)
+            elif all(cf.duplicate_of for cf in collected.all_files):
                 # The same bytes were loaded before: never load them twice. The partner is told where.
                 for cf in collected.all_files:
                     intake.archive(client, settings, m.partner, cf.remote_name)
