@@ -65,7 +65,8 @@ def main(rows: int = 200_000) -> None:
             }
             staging.remove(root)
     base = results["local folder"]
-    print(f"{rows:,} rows; parquet {len(frame.to_parquet(index=False)) / 1e6:.1f} MB, CSV {len(csv_bytes) / 1e6:.1f} MB")
+    parquet_mb = len(frame.to_parquet(index=False)) / 1e6
+    print(f"{rows:,} rows; parquet {parquet_mb:.1f} MB, CSV {len(csv_bytes) / 1e6:.1f} MB")
     print(f"{'operation':28} {'local s':>9} {'remote s':>9} {'ratio':>6}")
     for op in base:
         far = results["remote (memory://)"][op]
