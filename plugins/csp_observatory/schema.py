@@ -211,6 +211,23 @@ class FeedFile:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """How long a feed keeps what it holds, in whole months after a supply's period ends (``retention:``;
+    retention.py deletes what is past it, docs/GOVERNANCE.md)."""
+
+    rows_months: int          # its rows in PostGIS, with the supply's ledger and catalogue records
+    originals_months: int     # its original (encrypted) files in the partner's processed/
+    reports_months: int       # its quality reports (the observatory's copy and the partner's)
+
+
+#: The retention of a schema without a ``retention:`` block. Personalised feeds keep the least: the guidance has
+#: personal data destroyed once used for its purpose (section 2.4.2.5, the DPA's fifth principle), and the longest
+#: look-back it gives a product is 12 months (4.2.3: "data for the last 12 months"); depersonalised data serve
+#: the three-year partnership plans and their trends (glossary: a three-year period), so five years.
+RETENTION_DEFAULTS: Final = {"depersonalised": Retention(60, 3, 60), "personalised": Retention(12, 1, 12)}
+
+
+@dataclass(frozen=True)
 class Partner:
     id: str
     agency: str
@@ -256,6 +273,8 @@ class FeedSchema:
     #: late: the feed's DAG raises a deadline alert and the report's currency counts it. None: no due date (an
     #: as-and-when feed with no agreed cycle).
     due_days: int | None = None
+    #: How long its rows, originals and reports are kept (``retention:``; RETENTION_DEFAULTS when not given).
+    retention: Retention | None = None
 
     def supply_due(self, period: str) -> datetime | None:
         """When the supply of ``period`` is due (UTC midnight ``due_days`` after its last day), or None."""
@@ -474,7 +493,7 @@ def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
             coverage_max_m=float((raw.get("quality") or {}).get("coverage_max_m", 1000.0)),
             resend_max_loss=float((raw.get("quality") or {}).get("resend_max_loss", 0.5)),
             caveats=raw.get("caveats", ""), tags=tuple(raw.get("tags", ())), files=tuple(files),
-            source_path=source_path,
+            source_path=source_path, retention=_retention(raw, where),
         )
     except KeyError as exc:
         raise SchemaError(f"{where}: missing {exc}") from exc
@@ -521,6 +540,24 @@ def parse_schema(raw: dict[str, Any], source_path: Path = Path()) -> FeedSchema:
     if schema.household_threshold < 1:
         raise SchemaError(f"{where}: household_threshold must be at least 1")
     return schema
+
+
+def _retention(raw: dict[str, Any], where: str) -> Retention:
+    """``retention:`` over the dataset type's defaults; a personalised feed may keep nothing longer than them."""
+    base = RETENTION_DEFAULTS.get(raw["dataset_type"], RETENTION_DEFAULTS["depersonalised"])
+    given = raw.get("retention") or {}
+    if not isinstance(given, dict) or set(given) - {"rows_months", "originals_months", "reports_months"}:
+        raise SchemaError(f"{where}: retention takes rows_months, originals_months and reports_months")
+    try:
+        kept = Retention(**{k: int(given.get(k, getattr(base, k))) for k in ("rows_months", "originals_months",
+                                                                           "reports_months")})
+    except (TypeError, ValueError):
+        raise SchemaError(f"{where}: retention periods are whole months") from None
+    if kept.rows_months < 1 or kept.originals_months < 0 or kept.reports_months < 1:
+        raise SchemaError(f"{where}: retention keeps rows and reports at least 1 month, originals 0 or more")
+    if raw["dataset_type"] == "personalised" and any(getattr(kept, k) > getattr(base, k) for k in given):
+        raise SchemaError(f"{where}: a personalised feed keeps nothing longer than {base} (guidance 2.4.2.5)")
+    return kept
 
 
 def _due_days(cycle: dict[str, Any]) -> int | None:

@@ -1,0 +1,58 @@
+"""The governance DAG: daily, deletes what feeds keep past their retention, and reviews the agreements register.
+
+Thin: the work is ``csp_observatory.retention.apply`` (rows per supply in one transaction, originals in partners'
+processed/, reports; each deletion in ``observatory.retention_log``) and ``csp_observatory.agreements``
+(docs/GOVERNANCE.md). It starts paused: deleting is for good, so an engineer unpauses it once the feeds' retention
+periods are agreed with the partners.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Final
+
+from airflow.sdk import dag, task
+
+from csp_observatory import agreements
+
+OWNER: Final = "observatory-data-engineering"
+
+
+@dag(
+    dag_id="retention",
+    dag_display_name="Governance: retention and agreements",
+    description="Deletes supplies, originals and reports past each feed's retention; reviews sharing agreements",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    is_paused_upon_creation=True,
+    default_args={"owner": OWNER, "retries": 2, "retry_delay": timedelta(minutes=5)},
+    # Read at parse time from the register's files only (no database, no network): agreements due for review first.
+    doc_md=__doc__ + "\n\nEach feed's retention is in its schema (`retention:`, every datafield of a supply's rows "
+                     "goes together) or the defaults of `schema.RETENTION_DEFAULTS`.\n\n" + agreements.doc_md(),
+    tags=["governance", "retention", "agreements"],
+)
+def retention_dag() -> None:
+    @task
+    def review_agreements() -> list[str]:
+        """Log a warning for each agreement past its review date (also listed in this DAG's docs)."""
+        import logging
+
+        due = agreements.review_due()
+        for a in due:
+            logging.getLogger(__name__).warning("information sharing agreement %s was due for review on %s "
+                                                "(partners %s; feeds %s)", a.title(), a.review_date,
+                                                ", ".join(a.partners), ", ".join(a.feeds))
+        return [a.id for a in due]
+
+    @task
+    def apply_retention(run_id: str | None = None) -> dict:
+        from csp_observatory import retention
+
+        out = retention.apply(run_id=run_id or "manual")
+        return {k: out[k] for k in ("today", "deleted", "supplies_past_rows_retention")}
+
+    review_agreements() >> apply_retention()
+
+
+retention_dag()
