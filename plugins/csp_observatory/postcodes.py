@@ -583,3 +583,68 @@ def read_reference(conn: Any) -> pd.DataFrame:
         raw = copy_out(cur, f"SELECT {_COLUMNS_SQL} FROM reference.postcodes", REFERENCE_COLUMNS,
                        {"easting": "int64", "northing": "int64", "households": "int64", "terminated": "bool"})
     return _typed(raw)
+
+
+def pack_postcodes(values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Each value as one integer (its bytes, zero-padded to 8, big-endian) and whether it could be packed.
+
+    A value packs when it is present, ASCII, at most 8 bytes and holds no NUL: every postcode in normal form
+    does. Two packed values are equal exactly when the strings are.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else \
+        pa.array(pd.Series(values).astype("string[pyarrow]").array)
+    arr = arr.cast(pa.large_string())
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    n = len(arr)
+    lengths = pc.binary_length(arr).fill_null(99).to_numpy(zero_copy_only=False).astype(np.int64)
+    ok = ((lengths <= 8) & pc.fill_null(pc.string_is_ascii(arr), False).to_numpy(zero_copy_only=False)
+          & ~pc.fill_null(pc.match_substring(arr, "\x00"), True).to_numpy(zero_copy_only=False))
+    packed = np.zeros((n, 8), dtype=np.uint8)
+    if n and ok.any():
+        _, offsets_buf, data_buf = arr.buffers()
+        start = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset:arr.offset + n]
+        data = np.frombuffer(data_buf, dtype=np.uint8)
+        for k in range(8):
+            rows = np.flatnonzero(ok & (lengths > k))
+            packed[rows, k] = data[start[rows] + k]
+    return packed.view(">u8").ravel().astype(np.uint64), ok
+
+
+class PostcodeLookup:
+    """Row numbers of postcodes in a fixed list, by integer codes (``pack_postcodes``) and a binary search.
+
+    Built once per list (a reference, a displacement map) and kept: each lookup then costs a search per value,
+    not a hash table of the whole list. Same answer as ``pyarrow.compute.index_in`` (the first row holding the
+    value, -1 where none does); a list with a value that does not pack is looked up with ``index_in``.
+    """
+
+    def __init__(self, postcodes: Any) -> None:
+        import pyarrow as pa
+
+        arr = postcodes if isinstance(postcodes, (pa.Array, pa.ChunkedArray)) else \
+            pa.array(pd.Series(postcodes).astype("string[pyarrow]").array)
+        self._values = arr
+        codes, ok = pack_postcodes(arr)
+        self._exact = bool(ok.all())
+        order = np.argsort(codes, kind="stable")       # stable: the first of equal values comes first
+        self._keys, self._rows = codes[order], order.astype(np.int64)
+
+    def positions(self, query: Any) -> np.ndarray:
+        """Row of each queried value in the list (the first, if repeated), -1 where absent."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if not self._exact:
+            q = query if isinstance(query, (pa.Array, pa.ChunkedArray)) else \
+                pa.array(pd.Series(query).astype("string[pyarrow]").array)
+            return pc.fill_null(pc.index_in(q, value_set=self._values), -1).to_numpy(
+                zero_copy_only=False).astype(np.int64)
+        codes, ok = pack_postcodes(query)
+        if not len(self._keys):
+            return np.full(len(codes), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self._keys, codes), len(self._keys) - 1)
+        hit = ok & (self._keys[at] == codes)
+        return np.where(hit, self._rows[at], -1)
