@@ -614,10 +614,10 @@ def pack_postcodes(values: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 class PostcodeLookup:
-    """Row numbers of postcodes in a fixed list, by integer codes (``pack_postcodes``) and a binary search.
+    """Row numbers of postcodes in a fixed list, by integer codes (``pack_postcodes``) in a hash index.
 
-    Built once per list (a reference, a displacement map) and kept: each lookup then costs a search per value,
-    not a hash table of the whole list. Same answer as ``pyarrow.compute.index_in`` (the first row holding the
+    Built once per list (a reference, a displacement map) and kept: each lookup then costs a probe per value,
+    not a hash table of the whole list of strings. Same answer as ``pyarrow.compute.index_in`` (the first row holding the
     value, -1 where none does); a list with a value that does not pack is looked up with ``index_in``.
     """
 
@@ -630,7 +630,12 @@ class PostcodeLookup:
         codes, ok = pack_postcodes(arr)
         self._exact = bool(ok.all())
         order = np.argsort(codes, kind="stable")       # stable: the first of equal values comes first
-        self._keys, self._rows = codes[order], order.astype(np.int64)
+        keys = codes[order]
+        first = np.ones(len(keys), dtype=bool)
+        first[1:] = keys[1:] != keys[:-1]
+        # a hash index of the distinct codes (pandas builds its table once, on the first lookup, and keeps it)
+        self._index = pd.Index(keys[first])
+        self._rows = order[first].astype(np.int64)
 
     def positions(self, query: Any) -> np.ndarray:
         """Row of each queried value in the list (the first, if repeated), -1 where absent."""
@@ -643,8 +648,6 @@ class PostcodeLookup:
             return pc.fill_null(pc.index_in(q, value_set=self._values), -1).to_numpy(
                 zero_copy_only=False).astype(np.int64)
         codes, ok = pack_postcodes(query)
-        if not len(self._keys):
-            return np.full(len(codes), -1, dtype=np.int64)
-        at = np.minimum(np.searchsorted(self._keys, codes), len(self._keys) - 1)
-        hit = ok & (self._keys[at] == codes)
-        return np.where(hit, self._rows[at], -1)
+        at = self._index.get_indexer(codes)
+        hit = ok & (at >= 0)
+        return np.where(hit, self._rows[np.where(hit, at, 0)] if len(self._rows) else -1, -1)
