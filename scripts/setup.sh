@@ -101,6 +101,8 @@ pick_python() {
 }
 
 apt_install postgresql openssh-server openssh-client gnupg ca-certificates util-linux gdal-bin
+# headless Chromium: tests/integration/test_report_browser.py opens the quality report as a browser does
+apt_install chromium
 PY=$(pick_python) || { apt_install python3; PY=$(pick_python) || fail "Python >= 3.11 is needed"; }
 if ! "$PY" -c 'import ensurepip, venv' 2>/dev/null; then
     # Debian/Ubuntu split ensurepip out of the interpreter; only their own python3 can be fixed with apt
