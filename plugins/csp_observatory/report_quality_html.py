@@ -75,7 +75,8 @@ def trend_svg(points: list[dict[str, Any]], quality: str) -> str:
         parts.append(f'<text class="period{" current" if p["current"] else ""}" x="{x(i):.1f}" y="{_H - 12}" '
                      f'text-anchor="middle">{html.escape(label)}{" (this)" if p["current"] else ""}</text>')
         if q.get("score") is None:
-            parts.append(f'<text class="value" x="{x(i):.1f}" y="{y((100 + low) / 2):.1f}" text-anchor="middle">n/a</text>')
+            parts.append(f'<text class="value" x="{x(i):.1f}" y="{y((100 + low) / 2):.1f}" '
+                         f'text-anchor="middle">n/a</text>')
             continue
         grade = q.get("grade") or "n/a"
         parts.append(f'<circle class="pt {grade_class(grade)}{" current" if p["current"] else ""}" cx="{x(i):.1f}" '
@@ -91,7 +92,8 @@ def _trend_html(report: dict[str, Any]) -> str:
     points = t.get("points") or []
     earlier = len(points) - 1
     if earlier < 1:
-        note = "<p class='muted'>No earlier supply of this feed to compare with yet: the chart has this supply only.</p>"
+        note = ("<p class='muted'>No earlier supply of this feed to compare with yet: the chart has this supply "
+                "only.</p>")
     else:
         note = (f"<p class='note'>This supply beside the {earlier} earlier one{'s' if earlier != 1 else ''} "
                 f"(from {html.escape(t.get('source', ''))}). Each point is the supply's lowest file score; its colour "
@@ -117,7 +119,8 @@ def _grades_html() -> str:
 def _arrival_html(report: dict[str, Any]) -> str:
     a = report.get("arrival") or {}
     cls = "ok" if a.get("on_time") else "fail" if a.get("on_time") is False else "muted"
-    return f'<p id="arrival" class="arrival"><strong>Arrival:</strong> <span class="{cls}">{_e(a.get("text"))}</span></p>'
+    return (f'<p id="arrival" class="arrival"><strong>Arrival:</strong> '
+            f'<span class="{cls}">{_e(a.get("text"))}</span></p>')
 
 
 def _gaps_html(report: dict[str, Any]) -> str:
@@ -144,10 +147,12 @@ def _links_html(report: dict[str, Any]) -> str:
     for name, link in links.items():
         if link["count"]:
             parts.append(f"<p class='fail'>{_e(link['count'])} {_e(name)} row{'s' if link['count'] != 1 else ''} "
-                         f"refer (by {_e(link['column'])}) to a record of the {_e(link['links_to'])} file that is not in this "
-                         f"supply. They were loaded, but analysts cannot join them until it is sent.</p>")
+                         f"refer{'s' if link['count'] == 1 else ''} (by {_e(link['column'])}) to a record of the "
+                         f"{_e(link['links_to'])} file that is not in this supply. They were loaded, but analysts "
+                         f"cannot join them until it is sent.</p>")
         else:
-            parts.append(f"<p class='ok'>Every {_e(name)} row has its {_e(link['links_to'])} record in this supply.</p>")
+            parts.append(f"<p class='ok'>Every {_e(name)} row has its {_e(link['links_to'])} record in this "
+                         f"supply.</p>")
     rows = [r for r in report.get("flagged_rows") or [] if r["stage"] == "link"]
     if rows:
         parts.append(_rows_html(rows, "The rows, by row number in your file, and why:"))
