@@ -1,0 +1,352 @@
+"""A feed's DAG on the CeleryExecutor with two workers: real scheduler, DAG processor, triggerer and API server on a
+PostgreSQL metadata database, a real Redis broker, two ``airflow celery worker`` processes, real sshd, gpg and
+PostGIS.
+
+Each worker has its own private folders, as if it were its own machine: its own ``TMPDIR``, its own
+``CSP_STAGING_DIR`` (where it would stage if staging were local: the collect task downloads there) and its own
+Airflow home. The stages of one supply are routed to the two workers in turn (``CSP_STAGE_QUEUES``), so every
+hand-over from one stage to the next crosses workers: the run loads only if no task reads a file another task left
+on its own disk. The only thing the workers share is the staging store (``CSP_STAGING_URL``, a folder standing in
+for a shared volume or a bucket). The supply must load exactly as the same supply does with one worker (same rows
+in PostGIS, same report outcome), and an engineer sees the run and its quality outcome through the REST API.
+
+Set-up (scripts/setup.sh) makes the broker and the metadata database and names them in ``.run/test/celery.yaml``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import psycopg2
+import pytest
+import yaml
+
+from csp_observatory import demo, fixtures, postcodes
+from csp_observatory.pipeline import schema_for
+from csp_observatory.schema import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+FEED = "bus_incidents"          # Table 2: as and when, started by the supply's arrival
+PERIOD = "202602"               # this module's own month
+DAG_ID = f"feed_{FEED}"
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+WORKERS = ("a", "b")
+# Each stage on the other worker from the stage before it (the sensor, the verdict and the rest on worker a).
+ROUTES = {"collect": "a", "decrypt_and_verify": "b", "parse_and_validate": "a", "clean": "b", "geocode": "a",
+          "sanitise": "b", "load": "a", "report_and_archive": "b"}
+STAGES = ("collect", "decrypt_and_verify", "parse_and_validate", "clean", "geocode", "sanitise", "load",
+          "report_and_archive")
+START_WAIT_S = 180
+RUN_WAIT_S = 420
+# Columns that differ between two loads of the same records: the feature id, the load time and the encrypted
+# file's hash (gpg encrypts the same text to new bytes each time).
+VOLATILE = {"fid", "loaded_at", "source_sha256"}
+DATA_SUFFIXES = (".csv", ".parquet", ".gpg")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tails(logs: list[Path]) -> str:
+    return "\n".join(f"--- {p}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-30:])
+                     for p in logs if p.exists())
+
+
+def _wait(what: str, check: Any, within: float, logs: list[Path], every: float = 2.0) -> Any:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(every)
+    raise AssertionError(f"{what} did not happen within {within:.0f} s\n{_tails(logs)}")
+
+
+def _celery_config() -> dict[str, str]:
+    path = Path(os.environ["CSP_CONFIG"]).parent / "celery.yaml"
+    if not path.exists():
+        pytest.skip(f"{path} is missing: scripts/setup.sh writes it (not in CSP_DATABASE_URL mode)")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def _plain_url(sqlalchemy_url: str) -> str:
+    return sqlalchemy_url.replace("postgresql+psycopg2://", "postgresql://", 1)
+
+
+def _reset_airflow_db(url: str) -> None:
+    """An empty metadata database for this module's Airflow (the role owns the database and its public schema)."""
+    conn = psycopg2.connect(_plain_url(url), connect_timeout=10)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("DROP SCHEMA IF EXISTS public CASCADE")
+            cur.execute("CREATE SCHEMA public")
+    finally:
+        conn.close()
+
+
+def _airflow_db_query(url: str, statement: str, *params: Any) -> list[tuple]:
+    conn = psycopg2.connect(_plain_url(url), connect_timeout=10)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
+
+
+class Api:
+    """Airflow's REST API as an engineer uses it: a token from the simple auth manager, then /api/v2."""
+
+    def __init__(self, base: str, username: str, password: str) -> None:
+        self.base, self.username, self.password, self.token = base, username, password, ""
+
+    def _call(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json"})
+        if auth:
+            request.add_header("Authorization", f"Bearer {self.token}")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"null")
+
+    def login(self) -> bool:
+        try:
+            self.token = self._call("POST", "/auth/token", {"username": self.username, "password": self.password},
+                                    auth=False)["access_token"]
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+        return bool(self.token)
+
+    def get(self, path: str) -> Any:
+        return self._call("GET", path)
+
+    def patch(self, path: str, body: Any) -> Any:
+        return self._call("PATCH", path, body)
+
+
+def _drop_supply(settings, supply: Any) -> list[str]:
+    """As the feed's partner: the supply with its metadata, encrypted, signed and uploaded to its inbox."""
+    return demo.drop_demo_supply(settings, schema_for(FEED), PERIOD, files=supply.files, metadata=supply.metadata)
+
+
+def _loaded_rows(db, schema) -> dict[str, list[tuple]]:
+    """Every loaded row of the supply, table by table, without the columns that differ between two loads."""
+    out: dict[str, list[tuple]] = {}
+    with db.cursor() as cur:
+        for feed_file in schema.files:
+            table = f"depersonalised.{feed_file.table}" if not schema.personalised else f"personal.{feed_file.table}"
+            cur.execute(f"SELECT * FROM {table} WHERE supply_id = %s", (f"{FEED}/{PERIOD}",))  # noqa: S608
+            names = [d.name for d in cur.description]
+            keep = [i for i, n in enumerate(names) if n not in VOLATILE]
+            out[feed_file.table] = sorted((tuple(str(row[i]) for i in keep) for row in cur.fetchall()))
+    db.rollback()
+    return out
+
+
+def _supply_status(db) -> str:
+    with db.cursor() as cur:
+        cur.execute("SELECT status FROM observatory.supplies WHERE supply_id = %s", (f"{FEED}/{PERIOD}",))
+        row = cur.fetchone()
+    db.rollback()
+    return row[0] if row else ""
+
+
+@pytest.fixture(scope="module")
+def supply() -> Any:
+    """One fixture supply (some bad rows among the good: it loads amber), dropped once per deployment."""
+    return fixtures.make_supply(schema_for(FEED), PERIOD, postcodes.shipped_reference(), n=30)
+
+
+@pytest.fixture(scope="module")
+def celery_deployment(tmp_path_factory: pytest.TempPathFactory, settings) -> Iterator[dict[str, Any]]:
+    """Airflow with the CeleryExecutor on the tests' services: the four components and two workers, each worker
+    with private folders of its own; every process group stopped after the module."""
+    cfg = _celery_config()
+    root = tmp_path_factory.mktemp("celery_deployment")
+    shared = root / "shared-staging"            # the one store every worker reaches
+    shared.mkdir(mode=0o700)
+    home = root / "airflow"
+    home.mkdir()
+    api_port = _free_port()
+    token = secrets.token_hex(4)                # this deployment's own queues: nothing stale on the broker
+    queues = {w: f"csp-test-{w}-{token}" for w in WORKERS}
+    password = secrets.token_hex(12)
+    (home / "passwords.json").write_text(json.dumps({"engineer": password}))
+    # a stand-in for "this machine's name": each worker reports its own, so the REST API shows who ran what
+    (root / "worker_identity.py").write_text("import os\n\n\ndef hostname() -> str:\n"
+                                             "    return os.environ['CSP_TEST_WORKER_NAME']\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
+    env.pop("CSP_DATABASE_URL", None)
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": cfg["airflow_database_url"],
+        "AIRFLOW__CELERY__BROKER_URL": cfg["broker_url"],
+        "AIRFLOW__CELERY__RESULT_BACKEND": cfg["result_backend"],
+        "AIRFLOW__OPERATORS__DEFAULT_QUEUE": queues["a"],
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__API__PORT": str(api_port),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
+        "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(16).hex(),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "engineer:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "plugins"), str(REPO_ROOT)]),
+        "CSP_CONFIG": os.environ["CSP_CONFIG"],
+        "CSP_STAGING_URL": shared.as_uri(),
+        "CSP_STAGE_QUEUES": ",".join([*(f"{t}={queues[w]}" for t, w in ROUTES.items()), f"*={queues['a']}"]),
+        "CSP_SENSOR_POKE_S": "2",
+        "CSP_SENSOR_TIMEOUT_S": "300",
+        "CSP_RETRY_DELAY_S": "1",
+        "GX_ANALYTICS_ENABLED": "false",
+    })
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    _reset_airflow_db(cfg["airflow_database_url"])
+    migrated = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=600)
+    assert migrated.returncode == 0, migrated.stderr[-3000:]
+    logs = root / "logs"
+    logs.mkdir()
+    procs: list[subprocess.Popen] = []
+    workers: dict[str, dict[str, Path]] = {}
+    try:
+        for name in COMPONENTS:
+            out = open(logs / f"{name}.log", "wb")
+            procs.append(subprocess.Popen([airflow, name], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                          start_new_session=True))
+        for w in WORKERS:
+            private = root / f"worker-{w}"        # this worker's own disk: nobody else is pointed at it
+            dirs = {"tmp": private / "tmp", "staging": private / "staging", "home": private / "airflow"}
+            for d in dirs.values():
+                d.mkdir(parents=True, mode=0o700)
+            workers[w] = dirs
+            wenv = dict(env, TMPDIR=str(dirs["tmp"]), CSP_STAGING_DIR=str(dirs["staging"]),
+                        AIRFLOW_HOME=str(dirs["home"]), CSP_TEST_WORKER_NAME=f"worker-{w}",
+                        AIRFLOW__CORE__HOSTNAME_CALLABLE="worker_identity.hostname",
+                        AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(_free_port()),
+                        PYTHONPATH=os.pathsep.join([str(root), env["PYTHONPATH"]]))
+            out = open(logs / f"worker-{w}.log", "wb")
+            procs.append(subprocess.Popen([airflow, "celery", "worker", "--queues", queues[w], "--concurrency", "1",
+                                           "--celery-hostname", f"worker-{w}-{token}@%h"],
+                                          env=wenv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+        yield {"env": env, "cfg": cfg, "logs": logs, "api": Api(f"http://127.0.0.1:{api_port}", "engineer", password),
+               "workers": workers, "shared": shared, "queues": queues}
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 30
+        for p in procs:
+            try:
+                p.wait(timeout=max(deadline - time.monotonic(), 1))
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=10)
+
+
+def _files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()]
+
+
+def _one_worker(settings, db, supply) -> dict[str, Any]:
+    """The supply loaded the way a single machine does it (one process, local staging): the rows and the report
+    outcome the Celery deployment must reproduce."""
+    since = time.time()
+    _drop_supply(settings, supply)
+    demo.run_feed_dag(FEED)
+    report = json.loads(demo.latest_report(settings, FEED, PERIOD, since).read_text())
+    rows = _loaded_rows(db, schema_for(FEED))
+    assert _supply_status(db) == "loaded" and sum(map(len, rows.values())) > 0
+    return {"rows": rows, "level": report["outcome"]["level"], "reasons": report["outcome"]["reasons"]}
+
+
+@pytest.mark.usefixtures("clean_partner_folders", "reference_loaded")
+def test_two_celery_workers_load_a_supply_as_one_worker_does(request, settings, db, supply, forget_supply):
+    schema = schema_for(FEED)
+    forget_supply(db, schema, PERIOD)
+    one_worker = _one_worker(settings, db, supply)
+    forget_supply(db, schema, PERIOD)
+    # Started only now, so that its arrival watcher never sees the one-worker run's files.
+    d = request.getfixturevalue("celery_deployment")
+    api: Api = d["api"]
+    logs = sorted(d["logs"].glob("*.log"))
+    _wait("the API server giving the engineer a token", api.login, START_WAIT_S, logs)
+    _wait("the DAG processor serialising the feed's DAG",
+          lambda: _get_or_none(api, f"/api/v2/dags/{DAG_ID}"), START_WAIT_S, logs)
+    assert api.get(f"/api/v2/dags/{DAG_ID}")["is_paused"] is True     # until its partner is onboarded
+    api.patch(f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
+    _wait("the asset watcher reaching the triggerer",
+          lambda: _airflow_db_query(d["cfg"]["airflow_database_url"], "SELECT count(*) FROM trigger WHERE classpath "
+                                    "LIKE %s", "%SupplyArrivalTrigger%")[0][0] > 0, START_WAIT_S, logs)
+
+    _drop_supply(settings, supply)
+    runs_path = f"/api/v2/dags/{DAG_ID}/dagRuns"
+    done = _wait("the supply's run finishing on the Celery workers",
+                 lambda: [r for r in api.get(runs_path)["dag_runs"] if r["state"] in ("success", "failed")],
+                 RUN_WAIT_S, logs)
+    (run,) = done
+    assert run["run_type"] == "asset_triggered"
+    tis = {ti["task_id"]: ti for ti in
+           api.get(f"{runs_path}/{run['dag_run_id']}/taskInstances")["task_instances"]}
+
+    # Every stage ran, each on the worker its queue names: every hand-over crossed from one worker to the other.
+    for stage in STAGES:
+        ti = tis[stage]
+        assert ti["state"] == "success", (stage, {k: v["state"] for k, v in tis.items()}, _tails(logs))
+        assert ti["queue"] == d["queues"][ROUTES[stage]], (stage, ti["queue"])
+        assert ti["hostname"] == f"worker-{ROUTES[stage]}", (stage, ti["hostname"])
+    assert {tis[s]["hostname"] for s in STAGES} == {"worker-a", "worker-b"}
+
+    # The run's state and the quality outcome, as the engineer sees them: amber fails the verdict and the run.
+    celery_outcome = api.get(f"{runs_path}/{run['dag_run_id']}/taskInstances/report_and_archive/xcomEntries/"
+                             f"return_value?deserialize=true")["value"]
+    if isinstance(celery_outcome, str):
+        celery_outcome = json.loads(celery_outcome)
+    (got,) = celery_outcome["supplies"]
+    assert got["supply_id"] == f"{FEED}/{PERIOD}" and got["status"] == "loaded"
+    assert got["level"] == one_worker["level"] and got["reasons"] == one_worker["reasons"]
+    expected_state = "success" if one_worker["level"] == "green" else "failed"
+    assert tis["verdict"]["state"] == expected_state and run["state"] == expected_state
+    assert tis["stage_failed"]["state"] != "failed"
+
+    # The same rows in PostGIS as with one worker.
+    assert _supply_status(db) == "loaded"
+    assert _loaded_rows(db, schema) == one_worker["rows"]
+
+    # Nothing stayed on a worker's own disk (the collect task's download went into the shared store), and no
+    # plaintext or frame outlived the run in the shared store.
+    for w, dirs in d["workers"].items():
+        assert _files(dirs["staging"]) == [], (w, _files(dirs["staging"]))
+        assert not [p for p in _files(dirs["tmp"]) if p.suffix in DATA_SUFFIXES or "csp-staging" in str(p)], w
+    assert {p.name for p in _files(d["shared"])} == {"manifest.json"}
+
+
+def _get_or_none(api: Api, path: str) -> Any:
+    try:
+        return api.get(path)
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            return None
+        raise
