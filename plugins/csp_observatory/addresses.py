@@ -77,6 +77,9 @@ _KEEP, _REPLACE, _REMOVE, _ODD = 0, 1, 2, 3
 _SLOT: Final = "\ue001"
 _PLAIN_POSTCODE: Final = r"^[A-Za-z0-9]+(?: [A-Za-z0-9]+)?$"
 _ANY_DIGIT: Final = re.compile(r"[0-9]")
+# _POSTCODE in RE2 for ASCII text (Python's \s spelt out), and the postcode every one of them reads as
+_POSTCODE_RE2: Final = r"\b(?i:[A-Z]{1,2}[0-9][A-Z0-9]?)[\t\n\x0b\x0c\r\x1c-\x1f ]*[0-9](?i:[A-Z]{2})\b"
+_CANON_POSTCODE: Final = "AA0 0AA"
 
 
 def _words(component: str) -> list[str]:
@@ -178,8 +181,8 @@ def _one(text: str | None, mode: int, postcode: str | None) -> str | None:
 def sanitise_addresses(texts: pd.Series, postcodes: pd.Series | None = None) -> pd.Series:
     """``sanitise_address`` over a column (``postcodes``: each row's replacement postcode), same results.
 
-    Columnar: every ASCII digit is read as ``0`` (Arrow kernel), and each distinct such *skeleton* of an address
-    is cleaned once, with a placeholder for the replacement postcode that Arrow then fills in per row. This is
+    Columnar: every ASCII digit is read as ``0`` (Arrow kernel), every postcode in the text as one canonical
+    postcode when the row's own replaces it, and each distinct such *skeleton* of an address is cleaned once, with a placeholder for the replacement postcode that Arrow then fills in per row. This is
     exact because every rule above treats all ASCII digits alike (they appear only as ``\\d``, ``\\w`` or a
     class holding every digit): cleaning commutes with the digit mapping, so a skeleton's result that holds no
     digit is the result of every address with that skeleton. A result that holds a digit (a postcode kept, a
@@ -202,7 +205,16 @@ def sanitise_addresses(texts: pd.Series, postcodes: pd.Series | None = None) -> 
     modes[odd] = _ODD
     present = values.is_valid().to_numpy(zero_copy_only=False)
 
-    skeleton = pac.dictionary_encode(pac.replace_substring_regex(values, "[0-9]", "0"))
+    # Where the row's postcode replaces or removes those in its text, their letters and digits never reach the
+    # result (they are set aside before any rule runs, no rule word fits in one, and each is found again in
+    # the same place): every postcode in an ASCII text reads as one canonical postcode in its skeleton.
+    source = values
+    canon = (modes == _REPLACE) | (modes == _REMOVE)
+    canon &= pac.fill_null(pac.string_is_ascii(values), False).to_numpy(zero_copy_only=False)
+    if canon.any():
+        source = pac.if_else(pa.array(canon), pac.replace_substring_regex(values, _POSTCODE_RE2, _CANON_POSTCODE),
+                             values)
+    skeleton = pac.dictionary_encode(pac.replace_substring_regex(source, "[0-9]", "0"))
     skel_idx = skeleton.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     skel_text = skeleton.dictionary.to_pylist()
     pair = skel_idx * 4 + modes

@@ -29,7 +29,9 @@ STREETS = ["King Cross Road", "Southgate", "Twenty Row", "Dean Court", "Mill Lan
            "Station Road", "Ripponden Old Lane", "Rue de l'Église", "Ærø Gade", "O'Neill's Way", "High St."]
 TOWNS = ["", ", Halifax", ", Hebden Bridge", ",Halifax", " , Halifax", ", Sowerby Bridge, West Yorkshire",
          ", Luddenden"]
-POSTCODES_IN_TEXT = ["", " HX1 1AA", ", hx1  1aa", ", HX11AA", ", M1 1AE", ", HX1 1AA, HX2 0BB", " SW1A 1AA"]
+POSTCODES_IN_TEXT = ["", " HX1 1AA", ", hx1  1aa", ", HX11AA", ", M1 1AE", ", HX1 1AA, HX2 0BB", " SW1A 1AA",
+                     ", hx1\t1aa", " EC1A 1BB'S", ", W1 0AX Farm", "HX1 1AA", ", é HX3 5AX", ", Hx7 8Tb", ",HX1 1AAB",
+                     ", XHX1 1AA", ", HX1 1AA2", ", Park HX1 1AA", ", WC2N 5DU, Lodge"]
 ODD = ["", "   ", " , ", "Car park, Piece Hall", "Car park,Piece Hall", "Shroggs Park", "People's Park, HX1 2AB",
        "Footpath by the Rochdale Canal", "Rose Cottage, Moor Lane, Luddenden", "Flat 3", "12", "12a", "Flat B",
        '"Flat 3, 12 King Cross Road"', "12 King Cross Road,\nHalifax", "12\tKing  Cross Road", "١٢ King Cross Road",
