@@ -13,12 +13,8 @@ the report's ``outcome`` (``reporting.assess``). In the schema ``dq`` (read by `
 - ``dq.set_aside_rows``: the rows set aside (and the rows loaded with a problem, ``loaded``), by file and row
   number, with stage, reason and the field names the reason mentions: never a value from the row.
 
-Each feed table gets a view ``<table>_graded`` in its own schema: every record with its supply's level and grades.
-The view reads through a SQL function (``<table>_graded_rows``) whose body names the table as text, so the view
-holds no dependency on the table: the table can still be dropped, migrated or re-created without ``CASCADE`` (as
-the counts by ward and month, see docs/ANALYSTS.md). The function is ``STABLE`` SQL, which PostgreSQL inlines: a
-map's bounding box still uses the table's GiST index. The view's row type is a composite type, so its ``geom``
-keeps ``geometry(Point,27700)`` for GDAL and QGIS, and ``fid`` comes first (the one key QGIS offers for a view).
+Each feed table gets a view ``<table>_graded`` in its own schema (``graded_views.py``): every record with its
+supply's level and grades, holding no dependency on the table.
 
 The tables' comments end with the feed's latest loaded supply's stamp (:func:`comment_stamp`); the feed's DAG docs
 show it too (:func:`dag_doc_section`). Nothing here commits: ``pipeline.report_and_archive`` writes a supply's stamp
@@ -26,15 +22,14 @@ and its report in one transaction.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, Final, Iterable
 
-from psycopg2 import errors, sql
+from psycopg2 import sql
 
+from csp_observatory.graded_views import VIEW_SUFFIX, ensure_views, view_name  # noqa: F401  (view_name: re-exported)
 from csp_observatory.grading import GRADE_TEXT, GRADES, quality_grade, worst
 from csp_observatory.schema import FeedSchema
 
@@ -43,17 +38,8 @@ log = logging.getLogger(__name__)
 SCHEMA: Final = "dq"
 QUALITIES: Final = ("completeness", "accuracy", "precision", "currency")
 READERS: Final = ("csp_analyst", "csp_engineer", "csp_personal_reader")
-VIEW_SUFFIX: Final = "_graded"
 #: Where a table's comment turns to the stamp: what comes before is the schema's and the partner's text.
 COMMENT_MARK: Final = " | Quality stamp: "
-#: In a graded view's comment: the hash of its definition, so that an unchanged view is never re-created.
-VIEW_MARK: Final = "[dq view "
-#: The columns a graded view adds to its table's, after them.
-VIEW_COLUMNS: Final = (("dq_level", "text"), ("dq_completeness", "text"), ("dq_accuracy", "text"),
-                       ("dq_precision", "text"), ("dq_currency", "text"), ("dq_reported_at", "timestamptz"))
-#: How long a view's re-creation waits for readers of the old one before it leaves it to the next report.
-VIEW_LOCK_TIMEOUT: Final = "5s"
-
 _DDL: Final = """
 CREATE TABLE IF NOT EXISTS dq.supplies (
     supply_id text PRIMARY KEY,
@@ -72,6 +58,8 @@ CREATE TABLE IF NOT EXISTS dq.supplies (
     rows_withheld integer NOT NULL DEFAULT 0,
     files_refused integer NOT NULL DEFAULT 0,
     arrived_at timestamptz,
+    due_at timestamptz,
+    days_late integer,
     collected_at timestamptz,
     reported_at timestamptz NOT NULL
 );
@@ -126,7 +114,7 @@ CREATE INDEX IF NOT EXISTS set_aside_rows_supply_idx ON dq.set_aside_rows (suppl
 TABLE_COMMENTS: Final = {
     "supplies": "Quality stamp (guidance Box 3): one row per supply, its outcome (green, amber, red) and reasons as "
                 "its quality report says, and its grade per quality (the worst of its files'). A re-sent supply "
-                "replaces its row; a refused re-send of a loaded supply leaves the loaded one's",
+                "replaces its row; a refused re-send of a loaded supply leaves the loaded one's [dq v1]",
     "qualities": "One row per supply and quality (section 4.2.3): the lowest score of its files, the worst grade "
                  "(grading.py), checks passed and failed over its files, and the failed checks as caveats",
     "file_qualities": "One row per supply, file and quality: score, grade and checks as the report shows them",
@@ -218,16 +206,22 @@ def build_stamp(report: dict[str, Any], schema: FeedSchema, partner: str, collec
                     "unexpected_count": _int(e.get("unexpected_count")),
                     "unexpected_percent": _number(e.get("unexpected_percent"))})
     grades: dict[str, str] = {}
+    # The report's own figures for the supply where it gives them (reporting: fitness.supply_qualities), else the
+    # same rules here: the lowest file score, the worst file grade, the checks summed.
+    given = report.get("qualities") if isinstance(report.get("qualities"), dict) else {}
     for q, blocks in per_quality.items():
         scores = [s for _, b in blocks if (s := _number(b.get("score"))) is not None]
-        grade = worst(file_grade(b) for _, b in blocks)
+        mine = given.get(q) if isinstance(given.get(q), dict) else {}
+        grade = mine.get("grade") if mine.get("grade") in GRADES else worst(file_grade(b) for _, b in blocks)
         grades[q] = grade
         caveats = [check_caveat(name, e) for name, b in blocks for e in b.get("expectations") or []
                    if e.get("success") is False]
         stamp.qualities.append({
-            "supply_id": sid, "quality": q, "score": min(scores) if scores else None, "grade": grade,
-            "passed": sum(int(b.get("passed") or 0) for _, b in blocks),
-            "failed": sum(int(b.get("failed") or 0) for _, b in blocks), "files": len(blocks), "caveats": caveats})
+            "supply_id": sid, "quality": q, "score": _number(mine["score"]) if "score" in mine else (
+                min(scores) if scores else None), "grade": grade,
+            "passed": int(mine["passed"]) if "passed" in mine else sum(int(b.get("passed") or 0) for _, b in blocks),
+            "failed": int(mine["failed"]) if "failed" in mine else sum(int(b.get("failed") or 0) for _, b in blocks),
+            "files": len(blocks), "caveats": caveats})
     field_names = [d.name for f in schema.files for d in f.datafields]
     for loaded, rows in ((False, report.get("rejected_rows") or []), (True, report.get("flagged_rows") or [])):
         for r in rows:
@@ -246,7 +240,8 @@ def build_stamp(report: dict[str, Any], schema: FeedSchema, partner: str, collec
         "rows_loaded_with_problems": int(summary.get("rows_loaded_with_problems") or 0),
         "rows_withheld": int(summary.get("rows_withheld") or 0),
         "files_refused": int(summary.get("files_refused") or 0),
-        "arrived_at": arrival.get("arrived_at") or None,
+        "arrived_at": arrival.get("arrived_at") or None, "due_at": arrival.get("due") or None,
+        "days_late": _int(arrival.get("days_late")),
         "collected_at": collected_at or (report.get("metadata") or {}).get("date_supplied") or None,
         "reported_at": (report.get("report") or {}).get("generated_at")}
     return stamp
@@ -315,11 +310,14 @@ def ensure_dq(conn: Any) -> None:
     I = sql.Identifier  # noqa: E741
     with conn.cursor() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('csp_observatory.ddl.dq'))")
-        cur.execute("CREATE SCHEMA IF NOT EXISTS dq")
-        cur.execute("REVOKE ALL ON SCHEMA dq FROM PUBLIC")
-        cur.execute(_DDL)
-        for table, text in TABLE_COMMENTS.items():
-            cur.execute(sql.SQL("COMMENT ON TABLE {} IS %s").format(I(SCHEMA, table)), (text,))
+        cur.execute("SELECT obj_description(to_regclass('dq.supplies'), 'pg_class')")
+        if cur.fetchone()[0] != TABLE_COMMENTS["supplies"]:
+            # Made (or changed) once: a report that finds them up to date takes no lock on the analysts' tables.
+            cur.execute("CREATE SCHEMA IF NOT EXISTS dq")
+            cur.execute("REVOKE ALL ON SCHEMA dq FROM PUBLIC")
+            cur.execute(_DDL)
+            for table, text in TABLE_COMMENTS.items():
+                cur.execute(sql.SQL("COMMENT ON TABLE {} IS %s").format(I(SCHEMA, table)), (text,))
         cur.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (list(READERS),))
         for (role,) in cur.fetchall():
             cur.execute(sql.SQL("GRANT USAGE ON SCHEMA dq TO {}").format(I(role)))
@@ -402,104 +400,6 @@ def stamp_comments(conn: Any, schema: FeedSchema) -> list[str]:
     return done
 
 
-def view_name(table: str) -> str:
-    """The graded view of a feed table (same schema)."""
-    return f"{table}{VIEW_SUFFIX}"
-
-
-def quote_ident(name: str) -> str:
-    """A PostgreSQL identifier, always quoted (for the text of a function body, where no cursor quotes it)."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def view_body(db_schema: str, table: str, columns: list[str]) -> str:
-    """The text of a graded view's function: the table's columns (``fid`` first) and its supply's stamp."""
-    t = ", ".join(f"t.{quote_ident(c)}" for c in columns)
-    return (f"SELECT {t}, s.level, s.completeness, s.accuracy, s.\"precision\", s.currency, s.reported_at "
-            f"FROM {quote_ident(db_schema)}.{quote_ident(table)} t "
-            f"LEFT JOIN dq.supplies s ON s.supply_id = t.supply_id")
-
-
-def view_sql(db_schema: str, table: str, columns: list[tuple[str, str]]) -> tuple[str, list[sql.Composable]]:
-    """The statements that (re)create a table's graded view from its columns [(name, SQL type with typmod)], and
-    the hash of its definition. ``fid`` comes first; the dq columns after the table's."""
-    I = sql.Identifier  # noqa: E741
-    ordered = [c for c in columns if c[0] == "fid"] + [c for c in columns if c[0] != "fid"]
-    view, rows_type, func = view_name(table), f"{table}{VIEW_SUFFIX}_row", f"{table}{VIEW_SUFFIX}_rows"
-    all_columns = [*ordered, *VIEW_COLUMNS]
-    digest = hashlib.sha256(json.dumps([db_schema, table, all_columns]).encode()).hexdigest()[:16]
-    body = view_body(db_schema, table, [n for n, _ in ordered])
-    statements: list[sql.Composable] = [
-        sql.SQL("DROP VIEW IF EXISTS {}").format(I(db_schema, view)),
-        sql.SQL("DROP FUNCTION IF EXISTS {}()").format(I(db_schema, func)),
-        sql.SQL("DROP TYPE IF EXISTS {}").format(I(db_schema, rows_type)),
-        sql.SQL("CREATE TYPE {} AS ({})").format(I(db_schema, rows_type), sql.SQL(", ").join(
-            sql.SQL("{} {}").format(I(n), sql.SQL(t)) for n, t in all_columns)),
-        # STABLE SQL, not STRICT, not SECURITY DEFINER: inlined into the query, so filters reach the table's indexes.
-        sql.SQL("CREATE FUNCTION {}() RETURNS SETOF {} LANGUAGE sql STABLE AS {}").format(
-            I(db_schema, func), I(db_schema, rows_type), sql.Literal(body)),
-        sql.SQL("CREATE VIEW {} AS SELECT * FROM {}()").format(I(db_schema, view), I(db_schema, func)),
-    ]
-    return digest, statements
-
-
-def _table_columns(cur: Any, db_schema: str, table: str) -> list[tuple[str, str]]:
-    cur.execute("""SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
-                   WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum""",
-                (f'"{db_schema}"."{table}"',))
-    return [(n, t) for n, t in cur.fetchall()]
-
-
-def ensure_views(conn: Any, schema: FeedSchema) -> dict[str, str]:
-    """Create or bring up to date each feed table's graded view; no commit. Returns {view: what happened}.
-
-    A view whose definition is unchanged (same columns, by the hash in its comment) is left alone; one being read
-    when it must change is left for the next report (waiting at most :data:`VIEW_LOCK_TIMEOUT`), never blocking
-    the supply's stamp. Readers: the roles that may read the table (grants copied from it).
-    """
-    I = sql.Identifier  # noqa: E741
-    done: dict[str, str] = {}
-    with conn.cursor() as cur:
-        for f in schema.files:
-            columns = _table_columns(cur, schema.db_schema, f.table)
-            if not columns or "supply_id" not in {n for n, _ in columns}:
-                continue
-            view = view_name(f.table)
-            digest, statements = view_sql(schema.db_schema, f.table, columns)
-            cur.execute("SELECT obj_description(to_regclass(%s), 'pg_class')", (f'"{schema.db_schema}"."{view}"',))
-            current = cur.fetchone()[0] or ""
-            if f"{VIEW_MARK}{digest}]" in current:
-                done[f"{schema.db_schema}.{view}"] = "unchanged"
-                continue
-            cur.execute("SAVEPOINT csp_dq_view")
-            try:
-                cur.execute("SET LOCAL lock_timeout = %s", (VIEW_LOCK_TIMEOUT,))
-                for statement in statements:
-                    cur.execute(statement)
-                cur.execute(sql.SQL("COMMENT ON VIEW {} IS %s").format(I(schema.db_schema, view)), (
-                    f"{schema.title}: {f.title}, every record with its supply's quality stamp (dq.supplies): "
-                    f"level green/amber/red and grade per quality (grading.py). Filter dq_level to leave out a bad "
-                    f"month. Key: fid. {VIEW_MARK}{digest}]",))
-                for role in READERS:
-                    cur.execute("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s)", (role,))
-                    if not cur.fetchone()[0]:
-                        continue
-                    cur.execute("SELECT has_table_privilege(%s, to_regclass(%s), 'SELECT')",
-                                (role, f'"{schema.db_schema}"."{f.table}"'))
-                    verb = "GRANT SELECT ON {} TO {}" if cur.fetchone()[0] else "REVOKE ALL ON {} FROM {}"
-                    cur.execute(sql.SQL(verb).format(I(schema.db_schema, view), I(role)))
-                cur.execute("RESET lock_timeout")
-                cur.execute("RELEASE SAVEPOINT csp_dq_view")
-                done[f"{schema.db_schema}.{view}"] = "created"
-            except errors.LockNotAvailable:
-                cur.execute("ROLLBACK TO SAVEPOINT csp_dq_view")
-                cur.execute("RESET lock_timeout")
-                log.warning("%s.%s is being read: its new definition waits for the next report", schema.db_schema,
-                            view)
-                done[f"{schema.db_schema}.{view}"] = "busy"
-    return done
-
-
 def record_supply(conn: Any, schema: FeedSchema, report: dict[str, Any], partner: str,
                   collected_at: str | None = None) -> Stamp | None:
     """A supply's stamp, its report in observatory.supplies, the feed's graded views and table comments: all in
@@ -528,7 +428,9 @@ def record_supply(conn: Any, schema: FeedSchema, report: dict[str, Any], partner
     else:
         log.info("%s: %s this time, but loaded before: its stamp and report stay the loaded supply's", sid, status)
     ensure_views(conn, schema)
-    stamp_comments(conn, schema)
+    if stamp is not None and status == "loaded":
+        # Only a load changes what the tables hold, and so which supply their comments name.
+        stamp_comments(conn, schema)
     return stamp
 
 
