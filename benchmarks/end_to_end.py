@@ -1,0 +1,392 @@
+"""End to end (issue 9): a police recorded crime supply dropped on SFTP and run through the feed's DAG, per task and in
+total (wall time, rows per second, peak memory), beside a bare COPY of the same loaded rows in the same run.
+
+What one size does, in this order, all on the real services (PostGIS, the project's sshd, gpg, Airflow's
+``dag.test()`` as ``demo.run_feed_dag`` runs it):
+
+1. **fixed costs**, each in a fresh Python process: Python + Airflow start-up and one parse of ``dags/`` (what the
+   DAG processor pays), importing Great Expectations, and one look at the inbox that finds nothing (what the
+   triggerer pays per poll: ``arrival.look``, one SFTP login and listing).
+2. **tiny**: a 20-offence supply (the smallest ``demo_data`` makes) from the sensor's start to the report's end.
+3. **N offences**: ``demo_data`` makes the supply in a child process (so its text never counts in the DAG's
+   memory), which encrypts, signs and uploads it with its metadata file; then the DAG runs. Per task: wall time
+   (the task instance's start and end), rows per second (the supply's data rows, all three files, over the task's
+   wall time) and memory: RSS is sampled every 20 ms in this process, where ``dag.test`` runs every task, and each
+   task shows the peak within its run and how much it rose over the RSS at its start. (In a deployment each task
+   is its own process: the rise is what the task itself needs; the peak also holds what earlier tasks left.)
+4. **COPY**: the rows the run loaded are read back (``COPY ... TO STDOUT``, text format) and written again with
+   ``COPY ... FROM STDIN`` into a scratch table with the same columns and no index (bare), then into one with the
+   same indexes and constraints (``LIKE ... INCLUDING ALL``), in a scratch schema ``bench_e2e`` that is dropped
+   after; only the COPY FROM and its commit are timed.
+
+The last line reads ``marginal/COPY = R at N offences``, where the marginal cost is the N-offence run minus the
+tiny run (both from the sensor's start to the report's end) and COPY is the bare COPY of the whole supply.
+
+By default it uses the demo's services (``.run/observatory.yaml``: the database ``csp_observatory``, the SFTP tree
+on port 2222), so that it neither waits for nor disturbs the integration tests; ``--config test`` uses the tests'
+(``.run/test/observatory.yaml``: ``csp_observatory_test``, port 2223) and takes their machine-wide lock. Either
+way Airflow runs with its own metadata database (``AIRFLOW_HOME=.run/bench/airflow``, migrated on first use), never
+the one the tests' and the demo's ``dag.test`` runs share. Its period (``--period``, default 203001) is forgotten
+before and after each run (rows, ledger, the partner's files of that period), so runs can be repeated.
+
+    . .run/airflow.env && .venv/bin/python benchmarks/end_to_end.py                    # 100k, then 1M
+    . .run/airflow.env && .venv/bin/python benchmarks/end_to_end.py --offences 1000000
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import io
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "plugins"))
+
+FEED = "police_recorded_crime"
+TINY = 20
+CONFIGS = {"test": REPO / ".run" / "test" / "observatory.yaml", "demo": REPO / ".run" / "observatory.yaml"}
+#: The integration tests' lock (tests/integration/conftest.py): one user of the tests' services at a time.
+TEST_LOCK = Path("/run" if os.access("/run", os.W_OK) else tempfile.gettempdir()) / "csp-observatory-tests.lock"
+STAGES = ("wait_for_supply", "collect", "decrypt_and_verify", "parse_and_validate", "clean", "geocode", "sanitise",
+          "load", "report_and_archive")
+
+
+def _own_airflow_home() -> None:
+    """A metadata database of the benchmark's own (SQLite), so its dag.test runs never meet another's."""
+    home = REPO / ".run" / "bench" / "airflow"
+    os.environ["AIRFLOW_HOME"] = str(home)
+    if not (home / "airflow.db").exists():
+        home.mkdir(parents=True, exist_ok=True)
+        print(f"migrating Airflow's metadata database in {home} (once) ...", file=sys.stderr, flush=True)
+        subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], check=True,
+                       stdout=subprocess.DEVNULL)
+
+
+def _use_config(name: str) -> None:
+    """Point this process (and its children) at one set of services, before anything reads the settings."""
+    import yaml
+
+    path = CONFIGS[name]
+    os.environ["CSP_CONFIG"] = str(path)
+    url = (yaml.safe_load(path.read_text()) or {}).get("database_url")
+    if url:
+        os.environ["CSP_DATABASE_URL"] = url
+    # Before the DAG file is parsed: a sensor that looks every second and gives up after two minutes.
+    os.environ.setdefault("CSP_SENSOR_POKE_S", "1")
+    os.environ.setdefault("CSP_SENSOR_TIMEOUT_S", "120")
+    os.environ.setdefault("CSP_RETRY_DELAY_S", "1")
+
+
+@contextmanager
+def _tests_lock(name: str) -> Iterator[None]:
+    if name != "test":
+        yield
+        return
+    with open(TEST_LOCK, "a+", encoding="utf-8") as fh:
+        told = False
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not told:
+                    print(f"waiting for the integration tests' lock {TEST_LOCK} ...", file=sys.stderr, flush=True)
+                    told = True
+                time.sleep(2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+# --- the partner's side, in a child process ---------------------------------------------------------------------
+
+def drop(n: int, period: str) -> dict[str, Any]:
+    """Make an N-offence supply, encrypt, sign and upload it; return the timings and the data rows per file."""
+    from csp_observatory import demo, demo_data, postcodes
+    from csp_observatory.config import load_settings
+    from csp_observatory.schema import schema_for
+
+    settings, schema = load_settings(), schema_for(FEED)
+    reference = postcodes.shipped_reference()
+    started = time.perf_counter()
+    made = demo_data.make_police_recorded_crime(period, reference[~reference["terminated"]], n_offences=n)
+    generated = time.perf_counter() - started
+    rows = {name: text.count("\n") - 1 for name, text in made.files.items()}
+    started = time.perf_counter()
+    demo.drop_demo_supply(settings, schema, period, files=made.files)
+    return {"generate_s": generated, "encrypt_upload_s": time.perf_counter() - started, "rows": rows,
+            "bytes": sum(len(t) for t in made.files.values())}
+
+
+def _child(*args: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, __file__, *args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- fixed costs, each in a fresh process -----------------------------------------------------------------------
+
+def fixed_cost(what: str) -> dict[str, Any]:
+    """One of the fixed costs, timed in this (fresh) process."""
+    started = time.perf_counter()
+    if what == "parse":
+        from airflow.dag_processing.dagbag import DagBag
+
+        imported = time.perf_counter() - started
+        bag = DagBag(dag_folder=str(REPO / "dags"))
+        return {"import_airflow_s": imported, "parse_s": time.perf_counter() - started - imported,
+                "dags": len(bag.dags), "errors": len(bag.import_errors)}
+    if what == "gx":
+        import great_expectations  # noqa: F401
+
+        return {"import_s": time.perf_counter() - started}
+    if what == "look":
+        from csp_observatory import arrival
+
+        imported = time.perf_counter() - started
+        found = arrival.look(FEED, previous_sizes={})
+        first = time.perf_counter() - started - imported
+        again = time.perf_counter()
+        arrival.look(FEED, previous_sizes=found.sizes)
+        return {"import_s": imported, "first_look_s": first, "next_look_s": time.perf_counter() - again,
+                "periods": found.periods}
+    raise ValueError(what)
+
+
+# --- the observatory's side: the DAG run, measured --------------------------------------------------------------
+
+class RssSampler(threading.Thread):
+    """This process's RSS every ``every`` seconds, as (time.time(), bytes)."""
+
+    def __init__(self, every: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.every, self.samples, self._halt = every, [], threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def run(self) -> None:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            while not self._halt.is_set():
+                statm.seek(0)
+                self.samples.append((time.time(), int(statm.read().split()[1]) * self._page))
+                time.sleep(self.every)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+    def window(self, start: float, end: float) -> tuple[int, int]:
+        """(RSS at the start, peak RSS) between two times."""
+        inside = [r for t, r in self.samples if start <= t <= end] or [0]
+        before = [r for t, r in self.samples if t <= start] or inside
+        return before[-1], max(inside)
+
+
+def forget(settings: Any, period: str) -> None:
+    """Remove a period's supply: its rows, the observatory's records of it, its files in the partner's folders."""
+    import psycopg2
+    from psycopg2 import sql
+
+    from csp_observatory import sftp
+    from csp_observatory.schema import schema_for
+
+    logging.getLogger("paramiko").setLevel(logging.WARNING)
+    schema = schema_for(FEED)
+    supply_id = f"{FEED}/{period}"
+    with closing(psycopg2.connect(settings.database_url)) as conn, conn.cursor() as cur:
+        for table in [*(f"{schema.db_schema}.{f.table}" for f in schema.files), "observatory.deliveries",
+                      "observatory.supplies", "observatory.rejected_rows", "observatory.validation_results",
+                      "observatory.supply_metadata"]:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
+            if cur.fetchone()[0]:
+                cur.execute(sql.SQL("DELETE FROM {} WHERE supply_id = %s").format(
+                    sql.Identifier(*table.split("."))), (supply_id,))
+        conn.commit()
+    with sftp.connect_observatory(settings) as client:
+        for sub in ("inbox", "quarantine", "processed", "reports"):
+            folder = settings.partner_folder(schema.partner.id, sub)
+            for name in client.listdir(folder):
+                if period in name:
+                    client.remove(f"{folder}/{name}")
+
+
+def run_dag(settings: Any, sampler: RssSampler, log_path: Path) -> dict[str, Any]:
+    """Run the feed's DAG once; per task: state, wall time, RSS at its start and its peak."""
+    from csp_observatory import demo
+
+    with demo._stdout_to(log_path):
+        run = demo.run_feed_dag(FEED, check=False)
+    tasks = {}
+    for ti in run.get_task_instances():
+        if ti.start_date is None or ti.end_date is None:
+            tasks[ti.task_id] = {"state": str(ti.state)}
+            continue
+        start, end = ti.start_date.timestamp(), ti.end_date.timestamp()
+        at_start, peak = sampler.window(start, end)
+        tasks[ti.task_id] = {"state": str(ti.state), "start": start, "end": end, "wall_s": end - start,
+                             "rss_start": at_start, "rss_peak": peak}
+    first, last = tasks.get("wait_for_supply", {}), tasks.get("report_and_archive", {})
+    total = last["end"] - first["start"] if "start" in first and "end" in last else float("nan")
+    return {"state": str(run.state), "tasks": tasks, "total_s": total}
+
+
+def copy_same_rows(settings: Any, period: str) -> dict[str, Any]:
+    """COPY the supply's loaded rows into a bare table and into one with the same indexes; seconds and rows."""
+    import psycopg2
+    from psycopg2 import sql
+
+    from csp_observatory.ddl import FID_COLUMN
+    from csp_observatory.schema import schema_for
+
+    schema = schema_for(FEED)
+    I = sql.Identifier  # noqa: E741
+    out = {"bare_s": 0.0, "indexed_s": 0.0, "rows": 0, "mb": 0.0}
+    with closing(psycopg2.connect(settings.database_url)) as conn, conn.cursor() as cur:
+        cur.execute("DROP SCHEMA IF EXISTS bench_e2e CASCADE; CREATE SCHEMA bench_e2e")
+        conn.commit()
+        try:
+            for f in schema.files:
+                cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
+                            "AND table_name = %s AND column_name <> %s ORDER BY ordinal_position",
+                            (schema.db_schema, f.table, FID_COLUMN))
+                cols = sql.SQL(", ").join(I(r[0]) for r in cur.fetchall())
+                buf = io.BytesIO()
+                cur.copy_expert(sql.SQL("COPY (SELECT {} FROM {} WHERE supply_id = {}) TO STDOUT").format(
+                    cols, I(schema.db_schema, f.table), sql.Literal(f"{FEED}/{period}")).as_string(cur), buf)
+                out["mb"] += buf.tell() / 1e6
+                cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE supply_id = %s").format(
+                    I(schema.db_schema, f.table)), (f"{FEED}/{period}",))
+                out["rows"] += cur.fetchone()[0]
+                for kind, like in (("bare", "INCLUDING IDENTITY"), ("indexed", "INCLUDING ALL")):
+                    target = I("bench_e2e", f"{kind}_{f.table}")
+                    cur.execute(sql.SQL("CREATE TABLE {} (LIKE {} " + like + ")").format(
+                        target, I(schema.db_schema, f.table)))
+                    conn.commit()
+                    buf.seek(0)
+                    started = time.perf_counter()
+                    cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN").format(target, cols).as_string(cur), buf)
+                    conn.commit()
+                    out[f"{kind}_s"] += time.perf_counter() - started
+        finally:
+            conn.rollback()
+            cur.execute("DROP SCHEMA IF EXISTS bench_e2e CASCADE")
+            conn.commit()
+    return out
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.2f} GB"
+
+
+def measure(n: int, period: str, settings: Any, sampler: RssSampler, log_path: Path,
+            tiny: dict[str, Any]) -> float:
+    """Drop and run an N-offence supply; print its table and the COPY comparison; return marginal/COPY."""
+    from csp_observatory import demo
+
+    forget(settings, period)
+    dropped = _child("--drop", str(n), "--period", period)
+    rows = sum(dropped["rows"].values())
+    print(f"\n## {n:,} offences ({rows:,} data rows: {dropped['rows']}, {dropped['bytes'] / 1e6:.0f} MB of CSV)")
+    print(f"demo_data made them in {dropped['generate_s']:.2f} s; encrypting, signing and uploading took "
+          f"{dropped['encrypt_upload_s']:.2f} s", flush=True)
+    started = time.time()
+    result = run_dag(settings, sampler, log_path)
+    report = demo.latest_report(settings, FEED, period, since=started)
+    level = json.loads(report.read_text())["outcome"]["level"] if report else "no report"
+    loaded = json.loads(report.read_text()).get("summary", {}).get("rows_loaded") if report else None
+    print(f"run {result['state']} (amber or red fails the run by design), supply {level}; rows loaded: {loaded}")
+    print(f"| task | state | wall s | rows/s | RSS at start | peak RSS | rise |")
+    print("|---|---|---|---|---|---|---|")
+    for task_id in (*STAGES, "verdict", "stage_failed"):
+        t = result["tasks"].get(task_id, {})
+        if "wall_s" not in t or t.get("state") == "skipped":
+            print(f"| {task_id} | {t.get('state', '-')} | - | - | - | - | - |")
+            continue
+        rate = rows / t["wall_s"] if t["wall_s"] > 0 else float("inf")
+        print(f"| {task_id} | {t['state']} | {t['wall_s']:.2f} | {rate:,.0f} | {_gb(t['rss_start'])} | "
+              f"{_gb(t['rss_peak'])} | {_gb(t['rss_peak'] - t['rss_start'])} |")
+    total = result["total_s"]
+    print(f"| sensor start to report end | | {total:.2f} | {rows / total:,.0f} | | "
+          f"{_gb(max(t.get('rss_peak', 0) for t in result['tasks'].values()))} | |")
+    slowest = max((t for t in STAGES if "wall_s" in result["tasks"].get(t, {})),
+                  key=lambda t: result["tasks"][t]["wall_s"])
+    print(f"slowest stage: {slowest} ({result['tasks'][slowest]['wall_s']:.2f} s)")
+    copied = copy_same_rows(settings, period)
+    marginal = total - tiny["total_s"]
+    print(f"COPY of the same {copied['rows']:,} loaded rows ({copied['mb']:.0f} MB as text), same database, same run: "
+          f"bare {copied['bare_s']:.2f} s, with the same indexes {copied['indexed_s']:.2f} s")
+    print(f"marginal cost: {total:.2f} s - {tiny['total_s']:.2f} s (tiny supply) = {marginal:.2f} s; "
+          f"load task / bare COPY = {result['tasks']['load']['wall_s'] / copied['bare_s']:.2f}")
+    forget(settings, period)
+    return marginal / copied["bare_s"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--offences", type=int, action="append",
+                        help="supply size (repeatable); default 100000 and 1000000")
+    parser.add_argument("--period", default="203001", help="the supply's period (forgotten before and after)")
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="demo")
+    parser.add_argument("--drop", type=int, help=argparse.SUPPRESS)           # child: make and upload N offences
+    parser.add_argument("--fixed", help=argparse.SUPPRESS)                    # child: time one fixed cost
+    args = parser.parse_args(argv)
+    if args.drop or args.fixed:
+        _use_config(os.environ.get("CSP_BENCH_CONFIG", "demo"))
+        print(json.dumps(drop(args.drop, args.period) if args.drop else fixed_cost(args.fixed), default=str))
+        return 0
+
+    os.environ["CSP_BENCH_CONFIG"] = args.config
+    _use_config(args.config)
+    _own_airflow_home()
+    from csp_observatory.config import load_settings
+
+    with _tests_lock(args.config):
+        settings = load_settings()
+        from csp_observatory import demo
+
+        print(f"# End to end, feed {FEED}, services: {args.config} ({CONFIGS[args.config].name}), "
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+        print(f"reference: {demo.ensure_reference(settings)}")
+        forget(settings, args.period)
+        parse, gx, look = _child("--fixed", "parse"), _child("--fixed", "gx"), _child("--fixed", "look")
+        print(f"fixed costs, each in a fresh process: import Airflow {parse['import_airflow_s']:.2f} s, parse dags/ "
+              f"{parse['parse_s']:.2f} s ({parse['dags']} DAGs); import Great Expectations {gx['import_s']:.2f} s; "
+              f"a poll that finds nothing (arrival.look): imports {look['import_s']:.2f} s, first look "
+              f"{look['first_look_s']:.2f} s, next look {look['next_look_s']:.2f} s", flush=True)
+        log_path = Path(settings.staging_dir).parent / "logs" / "bench-end-to-end.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        sampler = RssSampler()
+        sampler.start()
+        try:
+            _child("--drop", str(TINY), "--period", args.period)
+            tiny = run_dag(settings, sampler, log_path)         # the first run in this process: Airflow warms up
+            forget(settings, args.period)
+            _child("--drop", str(TINY), "--period", args.period)
+            tiny = run_dag(settings, sampler, log_path)
+            forget(settings, args.period)
+            walls = ", ".join(f"{k} {v['wall_s']:.2f}" for k, v in tiny["tasks"].items() if "wall_s" in v)
+            print(f"tiny supply ({TINY} offences), sensor start to report end: {tiny['total_s']:.2f} s ({walls})",
+                  flush=True)
+            ratios = {n: measure(n, args.period, settings, sampler, log_path, tiny)
+                      for n in (args.offences or [100_000, 1_000_000])}
+        finally:
+            sampler.stop()
+        print(f"\nmax RSS of this process (all runs): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} "
+              f"GB; Airflow's log: {log_path}")
+        for n, ratio in ratios.items():
+            print(f"marginal/COPY = {ratio:.2f} at {n} offences")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
