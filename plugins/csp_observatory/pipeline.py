@@ -616,10 +616,11 @@ def sanitise(work_dirs: list[str], settings: Settings | None = None) -> list[str
                 m.save()
                 continue
             # One map per (threshold, displacement), kept on disk per reference version: built once, then reused.
+            # Beside staging, not in it: staging holds only a supply's plaintext and goes with it.
             key = (schema.household_threshold, schema.displacement)
             if key not in maps:
-                maps[key] = sanitising.cached_displacement(reference, *key,
-                                                           cache_dir=Path(settings.staging_dir) / "_displacement_maps")
+                maps[key] = sanitising.cached_displacement(
+                    reference, *key, cache_dir=Path(settings.staging_dir).parent / "cache" / "displacement_maps")
             summaries: dict[str, Any] = {}
             risks: dict[str, Any] = {}
             for name in m.files:
