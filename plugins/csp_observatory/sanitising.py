@@ -108,6 +108,14 @@ class PostcodeMap:
                 self._arrays[name] = self.table[name].to_numpy(float)
         return self._arrays[name]
 
+    def prepare(self) -> PostcodeMap:
+        """Build the lookup structures now (they are otherwise built on first use), so that sanitising a supply
+        costs only its own records."""
+        for name in ("lookup", "target_row", "rule_code", "target_easting", "target_northing", "easting",
+                     "northing"):
+            self._array(name)
+        return self
+
     def positions(self, postcodes: pd.Series) -> np.ndarray:
         """Row number of each postcode in the map, -1 where it is not in the reference."""
         return self._array("lookup").positions(pa.array(pd.Series(postcodes).astype("string").array))
@@ -261,7 +269,7 @@ def cached_displacement(reference: pd.DataFrame, threshold: int = 4, displacemen
         try:
             table = pd.read_parquet(path)
             table.index = pd.Index(table.index.to_numpy(object), name="postcode", dtype=object)   # as built
-            return PostcodeMap(table=table, threshold=threshold, displacement=displacement)
+            return PostcodeMap(table=table, threshold=threshold, displacement=displacement).prepare()
         except Exception:       # a damaged file (a full disk, a killed write): build it again
             path.unlink(missing_ok=True)
     built = build_displacement(reference, threshold, displacement)
@@ -269,7 +277,7 @@ def cached_displacement(reference: pd.DataFrame, threshold: int = 4, displacemen
     part = path.with_name(f"{path.name}.{os.getpid()}.part")
     built.table.to_parquet(part)
     os.replace(part, path)      # atomic: a concurrent reader sees the whole map or none
-    return built
+    return built.prepare()
 
 
 def _whole_years(born: pd.Series, at: pd.Series) -> pd.Series:
