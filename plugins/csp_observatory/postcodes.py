@@ -636,6 +636,7 @@ class PostcodeLookup:
         # a hash index of the distinct codes (pandas builds its table once, on the first lookup, and keeps it)
         self._index = pd.Index(keys[first])
         self._rows = order[first].astype(np.int64)
+        self._index.get_indexer(self._index[:1])       # builds the hash table now, not on the first lookup
 
     def positions(self, query: Any) -> np.ndarray:
         """Row of each queried value in the list (the first, if repeated), -1 where absent."""
