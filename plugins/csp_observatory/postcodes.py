@@ -602,15 +602,15 @@ def pack_postcodes(values: Any) -> tuple[np.ndarray, np.ndarray]:
     lengths = pc.binary_length(arr).fill_null(99).to_numpy(zero_copy_only=False).astype(np.int64)
     ok = ((lengths <= 8) & pc.fill_null(pc.string_is_ascii(arr), False).to_numpy(zero_copy_only=False)
           & ~pc.fill_null(pc.match_substring(arr, "\x00"), True).to_numpy(zero_copy_only=False))
-    packed = np.zeros((n, 8), dtype=np.uint8)
-    if n and ok.any():
-        _, offsets_buf, data_buf = arr.buffers()
-        start = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset:arr.offset + n]
-        data = np.frombuffer(data_buf, dtype=np.uint8)
-        for k in range(8):
-            rows = np.flatnonzero(ok & (lengths > k))
-            packed[rows, k] = data[start[rows] + k]
-    return packed.view(">u8").ravel().astype(np.uint64), ok
+    if not n:
+        return np.zeros(0, dtype=np.uint64), ok
+    # every value that packs, NUL-padded to exactly 8 bytes (the others as 8 NULs): one contiguous buffer
+    padded = pc.ascii_rpad(pc.if_else(pa.array(ok), arr, pa.scalar("", pa.large_string())), width=8,
+                           padding="\x00")
+    _, offsets_buf, data_buf = padded.buffers()
+    first = int(np.frombuffer(offsets_buf, dtype=np.int64)[padded.offset])
+    packed = np.frombuffer(data_buf, dtype=">u8", count=n, offset=first)
+    return packed.astype(np.uint64), ok
 
 
 class PostcodeLookup:

@@ -420,9 +420,11 @@ def sanitise_other_location(out: pd.DataFrame, loc: Any, postcode_map: PostcodeM
 
 def summarise(frame: pd.DataFrame) -> dict[str, Any]:
     """Counts per rule and the distribution of displacement over records moved to a postcode centroid."""
-    rules = frame["sanitise_rule"].astype(str)
-    counts = {r: int((rules == r).sum()) for r in RULES}
-    d = frame.loc[rules.isin(POSTCODE_RULES).to_numpy(), "displacement_m"].astype(float).dropna().to_numpy()
+    # compared in Arrow, never as a million Python strings (a missing rule counts under none)
+    rules = frame["sanitise_rule"].astype("string")
+    counts = {r: int((rules == r).fillna(False).sum()) for r in RULES}
+    moved = rules.isin(POSTCODE_RULES).fillna(False).to_numpy(bool)
+    d = frame.loc[moved, "displacement_m"].astype(float).dropna().to_numpy()
     dist: dict[str, Any] = {"records": int(len(d))}
     if len(d):
         q = np.percentile(d, [50, 90, 99])

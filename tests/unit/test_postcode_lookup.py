@@ -118,3 +118,21 @@ def test_sanitise_places_every_record_as_the_previous_lookup_did(displacement):
     expected = _old_sanitised_columns(frame, pmap)
     pd.testing.assert_frame_equal(got[list(expected.columns)], expected)
     assert set(expected["sanitise_rule"]) >= {"own_postcode", "not_geocoded", "non_addressable"}
+
+
+def test_summary_counts_as_the_previous_string_comparison_did():
+    import pandas as pd
+
+    from csp_observatory import sanitising
+
+    rng = np.random.default_rng(8)
+    rules = rng.choice([*sanitising.RULES, None, "other"], 5000).astype(object)
+    disp = np.where(rng.random(5000) < 0.1, np.nan, np.round(rng.random(5000) * 2000, 1))
+    frame = pd.DataFrame({"sanitise_rule": pd.array(rules, dtype="string"),
+                          "displacement_m": pd.array(disp, dtype="Float64")})
+    old_rules = frame["sanitise_rule"].astype(str)
+    counts = {r: int((old_rules == r).sum()) for r in sanitising.RULES}
+    moved = frame.loc[old_rules.isin(sanitising.POSTCODE_RULES).to_numpy(), "displacement_m"]
+    summary = sanitising.summarise(frame)
+    assert summary["rules"] == counts and sum(counts.values()) > 0
+    assert summary["displacement_m"]["records"] == int(moved.astype(float).dropna().size)
