@@ -19,7 +19,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Final
@@ -167,7 +167,8 @@ def parse_agreement(raw: Any, where: str = "agreement", feeds_known: set[str] | 
         signatories=tuple(_officer(s, f"{where}: signatories[{i}]") for i, s in enumerate(signatories)),
         partner_liaison=_officer(liaison.get("partner"), f"{where}: liaison_officers.partner"),
         observatory_liaison=_officer(liaison.get("observatory"), f"{where}: liaison_officers.observatory"),
-        signed=_date(raw.get("signed"), "signed", where), review_date=_date(raw.get("review_date"), "review_date", where),
+        signed=_date(raw.get("signed"), "signed", where),
+        review_date=_date(raw.get("review_date"), "review_date", where),
         status=status, ends=None if raw.get("ends") in (None, "") else _date(raw["ends"], "ends", where),
         demo=bool(raw.get("demo", False)),
     )

@@ -198,15 +198,20 @@ def _remote_files(client: Any, folder: str) -> list[str]:
         return []
 
 
-def delete_remote_files(client: Any, settings: Any, schema: FeedSchema, today: date) -> list[Deleted]:
-    """Originals in each active partner's processed/, and the partner's reports/, past the feed's retention."""
+def delete_remote_files(client: Any, settings: Any, schema: FeedSchema, today: date,
+                        listings: dict[str, list[str]] | None = None) -> list[Deleted]:
+    """Originals in each active partner's processed/, and the partner's reports/, past the feed's retention.
+    ``listings`` keeps each folder's listing across feeds (one SFTP listing per folder and run)."""
     from csp_observatory import intake
 
+    listings = {} if listings is None else listings
     deleted: list[Deleted] = []
     for partner_id in sorted(settings.partners):
         for sub, kind in (("processed", "originals"), ("reports", "reports")):
             folder = settings.partner_folder(partner_id, sub)
-            for name in _remote_files(client, folder):
+            if folder not in listings:
+                listings[folder] = _remote_files(client, folder)
+            for name in list(listings[folder]):
                 if kind == "originals":
                     hit = intake.classify(schema, name)
                     period = hit[1] if hit else None
@@ -215,6 +220,7 @@ def delete_remote_files(client: Any, settings: Any, schema: FeedSchema, today: d
                 if period is None or not past(schema, period, kind, today):
                     continue
                 client.remove(f"{folder}/{name}")
+                listings[folder].remove(name)
                 deleted.append(Deleted(schema.feed, f"{schema.feed}/{period}", kind, f"sftp:{folder}/{name}", 1,
                                        reason(schema, period, kind)))
     return deleted
@@ -277,8 +283,9 @@ def apply(settings: Any = None, today: date | None = None, feeds: Sequence[str] 
         if not dry_run:
             files: list[Deleted] = []
             with sftp.connect_observatory(settings) as client:
+                listings: dict[str, list[str]] = {}
                 for schema in schemas:
-                    files += delete_remote_files(client, settings, schema, today)
+                    files += delete_remote_files(client, settings, schema, today, listings)
                     files += delete_local_reports(settings, schema, today)
             record(conn, files, run_id)
             conn.commit()
