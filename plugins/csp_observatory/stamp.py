@@ -338,11 +338,13 @@ def loaded_before(conn: Any, supply_id: str) -> bool:
 def _insert(cur: Any, table: str, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
+    from psycopg2.extras import execute_values
+
     columns = list(rows[0])
-    query = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
-        sql.Identifier(SCHEMA, table), sql.SQL(", ").join(sql.Identifier(c) for c in columns),
-        sql.SQL(", ").join(sql.Placeholder() for _ in columns))
-    cur.executemany(query, [tuple(r[c] for c in columns) for r in rows])
+    query = sql.SQL("INSERT INTO {} ({}) VALUES %s").format(
+        sql.Identifier(SCHEMA, table), sql.SQL(", ").join(sql.Identifier(c) for c in columns))
+    # One statement per thousand rows: a supply with many rows set aside costs a few round trips, not one each.
+    execute_values(cur, query.as_string(cur), [tuple(r[c] for c in columns) for r in rows], page_size=1000)
 
 
 def write_stamp(conn: Any, stamp: Stamp) -> None:
