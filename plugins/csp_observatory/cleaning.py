@@ -104,8 +104,12 @@ def _remove_duplicates(frame: pd.DataFrame, feed_file: FeedFile) -> tuple[pd.Dat
     if not repeat.any():
         return frame.reset_index(drop=True), empty_rejected(), 0, 0
     content = [c for c in feed_file.field_names if c in frame.columns]
-    same_as_earlier = frame.duplicated(subset=content, keep="first")
-    first_rows = frame[has_key].drop_duplicates(subset=key, keep="first").set_index(key)["source_row"]
+    # Only rows whose key is repeated can repeat an earlier row's content (the key is part of the content), so
+    # the content is compared within those rows alone, not across every column of every row.
+    group = frame[has_key & frame.duplicated(subset=key, keep=False)] if set(key) <= set(content) else frame
+    same_as_earlier = group.duplicated(subset=content, keep="first")
+    keyed = group[has_key.loc[group.index].to_numpy(bool)]
+    first_rows = keyed.drop_duplicates(subset=key, keep="first").set_index(key)["source_row"]
     rows: list[int] = []
     reasons: list[str] = []
     exact = conflicting = 0

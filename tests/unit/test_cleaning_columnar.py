@@ -100,3 +100,62 @@ def test_clean_tidies_text_as_the_reference_and_counts_the_same(offences, seed):
     assert result.changes["whitespace_tidied"] == changes["whitespace_tidied"]
     assert result.changes["blank_to_null"] == changes["blank_to_null"]
     assert changes["whitespace_tidied"]
+
+
+def _reference_remove_duplicates(frame: pd.DataFrame, feed_file):
+    """The previous duplicate removal: content compared across every row."""
+    from csp_observatory.cleaning import _key_text
+    from csp_observatory.parsing import empty_rejected, rejected_frame
+
+    key = [k for k in feed_file.key if k in frame.columns]
+    has_key = frame[key].notna().all(axis=1)
+    repeat = has_key & frame.duplicated(subset=key, keep="first")
+    if not repeat.any():
+        return frame.reset_index(drop=True), empty_rejected(), 0, 0
+    content = [c for c in feed_file.field_names if c in frame.columns]
+    same_as_earlier = frame.duplicated(subset=content, keep="first")
+    first_rows = frame[has_key].drop_duplicates(subset=key, keep="first").set_index(key)["source_row"]
+    rows, reasons, exact, conflicting = [], [], 0, 0
+    what = _key_text(feed_file)
+    for i in frame.index[repeat]:
+        key_value = tuple(frame.loc[i, key])
+        first = int(first_rows.loc[key_value if len(key) > 1 else key_value[0]])
+        shown = " / ".join(str(v) for v in key_value)
+        row = int(frame.loc[i, "source_row"])
+        if same_as_earlier[i]:
+            exact += 1
+            reasons.append(f"row {row}: exact copy of row {first} (duplicate {what} '{shown}'); first row kept")
+        else:
+            conflicting += 1
+            reasons.append(f"row {row}: duplicate {what} '{shown}' with different content from row {first}; "
+                           f"first row kept")
+        rows.append(row)
+    return frame[~repeat].reset_index(drop=True), rejected_frame(feed_file.name, rows, reasons, "clean"), exact, \
+        conflicting
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("file_name", ["offences", "offenders"])
+def test_duplicates_are_removed_as_the_reference_did(file_name, seed):
+    from csp_observatory.cleaning import _remove_duplicates
+
+    feed_file = load_schema(SCHEMA_DIR / "police_recorded_crime.yaml").file(file_name)
+    rng = random.Random(seed)
+    n = 2000
+    data = {}
+    for name in feed_file.field_names:
+        pool = [None, "A", "B", "C"] if name not in feed_file.key else [None] + [f"K{i}" for i in range(60)]
+        data[name] = pd.Series([rng.choice(pool) for _ in range(n)], dtype="string")
+    base = pd.DataFrame(data)
+    # exact copies of earlier rows, and copies with one value changed, spread through the file
+    copies = base.sample(n // 3, random_state=seed).reset_index(drop=True)
+    changed = copies.index[::2]
+    some = [c for c in feed_file.field_names if c not in feed_file.key][0]
+    copies.loc[changed, some] = "changed"
+    frame = pd.concat([base, copies]).sample(frac=1, random_state=seed + 1)
+    frame.index = range(50, 50 + len(frame))
+    frame["source_row"] = range(1, len(frame) + 1)
+    got, expected = _remove_duplicates(frame, feed_file), _reference_remove_duplicates(frame, feed_file)
+    pd.testing.assert_frame_equal(got[0], expected[0])
+    pd.testing.assert_frame_equal(got[1], expected[1])
+    assert got[2:] == expected[2:] and expected[2] > 0 and expected[3] > 0
