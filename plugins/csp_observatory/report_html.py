@@ -233,7 +233,8 @@ def render_html(report: dict[str, Any]) -> str:
     s = report["summary"]
     cards = [("Rows in files", s["rows_in_files"]), ("Rows loaded", s["rows_loaded"]),
              ("Rows set aside", s["rows_need_attention"]),
-             ("Loaded rows with a problem", s.get("rows_loaded_with_problems", 0)), ("Files refused", s["files_refused"])]
+             ("Loaded rows with a problem", s.get("rows_loaded_with_problems", 0)),
+             ("Files refused", s["files_refused"])]
     if s.get("rows_withheld"):
         cards.insert(3, ("Rows withheld (disclosure)", s["rows_withheld"]))
     cards_html = "".join(f'<div class="card"><div class="n">{_e(v)}</div><div class="l">{html.escape(k)}</div></div>'
