@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: Rows per COPY statement: bounds the CSV text held in memory at once (about 50 MB), whatever the supply's size.
 COPY_BATCH_ROWS = 200_000
+#: A load of at least this many rows into a table refreshes its planner statistics in the load's transaction.
+ANALYZE_MIN_ROWS = 10_000
 #: Hex EWKB of a little-endian point with an SRID (type 0x20000001), before its two coordinates.
 _EWKB_POINT = bytes.fromhex("0101000020") + ddl.SRID.to_bytes(4, "little")
 
@@ -56,11 +58,41 @@ class LoadResult:
         return asdict(self)
 
 
-def check_frame(schema: FeedSchema, file_name: str, frame: pd.DataFrame) -> list[str]:
-    """The frame's columns in table order; raise FrameMismatch if any is missing or unexpected."""
+class LazyFrames(Mapping[str, pd.DataFrame]):
+    """A supply's frames, each read when asked and never kept, so that a load holds one file's rows at a time
+    (a 1M-offence supply's three frames together are over a gigabyte). Each frame's columns and length are kept
+    from its first reading (:meth:`shape`)."""
+
+    def __init__(self, names: Iterable[str], read: Callable[[str], pd.DataFrame]) -> None:
+        self._names, self._read = list(names), read
+        self._shapes: dict[str, tuple[list[str], int]] = {}
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        if name not in self._names:
+            raise KeyError(name)
+        frame = self._read(name)
+        self._shapes[name] = (list(frame.columns), len(frame))
+        return frame
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def shape(self, name: str) -> tuple[list[str], int]:
+        """(columns, rows) of a frame, read once if it has not been yet."""
+        if name not in self._shapes:
+            self[name]
+        return self._shapes[name]
+
+
+def check_frame(schema: FeedSchema, file_name: str, frame: pd.DataFrame | list[str]) -> list[str]:
+    """The frame's columns (or the column names given) in table order; raise FrameMismatch if any is missing or
+    unexpected."""
     feed_file = schema.file(file_name)
     expected = ddl.frame_columns(schema, feed_file)
-    got = list(frame.columns)
+    got = list(frame) if isinstance(frame, list) else list(frame.columns)
     extra = [c for c in got if c not in expected]
     missing = [c for c in expected if c not in got]
     if extra or missing:
@@ -118,11 +150,15 @@ def copy_table(schema: FeedSchema, feed_file: Any, frame: pd.DataFrame, columns:
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     lineage = {"supply_id": supply_id, "period": period, "source_sha256": sha256, "loaded_at": loaded_at}
     for name, value in lineage.items():
-        values[name] = pa.array(np.full(n, value, dtype=object), pa.string())
+        values[name] = pa.array([value], pa.string()).take(pa.array(np.zeros(n, dtype=np.int32)))
     values["geom"] = _ewkb_points(x, y)
     table = pa.table(values)
     key = [c for c in ddl.natural_key(feed_file) if c in values and c != "supply_id"]
-    return table.sort_by([(c, "ascending") for c in key]) if key else table
+    if not key:
+        return table
+    order = pc.sort_indices(table.select(key), sort_keys=[(c, "ascending") for c in key]).to_numpy()
+    # Partners' files usually come in key order already: then there is nothing to move.
+    return table if bool((order == np.arange(n)).all()) else table.take(pa.array(order))
 
 
 def _copy_rows(cur: Any, target: sql.Composable, table: pa.Table) -> None:
@@ -204,7 +240,7 @@ def _write_validation(cur: Any, supply_id: str, validation: dict[str, Any] | Non
     return len(rows)
 
 
-def load_supply(conn: Any, schema: FeedSchema, supply_id: str, period: str, tables: dict[str, pd.DataFrame],
+def load_supply(conn: Any, schema: FeedSchema, supply_id: str, period: str, tables: Mapping[str, pd.DataFrame],
                 lineage: dict[str, str], rejected: pd.DataFrame | None = None,
                 validation: dict[str, Any] | None = None,
                 on_commit_ledger: Callable[[Any], None] | None = None,
@@ -213,6 +249,7 @@ def load_supply(conn: Any, schema: FeedSchema, supply_id: str, period: str, tabl
 
     ``in_transaction(conn)`` does further writes that must commit or roll back with the rows (the supply's
     metadata in the catalogue, the tables' comments); ``on_commit_ledger(conn)`` marks the files loaded, last.
+    ``tables`` may be :class:`LazyFrames`: each file's frame is then read only while it is loaded.
     """
     unknown = set(tables) - {f.name for f in schema.files}
     if unknown:
@@ -221,17 +258,26 @@ def load_supply(conn: Any, schema: FeedSchema, supply_id: str, period: str, tabl
     if missing_sha:
         raise ValueError(f"{supply_id}: no source SHA-256 for {missing_sha}")
     # Check every frame before touching the database: a personal column anywhere stops the whole supply.
-    for name, frame in tables.items():
-        check_frame(schema, name, frame)
+    for name in tables:
+        check_frame(schema, name, tables.shape(name)[0] if isinstance(tables, LazyFrames) else tables[name])
     result = LoadResult(supply_id=supply_id)
     try:
         with conn.cursor() as cur:
             # Two runs of the same supply at once would each delete then insert: make them take turns.
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"csp_observatory.supply.{supply_id}",))
             result.replaced = _delete_supply(cur, schema, supply_id)
-            for name, frame in tables.items():
+            for name in tables:
                 table = f"{schema.db_schema}.{schema.file(name).table}"
-                result.rows[table] = _insert_table(cur, schema, name, frame, supply_id, period, lineage[name])
+                # tables[name] is referenced by the call only: a lazy frame is freed before the next is read.
+                result.rows[table] = _insert_table(cur, schema, name, tables[name], supply_id, period, lineage[name])
+                if result.rows[table] >= ANALYZE_MIN_ROWS:
+                    # Statistics from before the load say the table is small: the counts by ward and month below
+                    # would then be planned as nested loops (measured: minutes at 1M rows, instead of seconds).
+                    # ANALYZE counts this transaction's own rows and takes no lock that stops readers or writers.
+                    started = time.perf_counter()
+                    cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema.db_schema,
+                                                                             schema.file(name).table)))
+                    log.info("%s analysed in %.2f s", table, time.perf_counter() - started)
             result.rejected_rows = _write_rejected(cur, schema, supply_id, rejected)
             result.validation_results = _write_validation(cur, supply_id, validation)
             files = {name: {"sha256": lineage[name], "table": f"{schema.db_schema}.{schema.file(name).table}",

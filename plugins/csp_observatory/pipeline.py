@@ -680,7 +680,8 @@ def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list
             if not m.ok:
                 continue
             schema = schema_for(m.feed)
-            tables = {name: m.read_frame("sanitised", name) for name in m.files}
+            # Read one file at a time while it is loaded, never all at once (memory at 1M offences: issue 9).
+            tables = loading.LazyFrames(m.files, lambda name, m=m: m.read_frame("sanitised", name))
             shas = [f.sha256 for f in m.files.values()]
             # Read at parse time; a manifest from before metadata was read (an older run) is read now.
             checked = m.stages.get("metadata") or _check_metadata(m, schema, {})
@@ -711,7 +712,7 @@ def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list
                     m.save()
                     continue
                 losses = loading.resend_losses(loading.loaded_counts(conn, schema, m.supply_id),
-                                               {name: len(t) for name, t in tables.items()}, schema.resend_max_loss)
+                                               {name: tables.shape(name)[1] for name in tables}, schema.resend_max_loss)
                 if losses and m.period not in (confirmed or []):
                     m.status = "held"
                     for name, (was, now) in losses.items():

@@ -363,3 +363,14 @@ def test_a_file_moving_to_a_content_key_is_migrated_and_loads_without_its_old_ke
         cur.execute(psycopg2.sql.SQL("SELECT count(*) FROM {} WHERE supply_id = %s").format(table),
                     (f"{feed.feed}/{PERIOD}",))
         assert cur.fetchone()[0] == 2
+
+
+def test_a_large_load_refreshes_the_planner_statistics_in_its_transaction(conn, feed, monkeypatch):
+    """Without fresh statistics the counts by ward and month were planned as nested loops over the whole layer."""
+    monkeypatch.setattr(loading, "ANALYZE_MIN_ROWS", 10)
+    table = feed.file("offences").table
+    _load(conn, feed, _frames(feed, 30))
+    with conn.cursor() as cur:
+        cur.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (f"{feed.db_schema}.{table}",))
+        assert cur.fetchone()[0] == 30
+    conn.rollback()

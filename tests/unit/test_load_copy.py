@@ -60,3 +60,20 @@ def test_a_value_that_is_not_whole_is_refused_not_truncated(prc):
         loading._arrow_column(pd.Series([30.5]), column)
     with pytest.raises(ValueError):
         loading._arrow_column(pd.Series(["forty"], dtype=object), column)
+
+
+def test_lazy_frames_are_read_when_asked_and_not_kept():
+    reads: list[str] = []
+
+    def read(name: str) -> pd.DataFrame:
+        reads.append(name)
+        return pd.DataFrame({"a": range(3 if name == "offences" else 5)})
+
+    frames = loading.LazyFrames(["offences", "victims"], read)
+    assert list(frames) == ["offences", "victims"] and reads == []
+    assert frames.shape("victims") == (["a"], 5) and frames.shape("victims") == (["a"], 5)
+    assert reads == ["victims"]                              # the shape is kept; the frame is not
+    assert len(frames["offences"]) == 3 and len(frames["offences"]) == 3
+    assert reads == ["victims", "offences", "offences"]
+    with pytest.raises(KeyError):
+        frames["nope"]
