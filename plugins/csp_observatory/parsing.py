@@ -212,7 +212,11 @@ def read_columns(text: str) -> tuple[list[str], list[pa.ChunkedArray]] | None:
 
 
 def _open_quote_line(text: str, start: int, end: int) -> int:
-    """The line on which the last quoted field opened between lines ``start`` and ``end`` (CSV quoting rules)."""
+    """The line on which the last quoted field opened between lines ``start`` and ``end`` (CSV quoting rules).
+
+    The scan stops where a quoted field's closing quote is followed by other text: that is where the csv module
+    fails, and the field that "closed" there is the one left open (in a file that quotes every text field, later
+    quoted fields on the same line must not be taken for it)."""
     opened, in_quotes, field_start, after_quote = start, False, True, False
     for number, line in enumerate(io.StringIO(text, newline=""), start=1):
         if number < start:
@@ -225,6 +229,8 @@ def _open_quote_line(text: str, start: int, end: int) -> int:
                     after_quote = False
                     if ch == '"':
                         continue            # a doubled quote: part of the value
+                    if ch not in ",\r\n":
+                        return opened       # text after the closing quote: the csv module's error is here
                     in_quotes = False       # it closed the field; this character is outside it
                 elif ch == '"':
                     after_quote = True

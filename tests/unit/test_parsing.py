@@ -218,3 +218,20 @@ def test_a_multi_line_value_before_an_unclosed_quote_does_not_confuse_the_line(t
     with pytest.raises(MalformedFile) as info:
         parse_csv(_write(tmp_path, text), offences)
     assert info.value.reason.startswith("line 5: a quoted field is never closed"), info.value.reason
+
+
+@pytest.mark.unit
+def test_an_unclosed_quote_is_placed_on_its_own_line_when_every_text_field_is_quoted(tmp_path):
+    """A file that quotes every text field: the stray quote on line 3 pairs with the first quote of line 4, and the
+    csv module fails there; the reason must still name line 3, not a later field of line 4."""
+    from csp_observatory import parsing
+
+    good = ['1,"a","b","c"\n'] * 5
+    lines = ["id,x,y,z\n", *good]
+    lines[2] = '2,"Flat 9 Secret Street,b,c\n'                 # line 3 of the file opens a quote it never closes
+    path = tmp_path / "f.csv"
+    path.write_text("".join(lines))
+    text = path.read_text()
+    problem = parsing._csv_problem(text, "',' expected after '\"'", 1, 4)
+    assert problem.startswith("line 3: a quoted field is never closed"), problem
+    assert "Secret" not in problem
