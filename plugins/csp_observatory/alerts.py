@@ -116,7 +116,13 @@ def late_supply(schema: FeedSchema, period: str, due: datetime, settings: Any | 
 def ensure_table(conn: Any) -> None:
     """Create ``observatory.alerts`` if missing (no commit). One row per alert kind and supply."""
     with conn.cursor() as cur:
-        cur.execute("CREATE SCHEMA IF NOT EXISTS observatory")
+        # Only what is missing: a table that exists may belong to a role that set it up, not to this one.
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (ALERTS_TABLE,))
+        if cur.fetchone()[0]:
+            return
+        cur.execute("SELECT to_regnamespace('observatory') IS NULL")
+        if cur.fetchone()[0]:
+            cur.execute("CREATE SCHEMA observatory")
         cur.execute(f"""
             CREATE TABLE IF NOT EXISTS {ALERTS_TABLE} (
                 kind text NOT NULL,

@@ -123,7 +123,12 @@ def run_feed_dag(feed: str = FEED, run_conf: dict[str, Any] | None = None, check
     bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
     if bag.import_errors:
         raise RuntimeError(f"DAG import errors: {bag.import_errors}")
-    run = bag.dags[f"feed_{feed}"].test(run_conf=run_conf)
+    dag = bag.dags[f"feed_{feed}"]
+    # No scheduler judges deadlines in dag.test(), and Airflow 3.3.2's cannot end a successful run of a DAG with a
+    # deadline alert (DagRun.update_state looks the alerts up by id, which dag.test's own copy lacks): drop the
+    # late-supply alert (csp_observatory.alerts) for this in-process run.
+    dag.deadline = None
+    run = dag.test(run_conf=run_conf)
     if run is None:
         raise RuntimeError(f"the DAG run of feed_{feed} did not start")
     failed = [ti.task_id for ti in run.get_task_instances()
