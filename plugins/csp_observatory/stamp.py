@@ -42,7 +42,8 @@ READERS: Final = ("csp_analyst", "csp_engineer", "csp_personal_reader")
 COMMENT_MARK: Final = " | Quality stamp: "
 _DDL: Final = """
 CREATE TABLE IF NOT EXISTS dq.supplies (
-    supply_id text PRIMARY KEY,
+    fid bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    supply_id text NOT NULL UNIQUE,
     feed text NOT NULL,
     period text NOT NULL,
     partner text NOT NULL,
@@ -65,7 +66,7 @@ CREATE TABLE IF NOT EXISTS dq.supplies (
 );
 CREATE INDEX IF NOT EXISTS supplies_feed_idx ON dq.supplies (feed, period);
 CREATE TABLE IF NOT EXISTS dq.qualities (
-    supply_id text NOT NULL REFERENCES dq.supplies ON DELETE CASCADE,
+    supply_id text NOT NULL REFERENCES dq.supplies (supply_id) ON DELETE CASCADE,
     quality text NOT NULL,
     score double precision,
     grade text NOT NULL,
@@ -76,7 +77,7 @@ CREATE TABLE IF NOT EXISTS dq.qualities (
     PRIMARY KEY (supply_id, quality)
 );
 CREATE TABLE IF NOT EXISTS dq.file_qualities (
-    supply_id text NOT NULL REFERENCES dq.supplies ON DELETE CASCADE,
+    supply_id text NOT NULL REFERENCES dq.supplies (supply_id) ON DELETE CASCADE,
     file_name text NOT NULL,
     table_name text,
     quality text NOT NULL,
@@ -87,7 +88,7 @@ CREATE TABLE IF NOT EXISTS dq.file_qualities (
     PRIMARY KEY (supply_id, file_name, quality)
 );
 CREATE TABLE IF NOT EXISTS dq.checks (
-    supply_id text NOT NULL REFERENCES dq.supplies ON DELETE CASCADE,
+    supply_id text NOT NULL REFERENCES dq.supplies (supply_id) ON DELETE CASCADE,
     file_name text NOT NULL,
     check_no integer NOT NULL,
     quality text,
@@ -100,7 +101,7 @@ CREATE TABLE IF NOT EXISTS dq.checks (
     PRIMARY KEY (supply_id, file_name, check_no)
 );
 CREATE TABLE IF NOT EXISTS dq.set_aside_rows (
-    supply_id text NOT NULL REFERENCES dq.supplies ON DELETE CASCADE,
+    supply_id text NOT NULL REFERENCES dq.supplies (supply_id) ON DELETE CASCADE,
     file_name text NOT NULL,
     source_row integer,
     stage text NOT NULL,
@@ -109,12 +110,31 @@ CREATE TABLE IF NOT EXISTS dq.set_aside_rows (
     loaded boolean NOT NULL
 );
 CREATE INDEX IF NOT EXISTS set_aside_rows_supply_idx ON dq.set_aside_rows (supply_id);
+-- v2: dq.supplies made by v1 (key supply_id) gets the integer key fid that QGIS and GDAL take as the feature id
+-- (the analysts' QGIS project lists it as a layer); supply_id stays unique, and the other tables refer to it.
+ALTER TABLE dq.supplies ADD COLUMN IF NOT EXISTS fid bigint GENERATED ALWAYS AS IDENTITY;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint c JOIN pg_attribute a ON a.attrelid = c.conrelid
+                   AND a.attnum = ANY (c.conkey)
+                   WHERE c.conrelid = 'dq.supplies'::regclass AND c.contype = 'p' AND a.attname = 'fid') THEN
+        ALTER TABLE dq.supplies ADD CONSTRAINT supplies_supply_id_key UNIQUE (supply_id);
+        ALTER TABLE dq.supplies DROP CONSTRAINT supplies_pkey CASCADE;      -- and the foreign keys on it
+        ALTER TABLE dq.supplies ADD PRIMARY KEY (fid);
+        ALTER TABLE dq.qualities ADD FOREIGN KEY (supply_id) REFERENCES dq.supplies (supply_id) ON DELETE CASCADE;
+        ALTER TABLE dq.file_qualities ADD FOREIGN KEY (supply_id) REFERENCES dq.supplies (supply_id)
+            ON DELETE CASCADE;
+        ALTER TABLE dq.checks ADD FOREIGN KEY (supply_id) REFERENCES dq.supplies (supply_id) ON DELETE CASCADE;
+        ALTER TABLE dq.set_aside_rows ADD FOREIGN KEY (supply_id) REFERENCES dq.supplies (supply_id)
+            ON DELETE CASCADE;
+    END IF;
+END $$;
 """
 
 TABLE_COMMENTS: Final = {
     "supplies": "Quality stamp (guidance Box 3): one row per supply, its outcome (green, amber, red) and reasons as "
                 "its quality report says, and its grade per quality (the worst of its files'). A re-sent supply "
-                "replaces its row; a refused re-send of a loaded supply leaves the loaded one's [dq v1]",
+                "replaces its row; a refused re-send of a loaded supply leaves the loaded one's. Key: fid [dq v2]",
     "qualities": "One row per supply and quality (section 4.2.3): the lowest score of its files, the worst grade "
                  "(grading.py), checks passed and failed over its files, and the failed checks as caveats",
     "file_qualities": "One row per supply, file and quality: score, grade and checks as the report shows them",

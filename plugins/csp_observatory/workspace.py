@@ -132,6 +132,10 @@ class Style:
     title: str
 
 
+#: The quality stamp's table (``stamp.py``): one row per supply, integer key fid.
+QUALITY_LAYER: Final = ("dq", "supplies")
+
+
 @dataclass(frozen=True)
 class Layer:
     """One layer of the project: a PostGIS table, with a point geometry or none (counts by ward and month)."""
@@ -224,7 +228,8 @@ def _comment(cur: Any, db_schema: str, table: str) -> str:
 
 def project_layers(conn: Any, schemas: Iterable[FeedSchema]) -> list[Layer]:
     """The layers of the project: for each depersonalised feed file whose table exists and the login may read,
-    its points and (where it has them) its counts by ward and month. Personal tables are never listed."""
+    its points and (where it has them) its counts by ward and month; then the quality stamp of every supply
+    (``dq.supplies``). Personal tables are never listed."""
     layers: list[Layer] = []
     with conn.cursor() as cur:
         for schema in schemas:
@@ -242,6 +247,12 @@ def project_layers(conn: Any, schemas: Iterable[FeedSchema]) -> list[Layer]:
                     layers.append(Layer(group=schema.title, name=f"{f.title} by ward and month",
                                         db_schema=db_schema, table=counts, geometry=None,
                                         abstract=_comment(cur, db_schema, counts)))
+        # The quality stamp (guidance Box 3): each supply's outcome and grades, to join to a layer by supply_id
+        # or to read before trusting a month (the graded views carry it per record: docs/ANALYSTS.md).
+        if layers and _readable(cur, QUALITY_LAYER[0], QUALITY_LAYER[1]):
+            layers.append(Layer(group="Data quality", name="Quality stamp of each supply", db_schema=QUALITY_LAYER[0],
+                                table=QUALITY_LAYER[1], geometry=None,
+                                abstract=_comment(cur, QUALITY_LAYER[0], QUALITY_LAYER[1])))
     conn.rollback()
     return layers
 

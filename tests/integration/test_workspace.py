@@ -27,7 +27,7 @@ import pytest
 from psycopg2 import sql
 from scipy.spatial import cKDTree
 
-from csp_observatory import ddl, demo, loading, postcodes, workspace
+from csp_observatory import ddl, demo, loading, postcodes, stamp, workspace
 from csp_observatory.schema import REPO_ROOT, SCHEMA_DIR, FeedSchema, load_schema
 
 pytestmark = pytest.mark.integration
@@ -408,6 +408,8 @@ def _project(conn, isolated, reference, analyst_env, out: Path) -> tuple[list[Fe
     """Police recorded crime and council ASB (and a personal feed) loaded under their own names, and the project
     over them written to ``out`` by a command that reads as the analyst, through the project's own service."""
     prc, asb = isolated("police_recorded_crime"), isolated("council_asb")
+    stamp.ensure_dq(conn)          # the quality stamp's tables, which the project lists after the feeds' layers
+    conn.commit()
     personal = isolated("police_recorded_crime", personalised=True)
     for schema, n in ((prc, 25), (asb, 15), (personal, 5)):
         _load(conn, schema, PERIOD, _frames(schema, reference, PERIOD, n))
@@ -429,7 +431,7 @@ def test_the_qgis_project_reads_back_with_ogrinfo_as_the_analyst(conn, isolated,
     assert demo_config["analyst_password"] not in text and not re.search(r"password|authcfg", text, re.I)
     tables = _read_back(text, analyst_env, conn)
     expected = [f"depersonalised.{t}" for s in (prc, asb) for f in s.files
-                for t in (f.table, ddl.ward_month_table(f))]
+                for t in (f.table, ddl.ward_month_table(f))] + ["dq.supplies"]      # the quality stamp
     assert sorted(tables) == sorted(expected) and len(layers) == len(expected)
     assert not any(t.startswith("personal.") for t in tables)
     # The same login cannot open a personal table, by the project's connection or any other.
