@@ -17,30 +17,24 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
 import psycopg2
 import pytest
 import yaml
+from airflow_harness import Api, base_env, deployment, free_port, start, tails, wait
 
 from csp_observatory import demo, fixtures, postcodes
 from csp_observatory.pipeline import schema_for
-from csp_observatory.schema import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 
 FEED = "bus_incidents"          # Table 2: as and when, started by the supply's arrival
 PERIOD = "202602"               # this module's own month
 DAG_ID = f"feed_{FEED}"
-COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 WORKERS = ("a", "b")
 # Each stage on the other worker from the stage before it (the sensor, the verdict and the rest on worker a).
 ROUTES = {"collect": "a", "decrypt_and_verify": "b", "parse_and_validate": "a", "clean": "b", "geocode": "a",
@@ -53,27 +47,6 @@ RUN_WAIT_S = 420
 # file's hash (gpg encrypts the same text to new bytes each time).
 VOLATILE = {"fid", "loaded_at", "source_sha256"}
 DATA_SUFFIXES = (".csv", ".parquet", ".gpg")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tails(logs: list[Path]) -> str:
-    return "\n".join(f"--- {p}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-30:])
-                     for p in logs if p.exists())
-
-
-def _wait(what: str, check: Any, within: float, logs: list[Path], every: float = 2.0) -> Any:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"{what} did not happen within {within:.0f} s\n{_tails(logs)}")
 
 
 def _celery_config() -> dict[str, str]:
@@ -107,36 +80,6 @@ def _airflow_db_query(url: str, statement: str, *params: Any) -> list[tuple]:
             return cur.fetchall()
     finally:
         conn.close()
-
-
-class Api:
-    """Airflow's REST API as an engineer uses it: a token from the simple auth manager, then /api/v2."""
-
-    def __init__(self, base: str, username: str, password: str) -> None:
-        self.base, self.username, self.password, self.token = base, username, password, ""
-
-    def _call(self, method: str, path: str, body: Any = None, auth: bool = True) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
-        if auth:
-            request.add_header("Authorization", f"Bearer {self.token}")
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read() or b"null")
-
-    def login(self) -> bool:
-        try:
-            self.token = self._call("POST", "/auth/token", {"username": self.username, "password": self.password},
-                                    auth=False)["access_token"]
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
-        return bool(self.token)
-
-    def get(self, path: str) -> Any:
-        return self._call("GET", path)
-
-    def patch(self, path: str, body: Any) -> Any:
-        return self._call("PATCH", path, body)
 
 
 def _drop_supply(settings, supply: Any) -> list[str]:
@@ -182,7 +125,7 @@ def celery_deployment(tmp_path_factory: pytest.TempPathFactory, settings) -> Ite
     shared.mkdir(mode=0o700)
     home = root / "airflow"
     home.mkdir()
-    api_port = _free_port()
+    api_port = free_port()
     token = secrets.token_hex(4)                # this deployment's own queues: nothing stale on the broker
     queues = {w: f"csp-test-{w}-{token}" for w in WORKERS}
     password = secrets.token_hex(12)
@@ -190,80 +133,36 @@ def celery_deployment(tmp_path_factory: pytest.TempPathFactory, settings) -> Ite
     # a stand-in for "this machine's name": each worker reports its own, so the REST API shows who ran what
     (root / "worker_identity.py").write_text("import os\n\n\ndef hostname() -> str:\n"
                                              "    return os.environ['CSP_TEST_WORKER_NAME']\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
-    env.pop("CSP_DATABASE_URL", None)
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    env = base_env(home, api_port, **{
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": cfg["airflow_database_url"],
         "AIRFLOW__CELERY__BROKER_URL": cfg["broker_url"],
         "AIRFLOW__CELERY__RESULT_BACKEND": cfg["result_backend"],
         "AIRFLOW__OPERATORS__DEFAULT_QUEUE": queues["a"],
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__API__PORT": str(api_port),
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
-        "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(16).hex(),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "engineer:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "plugins"), str(REPO_ROOT)]),
-        "CSP_CONFIG": os.environ["CSP_CONFIG"],
         "CSP_STAGING_URL": shared.as_uri(),
         "CSP_STAGE_QUEUES": ",".join([*(f"{t}={queues[w]}" for t, w in ROUTES.items()), f"*={queues['a']}"]),
-        "CSP_SENSOR_POKE_S": "2",
-        "CSP_SENSOR_TIMEOUT_S": "300",
-        "CSP_RETRY_DELAY_S": "1",
-        "GX_ANALYTICS_ENABLED": "false",
     })
-    airflow = str(Path(sys.executable).with_name("airflow"))
     _reset_airflow_db(cfg["airflow_database_url"])
-    migrated = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=600)
-    assert migrated.returncode == 0, migrated.stderr[-3000:]
     logs = root / "logs"
-    logs.mkdir()
-    procs: list[subprocess.Popen] = []
     workers: dict[str, dict[str, Path]] = {}
-    try:
-        for name in COMPONENTS:
-            out = open(logs / f"{name}.log", "wb")
-            procs.append(subprocess.Popen([airflow, name], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                          start_new_session=True))
+    with deployment(env, logs) as procs:
         for w in WORKERS:
             private = root / f"worker-{w}"        # this worker's own disk: nobody else is pointed at it
             dirs = {"tmp": private / "tmp", "staging": private / "staging", "home": private / "airflow"}
-            for d in dirs.values():
-                d.mkdir(parents=True, mode=0o700)
+            for folder in dirs.values():
+                folder.mkdir(parents=True, mode=0o700)
             workers[w] = dirs
             wenv = dict(env, TMPDIR=str(dirs["tmp"]), CSP_STAGING_DIR=str(dirs["staging"]),
                         AIRFLOW_HOME=str(dirs["home"]), CSP_TEST_WORKER_NAME=f"worker-{w}",
                         AIRFLOW__CORE__HOSTNAME_CALLABLE="worker_identity.hostname",
-                        AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(_free_port()),
+                        AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(free_port()),
                         PYTHONPATH=os.pathsep.join([str(root), env["PYTHONPATH"]]))
-            out = open(logs / f"worker-{w}.log", "wb")
-            procs.append(subprocess.Popen([airflow, "celery", "worker", "--queues", queues[w], "--concurrency", "1",
-                                           "--celery-hostname", f"worker-{w}-{token}@%h"],
-                                          env=wenv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
-        yield {"env": env, "cfg": cfg, "logs": logs, "api": Api(f"http://127.0.0.1:{api_port}", "engineer", password),
+            start(wenv, logs, ["celery", "worker", "--queues", queues[w], "--concurrency", "1",
+                               "--celery-hostname", f"worker-{w}-{token}@%h"], f"worker-{w}", procs)
+        yield {"env": env, "cfg": cfg, "logs": logs, "api": Api(api_port, "engineer", password),
                "workers": workers, "shared": shared, "queues": queues}
-    finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 30
-        for p in procs:
-            try:
-                p.wait(timeout=max(deadline - time.monotonic(), 1))
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(timeout=10)
 
 
 def _files(folder: Path) -> list[Path]:
@@ -292,18 +191,18 @@ def test_two_celery_workers_load_a_supply_as_one_worker_does(request, settings, 
     d = request.getfixturevalue("celery_deployment")
     api: Api = d["api"]
     logs = sorted(d["logs"].glob("*.log"))
-    _wait("the API server giving the engineer a token", api.login, START_WAIT_S, logs)
-    _wait("the DAG processor serialising the feed's DAG",
+    wait("the API server giving the engineer a token", api.login, START_WAIT_S, logs)
+    wait("the DAG processor serialising the feed's DAG",
           lambda: _get_or_none(api, f"/api/v2/dags/{DAG_ID}"), START_WAIT_S, logs)
     assert api.get(f"/api/v2/dags/{DAG_ID}")["is_paused"] is True     # until its partner is onboarded
     api.patch(f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
-    _wait("the asset watcher reaching the triggerer",
+    wait("the asset watcher reaching the triggerer",
           lambda: _airflow_db_query(d["cfg"]["airflow_database_url"], "SELECT count(*) FROM trigger WHERE classpath "
                                     "LIKE %s", "%SupplyArrivalTrigger%")[0][0] > 0, START_WAIT_S, logs)
 
     _drop_supply(settings, supply)
     runs_path = f"/api/v2/dags/{DAG_ID}/dagRuns"
-    done = _wait("the supply's run finishing on the Celery workers",
+    done = wait("the supply's run finishing on the Celery workers",
                  lambda: [r for r in api.get(runs_path)["dag_runs"] if r["state"] in ("success", "failed")],
                  RUN_WAIT_S, logs)
     (run,) = done
@@ -314,7 +213,7 @@ def test_two_celery_workers_load_a_supply_as_one_worker_does(request, settings, 
     # Every stage ran, each on the worker its queue names: every hand-over crossed from one worker to the other.
     for stage in STAGES:
         ti = tis[stage]
-        assert ti["state"] == "success", (stage, {k: v["state"] for k, v in tis.items()}, _tails(logs))
+        assert ti["state"] == "success", (stage, {k: v["state"] for k, v in tis.items()}, tails(logs))
         assert ti["queue"] == d["queues"][ROUTES[stage]], (stage, ti["queue"])
         assert ti["hostname"] == f"worker-{ROUTES[stage]}", (stage, ti["hostname"])
     assert {tis[s]["hostname"] for s in STAGES} == {"worker-a", "worker-b"}

@@ -9,16 +9,8 @@ of ``due_days`` after the period. The months are therefore last month's, whichev
 """
 from __future__ import annotations
 
-import json
-import os
-import signal
 import stat
-import socket
-import sqlite3
-import subprocess
-import sys
 import time
-import urllib.request
 from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -26,125 +18,37 @@ from typing import Any, Iterator
 
 import psycopg2
 import pytest
+from airflow_harness import Api, base_env, deployment, free_port, sqlite_query, tails, wait
 
 from csp_observatory import alerts, demo, fixtures, postcodes
-from csp_observatory.schema import REPO_ROOT, schema_for
+from csp_observatory.schema import schema_for
 
 pytestmark = pytest.mark.integration
 
 MISSING = "council_asb"         # no supply ever arrives for its scheduled run's month
 ON_TIME = "fire_incidents"      # its supply arrives while its scheduled run waits
-COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 DUE_AFTER_S = 150       # the test's due time, after the run is queued: room for the on-time run to load its supply
 WINDOW_S = 210          # how long the runs wait for a supply: the missing one is still waiting when it falls due
 START_WAIT_S = 180
 RUN_WAIT_S = 600
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _airflow(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).with_name("airflow")), *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
 def _query(db: Path, statement: str, *params: Any) -> list[tuple]:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
-        return conn.execute(statement, params).fetchall()
-
-
-def _tails(logs: Path) -> str:
-    return "\n".join(f"--- {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-25:])
-                     for p in sorted(logs.glob("*.log")))
-
-
-def _wait(what: str, check: Any, within: float, logs: Path, every: float = 2.0) -> Any:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            got = check()
-        except (OSError, sqlite3.Error):     # the API server or the metadata DB is not up yet
-            got = None
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"{what} did not happen within {within:.0f} s\n{_tails(logs)}")
-
-
-class Api:
-    """Airflow's REST API (and the UI's own API) as the UI calls it; the simple auth manager lets everyone in."""
-
-    def __init__(self, port: int) -> None:
-        self.base = f"http://127.0.0.1:{port}"
-
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        request = urllib.request.Request(self.base + path, method=method,
-                                         data=None if body is None else json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read() or b"null")
+    return sqlite_query(db, statement, *params)
 
 
 @pytest.fixture(scope="module")
 def airflow_deployment(tmp_path_factory: pytest.TempPathFactory, settings) -> Iterator[dict[str, Any]]:
     """Airflow's own processes on a metadata DB of their own, running the repository's DAGs against the tests'
-    services with the test-only short due time; stopped (their whole process groups) after the module."""
+    services with the test-only short due time; stopped (with everything they started) after the module."""
     home = tmp_path_factory.mktemp("airflow_late_supply")
-    api_port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-        "AIRFLOW__API__PORT": str(api_port),
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
-        "AIRFLOW__API_AUTH__JWT_SECRET": os.urandom(16).hex(),
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "plugins"), str(REPO_ROOT)]),
-        "CSP_CONFIG": os.environ["CSP_CONFIG"],
-        "CSP_SENSOR_POKE_S": "2",
-        "CSP_SENSOR_TIMEOUT_S": str(WINDOW_S),
-        "CSP_RETRY_DELAY_S": "1",
-        "CSP_TEST_DUE_AFTER_S": str(DUE_AFTER_S),       # test only: see dags/feeds.py
-        "GX_ANALYTICS_ENABLED": "false",
-    })
-    env.pop("CSP_DATABASE_URL", None)
-    migrated = _airflow(env, "db", "migrate")
-    assert migrated.returncode == 0, migrated.stderr[-3000:]
+    api_port = free_port()
+    env = base_env(home, api_port, AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True",
+                   CSP_SENSOR_TIMEOUT_S=str(WINDOW_S),
+                   CSP_TEST_DUE_AFTER_S=str(DUE_AFTER_S))       # test only: see dags/feeds.py
     logs = home / "component-logs"
-    logs.mkdir()
-    procs: list[subprocess.Popen] = []
-    try:
-        for name in COMPONENTS:
-            out = open(logs / f"{name}.log", "wb")
-            procs.append(subprocess.Popen([str(Path(sys.executable).with_name("airflow")), name], env=env,
-                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+    with deployment(env, logs):
         yield {"env": env, "db": home / "airflow.db", "logs": logs, "api": Api(api_port)}
-    finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 30
-        for p in procs:
-            try:
-                p.wait(timeout=max(deadline - time.monotonic(), 1))
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(timeout=10)
 
 
 def _period_waited_for(logical_date: str) -> str:
@@ -234,26 +138,26 @@ def _start_and_finish(api: Api, db_file: Path, logs: Path, settings, started: di
                       forget: Any) -> None:
     for feed in (MISSING, ON_TIME):
         dag_id = f"feed_{feed}"
-        _wait(f"the DAG processor serialising {dag_id}",
+        wait(f"the DAG processor serialising {dag_id}",
               lambda: db_file.exists() and _query(db_file, "SELECT is_paused FROM dag WHERE dag_id = ?", dag_id),
               START_WAIT_S, logs)
-        _wait("the API server answering", lambda: api.call("GET", f"/api/v2/dags/{dag_id}"), START_WAIT_S, logs)
+        wait("the API server answering", lambda: api.call("GET", f"/api/v2/dags/{dag_id}"), START_WAIT_S, logs)
         api.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
     for feed in (MISSING, ON_TIME):
         dag_id = f"feed_{feed}"
-        run = _wait(f"the scheduled run of {dag_id}", lambda: _scheduled_run(api, dag_id), START_WAIT_S, logs)
+        run = wait(f"the scheduled run of {dag_id}", lambda: _scheduled_run(api, dag_id), START_WAIT_S, logs)
         started[feed] = {"dag_id": dag_id, "run_id": run["dag_run_id"], "logical_date": run["logical_date"],
                          "period": _period_waited_for(run["logical_date"])}
     forget()        # the months the runs wait for, now that they are known: nothing loaded, no alert yet
     # The partner sends the on-time supply while its run waits for it.
     on_time = started[ON_TIME]
-    _wait("the on-time run waiting for its supply",
+    wait("the on-time run waiting for its supply",
           lambda: _task_states(api, on_time["dag_id"], on_time["run_id"]).get("wait_for_supply") == "deferred",
           START_WAIT_S, logs)
     files, metadata = _clean_supply(ON_TIME, on_time["period"])
     demo.drop_demo_supply(settings, schema_for(ON_TIME), on_time["period"], files=files, metadata=metadata)
     for feed, run in started.items():
-        run["final"] = _wait(f"the run of {feed} finishing", lambda: (got := api.call(
+        run["final"] = wait(f"the run of {feed} finishing", lambda: (got := api.call(
             "GET", f"/api/v2/dags/{run['dag_id']}/dagRuns/{run['run_id']}"))["state"] in ("success", "failed")
                              and got, RUN_WAIT_S, logs)
         run["due"] = datetime.fromisoformat(run["final"]["queued_at"]) + timedelta(seconds=DUE_AFTER_S)
@@ -284,7 +188,7 @@ def test_a_month_whose_supply_never_arrives_raises_the_late_supply_alert_naming_
     # The triggerer ran the callback, and Airflow kept what it said: the partner, the period and the due date.
     outputs = [o for (o,) in _query(runs["db_file"], "SELECT output FROM callback WHERE state = 'success'")
                if o and feed in o]
-    assert len(outputs) == 1, (outputs, _tails(runs["logs"]))
+    assert len(outputs) == 1, (outputs, tails(runs["logs"]))
     assert schema.partner.id in outputs[0] and period in outputs[0]
     # The observatory recorded it once, naming the partner, its current supplier, the feed, the period and when.
     (row,) = _alert_rows(db, feed, period)
