@@ -13,6 +13,7 @@ import tempfile
 import sys
 import time
 from contextlib import closing, contextmanager
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,7 +24,17 @@ from csp_observatory.config import Settings, load_settings
 from csp_observatory.schema import REPO_ROOT, FeedSchema
 
 FEED = "police_recorded_crime"
-DEMO_PERIOD = "202609"
+
+
+def last_month(today: date | None = None) -> str:
+    """The month before ``today`` (UTC) as YYYYMM: the supply a monthly partner would be sending now."""
+    today = today or datetime.now(timezone.utc).date()
+    return (today.replace(day=1) - timedelta(days=1)).strftime("%Y%m")
+
+
+#: The demo's month: last month, so that the report's arrival line judges the supply as a partner's real one
+#: (on time until its due day, late after it), not a fixed month that grows later every day.
+DEMO_PERIOD = last_month()
 
 
 def demo_config() -> dict[str, Any]:
@@ -162,9 +173,9 @@ def how_to_look(settings: Settings) -> str:
     demo = demo_config()
     return f"""
 Open the Airflow UI on these DAGs:
-    source {REPO_ROOT}/.run/airflow.env && {REPO_ROOT}/.venv/bin/airflow standalone
-    then browse to http://localhost:8080 (the admin password is printed by 'standalone' and saved in
-    $AIRFLOW_HOME/simple_auth_manager_passwords.json.generated); the DAG is 'feed_{FEED}'.
+    {REPO_ROOT}/scripts/airflow start     (and 'scripts/airflow stop' when done: nothing is left running)
+    then browse to http://127.0.0.1:8080, user admin, password in
+    {REPO_ROOT}/.run/airflow/simple_auth_manager_passwords.json.generated; the DAG is 'feed_{FEED}'.
 
 Connect QGIS to the PostGIS layers (read-only analyst account):
     Layer > Add Layer > Add PostGIS Layers > New connection
@@ -176,6 +187,8 @@ Connect QGIS to the PostGIS layers (read-only analyst account):
         {REPO_ROOT}/scripts/qgis_project --demo-config {REPO_ROOT}/.run/demo.yaml --out csp-observatory.qgs
     The partner's caveats (its metadata file, guidance section 3.4) are in each layer's and field's description
     (Layer Properties > Information, Fields) and in the table reference.feed_caveats; the DAG's page shows them too.
+    The quality stamp of every supply is in dq.supplies (and dq.qualities, dq.checks); each layer has a
+    <table>_graded view giving every record its month's grades (docs/ANALYSTS.md).
 """
 
 

@@ -160,3 +160,13 @@ def test_text_is_quoted_and_numbers_are_bare(made):
     assert any("," in r["location_address"] for r in rows)
     assert all(r["easting"] == "" or r["easting"].isdigit() for r in rows)
     assert all(r["longitude"] == "" or len(r["longitude"].split(".")[1]) == 6 for r in rows)
+
+
+def test_the_demo_month_is_last_month():
+    from datetime import date
+
+    from csp_observatory import demo
+
+    assert demo.last_month(date(2026, 11, 30)) == "202610"
+    assert demo.last_month(date(2027, 1, 1)) == "202612"
+    assert demo.last_month(date(2024, 3, 31)) == "202402"
