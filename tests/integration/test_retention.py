@@ -3,6 +3,7 @@ records in PostGIS, its original in the partner's processed/, its reports) with 
 recent supply of the same feed stays. Both supplies go through the feed's DAG from an SFTP drop."""
 from __future__ import annotations
 
+import uuid
 from datetime import date
 from pathlib import Path
 
@@ -20,7 +21,8 @@ _month_start = TODAY.replace(day=1)
 _KEPT = retention.RETENTION_DEFAULTS["depersonalised"].rows_months
 OLD = retention.add_months(_month_start, -(_KEPT + 2)).strftime("%Y%m")
 RECENT = retention.add_months(_month_start, -1).strftime("%Y%m")
-RUN_ID = f"test_retention_{TODAY.isoformat()}"
+# Each session's own run id: the retention log keeps every run's rows, and this test reads back only its own.
+RUN_ID = f"test_retention_{TODAY.isoformat()}_{uuid.uuid4().hex[:8]}"
 
 
 def _count(db, sql: str, *args) -> int:
@@ -37,7 +39,9 @@ def _ls(settings, folder: str) -> list[str]:
 
 
 @pytest.fixture()
-def two_supplies(settings, db, forget_supply):
+def two_supplies(settings, db, forget_supply, clean_partner_folders):
+    """Two supplies of the feed loaded through its DAG, one past retention; the partners' folders start empty, so
+    that what retention finds in processed/ is this test's own."""
     schema = schema_for(FEED)
     for period in (OLD, RECENT):
         forget_supply(db, schema, period)

@@ -460,6 +460,7 @@ def test_the_scripts_write_a_project_and_export_a_period_of_a_real_feed(conn, re
     schema = load_schema(SCHEMA_DIR / "police_recorded_crime.yaml")
     ddl.ensure_database(conn)
     ddl.ensure_feed_tables(conn, schema)            # the real tables of the tests' database, migrated if older
+    stamp.ensure_dq(conn)                           # the quality stamp, which the project lists too
     conn.commit()
     forget_supply(conn, schema, PERIOD_REAL)
     frames = _frames(schema, reference, PERIOD_REAL, 30)
@@ -475,7 +476,8 @@ def test_the_scripts_write_a_project_and_export_a_period_of_a_real_feed(conn, re
         assert demo_config["analyst_password"] not in text
         assert f"dbname='{demo_config['analyst_database']}'" in text and f"user='{demo_config['analyst_user']}'" in text
         assert sorted(_read_back(text, analyst_env, conn)) == sorted(
-            f"depersonalised.{t}" for f in schema.files for t in (f.table, ddl.ward_month_table(f)))
+            [f"depersonalised.{t}" for f in schema.files for t in (f.table, ddl.ward_month_table(f))]
+            + ["dq.supplies"])                                          # the quality stamp, after the feed's layers
 
         # the export, opened again with geopandas and ogrinfo
         gpkg = tmp_path / "prc.gpkg"
