@@ -7,7 +7,6 @@ asset-triggered run, and the executor's workers run its tasks, which load the su
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -22,10 +21,6 @@ FEED = "bus_incidents"          # Table 2: as and when, started by the supply's 
 PERIOD = "202604"               # this module's own month
 START_WAIT_S = 120
 RUN_WAIT_S = 300
-
-
-def _query(db: Path, statement: str, *params: Any) -> list[tuple]:
-    return sqlite_query(db, statement, *params)
 
 
 @pytest.fixture(scope="module")
@@ -55,26 +50,26 @@ def test_a_supply_arriving_starts_its_feed_dag_in_a_running_airflow(airflow_depl
     dag_id = f"feed_{FEED}"
     # The DAG processor parses the repository's DAGs; a feed's DAG starts paused until its partner is onboarded.
     wait("the DAG processor serialising the feed's DAG",
-          lambda: db_file.exists() and _query(db_file, "SELECT is_paused FROM dag WHERE dag_id = ?", dag_id),
+          lambda: db_file.exists() and sqlite_query(db_file, "SELECT is_paused FROM dag WHERE dag_id = ?", dag_id),
           START_WAIT_S, logs)
-    assert _query(db_file, "SELECT is_paused FROM dag WHERE dag_id = ?", dag_id) == [(1,)]
+    assert sqlite_query(db_file, "SELECT is_paused FROM dag WHERE dag_id = ?", dag_id) == [(1,)]
     unpaused = airflow(env, "dags", "unpause", dag_id)
     assert unpaused.returncode == 0, unpaused.stderr[-2000:]
 
     # The watcher is registered with the triggerer; with nothing in the inbox, no run starts.
     wait("the asset watcher reaching the triggerer",
-          lambda: _query(db_file, "SELECT count(*) FROM trigger WHERE classpath LIKE ?",
+          lambda: sqlite_query(db_file, "SELECT count(*) FROM trigger WHERE classpath LIKE ?",
                          "%SupplyArrivalTrigger%")[0][0] > 0, START_WAIT_S, logs)
     time.sleep(10)
-    assert _query(db_file, "SELECT count(*) FROM dag_run WHERE dag_id = ?", dag_id) == [(0,)]
+    assert sqlite_query(db_file, "SELECT count(*) FROM dag_run WHERE dag_id = ?", dag_id) == [(0,)]
 
     dropped = _drop(settings, FEED, PERIOD)
     runs = wait("an asset-triggered run of the feed's DAG finishing",
-                 lambda: _query(db_file, "SELECT run_id, run_type, state FROM dag_run WHERE dag_id = ? AND state IN "
-                                "('success', 'failed')", dag_id), RUN_WAIT_S, logs, every=2)
+                lambda: sqlite_query(db_file, "SELECT run_id, run_type, state FROM dag_run WHERE dag_id = ? AND "
+                                     "state IN ('success', 'failed')", dag_id), RUN_WAIT_S, logs, every=2)
     (run_id, run_type, state), *more = runs
     assert run_type == "asset_triggered" and not more
-    states = dict(_query(db_file, "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?",
+    states = dict(sqlite_query(db_file, "SELECT task_id, state FROM task_instance WHERE dag_id = ? AND run_id = ?",
                          dag_id, run_id))
     for stage in ("wait_for_supply", "collect", "decrypt_and_verify", "parse_and_validate", "clean", "geocode",
                   "sanitise", "load", "report_and_archive"):
@@ -90,5 +85,5 @@ def test_a_supply_arriving_starts_its_feed_dag_in_a_running_airflow(airflow_depl
     db.rollback()
     # The files were taken: the inbox is empty, the originals are in processed/, nothing started a second run.
     time.sleep(8)
-    assert len(_query(db_file, "SELECT run_id FROM dag_run WHERE dag_id = ?", dag_id)) == 1
+    assert len(sqlite_query(db_file, "SELECT run_id FROM dag_run WHERE dag_id = ?", dag_id)) == 1
     assert dropped

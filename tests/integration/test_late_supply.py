@@ -33,10 +33,6 @@ START_WAIT_S = 180
 RUN_WAIT_S = 600
 
 
-def _query(db: Path, statement: str, *params: Any) -> list[tuple]:
-    return sqlite_query(db, statement, *params)
-
-
 @pytest.fixture(scope="module")
 def airflow_deployment(tmp_path_factory: pytest.TempPathFactory, settings) -> Iterator[dict[str, Any]]:
     """Airflow's own processes on a metadata DB of their own, running the repository's DAGs against the tests'
@@ -139,7 +135,7 @@ def _start_and_finish(api: Api, db_file: Path, logs: Path, settings, started: di
     for feed in (MISSING, ON_TIME):
         dag_id = f"feed_{feed}"
         wait(f"the DAG processor serialising {dag_id}",
-              lambda: db_file.exists() and _query(db_file, "SELECT is_paused FROM dag WHERE dag_id = ?", dag_id),
+              lambda: db_file.exists() and sqlite_query(db_file, "SELECT is_paused FROM dag WHERE dag_id = ?", dag_id),
               START_WAIT_S, logs)
         wait("the API server answering", lambda: api.call("GET", f"/api/v2/dags/{dag_id}"), START_WAIT_S, logs)
         api.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
@@ -186,7 +182,7 @@ def test_a_month_whose_supply_never_arrives_raises_the_late_supply_alert_naming_
     defined = api.call("GET", f"/ui/dags/{run['dag_id']}/deadlineAlerts")
     assert [a["name"] for a in defined["deadline_alerts"]] == [alerts.alert_name(schema)]
     # The triggerer ran the callback, and Airflow kept what it said: the partner, the period and the due date.
-    outputs = [o for (o,) in _query(runs["db_file"], "SELECT output FROM callback WHERE state = 'success'")
+    outputs = [o for (o,) in sqlite_query(runs["db_file"], "SELECT output FROM callback WHERE state = 'success'")
                if o and feed in o]
     assert len(outputs) == 1, (outputs, tails(runs["logs"]))
     assert schema.partner.id in outputs[0] and period in outputs[0]
@@ -217,7 +213,7 @@ def test_a_supply_loaded_in_time_raises_no_alert(runs, db) -> None:
     assert not [d for d in shown["deadlines"] if d["missed"]], shown
     # ... no callback raised an alert for it (the run an arrival starts after it may miss the test's deadline, which
     # only the test override gives it: it waits for no period, so it raises nothing), and none was recorded.
-    said = [o for (o,) in _query(runs["db_file"], "SELECT output FROM callback") if o and feed in o]
+    said = [o for (o,) in sqlite_query(runs["db_file"], "SELECT output FROM callback") if o and feed in o]
     assert not [o for o in said if "Late supply" in o or period in o], said
     assert _alert_rows(db, feed, period) == []
 
