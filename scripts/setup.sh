@@ -310,6 +310,15 @@ for url in "$DATABASE_URL" "$TEST_DATABASE_URL"; do
     psql -X -q "$url" -c "SELECT postgis_version()" >>"$LOG" 2>&1 || fail "cannot log in to the database as in its URL (see $LOG)"
 done
 
+# ---------------------------------------------------------------- audit of reads of personal data
+# scripts/setup_audit.sh (sourced: it sees this script's variables and functions) sets up the audit of every
+# read of the restricted schema (docs/GOVERNANCE.md).
+if [ -f "$REPO/scripts/setup_audit.sh" ]; then
+    step "audit"
+    # shellcheck source=/dev/null
+    . "$REPO/scripts/setup_audit.sh"
+fi
+
 # ---------------------------------------------------------------- Celery: broker and Airflow's metadata database
 step "celery"
 # The CeleryExecutor (docker-compose.yaml, tests/integration/test_celery_workers.py) needs a broker: Redis on
