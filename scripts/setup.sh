@@ -50,6 +50,13 @@ PARTNER_GROUP=csp-partners      # sshd jails this group's members in their own f
 REGISTRY="$ETC/partners"        # the partner registry: one YAML file per partner (read by config.py)
 SITE="$ETC/site.yaml"
 PARTNER_FOLDERS=(inbox quarantine processed reports)
+# The demo's named person (scripts/people): no shared login; each analyst or engineer gets their own.
+DEMO_LOGIN=demo_analyst
+PEOPLE_FILE="$ETC/people.yaml"   # which databases scripts/people keeps its register in (the project's cluster)
+# TLS for every TCP login to the project's cluster: a local CA and the server's certificate, made once in the store;
+# the CA certificate is published (world-readable) where clients' URLs point (sslrootcert).
+TLS_STORE="$STORE/tls"
+CA_CERT="$ETC/tls/ca.crt"
 
 mkdir -p "$RUN/logs"
 chmod 0700 "$RUN"
@@ -100,7 +107,7 @@ pick_python() {
     return 1
 }
 
-apt_install postgresql openssh-server openssh-client gnupg ca-certificates util-linux gdal-bin
+apt_install postgresql openssh-server openssh-client gnupg ca-certificates util-linux gdal-bin openssl
 # headless Chromium: tests/integration/test_report_browser.py opens the quality report as a browser does. Debian
 # packages it as chromium; Ubuntu ships only a snap wrapper, which a container cannot run: there set-up goes on
 # without it and says so, and the browser test skips with the reason.
@@ -161,12 +168,22 @@ ROLES_SQL=$(cat <<'SQL'
 SELECT format('CREATE ROLE %I NOLOGIN', r)
   FROM unnest(ARRAY['csp_analyst', 'csp_engineer', 'csp_personal_reader']) AS r
  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) \gexec
-SELECT format('CREATE ROLE %I LOGIN', r)
-  FROM unnest(ARRAY['csp_loader', 'analyst']) AS r
- WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = r) \gexec
+SELECT 'CREATE ROLE csp_loader LOGIN' WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'csp_loader') \gexec
 ALTER ROLE csp_loader WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'loader_pw';
-ALTER ROLE analyst WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'analyst_pw';
-GRANT csp_analyst TO analyst;
+-- The shared login "analyst" of earlier set-ups goes: people log in as themselves (scripts/people). Dropped where
+-- nothing depends on it; otherwise it can no longer log in and is in no group.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'analyst') THEN
+        BEGIN
+            DROP ROLE analyst;
+        EXCEPTION WHEN dependent_objects_still_exist THEN
+            ALTER ROLE analyst NOLOGIN PASSWORD NULL;
+            REVOKE csp_analyst FROM analyst;
+        END;
+    END IF;
+END
+$$;
 SQL
 )
 DB_SQL=$(cat <<'SQL'
@@ -190,7 +207,7 @@ from urllib.parse import urlsplit
 import yaml
 
 run = Path(sys.argv[1])
-for name, key, role in (("observatory.yaml", "database_url", "csp_loader"), ("demo.yaml", "analyst_url", "analyst")):
+for name, key, role in (("observatory.yaml", "database_url", "csp_loader"), ("demo.yaml", "analyst_url", "demo_analyst")):
     try:
         url = (yaml.safe_load((run / name).read_text(encoding="utf-8")) or {}).get(key) or ""
     except OSError:
@@ -216,16 +233,54 @@ db_password() {  # role
     chmod 0600 "$f"
     cat "$f"
 }
-# The roles' SQL with the passwords set on stdin, never on a command line (ps) or in the log.
+# The roles' SQL with the password set on stdin, never on a command line (ps) or in the log.
 roles_sql() {
-    printf '\\set loader_pw %s\n\\set analyst_pw %s\n' "'$LOADER_PW'" "'$ANALYST_PW'"
+    printf '\\set loader_pw %s\n' "'$LOADER_PW'"
     echo "$ROLES_SQL"
+}
+# The shared analyst login's password is no longer used by anything: one secret fewer in the store.
+rm -f "$STORE/db/analyst.password"
+
+# The project's cluster's TLS material, in the store (root only): made once, reused while it is valid. The server
+# certificate is made again only when it no longer verifies against the CA, lacks a name, or ends within 30 days.
+tls_material() {
+    local d=$TLS_STORE ext
+    install -d -o root -g root -m 0700 "$d"
+    if [ ! -s "$d/ca.key" ] || [ ! -s "$d/ca.crt" ]; then
+        rm -f "$d/ca.key.new" "$d/ca.crt.new" "$d/server.crt"
+        quiet openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256 -days 3650 \
+            -subj "/CN=csp-observatory local CA ($(hostname))" \
+            -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+            -keyout "$d/ca.key.new" -out "$d/ca.crt.new"
+        chmod 0600 "$d/ca.key.new" "$d/ca.crt.new"
+        mv -f "$d/ca.crt.new" "$d/ca.crt"; mv -f "$d/ca.key.new" "$d/ca.key"
+    fi
+    if [ ! -s "$d/server.key" ] || [ ! -s "$d/server.crt" ] \
+       || ! openssl verify -CAfile "$d/ca.crt" "$d/server.crt" >/dev/null 2>&1 \
+       || ! openssl x509 -in "$d/server.crt" -noout -checkend 2592000 >/dev/null 2>&1 \
+       || ! openssl x509 -in "$d/server.crt" -noout -text 2>/dev/null | grep -q "IP Address:127.0.0.1"; then
+        rm -f "$d/server.key.new" "$d/server.csr" "$d/server.crt.new"
+        ext=$(mktemp)
+        printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1" "basicConstraints=critical,CA:FALSE" \
+            "keyUsage=critical,digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >"$ext"
+        quiet openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -sha256 \
+            -subj "/CN=localhost" -keyout "$d/server.key.new" -out "$d/server.csr"
+        quiet openssl x509 -req -in "$d/server.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" \
+            -set_serial "0x$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')" -days 825 -sha256 \
+            -extfile "$ext" -out "$d/server.crt.new"
+        rm -f "$ext" "$d/server.csr"
+        chmod 0600 "$d/server.key.new" "$d/server.crt.new"
+        mv -f "$d/server.crt.new" "$d/server.crt"; mv -f "$d/server.key.new" "$d/server.key"
+    fi
+    chmod 0600 "$d"/*
+    # the CA certificate where every client's URL points: world-readable (a certificate is public)
+    install -d -o root -g root -m 0755 "$ETC" "$ETC/tls"
+    replace_if_changed "$CA_CERT" 0644 root:root <"$d/ca.crt" || true
 }
 
 if [ -n "${CSP_DATABASE_URL:-}" ]; then
     # An existing PostGIS: make the extension and the roles there, and use the URL as given.
     LOADER_PW=$(db_password csp_loader)
-    ANALYST_PW=$(db_password analyst)
     TEST_DATABASE_URL=${CSP_TEST_DATABASE_URL:-$CSP_DATABASE_URL}
     for url in "$CSP_DATABASE_URL" "$TEST_DATABASE_URL"; do
         roles_sql | quiet psql -X -q "$url"
@@ -244,20 +299,37 @@ else
     fi
     mkdir -p "$PG_ETC/conf.d"
     restart_pg=0; reload_pg=0
+    # TLS: the server's key and certificate beside the cluster's config, readable by postgres only (the store is
+    # root's); TLS settings and a new certificate take a reload, not a restart
+    tls_material
+    install -d -o postgres -g postgres -m 0700 "$PG_ETC/tls"
+    replace_if_changed "$PG_ETC/tls/server.key" 0600 postgres:postgres <"$TLS_STORE/server.key" && reload_pg=1 || true
+    replace_if_changed "$PG_ETC/tls/server.crt" 0644 postgres:postgres <"$TLS_STORE/server.crt" && reload_pg=1 || true
+    replace_if_changed "$PG_ETC/conf.d/csp-observatory-tls.conf" 0644 postgres:postgres <<EOF && reload_pg=1 || true
+# written by csp-observatory scripts/setup.sh: every TCP login is over TLS (pg_hba.conf refuses any other)
+ssl = on
+ssl_cert_file = '$PG_ETC/tls/server.crt'
+ssl_key_file = '$PG_ETC/tls/server.key'
+ssl_ca_file = ''
+ssl_min_protocol_version = 'TLSv1.2'
+EOF
     replace_if_changed "$PG_ETC/conf.d/csp-observatory.conf" 0644 postgres:postgres <<EOF && restart_pg=1 || true
 # written by csp-observatory scripts/setup.sh
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
 password_encryption = 'scram-sha-256'
 EOF
-    # TCP needs a password (scram); on the socket only root and postgres may become postgres (for setup
-    # and the tests' admin connection), everyone else is matched by peer name.
+    # TCP needs TLS and a password (scram); a TCP login without TLS is refused whatever its password. On the
+    # socket only root and postgres may become postgres (for setup and the tests' admin connection), everyone
+    # else is matched by peer name.
     replace_if_changed "$PG_ETC/pg_hba.conf" 0640 postgres:postgres <<'EOF' && reload_pg=1 || true
 # written by csp-observatory scripts/setup.sh
-local   all   postgres                    peer map=csp_admin
-local   all   all                         peer
-host    all   all        127.0.0.1/32     scram-sha-256
-host    all   all        ::1/128          scram-sha-256
+local     all   postgres                    peer map=csp_admin
+local     all   all                         peer
+hostssl   all   all        127.0.0.1/32     scram-sha-256
+hostssl   all   all        ::1/128          scram-sha-256
+hostnossl all   all        0.0.0.0/0        reject
+hostnossl all   all        ::/0             reject
 EOF
     replace_if_changed "$PG_ETC/pg_ident.conf" 0640 postgres:postgres <<'EOF' && reload_pg=1 || true
 # written by csp-observatory scripts/setup.sh
@@ -275,7 +347,6 @@ EOF
     [ "$(cluster_status)" = "online" ] || fail "cluster $PG_VER/$PG_CLUSTER did not start (is port $PG_PORT taken?)"
     pgsu() { (cd / && runuser -u postgres -- psql -X -q -p "$PG_PORT" "$@"); }
     LOADER_PW=$(db_password csp_loader)
-    ANALYST_PW=$(db_password analyst)
     roles_sql | quiet pgsu -d postgres
     # the demo's database, and the tests' own (so the tests never touch what the demo shows)
     for db in "$PG_DB" "$PG_TEST_DB"; do
@@ -285,29 +356,62 @@ EOF
         quiet pgsu -d postgres -c "ALTER DATABASE $db OWNER TO csp_loader"
         quiet pgsu -d "$db" <<<"$DB_SQL"
     done
-    DATABASE_URL="postgresql://csp_loader:$LOADER_PW@127.0.0.1:$PG_PORT/$PG_DB"
-    TEST_DATABASE_URL="postgresql://csp_loader:$LOADER_PW@127.0.0.1:$PG_PORT/$PG_TEST_DB"
+    # every TCP URL verifies the server's certificate against the project's CA (and its name, 127.0.0.1)
+    TLS_QUERY="sslmode=verify-full&sslrootcert=$CA_CERT"
+    DATABASE_URL="postgresql://csp_loader:$LOADER_PW@127.0.0.1:$PG_PORT/$PG_DB?$TLS_QUERY"
+    TEST_DATABASE_URL="postgresql://csp_loader:$LOADER_PW@127.0.0.1:$PG_PORT/$PG_TEST_DB?$TLS_QUERY"
     ADMIN_URL="postgresql://postgres@/$PG_DB?host=/var/run/postgresql&port=$PG_PORT"
     TEST_ADMIN_URL="postgresql://postgres@/$PG_TEST_DB?host=/var/run/postgresql&port=$PG_PORT"
     DB_MODE="cluster $PG_VER/$PG_CLUSTER on 127.0.0.1:$PG_PORT"
 fi
-# The analyst's URL: the database's host, port and name with the analyst's credentials.
+# Prove the loader's TCP login works before going on (the URLs are not logged: passwords).
+for url in "$DATABASE_URL" "$TEST_DATABASE_URL"; do
+    psql -X -q "$url" -c "SELECT postgis_version()" >>"$LOG" 2>&1 || fail "cannot log in to the database as in its URL (see $LOG)"
+done
+
+# ---------------------------------------------------------------- people (scripts/people)
+step "people"
+# The demo's analyst is a named person like any other (profile analyst), made with the command an engineer uses
+# for a real one; its password is a stored secret, so every clone's demo.yaml keeps working.
+DEMO_PW=$(db_password "$DEMO_LOGIN")
+if [ -n "${CSP_DATABASE_URL:-}" ]; then
+    people_args=(--db "$CSP_DATABASE_URL")
+    [ "$TEST_DATABASE_URL" = "$CSP_DATABASE_URL" ] || people_args+=(--db "$TEST_DATABASE_URL")
+else
+    # the admin's socket URLs (no password): root becomes postgres by peer map. Root-only all the same.
+    replace_if_changed "$PEOPLE_FILE" 0600 root:root <<EOF || true
+# written by scripts/setup.sh: the databases whose register of people scripts/people keeps (roles are the
+# cluster's, so a person is registered in each database they can connect to), and how people connect
+databases:
+  - $ADMIN_URL
+  - $TEST_ADMIN_URL
+connect: {host: 127.0.0.1, port: $PG_PORT, dbname: $PG_DB, sslrootcert: $CA_CERT}
+EOF
+    people_args=(--config "$PEOPLE_FILE")
+fi
+printf '%s\n' "$DEMO_PW" | quiet "$REPO/scripts/people" "${people_args[@]}" add --login "$DEMO_LOGIN" \
+    --name "Demo Analyst" --email "demo.analyst@csp-observatory.invalid" --profile analyst --password-stdin \
+    || fail "making the demo's named analyst $DEMO_LOGIN failed (see $LOG)"
+# The analyst's URL: the database's host, port, name and TLS settings with the demo person's credentials.
 analyst_url() {  # database_url
-    "$VPY" - "$1" "$ANALYST_PW" <<'PY'
+    "$VPY" - "$1" "$DEMO_LOGIN" "$DEMO_PW" <<'PY'
 import sys
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 u = urlsplit(sys.argv[1])
 host = u.hostname or "127.0.0.1"   # a socket URL: the analyst logs in over TCP, on the same port
-port = u.port or (parse_qs(u.query).get("port") or [None])[0]
-netloc = f"analyst:{sys.argv[2]}@{host}" + (f":{port}" if port else "")
-print(urlunsplit((u.scheme, netloc, u.path, "", "")))
+query = dict(parse_qsl(u.query))
+port = u.port or query.get("port")
+# the socket's host and port are not the analyst's; TLS and other settings are
+query = {k: v for k, v in query.items() if k not in ("host", "port", "user", "password")}
+netloc = f"{sys.argv[2]}:{quote(sys.argv[3], safe='')}@{host}" + (f":{port}" if port else "")
+print(urlunsplit((u.scheme, netloc, u.path, urlencode(query, safe="/"), "")))
 PY
 }
 ANALYST_URL=$(analyst_url "$DATABASE_URL")
 TEST_ANALYST_URL=$(analyst_url "$TEST_DATABASE_URL")
-# Prove the loader's TCP login works before writing it into the config (the URLs are not logged: passwords).
-for url in "$DATABASE_URL" "$TEST_DATABASE_URL"; do
-    psql -X -q "$url" -c "SELECT postgis_version()" >>"$LOG" 2>&1 || fail "cannot log in to the database as in its URL (see $LOG)"
+# Prove the demo analyst's TLS login works before writing it into the config.
+for url in "$ANALYST_URL" "$TEST_ANALYST_URL"; do
+    psql -X -q "$url" -c "SELECT 1" >>"$LOG" 2>&1 || fail "the demo analyst $DEMO_LOGIN cannot log in (see $LOG)"
 done
 
 # ---------------------------------------------------------------- audit of reads of personal data
@@ -355,10 +459,10 @@ SQL
     replace_if_changed "$RUN/test/celery.yaml" 0600 root:root <<EOF || true
 # written by scripts/setup.sh: the tests' Celery deployment (tests/integration/test_celery_workers.py)
 broker_url: redis://127.0.0.1:$REDIS_PORT/0
-airflow_database_url: postgresql+psycopg2://csp_airflow:$AIRFLOW_DB_PW@127.0.0.1:$PG_PORT/csp_airflow_test
-result_backend: db+postgresql://csp_airflow:$AIRFLOW_DB_PW@127.0.0.1:$PG_PORT/csp_airflow_test
+airflow_database_url: postgresql+psycopg2://csp_airflow:$AIRFLOW_DB_PW@127.0.0.1:$PG_PORT/csp_airflow_test?$TLS_QUERY
+result_backend: db+postgresql://csp_airflow:$AIRFLOW_DB_PW@127.0.0.1:$PG_PORT/csp_airflow_test?$TLS_QUERY
 EOF
-    psql -X -q "postgresql://csp_airflow:$AIRFLOW_DB_PW@127.0.0.1:$PG_PORT/csp_airflow_test" -c "SELECT 1" >>"$LOG" 2>&1 \
+    psql -X -q "postgresql://csp_airflow:$AIRFLOW_DB_PW@127.0.0.1:$PG_PORT/csp_airflow_test?$TLS_QUERY" -c "SELECT 1" >>"$LOG" 2>&1 \
         || fail "cannot log in to csp_airflow_test as csp_airflow (see $LOG)"
 fi
 
@@ -714,7 +818,7 @@ partner_args=()
 for p in "${PARTNERS[@]}"; do partner_args+=("$p=${PARTNER_FPR[$p]}=${PARTNER_HOME[$p]}"); done
 (umask 077
  RUN="$RUN" STORE="$STORE" KEYS="$KEYS" GNUPG="$GNUPG" HOST_KEY_PUB="$HOST_KEY_PUB" OBS_USER="$OBS_USER" \
- OBS_FPR="$OBS_FPR" AIRFLOW_HOME="$AIRFLOW_HOME" ANALYST_PW="$ANALYST_PW" REGISTRY="$REGISTRY" \
+ OBS_FPR="$OBS_FPR" AIRFLOW_HOME="$AIRFLOW_HOME" DEMO_LOGIN="$DEMO_LOGIN" DEMO_PW="$DEMO_PW" REGISTRY="$REGISTRY" \
  DEMO_PARTNER="$DEMO_PARTNER" \
  DATABASE_URL="$DATABASE_URL" ADMIN_URL="$ADMIN_URL" ANALYST_URL="$ANALYST_URL" SFTP_PORT="$SSHD_PORT" \
  TEST_DATABASE_URL="$TEST_DATABASE_URL" TEST_ADMIN_URL="$TEST_ADMIN_URL" TEST_ANALYST_URL="$TEST_ANALYST_URL" \
@@ -723,7 +827,7 @@ for p in "${PARTNERS[@]}"; do partner_args+=("$p=${PARTNER_FPR[$p]}=${PARTNER_HO
 import os
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
@@ -751,6 +855,7 @@ def documents(folder: Path, prefix: str) -> tuple[dict, dict]:
         "partners_dir": env["REGISTRY"],
     }
     analyst = urlsplit(env[prefix + "ANALYST_URL"])
+    tls = {k: v[0] for k, v in parse_qs(analyst.query).items() if k in ("sslmode", "sslrootcert")}
     demo = {
         "partner": first,
         "partner_sftp_user": first,
@@ -762,8 +867,11 @@ def documents(folder: Path, prefix: str) -> tuple[dict, dict]:
         "analyst_host": analyst.hostname,
         "analyst_port": analyst.port or 5432,
         "analyst_database": analyst.path.lstrip("/"),
-        "analyst_user": "analyst",
-        "analyst_password": env["ANALYST_PW"],
+        # the demo's named person (scripts/people), not a shared login
+        "analyst_user": env["DEMO_LOGIN"],
+        "analyst_password": env["DEMO_PW"],
+        "analyst_sslmode": tls.get("sslmode", "prefer"),
+        "analyst_sslrootcert": tls.get("sslrootcert"),
         "admin_url": env[prefix + "ADMIN_URL"],
         "airflow_home": env["AIRFLOW_HOME"],
         "secrets_dir": env["STORE"],
@@ -828,7 +936,8 @@ fi
 # ---------------------------------------------------------------- summary
 cat <<EOF
 csp-observatory is set up ($(( $(date +%s) - START )) s; log: $LOG)
-  PostGIS   $DB_MODE (roles csp_loader, csp_analyst, csp_engineer, csp_personal_reader, analyst)
+  PostGIS   $DB_MODE (roles csp_loader, csp_analyst, csp_engineer, csp_personal_reader; TLS only over TCP)
+  people    $DEMO_LOGIN (Demo Analyst, profile analyst); add people with scripts/people (docs/GOVERNANCE.md)
   SFTP      sftp -P $SSHD_PORT -i $KEYS/${OBS_USER}_ed25519 $OBS_USER@127.0.0.1
   partners  ${#PARTNERS[@]} demo partners onboarded (scripts/partner list; $DEMO_PARTNER is the demo's)
   GnuPG     observatory $OBS_FPR; $DEMO_PARTNER ${PARTNER_FPR[$DEMO_PARTNER]}
