@@ -103,17 +103,20 @@ def _write_log(folder, lines):
     return path
 
 
+def _read_msg(statement_id: int, table: str = "personal.a") -> str:
+    return f"AUDIT: OBJECT,{statement_id},1,READ,SELECT,TABLE,{table},<not logged>,<not logged>,2"
+
+
 def test_scan_keeps_the_period_the_database_and_the_personal_schema(tmp_path):
     _write_log(tmp_path, [
         NOT_AUDIT,
-        _line("AUDIT: OBJECT,1,1,READ,SELECT,TABLE,personal.a,<not logged>,<not logged>,2", at="2026-10-31 23:59:59 UTC"),
-        _line("AUDIT: OBJECT,2,1,READ,SELECT,TABLE,personal.a,<not logged>,<not logged>,2", at="2026-11-01 00:00:00 UTC"),
-        _line("AUDIT: OBJECT,3,1,READ,SELECT,TABLE,personal.a,<not logged>,<not logged>,2", at="2026-11-30 23:59:59 UTC"),
-        _line("AUDIT: OBJECT,4,1,READ,SELECT,TABLE,personal.a,<not logged>,<not logged>,2", at="2026-12-01 00:00:00 UTC"),
-        _line("AUDIT: OBJECT,5,1,READ,SELECT,TABLE,personal.a,<not logged>,<not logged>,2", db="other_db",
+        _line(_read_msg(1), at="2026-10-31 23:59:59 UTC"),
+        _line(_read_msg(2), at="2026-11-01 00:00:00 UTC"),
+        _line(_read_msg(3), at="2026-11-30 23:59:59 UTC"),
+        _line(_read_msg(4), at="2026-12-01 00:00:00 UTC"),
+        _line(_read_msg(5), db="other_db",
               at="2026-11-10 00:00:00 UTC"),
-        _line("AUDIT: OBJECT,6,1,READ,SELECT,TABLE,depersonalised.a,<not logged>,<not logged>,2",
-              at="2026-11-10 00:00:00 UTC"),
+        _line(_read_msg(6, "depersonalised.a"), at="2026-11-10 00:00:00 UTC"),
     ])
     start, end = aa.period_bounds(date(2026, 11, 1), date(2026, 11, 30))
     scan = aa.scan_log(tmp_path, start, end, "csp_observatory")
