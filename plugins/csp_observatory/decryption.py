@@ -7,6 +7,7 @@ temporary name that becomes the output only on success, and any partial plaintex
 """
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from dataclasses import dataclass
@@ -95,9 +96,14 @@ def check_status(stderr: str, expected_fingerprint: str) -> tuple[str, datetime 
     if "BADSIG" in keys:
         raise refuse("bad_signature", "The file's signature does not match its contents: it was altered after "
                                       "it was signed. Sign and encrypt the original again and upload it.")
-    if keys & {"EXPKEYSIG", "REVKEYSIG"}:
-        raise refuse("expired_or_revoked", "The file was signed with a key that has expired or been revoked. "
-                                           "Register a current signing key with the observatory and sign with it.")
+    if "REVKEYSIG" in keys:
+        raise refuse("expired_or_revoked", "The file was signed with a key that has been revoked, so the "
+                                           "signature cannot be trusted. Register a new signing key with the "
+                                           "observatory and sign the file with it.")
+    if "EXPKEYSIG" in keys:
+        raise refuse("expired_or_revoked", "The file was signed with a key that has expired. Extend the key's "
+                                           "expiry date (and send the observatory the updated public key) or "
+                                           "register a new signing key, then sign the file again.")
     if "ERRSIG" in keys or "NO_PUBKEY" in keys:
         signer = next((v.split()[6] for k, v in lines if k == "ERRSIG" and len(v.split()) >= 7), "")
         signer = signer or next((v for k, v in lines if k == "NO_PUBKEY"), "unknown")
@@ -123,6 +129,20 @@ def check_status(stderr: str, expected_fingerprint: str) -> tuple[str, datetime 
     return expected, when
 
 
+#: What gpg says when it cannot write its output: the observatory's own disk, never the partner's file.
+_WRITE_FAILURES = (("No space left on device", errno.ENOSPC), ("Disk quota exceeded", errno.EDQUOT),
+                   ("File too large", errno.EFBIG), ("error writing", errno.EIO), ("write error", errno.EIO))
+
+
+def local_write_failure(stderr: str, output: Path) -> None:
+    """Raise OSError when gpg failed to write the plaintext (staging full, say): a fault of the observatory, which
+    the stage must fail on (and Airflow retry), not a damaged file to send back to the partner."""
+    for words, code in _WRITE_FAILURES:
+        if words in stderr:
+            raise OSError(code, f"gpg could not write the plaintext to {output.parent} ({words}): the file is not "
+                                f"at fault and stays in the inbox")
+
+
 def decrypt_and_verify(gnupg_home: str | Path, encrypted: Path, output: Path, expected_fingerprint: str,
                        passphrase: str | None = None) -> Verified:
     """Decrypt ``encrypted`` to ``output`` only if it is signed by ``expected_fingerprint``; else RefusedFile."""
@@ -133,6 +153,7 @@ def decrypt_and_verify(gnupg_home: str | Path, encrypted: Path, output: Path, ex
     try:
         gpg = gnupg.GPG(gnupghome=str(gnupg_home))
         result = gpg.decrypt_file(str(encrypted), passphrase=passphrase, output=str(temp))
+        local_write_failure(result.stderr or "", temp)
         signer, when = check_status(result.stderr or "", expected_fingerprint)
         # Belt and braces over our own reading of the status lines: python-gnupg must agree.
         if not (result.ok and result.valid

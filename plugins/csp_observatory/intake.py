@@ -35,6 +35,31 @@ PART = ".part"
 REASON_SUFFIX = ".reason.txt"
 #: The ``file_name`` of a supply's metadata file (no data file of any schema has this name).
 METADATA = "metadata"
+#: The largest file the observatory takes (bytes), judged from the inbox listing before any byte is downloaded, so
+#: that a wrong export (a force's whole history, a 1 GB file) never fills staging; ``CSP_MAX_FILE_BYTES`` sets
+#: another limit. A month of the largest force's recorded crime is tens of megabytes.
+DEFAULT_MAX_FILE_BYTES: Final = 512 * 1024 * 1024
+
+
+def max_file_bytes() -> int:
+    """The size limit in force: ``CSP_MAX_FILE_BYTES`` when set to a positive whole number, else the default."""
+    raw = os.environ.get("CSP_MAX_FILE_BYTES", "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_FILE_BYTES
+
+
+def _size_words(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,} bytes"
+
+
+def too_large_reason(size: int, limit: int) -> str:
+    """What a partner reads about a file over the size limit."""
+    return (f"The file is {_size_words(size)} ({size:,} bytes), larger than the {_size_words(limit)} the observatory "
+            f"takes in one file, so it was not downloaded. Check that it is the right file (one period's extract, "
+            f"not a whole history) and upload the period's file again; if one period really is this large, ask "
+            f"the observatory's data engineering team to raise the limit first.")
 
 
 class IncompleteDownload(RuntimeError):
@@ -156,7 +181,8 @@ def shown_name(name: str) -> str:
 
     Used for the quarantined copy and its note, so a partner can see and delete them in any SFTP client.
     """
-    return "".join(c if c.isprintable() else f"%{ord(c):02X}" for c in name)
+    # A path separator is written as %2F/%5C too: a quarantined copy is always inside quarantine/.
+    return "".join(c if c.isprintable() and c not in "/\\" else f"%{ord(c):02X}" for c in name)
 
 
 def _period_words(period_format: str) -> str:
@@ -231,6 +257,9 @@ def stray_reason(schema: FeedSchema, entry: RemoteFile, siblings: tuple[FeedSche
                 f"inbox/, not into a folder. Expected names: {names}.")
     if entry.kind != "file":
         return "This is not a regular file (it may be a device or a pipe). Upload the file itself to inbox/."
+    if "/" in entry.name or "\\" in entry.name or entry.name.strip(".") == "":
+        return (f"The file name is a path (it holds / or \\, or is only dots), so it is none of the expected "
+                f"names: {names}. Upload the file directly into inbox/ under its expected name.")
     if shown_name(entry.name) != entry.name:
         return (f"The file name contains a character that cannot be shown (a line break, tab or other control "
                 f"character, written here as %0A, %09 and so on), so it is none of the expected names: {names}. "
@@ -246,13 +275,16 @@ def stray_reason(schema: FeedSchema, entry: RemoteFile, siblings: tuple[FeedSche
 
 
 def plan_supplies(schema: FeedSchema, listing: list[RemoteFile], previous_sizes: dict[str, int] | None,
-                  siblings: tuple[FeedSchema, ...] = (), partner_id: str | None = None) -> ReadySupplies:
+                  siblings: tuple[FeedSchema, ...] = (), partner_id: str | None = None,
+                  max_bytes: int | None = None) -> ReadySupplies:
     """Decide from one inbox listing (and the sizes at the previous poll) which periods are ready to take.
 
     ``siblings``: the other feeds the same inbox serves; their files (and uploads) are left for their own runs.
-    ``partner_id``: whose inbox it is (default: the schema's partner).
+    ``partner_id``: whose inbox it is (default: the schema's partner). ``max_bytes``: the size limit (default
+    :func:`max_file_bytes`); a larger file is a stray, refused before it is downloaded.
     """
     previous = previous_sizes or {}
+    limit = max_bytes or max_file_bytes()
     partner_id = partner_id or schema.partner.id
     listing = [f for f in listing
                if not (siblings and _sibling_claims(siblings, f.name.removesuffix(PART)))]
@@ -266,6 +298,8 @@ def plan_supplies(schema: FeedSchema, listing: list[RemoteFile], previous_sizes:
         why = stray_reason(schema, f, siblings)
         if why is None and f.size == 0 and previous.get(f.name) == 0:
             why = "The file is empty (0 bytes): nothing of it arrived. Upload the file again."
+        if why is None and f.kind == "file" and f.size > limit:
+            why = too_large_reason(f.size, limit)
         if why is not None:
             out.strays[f.name] = why
             out.kinds[f.name] = f.kind

@@ -40,6 +40,8 @@ _FLOAT: Final = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 # datetime64[ns] covers 1677-09-21 .. 2262-04-11; anything outside cannot be stored.
 _MIN_DATE: Final = pd.Timestamp("1678-01-01")
 _MAX_DATE: Final = pd.Timestamp("2262-01-01")
+#: How many dropped column names a header problem lists before saying how many more there are.
+UNKNOWN_COLUMNS_SHOWN: Final = 20
 _WHAT: Final = {
     "date": "is not a valid date (use YYYY-MM-DD or DD/MM/YYYY)",
     "time": "is not a valid time (use HH:MM)",
@@ -411,7 +413,12 @@ def _typed_result(feed_file: FeedFile, header: list[str], column: Any, n_rows: i
         problems.append(f"optional column(s) missing, loaded as empty: {', '.join(missing_optional)}")
     if unknown:
         # Columns the schema does not list may hold personal data nobody agreed to share: never load them.
-        problems.append(f"column(s) not in the schema were dropped and not loaded: {', '.join(unknown)}")
+        # Named up to a limit: a file with 10,000 stray columns must not make a report of 100 KB of names.
+        shown = ", ".join(unknown[:UNKNOWN_COLUMNS_SHOWN])
+        more = len(unknown) - UNKNOWN_COLUMNS_SHOWN
+        if more > 0:
+            shown += f" and {more:,} more ({len(unknown):,} columns in all)"
+        problems.append(f"column(s) not in the schema were dropped and not loaded: {shown}")
 
     index = pd.RangeIndex(n_rows)
     out: dict[str, pd.Series] = {}
