@@ -1,7 +1,7 @@
 """The Designated Liaison Officer's report of access to personal data for a period (``scripts/access_report``).
 
 Every read of a table or view in the schema ``personal`` that the server's audit logged (``access_audit``): when,
-the login (and the person's name, from ``observatory.people`` when that table exists), the personal tables, the
+the login (and the person's name, from the register of people, ``governance.people``, when it exists), the personal tables, the
 statement's class and command, and the rows it read; then totals per login and per table. The observatory's own
 service reads (``csp_loader``: re-runs of loads, retention, subject access) are listed apart from people's.
 Written as CSV (one row per read) and Markdown, 0600, into a folder the engineer names; statement text is never
@@ -67,21 +67,30 @@ class AccessReport:
         return [(t, people[t], services[t]) for t in sorted(set(people) | set(services))]
 
 
+#: Registers of people (login, name), in the order looked for: scripts/people's, then an older name for it.
+PEOPLE_TABLES: Final = (("governance", "people"), ("observatory", "people"))
+
+
 def people_names(url: str) -> dict[str, str] | None:
-    """login -> name from ``observatory.people`` (login, name): empty when the table is not there, None when this
+    """login -> name from the register of people (``PEOPLE_TABLES``): empty when there is none, None when this
     connection cannot tell (no login, no access)."""
     import psycopg2
+    from psycopg2 import sql
 
     try:
         with closing(psycopg2.connect(url, connect_timeout=5)) as conn, conn.cursor() as cur:
-            cur.execute("SELECT count(*) = 2 FROM information_schema.columns WHERE table_schema = 'observatory' "
-                        "AND table_name = 'people' AND column_name IN ('login', 'name')")
-            if not cur.fetchone()[0]:
-                return {}
-            cur.execute("SELECT login, name FROM observatory.people WHERE login IS NOT NULL")
-            out = {str(login): str(name or "") for login, name in cur.fetchall()}
-            conn.rollback()
-            return out
+            for schema, table in PEOPLE_TABLES:
+                # the catalogue, which every login reads: whether the table is there even where it may not read it
+                cur.execute("SELECT count(*) = 2 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+                            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s "
+                            "AND a.attname IN ('login', 'name') AND NOT a.attisdropped", (schema, table))
+                if cur.fetchone()[0]:
+                    cur.execute(sql.SQL("SELECT login, name FROM {} WHERE login IS NOT NULL")
+                                .format(sql.Identifier(schema, table)))
+                    out = {str(login): str(name or "") for login, name in cur.fetchall()}
+                    conn.rollback()
+                    return out
+            return {}
     except psycopg2.Error:
         return None
 
@@ -89,7 +98,7 @@ def people_names(url: str) -> dict[str, str] | None:
 def build(first: date, last: date, log_dir: Path, database: str | None, names_urls: Sequence[str] = (),
           service_logins: Sequence[str] = ()) -> AccessReport:
     """Read the log folder for ``first``..``last`` (both included) and name the logins (from the first of
-    ``names_urls`` that can read ``observatory.people``)."""
+    ``names_urls`` that can read the register of people)."""
     start, end = aa.period_bounds(first, last)
     scan = aa.scan_log(log_dir, start, end, database)
     reads = aa.group_reads(scan.entries)
