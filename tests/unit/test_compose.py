@@ -177,7 +177,7 @@ def _mounts(service: dict[str, Any]) -> dict[str, tuple[str, str]]:
 
 
 def test_no_partner_is_built_into_the_sftp_server(compose, services):
-    from csp_observatory.onboarding import feed_partners
+    from csp_observatory.onboarding_checks import feed_partners
 
     sftp = json.dumps(services["sftp"]) + _content(compose, "sshd-config") + _content(compose, "sftp-accounts")
     for partner_id in set(feed_partners().values()):
@@ -201,7 +201,7 @@ def test_the_sftp_server_reads_partners_and_keys_from_volumes(services):
 
 
 def test_the_partner_admin_runs_scripts_partner_against_the_same_volumes(compose, services, tmp_path):
-    from csp_observatory.onboarding import load_site
+    from csp_observatory.onboarding_site import load_site
 
     admin, sftp = services["partner-admin"], services["sftp"]
     assert admin["profiles"] == ["tools"] and admin["restart"] == "no" and admin["user"] == "0:0"
@@ -226,12 +226,12 @@ def test_the_partner_admin_runs_scripts_partner_against_the_same_volumes(compose
 
 
 def test_the_sftp_accounts_script_reads_the_registry_scripts_partner_writes(compose, tmp_path):
-    from csp_observatory import onboarding
+    from csp_observatory import onboarding_site
 
-    site = onboarding.Site(registry_dir=tmp_path, authorized_keys_dir=tmp_path, observatory_gnupg_home=tmp_path,
+    site = onboarding_site.Site(registry_dir=tmp_path, authorized_keys_dir=tmp_path, observatory_gnupg_home=tmp_path,
                            observatory_fingerprint="A" * 40, observatory_public_key=tmp_path / "o.asc",
-                           trees=(onboarding.Tree(tmp_path, 22),), sftp_host="h", sftp_port=22, host_key=tmp_path)
-    onboarding._write_entry(site, {"id": "police_ppo", "status": "removed", "sftp_user": "police_ppo", "uid": 2007,
+                           trees=(onboarding_site.Tree(tmp_path, 22),), sftp_host="h", sftp_port=22, host_key=tmp_path)
+    onboarding_site._write_entry(site, {"id": "police_ppo", "status": "removed", "sftp_user": "police_ppo", "uid": 2007,
                                    "signing_fingerprint": "B" * 40, "feeds": ["prolific_priority_offenders"],
                                    "contact": "a: b, 'c'", "onboarded_at": "2026-01-01T00:00:00Z",
                                    "removed_at": "2026-02-01T00:00:00Z", "history": [{"event": "onboarded"}]})
@@ -253,3 +253,53 @@ def test_the_compose_sshd_config_is_valid_for_sshd(compose, tmp_path):
     config.write_text(_content(compose, "sshd-config").replace("/etc/csp-observatory/ssh_host_ed25519_key", str(key)))
     done = subprocess.run([str(sshd), "-t", "-f", str(config)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+# ------------------------------------------------------------------ PostGIS: TLS only, no shared login
+
+def _postgres_settings(service: dict[str, Any]) -> dict[str, str]:
+    """The ``-c name=value`` settings of a postgres command line."""
+    cmd = service["command"]
+    return dict(cmd[i + 1].split("=", 1) for i, arg in enumerate(cmd) if arg == "-c")
+
+
+def test_postgis_takes_tcp_logins_over_tls_only(compose, services):
+    postgis = services["postgis"]
+    settings = _postgres_settings(postgis)
+    assert settings["ssl"] == "on" and settings["password_encryption"] == "scram-sha-256"
+    # the key and certificate the server reads are the ones its entrypoint installs from the secrets, the key 0600
+    entry = " ".join(postgis["entrypoint"])
+    assert re.search(r"install -o postgres -g postgres -m 0600 /run/secrets/(\S+) " + re.escape(settings["ssl_key_file"]),
+                     entry)
+    assert settings["ssl_cert_file"] in entry and 'exec docker-entrypoint.sh "$$@"' in entry
+    assert {s["source"] for s in postgis["secrets"]} == {"postgis-tls-cert", "postgis-tls-key"}
+    # its pg_hba: hostssl with scram, every TCP login without TLS rejected, no plain "host" line
+    hba_target = {c["target"]: c["source"] for c in postgis["configs"]}[settings["hba_file"]]
+    rules = [line.split() for line in _content(compose, hba_target).splitlines() if line.strip()]
+    assert ["hostnossl", "all", "all", "0.0.0.0/0", "reject"] in rules
+    assert ["hostnossl", "all", "all", "::/0", "reject"] in rules
+    assert not [r for r in rules if r[0] == "host"]
+    assert all(r[-1] == "scram-sha-256" for r in rules if r[0] == "hostssl")
+
+
+def test_every_postgis_url_verifies_the_server(compose, services):
+    urls = 0
+    for name, service in services.items():
+        targets = {f"/run/secrets/{s['target']}" for s in service.get("secrets") or [] if isinstance(s, dict)}
+        for value in _env(service).values():
+            if "@postgis:" not in value:
+                continue
+            urls += 1
+            tail = value.split("@postgis:", 1)[1]          # after the credentials (${VAR:?...} has a "?" too)
+            query = dict(kv.split("=", 1) for kv in tail.split("?", 1)[1].split("&")) if "?" in tail else {}
+            assert query.get("sslmode") == "verify-full", (name, value)
+            assert query.get("sslrootcert") in targets, f"{name}: its sslrootcert is not a secret it mounts"
+    assert urls >= len(AIRFLOW_SERVICES)
+
+
+def test_no_shared_login_is_made(compose):
+    roles = _content(compose, "postgis-roles")
+    logins = re.findall(r"CREATE ROLE (\w+) LOGIN", roles)
+    assert logins == ["csp_loader"], "people get their own logins with scripts/people, never one in this file"
+    text = COMPOSE.read_text(encoding="utf-8")
+    assert "CSP_ANALYST_PASSWORD" not in text and "csp_observatory.people" in text
