@@ -28,7 +28,8 @@ import paramiko
 import pytest
 import yaml
 
-from csp_observatory import decryption, onboarding
+from csp_observatory import (decryption, onboarding, onboarding_accounts, onboarding_airflow, onboarding_checks,
+                             onboarding_site)
 from csp_observatory.config import load_settings
 from csp_observatory.schema import REPO_ROOT
 from tests.unit.test_partner_onboarding import run_guide
@@ -50,9 +51,9 @@ def _partner(site_file: Path, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def partner(tmp_path_factory, settings):
     """A throwaway partner's id, keys, site file and feed; everything it leaves on the machine is removed after."""
-    if not onboarding.SITE_FILE.exists():
-        pytest.fail(f"{onboarding.SITE_FILE} is missing: run scripts/setup.sh", pytrace=False)
-    real = onboarding.load_site()
+    if not onboarding_site.SITE_FILE.exists():
+        pytest.fail(f"{onboarding_site.SITE_FILE} is missing: run scripts/setup.sh", pytrace=False)
+    real = onboarding_site.load_site()
     pid = f"zz_onb_{uuid.uuid4().hex[:8]}"
     feed = f"onboarding_test_{pid}"
     root = tmp_path_factory.mktemp("onboarding")
@@ -61,11 +62,11 @@ def partner(tmp_path_factory, settings):
     (schemas / f"{feed}.yaml").write_text(f"feed: {feed}\npartner: {{id: {pid}}}\n")
     # a feed naming an existing system account that is nobody's partner, to see onboarding refuse it
     (schemas / "onboarding_daemon_feed.yaml").write_text("feed: onboarding_daemon_feed\npartner: {id: daemon}\n")
-    site_doc = yaml.safe_load(onboarding.SITE_FILE.read_text())
+    site_doc = yaml.safe_load(onboarding_site.SITE_FILE.read_text())
     site_doc["schemas_dir"] = str(schemas)
     site_file = root / "site.yaml"
     site_file.write_text(yaml.safe_dump(site_doc))
-    site = onboarding.load_site(site_file)
+    site = onboarding_site.load_site(site_file)
 
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{pid}@example.org", "-f",
                     str(root / "id_ed25519")], check=True)
@@ -84,7 +85,7 @@ def partner(tmp_path_factory, settings):
         yield p
     finally:
         subprocess.run(["gpgconf", "--homedir", str(gnupg_home), "--kill", "all"], capture_output=True)
-        if onboarding._user(pid) is not None:
+        if onboarding_accounts._user(pid) is not None:
             subprocess.run(["userdel", pid], capture_output=True)
         (site.registry_dir / f"{pid}.yaml").unlink(missing_ok=True)
         (site.authorized_keys_dir / pid).unlink(missing_ok=True)
@@ -120,8 +121,8 @@ def _snapshot(p) -> dict[str, object]:
         st = path.stat()
         out[str(path)] = (st.st_ino, st.st_mtime_ns, st.st_mode, st.st_uid, st.st_gid,
                           path.read_bytes() if path.is_file() else None)
-    out["shadow"] = onboarding._password_field(p.id)
-    out["groups"] = sorted(onboarding._groups_of(pwd.getpwnam(p.id)))
+    out["shadow"] = onboarding_accounts._password_field(p.id)
+    out["groups"] = sorted(onboarding_accounts._groups_of(pwd.getpwnam(p.id)))
     return out
 
 
@@ -204,7 +205,7 @@ def test_removing_revokes_the_login_but_keeps_folders_files_and_history(partner)
 
     with pytest.raises(paramiko.AuthenticationException):
         _login(partner)
-    assert onboarding._password_field(partner.id).startswith("!")        # locked, besides its key being gone
+    assert onboarding_accounts._password_field(partner.id).startswith("!")        # locked, besides its key being gone
     assert not (partner.site.authorized_keys_dir / partner.id).exists()
     for tree in partner.site.trees:
         assert {p.name for p in (tree.root / partner.id).iterdir()} == FOLDERS
@@ -248,7 +249,7 @@ def test_a_new_signing_key_replaces_the_pin_and_says_so(partner):
                         "1y"], check=True, capture_output=True)
         new_key = partner.root / "new.asc"
         new_key.write_bytes(subprocess.run([*gpg, "--armor", "--export"], check=True, capture_output=True).stdout)
-        new_fpr = onboarding.read_openpgp_public_key(new_key).fingerprint
+        new_fpr = onboarding_checks.read_openpgp_public_key(new_key).fingerprint
         partner.more_fingerprints = (new_fpr,)
         done = _onboard(partner, gpg_key=new_key)
     finally:
@@ -288,7 +289,7 @@ def test_bad_requests_change_nothing(partner):
 @pytest.fixture()
 def airflow_copy(tmp_path):
     """An Airflow home whose metadata DB is a copy of this clone's (so the real one's pause states are untouched)."""
-    found, why = onboarding.Airflow.find()
+    found, why = onboarding_airflow.Airflow.find()
     if found is None:
         pytest.skip(f"no Airflow configured here: {why}")
     source = found.home / "airflow.db"
@@ -305,18 +306,18 @@ def airflow_copy(tmp_path):
            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
            "AIRFLOW__CORE__FERNET_KEY": cfg.get("core", "fernet_key", fallback=""),
            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
-    return onboarding.Airflow(home, found.cli, env)
+    return onboarding_airflow.Airflow(home, found.cli, env)
 
 
 def test_enabling_a_feed_unpauses_its_dag_and_removing_pauses_it(airflow_copy):
-    dag = onboarding.dag_id("police_recorded_crime")
+    dag = onboarding_airflow.dag_id("police_recorded_crime")
     with sqlite3.connect(airflow_copy.home / "airflow.db") as db:     # the copy: start paused, whatever the clone's
         db.execute("UPDATE dag SET is_paused = 1 WHERE dag_id = ?", (dag,))
-    lines = onboarding._set_feeds(airflow_copy, "", ["police_recorded_crime"], paused=False)
-    assert onboarding._airflow_ok(lines), lines
+    lines = onboarding_airflow._set_feeds(airflow_copy, "", ["police_recorded_crime"], paused=False)
+    assert onboarding_airflow._airflow_ok(lines), lines
     assert airflow_copy._present()[dag] is False
     assert "police_recorded_crime" in airflow_copy.enabled_here()
-    lines = onboarding._set_feeds(airflow_copy, "", ["police_recorded_crime"], paused=True)
+    lines = onboarding_airflow._set_feeds(airflow_copy, "", ["police_recorded_crime"], paused=True)
     assert any(f"paused {dag}" in ln for ln in lines), lines
     assert airflow_copy._present()[dag] is True
     assert "police_recorded_crime" not in airflow_copy.enabled_here()

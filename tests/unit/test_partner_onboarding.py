@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from csp_observatory import decryption, onboarding
+from csp_observatory import (decryption, onboarding, onboarding_accounts, onboarding_airflow, onboarding_checks,
+                             onboarding_site)
 from csp_observatory.config import PartnerKeys, Settings, read_registry, settings_from_dict
-from csp_observatory.onboarding import OnboardingError
+from csp_observatory.onboarding_site import OnboardingError
 from csp_observatory.schema import REPO_ROOT
 
 pytestmark = pytest.mark.unit
@@ -79,51 +80,51 @@ def keys(tmp_path_factory):
                                  "police force", "police-force", "pólice"])
 def test_a_bad_partner_id_is_refused(bad):
     with pytest.raises(OnboardingError, match="not allowed"):
-        onboarding.check_partner_id(bad)
+        onboarding_checks.check_partner_id(bad)
 
 
 def test_every_schema_partner_id_is_a_good_partner_id():
-    ids = set(onboarding.feed_partners().values())
+    ids = set(onboarding_checks.feed_partners().values())
     assert "police" in ids and len(ids) >= 2
     for pid in ids:
-        assert onboarding.check_partner_id(pid) == pid
+        assert onboarding_checks.check_partner_id(pid) == pid
 
 
 def test_feeds_must_be_schemas_that_no_other_active_partner_supplies():
-    assert onboarding.check_feeds("police", ["police_recorded_crime", " police_recorded_crime"]) == (
+    assert onboarding_checks.check_feeds("police", ["police_recorded_crime", " police_recorded_crime"]) == (
         "police_recorded_crime",)
     with pytest.raises(OnboardingError, match="unknown feed.*no_such_feed"):
-        onboarding.check_feeds("police", ["police_recorded_crime", "no_such_feed"])
+        onboarding_checks.check_feeds("police", ["police_recorded_crime", "no_such_feed"])
     # one partner may supply several feeds, whatever partner id their schemas name by default
-    assert onboarding.check_feeds("police", ["stop_and_search", "police_recorded_crime"]) == (
+    assert onboarding_checks.check_feeds("police", ["stop_and_search", "police_recorded_crime"]) == (
         "police_recorded_crime", "stop_and_search")
     # but a feed has one supplier: another active partner's feed is refused, naming it
     with pytest.raises(OnboardingError, match="fire_incidents is already supplied by the active partner 'fire'"):
-        onboarding.check_feeds("police", ["fire_incidents"], supplied_by_others={"fire_incidents": "fire"})
-    assert onboarding.check_feeds("fire", ["fire_incidents"], supplied_by_others={"fire_incidents": "fire"}) == (
+        onboarding_checks.check_feeds("police", ["fire_incidents"], supplied_by_others={"fire_incidents": "fire"})
+    assert onboarding_checks.check_feeds("fire", ["fire_incidents"], supplied_by_others={"fire_incidents": "fire"}) == (
         "fire_incidents",)
     with pytest.raises(OnboardingError, match="name the feeds"):
-        onboarding.check_feeds("police", [""])
+        onboarding_checks.check_feeds("police", [""])
 
 
 def test_the_observatory_s_own_accounts_cannot_be_partners(tmp_path):
     site = _site(tmp_path)
     for name in ("cspobs", "csp-partners", "root"):
         with pytest.raises(OnboardingError):
-            onboarding.check_account(site, name)
+            onboarding_accounts.check_account(site, name)
 
 
 def test_an_existing_account_that_is_not_a_partner_is_refused(tmp_path):
     # 'daemon' exists on every Debian/Ubuntu machine and is nobody's partner account
     with pytest.raises(OnboardingError, match="already exists and is not an observatory partner"):
-        onboarding.check_account(_site(tmp_path), "daemon")
+        onboarding_accounts.check_account(_site(tmp_path), "daemon")
 
 
 # ------------------------------------------------------------------ SSH keys
 
 def test_an_ssh_public_key_is_read_and_restricted(keys):
     paths, _ = keys
-    key = onboarding.read_ssh_public_key(paths["ssh_public"])
+    key = onboarding_checks.read_ssh_public_key(paths["ssh_public"])
     assert key.kind == "ssh-ed25519" and key.fingerprint.startswith("SHA256:") and key.bits == 256
     line = key.authorized_line()
     assert line.startswith("restrict ssh-ed25519 AAAA") and line.endswith("partner@example.org")
@@ -132,7 +133,7 @@ def test_an_ssh_public_key_is_read_and_restricted(keys):
 def test_a_private_ssh_key_is_refused(keys):
     paths, _ = keys
     with pytest.raises(OnboardingError, match="PRIVATE key"):
-        onboarding.read_ssh_public_key(paths["ssh_private"])
+        onboarding_checks.read_ssh_public_key(paths["ssh_private"])
 
 
 def test_ssh_keys_with_options_several_keys_or_weak_rsa_are_refused(keys, tmp_path):
@@ -146,18 +147,18 @@ def test_ssh_keys_with_options_several_keys_or_weak_rsa_are_refused(keys, tmp_pa
         f = tmp_path / f"{name}.pub"
         f.write_text(text)
         with pytest.raises(OnboardingError, match=match):
-            onboarding.read_ssh_public_key(f)
+            onboarding_checks.read_ssh_public_key(f)
     with pytest.raises(OnboardingError, match="at least 3072 bits"):
-        onboarding.read_ssh_public_key(paths["ssh_rsa_2048"])
+        onboarding_checks.read_ssh_public_key(paths["ssh_rsa_2048"])
     with pytest.raises(OnboardingError, match="does not exist"):
-        onboarding.read_ssh_public_key(tmp_path / "missing.pub")
+        onboarding_checks.read_ssh_public_key(tmp_path / "missing.pub")
 
 
 # ------------------------------------------------------------------ OpenPGP keys
 
 def test_an_openpgp_public_signing_key_is_read(keys):
     paths, fpr = keys
-    key = onboarding.read_openpgp_public_key(paths["public"])
+    key = onboarding_checks.read_openpgp_public_key(paths["public"])
     assert key.fingerprint == fpr
     assert key.uids == ("signer <signer@example.org>",)
 
@@ -166,21 +167,21 @@ def test_an_openpgp_public_signing_key_is_read(keys):
 def test_secret_key_material_is_refused(keys, name, tmp_path):
     paths, _ = keys
     with pytest.raises(OnboardingError, match="SECRET key material"):
-        onboarding.read_openpgp_public_key(paths[name])
+        onboarding_checks.read_openpgp_public_key(paths[name])
 
 
 def test_a_key_that_cannot_sign_is_refused(keys):
     paths, _ = keys
     with pytest.raises(OnboardingError, match="cannot sign"):
-        onboarding.read_openpgp_public_key(paths["cannot_sign"])
+        onboarding_checks.read_openpgp_public_key(paths["cannot_sign"])
 
 
 def test_several_keys_or_no_key_are_refused(keys):
     paths, _ = keys
     with pytest.raises(OnboardingError, match="holds 2 keys"):
-        onboarding.read_openpgp_public_key(paths["two"])
+        onboarding_checks.read_openpgp_public_key(paths["two"])
     with pytest.raises(OnboardingError, match="not an OpenPGP public key"):
-        onboarding.read_openpgp_public_key(paths["not_a_key"])
+        onboarding_checks.read_openpgp_public_key(paths["not_a_key"])
 
 
 def test_checking_keys_starts_no_gpg_agent(keys):
@@ -189,7 +190,7 @@ def test_checking_keys_starts_no_gpg_agent(keys):
     before = set(subprocess.run(["pgrep", "-f", "gpg-agent"], capture_output=True, text=True).stdout.split())
     for name in ("public", "secret", "secret_binary"):
         try:
-            onboarding.read_openpgp_public_key(paths[name])
+            onboarding_checks.read_openpgp_public_key(paths[name])
         except OnboardingError:
             pass
     after = set(subprocess.run(["pgrep", "-f", "gpg-agent"], capture_output=True, text=True).stdout.split())
@@ -219,7 +220,7 @@ def test_a_request_is_checked_whole_before_anything_changes(keys, tmp_path):
 
 # ------------------------------------------------------------------ the site file
 
-def _site(tmp_path: Path, **extra) -> onboarding.Site:
+def _site(tmp_path: Path, **extra) -> onboarding_site.Site:
     doc = {
         "accounts": "system",
         "registry_dir": str(tmp_path / "partners"),
@@ -234,21 +235,21 @@ def _site(tmp_path: Path, **extra) -> onboarding.Site:
     }
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(doc))
-    return onboarding.load_site(path)
+    return onboarding_site.load_site(path)
 
 
 def test_the_site_file_is_read_and_checked(tmp_path):
     site = _site(tmp_path)
-    assert site.trees == (onboarding.Tree(tmp_path / "sftp", 2222),)
+    assert site.trees == (onboarding_site.Tree(tmp_path / "sftp", 2222),)
     assert site.folders == ("inbox", "quarantine", "processed", "reports")
     assert site.partner_group == "csp-partners" and not site.external
     with pytest.raises(OnboardingError, match="observatory_gid"):
         _site(tmp_path, accounts="external")
     with pytest.raises(OnboardingError, match="does not exist"):
-        onboarding.load_site(tmp_path / "nowhere.yaml")
+        onboarding_site.load_site(tmp_path / "nowhere.yaml")
     (tmp_path / "broken.yaml").write_text("registry_dir: /x\n")
     with pytest.raises(OnboardingError, match="not a valid site file"):
-        onboarding.load_site(tmp_path / "broken.yaml")
+        onboarding_site.load_site(tmp_path / "broken.yaml")
 
 
 def test_the_setup_site_file_names_what_onboarding_needs():
@@ -336,10 +337,10 @@ def test_a_broken_registry_entry_is_an_error_not_a_missing_partner(tmp_path):
 # ------------------------------------------------------------------ Airflow's environment
 
 def test_airflow_is_found_from_the_environment_or_said_why_not(tmp_path):
-    airflow, why = onboarding.Airflow.find({"PATH": "/usr/bin", "AIRFLOW_HOME": str(tmp_path / "nowhere")})
+    airflow, why = onboarding_airflow.Airflow.find({"PATH": "/usr/bin", "AIRFLOW_HOME": str(tmp_path / "nowhere")})
     assert airflow is None and "no airflow.cfg" in why
     (tmp_path / "airflow.cfg").write_text("[core]\n")
-    airflow, why = onboarding.Airflow.find({"PATH": "/usr/bin", "AIRFLOW_HOME": str(tmp_path)})
+    airflow, why = onboarding_airflow.Airflow.find({"PATH": "/usr/bin", "AIRFLOW_HOME": str(tmp_path)})
     assert airflow is not None and airflow.home == tmp_path, why
     assert str(REPO_ROOT / "plugins") in airflow.env["PYTHONPATH"].split(":")
     assert airflow.enabled_here() == set()
@@ -349,7 +350,7 @@ def test_airflow_is_found_from_the_environment_or_said_why_not(tmp_path):
 
 
 def test_unreachable_airflow_is_reported_with_what_to_run():
-    lines = onboarding._airflow_report(None, "AIRFLOW_HOME is not set", ["fire_incidents"], False, None)
+    lines = onboarding_airflow._airflow_report(None, "AIRFLOW_HOME is not set", ["fire_incidents"], False, None)
     assert len(lines) == 1
     assert "not reached (AIRFLOW_HOME is not set)" in lines[0]
     assert "airflow dags unpause" in lines[0] and "feed_fire_incidents" in lines[0]
@@ -408,9 +409,9 @@ def test_the_guide_works_from_a_fresh_keyring(tmp_path):
         # the observatory pins what the partner sent: its exported public key, checked as onboarding checks it
         sent = work / "our-public-key.asc"
         assert sent.exists(), "the guide has the partner export its public key to send it"
-        key = onboarding.read_openpgp_public_key(sent)
+        key = onboarding_checks.read_openpgp_public_key(sent)
         assert key.fingerprint == partner_fpr
-        assert onboarding.import_key(obs_home, key)
+        assert onboarding_accounts.import_key(obs_home, key)
         verified = decryption.decrypt_and_verify(obs_home, encrypted, tmp_path / "plain.csv", key.fingerprint)
         assert verified.signer_fingerprint == partner_fpr
         assert (tmp_path / "plain.csv").read_text().startswith("crime_reference,")
@@ -433,8 +434,8 @@ def test_onboard_and_remove_in_a_sandbox_with_external_accounts(keys, tmp_path):
                  observatory_gnupg_home=str(obs_home), observatory_fingerprint=obs_fpr,
                  host_key=str(tmp_path / "host.pub"))
     site.authorized_keys_dir.mkdir()
-    ssh = onboarding.read_ssh_public_key(paths["ssh_public"])
-    pgp = onboarding.read_openpgp_public_key(paths["public"])
+    ssh = onboarding_checks.read_ssh_public_key(paths["ssh_public"])
+    pgp = onboarding_checks.read_openpgp_public_key(paths["public"])
     try:
         first = onboarding.onboard(site, onboarding.Checked("alpha", ssh, pgp, ("shared_feed", "alpha_feed"), "a@x"))
         second = onboarding.onboard(site, onboarding.Checked("beta", ssh, pgp, ("shared_feed",), None))
