@@ -46,29 +46,42 @@ def test_postgis_answers_and_knows_british_national_grid(db):
     assert -3 < lon < -1 and 53 < lat < 54          # West Yorkshire, where this grid point is
 
 
-def test_database_roles_are_as_the_architecture_says(db):
+def test_database_roles_are_as_the_architecture_says(db, demo_config):
+    person = demo_config["analyst_user"]
+    groups = {"csp_analyst", "csp_engineer", "csp_personal_reader"}
     with db.cursor() as cur:
         cur.execute("""SELECT rolname, rolcanlogin, rolsuper FROM pg_roles
-                        WHERE rolname IN ('csp_loader', 'csp_analyst', 'csp_engineer', 'csp_personal_reader', 'analyst')""")
+                        WHERE rolname = ANY(%s)""", (["csp_loader", *groups, "analyst", person],))
         roles = {name: (login, sup) for name, login, sup in cur.fetchall()}
-        cur.execute("SELECT pg_has_role('analyst', 'csp_analyst', 'MEMBER'), current_user, "
-                    "pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()")
-        analyst_member, me, owner = cur.fetchone()
-    assert roles.keys() == {"csp_loader", "csp_analyst", "csp_engineer", "csp_personal_reader", "analyst"}
+        cur.execute("SELECT pg_has_role(%s, 'csp_analyst', 'MEMBER'), pg_has_role(%s, 'csp_personal_reader', "
+                    "'MEMBER'), current_user, pg_get_userbyid(datdba) FROM pg_database "
+                    "WHERE datname = current_database()", (person, person))
+        analyst_member, personal_member, me, owner = cur.fetchone()
+    assert roles.keys() >= {"csp_loader", *groups, person}
     assert not any(sup for _, sup in roles.values())
-    assert {r for r, (login, _) in roles.items() if login} == {"csp_loader", "analyst"}
-    assert analyst_member
+    # no shared login: the old "analyst" role is gone, or can no longer log in; the demo's analyst is a person
+    assert person != "analyst" and not roles.get("analyst", (False, False))[0]
+    assert {r for r, (login, _) in roles.items() if login} == {"csp_loader", person}
+    assert analyst_member and not personal_member
     if me == "csp_loader":                         # the project's own cluster (not CSP_DATABASE_URL)
         assert owner == "csp_loader"
 
 
-def test_the_analyst_can_log_in_over_tcp(demo_config):
-    import psycopg2
-
+def test_the_demo_analyst_is_a_registered_person_and_logs_in_over_tls(demo_config):
     with psycopg2.connect(demo_config["analyst_url"], connect_timeout=10) as conn, conn.cursor() as cur:
-        cur.execute("SELECT current_user, pg_has_role('csp_analyst', 'MEMBER')")
-        assert cur.fetchone() == ("analyst", True)
+        cur.execute("SELECT current_user, pg_has_role('csp_analyst', 'MEMBER'), s.ssl FROM pg_stat_ssl s "
+                    "WHERE s.pid = pg_backend_pid()")
+        user, member, ssl = cur.fetchone()
     conn.close()
+    assert (user, member) == (demo_config["analyst_user"], True)
+    if demo_config.get("analyst_sslmode") == "verify-full":       # the project's cluster: TLS, verified
+        assert ssl and "sslmode=verify-full" in demo_config["analyst_url"]
+        assert f"sslrootcert={demo_config['analyst_sslrootcert']}" in demo_config["analyst_url"]
+    if os.geteuid() == 0:
+        with psycopg2.connect(demo_config["admin_url"], connect_timeout=10) as admin, admin.cursor() as cur:
+            cur.execute("SELECT name, profile, disabled_at FROM governance.people WHERE login = %s", (user,))
+            assert cur.fetchone() == ("Demo Analyst", "analyst", None)
+        admin.close()
 
 
 # ------------------------------------------------------------------ SFTP
@@ -185,8 +198,8 @@ def test_partner_encrypts_and_signs_and_the_observatory_verifies(settings, demo_
 def _secrets(store: Path) -> dict[str, tuple[int, int, str]]:
     """(inode, mtime, sha256) of every secret in the machine's store: passwords, SSH keys, gpg keys and keyrings
     (not gpg's own bookkeeping: trustdb, random_seed, sockets)."""
-    files = [*store.glob("db/*"), *store.glob("ssh/*"), *store.glob("gnupg/*/private-keys-v1.d/*"),
-             *store.glob("gnupg/*/pubring.kbx")]
+    files = [*store.glob("db/*"), *store.glob("ssh/*"), *store.glob("tls/*"),
+             *store.glob("gnupg/*/private-keys-v1.d/*"), *store.glob("gnupg/*/pubring.kbx")]
     out = {}
     for f in files:
         st = f.stat()
@@ -194,11 +207,14 @@ def _secrets(store: Path) -> dict[str, tuple[int, int, str]]:
     return out
 
 
-def _analyst_url(database_url: str, password: str) -> str:
-    """The analyst's TCP URL for the database a (loader's or admin's, maybe socket) URL names."""
+def _analyst_url(database_url: str, user: str, password: str) -> str:
+    """The analyst's TCP URL for the database a (loader's or admin's, maybe socket) URL names, with its TLS
+    settings."""
     u = urlsplit(database_url)
-    port = u.port or (parse_qs(u.query).get("port") or [5432])[0]
-    return f"postgresql://analyst:{password}@{u.hostname or '127.0.0.1'}:{port}{u.path}"
+    query = parse_qs(u.query)
+    port = u.port or (query.get("port") or [5432])[0]
+    tls = "&".join(f"{k}={query[k][0]}" for k in ("sslmode", "sslrootcert") if k in query)
+    return f"postgresql://{user}:{password}@{u.hostname or '127.0.0.1'}:{port}{u.path}" + (f"?{tls}" if tls else "")
 
 
 def _sftp_logs_in(ssh_helpers, settings, user: str, key_file) -> bool:
@@ -224,10 +240,13 @@ def test_the_secrets_live_once_per_machine_root_only(settings, demo_settings, de
         assert st.st_uid == 0, path
         if stat.S_ISDIR(st.st_mode):
             assert stat.S_IMODE(st.st_mode) == 0o700, path
-        elif path.parent.name in ("db", "ssh", "private-keys-v1.d"):
+        elif path.parent.name in ("db", "ssh", "tls", "private-keys-v1.d"):
             assert stat.S_IMODE(st.st_mode) == 0o600, path
-    assert _secrets(store).keys() >= {"db/csp_loader.password", "db/analyst.password", "ssh/cspobs_ed25519",
-                                      f"ssh/{demo_config['partner_sftp_user']}_ed25519"}
+    assert _secrets(store).keys() >= {"db/csp_loader.password", f"db/{demo_config['analyst_user']}.password",
+                                      "ssh/cspobs_ed25519", f"ssh/{demo_config['partner_sftp_user']}_ed25519"}
+    assert not (store / "db" / "analyst.password").exists(), "the shared analyst login's password must be gone"
+    if demo_config.get("analyst_sslmode") == "verify-full":       # the project's cluster: its CA and server key
+        assert {"tls/ca.crt", "tls/ca.key", "tls/server.crt", "tls/server.key"} <= _secrets(store).keys()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="scripts/setup.sh runs as root")
@@ -245,8 +264,9 @@ def test_setup_run_again_keeps_the_secrets_and_every_config_working(settings, de
 
     partner_user, partner_key = demo_config["partner_sftp_user"], demo_config["partner_ssh_key"]
     for s in (settings, demo_settings):
+        analyst = demo_config["analyst_user"]
         for url, user in ((s.database_url, None),
-                          (_analyst_url(s.database_url, demo_config["analyst_password"]), "analyst")):
+                          (_analyst_url(s.database_url, analyst, demo_config["analyst_password"]), analyst)):
             with psycopg2.connect(url, connect_timeout=10) as conn, conn.cursor() as cur:
                 cur.execute("SELECT current_user")
                 assert user is None or cur.fetchone() == (user,)
