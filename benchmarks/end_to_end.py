@@ -115,12 +115,12 @@ def _tests_lock(name: str) -> Iterator[None]:
 
 def drop(n: int, period: str) -> dict[str, Any]:
     """Make an N-offence supply, encrypt, sign and upload it; return the timings and the data rows per file."""
-    from csp_observatory import demo, demo_data, postcodes
+    from csp_observatory import demo, demo_data, postcodes_sources
     from csp_observatory.config import load_settings
-    from csp_observatory.schema import schema_for
+    from csp_observatory.schema_loading import schema_for
 
     settings, schema = load_settings(), schema_for(FEED)
-    reference = postcodes.shipped_reference()
+    reference = postcodes_sources.shipped_reference()
     started = time.perf_counter()
     made = demo_data.make_police_recorded_crime(period, reference[~reference["terminated"]], n_offences=n)
     generated = time.perf_counter() - started
@@ -200,7 +200,7 @@ def forget(settings: Any, period: str) -> None:
     from psycopg2 import sql
 
     from csp_observatory import sftp
-    from csp_observatory.schema import schema_for
+    from csp_observatory.schema_loading import schema_for
 
     logging.getLogger("paramiko").setLevel(logging.WARNING)
     schema = schema_for(FEED)
@@ -249,7 +249,7 @@ def copy_same_rows(settings: Any, period: str) -> dict[str, Any]:
     from psycopg2 import sql
 
     from csp_observatory.ddl import FID_COLUMN
-    from csp_observatory.schema import schema_for
+    from csp_observatory.schema_loading import schema_for
 
     schema = schema_for(FEED)
     I = sql.Identifier  # noqa: E741

@@ -25,8 +25,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
-from csp_observatory.sanitising import build_displacement, sanitise  # noqa: E402
-from csp_observatory.schema import SCHEMA_DIR, load_schema  # noqa: E402
+from csp_observatory.sanitising import sanitise  # noqa: E402
+from csp_observatory.sanitising_displacement import build_displacement  # noqa: E402
+from csp_observatory.schema import SCHEMA_DIR  # noqa: E402
+from csp_observatory.schema_loading import load_schema  # noqa: E402
 
 SCHEMA = "bench_sanitise"
 
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         reference = pd.read_csv(a.reference, dtype={"postcode": str, "ward_code": str, "district_code": str})
         reference["terminated"] = reference["terminated"].astype(str).str.lower().isin(["true", "t", "1"])
     else:
-        from csp_observatory.postcodes import national_synthetic_reference
+        from csp_observatory.postcodes_synthetic import national_synthetic_reference
         reference = national_synthetic_reference(n_live=a.postcodes, n_terminated=max(a.postcodes // 17, 1))
     records = make_records(reference, a.records, k)
     print(f"reference: {len(reference):,} postcodes ({int(reference['terminated'].sum()):,} terminated); "

@@ -31,8 +31,10 @@ _PLUGINS = next((sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "-
 sys.path.insert(0, str(Path(_PLUGINS).resolve()))
 
 from csp_observatory import (addresses, cleaning, demo_data, gazetteer, geocoding, parsing,  # noqa: E402
-                             postcodes, sanitising)
-from csp_observatory.schema import SCHEMA_DIR, load_schema  # noqa: E402
+                             postcodes_sources, postcodes_synthetic, sanitising, sanitising_checks,
+                             sanitising_displacement)
+from csp_observatory.schema import SCHEMA_DIR  # noqa: E402
+from csp_observatory.schema_loading import load_schema  # noqa: E402
 
 
 def _rss_mb() -> float:
@@ -58,7 +60,7 @@ def _supply(n: int, folder: Path) -> dict[str, Path]:
     paths = {name: folder / f"{name}.csv" for name in ("offences", "offenders", "victims")}
     if not all(p.exists() for p in paths.values()):
         t = time.perf_counter()
-        supply = demo_data.make_police_recorded_crime("202609", postcodes.shipped_reference(), n_offences=n)
+        supply = demo_data.make_police_recorded_crime("202609", postcodes_sources.shipped_reference(), n_offences=n)
         for name, text in supply.files.items():
             paths[name].write_text(text)
         print(f"generated {n} offences in {time.perf_counter() - t:.1f} s into {folder}")
@@ -119,7 +121,7 @@ def main() -> None:
     folder = args.dir or Path(tempfile.gettempdir()) / f"csp_stages_{args.offences}"
     paths = _supply(args.offences, folder)
     schema = load_schema(SCHEMA_DIR / "police_recorded_crime.yaml")
-    reference = postcodes.shipped_reference()
+    reference = postcodes_sources.shipped_reference()
     places = gazetteer.shipped_places()
     print(f"nproc={len(__import__('os').sched_getaffinity(0))}; pandas {pd.__version__}; plugins {_PLUGINS}")
     baseline = not hasattr(sanitising, "cached_displacement")      # a tree from before issue 9
@@ -146,10 +148,11 @@ def main() -> None:
         geo, dt = timed("geocode", rows, lambda: geocoding.geocode(cleaned.frame, feed_file, reference, places))
         totals["geocode"] = totals.get("geocode", 0) + dt
         key = (schema.household_threshold, schema.displacement)
-        pmap, dt = timed("build displacement map", rows, lambda: sanitising.build_displacement(reference, *key))
+        pmap, dt = timed("build displacement map", rows,
+                         lambda: sanitising_displacement.build_displacement(reference, *key))
         result, dt = timed("sanitise", rows, lambda: sanitising.sanitise(geo.frame, feed_file, pmap))
         totals["sanitise"] = totals.get("sanitise", 0) + dt
-        problems, dt = timed("check_sanitised", rows, lambda: sanitising.check_sanitised(result.frame, pmap,
+        problems, dt = timed("check_sanitised", rows, lambda: sanitising_checks.check_sanitised(result.frame, pmap,
                                                                                         feed_file))
         totals["check_sanitised"] = totals.get("check_sanitised", 0) + dt
         assert not problems, problems
@@ -173,12 +176,12 @@ def main() -> None:
         _distinct_addresses(args.address_rows, args.skip_old)
 
     if args.national:
-        ref = postcodes.national_synthetic_reference()
+        ref = postcodes_synthetic.national_synthetic_reference()
         with tempfile.TemporaryDirectory() as cache:
             _, built = timed("national map: build and cache", len(ref),
-                             lambda: sanitising.cached_displacement(ref, 4, "nearest", Path(cache)))
+                             lambda: sanitising_displacement.cached_displacement(ref, 4, "nearest", Path(cache)))
             pmap, hit = timed("national map: from the cache", len(ref),
-                              lambda: sanitising.cached_displacement(ref, 4, "nearest", Path(cache)))
+                              lambda: sanitising_displacement.cached_displacement(ref, 4, "nearest", Path(cache)))
             _ratio("displacement map", built, hit)
             rng = np.random.default_rng(1)
             n = 1_000_000

@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
 
 from csp_observatory import ddl  # noqa: E402
-from csp_observatory.schema import SCHEMA_DIR, load_schema  # noqa: E402
+from csp_observatory.schema import SCHEMA_DIR  # noqa: E402
+from csp_observatory.schema_loading import load_schema  # noqa: E402
 
 
 def main() -> int:

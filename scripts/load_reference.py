@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 
-from csp_observatory import gazetteer, postcodes  # noqa: E402
+from csp_observatory import gazetteer, postcodes_postgis, postcodes_sources, postcodes_synthetic  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,15 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     with psycopg2.connect(url) as conn:
         if not args.keep_postcodes:
             if args.codepoint or args.onspd:
-                frames = [postcodes.read_codepoint_open(p) for p in args.codepoint]
-                frames += [postcodes.read_onspd(p) for p in args.onspd]
+                frames = [postcodes_sources.read_codepoint_open(p) for p in args.codepoint]
+                frames += [postcodes_sources.read_onspd(p) for p in args.onspd]
                 dropped = sum(f.attrs.get("dropped_no_coordinates", 0) for f in frames)
-                reference = postcodes.combine_references(frames)
+                reference = postcodes_sources.combine_references(frames)
                 if args.households:
-                    reference = postcodes.attach_households(
-                        reference, postcodes.read_household_estimates(args.households))
+                    reference = postcodes_sources.attach_households(
+                        reference, postcodes_sources.read_household_estimates(args.households))
                 elif args.synthetic_households is not None:
-                    synthetic = postcodes.synthetic_households(reference, args.synthetic_households)
+                    synthetic = postcodes_synthetic.synthetic_households(reference, args.synthetic_households)
                     synthetic = synthetic.assign(Postcode=synthetic["Postcode"].str.replace(r"\s+", " ", regex=True))
                     counts = dict(zip(synthetic["Postcode"], synthetic["Occupied_Households"]))
                     reference["households"] = reference["postcode"].map(counts).fillna(0).astype("int64")
@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                     print("warning: no household estimates given: every postcode has 0 households", file=sys.stderr)
                 print(f"postcodes without coordinates dropped: {dropped}")
             else:
-                reference = postcodes.shipped_reference()
-            n = postcodes.load_reference(conn, reference, replace=not args.append)
+                reference = postcodes_sources.shipped_reference()
+            n = postcodes_postgis.load_reference(conn, reference, replace=not args.append)
             print(f"reference.postcodes: {n} rows loaded "
                   f"({int(reference['terminated'].sum())} terminated)")
         if args.places:

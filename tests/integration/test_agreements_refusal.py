@@ -10,7 +10,7 @@ from datetime import date, timedelta
 
 import pytest
 
-from csp_observatory import agreements, demo, fixtures, postcodes, sftp, staging
+from csp_observatory import agreements, demo, fixtures, postcodes_sources, sftp, staging
 from csp_observatory.pipeline import schema_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_partner_folders", "reference_loaded")]
@@ -34,7 +34,7 @@ def register(tmp_path, monkeypatch):
 def supply(settings, db, forget_supply):
     schema = schema_for(FEED)
     forget_supply(db, schema, PERIOD)
-    made = fixtures.make_supply(schema, PERIOD, postcodes.shipped_reference(), n=12)
+    made = fixtures.make_supply(schema, PERIOD, postcodes_sources.shipped_reference(), n=12)
     names = demo.drop_demo_supply(settings, schema, PERIOD, files=made.files, metadata=made.metadata)
     yield schema, names
     forget_supply(db, schema, PERIOD)

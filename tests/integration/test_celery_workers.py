@@ -27,7 +27,7 @@ import pytest
 import yaml
 from airflow_harness import Api, base_env, deployment, free_port, start, tails, wait
 
-from csp_observatory import demo, fixtures, postcodes
+from csp_observatory import demo, fixtures, postcodes_sources
 from csp_observatory.pipeline import schema_for
 
 pytestmark = pytest.mark.integration
@@ -112,7 +112,7 @@ def _supply_status(db) -> str:
 @pytest.fixture(scope="module")
 def supply() -> Any:
     """One fixture supply (some bad rows among the good: it loads amber), dropped once per deployment."""
-    return fixtures.make_supply(schema_for(FEED), PERIOD, postcodes.shipped_reference(), n=30)
+    return fixtures.make_supply(schema_for(FEED), PERIOD, postcodes_sources.shipped_reference(), n=30)
 
 
 @pytest.fixture(scope="module")

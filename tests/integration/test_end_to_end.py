@@ -13,7 +13,7 @@ from pathlib import Path
 import gnupg
 import pytest
 
-from csp_observatory import demo, demo_data, fixtures, postcodes
+from csp_observatory import demo, demo_data, fixtures, postcodes_sources
 from csp_observatory.metadata import metadata_file_name
 from csp_observatory.pipeline import schema_for
 
@@ -33,7 +33,7 @@ def schema():
 @pytest.fixture(scope="module")
 def supply_files():
     """One month of records, made once for the module, and the rows made bad on purpose."""
-    reference = postcodes.shipped_reference()
+    reference = postcodes_sources.shipped_reference()
     made = demo_data.make_police_recorded_crime(PERIOD, reference[~reference["terminated"]], n_offences=150)
     return made
 

@@ -26,9 +26,10 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from csp_observatory import demo, fixtures, postcodes, sftp
+from csp_observatory import demo, fixtures, postcodes_sources, sftp
 from csp_observatory.addresses import ADDRESS_LEAK
-from csp_observatory.schema import DROPPED_ON_SANITISING, FeedSchema, load_schemas
+from csp_observatory.schema import DROPPED_ON_SANITISING, FeedSchema
+from csp_observatory.schema_loading import load_schemas
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +43,7 @@ SCHEMAS = load_schemas()
 def reference(settings):
     # Loaded afresh: other tests may have put their own frames in the reference tables.
     demo.ensure_reference(settings, force=True)
-    return postcodes.shipped_reference()
+    return postcodes_sources.shipped_reference()
 
 
 @pytest.fixture(scope="module")

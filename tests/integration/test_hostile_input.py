@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from csp_observatory import demo, demo_data, fixtures, intake, metadata, partner, pipeline, postcodes, sftp
+from csp_observatory import (demo, demo_data, fixtures, intake, metadata, partner, pipeline, postcodes_sources, sftp)
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ def _name(file: str, period: str) -> str:
 
 @pytest.fixture(scope="module")
 def reference():
-    ref = postcodes.shipped_reference()
+    ref = postcodes_sources.shipped_reference()
     return ref[~ref["terminated"]]
 
 

@@ -20,8 +20,8 @@ import psycopg2
 import pytest
 from airflow_harness import Api, base_env, deployment, free_port, sqlite_query, tails, wait
 
-from csp_observatory import alerts, demo, fixtures, postcodes
-from csp_observatory.schema import schema_for
+from csp_observatory import alerts, demo, fixtures, postcodes_sources
+from csp_observatory.schema_loading import schema_for
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +57,7 @@ def _clean_supply(feed: str, period: str) -> tuple[dict[str, str], str]:
     """A supply with none of the fixture's deliberately bad rows, and a metadata file that matches it: it loads
     green, so its run succeeds."""
     schema = schema_for(feed)
-    supply = fixtures.make_supply(schema, period, postcodes.shipped_reference(), n=30)
+    supply = fixtures.make_supply(schema, period, postcodes_sources.shipped_reference(), n=30)
     files = {}
     for name, text in supply.files.items():
         bad = {b["row"] for b in supply.bad_rows if b["file"] == name}

@@ -11,7 +11,8 @@ import psycopg2
 import pytest
 
 from csp_observatory import ddl, loading
-from csp_observatory.schema import SCHEMA_DIR, FeedSchema, load_schema
+from csp_observatory.schema import SCHEMA_DIR, FeedSchema
+from csp_observatory.schema_loading import load_schema
 
 pytestmark = pytest.mark.integration
 

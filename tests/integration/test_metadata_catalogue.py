@@ -10,8 +10,9 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from csp_observatory import ddl, metadata as M
-from csp_observatory.schema import REPO_ROOT, SCHEMA_DIR, FeedSchema, load_schema
+from csp_observatory import ddl, metadata as M, metadata_catalogue, metadata_file
+from csp_observatory.schema import REPO_ROOT, SCHEMA_DIR, FeedSchema
+from csp_observatory.schema_loading import load_schema
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +23,7 @@ EXAMPLE = REPO_ROOT / "include" / "examples" / "police_recorded_crime_metadata.y
 def conn(db: Any) -> Iterator[Any]:
     """The loader's connection with the database and the catalogue in place (committed)."""
     ddl.ensure_database(db)
-    M.ensure_catalogue(db)
+    metadata_catalogue.ensure_catalogue(db)
     db.commit()
     yield db
     db.rollback()
@@ -46,7 +47,8 @@ def feed(conn: Any) -> Iterator[FeedSchema]:
 
 def _metadata(schema: FeedSchema, **changes: Any) -> M.SupplyMetadata:
     """The example file, read as the metadata of ``schema``'s feed."""
-    md = M.parse_metadata(EXAMPLE.read_text(encoding="utf-8"), load_schema(SCHEMA_DIR / "police_recorded_crime.yaml"))
+    md = metadata_file.parse_metadata(EXAMPLE.read_text(encoding="utf-8"),
+                                      load_schema(SCHEMA_DIR / "police_recorded_crime.yaml"))
     return dataclasses.replace(md, feed=schema.feed, dataset=schema.feed, **changes)
 
 
@@ -58,15 +60,15 @@ def _rows(conn: Any, feed: str) -> list[tuple[Any, ...]]:
 
 
 def test_ensure_catalogue_twice_and_its_grants(conn):
-    M.ensure_catalogue(conn)          # up to date: the quick path
+    metadata_catalogue.ensure_catalogue(conn)          # up to date: the quick path
     conn.commit()
     with conn.cursor() as cur:
         # force the full path again inside a transaction: every statement must be safe to repeat
         cur.execute("COMMENT ON VIEW reference.feed_caveats IS 'stale'")
-        M.ensure_catalogue(conn)
-        M.ensure_catalogue(conn)
+        metadata_catalogue.ensure_catalogue(conn)
+        metadata_catalogue.ensure_catalogue(conn)
         cur.execute("SELECT obj_description('reference.feed_caveats'::regclass, 'pg_class')")
-        assert M.CATALOGUE_VERSION in cur.fetchone()[0]
+        assert metadata_catalogue.CATALOGUE_VERSION in cur.fetchone()[0]
         cur.execute("""SELECT column_name FROM information_schema.columns
                         WHERE table_schema = 'observatory' AND table_name = 'supply_metadata'
                         ORDER BY ordinal_position""")
@@ -88,21 +90,21 @@ def test_ensure_catalogue_twice_and_its_grants(conn):
 
 def test_record_rolled_back_leaves_nothing(conn, feed):
     md = _metadata(feed)
-    M.record(conn, f"{feed.feed}/202609", md, [])
+    metadata_catalogue.record(conn, f"{feed.feed}/202609", md, [])
     assert len(_rows(conn, feed.feed)) == 1          # seen inside the transaction
-    assert not M.first_supply_needs_metadata(conn, feed.feed)
+    assert not metadata_catalogue.first_supply_needs_metadata(conn, feed.feed)
     conn.rollback()                                   # the load failed
     assert _rows(conn, feed.feed) == []
-    assert M.first_supply_needs_metadata(conn, feed.feed)
-    assert M.latest(conn, feed.feed) is None
+    assert metadata_catalogue.first_supply_needs_metadata(conn, feed.feed)
+    assert metadata_catalogue.latest(conn, feed.feed) is None
 
 
 def test_record_committed_reads_back_and_a_resend_replaces_it(conn, feed):
     md = _metadata(feed)
-    assert M.first_supply_needs_metadata(conn, feed.feed)
+    assert metadata_catalogue.first_supply_needs_metadata(conn, feed.feed)
     mismatch = M.Mismatch(M.RECORD_COUNT, "The metadata says the offences file has 1,240 records; it has 1,239 "
                                           "rows of data.", file="offences")
-    M.record(conn, f"{feed.feed}/202609", md, [mismatch])
+    metadata_catalogue.record(conn, f"{feed.feed}/202609", md, [mismatch])
     conn.commit()
     [(supply_id, period, document, mismatches)] = _rows(conn, feed.feed)
     assert (supply_id, period) == (f"{feed.feed}/202609", "202609")
@@ -111,19 +113,19 @@ def test_record_committed_reads_back_and_a_resend_replaces_it(conn, feed):
     assert [f.file for f in back.files] == [f.file for f in md.files]
     assert list(back.coding_systems["ethnicity"]) == list(md.coding_systems["ethnicity"])
     assert mismatches == [mismatch.to_dict()]
-    assert M.latest(conn, feed.feed) == md
-    assert not M.first_supply_needs_metadata(conn, feed.feed)
+    assert metadata_catalogue.latest(conn, feed.feed) == md
+    assert not metadata_catalogue.first_supply_needs_metadata(conn, feed.feed)
 
     # the same month again: one row, the new document; the metadata's own period does not move the supply
     again = dataclasses.replace(md, caveats=("Re-sent with the Northgate sector's coordinates restored.",),
                                 period="202608")
-    M.record(conn, f"{feed.feed}/202609", again, [])
+    metadata_catalogue.record(conn, f"{feed.feed}/202609", again, [])
     conn.commit()
     [(supply_id, period, document, mismatches)] = _rows(conn, feed.feed)
     assert period == "202609" and document["caveats"] == list(again.caveats) and mismatches == []
 
     # the caveats view shows the latest supply's, and no supplier details
-    M.record(conn, f"{feed.feed}/202610", dataclasses.replace(md, period="202610"), [])
+    metadata_catalogue.record(conn, f"{feed.feed}/202610", dataclasses.replace(md, period="202610"), [])
     conn.commit()
     with conn.cursor() as cur:
         cur.execute("SELECT * FROM reference.feed_caveats WHERE feed = %s", (feed.feed,))
@@ -138,7 +140,7 @@ def test_record_committed_reads_back_and_a_resend_replaces_it(conn, feed):
 
 def test_analyst_reads_caveats_but_not_the_catalogue(conn, feed, demo_config):
     md = _metadata(feed)
-    M.record(conn, f"{feed.feed}/202609", md, [])
+    metadata_catalogue.record(conn, f"{feed.feed}/202609", md, [])
     conn.commit()
     # the analyst's own login (a member of csp_analyst), as QGIS connects
     with psycopg2.connect(demo_config["analyst_url"], connect_timeout=10) as analyst, analyst.cursor() as cur:
@@ -170,7 +172,7 @@ def test_comments_carry_the_partners_caveats_and_explanations(conn, feed):
     conn.commit()
     before = _comments(conn, feed)
     md = _metadata(feed)
-    assert M.apply_comments(conn, feed, md) == [f"{feed.db_schema}.{f.table}" for f in feed.files]
+    assert metadata_catalogue.apply_comments(conn, feed, md) == [f"{feed.db_schema}.{f.table}" for f in feed.files]
     conn.commit()
     after = _comments(conn, feed)
     for f in feed.files:
@@ -194,7 +196,7 @@ def test_comments_carry_the_partners_caveats_and_explanations(conn, feed):
     assert "offender_name" not in offenders and "home_easting" not in offenders    # dropped on sanitising
 
     # applied again: the same comments, nothing stacked
-    M.apply_comments(conn, feed, md)
+    metadata_catalogue.apply_comments(conn, feed, md)
     conn.commit()
     assert _comments(conn, feed) == after
 
@@ -202,7 +204,7 @@ def test_comments_carry_the_partners_caveats_and_explanations(conn, feed):
     bare = dataclasses.replace(md, caveats=(), geographic_method=None, coding_systems={}, period="202610",
                                files=tuple(dataclasses.replace(fm, datafields=tuple((n, None) for n in fm.field_names))
                                            for fm in md.files))
-    M.apply_comments(conn, feed, bare)
+    metadata_catalogue.apply_comments(conn, feed, bare)
     conn.commit()
     latest = _comments(conn, feed)
     for f in feed.files:
@@ -214,11 +216,11 @@ def test_comments_roll_back_with_the_load(conn, feed):
     ddl.ensure_feed_tables(conn, feed)
     conn.commit()
     before = _comments(conn, feed)
-    M.apply_comments(conn, feed, _metadata(feed))
+    metadata_catalogue.apply_comments(conn, feed, _metadata(feed))
     conn.rollback()
     assert _comments(conn, feed) == before
 
 
 def test_comments_skip_tables_not_made_yet(conn, feed):
-    assert M.apply_comments(conn, feed, _metadata(feed)) == []
+    assert metadata_catalogue.apply_comments(conn, feed, _metadata(feed)) == []
     conn.rollback()

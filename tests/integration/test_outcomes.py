@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from csp_observatory import demo, demo_data, postcodes
+from csp_observatory import demo, demo_data, postcodes_sources
 from csp_observatory.pipeline import schema_for
 
 pytestmark = pytest.mark.integration
@@ -45,7 +45,7 @@ def _loaded(db, period: str) -> dict[str, int]:
 
 
 def _supply(period: str, n: int = 60) -> dict[str, str]:
-    reference = postcodes.shipped_reference()
+    reference = postcodes_sources.shipped_reference()
     return demo_data.make_police_recorded_crime(period, reference[~reference["terminated"]], n_offences=n).files
 
 

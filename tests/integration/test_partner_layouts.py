@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from csp_observatory import demo, fixtures, layouts, sftp
+from csp_observatory import demo, fixtures, layouts, layouts_loading, layouts_reading, sftp
 from csp_observatory.pipeline import schema_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_partner_folders", "reference_loaded")]
@@ -28,7 +28,7 @@ def _rows(path: Path) -> int:
 def _canonical(feed: str, file_name: str, src: Path, tmp: Path) -> str:
     """The canonical copy intake makes of a partner file: what its metadata's datafields and counts describe."""
     feed_file = schema_for(feed).file(file_name)
-    layout = layouts.detect(src, layouts.layouts_for(feed, file_name))
+    layout = layouts_reading.detect(src, layouts_loading.layouts_for(feed, file_name))
     assert layout is not None and layout.id != "canonical"
     out = tmp / f"{file_name}.canonical.csv"
     layouts.apply(layout, src, out, feed_file)

@@ -20,7 +20,7 @@ import psycopg2
 import pytest
 from psycopg2 import errors, sql
 
-from csp_observatory import demo, demo_data, graded_views, metadata, postcodes, stamp
+from csp_observatory import demo, demo_data, graded_views, metadata_docs, postcodes_sources, stamp
 from csp_observatory.grading import GRADES, quality_grade, worst
 from csp_observatory.pipeline import schema_for
 
@@ -61,7 +61,7 @@ def months(db, clean_partner_folders, reference_loaded, forget_supply, schema):
 
 
 def _supply(period: str, n: int = 60):
-    reference = postcodes.shipped_reference()
+    reference = postcodes_sources.shipped_reference()
     return demo_data.make_police_recorded_crime(period, reference[~reference["terminated"]], n_offences=n)
 
 
@@ -208,7 +208,7 @@ def test_a_loaded_supply_is_stamped_as_its_report_says_and_a_rerun_replaces_the_
             assert cur.fetchone() == ("POINT", 27700)
     db.rollback()
     # The Airflow UI: the feed's DAG docs show the latest supply's level and grades.
-    doc = metadata.dag_doc(FEED, settings.reports_dir)
+    doc = metadata_docs.dag_doc(FEED, settings.reports_dir)
     assert "Latest quality stamp" in doc and "**Outcome: AMBER**" in doc
     assert f"| accuracy | {supply['accuracy']} |" in doc
 

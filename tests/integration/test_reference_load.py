@@ -7,7 +7,7 @@ from typing import Iterator
 import pytest
 
 from csp_observatory import gazetteer as gz
-from csp_observatory import postcodes as pc
+from csp_observatory import postcodes_postgis, postcodes_sources
 
 pytestmark = pytest.mark.integration
 
@@ -36,16 +36,16 @@ def restore_shipped_reference() -> Iterator[None]:
 
         connection = psycopg2.connect(url)
         try:
-            pc.load_reference(connection, pc.shipped_reference())
+            postcodes_postgis.load_reference(connection, postcodes_sources.shipped_reference())
             gz.load_places(connection, gz.shipped_places())
         finally:
             connection.close()
 
 
 def test_reference_round_trip(conn) -> None:
-    ref = pc.shipped_reference()
-    assert pc.load_reference(conn, ref) == len(ref)
-    back = pc.read_reference(conn)
+    ref = postcodes_sources.shipped_reference()
+    assert postcodes_postgis.load_reference(conn, ref) == len(ref)
+    back = postcodes_postgis.read_reference(conn)
     key = ["postcode"]
     assert back.sort_values(key).reset_index(drop=True).equals(ref.sort_values(key).reset_index(drop=True))
     with conn.cursor() as cur:
@@ -61,25 +61,25 @@ def test_reference_round_trip(conn) -> None:
 
 
 def test_replace_and_upsert(conn) -> None:
-    ref = pc.shipped_reference()
-    pc.load_reference(conn, ref)
+    ref = postcodes_sources.shipped_reference()
+    postcodes_postgis.load_reference(conn, ref)
     small = ref.head(10).assign(households=99)
-    pc.load_reference(conn, small, replace=False)
-    back = pc.read_reference(conn).set_index("postcode")
+    postcodes_postgis.load_reference(conn, small, replace=False)
+    back = postcodes_postgis.read_reference(conn).set_index("postcode")
     assert len(back) == len(ref) and (back.loc[small["postcode"].tolist(), "households"] == 99).all()
-    pc.load_reference(conn, small, replace=True)
-    assert len(pc.read_reference(conn)) == 10
+    postcodes_postgis.load_reference(conn, small, replace=True)
+    assert len(postcodes_postgis.read_reference(conn)) == 10
 
 
 def test_failed_load_leaves_the_table_as_it_was(conn) -> None:
-    ref = pc.shipped_reference()
-    pc.load_reference(conn, ref)
+    ref = postcodes_sources.shipped_reference()
+    postcodes_postgis.load_reference(conn, ref)
     broken = ref.head(5).copy()
     broken["source"] = broken["source"].astype(object)
     broken.loc[broken.index[0], "easting"] = 10**12   # does not fit an integer column
     with pytest.raises(Exception):
-        pc.load_reference(conn, broken)
-    assert len(pc.read_reference(conn)) == len(ref)
+        postcodes_postgis.load_reference(conn, broken)
+    assert len(postcodes_postgis.read_reference(conn)) == len(ref)
 
 
 def test_places_round_trip(conn) -> None:

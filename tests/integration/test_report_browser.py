@@ -13,8 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from csp_observatory import postcodes, report_demo
-from csp_observatory.schema import SCHEMA_DIR, load_schema
+from csp_observatory import postcodes_sources, report_demo
+from csp_observatory.schema import SCHEMA_DIR
+from csp_observatory.schema_loading import load_schema
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +49,7 @@ def page(tmp_path_factory):
     schema = load_schema(SCHEMA_DIR / "police_recorded_crime.yaml")
     due = schema.supply_due("202609")
     reports = report_demo.write_series(
-        schema, PERIODS, postcodes.shipped_reference(), tmp / "reports",
+        schema, PERIODS, postcodes_sources.shipped_reference(), tmp / "reports",
         arrived={"202607": "2026-08-05T09:00:00+00:00", "202608": "2026-09-05T09:00:00+00:00",
                  "202609": (due + pd.Timedelta(days=2, hours=3)).isoformat()},
         spoil={"202609": no_records_10_to_16})

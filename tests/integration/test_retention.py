@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from csp_observatory import demo, fixtures, postcodes, retention, sftp
+from csp_observatory import demo, fixtures, postcodes_sources, retention, sftp
 from csp_observatory.pipeline import schema_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_partner_folders", "reference_loaded")]
@@ -46,7 +46,7 @@ def two_supplies(settings, db, forget_supply, clean_partner_folders):
     for period in (OLD, RECENT):
         forget_supply(db, schema, period)
     for period in (OLD, RECENT):
-        made = fixtures.make_supply(schema, period, postcodes.shipped_reference(), n=12)
+        made = fixtures.make_supply(schema, period, postcodes_sources.shipped_reference(), n=12)
         demo.drop_demo_supply(settings, schema, period, files=made.files, metadata=made.metadata)
         demo.run_feed_dag(FEED)
     yield schema

@@ -25,7 +25,7 @@ def conn():
 
 def oracle_reference() -> pd.DataFrame:
     """20k synthetic postcodes, with empty wards and districts and exact ties added on purpose."""
-    from csp_observatory.postcodes import national_synthetic_reference
+    from csp_observatory.postcodes_synthetic import national_synthetic_reference
 
     ref = national_synthetic_reference(n_live=20_000, n_terminated=1_500, seed=11)
     ref["households"] = pd.to_numeric(ref["households"]).astype("int64")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from csp_observatory import demo, fixtures, postcodes, sftp
+from csp_observatory import demo, fixtures, postcodes_sources, sftp
 from csp_observatory.config import load_settings
 from csp_observatory.pipeline import schema_for
 
@@ -45,7 +45,7 @@ def test_one_inbox_serves_two_feeds_and_each_run_takes_only_its_own(registry_ser
                                                                     forget_supply):
     shared = registry_serving_both
     assert [shared.supplier(f, schema_for(f).partner.id) for f in FEEDS] == [FORCE, FORCE]
-    reference = postcodes.shipped_reference()
+    reference = postcodes_sources.shipped_reference()
     supplies = {}
     for feed in FEEDS:
         schema = schema_for(feed)

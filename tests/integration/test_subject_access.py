@@ -12,7 +12,7 @@ from datetime import date, datetime
 
 import pytest
 
-from csp_observatory import demo, fixtures, postcodes, subject_access
+from csp_observatory import demo, fixtures, postcodes_sources, subject_access
 from csp_observatory.pipeline import schema_for
 from csp_observatory.schema import REPO_ROOT
 
@@ -58,7 +58,7 @@ def _iso(text: str) -> str:
 def person_in_two_feeds(settings):
     """The first good row of the PPO file (none of the fixtures' bad rows) is the person; so is the first good row
     of the releases, and the second has the same name with another date of birth (someone else)."""
-    reference = postcodes.shipped_reference()
+    reference = postcodes_sources.shipped_reference()
     ppo = fixtures.make_supply(schema_for(PPO), PERIOD, reference, n=10)
     rel = fixtures.make_supply(schema_for(RELEASES), PERIOD, reference, n=10)
 

@@ -19,7 +19,8 @@ import gnupg
 import psycopg2
 import pytest
 
-from csp_observatory import demo, demo_data, fixtures, metadata, partner, postcodes, sftp
+from csp_observatory import (demo, demo_data, fixtures, metadata_catalogue, metadata_docs, metadata_file, partner,
+                             postcodes_sources, sftp)
 from csp_observatory.pipeline import schema_for
 
 pytestmark = pytest.mark.integration
@@ -65,8 +66,9 @@ def _know_feed(db, schema) -> None:
     example = fixtures.EXAMPLES_DIR / f"{FEED}_metadata.yaml"
     db.autocommit = False
     ddl.ensure_database(db)
-    metadata.ensure_catalogue(db)
-    metadata.record(db, f"{FEED}/{PERIODS[-1]}", metadata.parse_metadata(example.read_text(), schema), [])
+    metadata_catalogue.ensure_catalogue(db)
+    metadata_catalogue.record(db, f"{FEED}/{PERIODS[-1]}", metadata_file.parse_metadata(example.read_text(), schema),
+                              [])
     db.commit()
     db.autocommit = True
 
@@ -78,7 +80,7 @@ def known_feed(fresh, db, schema):
 
 
 def _files(period: str, n: int = 40) -> dict[str, str]:
-    reference = postcodes.shipped_reference()
+    reference = postcodes_sources.shipped_reference()
     return demo_data.make_police_recorded_crime(period, reference[~reference["terminated"]], n_offences=n).files
 
 
@@ -220,8 +222,9 @@ def test_metadata_is_catalogued_and_its_caveats_shown_where_people_meet_the_data
     # the quality report, the partner's copy of it and the DAG's docs
     copy, page = _partner_copy(observatory_sftp, period)
     assert copy["metadata"]["partner"]["caveats"] == [caveat] and caveat in page
-    assert caveat in metadata.dag_doc(FEED, settings.reports_dir)
-    assert metadata.dag_doc(FEED) == metadata.dag_doc(FEED, settings.reports_dir)     # the settings' reports_dir
+    assert caveat in metadata_docs.dag_doc(FEED, settings.reports_dir)
+    # the settings' reports_dir
+    assert metadata_docs.dag_doc(FEED) == metadata_docs.dag_doc(FEED, settings.reports_dir)
 
 
 def test_a_count_that_does_not_match_makes_the_supply_amber_with_the_difference_listed(
@@ -292,7 +295,7 @@ def test_a_load_that_fails_leaves_no_catalogue_row_and_no_comment(
     with db.cursor() as cur:
         cur.execute("SELECT obj_description(to_regclass('depersonalised.prc_offences'), 'pg_class')")
         assert cur.fetchone()[0] == before
-    assert caveat not in metadata.dag_doc(FEED, settings.reports_dir)
+    assert caveat not in metadata_docs.dag_doc(FEED, settings.reports_dir)
 
 
 @pytest.mark.parametrize("case", ["unsigned", "unknown_key"])

@@ -27,8 +27,9 @@ import pytest
 from psycopg2 import sql
 from scipy.spatial import cKDTree
 
-from csp_observatory import ddl, demo, loading, postcodes, stamp, workspace
-from csp_observatory.schema import REPO_ROOT, SCHEMA_DIR, FeedSchema, load_schema
+from csp_observatory import ddl, demo, loading, postcodes_postgis, stamp, workspace
+from csp_observatory.schema import REPO_ROOT, SCHEMA_DIR, FeedSchema
+from csp_observatory.schema_loading import load_schema
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,7 @@ def reference(settings) -> pd.DataFrame:
     """The shipped reference, loaded afresh (other tests may have put their own frames in it), as PostGIS has it."""
     demo.ensure_reference(settings, force=True)
     with closing(psycopg2.connect(settings.database_url)) as conn:
-        return postcodes.read_reference(conn)
+        return postcodes_postgis.read_reference(conn)
 
 
 @pytest.fixture()

@@ -8,7 +8,7 @@ import yaml
 
 from csp_observatory import agreements
 from csp_observatory.agreements import AgreementError, parse_agreement, read_register, standing
-from csp_observatory.schema import load_schemas
+from csp_observatory.schema_loading import load_schemas
 
 pytestmark = pytest.mark.unit
 

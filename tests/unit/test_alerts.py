@@ -13,7 +13,7 @@ import pytest
 
 from csp_observatory import alerts
 from csp_observatory.arrival import ARRIVAL_WAIT_S, wait_until
-from csp_observatory.schema import load_schemas, schema_for
+from csp_observatory.schema_loading import load_schemas, schema_for
 
 pytestmark = pytest.mark.unit
 

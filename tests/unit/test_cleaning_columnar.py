@@ -11,7 +11,8 @@ import pytest
 
 from csp_observatory.cleaning import clean, normalise_codes, normalise_times
 from csp_observatory.postcodes import normalise_postcodes
-from csp_observatory.schema import SCHEMA_DIR, load_schema
+from csp_observatory.schema import SCHEMA_DIR
+from csp_observatory.schema_loading import load_schema
 
 pytestmark = pytest.mark.unit
 

@@ -229,12 +229,13 @@ def test_the_sftp_accounts_script_reads_the_registry_scripts_partner_writes(comp
     from csp_observatory import onboarding_site
 
     site = onboarding_site.Site(registry_dir=tmp_path, authorized_keys_dir=tmp_path, observatory_gnupg_home=tmp_path,
-                           observatory_fingerprint="A" * 40, observatory_public_key=tmp_path / "o.asc",
-                           trees=(onboarding_site.Tree(tmp_path, 22),), sftp_host="h", sftp_port=22, host_key=tmp_path)
+                                observatory_fingerprint="A" * 40, observatory_public_key=tmp_path / "o.asc",
+                                trees=(onboarding_site.Tree(tmp_path, 22),), sftp_host="h", sftp_port=22,
+                                host_key=tmp_path)
     onboarding_site._write_entry(site, {"id": "police_ppo", "status": "removed", "sftp_user": "police_ppo", "uid": 2007,
-                                   "signing_fingerprint": "B" * 40, "feeds": ["prolific_priority_offenders"],
-                                   "contact": "a: b, 'c'", "onboarded_at": "2026-01-01T00:00:00Z",
-                                   "removed_at": "2026-02-01T00:00:00Z", "history": [{"event": "onboarded"}]})
+                                        "signing_fingerprint": "B" * 40, "feeds": ["prolific_priority_offenders"],
+                                        "contact": "a: b, 'c'", "onboarded_at": "2026-01-01T00:00:00Z",
+                                        "removed_at": "2026-02-01T00:00:00Z", "history": [{"event": "onboarded"}]})
     script = _content(compose, "sftp-accounts")
     reads = [ln.strip() for ln in script.splitlines() if "sed -n" in ln]
     assert len(reads) == 3

@@ -5,7 +5,8 @@ import dataclasses
 
 import pytest
 from csp_observatory import ddl
-from csp_observatory.schema import SCHEMA_DIR, Datafield, load_schema
+from csp_observatory.schema import SCHEMA_DIR, Datafield
+from csp_observatory.schema_loading import load_schema
 
 pytestmark = pytest.mark.unit
 
@@ -137,7 +138,7 @@ def test_a_records_key_is_its_supply_and_its_schemas_key(prc):
 
 
 def test_counts_by_ward_and_month_only_for_depersonalised_files_with_a_location(prc):
-    from csp_observatory.schema import load_schemas
+    from csp_observatory.schema_loading import load_schemas
 
     assert all(ddl.has_ward_month(prc, f) for f in prc.files)
     assert not any(ddl.has_ward_month(dataclasses.replace(prc, dataset_type="personalised"), f) for f in prc.files)
@@ -150,7 +151,7 @@ def test_counts_by_ward_and_month_only_for_depersonalised_files_with_a_location(
 
 
 def test_the_category_is_the_datafield_the_schema_marks(prc):
-    from csp_observatory.schema import load_schemas
+    from csp_observatory.schema_loading import load_schemas
 
     assert ddl.category_field(prc, prc.file("offences")).name == "ho_offence_code"
     assert ddl.category_field(prc, prc.file("offenders")) is None      # counted without a category

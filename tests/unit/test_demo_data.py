@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from csp_observatory import cleaning, demo_data, parsing, postcodes, validation
-from csp_observatory.schema import SCHEMA_DIR, load_schema
+from csp_observatory.schema import SCHEMA_DIR
+from csp_observatory.schema_loading import load_schema
 
 pytestmark = pytest.mark.unit
 
@@ -111,10 +112,10 @@ def test_the_bad_rows_end_where_the_listing_says(made, schema, tmp_path):
 
 def test_the_demo_supplys_metadata_file_matches_it_as_the_parser_reads_it(made, schema, tmp_path):
     """The demo sends a metadata file with its supply (the feed's first must carry one): it must match."""
-    from csp_observatory import fixtures, metadata
+    from csp_observatory import fixtures, metadata_checks, metadata_file
 
     text = fixtures.make_metadata(schema, "202609", made.files)
-    md = metadata.parse_metadata(text, schema)
+    md = metadata_file.parse_metadata(text, schema)
     counts, headers = {}, {}
     for name, csv_text in made.files.items():
         path = tmp_path / f"{name}.csv"
@@ -122,7 +123,7 @@ def test_the_demo_supplys_metadata_file_matches_it_as_the_parser_reads_it(made, 
         parsed = parsing.parse_csv(path, schema.file(name))
         counts[name] = len(parsed.frame) + len(parsed.rejected)      # what the pipeline counts as rows_in_file
         headers[name] = next(csv.reader(io.StringIO(csv_text)))
-    assert metadata.check_against(md, schema, "202609", counts, headers) == []
+    assert metadata_checks.check_against(md, schema, "202609", counts, headers) == []
     assert md.caveats and md.geographic_method and md.date_supplied.isoformat() == "2026-10-12"
     assert fixtures.make_metadata(schema, "202609", made.files) == text          # deterministic
 

@@ -15,7 +15,8 @@ import pytest
 
 from csp_observatory import decryption, intake, reporting, subject_access
 from csp_observatory.parsing import UNKNOWN_COLUMNS_SHOWN, parse_csv
-from csp_observatory.schema import SCHEMA_DIR, load_schema
+from csp_observatory.schema import SCHEMA_DIR
+from csp_observatory.schema_loading import load_schema
 from csp_observatory.sftp import RemoteFile
 
 pytestmark = pytest.mark.unit

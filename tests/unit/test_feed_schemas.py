@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from csp_observatory import cleaning, fixtures, parsing, postcodes, validation
-from csp_observatory.schema import SCHEMA_DIR, FeedSchema, load_schema, load_schemas
+from csp_observatory import cleaning, fixtures, parsing, postcodes, postcodes_sources, validation
+from csp_observatory.schema import SCHEMA_DIR, FeedSchema
+from csp_observatory.schema_loading import load_schema, load_schemas
 
 pytestmark = pytest.mark.unit
 
@@ -122,7 +123,7 @@ def _label_text(label: str) -> str:
 
 @pytest.fixture(scope="module")
 def reference():
-    return postcodes.shipped_reference()
+    return postcodes_sources.shipped_reference()
 
 
 def test_every_section_3_2_dataset_has_exactly_one_schema():

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from csp_observatory import gazetteer as gz
-from csp_observatory import postcodes as pc
+from csp_observatory import postcodes as pc, postcodes_sources
 
 pytestmark = pytest.mark.unit
 
@@ -57,7 +57,7 @@ def test_area_places_get_the_box_centre(calderdale: pd.DataFrame) -> None:
 def test_shipped_places_sit_among_calderdale_postcodes(calderdale: pd.DataFrame) -> None:
     from scipy.spatial import cKDTree
 
-    ref = pc.read_codepoint_open(pc.SHIPPED_CODEPOINT)
+    ref = postcodes_sources.read_codepoint_open(pc.SHIPPED_CODEPOINT)
     dist, _ = cKDTree(ref[["easting", "northing"]].to_numpy(float)).query(calderdale[["x", "y"]].to_numpy(float))
     assert len(calderdale) >= 12 and (dist < 500).all()
     assert calderdale["id"].str.startswith("SYNTHETIC").all()

@@ -7,7 +7,7 @@ import pytest
 
 from csp_observatory import gazetteer as gz
 from csp_observatory import geocoding as geo
-from csp_observatory import postcodes as pc
+from csp_observatory import postcodes_sources
 from csp_observatory.schema import LocationFields
 
 pytestmark = pytest.mark.unit
@@ -22,7 +22,7 @@ class FeedFile:
 
 @pytest.fixture(scope="module")
 def reference() -> pd.DataFrame:
-    return pc.shipped_reference()
+    return postcodes_sources.shipped_reference()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from csp_observatory import cleaning, ddl, loading, parsing, validation
-from csp_observatory.schema import CONTENT_KEY_COLUMN, SchemaError, load_schemas, parse_schema
+from csp_observatory.schema import CONTENT_KEY_COLUMN, SchemaError
+from csp_observatory.schema_loading import load_schemas, parse_schema
 
 pytestmark = pytest.mark.unit
 

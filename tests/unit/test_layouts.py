@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from csp_observatory import layouts as L
+from csp_observatory import layouts as L, layouts_loading, layouts_model, layouts_reading
 from csp_observatory.parsing import MalformedFile, parse_csv
-from csp_observatory.schema import REFERENCE_DIR, SCHEMA_DIR, load_schema
+from csp_observatory.schema import REFERENCE_DIR, SCHEMA_DIR
+from csp_observatory.schema_loading import load_schema
 from csp_observatory.validation import apply_row_rules
 
 pytestmark = pytest.mark.unit
@@ -34,8 +35,8 @@ def schema():
     return load_schema(SCHEMA_DIR / "police_recorded_crime.yaml")
 
 
-def _layout(name: str) -> L.Layout:
-    return L.load_layout(L.LAYOUT_DIR / f"{name}.yaml")
+def _layout(name: str) -> layouts_model.Layout:
+    return layouts_loading.load_layout(layouts_loading.LAYOUT_DIR / f"{name}.yaml")
 
 
 def _rows(path: Path) -> list[list[str]]:
@@ -62,7 +63,7 @@ def _reason_is_safe(reason: str) -> None:
 
 # --- every layout --------------------------------------------------------------------------------------------
 
-LAYOUT_FILES = sorted(L.LAYOUT_DIR.glob("*.yaml"))
+LAYOUT_FILES = sorted(layouts_loading.LAYOUT_DIR.glob("*.yaml"))
 
 
 def test_the_declared_layouts_are_there():
@@ -72,7 +73,7 @@ def test_the_declared_layouts_are_there():
 
 @pytest.mark.parametrize("path", LAYOUT_FILES, ids=lambda p: p.stem)
 def test_every_layout_loads_and_targets_valid_names(path):
-    layout = L.load_layout(path)
+    layout = layouts_loading.load_layout(path)
     assert layout.id == path.stem                      # one file per layout, named by its id
     assert layout.target_names and set(layout.mapped) <= set(layout.target_names)
     assert layout.required <= set(layout.mapped)       # a layout maps every required datafield
@@ -89,13 +90,13 @@ def test_every_layout_loads_and_targets_valid_names(path):
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         assert raw["target"]["names"] == list(layout.target_names)
         assert all(re.fullmatch(r"[a-z][a-z0-9_]*", n) for n in layout.target_names)
-    assert layout in L.layouts_for(layout.feed, layout.file)
-    assert L.layouts_for(layout.feed, layout.file)[-1].id == "canonical"
+    assert layout in layouts_loading.layouts_for(layout.feed, layout.file)
+    assert layouts_loading.layouts_for(layout.feed, layout.file)[-1].id == "canonical"
 
 
 def test_every_layout_targets_its_feed_schema():
     """Now that every section 3.2 dataset has a schema, each layout maps onto its feed file's datafields."""
-    from csp_observatory.schema import load_schemas
+    from csp_observatory.schema_loading import load_schemas
 
     files = {(sch.feed, f.name): f for sch in load_schemas() for f in sch.files}
     for name in ("police_uk_stop_search", "nhs_istv_assaults", "police_uk_street", "demo_force_offenders"):
@@ -111,7 +112,7 @@ def test_every_layout_targets_its_feed_schema():
 
 def test_police_uk_street_csv_parses_as_offences_with_asb_set_aside(tmp_path, schema):
     offences = schema.file("offences")
-    layout = L.detect(STREET, L.layouts_for("police_recorded_crime", "offences"))
+    layout = layouts_reading.detect(STREET, layouts_loading.layouts_for("police_recorded_crime", "offences"))
     assert layout is not None and layout.id == "police_uk_street"
     out = tmp_path / "offences.csv"
     result = L.apply(layout, STREET, out, offences)
@@ -157,10 +158,10 @@ def test_police_uk_street_csv_parses_as_offences_with_asb_set_aside(tmp_path, sc
 
 
 def test_category_codes_are_checked_against_the_reference(tmp_path):
-    raw = yaml.safe_load((L.LAYOUT_DIR / "police_uk_street.yaml").read_text(encoding="utf-8"))
+    raw = yaml.safe_load((layouts_loading.LAYOUT_DIR / "police_uk_street.yaml").read_text(encoding="utf-8"))
     raw["columns"]["ho_offence_code"]["codes"]["Burglary"] = "58D"     # a criminal damage code
-    with pytest.raises(L.LayoutError, match="58D"):
-        L.parse_layout(raw, tmp_path / "police_uk_street.yaml")
+    with pytest.raises(layouts_model.LayoutError, match="58D"):
+        layouts_loading.parse_layout(raw, tmp_path / "police_uk_street.yaml")
 
 
 def test_quoted_file_reads_the_same_as_unquoted(tmp_path):
@@ -214,7 +215,7 @@ def test_windows_cp1252_is_read_and_noted(tmp_path):
 
 def test_police_uk_stop_and_search_maps_to_the_canonical_names(tmp_path):
     layout = _layout("police_uk_stop_search")
-    assert L.detect(STOP_SEARCH, L.layouts_for("stop_and_search", "searches")) == layout
+    assert layouts_reading.detect(STOP_SEARCH, layouts_loading.layouts_for("stop_and_search", "searches")) == layout
     out = tmp_path / "searches.csv"
     result = L.apply(layout, STOP_SEARCH, out)
     frame = pd.read_csv(out, dtype=str, keep_default_na=False)
@@ -254,7 +255,7 @@ def test_a_plain_list_of_names_is_a_target(tmp_path):
     names = list(layout.target_names) + ["officer_defined_ethnicity"]    # say, once the schema grows
     L.apply(layout, STOP_SEARCH, tmp_path / "out.csv", names)
     assert _rows(tmp_path / "out.csv")[0] == names
-    with pytest.raises(L.LayoutError, match="search_time"):
+    with pytest.raises(layouts_model.LayoutError, match="search_time"):
         L.apply(layout, STOP_SEARCH, tmp_path / "out.csv", [n for n in names if n != "search_time"])
 
 
@@ -262,8 +263,9 @@ def test_a_plain_list_of_names_is_a_target(tmp_path):
 
 def test_istv_xml_and_csv_give_identical_canonical_output(tmp_path):
     layout = _layout("nhs_istv_assaults")
-    candidates = L.layouts_for("ae_assaults", "assaults")
-    assert L.detect(ISTV_XML, candidates) == layout and L.detect(ISTV_CSV, candidates) == layout
+    candidates = layouts_loading.layouts_for("ae_assaults", "assaults")
+    assert layouts_reading.detect(ISTV_XML, candidates) == layout
+    assert layouts_reading.detect(ISTV_CSV, candidates) == layout
     from_xml, from_csv = tmp_path / "xml.csv", tmp_path / "csv.csv"
     rx, rc = L.apply(layout, ISTV_XML, from_xml), L.apply(layout, ISTV_CSV, from_csv)
     assert from_xml.read_bytes() == from_csv.read_bytes()
@@ -392,7 +394,7 @@ def test_xml_with_a_doctype_is_refused(tmp_path, name):
         L.apply(layout, src, tmp_path / "out.csv")
     _reason_is_safe(exc.value.reason)
     with pytest.raises(MalformedFile, match="DOCTYPE"):
-        L.detect(src, [layout])
+        layouts_reading.detect(src, [layout])
     assert not (tmp_path / "out.csv").exists()
 
 
@@ -422,11 +424,11 @@ def test_xml_sent_to_a_csv_layout_is_refused(tmp_path):
 
 def test_two_layouts_for_one_file_both_parse_to_the_same_rows(tmp_path, schema):
     offenders = schema.file("offenders")
-    candidates = L.layouts_for("police_recorded_crime", "offenders")
+    candidates = layouts_loading.layouts_for("police_recorded_crime", "offenders")
     assert [c.id for c in candidates] == ["demo_force_offenders", "canonical"]
     frames = {}
     for src in (FORCE_OFFENDERS, CANONICAL_OFFENDERS):
-        layout = L.detect(src, candidates)
+        layout = layouts_reading.detect(src, candidates)
         out = tmp_path / f"{src.stem}.out.csv"
         result = L.apply(layout, src, out, offenders)
         parsed = parse_csv(out, offenders)
@@ -468,11 +470,11 @@ def test_an_unmapped_required_datafield_is_refused_naming_it(tmp_path, src, layo
     with pytest.raises(MalformedFile) as exc:
         L.apply(_layout(layout), partial, tmp_path / "out.csv")
     reason = exc.value.reason
-    assert datafield in reason and L.key(header) in L.key(reason)
+    assert datafield in reason and layouts_model.key(header) in layouts_model.key(reason)
     _reason_is_safe(reason)
     assert not (tmp_path / "out.csv").exists()
     # Detection would not have chosen the layout for such a file either.
-    assert L.detect(partial, [_layout(layout)]) is None
+    assert layouts_reading.detect(partial, [_layout(layout)]) is None
 
 
 def test_a_mapped_column_twice_in_the_header_is_refused(tmp_path):
@@ -484,13 +486,13 @@ def test_a_mapped_column_twice_in_the_header_is_refused(tmp_path):
 
 def test_detect_returns_none_for_a_file_no_layout_knows(tmp_path):
     src = _write_rows(tmp_path / "f.csv", [["Incident No", "When", "Where"], ["1", "2026-09-01", "Halifax"]])
-    assert L.detect(src, L.layouts_for("police_recorded_crime", "offences")) is None
+    assert layouts_reading.detect(src, layouts_loading.layouts_for("police_recorded_crime", "offences")) is None
 
 
 # --- checking the layouts themselves ------------------------------------------------------------------------
 
 def _street_raw() -> dict:
-    return yaml.safe_load((L.LAYOUT_DIR / "police_uk_street.yaml").read_text(encoding="utf-8"))
+    return yaml.safe_load((layouts_loading.LAYOUT_DIR / "police_uk_street.yaml").read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize("change,message", [
@@ -505,10 +507,11 @@ def _street_raw() -> dict:
 def test_a_layout_that_does_not_fit_its_target_is_refused(tmp_path, change, message):
     raw = _street_raw()
     change(raw)
-    with pytest.raises(L.LayoutError, match=message):
-        L.parse_layout(raw, tmp_path / "x.yaml")
+    with pytest.raises(layouts_model.LayoutError, match=message):
+        layouts_loading.parse_layout(raw, tmp_path / "x.yaml")
 
 
 def test_key_reads_headers_and_elements_alike():
-    assert L.key("SITE CODE (OF TREATMENT)") == L.key("SiteCodeOfTreatment") == L.key("site_code_of_treatment")
-    assert L.key(" Crime ID ") == L.key("crime-id")
+    assert (layouts_model.key("SITE CODE (OF TREATMENT)") == layouts_model.key("SiteCodeOfTreatment")
+            == layouts_model.key("site_code_of_treatment"))
+    assert layouts_model.key(" Crime ID ") == layouts_model.key("crime-id")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from csp_observatory import demo_data, pipeline, postcodes
+from csp_observatory import demo_data, pipeline, postcodes_sources
 from csp_observatory.pipeline import Manifest, SupplyFile
-from csp_observatory.schema import schema_for
+from csp_observatory.schema_loading import schema_for
 
 pytestmark = pytest.mark.unit
 PERIOD = "202608"
@@ -36,7 +36,7 @@ def _work_dir(root: Path, files: dict[str, str]) -> str:
 
 
 def test_links_from_memory_match_a_set_lookup_and_the_staged_files(tmp_path):
-    reference = postcodes.shipped_reference()
+    reference = postcodes_sources.shipped_reference()
     files = demo_data.make_police_recorded_crime(PERIOD, reference[~reference["terminated"]], n_offences=120).files
     lines = files["offences"].splitlines(keepends=True)
     files = dict(files, offences="".join(lines[:1] + lines[4:9] + lines[15:]))     # 9 offences gone

@@ -10,7 +10,8 @@ import pytest
 import shapely
 
 from csp_observatory import ddl, loading
-from csp_observatory.schema import SCHEMA_DIR, load_schema
+from csp_observatory.schema import SCHEMA_DIR
+from csp_observatory.schema_loading import load_schema
 
 pytestmark = pytest.mark.unit
 

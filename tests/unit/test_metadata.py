@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from csp_observatory import ddl, metadata as M
-from csp_observatory.schema import REPO_ROOT, SCHEMA_DIR, FeedSchema, load_schema
+from csp_observatory import ddl, metadata as M, metadata_catalogue, metadata_checks, metadata_docs, metadata_file
+from csp_observatory.schema import REPO_ROOT, SCHEMA_DIR, FeedSchema
+from csp_observatory.schema_loading import load_schema
 
 pytestmark = pytest.mark.unit
 
@@ -35,7 +36,7 @@ def raw() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def example(prc) -> M.SupplyMetadata:
-    return M.parse_metadata(EXAMPLE.read_text(encoding="utf-8"), prc)
+    return metadata_file.parse_metadata(EXAMPLE.read_text(encoding="utf-8"), prc)
 
 
 def _dump(doc: dict[str, Any]) -> str:
@@ -44,7 +45,7 @@ def _dump(doc: dict[str, Any]) -> str:
 
 def _problems(text: str, schema: FeedSchema) -> str:
     with pytest.raises(M.MetadataError) as exc:
-        M.parse_metadata(text, schema)
+        metadata_file.parse_metadata(text, schema)
     return str(exc.value)
 
 
@@ -129,23 +130,23 @@ def test_example_lists_exactly_the_police_schemas_datafields(example, prc):
 
 
 def test_example_matches_a_supply_that_has_what_it_says(example, prc):
-    assert M.check_against(example, prc, PERIOD, _counts(example), _headers(prc)) == []
+    assert metadata_checks.check_against(example, prc, PERIOD, _counts(example), _headers(prc)) == []
 
 
 def test_json_is_accepted_and_reads_the_same(raw, prc, example):
     as_json = json.dumps(raw, default=str, indent="\t")
-    assert M.parse_metadata(as_json, prc) == example
+    assert metadata_file.parse_metadata(as_json, prc) == example
 
 
 def test_period_as_start_and_end_dates(raw, prc):
     doc = {**raw, "period": {"start": "2026-09-01", "end": date(2026, 9, 30)}}
-    md = M.parse_metadata(_dump(doc), prc)
+    md = metadata_file.parse_metadata(_dump(doc), prc)
     assert md.period == PERIOD and md.period_start == date(2026, 9, 1)
     # a span that is not one period of the feed: no period id, and the check says so
     doc = {**raw, "period": {"start": "2026-09-01", "end": "2026-09-15"}}
-    md = M.parse_metadata(_dump(doc), prc)
+    md = metadata_file.parse_metadata(_dump(doc), prc)
     assert md.period is None
-    [m] = M.check_against(md, prc, PERIOD, _counts(md), _headers(prc))
+    [m] = metadata_checks.check_against(md, prc, PERIOD, _counts(md), _headers(prc))
     assert m.kind == M.PERIOD and "01 September 2026 to 15 September 2026" in m.message
 
 
@@ -159,7 +160,7 @@ def test_lenient_forms_a_partner_may_write_by_hand(raw, prc):
     files["offenders"]["datafields"] = [                                # a list, not a mapping
         n if i % 2 else {n: "explained"} for i, n in enumerate(files["offenders"]["datafields"])]
     doc["files"] = files
-    md = M.parse_metadata(_dump(doc), prc)
+    md = metadata_file.parse_metadata(_dump(doc), prc)
     assert md.period == PERIOD and md.caveats == ("One caveat only",)
     assert md.file("offences").records == 1240 and md.file("victims").records == raw["files"]["victims"]["records"]
     assert md.file("offenders").explanations["crime_reference"] == "explained"
@@ -167,12 +168,12 @@ def test_lenient_forms_a_partner_may_write_by_hand(raw, prc):
 
 
 def test_decrypted_bytes_are_read_as_utf8(prc, example):
-    assert M.parse_metadata(b"\xef\xbb\xbf" + EXAMPLE.read_bytes(), prc) == example       # with a BOM too
+    assert metadata_file.parse_metadata(b"\xef\xbb\xbf" + EXAMPLE.read_bytes(), prc) == example       # with a BOM too
     assert "not UTF-8" in _problems(EXAMPLE.read_bytes().replace(b"Local", b"L\xf6cal"), prc)
 
 
 def test_caveats_may_be_none_but_must_be_said(raw, prc):
-    assert M.parse_metadata(_dump({**raw, "caveats": []}), prc).caveats == ()
+    assert metadata_file.parse_metadata(_dump({**raw, "caveats": []}), prc).caveats == ()
     assert "caveats is missing" in _problems(_dump({k: v for k, v in raw.items() if k != "caveats"}), prc)
 
 
@@ -229,7 +230,7 @@ def test_geographic_method_is_needed_only_when_coordinates_are_listed(raw, prc):
         doc["files"][f.name]["datafields"] = {
             n: e for n, e in doc["files"][f.name]["datafields"].items()
             if f.field(n).role not in {"easting", "northing", "longitude", "latitude"}}
-    md = M.parse_metadata(_dump(doc), prc)
+    md = metadata_file.parse_metadata(_dump(doc), prc)
     assert md.geographic_method is None
 
 
@@ -251,7 +252,8 @@ def test_dataset_of_another_feed_is_refused_without_quoting_it(raw, prc):
     assert "dataset names another dataset" in text and "police_recorded_crime" in text
     assert SECRET not in text and "Fire" not in text
     # its title, in any case and spacing, is this feed
-    assert M.parse_metadata(_dump({**raw, "dataset": "police recorded-crime"}), prc).dataset == "police recorded-crime"
+    assert (metadata_file.parse_metadata(_dump({**raw, "dataset": "police recorded-crime"}), prc).dataset
+            == "police recorded-crime")
 
 
 @pytest.mark.parametrize("edit, said", [
@@ -293,7 +295,7 @@ def test_a_file_described_twice_is_refused(raw, prc):
 
 def test_every_problem_is_listed_at_once(raw, prc):
     with pytest.raises(M.MetadataError) as exc:
-        M.parse_metadata(_dump({"agency": "x", "dataset": "police_recorded_crime"}), prc)
+        metadata_file.parse_metadata(_dump({"agency": "x", "dataset": "police_recorded_crime"}), prc)
     # supplier, period, file_format, date_supplied, files, caveats (no coordinates listed: no geographic method)
     assert len(exc.value.problems) == 6, exc.value.problems
     assert not any(p.startswith(("agency", "dataset")) for p in exc.value.problems)
@@ -324,12 +326,12 @@ def test_not_a_metadata_document(prc, text, said):
 
 def test_feed_mismatch(example, prc):
     other = dataclasses.replace(example, feed="fire_incidents", dataset="fire_incidents")
-    ms = M.check_against(other, prc, PERIOD, _counts(example), _headers(prc))
+    ms = metadata_checks.check_against(other, prc, PERIOD, _counts(example), _headers(prc))
     assert _kinds(ms) == [M.FEED] and "not Police recorded crime" in ms[0].message
 
 
 def test_period_mismatch(example, prc):
-    [m] = M.check_against(example, prc, "202610", _counts(example), _headers(prc))
+    [m] = metadata_checks.check_against(example, prc, "202610", _counts(example), _headers(prc))
     assert m.kind == M.PERIOD
     assert m.message == ("The metadata covers 202609 (01 September 2026 to 30 September 2026), but the supply is "
                          "for 202610 (01 October 2026 to 31 October 2026).")
@@ -337,25 +339,25 @@ def test_period_mismatch(example, prc):
 
 def test_record_count_mismatch(example, prc):
     counts = {**_counts(example), "offenders": 411}
-    [m] = M.check_against(example, prc, PERIOD, counts, _headers(prc))
+    [m] = metadata_checks.check_against(example, prc, PERIOD, counts, _headers(prc))
     assert (m.kind, m.file) == (M.RECORD_COUNT, "offenders")
     assert m.message == "The metadata says the offenders file has 412 records; it has 411 rows of data."
 
 
 def test_file_received_but_not_described_and_described_but_not_received(example, prc):
     fewer = dataclasses.replace(example, files=example.files[:2])
-    ms = M.check_against(fewer, prc, PERIOD, _counts(example), _headers(prc))
+    ms = metadata_checks.check_against(fewer, prc, PERIOD, _counts(example), _headers(prc))
     assert [(m.kind, m.file) for m in ms] == [(M.FILE_NOT_DESCRIBED, "victims")]
     counts = {k: v for k, v in _counts(example).items() if k != "victims"}
     headers = {k: v for k, v in _headers(prc).items() if k != "victims"}
-    ms = M.check_against(example, prc, PERIOD, counts, headers)
+    ms = metadata_checks.check_against(example, prc, PERIOD, counts, headers)
     assert [(m.kind, m.file) for m in ms] == [(M.FILE_NOT_RECEIVED, "victims")]
 
 
 def test_datafield_listed_but_not_in_the_file(example, prc):
     headers = _headers(prc)
     headers["offences"] = [h for h in headers["offences"] if h != "weapon_used"]
-    [m] = M.check_against(example, prc, PERIOD, _counts(example), headers)
+    [m] = metadata_checks.check_against(example, prc, PERIOD, _counts(example), headers)
     assert (m.kind, m.file, m.datafield) == (M.DATAFIELD_NOT_IN_FILE, "offences", "weapon_used")
     assert m.message == "The metadata lists weapon_used for the offences file, but the file has no such column."
 
@@ -363,7 +365,7 @@ def test_datafield_listed_but_not_in_the_file(example, prc):
 def test_column_in_the_file_but_not_listed(example, prc):
     headers = _headers(prc)
     headers["victims"] = [*headers["victims"], "Victim Phone", SECRET + "<x>", "  "]
-    ms = M.check_against(example, prc, PERIOD, _counts(example), headers)
+    ms = metadata_checks.check_against(example, prc, PERIOD, _counts(example), headers)
     assert _kinds(ms) == [M.DATAFIELD_NOT_LISTED, M.DATAFIELD_NOT_LISTED]
     assert ms[0].message == "The victims file has the column Victim Phone, which the metadata does not list."
     assert SECRET not in ms[1].message and "(a name that cannot be shown)" in ms[1].message
@@ -375,7 +377,7 @@ def test_datafield_listed_that_the_schema_does_not_have(example, prc):
     md = dataclasses.replace(example, files=(extra, *example.files[1:]))
     headers = _headers(prc)
     headers["offences"] = [*headers["offences"], "beat_code"]
-    [m] = M.check_against(md, prc, PERIOD, _counts(md), headers)
+    [m] = metadata_checks.check_against(md, prc, PERIOD, _counts(md), headers)
     assert (m.kind, m.datafield) == (M.DATAFIELD_NOT_IN_SCHEMA, "beat_code")
     assert "not a datafield of Police recorded crime" in m.message
 
@@ -387,7 +389,7 @@ def test_required_datafield_not_listed(example, prc):
     md = dataclasses.replace(example, files=(fewer, *example.files[1:]))
     headers = _headers(prc)
     headers["offences"] = [h for h in headers["offences"] if h != required]
-    [m] = M.check_against(md, prc, PERIOD, _counts(md), headers)
+    [m] = metadata_checks.check_against(md, prc, PERIOD, _counts(md), headers)
     assert (m.kind, m.file, m.datafield) == (M.REQUIRED_DATAFIELD_NOT_LISTED, "offences", required)
     assert m.message == f"The metadata does not list {required}, a required datafield of the offences file."
     # an optional datafield neither sent nor listed is no mismatch
@@ -395,12 +397,12 @@ def test_required_datafield_not_listed(example, prc):
     fewer = dataclasses.replace(fm, datafields=tuple(d for d in fm.datafields if d[0] != optional))
     md = dataclasses.replace(example, files=(fewer, *example.files[1:]))
     headers["offences"] = [h for h in _headers(prc)["offences"] if h != optional]
-    assert M.check_against(md, prc, PERIOD, _counts(md), headers) == []
+    assert metadata_checks.check_against(md, prc, PERIOD, _counts(md), headers) == []
 
 
 def test_headers_compare_as_the_parser_reads_them(example, prc):
     headers = {name: [h.upper().replace("_", " ") for h in cells] for name, cells in _headers(prc).items()}
-    assert M.check_against(example, prc, PERIOD, _counts(example), headers) == []
+    assert metadata_checks.check_against(example, prc, PERIOD, _counts(example), headers) == []
 
 
 # --- shown to people -------------------------------------------------------------------------------------------------
@@ -408,19 +410,19 @@ def test_headers_compare_as_the_parser_reads_them(example, prc):
 def test_column_comment_keeps_the_schema_label_first(example, prc):
     offenders = prc.file("offenders")
     label = ddl._comment_for(prc, offenders, "ethnicity")
-    comment = M.column_comment(prc, offenders, "ethnicity", example)
+    comment = metadata_catalogue.column_comment(prc, offenders, "ethnicity", example)
     assert comment.startswith(f"{label}. Partner: Officer-defined ethnicity")
     assert "Coding: IC1 = White - North European; IC2" in comment
     # no explanation and no coding system: the schema's label alone
-    assert M.column_comment(prc, offenders, "home_postcode", example) == ddl._comment_for(prc, offenders,
-                                                                                          "home_postcode")
-    assert M.column_comment(prc, offenders, "ethnicity") == label
+    assert (metadata_catalogue.column_comment(prc, offenders, "home_postcode", example)
+            == ddl._comment_for(prc, offenders, "home_postcode"))
+    assert metadata_catalogue.column_comment(prc, offenders, "ethnicity") == label
 
 
 def test_table_comment_adds_caveats_and_geographic_method(example, prc):
     f = prc.file("offences")
-    base = M.table_comment(prc, f)
-    comment = M.table_comment(prc, f, example)
+    base = metadata_catalogue.table_comment(prc, f)
+    comment = metadata_catalogue.table_comment(prc, f, example)
     assert comment.startswith(base + ". Partner caveats: Offenders are people")
     assert "Partner's coordinates: Offence locations" in comment
     assert comment.endswith("(Supply metadata of period 202609, supplied 2026-10-12)")
@@ -428,25 +430,25 @@ def test_table_comment_adds_caveats_and_geographic_method(example, prc):
 
 
 def test_doc_md_section_shows_caveats_coding_and_geography_but_not_the_supplier(example):
-    md = M.doc_md_section(example)
+    md = metadata_docs.doc_md_section(example)
     assert md.startswith("## Partner's supply metadata")
     assert "- Ages of offenders and victims may be estimates" in md
     assert "ethnicity: IC1 = White - North European" in md
     assert "**How coordinates were made:** Offence locations" in md
     assert example.supplier.contact not in md and example.supplier.name not in md
-    assert M.doc_md_section(None) == ""
+    assert metadata_docs.doc_md_section(None) == ""
 
 
 def test_doc_md_section_makes_partner_text_inert(example):
-    md = M.doc_md_section(dataclasses.replace(
+    md = metadata_docs.doc_md_section(dataclasses.replace(
         example, caveats=("<script>alert(1)</script> [link](http://x) *bold* | pipe",)))
     assert "<script>" not in md and "&lt;script&gt;" in md
     assert "[link](http" not in md and "\\[link\\]\\(http" in md and "\\*bold\\*" in md and "\\|" in md
 
 
 def test_report_section_counts_and_messages_only(example, prc):
-    ms = M.check_against(example, prc, "202610", {**_counts(example), "offences": 1}, _headers(prc))
-    section = M.report_section(example, ms)
+    ms = metadata_checks.check_against(example, prc, "202610", {**_counts(example), "offences": 1}, _headers(prc))
+    section = metadata_docs.report_section(example, ms)
     assert section["supplied"] is True and section["matches"] is False
     assert section["mismatch_count"] == 2 and section["mismatches_by_kind"] == {M.PERIOD: 1, M.RECORD_COUNT: 1}
     assert section["messages"] == [m.message for m in ms]
@@ -455,7 +457,7 @@ def test_report_section_counts_and_messages_only(example, prc):
     text = json.dumps(section)
     assert example.supplier.contact not in text and example.supplier.name not in text
     assert not any(c in text for c in example.caveats)
-    none = M.report_section(None, [])
+    none = metadata_docs.report_section(None, [])
     assert none["supplied"] is False and none["matches"] is True and none["records_declared"] == {}
 
 
@@ -477,9 +479,9 @@ def test_the_partner_guides_example_parses_and_matches_the_police_schema(prc):
     guide = (REPO_ROOT / "docs" / "PARTNERS.md").read_text(encoding="utf-8")
     section = guide[guide.index("## Supply metadata"):]
     block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
-    md = M.parse_metadata(block, prc)
+    md = metadata_file.parse_metadata(block, prc)
     assert M.metadata_file_name(prc, PERIOD) in section
-    assert M.check_against(md, prc, PERIOD, _counts(md), _headers(prc)) == []
+    assert metadata_checks.check_against(md, prc, PERIOD, _counts(md), _headers(prc)) == []
     assert md.coding_systems["ethnicity"]["IC5"] == "Chinese, Japanese or other South East Asian"
     assert md.geographic_method and md.conditions_of_use
 
@@ -489,16 +491,16 @@ def test_the_partner_guides_example_parses_and_matches_the_police_schema(prc):
 def test_read_metadata_reads_a_decrypted_file_and_stops_at_the_size_limit(tmp_path, prc, example):
     path = tmp_path / "prc_metadata_202609.yaml"
     path.write_bytes(EXAMPLE.read_bytes())
-    assert M.read_metadata(path, prc) == example
+    assert metadata_file.read_metadata(path, prc) == example
     path.write_bytes(b"# " + b"x" * (M.MAX_BYTES + 10))
     with pytest.raises(M.MetadataError, match="larger than"):
-        M.read_metadata(path, prc)
+        metadata_file.read_metadata(path, prc)
 
 
 def test_the_shown_document_has_everything_but_the_supplier(example):
-    doc = M.shown_document(example)
+    doc = metadata_docs.shown_document(example)
     assert "supplier" not in doc and example.supplier.contact not in json.dumps(doc)
-    back = M.from_shown_document(doc)
+    back = metadata_docs.from_shown_document(doc)
     assert dataclasses.replace(back, supplier=example.supplier) == example
 
 
@@ -516,17 +518,18 @@ def test_reasons_name_the_file_to_send_and_what_happens_to_the_data(prc):
 
 
 def test_dag_doc_reads_what_the_load_wrote_and_nothing_else(tmp_path, example):
-    assert M.dag_doc("police_recorded_crime", tmp_path) == ""            # nothing written yet
-    path = M.write_dag_doc(tmp_path, "police_recorded_crime", example)
-    assert path == tmp_path / "police_recorded_crime" / M.DAG_DOC_NAME
-    assert M.dag_doc("police_recorded_crime", tmp_path) == M.doc_md_section(example)
-    assert "Ages of offenders and victims may be estimates" in M.dag_doc("police_recorded_crime", tmp_path)
-    assert [p.name for p in path.parent.iterdir()] == [M.DAG_DOC_NAME]     # no temporary file left behind
+    assert metadata_docs.dag_doc("police_recorded_crime", tmp_path) == ""            # nothing written yet
+    path = metadata_docs.write_dag_doc(tmp_path, "police_recorded_crime", example)
+    assert path == tmp_path / "police_recorded_crime" / metadata_docs.DAG_DOC_NAME
+    assert metadata_docs.dag_doc("police_recorded_crime", tmp_path) == metadata_docs.doc_md_section(example)
+    assert "Ages of offenders and victims may be estimates" in metadata_docs.dag_doc("police_recorded_crime", tmp_path)
+    assert [p.name for p in path.parent.iterdir()] == [metadata_docs.DAG_DOC_NAME]     # no temporary file left behind
     # a later supply's caveats replace it whole
-    M.write_dag_doc(tmp_path, "police_recorded_crime", dataclasses.replace(example, caveats=("Only this one.",)))
-    assert "- Only this one." in M.dag_doc("police_recorded_crime", tmp_path)
-    assert "may be estimates" not in M.dag_doc("police_recorded_crime", tmp_path)
-    assert M.dag_doc("fire_incidents", tmp_path) == ""
+    metadata_docs.write_dag_doc(tmp_path, "police_recorded_crime",
+                                dataclasses.replace(example, caveats=("Only this one.",)))
+    assert "- Only this one." in metadata_docs.dag_doc("police_recorded_crime", tmp_path)
+    assert "may be estimates" not in metadata_docs.dag_doc("police_recorded_crime", tmp_path)
+    assert metadata_docs.dag_doc("fire_incidents", tmp_path) == ""
 
 
 @pytest.mark.parametrize("case", ["path_in_feed", "too_large", "not_utf8", "folder", "no_config"])
@@ -536,17 +539,17 @@ def test_dag_doc_never_raises(tmp_path, monkeypatch, case):
         feed = "../../etc"
     elif case == "too_large":
         (tmp_path / feed).mkdir()
-        (tmp_path / feed / M.DAG_DOC_NAME).write_bytes(b"x" * (M.MAX_DAG_DOC_BYTES + 1))
+        (tmp_path / feed / metadata_docs.DAG_DOC_NAME).write_bytes(b"x" * (metadata_docs.MAX_DAG_DOC_BYTES + 1))
     elif case == "not_utf8":
         (tmp_path / feed).mkdir()
-        (tmp_path / feed / M.DAG_DOC_NAME).write_bytes(b"\xff\xfe caveats")
+        (tmp_path / feed / metadata_docs.DAG_DOC_NAME).write_bytes(b"\xff\xfe caveats")
     elif case == "folder":
-        (tmp_path / feed / M.DAG_DOC_NAME).mkdir(parents=True)
+        (tmp_path / feed / metadata_docs.DAG_DOC_NAME).mkdir(parents=True)
     else:
         monkeypatch.setenv("CSP_CONFIG", str(tmp_path / "missing.yaml"))
-        assert M.dag_doc(feed) == ""
+        assert metadata_docs.dag_doc(feed) == ""
         return
-    assert M.dag_doc(feed, tmp_path) == ""
+    assert metadata_docs.dag_doc(feed, tmp_path) == ""
 
 
 def test_dag_doc_uses_the_settings_reports_dir(tmp_path, monkeypatch, example):
@@ -556,8 +559,8 @@ def test_dag_doc_uses_the_settings_reports_dir(tmp_path, monkeypatch, example):
         "sftp_key_file": str(tmp_path / "k"), "sftp_host_key": "ssh-ed25519 AAAA", "sftp_root": "",
         "gnupg_home": str(tmp_path / "g"), "staging_dir": str(tmp_path / "s"), "reports_dir": str(tmp_path / "r")}))
     monkeypatch.setenv("CSP_CONFIG", str(config))
-    M.write_dag_doc(tmp_path / "r", "police_recorded_crime", example)
-    assert M.dag_doc("police_recorded_crime") == M.doc_md_section(example)
+    metadata_docs.write_dag_doc(tmp_path / "r", "police_recorded_crime", example)
+    assert metadata_docs.dag_doc("police_recorded_crime") == metadata_docs.doc_md_section(example)
 
 
 def test_the_dag_file_can_import_this_module_without_pandas():

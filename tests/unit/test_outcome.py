@@ -8,7 +8,8 @@ import pytest
 
 from csp_observatory import reporting
 from csp_observatory.reporting import FileInfo, SupplyOutcome
-from csp_observatory.schema import SCHEMA_DIR, load_schema
+from csp_observatory.schema import SCHEMA_DIR
+from csp_observatory.schema_loading import load_schema
 
 pytestmark = pytest.mark.unit
 
@@ -119,13 +120,13 @@ def test_the_report_counts_each_other_location(prc):
 
 def _checked(prc, **changes):
     """What pipeline._check_metadata records for the example metadata file, with changes."""
-    from csp_observatory import metadata as M
+    from csp_observatory import metadata_docs, metadata_file
     from csp_observatory.schema import REPO_ROOT
 
-    md = M.parse_metadata((REPO_ROOT / "include" / "examples" / "police_recorded_crime_metadata.yaml").read_text(),
-                          prc)
+    md = metadata_file.parse_metadata(
+        (REPO_ROOT / "include" / "examples" / "police_recorded_crime_metadata.yaml").read_text(), prc)
     return {"file": "prc_metadata_202609.yaml.gpg", "expected": "prc_metadata_202609.yaml.gpg", "supplied": True,
-            "refused": [], "document": M.shown_document(md), "mismatches": [], "required": False,
+            "refused": [], "document": metadata_docs.shown_document(md), "mismatches": [], "required": False,
             "recorded": True, **changes}
 
 

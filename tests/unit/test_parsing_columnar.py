@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 
 from csp_observatory.parsing import MalformedFile, _quotes_are_plain, parse_csv, read_columns
-from csp_observatory.schema import SCHEMA_DIR, load_schema
+from csp_observatory.schema import SCHEMA_DIR
+from csp_observatory.schema_loading import load_schema
 
 pytestmark = pytest.mark.unit
 

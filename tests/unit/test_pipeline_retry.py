@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from csp_observatory import cleaning, demo_data, fixtures, pipeline, postcodes, validation
+from csp_observatory import cleaning, demo_data, fixtures, pipeline, postcodes_sources, validation
 from csp_observatory.pipeline import Manifest, SupplyFile
 
 pytestmark = pytest.mark.unit
@@ -29,7 +29,7 @@ class _NoServices:
 
 @pytest.fixture(scope="module")
 def supply_files() -> dict[str, str]:
-    reference = postcodes.shipped_reference()
+    reference = postcodes_sources.shipped_reference()
     return demo_data.make_police_recorded_crime(PERIOD, reference[~reference["terminated"]], n_offences=80).files
 
 

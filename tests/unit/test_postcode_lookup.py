@@ -8,7 +8,8 @@ import pyarrow as pa
 import pyarrow.compute as pac
 import pytest
 
-from csp_observatory.postcodes import PostcodeLookup, pack_postcodes, shipped_reference
+from csp_observatory.postcodes import PostcodeLookup, pack_postcodes
+from csp_observatory.postcodes_sources import shipped_reference
 
 pytestmark = pytest.mark.unit
 
@@ -95,11 +96,12 @@ def _old_sanitised_columns(frame, postcode_map):
 def test_sanitise_places_every_record_as_the_previous_lookup_did(displacement):
     import pandas as pd
 
-    from csp_observatory import sanitising
-    from csp_observatory.schema import SCHEMA_DIR, load_schema
+    from csp_observatory import sanitising, sanitising_displacement
+    from csp_observatory.schema import SCHEMA_DIR
+    from csp_observatory.schema_loading import load_schema
 
     reference = shipped_reference()
-    pmap = sanitising.build_displacement(reference, 4, displacement)
+    pmap = sanitising_displacement.build_displacement(reference, 4, displacement)
     rng = np.random.default_rng(5)
     n = 4000
     pcs = reference["postcode"].to_numpy(object)[rng.integers(0, len(reference), n)].astype(object)
@@ -123,16 +125,16 @@ def test_sanitise_places_every_record_as_the_previous_lookup_did(displacement):
 def test_summary_counts_as_the_previous_string_comparison_did():
     import pandas as pd
 
-    from csp_observatory import sanitising
+    from csp_observatory import sanitising, sanitising_displacement
 
     rng = np.random.default_rng(8)
-    rules = rng.choice([*sanitising.RULES, None, "other"], 5000).astype(object)
+    rules = rng.choice([*sanitising_displacement.RULES, None, "other"], 5000).astype(object)
     disp = np.where(rng.random(5000) < 0.1, np.nan, np.round(rng.random(5000) * 2000, 1))
     frame = pd.DataFrame({"sanitise_rule": pd.array(rules, dtype="string"),
                           "displacement_m": pd.array(disp, dtype="Float64")})
     old_rules = frame["sanitise_rule"].astype(str)
-    counts = {r: int((old_rules == r).sum()) for r in sanitising.RULES}
-    moved = frame.loc[old_rules.isin(sanitising.POSTCODE_RULES).to_numpy(), "displacement_m"]
+    counts = {r: int((old_rules == r).sum()) for r in sanitising_displacement.RULES}
+    moved = frame.loc[old_rules.isin(sanitising_displacement.POSTCODE_RULES).to_numpy(), "displacement_m"]
     summary = sanitising.summarise(frame)
     assert summary["rules"] == counts and sum(counts.values()) > 0
     assert summary["displacement_m"]["records"] == int(moved.astype(float).dropna().size)

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from csp_observatory import postcodes as pc
+from csp_observatory import postcodes as pc, postcodes_sources, postcodes_synthetic
 
 pytestmark = pytest.mark.unit
 
@@ -43,7 +43,7 @@ def test_vectorised_normalise_matches_scalar_and_keeps_index() -> None:
 
 
 def test_read_codepoint_open_real_calderdale_extract() -> None:
-    ref = pc.read_codepoint_open(pc.SHIPPED_CODEPOINT)
+    ref = postcodes_sources.read_codepoint_open(pc.SHIPPED_CODEPOINT)
     raw_rows = sum(1 for _ in open(pc.SHIPPED_CODEPOINT))
     assert len(ref) == raw_rows - ref.attrs["dropped_no_coordinates"]
     assert list(ref.columns) == pc.REFERENCE_COLUMNS
@@ -56,17 +56,17 @@ def test_read_codepoint_open_real_calderdale_extract() -> None:
 
 def test_read_codepoint_open_drops_quality_90(tmp_path: Path) -> None:
     # The real TD extract holds TD14 9AG, positional quality 90 (no coordinates).
-    ref = pc.read_codepoint_open(TD_EXTRACT)
+    ref = postcodes_sources.read_codepoint_open(TD_EXTRACT)
     assert ref.attrs["dropped_no_coordinates"] == 1 and len(ref) == 10 and "TD14 9AG" not in set(ref["postcode"])
     f = tmp_path / "cpo.csv"
     f.write_text('"HX1 1AA",10,409508,425333,"E92000001","","","","E08000033","E05001386"\n'
                  '"HX1 1ZZ",90,0,0,"E92000001","","","","E08000033","E05001386"\n')
-    small = pc.read_codepoint_open(f)
+    small = postcodes_sources.read_codepoint_open(f)
     assert small["postcode"].tolist() == ["HX1 1AA"] and small.attrs["dropped_no_coordinates"] == 1
 
 
 def test_read_onspd_live_and_terminated() -> None:
-    ref = pc.read_onspd(pc.SHIPPED_ONSPD)
+    ref = postcodes_sources.read_onspd(pc.SHIPPED_ONSPD)
     raw = pd.read_csv(pc.SHIPPED_ONSPD, dtype=str, keep_default_na=False)
     assert len(ref) == len(raw) - ref.attrs["dropped_no_coordinates"]
     assert ref.attrs["dropped_no_coordinates"] == int(((raw.oseast1m == "") | (raw.osnrth1m == "")).sum())
@@ -79,8 +79,8 @@ def test_read_onspd_live_and_terminated() -> None:
 
 
 def test_shipped_onspd_is_the_real_extract() -> None:
-    assert pc.read_onspd(pc.SHIPPED_ONSPD).drop(columns="source").equals(
-        pc.read_onspd(shared_file("onspd/onspd_extract_AB.csv")).drop(columns="source"))
+    assert postcodes_sources.read_onspd(pc.SHIPPED_ONSPD).drop(columns="source").equals(
+        postcodes_sources.read_onspd(shared_file("onspd/onspd_extract_AB.csv")).drop(columns="source"))
 
 
 def test_shipped_codepoint_is_the_real_extract() -> None:
@@ -89,10 +89,10 @@ def test_shipped_codepoint_is_the_real_extract() -> None:
 
 
 def test_combine_prefers_live() -> None:
-    a = pc.read_onspd(pc.SHIPPED_ONSPD)
+    a = postcodes_sources.read_onspd(pc.SHIPPED_ONSPD)
     term = a[a["terminated"]].head(3)
     revived = term.assign(terminated=False, terminated_date=pd.NA, source="newer")
-    both = pc.combine_references([term, revived])
+    both = postcodes_sources.combine_references([term, revived])
     assert len(both) == 3 and not both["terminated"].any() and set(both["source"]) == {"newer"}
 
 
@@ -104,11 +104,11 @@ def test_household_estimates_quirks(tmp_path: Path) -> None:
                  "HX11AD,5,2,3,2\n"
                  "HX1 1AD,3,1,2,1\n"           # a postcode split over two rows is summed
                  "rubbish,1,1,0,1\n")
-    hh = pc.read_household_estimates(f)
+    hh = postcodes_sources.read_household_estimates(f)
     assert dict(zip(hh["postcode"], hh["households"])) == {"HX1 1AA": 17, "HX1 1AB": 0, "HX1 1AD": 3}
     assert hh.attrs["skipped_rows"] == 1
-    ref = pc.read_codepoint_open(pc.SHIPPED_CODEPOINT)
-    with_hh = pc.attach_households(ref, hh).set_index("postcode")["households"]
+    ref = postcodes_sources.read_codepoint_open(pc.SHIPPED_CODEPOINT)
+    with_hh = postcodes_sources.attach_households(ref, hh).set_index("postcode")["households"]
     assert with_hh["HX1 1AA"] == 17 and with_hh["HX1 1AB"] == 0
     assert with_hh["HX1 1AE"] == 0   # absent from the file: no residents
 
@@ -116,23 +116,23 @@ def test_household_estimates_quirks(tmp_path: Path) -> None:
 def test_household_estimates_2021_heading(tmp_path: Path) -> None:
     f = tmp_path / "hh2021.csv"
     f.write_text("postcode,Households\nHX1 1AA,9\n")
-    assert pc.read_household_estimates(f)["households"].tolist() == [9]
+    assert postcodes_sources.read_household_estimates(f)["households"].tolist() == [9]
     g = tmp_path / "other.csv"
     g.write_text("Postcode,Residents\nHX1 1AA,9\n")
     with pytest.raises(ValueError, match="household"):
-        pc.read_household_estimates(g)
-    assert pc.read_household_estimates(g, households_column="Residents")["households"].tolist() == [9]
+        postcodes_sources.read_household_estimates(g)
+    assert postcodes_sources.read_household_estimates(g, households_column="Residents")["households"].tolist() == [9]
 
 
 @pytest.mark.exact_output
 def test_synthetic_households_deterministic_realistic_and_clustered(tmp_path: Path) -> None:
-    ref = pc.read_codepoint_open(pc.SHIPPED_CODEPOINT)
-    a = pc.synthetic_households(ref, seed=7)
-    b = pc.synthetic_households(ref, seed=7)
-    assert a.equals(b) and not a.equals(pc.synthetic_households(ref, seed=8))
+    ref = postcodes_sources.read_codepoint_open(pc.SHIPPED_CODEPOINT)
+    a = postcodes_synthetic.synthetic_households(ref, seed=7)
+    b = postcodes_synthetic.synthetic_households(ref, seed=7)
+    assert a.equals(b) and not a.equals(postcodes_synthetic.synthetic_households(ref, seed=8))
     assert list(a.columns) == ["Postcode", "Total", "Males", "Females", "Occupied_Households"]
     a.to_csv(tmp_path / "hh.csv", index=False)
-    hh = pc.attach_households(ref, pc.read_household_estimates(tmp_path / "hh.csv"))
+    hh = postcodes_sources.attach_households(ref, postcodes_sources.read_household_estimates(tmp_path / "hh.csv"))
     small = hh["households"] < 4
     assert 0.08 <= small.mean() <= 0.15
     assert hh.loc[~small, "households"].between(4, 60).all()
@@ -148,9 +148,9 @@ def test_synthetic_households_deterministic_realistic_and_clustered(tmp_path: Pa
 @pytest.mark.exact_output
 def test_shipped_households_file_is_the_generator_output() -> None:
     # Byte for byte, on every CPU: CI runs this again with NumPy's wide SIMD paths disabled (.ci/run).
-    ref = pc.read_codepoint_open(pc.SHIPPED_CODEPOINT)
+    ref = postcodes_sources.read_codepoint_open(pc.SHIPPED_CODEPOINT)
     shipped = pc.SHIPPED_HOUSEHOLDS.read_text(encoding="utf-8")
-    regenerated = pc.synthetic_households_csv(ref, pc.SHIPPED_HOUSEHOLDS_SEED)
+    regenerated = postcodes_synthetic.synthetic_households_csv(ref, pc.SHIPPED_HOUSEHOLDS_SEED)
     if regenerated != shipped:
         old, new = shipped.splitlines(), regenerated.splitlines()
         differ = [f"{a!r} -> {b!r}" for a, b in zip(old, new) if a != b]
@@ -160,7 +160,7 @@ def test_shipped_households_file_is_the_generator_output() -> None:
 
 
 def test_shipped_reference() -> None:
-    ref = pc.shipped_reference()
+    ref = postcodes_sources.shipped_reference()
     live = ref[~ref["terminated"]]
     assert live["postcode"].str.startswith("HX").all() and (live["households"] >= 4).mean() > 0.85
     assert ref["terminated"].any() and (ref.loc[ref["terminated"], "source"] == "onspd_extract_AB").all()
@@ -169,7 +169,7 @@ def test_shipped_reference() -> None:
 
 @pytest.mark.exact_output
 def test_national_synthetic_reference_small() -> None:
-    ref = pc.national_synthetic_reference(n_live=20_000, n_terminated=2_000, seed=3)
+    ref = postcodes_synthetic.national_synthetic_reference(n_live=20_000, n_terminated=2_000, seed=3)
     assert len(ref) == 22_000 and ref["postcode"].is_unique
     assert pc.normalise_postcodes(ref["postcode"]).eq(ref["postcode"]).all()
     assert pc.inside_gb(ref["easting"].to_numpy(), ref["northing"].to_numpy()).all()
@@ -181,5 +181,5 @@ def test_national_synthetic_reference_small() -> None:
     assert 0.08 <= (live["households"] < 4).mean() <= 0.15
     assert (ref.loc[ref["terminated"], "households"] == 0).all()
     assert ref.loc[ref["terminated"], "terminated_date"].str.match(r"^\d{4}-\d{2}$").all()
-    assert pc.national_synthetic_reference(n_live=1000, n_terminated=10, seed=3).equals(
-        pc.national_synthetic_reference(n_live=1000, n_terminated=10, seed=3))
+    assert postcodes_synthetic.national_synthetic_reference(n_live=1000, n_terminated=10, seed=3).equals(
+        postcodes_synthetic.national_synthetic_reference(n_live=1000, n_terminated=10, seed=3))

@@ -8,9 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from csp_observatory import fixtures, grading, parsing, postcodes, reporting, trends, validation
+from csp_observatory import fixtures, grading, parsing, postcodes_sources, reporting, trends, validation
 from csp_observatory.reporting import FileInfo, SupplyOutcome
-from csp_observatory.schema import SCHEMA_DIR, load_schema
+from csp_observatory.schema import SCHEMA_DIR
+from csp_observatory.schema_loading import load_schema
 
 pytestmark = pytest.mark.unit
 
@@ -27,7 +28,7 @@ def prc():
 @pytest.fixture(scope="module")
 def clean(prc) -> pd.DataFrame:
     """Offences of a fixture supply that the row rules keep, each crime once (cleaning removes repeats)."""
-    supply = fixtures.make_supply(prc, PERIOD, postcodes.shipped_reference(), n=40, metadata=None)
+    supply = fixtures.make_supply(prc, PERIOD, postcodes_sources.shipped_reference(), n=40, metadata=None)
     feed_file = prc.file("offences")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "offences.csv"

@@ -8,7 +8,8 @@ import pytest
 
 from csp_observatory import reporting
 from csp_observatory.reporting import FileInfo, SupplyOutcome
-from csp_observatory.schema import SCHEMA_DIR, load_schema
+from csp_observatory.schema import SCHEMA_DIR
+from csp_observatory.schema_loading import load_schema
 
 pytestmark = pytest.mark.unit
 

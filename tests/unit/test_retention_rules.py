@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from csp_observatory import retention
-from csp_observatory.schema import (RETENTION_DEFAULTS, SCHEMA_DIR, Retention, SchemaError, load_schemas,
-                                    parse_schema)
+from csp_observatory.schema import RETENTION_DEFAULTS, SCHEMA_DIR, Retention, SchemaError
+from csp_observatory.schema_loading import load_schemas, parse_schema
 
 pytestmark = pytest.mark.unit
 

@@ -6,8 +6,11 @@ import pandas as pd
 import pytest
 
 from csp_observatory.postcodes import SHIPPED_CODEPOINT
-from csp_observatory.sanitising import build_displacement, check_sanitised, sanitise
-from csp_observatory.schema import SCHEMA_DIR, load_schema
+from csp_observatory.sanitising import sanitise
+from csp_observatory.sanitising_checks import check_sanitised
+from csp_observatory.sanitising_displacement import build_displacement
+from csp_observatory.schema import SCHEMA_DIR
+from csp_observatory.schema_loading import load_schema
 
 pytestmark = pytest.mark.unit
 
@@ -410,7 +413,7 @@ def test_check_sanitised_needs_the_feed_file_and_flags_dropped_and_unruled_colum
 # --- several locations in one file (issue 7): council ASB's incident and the vehicle keeper's address -----------
 
 def _asb_schema():
-    from csp_observatory.schema import parse_schema
+    from csp_observatory.schema_loading import parse_schema
 
     field = lambda name, type_, role, **kw: {"name": name, "type": type_, "role": role, **kw}  # noqa: E731
     return parse_schema({
@@ -459,7 +462,8 @@ def test_a_second_location_is_sanitised_to_postcode_level(reference, pmap):
 
 
 def test_the_lint_refuses_an_address_no_rule_covers():
-    from csp_observatory.schema import SchemaError, parse_schema
+    from csp_observatory.schema import SchemaError
+    from csp_observatory.schema_loading import parse_schema
 
     assert {"vehicle_address", "vehicle_postcode"} <= _asb_schema().file("incidents").location_columns
     doc = {
@@ -508,7 +512,8 @@ def test_every_date_of_birth_becomes_its_own_persons_age(reference, pmap, feed):
 
 
 def test_a_date_of_birth_the_lint_cannot_pair_with_an_age_is_refused():
-    from csp_observatory.schema import SchemaError, parse_schema
+    from csp_observatory.schema import SchemaError
+    from csp_observatory.schema_loading import parse_schema
 
     def doc(*fields: dict, dataset_type: str = "depersonalised") -> dict:
         return {"feed": "t", "title": "T", "guidance_section": "3.2.15", "dataset_type": dataset_type,

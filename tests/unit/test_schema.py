@@ -6,8 +6,8 @@ import copy
 import pytest
 import yaml
 
-from csp_observatory.schema import (DROPPED_ON_SANITISING, REWRITTEN_ON_SANITISING, SCHEMA_DIR, SchemaError,
-                                    load_schema, parse_schema)
+from csp_observatory.schema import DROPPED_ON_SANITISING, REWRITTEN_ON_SANITISING, SCHEMA_DIR, SchemaError
+from csp_observatory.schema_loading import load_schema, parse_schema
 
 pytestmark = pytest.mark.unit
 
@@ -178,7 +178,7 @@ def test_supply_due_follows_the_period_and_due_days():
     feed has no due date unless its schema sets one; a period that cannot be read has none."""
     from datetime import datetime, timezone
 
-    from csp_observatory.schema import schema_for
+    from csp_observatory.schema_loading import schema_for
 
     police = schema_for("police_recorded_crime")
     assert police.due_days == 16

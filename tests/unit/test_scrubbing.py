@@ -11,7 +11,8 @@ import pytest
 from csp_observatory import reporting, scrubbing
 from csp_observatory.demo_data import ENTRY, OCCUPATIONS, PROPERTY, WEAPONS
 from csp_observatory.reporting import SupplyOutcome
-from csp_observatory.schema import SCHEMA_DIR, load_schema
+from csp_observatory.schema import SCHEMA_DIR
+from csp_observatory.schema_loading import load_schema
 
 pytestmark = pytest.mark.unit
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from upath import UPath
 
-from csp_observatory import config, demo_data, pipeline, postcodes, staging
+from csp_observatory import config, demo_data, pipeline, postcodes_sources, staging
 from csp_observatory.pipeline import Manifest, SupplyFile
 
 pytestmark = pytest.mark.unit
@@ -135,7 +135,7 @@ def _work_area(area, files: dict[str, str]) -> str:
 def test_the_stages_give_the_same_result_on_object_storage_as_on_a_local_folder(remote, tmp_path, monkeypatch):
     """parse_and_validate and clean on a work area in a remote store: same frames and rejections as on a local
     folder, nothing left on this worker's disk, and _delete_plaintext leaves only the manifest."""
-    reference = postcodes.shipped_reference()
+    reference = postcodes_sources.shipped_reference()
     files = demo_data.make_police_recorded_crime(PERIOD, reference[~reference["terminated"]], n_offences=40).files
     worker_tmp = tmp_path / "worker-tmp"
     worker_tmp.mkdir()

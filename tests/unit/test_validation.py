@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from csp_observatory import validation
-from csp_observatory.schema import SCHEMA_DIR, load_schema
+from csp_observatory.schema import SCHEMA_DIR
+from csp_observatory.schema_loading import load_schema
 
 pytestmark = pytest.mark.unit
 

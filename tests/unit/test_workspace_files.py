@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from csp_observatory import ddl, workspace
-from csp_observatory.schema import load_schemas
+from csp_observatory.schema_loading import load_schemas
 
 pytestmark = pytest.mark.unit
 
