@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import pytest
 from airflow_harness import airflow, base_env, deployment, free_port, sqlite_query, wait
 
-from csp_observatory import demo, fixtures, postcodes
+from csp_observatory import demo, fixtures, postcodes_sources
 from csp_observatory.pipeline import schema_for
 
 pytestmark = pytest.mark.integration
@@ -37,7 +37,7 @@ def airflow_deployment(tmp_path_factory: pytest.TempPathFactory, settings) -> It
 def _drop(settings, feed: str, period: str) -> list[str]:
     """As the feed's partner: a fixture supply with its metadata, encrypted, signed and uploaded to its inbox."""
     schema = schema_for(feed)
-    supply = fixtures.make_supply(schema, period, postcodes.shipped_reference(), n=30)
+    supply = fixtures.make_supply(schema, period, postcodes_sources.shipped_reference(), n=30)
     return demo.drop_demo_supply(settings, schema, period, files=supply.files, metadata=supply.metadata)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from csp_observatory.schema import load_schemas
+from csp_observatory.schema_loading import load_schemas
 
 pytestmark = pytest.mark.unit
 
@@ -107,11 +107,11 @@ def test_the_wait_for_a_supply_holds_no_worker_and_ends_with_its_window(dagbag) 
 def test_the_dag_docs_carry_the_partners_latest_caveats(dagbag, monkeypatch) -> None:
     import importlib.util
 
-    from csp_observatory import metadata
+    from csp_observatory import metadata_docs
 
-    monkeypatch.setattr(metadata, "dag_docs_dir", lambda: Path("/the/reports"))
-    monkeypatch.setattr(metadata, "dag_doc", lambda feed, reports_dir: f"\n## Partner's caveats for {feed} "
-                                                                       f"from {reports_dir}\n")
+    monkeypatch.setattr(metadata_docs, "dag_docs_dir", lambda: Path("/the/reports"))
+    monkeypatch.setattr(metadata_docs, "dag_doc", lambda feed, reports_dir: f"\n## Partner's caveats for {feed} "
+                                                                            f"from {reports_dir}\n")
     spec = importlib.util.spec_from_file_location("feeds_for_docs", DAGS / "feeds.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
