@@ -20,17 +20,22 @@ deadline alert at that time (``csp_observatory.alerts``). If the run has not suc
 deadline as missed and the triggerer calls ``alerts.late_supply_alert``, which raises the late-supply alert (a log
 line and a row in ``observatory.alerts`` naming the partner, the feed, the period and the due date) unless the
 supply was loaded in time.
+
+The stages reach SFTP and PostGIS through the Airflow Connections ``csp_sftp`` (host key pinned) and
+``csp_postgis``, read with the providers' hooks (``csp_observatory.hooks``), never through the settings file's own
+URL and keys. The ``load`` task emits an asset for each of the feed's tables (``csp_observatory.table_assets``),
+with the supplies it loaded in the event's extra: ``dags/refresh.py`` refreshes the analysts' summaries on them.
 """
 from __future__ import annotations
 
 import os
 from datetime import datetime, timedelta, timezone
-from typing import Final
+from typing import Any, Final
 
 from airflow.sdk import (DAG, AssetOrTimeSchedule, AsyncCallback, CronTriggerTimetable, DeadlineAlert,
                          DeadlineReference, Param, TriggerRule, dag, task)
 
-from csp_observatory import alerts, metadata
+from csp_observatory import alerts, metadata_docs, table_assets
 from csp_observatory.arrival import SupplySensor, supply_asset
 from csp_observatory.config import stage_queue, stage_queues
 from csp_observatory.schema import FeedSchema, load_schemas
@@ -46,11 +51,19 @@ SENSOR_POKE_S: Final = float(os.environ.get("CSP_SENSOR_POKE_S", "60"))
 # Transient failures (SFTP or PostGIS unreachable) are retried; the demo and tests shorten the wait.
 RETRY_DELAY: Final = timedelta(seconds=float(os.environ.get("CSP_RETRY_DELAY_S", "300")))
 # Where the loads cache each feed's partner caveats for the docs below: found once per parse, not once per feed.
-DAG_DOCS_DIR: Final = metadata.dag_docs_dir()
+DAG_DOCS_DIR: Final = metadata_docs.dag_docs_dir()
 # TEST ONLY (tests/integration/test_late_supply.py): the late-supply deadline falls this many seconds after a run is
 # queued, instead of the schema's due date after the run's logical date, so a test sees it fire in minutes (and a
 # scheduled run waits only its window, not until the real due date). Never set it in a deployment.
 TEST_DUE_AFTER_S: Final = os.environ.get("CSP_TEST_DUE_AFTER_S")
+
+
+def _services() -> Any:
+    """SFTP and PostGIS for a stage, through the Airflow Connections ``csp_sftp`` and ``csp_postgis`` and the
+    providers' hooks (``csp_observatory.hooks``); imported when a task runs, never at parse time."""
+    from csp_observatory.hooks import HookServices
+
+    return HookServices()
 
 
 def schedule_of(schema: FeedSchema) -> object:
@@ -78,6 +91,7 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
     """The DAG for one feed schema."""
     feed = schema.feed
     due_after = alerts.deadline_interval(schema, START)
+    tables = table_assets.feed_assets(schema)
 
     @dag(
         dag_id=f"feed_{feed}",
@@ -92,7 +106,7 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
         deadline=late_supply_deadline(schema, due_after),
         default_args={"owner": OWNER, "retries": 2, "retry_delay": RETRY_DELAY},
         # the partner's own caveats (section 3.4) from the last load's cache file: no database at parse time
-        doc_md=schema.doc_md() + (metadata.dag_doc(feed, DAG_DOCS_DIR) if DAG_DOCS_DIR else ""),
+        doc_md=schema.doc_md() + (metadata_docs.dag_doc(feed, DAG_DOCS_DIR) if DAG_DOCS_DIR else ""),
         params={"confirm_replace": Param(
             [], type="array", items={"type": "string"},
             description="Periods (e.g. 202609) whose re-send may replace most of the rows loaded for that period. "
@@ -112,43 +126,50 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
         def collect(periods: list[str], run_id: str | None = None) -> list[str]:
             from csp_observatory import pipeline
 
-            return pipeline.collect(feed, periods, run_id or "manual")
+            return pipeline.collect(feed, periods, run_id or "manual", services=_services())
 
         @task
         def decrypt_and_verify(supplies: list[str]) -> list[str]:
             from csp_observatory import pipeline
 
-            return pipeline.decrypt_and_verify(supplies)
+            return pipeline.decrypt_and_verify(supplies, services=_services())
 
         @task
         def parse_and_validate(supplies: list[str]) -> list[str]:
             from csp_observatory import pipeline
 
-            return pipeline.parse_and_validate(supplies)
+            return pipeline.parse_and_validate(supplies, services=_services())
 
         @task
         def clean(supplies: list[str]) -> list[str]:
             from csp_observatory import pipeline
 
-            return pipeline.clean(supplies)
+            return pipeline.clean(supplies, services=_services())
 
         @task
         def geocode(supplies: list[str]) -> list[str]:
             from csp_observatory import pipeline
 
-            return pipeline.geocode(supplies)
+            return pipeline.geocode(supplies, services=_services())
 
         @task
         def sanitise(supplies: list[str]) -> list[str]:
             from csp_observatory import pipeline
 
-            return pipeline.sanitise(supplies)
+            return pipeline.sanitise(supplies, services=_services())
 
-        @task
-        def load(supplies: list[str], params: dict | None = None) -> list[str]:
+        # Emits an asset event for each of the feed's tables (dags/refresh.py refreshes the summaries on them); the
+        # event's extra names the supplies the load committed, none when it loaded nothing.
+        @task(outlets=tables)
+        def load(supplies: list[str], params: dict | None = None, outlet_events: Any = None) -> list[str]:
             from csp_observatory import pipeline
 
-            return pipeline.load(supplies, confirmed=[str(p) for p in (params or {}).get("confirm_replace") or []])
+            out = pipeline.load(supplies, confirmed=[str(p) for p in (params or {}).get("confirm_replace") or []],
+                                services=_services())
+            loaded = pipeline.loaded_supplies(out)
+            for asset in tables:
+                outlet_events[asset].extra = table_assets.event_extra(schema, asset, loaded)
+            return out
 
         # Runs even when an earlier stage failed, so the partner always hears what happened and
         # plaintext never outlives the run.
@@ -156,7 +177,7 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
         def report_and_archive(supplies: list[str] | None) -> dict:
             from csp_observatory import pipeline
 
-            return pipeline.report_and_archive(feed, supplies)
+            return pipeline.report_and_archive(feed, supplies, services=_services())
 
         # No retries: the verdict is about the data, and the same data gives the same verdict.
         @task(retries=0)

@@ -127,6 +127,12 @@ def run_feed_dag(feed: str = FEED, run_conf: dict[str, Any] | None = None, check
     """
     from airflow.dag_processing.dagbag import DagBag
 
+    from csp_observatory import connections
+
+    # The DAG's tasks reach SFTP and PostGIS through the Airflow Connections csp_sftp and csp_postgis: defined here
+    # from the settings (CSP_CONFIG) unless the environment already defines them from the same settings file, or an
+    # operator defined them (connections.ensure_env).
+    connections.ensure_env(load_settings())
     # Before the DAG file is parsed: quick retries, and a sensor that gives up in a minute if nothing arrives.
     os.environ.setdefault("CSP_RETRY_DELAY_S", "1")
     os.environ.setdefault("CSP_SENSOR_TIMEOUT_S", "60")

@@ -19,7 +19,7 @@ from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator, Protocol
 
 import numpy as np
 import pandas as pd
@@ -139,6 +139,37 @@ class Manifest:
         return self._rows("flagged")
 
 
+class Services(Protocol):
+    """Where a stage gets PostGIS and SFTP: ``db()`` yields a psycopg2 connection (the caller commits), ``sftp()`` a
+    paramiko SFTP client with the server's host key pinned; both closed after the block.
+
+    The DAG layer hands the stages ``hooks.HookServices`` (Airflow Connections ``csp_postgis`` and ``csp_sftp``, read
+    through the providers' hooks); without one a stage builds :class:`SettingsServices` from the settings, so the
+    tests without Airflow and the command-line scripts need no Airflow.
+    """
+
+    def db(self) -> ContextManager[Any]: ...
+
+    def sftp(self) -> ContextManager[Any]: ...
+
+
+@dataclass(frozen=True)
+class SettingsServices:
+    """:class:`Services` from the observatory's own settings (``database_url``, ``sftp_*``)."""
+
+    settings: Settings
+
+    def db(self) -> ContextManager[Any]:
+        return _db(self.settings)
+
+    def sftp(self) -> ContextManager[Any]:
+        return _sftp(self.settings)
+
+
+def _services(settings: Settings, services: Services | None) -> Services:
+    return services if services is not None else SettingsServices(settings)
+
+
 @contextmanager
 def _db(settings: Settings) -> Iterator[Any]:
     with closing(psycopg2.connect(settings.database_url)) as conn:
@@ -217,7 +248,7 @@ def _one_supply(m: Manifest, stage: str, alone: bool) -> Iterator[None]:
 
 # --- stage 1: collect ------------------------------------------------------------------------------
 
-def ready_periods(feed: str, settings: Settings | None = None) -> list[str]:
+def ready_periods(feed: str, settings: Settings | None = None, services: Services | None = None) -> list[str]:
     """Periods whose every file is in the partner's inbox and no longer being written.
 
     Strays (misnamed files, bad periods, links, folders, empty files) are quarantined here with their reason:
@@ -226,21 +257,24 @@ def ready_periods(feed: str, settings: Settings | None = None) -> list[str]:
     from csp_observatory import intake
 
     settings = settings or load_settings()
+    svc = _services(settings, services)
     schema = schema_for(feed)
-    with _sftp(settings) as client:
+    with svc.sftp() as client:
         ready = intake.find_ready_supplies(client, schema, settings)
         intake.quarantine_strays(client, settings, schema, ready)
     return sorted(s.period for s in ready.supplies)
 
 
-def collect(feed: str, periods: list[str], run_id: str, settings: Settings | None = None) -> list[str]:
+def collect(feed: str, periods: list[str], run_id: str, settings: Settings | None = None,
+            services: Services | None = None) -> list[str]:
     """Download each ready supply into staging, record its hashes, and set aside duplicates and strays."""
     from csp_observatory import agreements, intake, ledger
 
     settings = settings or load_settings()
+    svc = _services(settings, services)
     schema = schema_for(feed)
     work_dirs: list[str] = []
-    with _sftp(settings) as client, _db(settings) as conn:
+    with svc.sftp() as client, svc.db() as conn:
         ledger.ensure_ledger(conn)
         conn.commit()
         ready = intake.find_ready_supplies(client, schema, settings)
@@ -306,13 +340,15 @@ def _into_store(local_path: str, work: staging.Location) -> str:
 
 # --- stage 2: decrypt and verify --------------------------------------------------------------------
 
-def decrypt_and_verify(work_dirs: list[str], settings: Settings | None = None) -> list[str]:
+def decrypt_and_verify(work_dirs: list[str], settings: Settings | None = None,
+                       services: Services | None = None) -> list[str]:
     """Decrypt each file; only a file signed by the partner's pinned key goes on."""
     from csp_observatory import decryption
 
     settings = settings or load_settings()
+    svc = _services(settings, services)
     out: list[str] = []
-    with _sftp(settings) as client, _db(settings) as conn:
+    with svc.sftp() as client, svc.db() as conn:
         for m in _in_flight(work_dirs):
             if not m.ok:
                 out.append(m.work_dir)
@@ -342,11 +378,13 @@ def decrypt_and_verify(work_dirs: list[str], settings: Settings | None = None) -
 
 # --- stage 3: parse and validate --------------------------------------------------------------------
 
-def parse_and_validate(work_dirs: list[str], settings: Settings | None = None) -> list[str]:
+def parse_and_validate(work_dirs: list[str], settings: Settings | None = None,
+                       services: Services | None = None) -> list[str]:
     """Read each CSV against its schema; set aside rows that cannot be used; run the GX suite."""
     from csp_observatory import parsing, validation
 
     settings = settings or load_settings()
+    svc = _services(settings, services)
     for m in _in_flight(work_dirs):
         with _one_supply(m, "parse and validate", alone=len(work_dirs) <= 1):
             if not m.ok:
@@ -364,7 +402,7 @@ def parse_and_validate(work_dirs: list[str], settings: Settings | None = None) -
                         parsed = parsing.parse_csv(source, feed_file)
                         headers[f.name] = _header(source)
                 except parsing.MalformedFile as bad:
-                    with _sftp(settings) as client, _db(settings) as conn:
+                    with svc.sftp() as client, svc.db() as conn:
                         _refuse(m, settings, client, f, bad.reason, "malformed", conn)
                     continue
                 if mapped is not None:
@@ -464,7 +502,7 @@ def _partner_rows(rows: pd.Series, source_rows: list[int]) -> pd.Series:
 
 # --- stage 4: clean ---------------------------------------------------------------------------------
 
-def clean(work_dirs: list[str], settings: Settings | None = None) -> list[str]:
+def clean(work_dirs: list[str], settings: Settings | None = None, services: Services | None = None) -> list[str]:
     """Normalise postcodes, dates, codes and whitespace; remove duplicates by reference number."""
     from csp_observatory import cleaning
 
@@ -553,17 +591,19 @@ def _postcode_reference(conn: Any) -> pd.DataFrame:
     return reference
 
 
-def geocode(work_dirs: list[str], settings: Settings | None = None) -> list[str]:
+def geocode(work_dirs: list[str], settings: Settings | None = None,
+            services: Services | None = None) -> list[str]:
     """Give every record an easting/northing and say how it got them."""
     from csp_observatory import geocoding
 
     settings = settings or load_settings()
+    svc = _services(settings, services)
     manifests = [m for m in _in_flight(work_dirs) if m.ok]
     if not manifests:
         return work_dirs
     from csp_observatory import gazetteer
 
-    with _db(settings) as conn:
+    with svc.db() as conn:
         reference, places = _postcode_reference(conn), gazetteer.read_places(conn)
     for m in manifests:
         with _one_supply(m, "geocode", alone=len(work_dirs) <= 1):
@@ -595,15 +635,17 @@ def _period_end(schema: FeedSchema, period: str) -> pd.Timestamp:
     return (start + pd.offsets.MonthEnd(0)).normalize()
 
 
-def sanitise(work_dirs: list[str], settings: Settings | None = None) -> list[str]:
+def sanitise(work_dirs: list[str], settings: Settings | None = None,
+             services: Services | None = None) -> list[str]:
     """Depersonalise each record (Appendix 1) and measure what could still single anyone out."""
     from csp_observatory import disclosure, sanitising
 
     settings = settings or load_settings()
+    svc = _services(settings, services)
     manifests = [m for m in _in_flight(work_dirs) if m.ok]
     if not manifests:
         return work_dirs
-    with _db(settings) as conn:
+    with svc.db() as conn:
         reference = _postcode_reference(conn)
     maps: dict[tuple[int, str], Any] = {}
     for m in manifests:
@@ -665,7 +707,8 @@ def _keyed(frame: pd.DataFrame, feed_file: Any) -> pd.DataFrame:
 
 # --- stage 7: load ----------------------------------------------------------------------------------
 
-def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list[str] | None = None) -> list[str]:
+def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list[str] | None = None,
+         services: Services | None = None) -> list[str]:
     """Load each supply in one transaction; the ledger marks its files loaded in the same commit.
 
     A re-sent period that would remove more than the feed's ``resend_max_loss`` of the rows loaded for it (a
@@ -675,6 +718,7 @@ def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list
     from csp_observatory import ddl, ledger, loading, metadata
 
     settings = settings or load_settings()
+    svc = _services(settings, services)
     for m in _in_flight(work_dirs):
         with _one_supply(m, "load", alone=len(work_dirs) <= 1):
             if not m.ok:
@@ -686,7 +730,7 @@ def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list
             # Read at parse time; a manifest from before metadata was read (an older run) is read now.
             checked = m.stages.get("metadata") or _check_metadata(m, schema, {})
             m.stages["metadata"] = checked
-            with _db(settings) as conn:
+            with svc.db() as conn:
                 ddl.ensure_database(conn)
                 ddl.ensure_feed_tables(conn, schema)
                 metadata.ensure_catalogue(conn)
@@ -705,7 +749,7 @@ def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list
                                            "reason": metadata.missing_reason(schema, m.period)})
                         log.warning("%s not loaded: the feed's first supply carries no metadata file", m.supply_id)
                     else:
-                        with _sftp(settings) as client:
+                        with svc.sftp() as client:
                             _refuse(m, settings, client, m.metadata, metadata.refused_reason(
                                 schema, checked["refused"], required=True, remote_name=m.metadata.remote_name),
                                 "refused", conn)
@@ -751,6 +795,20 @@ def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list
     return work_dirs
 
 
+def loaded_supplies(work_dirs: list[str] | None) -> list[dict[str, Any]]:
+    """What the load committed, per supply: ``{"supply_id", "feed", "period", "rows": {table: n}}`` for each supply of
+    the run whose status is ``loaded`` (none for a held, refused or failed one). The DAG layer puts it in the asset
+    events of the feed's tables, so that the refreshes downstream know which feed and period changed."""
+    out = []
+    for m in _in_flight(work_dirs):
+        if m.status != "loaded":
+            continue
+        rows = (m.stages.get("load") or {}).get("rows") or {}
+        out.append({"supply_id": m.supply_id, "feed": m.feed, "period": m.period,
+                    "rows": {str(k): int(v) for k, v in rows.items()}})
+    return out
+
+
 def _catalogue(conn: Any, schema: FeedSchema, supply_id: str, md: Any, mismatches: list[dict[str, Any]]) -> Any:
     """Inside the load's transaction: catalogue the supply's metadata (if it has any), and put the feed's latest
     caveats and explanations in its tables' and columns' comments (``ensure_feed_tables`` may just have written
@@ -767,17 +825,19 @@ def _catalogue(conn: Any, schema: FeedSchema, supply_id: str, md: Any, mismatche
 
 # --- stage 8: report and archive --------------------------------------------------------------------
 
-def report_and_archive(feed: str, work_dirs: list[str] | None, settings: Settings | None = None) -> dict[str, Any]:
+def report_and_archive(feed: str, work_dirs: list[str] | None, settings: Settings | None = None,
+                       services: Services | None = None) -> dict[str, Any]:
     """Write each supply's quality report, give the partner a copy, move loaded originals to processed/."""
     from csp_observatory import intake, reporting, sftp
 
     settings = settings or load_settings()
+    svc = _services(settings, services)
     schema = schema_for(feed)
     outcome: dict[str, Any] = {"feed": feed, "supplies": []}
     manifests = _in_flight(work_dirs)
     if not manifests:
         return outcome
-    with _sftp(settings) as client:
+    with svc.sftp() as client:
         for m in manifests:
             if m.status == "collected":
                 # A stage failed part-way (the task log says why); the original stays in the inbox for a re-run.
@@ -786,11 +846,11 @@ def report_and_archive(feed: str, work_dirs: list[str] | None, settings: Setting
                 for f in m.files.values():
                     intake.archive(client, settings, m.partner, f.remote_name)
                 if m.metadata is not None:
-                    _archive_metadata(m, schema, settings, client)
+                    _archive_metadata(m, schema, settings, client, svc)
             elif m.status == "blocked":
                 # Publishing it would single people out: the partner gets it back with the reason.
                 reason = "; ".join(p["reason"] for p in m.problems)
-                with _db(settings) as conn:
+                with svc.db() as conn:
                     for f in m.all_files:
                         _quarantine(settings, client, conn, m.partner, f, reason)
             report = reporting.build_report(schema, m, settings)
@@ -798,7 +858,7 @@ def report_and_archive(feed: str, work_dirs: list[str] | None, settings: Setting
             json_path, html_path = reporting.write_report(report, folder)
             # The quality stamp analysts read (dq schema) and the report in observatory.supplies, in one transaction.
             from csp_observatory.stamp import stamp_supply
-            stamp_supply(settings, schema, report, m.partner, m.collected_at)
+            stamp_supply(settings, schema, report, m.partner, m.collected_at, db=svc.db)
             partner = reporting.partner_view(report)
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             base = f"{feed}_{m.period}_quality_{stamp}"
@@ -813,7 +873,7 @@ def report_and_archive(feed: str, work_dirs: list[str] | None, settings: Setting
     return outcome
 
 
-def _archive_metadata(m: Manifest, schema: FeedSchema, settings: Settings, client: Any) -> None:
+def _archive_metadata(m: Manifest, schema: FeedSchema, settings: Settings, client: Any, svc: Services) -> None:
     """After a load: the metadata file goes to processed/, or, if it could not be read, to quarantine/ with why."""
     from csp_observatory import intake, metadata
 
@@ -824,7 +884,7 @@ def _archive_metadata(m: Manifest, schema: FeedSchema, settings: Settings, clien
         intake.archive(client, settings, m.partner, f.remote_name)
         return
     reason = metadata.refused_reason(schema, refused, required=False, remote_name=f.remote_name)
-    with _db(settings) as conn:
+    with svc.db() as conn:
         _quarantine(settings, client, conn, m.partner, f, reason)
     m.problems.append({"file": f.name, "remote_name": f.remote_name, "reason": reason})
 

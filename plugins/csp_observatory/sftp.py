@@ -1,7 +1,9 @@
-"""A small SFTP client over paramiko, with the server's host key pinned.
+"""SFTP for the observatory: functions on a paramiko ``SFTPClient``, and a client with the server's host key pinned.
 
-Not Airflow's SFTPHook: the package must run without Airflow, and the hook offers no ``posix-rename``, which
-the observatory needs for atomic moves and for never exposing a half-written file (see STACK-NOTES).
+In the DAGs the client comes from Airflow's ``SFTPHook`` (the connection ``csp_sftp``, ``hooks.py``); what runs
+without Airflow (the CLI scripts, the demo's partner uploads, the tests, the inbox watcher) opens one with
+:func:`connect`. The functions below work on either: the hook has no ``posix-rename``, which the observatory needs
+for atomic moves and for never exposing a half-written file (see STACK-NOTES), and lists links as files.
 """
 from __future__ import annotations
 

@@ -466,7 +466,7 @@ def latest_reported(conn: Any, feed: str) -> str | None:
 
 
 def stamp_supply(settings: Any, schema: FeedSchema, report: dict[str, Any], partner: str,
-                 collected_at: str | None = None) -> bool:
+                 collected_at: str | None = None, db: Any = None) -> bool:
     """For ``pipeline.report_and_archive``: a supply's stamp and report in one transaction, then the feed's DAG docs.
 
     Never raises: a stamp that cannot be written is logged (the partner's report and the archive go on, and the
@@ -479,7 +479,8 @@ def stamp_supply(settings: Any, schema: FeedSchema, report: dict[str, Any], part
     from csp_observatory import metadata
 
     try:
-        with closing(psycopg2.connect(settings.database_url)) as conn:
+        # ``db``: the stage's own connection factory (the DAG layer's Airflow connection); else the settings' URL
+        with (db() if db is not None else closing(psycopg2.connect(settings.database_url))) as conn:
             try:
                 record_supply(conn, schema, report, partner, collected_at)
                 conn.commit()

@@ -26,19 +26,24 @@ def test_every_dag_file_imports(dagbag) -> None:
     assert dagbag.import_errors == {}
 
 
+#: DAGs that follow the loads rather than take supplies (dags/refresh.py): unpaused from the start, no feed docs.
+DOWNSTREAM = {"refresh_summaries"}
+
+
 def test_one_dag_per_feed_schema(dagbag) -> None:
-    # and the one governance DAG (retention and agreements, dags/retention.py)
-    assert set(dagbag.dag_ids) == {f"feed_{s.feed}" for s in load_schemas()} | {"retention"}
+    # and the one governance DAG (retention and agreements, dags/retention.py), and the refresh of the summaries
+    assert set(dagbag.dag_ids) == {f"feed_{s.feed}" for s in load_schemas()} | {"retention"} | DOWNSTREAM
 
 
 def test_dag_policies(dagbag) -> None:
     assert dagbag.dags, "no DAGs were found"
     for dag_id, dag in dagbag.dags.items():
         assert dag.tags, f"{dag_id} has no tags"
-        assert dag.doc_md and "datafield" in dag.doc_md, f"{dag_id} has no feed documentation"
         assert dag.catchup is False, f"{dag_id} would backfill on deploy"
         assert dag.max_active_runs == 1, f"{dag_id} could run twice over the same files"
-        assert dag.is_paused_upon_creation is True, f"{dag_id} would start polling before its partner is onboarded"
+        if dag_id not in DOWNSTREAM:
+            assert dag.doc_md and "datafield" in dag.doc_md, f"{dag_id} has no feed documentation"
+            assert dag.is_paused_upon_creation is True, f"{dag_id} would start polling before its partner is onboarded"
         for t in dag.tasks:
             assert t.owner and t.owner != "airflow", f"{dag_id}.{t.task_id} has no owner"
             # Stages retry transient faults; the two judging tasks judge data, which a retry does not change.
@@ -119,3 +124,33 @@ def test_the_dag_docs_carry_the_partners_latest_caveats(dagbag, monkeypatch) -> 
     doc = module.build_feed_dag(schema).doc_md
     assert doc.startswith(schema.doc_md())
     assert doc.endswith("## Partner's caveats for police_recorded_crime from /the/reports\n")
+
+
+def test_each_load_emits_its_feeds_tables_and_the_refresh_runs_on_them_not_on_a_clock(dagbag) -> None:
+    from airflow.sdk import Asset
+    from airflow.sdk.definitions.asset import AssetAny
+    from airflow.sdk.definitions.timetables.assets import AssetTriggeredTimetable
+
+    from csp_observatory.ddl import has_ward_month
+
+    summarised: set[str] = set()
+    for schema in load_schemas():
+        dag = dagbag.dags[f"feed_{schema.feed}"]
+        load = dag.get_task("load")
+        names = [a.name for a in load.outlets if isinstance(a, Asset)]
+        assert names == [f"{schema.db_schema}.{f.table}" for f in schema.files], schema.feed
+        for asset in load.outlets:
+            # the postgres provider's scheme: postgres://host:port/database/schema/table
+            assert asset.uri.startswith("postgres://") and asset.uri.endswith("/" + asset.name.replace(".", "/"))
+        # only the load emits them: no other task of the feed claims to change its tables
+        assert not [t.task_id for t in dag.tasks if t.task_id != "load" and t.outlets], schema.feed
+        summarised |= {f"{schema.db_schema}.{f.table}" for f in schema.files if has_ward_month(schema, f)}
+    refresh = dagbag.dags["refresh_summaries"]
+    assert isinstance(refresh.timetable, AssetTriggeredTimetable)
+    condition = refresh.timetable.asset_condition
+    # any one table's event starts it (not all of them together), and only the tables with counts by ward and month
+    assert isinstance(condition, AssetAny)
+    assert {a.name for a in condition.objects} == summarised and "personal.ppo_offenders" not in summarised
+    assert refresh.is_paused_upon_creation is False
+    (task,) = refresh.tasks
+    assert task.task_id == "refresh_counts" and task.retries >= 1

@@ -1,0 +1,63 @@
+"""SFTP and PostGIS for the DAG layer, through Airflow Connections and the providers' hooks.
+
+``dags/feeds.py`` and ``dags/refresh.py`` hand :class:`HookServices` to the stages (``pipeline.Services``: a ``db()``
+and an ``sftp()`` context manager), so that in a deployment the stages reach PostGIS and SFTP as the connections
+``csp_postgis`` and ``csp_sftp`` say (``AIRFLOW_CONN_*`` variables or any secrets backend; ``connections.py``
+writes them from the settings), never through the settings file's own URL and keys. The stage modules stay free
+of Airflow: only this module and ``dags/`` import the hooks.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import closing, contextmanager
+from typing import Any, Iterator
+
+import psycopg2
+from airflow.providers.postgres.hooks.postgres import PostgresHook
+from airflow.providers.sftp.hooks.sftp import SFTPHook
+
+from csp_observatory.connections import POSTGIS_CONN_ID, SFTP_CONN_ID
+
+log = logging.getLogger(__name__)
+
+
+class PostGISHook(PostgresHook):
+    """PostgresHook whose connections are psycopg2's.
+
+    With SQLAlchemy 2 and psycopg 3 installed (Airflow pulls both in), PostgresHook connects with psycopg 3; the
+    stages compose SQL with ``psycopg2.sql`` and COPY with psycopg2's cursor, so the driver is kept. Everything
+    else (host, login, password, database, every extra such as ``sslmode``/``sslrootcert``) is the hook's own
+    reading of the connection: only the final ``connect`` call is psycopg2's.
+    """
+
+    def _create_connection(self, conn_args: dict[str, Any]) -> Any:
+        return psycopg2.connect(**conn_args)
+
+
+class HookServices:
+    """``pipeline.Services`` through Airflow Connections: ``db()`` with :class:`PostGISHook`, ``sftp()`` with
+    SFTPHook (one SSH session per block; the hook's managed connection)."""
+
+    def __init__(self, sftp_conn_id: str = SFTP_CONN_ID, postgis_conn_id: str = POSTGIS_CONN_ID) -> None:
+        self.sftp_conn_id = sftp_conn_id
+        self.postgis_conn_id = postgis_conn_id
+
+    @contextmanager
+    def db(self) -> Iterator[Any]:
+        """A psycopg2 connection from ``csp_postgis``, closed after the block (the caller commits)."""
+        with closing(PostGISHook(postgres_conn_id=self.postgis_conn_id).get_conn()) as conn:
+            yield conn
+
+    @contextmanager
+    def sftp(self) -> Iterator[Any]:
+        """A paramiko SFTP client from ``csp_sftp``; refuses a connection that does not pin the server's host key."""
+        hook = SFTPHook(ssh_conn_id=self.sftp_conn_id)
+        if hook.host_key is None or hook.no_host_key_check:
+            raise ValueError(f"the Airflow connection {self.sftp_conn_id!r} does not pin the SFTP server's host key: "
+                             f"set its extras host_key ('ssh-ed25519 AAAA...') and no_host_key_check false "
+                             f"(python -m csp_observatory.connections env)")
+        log.info("SFTP through the Airflow connection %s (%s@%s:%s, host key pinned: %s %s)", self.sftp_conn_id,
+                 hook.username, hook.remote_host, hook.port, hook.host_key.get_name(),
+                 hook.host_key.fingerprint)
+        with hook.get_managed_conn() as client:
+            yield client
