@@ -22,6 +22,7 @@ import pyarrow.csv as pacsv
 from csp_observatory.layouts_model import Layout, XmlShape, _bare, key
 from csp_observatory.parsing import MalformedFile, _decode, _read_records, split_rows
 
+
 # --- reading the partner's file ----------------------------------------------------------------------------
 
 @dataclass

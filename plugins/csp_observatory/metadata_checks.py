@@ -12,6 +12,7 @@ from csp_observatory.metadata import (DATAFIELD_NOT_IN_FILE, DATAFIELD_NOT_IN_SC
 from csp_observatory.metadata_file import _names_dataset
 from csp_observatory.schema import FeedFile, FeedSchema, period_bounds
 
+
 # --- checking against the supply ---------------------------------------------------------------------------------
 
 def _count(n: int, noun: str) -> str:
