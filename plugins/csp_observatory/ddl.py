@@ -4,10 +4,12 @@ Every identifier goes through ``psycopg2.sql.Identifier``: table and column name
 partners' schemas may one day be contributed as, so they are never formatted into SQL text. Functions here do
 not commit: the caller decides the transaction (see ARCHITECTURE.md, *PostGIS*).
 
-Every feed table has one integer key, ``fid`` (an identity column and its primary key), which QGIS and GDAL take
-as the feature id without being told. A record's own key within its supply (``supply_id`` and the schema's key
-columns) is a ``UNIQUE`` constraint on NOT NULL columns (``<table>_supply_key``), so a repeated record is refused
-as it always was. Each file of a depersonalised feed that has a location also has its counts by ward, month and
+Every feed table has one integer key, ``fid`` (its primary key, from the sequence ``<table>_fid_seq``), which
+QGIS and GDAL take as the feature id without being told. A feed table is partitioned by ranges of ``fid``, one
+partition per supply (``partitions.py``: each load fills and indexes a fresh table, then attaches it). A record's
+own key within its supply (``supply_id`` and the schema's key columns) is a ``UNIQUE`` constraint on NOT NULL
+columns of its partition (``<partition>_supply_key``; PostgreSQL allows no unique key without fid on the parent),
+so a repeated record is refused as it always was. Each file of a depersonalised feed that has a location also has its counts by ward, month and
 category (``<table>_ward_month``: :func:`refresh_ward_month`), refreshed inside each load's transaction.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Final, NamedTuple
 
 from psycopg2 import errors, sql
 
+from csp_observatory import partitions
 from csp_observatory.schema import CONTENT_KEY_COLUMN, Datafield, FeedFile, FeedSchema
 
 log = logging.getLogger(__name__)
@@ -260,45 +263,88 @@ def _unique_key(cur: Any, db_schema: str, table: str) -> list[str]:
     return _constraint(cur, db_schema, table, "u", _key_name(table))
 
 
-def _migrate_keys(cur: Any, db_schema: str, feed_file: FeedFile, pk: list[str], unique: list[str]) -> None:
+def _migrate_keys(cur: Any, db_schema: str, feed_file: FeedFile, pk: list[str], unique: list[str],
+                  table: str | None = None, parent: str | None = None) -> None:
     """Give an existing table the keys it has now: ``fid`` as its primary key, and the key its schema declares
     (e.g. a file that moved to ``key: content``) as ``<table>_supply_key``, in place, every row kept.
 
     A table from before ``fid`` had its natural key as the primary key: that becomes the unique constraint and an
     identity ``fid`` numbers the rows already there. Rows loaded before a move to a content key get a
-    ``migrated-`` key from their stored values; a re-sent supply replaces them with its own keys.
+    ``migrated-`` key from their stored values; a re-sent supply replaces them with its own keys. ``table``: a
+    partition of the feed table ``parent`` (which alone may change what is NOT NULL); else the feed table itself.
     """
     I = sql.Identifier  # noqa: E741
     want = natural_key(feed_file)
     have = unique if pk == [FID_COLUMN] else pk       # the natural key the table has now
-    table = I(db_schema, feed_file.table)
+    name = table or feed_file.table
+    target, columns_of = I(db_schema, name), I(db_schema, parent or name)
     if have != want and feed_file.content_key:
         cur.execute(sql.SQL(
             "UPDATE {t} SET {k} = m.k FROM (SELECT ctid AS id, 'migrated-' || md5(x::text) || '-' || "
             "row_number() OVER (PARTITION BY md5(x::text)) AS k FROM {t} x WHERE {k} IS NULL) m "
-            "WHERE {t}.ctid = m.id").format(t=table, k=I(CONTENT_KEY_COLUMN)))
-    # Numbers the rows already there (PostgreSQL fills an identity column added to a table that has rows).
-    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} bigint GENERATED ALWAYS AS IDENTITY").format(
-        table, I(FID_COLUMN)))
+            "WHERE {t}.ctid = m.id").format(t=target, k=I(CONTENT_KEY_COLUMN)))
     if pk != [FID_COLUMN]:
+        # Numbers the rows already there (PostgreSQL fills an identity column added to a table that has rows).
+        cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} bigint GENERATED ALWAYS AS IDENTITY")
+                    .format(target, I(FID_COLUMN)))
         if pk:
-            cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(table, I(f"{feed_file.table}_pkey")))
+            cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(target, I(f"{name}_pkey")))
         cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} PRIMARY KEY ({})").format(
-            table, I(f"{feed_file.table}_pkey"), I(FID_COLUMN)))
+            target, I(f"{name}_pkey"), I(FID_COLUMN)))
     if unique != want:
         if unique:
-            cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(table, I(_key_name(feed_file.table))))
+            cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(target, I(_key_name(name))))
         # A column leaving the key keeps the NOT NULL the key gave it: drop that too (it may now be optional).
         for column in sorted(set(have) - set(want) - NOT_NULL_COLUMNS):
-            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(table, I(column)))
+            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(columns_of, I(column)))
         for column in want:
-            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL").format(table, I(column)))
+            cur.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} SET NOT NULL").format(columns_of, I(column)))
         cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} UNIQUE ({})").format(
-            table, I(_key_name(feed_file.table)), sql.SQL(", ").join(I(c) for c in want)))
+            target, I(_key_name(name)), sql.SQL(", ").join(I(c) for c in want)))
+
+
+def _relkind(cur: Any, db_schema: str, table: str) -> str | None:
+    """'r' for a plain table, 'p' for a partitioned one, None if there is none."""
+    cur.execute("SELECT relkind::text FROM pg_class WHERE oid = to_regclass(%s)", (f'"{db_schema}"."{table}"',))
+    row = cur.fetchone()
+    return row[0] if row else None
+
+
+def record_key(cur: Any, db_schema: str, table: str) -> list[str]:
+    """The columns of a feed table's record key: its partitions' (``<partition>_supply_key``, each partition holds
+    one supply), or an unpartitioned table's ``<table>_supply_key``."""
+    if partitions.is_partitioned(cur, db_schema, table):
+        return partitions.record_key(cur, db_schema, table)
+    return _unique_key(cur, db_schema, table)
+
+
+def _migrate_partition_keys(cur: Any, db_schema: str, feed_file: FeedFile) -> None:
+    """A partitioned table whose schema now declares another record key: each partition takes it, rows kept."""
+    want = natural_key(feed_file)
+    for part, have in partitions.partition_keys(cur, db_schema, feed_file.table).items():
+        if have != want:
+            # Which columns may be null is the parent's to say (a partition cannot drop its parent's NOT NULL).
+            _migrate_keys(cur, db_schema, feed_file, [FID_COLUMN], have, table=part, parent=feed_file.table)
+
+
+def _up_to_date(cur: Any, db_schema: str, feed_file: FeedFile, cols: list[Column], existing: set[str],
+                counts: bool) -> bool:
+    if not existing or not {c.name for c in cols} | {FID_COLUMN} <= existing:
+        return False
+    if _relkind(cur, db_schema, feed_file.table) != "p" or _primary_key(cur, db_schema, feed_file.table) != [FID_COLUMN]:
+        return False
+    key = natural_key(feed_file)
+    if any(k != key for k in partitions.partition_keys(cur, db_schema, feed_file.table).values()):
+        return False
+    if counts:
+        cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{db_schema}"."{ward_month_table(feed_file)}"',))
+        return bool(cur.fetchone()[0])
+    return True
 
 
 def ensure_feed_tables(conn: Any, schema: FeedSchema) -> list[str]:
-    """Create (or extend) one table per file of a feed, with keys, indexes and comments; no commit."""
+    """Create (or extend, or migrate) one partitioned table per file of a feed, with keys, indexes and comments;
+    no commit. An older unpartitioned table becomes its first partition, rows and fids kept (partitions.py)."""
     I = sql.Identifier  # noqa: E741
     db_schema = table_schema(schema)
     made: list[str] = []
@@ -310,36 +356,35 @@ def ensure_feed_tables(conn: Any, schema: FeedSchema) -> list[str]:
             cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
                         "AND table_name = %s", (db_schema, f.table))
             existing = {r[0] for r in cur.fetchall()}
-            pk, unique = _primary_key(cur, db_schema, f.table), _unique_key(cur, db_schema, f.table)
             key = natural_key(f)
             counts = has_ward_month(schema, f)
+            if _up_to_date(cur, db_schema, f, cols, existing, counts):
+                # Up to date: take no lock stronger than a read, so analysts' open queries never block a load.
+                continue
             if counts:
                 cur.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{db_schema}"."{ward_month_table(f)}"',))
                 counts_there = cur.fetchone()[0]
-            if (existing and {c.name for c in cols} | {FID_COLUMN} <= existing and pk == [FID_COLUMN]
-                    and unique == key and (not counts or counts_there)):
-                # Up to date: take no lock stronger than a read, so analysts' open queries never block a load.
-                continue
-            col_defs = [sql.SQL("{} {}{}").format(I(c.name), sql.SQL(c.sql_type), sql.SQL(
-                " NOT NULL" if c.name in NOT_NULL_COLUMNS or c.name in key else "")) for c in cols]
-            # fid last, so the datafields keep their places (the first column is the first datafield); supply_id
-            # first in the record's key: its index also serves "delete this supply's rows".
-            cur.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, {} bigint GENERATED ALWAYS AS IDENTITY, "
-                                "CONSTRAINT {} PRIMARY KEY ({}), CONSTRAINT {} UNIQUE ({}))").format(
-                table, sql.SQL(", ").join(col_defs), I(FID_COLUMN), I(f"{f.table}_pkey"), I(FID_COLUMN),
-                I(_key_name(f.table)), sql.SQL(", ").join(I(k) for k in key)))
-            # A schema may gain datafields after its table exists: add them, never drop (old supplies keep theirs).
-            for c in cols:
-                cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
-                    table, I(c.name), sql.SQL(c.sql_type)))
-            if existing:
-                # A table made just now has its keys already; an older one may need fid, or the key its schema
-                # now declares.
-                _migrate_keys(cur, db_schema, f, pk, unique)
-            cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} USING gist (geom)").format(
-                I(f"{f.table}_geom_gist"), table))
-            cur.execute(sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (supply_id)").format(
-                I(f"{f.table}_supply_idx"), table))
+            if not existing:
+                # fid last, so the datafields keep their places (the first column is the first datafield). The
+                # record's key is each partition's (a unique key of the parent would have to include fid).
+                col_defs = [sql.SQL("{} {}{}").format(I(c.name), sql.SQL(c.sql_type), sql.SQL(
+                    " NOT NULL" if c.name in NOT_NULL_COLUMNS or c.name in key else "")).as_string(cur)
+                    for c in cols]
+                for text, params in partitions.parent_statements(db_schema, f.table, col_defs):
+                    cur.execute(text, params or None)
+            else:
+                # A schema may gain datafields after its table exists: add them, never drop (old supplies keep
+                # theirs). On a partitioned table, they reach every partition.
+                for c in cols:
+                    cur.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                        table, I(c.name), sql.SQL(c.sql_type)))
+                if _relkind(cur, db_schema, f.table) == "r":
+                    # An older observatory's table: bring its keys up to date, then it becomes a partition.
+                    _migrate_keys(cur, db_schema, f, _primary_key(cur, db_schema, f.table),
+                                  _unique_key(cur, db_schema, f.table))
+                    partitions.convert(cur, db_schema, f.table)
+                else:
+                    _migrate_partition_keys(cur, db_schema, f)
             title = f"{schema.title}: {f.title}. {f.description} (guidance section {schema.guidance_section}; " \
                     f"{schema.dataset_type}; partner {schema.partner.agency})"
             cur.execute(sql.SQL("COMMENT ON TABLE {} IS %s").format(table), (title,))

@@ -1,13 +1,13 @@
 """Load one supply into PostGIS in one transaction: its rows, rejected rows, validation results and ledger.
 
-A re-run of a supply deletes that supply's rows and inserts them again in the same transaction, so a supply
-is either wholly there (once) or not at all. Rows go straight into their table by COPY (issue 9): Arrow writes
-each batch of rows as CSV with the lineage columns and the point already as hex EWKB (``geom``, which PostGIS reads
-as it reads ``ST_SetSRID(ST_MakePoint(x, y), 27700)``), so there is no temporary table and no second pass of
-``INSERT ... SELECT``. Rows are sent in the order of the record's key (``<table>_supply_key``), so that every
-insert into that index (and the one on ``fid``) appends at its right edge: measured on 300k rows, the b-tree
-indexes then cost almost nothing over a bare COPY, and in any other order (the points' Z-order was tried) they
-cost as much as the GiST index. The GiST index on ``geom`` is what remains (benchmarks/README.md).
+Each feed table is partitioned, one partition per supply (``partitions.py``, issue 9). A load COPYs each file's
+rows into a fresh table with no index, then builds its indexes (the record's key, ``fid``, the GiST index on
+``geom``: each built once over the whole supply, instead of kept up to date row by row), then drops the
+partition of an earlier load of the supply and attaches the new one. All of it is one transaction, so a supply is
+either wholly there (once) or not at all, readers never see part of it, and a failure leaves no table behind.
+Arrow writes each batch of rows as CSV with the lineage columns, ``fid`` (a block reserved from the table's
+sequence, in the order of the record's key) and the point already as hex EWKB (``geom``, which PostGIS reads as it
+reads ``ST_SetSRID(ST_MakePoint(x, y), 27700)``).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from psycopg2 import sql
 
-from csp_observatory import ddl
+from csp_observatory import ddl, partitions
 from csp_observatory.reporting import redact_reason, strip_row_content, validation_expectations
 from csp_observatory.schema import FeedSchema
 
@@ -183,32 +183,35 @@ def _as_dict(obj: Any) -> Any:
     return obj
 
 
-def _delete_supply(cur: Any, schema: FeedSchema, supply_id: str) -> dict[str, int]:
-    removed: dict[str, int] = {}
-    for f in schema.files:
-        cur.execute(sql.SQL("DELETE FROM {} WHERE supply_id = %s").format(
-            sql.Identifier(schema.db_schema, f.table)), (supply_id,))
-        removed[f"{schema.db_schema}.{f.table}"] = cur.rowcount
-    return removed
-
-
-def _insert_table(cur: Any, schema: FeedSchema, file_name: str, frame: pd.DataFrame, supply_id: str,
-                  period: str, sha256: str) -> int:
+def _stage_table(cur: Any, schema: FeedSchema, file_name: str, frame: pd.DataFrame, supply_id: str,
+                 period: str, sha256: str) -> tuple[int, partitions.Staged | None]:
+    """COPY a file's rows into a fresh partition and index it (not attached yet); (rows, partition or None)."""
     feed_file = schema.file(file_name)
     names = check_frame(schema, file_name, frame)
     by_name = {c.name: c for c in ddl.table_columns(schema, feed_file)}
     if not len(frame):
-        return 0
+        return 0, None
     started = time.perf_counter()
     # now() is the transaction's start: every row of the supply carries the same loaded_at, as one INSERT gave.
     cur.execute("SELECT now()::text")
     rows = copy_table(schema, feed_file, frame, [by_name[n] for n in names], supply_id, period, sha256,
                       cur.fetchone()[0])
+    staged = partitions.stage(cur, schema.db_schema, feed_file.table, rows.num_rows)
+    # fids in the order of the record's key, as an identity column filling in COPY order gave them.
+    rows = rows.append_column(ddl.FID_COLUMN, pa.array(np.arange(staged.first, staged.end, dtype=np.int64)))
     prepared = time.perf_counter()
-    _copy_rows(cur, sql.Identifier(schema.db_schema, feed_file.table), rows)
-    log.info("%s.%s: %d rows prepared in %.2f s, copied in %.2f s", schema.db_schema, feed_file.table,
-             rows.num_rows, prepared - started, time.perf_counter() - prepared)
-    return rows.num_rows
+    _copy_rows(cur, sql.Identifier(schema.db_schema, staged.name), rows)
+    copied = time.perf_counter()
+    partitions.index(cur, schema.db_schema, feed_file.table, staged, ddl.natural_key(feed_file), supply_id)
+    indexed = time.perf_counter()
+    if rows.num_rows >= ANALYZE_MIN_ROWS:
+        # The counts by ward and month read the new rows in this transaction: without statistics they were
+        # planned as nested loops (measured: minutes at 1M rows, instead of seconds).
+        cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema.db_schema, staged.name)))
+    log.info("%s.%s: %d rows prepared in %.2f s, copied in %.2f s, indexed in %.2f s, analysed in %.2f s",
+             schema.db_schema, staged.name, rows.num_rows, prepared - started, copied - prepared,
+             indexed - copied, time.perf_counter() - indexed)
+    return rows.num_rows, staged
 
 
 def _write_rejected(cur: Any, schema: FeedSchema, supply_id: str, rejected: pd.DataFrame | None) -> int:
@@ -263,21 +266,21 @@ def load_supply(conn: Any, schema: FeedSchema, supply_id: str, period: str, tabl
     result = LoadResult(supply_id=supply_id)
     try:
         with conn.cursor() as cur:
-            # Two runs of the same supply at once would each delete then insert: make them take turns.
+            # Two runs of the same supply at once would each replace the other's partition: make them take turns.
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"csp_observatory.supply.{supply_id}",))
-            result.replaced = _delete_supply(cur, schema, supply_id)
+            staged: dict[str, partitions.Staged | None] = {}
             for name in tables:
                 table = f"{schema.db_schema}.{schema.file(name).table}"
                 # tables[name] is referenced by the call only: a lazy frame is freed before the next is read.
-                result.rows[table] = _insert_table(cur, schema, name, tables[name], supply_id, period, lineage[name])
-                if result.rows[table] >= ANALYZE_MIN_ROWS:
-                    # Statistics from before the load say the table is small: the counts by ward and month below
-                    # would then be planned as nested loops (measured: minutes at 1M rows, instead of seconds).
-                    # ANALYZE counts this transaction's own rows and takes no lock that stops readers or writers.
-                    started = time.perf_counter()
-                    cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema.db_schema,
-                                                                             schema.file(name).table)))
-                    log.info("%s analysed in %.2f s", table, time.perf_counter() - started)
+                result.rows[table], staged[name] = _stage_table(cur, schema, name, tables[name], supply_id, period,
+                                                                lineage[name])
+            # Last, so that the lock the swap takes on each table (readers wait for it if an earlier load of the
+            # supply is dropped) is held for as short a time as possible.
+            started = time.perf_counter()
+            for f in schema.files:
+                result.replaced[f"{schema.db_schema}.{f.table}"] = partitions.swap(
+                    cur, schema.db_schema, f.table, supply_id, staged.get(f.name))
+            log.info("%s: partitions swapped in %.2f s", supply_id, time.perf_counter() - started)
             result.rejected_rows = _write_rejected(cur, schema, supply_id, rejected)
             result.validation_results = _write_validation(cur, supply_id, validation)
             files = {name: {"sha256": lineage[name], "table": f"{schema.db_schema}.{schema.file(name).table}",

@@ -10,7 +10,7 @@ import pandas as pd
 import psycopg2
 import pytest
 
-from csp_observatory import ddl, loading
+from csp_observatory import ddl, loading, partitions
 from csp_observatory.schema import SCHEMA_DIR, FeedSchema
 from csp_observatory.schema_loading import load_schema
 
@@ -329,31 +329,53 @@ def test_schema_gaining_a_datafield_adds_the_column(conn, feed):
     conn.rollback()
 
 
+def _partitions(conn, schema: FeedSchema, table: str) -> dict[str, list[str]]:
+    with conn.cursor() as cur:
+        parts = partitions.partition_keys(cur, schema.db_schema, table)
+    conn.rollback()
+    return parts
+
+
+def _fids(conn, schema: FeedSchema, table: str, supply_id: str) -> list[int]:
+    with conn.cursor() as cur:
+        cur.execute(psycopg2.sql.SQL("SELECT fid FROM {} WHERE supply_id = %s ORDER BY fid").format(
+            psycopg2.sql.Identifier(schema.db_schema, table)), (supply_id,))
+        fids = [r[0] for r in cur.fetchall()]
+    conn.rollback()
+    return fids
+
+
 def test_a_file_moving_to_a_content_key_is_migrated_and_loads_without_its_old_key(conn, feed):
-    """A table made when victims were keyed by victim_reference takes row_key as its key, rows kept."""
+    """A partition loaded when victims were keyed by victim_reference takes row_key as its key, rows kept."""
     victims = feed.file("victims")
     old = dataclasses.replace(victims, key=("crime_reference", "victim_reference"), content_key=False)
+    old_feed = dataclasses.replace(feed, files=(feed.files[0], feed.files[1], old))
     table = psycopg2.sql.Identifier(feed.db_schema, victims.table)
     with conn.cursor() as cur:
         cur.execute(psycopg2.sql.SQL("DROP TABLE {}").format(table))
-    ddl.ensure_feed_tables(conn, dataclasses.replace(feed, files=(feed.files[0], feed.files[1], old)))
-    with conn.cursor() as cur:
-        cur.execute(psycopg2.sql.SQL("INSERT INTO {} (supply_id, period, source_sha256, crime_reference, "
-                                     "victim_reference, gender, loaded_at) VALUES "
-                                     "('x/202608', '202608', 's', 'CR1', 'V1', 'F', now()), "
-                                     "('x/202608', '202608', 's', 'CR1', 'V2', 'F', now())").format(table))
+    ddl.ensure_feed_tables(conn, old_feed)
     conn.commit()
+    frame = pd.DataFrame({c: pd.Series([None, None], dtype="object") for c in ddl.frame_columns(old_feed, old)})
+    frame["crime_reference"], frame["victim_reference"], frame["gender"] = ["CR1", "CR1"], ["V1", "V2"], "F"
+    loading.load_supply(conn, old_feed, f"{feed.feed}/202608", "202608", {"victims": frame},
+                        lineage={"victims": "s" * 64})
+    assert list(_partitions(conn, feed, victims.table).values()) == [["supply_id", "crime_reference",
+                                                                      "victim_reference"]]
     ddl.ensure_feed_tables(conn, feed)       # the schema now says key: content
     conn.commit()
     with conn.cursor() as cur:
         cur.execute("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
                     "AND a.attnum = ANY (i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary",
                     (f"{feed.db_schema}.{victims.table}",))
-        # the feature id QGIS and GDAL take is the primary key; the record's own key is the table's unique key
+        # the feature id QGIS and GDAL take is the primary key; the record's own key is each partition's
         assert [r[0] for r in cur.fetchall()] == ["fid"]
-        assert sorted(ddl._unique_key(cur, feed.db_schema, victims.table)) == ["row_key", "supply_id"]
+        assert ddl.record_key(cur, feed.db_schema, victims.table) == ["supply_id", "row_key"]
         cur.execute(psycopg2.sql.SQL("SELECT count(*), count(DISTINCT row_key) FROM {}").format(table))
         assert cur.fetchone() == (2, 2)
+        cur.execute("SELECT attname, attnotnull FROM pg_attribute WHERE attrelid = %s::regclass AND attname IN "
+                    "('victim_reference', 'row_key')", (f"{feed.db_schema}.{victims.table}",))
+        assert dict(cur.fetchall()) == {"victim_reference": False, "row_key": True}
+    conn.rollback()
     # a guidance-exact victims frame (no victim_reference) now loads, twice identical rows and all
     frame = pd.DataFrame({c: pd.Series([None, None], dtype="object") for c in ddl.frame_columns(feed, victims)})
     frame["crime_reference"] = ["CR9", "CR9"]
@@ -364,6 +386,7 @@ def test_a_file_moving_to_a_content_key_is_migrated_and_loads_without_its_old_ke
         cur.execute(psycopg2.sql.SQL("SELECT count(*) FROM {} WHERE supply_id = %s").format(table),
                     (f"{feed.feed}/{PERIOD}",))
         assert cur.fetchone()[0] == 2
+    conn.rollback()
 
 
 def test_a_large_load_refreshes_the_planner_statistics_in_its_transaction(conn, feed, monkeypatch):
@@ -371,7 +394,105 @@ def test_a_large_load_refreshes_the_planner_statistics_in_its_transaction(conn, 
     monkeypatch.setattr(loading, "ANALYZE_MIN_ROWS", 10)
     table = feed.file("offences").table
     _load(conn, feed, _frames(feed, 30))
+    (part,) = _partitions(conn, feed, table)
     with conn.cursor() as cur:
-        cur.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (f"{feed.db_schema}.{table}",))
+        cur.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (f"{feed.db_schema}.{part}",))
         assert cur.fetchone()[0] == 30
     conn.rollback()
+
+
+def test_a_resent_period_replaces_only_its_own_partition(conn, feed):
+    """Each supply is one partition of each table: a re-send swaps its own, another period's rows and fids stay."""
+    august, september = f"{feed.feed}/202608", f"{feed.feed}/{PERIOD}"
+    offences = feed.file("offences").table
+    _load(conn, feed, _frames(feed, 6), supply_id=august)
+    _load(conn, feed, _frames(feed, 10), supply_id=september)
+    august_fids, parts = _fids(conn, feed, offences, august), set(_partitions(conn, feed, offences))
+    assert len(parts) == 2 and len(august_fids) == 6
+    resent = _load(conn, feed, _frames(feed, 7), supply_id=september)
+    assert resent.replaced[f"{feed.db_schema}.{offences}"] == 10
+    assert _count(conn, feed, september) == {f.table: 7 for f in feed.files}
+    assert _fids(conn, feed, offences, august) == august_fids          # untouched
+    after = set(_partitions(conn, feed, offences))
+    assert len(after) == 2 and len(after & parts) == 1                  # september's partition is a new one
+    new_fids = _fids(conn, feed, offences, september)
+    assert min(new_fids) > max(august_fids) and len(set(new_fids)) == 7
+    with conn.cursor() as cur:                                          # nothing else is left in the schema
+        cur.execute("SELECT count(*) FROM pg_class WHERE relnamespace = %s::regnamespace AND relkind = 'r' "
+                    "AND relname LIKE %s", (feed.db_schema, f"{offences}\\_f%"))
+        assert cur.fetchone()[0] == 2
+    conn.rollback()
+
+
+def test_a_failure_before_attach_leaves_the_previous_rows_and_no_stray_table(conn, feed, monkeypatch):
+    _load(conn, feed, _frames(feed, 4))
+    offences = feed.file("offences").table
+    before, parts, fids = _count(conn, feed), _partitions(conn, feed, offences), _fids(
+        conn, feed, offences, f"{feed.feed}/{PERIOD}")
+    copied = []
+
+    def fail(cur, db_schema, table, supply_id, staged):       # after every file's COPY and indexes, before ATTACH
+        copied.append(staged)
+        raise RuntimeError("lost the connection")
+
+    monkeypatch.setattr(partitions, "swap", fail)
+    with pytest.raises(RuntimeError):
+        _load(conn, feed, _frames(feed, 9))
+    assert copied and copied[0].end - copied[0].first == 9
+    assert _count(conn, feed) == before and _partitions(conn, feed, offences) == parts
+    assert _fids(conn, feed, offences, f"{feed.feed}/{PERIOD}") == fids
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)", (f"{feed.db_schema}.{copied[0].name}",))
+        assert cur.fetchone()[0] is None                                # the new partition's table is gone
+    conn.rollback()
+
+
+def test_an_unpartitioned_table_of_an_older_observatory_is_migrated_rows_and_fids_kept(conn, feed):
+    offences = feed.file("offences")
+    table = psycopg2.sql.Identifier(feed.db_schema, offences.table)
+    cols = psycopg2.sql.SQL(", ").join(psycopg2.sql.SQL("{} {}").format(psycopg2.sql.Identifier(c.name),
+                                                                        psycopg2.sql.SQL(c.sql_type))
+                                       for c in ddl.table_columns(feed, offences))
+    with conn.cursor() as cur:
+        cur.execute(psycopg2.sql.SQL("DROP TABLE {}").format(table))
+        # the layout before partitions: an identity fid as primary key, the record's key unique, a GiST index
+        cur.execute(psycopg2.sql.SQL("CREATE TABLE {} ({}, fid bigint GENERATED ALWAYS AS IDENTITY, "
+                                     "CONSTRAINT {} PRIMARY KEY (fid), CONSTRAINT {} UNIQUE (supply_id, "
+                                     "crime_reference))").format(table, cols,
+                                                                 psycopg2.sql.Identifier(f"{offences.table}_pkey"),
+                                                                 psycopg2.sql.Identifier(f"{offences.table}_supply_key")))
+        cur.execute(psycopg2.sql.SQL("CREATE INDEX {} ON {} USING gist (geom)").format(
+            psycopg2.sql.Identifier(f"{offences.table}_geom_gist"), table))
+        cur.execute(psycopg2.sql.SQL("INSERT INTO {} (supply_id, period, source_sha256, loaded_at, crime_reference) "
+                                     "SELECT s, right(s, 6), 's', now(), 'CR' || i FROM generate_series(1, 3) i, "
+                                     "unnest(%s) s").format(table), ([f"{feed.feed}/202607", f"{feed.feed}/202608"],))
+        cur.execute(psycopg2.sql.SQL("DELETE FROM {} WHERE fid = 2").format(table))     # a gap, as re-runs leave
+        cur.execute(psycopg2.sql.SQL("SELECT fid, supply_id, crime_reference FROM {} ORDER BY fid").format(table))
+        rows = cur.fetchall()
+        cur.execute("GRANT SELECT ON {} TO csp_engineer".format(f'"{feed.db_schema}"."{offences.table}"'))
+    conn.commit()
+    assert ddl.ensure_feed_tables(conn, feed) == [f"{feed.db_schema}.{offences.table}"]
+    conn.commit()
+    with conn.cursor() as cur:
+        cur.execute(psycopg2.sql.SQL("SELECT fid, supply_id, crime_reference FROM {} ORDER BY fid").format(table))
+        assert cur.fetchall() == rows
+        assert ddl._primary_key(cur, feed.db_schema, offences.table) == ["fid"]
+        assert partitions.is_partitioned(cur, feed.db_schema, offences.table)
+        assert ddl.record_key(cur, feed.db_schema, offences.table) == ["supply_id", "crime_reference"]
+        cur.execute("SELECT has_table_privilege('csp_engineer', %s, 'SELECT')", (f"{feed.db_schema}.{offences.table}",))
+        assert cur.fetchone()[0]
+    conn.rollback()
+    assert ddl.ensure_feed_tables(conn, feed) == []               # migrated once
+    conn.rollback()
+    # A re-send of a supply loaded before replaces its rows in the old partition; a new one gets later fids.
+    frames = {"offences": _frames(feed, 2)["offences"]}
+    _load(conn, feed, frames, supply_id=f"{feed.feed}/202608", lineage={"offences": "b" * 64})
+    _load(conn, feed, frames, supply_id=f"{feed.feed}/202609", lineage={"offences": "b" * 64})
+    with conn.cursor() as cur:
+        cur.execute(psycopg2.sql.SQL("SELECT supply_id, count(*), min(fid) FROM {} GROUP BY 1 ORDER BY 1").format(table))
+        got = cur.fetchall()
+    conn.rollback()
+    july = sum(1 for r in rows if r[1] == f"{feed.feed}/202607")             # 2 or 3: the gap is in one month
+    assert [(s, n) for s, n, _ in got] == [(f"{feed.feed}/{p}", n) for p, n in
+                                          (("202607", july), ("202608", 2), ("202609", 2))]
+    assert got[1][2] > rows[-1][0] and got[2][2] > got[1][2]
