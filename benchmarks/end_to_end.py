@@ -248,7 +248,7 @@ def copy_same_rows(settings: Any, period: str) -> dict[str, Any]:
     import psycopg2
     from psycopg2 import sql
 
-    from csp_observatory.ddl import FID_COLUMN
+    from csp_observatory.ddl import FID_COLUMN, natural_key
     from csp_observatory.schema_loading import schema_for
 
     schema = schema_for(FEED)
@@ -270,10 +270,15 @@ def copy_same_rows(settings: Any, period: str) -> dict[str, Any]:
                 cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE supply_id = %s").format(
                     I(schema.db_schema, f.table)), (f"{FEED}/{period}",))
                 out["rows"] += cur.fetchone()[0]
-                for kind, like in (("bare", "INCLUDING IDENTITY"), ("indexed", "INCLUDING ALL")):
+                # fid from the table's sequence (its default); the indexed copy also gets the record key, which is
+                # each partition's (partitions.py), not the parent's.
+                for kind, like in (("bare", "INCLUDING DEFAULTS"), ("indexed", "INCLUDING ALL")):
                     target = I("bench_e2e", f"{kind}_{f.table}")
                     cur.execute(sql.SQL("CREATE TABLE {} (LIKE {} " + like + ")").format(
                         target, I(schema.db_schema, f.table)))
+                    if kind == "indexed":
+                        cur.execute(sql.SQL("ALTER TABLE {} ADD UNIQUE ({})").format(
+                            target, sql.SQL(", ").join(I(c) for c in natural_key(f))))
                     conn.commit()
                     buf.seek(0)
                     started = time.perf_counter()

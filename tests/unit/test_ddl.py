@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from csp_observatory import ddl
+from csp_observatory import ddl, partitions
 from csp_observatory.schema import SCHEMA_DIR, Datafield
 from csp_observatory.schema_loading import load_schema
 
@@ -168,3 +168,53 @@ def test_the_category_is_the_datafield_the_schema_marks(prc):
         dataclasses.replace(d, role="attribute") if d.role == "category" else d
         for d in prc.file("offences").datafields))
     assert ddl.category_field(prc, dropped) is None      # a category sanitising drops is never counted
+
+
+# --- one partition per supply (issue 9, partitions.py) ------------------------------------------------------------
+
+def test_a_feed_table_is_partitioned_by_fid_with_fid_its_only_key():
+    statements = [text for text, _ in partitions.parent_statements("depersonalised", "prc_offences",
+                                                                    ['"crime_reference" text NOT NULL'])]
+    create = next(t for t in statements if t.startswith("CREATE TABLE"))
+    assert create.endswith('PARTITION BY RANGE ("fid")')
+    # a single-column integer primary key: GDAL and QGIS take it as the feature id without being told
+    assert 'CONSTRAINT "prc_offences_pkey" PRIMARY KEY ("fid")' in create
+    assert '"fid" bigint NOT NULL DEFAULT nextval(%s::regclass)' in create and "IDENTITY" not in create
+    assert 'ALTER SEQUENCE "depersonalised"."prc_offences_fid_seq" OWNED BY "depersonalised"."prc_offences"."fid"' \
+        in statements
+    assert any("USING gist (geom)" in t for t in statements)
+
+
+def test_a_loaded_partition_is_indexed_and_checked_so_attach_scans_nothing():
+    staged = partitions.Staged(partitions.partition_name("prc_offences", 1001), 1001, 1501)
+    assert staged.name == "prc_offences_f1001"
+    statements = partitions.index_statements("depersonalised", "prc_offences", staged,
+                                             ["supply_id", "crime_reference"], "police_recorded_crime/202609")
+    texts = [t for t, _ in statements]
+    # the record's key first, so a repeated record stops the supply before the other indexes are built
+    assert texts[1].endswith('ADD CONSTRAINT "prc_offences_f1001_supply_key" UNIQUE ("supply_id", "crime_reference")')
+    assert any(t.endswith('PRIMARY KEY ("fid")') for t in texts)
+    assert any('"prc_offences_f1001_geom_gist"' in t and "USING gist (geom)" in t for t in texts)
+    bound = next((t, p) for t, p in statements if "_fid_range" in t)
+    assert bound == ('ALTER TABLE "depersonalised"."prc_offences_f1001" ADD CONSTRAINT "prc_offences_f1001_fid_range" '
+                     'CHECK ("fid" >= %s AND "fid" < %s)', (1001, 1501))
+    supply = next((t, p) for t, p in statements if t.endswith("CHECK (supply_id = %s)"))
+    assert supply[1] == ("police_recorded_crime/202609",)       # a value, never SQL text
+    attach = partitions.attach_statement("depersonalised", "prc_offences", staged)
+    assert attach == ('ALTER TABLE "depersonalised"."prc_offences" ATTACH PARTITION '
+                      '"depersonalised"."prc_offences_f1001" FOR VALUES FROM (%s) TO (%s)', (1001, 1501))
+    # the same bound as the CHECK, so PostgreSQL sees the partition constraint is implied
+    assert attach[1] == bound[1]
+
+
+def test_partition_names_are_quoted_and_fit_postgresqls_63_bytes():
+    long = "t" * 60
+    name = partitions.partition_name(long, 9_223_372_036_854_775_000)
+    assert len(f"{name}_supply_key") <= 63 and name.endswith("_f9223372036854775000")
+    assert partitions.partition_name("t" * 60, 5) != partitions.partition_name("t" * 59 + "x", 5)
+    assert partitions.quote_ident('a"b') == '"a""b"'
+    (create,) = partitions.stage_statements("depersonalised", 'x"y', 'x"y_f1')
+    assert create == ('CREATE TABLE "depersonalised"."x""y_f1" (LIKE "depersonalised"."x""y")', ())
+    assert partitions.legacy_name("prc_offences") == "prc_offences_legacy"
+    assert partitions.partition_comment("depersonalised", "prc_offences", "a/1") != \
+        partitions.partition_comment("depersonalised", "prc_offences", "a/10")
