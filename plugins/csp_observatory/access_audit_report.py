@@ -1,8 +1,8 @@
 """The Designated Liaison Officer's report of access to personal data for a period (``scripts/access_report``).
 
 Every read of a table or view in the schema ``personal`` that the server's audit logged (``access_audit``): when,
-the login (and the person's name, from the register of people, ``governance.people``, when it exists), the personal tables, the
-statement's class and command, and the rows it read; then totals per login and per table. The observatory's own
+the login (and the person's name, from the register of people ``governance.people`` when it exists), the personal
+tables, the statement's class and command, and the rows it read; then totals per login and per table. The observatory's own
 service reads (``csp_loader``: re-runs of loads, retention, subject access) are listed apart from people's.
 Written as CSV (one row per read) and Markdown, 0600, into a folder the engineer names; statement text is never
 in it. The governance DAG writes last month's into ``<reports_dir>/access/`` (``write_monthly``).
@@ -41,6 +41,7 @@ class AccessReport:
     reads: list[aa.Read]
     names: dict[str, str] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     service_logins: frozenset[str] = aa.SERVICE_LOGINS
 
     def kind(self, read: aa.Read) -> str:
@@ -173,6 +174,7 @@ def markdown(report: AccessReport) -> str:
              "Every statement that read a table or view in the schema `personal`, as the database server's audit "
              "(pgaudit) logged it: who logged in, when, which personal tables, the kind of statement and the rows "
              "it read. The statements' text is never copied here.", ""]
+    lines += [f"**Warning: {_md(w)}**\n" for w in report.warnings]
     if report.unreadable:
         lines += ["**Some log files could not be read; reads in them are missing from this report:**", "",
                   *(f"- {_md(u)}" for u in report.unreadable), ""]
@@ -212,6 +214,21 @@ def find_log_dir(database_url: str, admin_url: str | None = None) -> Path:
                             "or give --log-dir)")
 
 
+def audit_warnings(database_url: str, admin_url: str | None = None) -> list[str]:
+    """Why the log may hold no reads even if there were some: the server does not audit as set-up makes it do.
+    Nothing when the server cannot be asked (then only the log is known)."""
+    import psycopg2
+
+    try:
+        server = aa.server_settings(admin_url or aa.admin_url_for(database_url))
+    except (psycopg2.Error, KeyError):
+        return []
+    if aa.audit_enabled(server):
+        return []
+    return ["the database server does not audit reads of personal data now (pgaudit not loaded, pgaudit.role not "
+            f"{aa.AUDIT_ROLE}, or no jsonlog/csvlog): reads made while it did not are not in this report"]
+
+
 def write_monthly(settings: Any = None, today: date | None = None) -> list[Path]:
     """Last month's report into ``<reports_dir>/access/``, once (a month already written is kept as it is)."""
     from csp_observatory.config import load_settings
@@ -225,6 +242,7 @@ def write_monthly(settings: Any = None, today: date | None = None) -> list[Path]
     report = build(first, last, find_log_dir(settings.database_url), aa.database_name(settings.database_url),
                    names_urls=[aa.admin_url_for(settings.database_url), settings.database_url],
                    service_logins=[urlsplit(settings.database_url).username or ""])
+    report.warnings = audit_warnings(settings.database_url)
     return write(report, out_dir)
 
 
@@ -259,11 +277,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"scripts/access_report: {exc}", file=sys.stderr)
         return 2
+    if not args.log_dir:
+        report.warnings = audit_warnings(settings.database_url, args.admin_url)
     print(markdown(report))
     if args.out:
         for path in write(report, args.out):
             print(f"written: {path}", file=sys.stderr)
-    return 1 if report.unreadable else 0
+    return 1 if report.unreadable or report.warnings else 0
 
 
 if __name__ == "__main__":
