@@ -2,8 +2,8 @@
 
 Every read of a table or view in the schema ``personal`` that the server's audit logged (``access_audit``): when,
 the login (and the person's name, from the register of people ``governance.people`` when it exists), the personal
-tables, the statement's class and command, and the rows it read; then totals per login and per table. The observatory's own
-service reads (``csp_loader``: re-runs of loads, retention, subject access) are listed apart from people's.
+tables, the statement's class and command, and the rows it read; then totals per login and per table. The
+observatory's own service reads (``csp_loader``: re-runs of loads, retention, subject access) are listed apart.
 Written as CSV (one row per read) and Markdown, 0600, into a folder the engineer names; statement text is never
 in it. The governance DAG writes last month's into ``<reports_dir>/access/`` (``write_monthly``).
 """
