@@ -19,6 +19,8 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import psutil
 
+from csp_observatory import connections
+from csp_observatory.config import load_settings
 from csp_observatory.schema import REPO_ROOT
 
 #: Airflow 3's own processes; the API server serves the UI and the REST API.
@@ -65,6 +67,10 @@ def base_env(home: Path, api_port: int, **overrides: str) -> dict[str, str]:
         "CSP_RETRY_DELAY_S": "1",
         "GX_ANALYTICS_ENABLED": "false",
     })
+    # The DAGs' tasks reach SFTP and PostGIS through the Airflow Connections csp_sftp and csp_postgis, always the
+    # tests' services here (never the demo's, which .run/airflow.env may define).
+    env.update(connections.env_vars(load_settings(Path(env["CSP_CONFIG"]))))
+    env[connections.SOURCE_ENV] = connections.config_source(env["CSP_CONFIG"])
     env.update(overrides)
     return env
 

@@ -3,14 +3,20 @@ triggerer and API server (LocalExecutor, a metadata DB of their own), real sshd,
 
 Nothing here calls the DAG: the asset watcher in the triggerer sees the supply arrive, the scheduler starts the
 asset-triggered run, and the executor's workers run its tasks, which load the supply into the tests' database.
+
+The components' settings name a database that does not exist (``CSP_DATABASE_URL``): the tasks reach PostGIS only
+through the Airflow Connection ``csp_postgis`` (and SFTP through ``csp_sftp``), defined as ``AIRFLOW_CONN_*``
+variables by the harness. The load's asset event then starts the refresh DAG, which recounts that feed's summary.
 """
 from __future__ import annotations
 
+import json
 import time
 from typing import Any, Iterator
+from urllib.parse import quote
 
 import pytest
-from airflow_harness import airflow, base_env, deployment, free_port, sqlite_query, wait
+from airflow_harness import Api, airflow, base_env, deployment, free_port, sqlite_query, wait
 
 from csp_observatory import demo, fixtures, postcodes_sources
 from csp_observatory.pipeline import schema_for
@@ -21,6 +27,8 @@ FEED = "bus_incidents"          # Table 2: as and when, started by the supply's 
 PERIOD = "202604"               # this module's own month
 START_WAIT_S = 120
 RUN_WAIT_S = 300
+REFRESH_WAIT_S = 120
+NO_DATABASE = "postgresql://csp_loader:not-the-password@127.0.0.1:1/not_the_observatory"
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +36,13 @@ def airflow_deployment(tmp_path_factory: pytest.TempPathFactory, settings) -> It
     """Airflow's own processes on a metadata DB of their own, running the repository's DAGs against the tests'
     services; stopped (with everything they started) after the module."""
     home = tmp_path_factory.mktemp("airflow_deployment")
-    env = base_env(home, free_port())
+    api_port = free_port()
+    # Nothing listens on port 1: a task that used the settings' database instead of the connection would fail.
+    env = base_env(home, api_port, CSP_DATABASE_URL=NO_DATABASE, AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True")
     logs = home / "component-logs"
     with deployment(env, logs) as procs:
-        yield {"env": env, "db": home / "airflow.db", "logs": logs, "procs": procs}
+        yield {"env": env, "db": home / "airflow.db", "logs": logs, "procs": procs, "api": Api(api_port),
+               "home": home}
 
 
 def _drop(settings, feed: str, period: str) -> list[str]:
@@ -83,6 +94,41 @@ def test_a_supply_arriving_starts_its_feed_dag_in_a_running_airflow(airflow_depl
                     (f"{FEED}/{PERIOD}",))
         assert cur.fetchone()[0] > 0
     db.rollback()
+    # The stages' SFTP sessions came from the connection csp_sftp, with its pinned host key (hooks.HookServices).
+    collect_logs = list((airflow_deployment["home"] / "logs").glob(f"dag_id={dag_id}/run_id=*/task_id=collect/*"))
+    assert any("through the Airflow connection csp_sftp" in p.read_text(errors="replace") for p in collect_logs), \
+        collect_logs
+
+    # The load emitted its table's asset, with the supply it loaded in the event's extra; the event started the
+    # refresh DAG, which recounted that feed's counts by ward and month, and no other feed's.
+    api = airflow_deployment["api"]
+    table = f"{schema.db_schema}.{schema.files[0].table}"
+    events = api.get(f"/api/v2/assets/events?source_dag_id={dag_id}&source_run_id={quote(run_id)}")["asset_events"]
+    assert {e["name"] for e in events} == {f"{schema.db_schema}.{f.table}" for f in schema.files}, events
+    (event,) = [e for e in events if e["name"] == table]
+    assert event["source_task_id"] == "load" and event["uri"].startswith("postgres://")
+    assert event["extra"]["feed"] == FEED and [s["supply_id"] for s in event["extra"]["loaded"]] == [f"{FEED}/{PERIOD}"]
+    refresh_runs = wait("the refresh DAG run the load's asset event started finishing",
+                        lambda: sqlite_query(db_file, "SELECT run_id, run_type, state FROM dag_run WHERE dag_id = "
+                                             "'refresh_summaries' AND state IN ('success', 'failed')"),
+                        REFRESH_WAIT_S, logs, every=2)
+    (refresh_run, refresh_type, refresh_state), = refresh_runs
+    assert refresh_type == "asset_triggered" and refresh_state == "success", refresh_runs
+    started = api.get(f"/api/v2/assets/events?source_dag_id={dag_id}&source_run_id={quote(run_id)}")["asset_events"]
+    assert {r["run_id"] for e in started for r in e["created_dagruns"]} == {refresh_run}
+    value = api.get(f"/api/v2/dags/refresh_summaries/dagRuns/{quote(refresh_run)}/taskInstances/refresh_counts/"
+                    f"xcomEntries/return_value")["value"]
+    refreshed = json.loads(value) if isinstance(value, str) else value
+    counts = f"{table}_ward_month"
+    assert list(refreshed) == [FEED] and set(refreshed[FEED]) == {counts}, refreshed
+    with db.cursor() as cur:
+        cur.execute(f"SELECT count(*), sum(records) FROM {counts}")      # noqa: S608 (the schema's own names)
+        rows, records = cur.fetchone()
+        cur.execute(f"SELECT count(*) FROM {table}")                      # noqa: S608
+        loaded = cur.fetchone()[0]
+    db.rollback()
+    assert refreshed[FEED][counts] == rows > 0 and records == loaded
+
     # The files were taken: the inbox is empty, the originals are in processed/, nothing started a second run.
     time.sleep(8)
     assert len(sqlite_query(db_file, "SELECT run_id FROM dag_run WHERE dag_id = ?", dag_id)) == 1
