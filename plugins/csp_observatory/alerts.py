@@ -9,7 +9,7 @@ triggerer calls :func:`late_supply_alert`. That callback looks in ``observatory.
 due time raises nothing; otherwise the alert naming the partner, the supplier, the feed, the period and the due
 date is logged and recorded once in ``observatory.alerts`` (this module's own table).
 
-No Airflow import here: the logic is tested without it.
+No Airflow import at module level: the logic is tested without it (the callback alone imports the hooks).
 """
 from __future__ import annotations
 
@@ -207,17 +207,23 @@ def alert_for_run(feed: str, context: dict[str, Any] | None, settings: Any | Non
                        run_id=str(run.get("dag_run_id") or run.get("run_id") or ""))
 
 
-def raise_if_late(feed: str, context: dict[str, Any] | None, settings: Any | None = None) -> str:
-    """The deadline callback's work (blocking): the alert's message if the supply is late, else why not."""
-    import psycopg2
-
+def raise_if_late(feed: str, context: dict[str, Any] | None, settings: Any | None = None,
+                  services: Any | None = None) -> str:
+    """The deadline callback's work (blocking): the alert's message if the supply is late, else why not.
+    ``services`` (``pipeline.Services``) gives the database; without it, the settings' URL."""
     from csp_observatory.config import load_settings
 
     settings = settings or load_settings()
     alert = alert_for_run(feed, context, settings)
     if alert is None:
         return f"{feed}: no period to check"
-    with closing(psycopg2.connect(settings.database_url, connect_timeout=10)) as conn:
+    if services is not None:
+        db = services.db()
+    else:
+        import psycopg2
+
+        db = closing(psycopg2.connect(settings.database_url, connect_timeout=10))
+    with db as conn:
         late = check_supply(conn, alert)
     return alert.message() if late else f"{alert.supply_id} was loaded by {alert.due:%Y-%m-%d %H:%M} UTC"
 
@@ -225,4 +231,7 @@ def raise_if_late(feed: str, context: dict[str, Any] | None, settings: Any | Non
 async def late_supply_alert(feed: str, context: dict[str, Any] | None = None) -> str:
     """Airflow's deadline callback (runs in the triggerer, hence async): raise the late-supply alert for the run's
     period unless its supply was loaded by the due time. Its return value is kept as the callback's output."""
-    return await asyncio.to_thread(raise_if_late, feed, context)
+    # In Airflow (the triggerer): PostGIS through the connection csp_postgis, as the DAGs' tasks reach it.
+    from csp_observatory.hooks import HookServices
+
+    return await asyncio.to_thread(raise_if_late, feed, context, None, HookServices())
