@@ -105,7 +105,7 @@ class Person:
 
 def check_login(login: str) -> str:
     """``login`` if it may be a person's login, else PeopleError saying why."""
-    if not LOGIN.match(login):
+    if not LOGIN.fullmatch(login):
         raise PeopleError(f"login {login!r} must be 2 to 40 lower-case letters, digits or _, starting with a letter")
     if login in RESERVED or login.startswith(RESERVED_PREFIXES):
         raise PeopleError(f"{login!r} is a service, group or shared role name: a person needs a login of their own")
@@ -156,7 +156,7 @@ def add(conn: Any, login: str, name: str, email: str, profile: str, password: st
         raise PeopleError(f"profile {profile!r} is not one of {', '.join(PROFILES)}")
     if not name.strip():
         raise PeopleError("a person needs a name")
-    if not EMAIL.match(email):
+    if not EMAIL.fullmatch(email):
         raise PeopleError(f"{email!r} is not an e-mail address")
     ident = sql.Identifier(login)
     with conn, conn.cursor() as cur:
