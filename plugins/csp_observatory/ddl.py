@@ -259,7 +259,10 @@ def _primary_key(cur: Any, db_schema: str, table: str) -> list[str]:
 
 
 def _unique_key(cur: Any, db_schema: str, table: str) -> list[str]:
-    """The columns of a table's ``<table>_supply_key`` constraint, in order ([] if it has none)."""
+    """The columns of a table's ``<table>_supply_key`` constraint, in order ([] if it has none); of a partitioned
+    table, its partitions' record key (:func:`record_key`)."""
+    if partitions.is_partitioned(cur, db_schema, table):
+        return partitions.record_key(cur, db_schema, table)
     return _constraint(cur, db_schema, table, "u", _key_name(table))
 
 
@@ -313,8 +316,6 @@ def _relkind(cur: Any, db_schema: str, table: str) -> str | None:
 def record_key(cur: Any, db_schema: str, table: str) -> list[str]:
     """The columns of a feed table's record key: its partitions' (``<partition>_supply_key``, each partition holds
     one supply), or an unpartitioned table's ``<table>_supply_key``."""
-    if partitions.is_partitioned(cur, db_schema, table):
-        return partitions.record_key(cur, db_schema, table)
     return _unique_key(cur, db_schema, table)
 
 
