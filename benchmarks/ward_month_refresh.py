@@ -62,6 +62,9 @@ def main() -> int:
         conn.commit()
         started = time.perf_counter()
         with conn.cursor() as cur:
+            # Feed tables take rows only into partitions (partitions.py): one for every fid, for these made-up rows.
+            cur.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM (MINVALUE) TO (MAXVALUE)").format(
+                sql.Identifier("depersonalised", f"{offences.table}_all"), layer))
             cur.execute(sql.SQL("""
                 WITH pc AS (SELECT array_agg(postcode ORDER BY postcode) AS a, array_agg(geom ORDER BY postcode) AS g,
                                    count(*) AS n
