@@ -31,6 +31,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Final, Sequence
 
+from psycopg2.extensions import TRANSACTION_STATUS_INERROR
+
 #: One statement and its parameters.
 Statement = tuple[str, tuple[Any, ...]]
 
@@ -170,6 +172,10 @@ def reserve_fids(cur: Any, db_schema: str, table: str, n: int) -> int:
         if n > 1:
             cur.execute("SELECT setval(%s::regclass, %s)", (seq, first + n - 1))
     finally:
+        if cur.connection.get_transaction_status() == TRANSACTION_STATUS_INERROR:
+            # No statement runs in a failed transaction: end it here, so that the lock is released now and not
+            # when the connection closes (the caller rolls back anyway).
+            cur.connection.rollback()
         cur.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock,))
     return first
 

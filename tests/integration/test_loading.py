@@ -496,3 +496,18 @@ def test_an_unpartitioned_table_of_an_older_observatory_is_migrated_rows_and_fid
     assert [(s, n) for s, n, _ in got] == [(f"{feed.feed}/{p}", n) for p, n in
                                           (("202607", july), ("202608", 2), ("202609", 2))]
     assert got[1][2] > rows[-1][0] and got[2][2] > got[1][2]
+
+
+def test_a_failed_fid_reservation_leaves_no_lock_behind(conn, feed, db_url):
+    """The block of fids is taken under a session lock: a failure inside it must not keep the lock for the
+    connection's life (the next load of the table would wait for ever)."""
+    with conn.cursor() as cur:
+        with pytest.raises(psycopg2.errors.UndefinedTable):
+            partitions.reserve_fids(cur, feed.db_schema, "no_such_table", 10)
+    conn.rollback()
+    with closing(psycopg2.connect(db_url)) as other, other.cursor() as cur:
+        cur.execute("SELECT pg_try_advisory_lock(hashtext(%s))",
+                    (f"csp_observatory.fid.{feed.db_schema}.no_such_table",))
+        assert cur.fetchone()[0] is True
+    first = _load(conn, feed, _frames(feed, 3)).rows
+    assert sorted(first.values()) == [3, 3, 3]
