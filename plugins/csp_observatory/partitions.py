@@ -19,7 +19,10 @@ The load of a supply (``loading.load_supply``), in its one transaction:
 3. :func:`swap`: the previous partition of the same supply detached and dropped (a re-send replaces it, never
    duplicates; rows of the supply in a migrated table are deleted), and the new one attached.
 
-Readers see the supply whole or not at all; a failure anywhere rolls back the new table too (no stray table). A
+Readers see the supply whole or not at all; a failure anywhere rolls back the new table too (no stray table).
+ATTACH takes a SHARE UPDATE EXCLUSIVE lock on the parent, which readers do not wait for; detaching a re-sent
+supply's earlier partition takes ACCESS EXCLUSIVE until the commit, so readers of that table wait for the rest of
+the load's transaction (the recount by ward and month), which is why the swap comes last. A
 table of an older observatory (not partitioned) becomes the first partition, ``<table>_legacy``, holding every
 earlier supply with its fids (:func:`convert`). Rows come in only through the loader: an ``INSERT`` into the
 parent finds no partition for a new fid. Statements are built as text with every identifier quoted here (names
