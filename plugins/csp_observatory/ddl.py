@@ -9,8 +9,9 @@ QGIS and GDAL take as the feature id without being told. A feed table is partiti
 partition per supply (``partitions.py``: each load fills and indexes a fresh table, then attaches it). A record's
 own key within its supply (``supply_id`` and the schema's key columns) is a ``UNIQUE`` constraint on NOT NULL
 columns of its partition (``<partition>_supply_key``; PostgreSQL allows no unique key without fid on the parent),
-so a repeated record is refused as it always was. Each file of a depersonalised feed that has a location also has its counts by ward, month and
-category (``<table>_ward_month``: :func:`refresh_ward_month`), refreshed inside each load's transaction.
+so a repeated record is refused as it always was. Each file of a depersonalised feed that has a location also has
+its counts by ward, month and category (``<table>_ward_month``: :func:`refresh_ward_month`), refreshed inside each
+load's transaction.
 """
 from __future__ import annotations
 
@@ -332,7 +333,9 @@ def _up_to_date(cur: Any, db_schema: str, feed_file: FeedFile, cols: list[Column
                 counts: bool) -> bool:
     if not existing or not {c.name for c in cols} | {FID_COLUMN} <= existing:
         return False
-    if _relkind(cur, db_schema, feed_file.table) != "p" or _primary_key(cur, db_schema, feed_file.table) != [FID_COLUMN]:
+    if _relkind(cur, db_schema, feed_file.table) != "p":
+        return False
+    if _primary_key(cur, db_schema, feed_file.table) != [FID_COLUMN]:
         return False
     key = natural_key(feed_file)
     if any(k != key for k in partitions.partition_keys(cur, db_schema, feed_file.table).values()):

@@ -456,11 +456,10 @@ def test_an_unpartitioned_table_of_an_older_observatory_is_migrated_rows_and_fid
     with conn.cursor() as cur:
         cur.execute(psycopg2.sql.SQL("DROP TABLE {}").format(table))
         # the layout before partitions: an identity fid as primary key, the record's key unique, a GiST index
+        pkey, key = (psycopg2.sql.Identifier(f"{offences.table}{suffix}") for suffix in ("_pkey", "_supply_key"))
         cur.execute(psycopg2.sql.SQL("CREATE TABLE {} ({}, fid bigint GENERATED ALWAYS AS IDENTITY, "
                                      "CONSTRAINT {} PRIMARY KEY (fid), CONSTRAINT {} UNIQUE (supply_id, "
-                                     "crime_reference))").format(table, cols,
-                                                                 psycopg2.sql.Identifier(f"{offences.table}_pkey"),
-                                                                 psycopg2.sql.Identifier(f"{offences.table}_supply_key")))
+                                     "crime_reference))").format(table, cols, pkey, key))
         cur.execute(psycopg2.sql.SQL("CREATE INDEX {} ON {} USING gist (geom)").format(
             psycopg2.sql.Identifier(f"{offences.table}_geom_gist"), table))
         cur.execute(psycopg2.sql.SQL("INSERT INTO {} (supply_id, period, source_sha256, loaded_at, crime_reference) "
@@ -489,7 +488,8 @@ def test_an_unpartitioned_table_of_an_older_observatory_is_migrated_rows_and_fid
     _load(conn, feed, frames, supply_id=f"{feed.feed}/202608", lineage={"offences": "b" * 64})
     _load(conn, feed, frames, supply_id=f"{feed.feed}/202609", lineage={"offences": "b" * 64})
     with conn.cursor() as cur:
-        cur.execute(psycopg2.sql.SQL("SELECT supply_id, count(*), min(fid) FROM {} GROUP BY 1 ORDER BY 1").format(table))
+        cur.execute(psycopg2.sql.SQL("SELECT supply_id, count(*), min(fid) FROM {} GROUP BY 1 ORDER BY 1")
+                    .format(table))
         got = cur.fetchall()
     conn.rollback()
     july = sum(1 for r in rows if r[1] == f"{feed.feed}/202607")             # 2 or 3: the gap is in one month
