@@ -10,6 +10,10 @@ on its own disk. The only thing the workers share is the staging store (``CSP_ST
 for a shared volume or a bucket). The supply must load exactly as the same supply does with one worker (same rows
 in PostGIS, same report outcome), and an engineer sees the run and its quality outcome through the REST API.
 
+One stage's task process (``load``, see KILLED_STAGE) is SIGKILLed while it works (connected to PostGIS), as when a worker's machine loses
+the process (the OOM killer, a node going away): Airflow retries the task (the DAG's default ``retries``) and the
+supply still loads exactly once, with the same rows as the clean one-worker run (issue 11's fault matrix).
+
 Set-up (scripts/setup.sh) makes the broker and the metadata database and names them in ``.run/test/celery.yaml``.
 """
 from __future__ import annotations
@@ -21,7 +25,9 @@ import time
 import urllib.error
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import urlsplit
 
+import psutil
 import psycopg2
 import pytest
 import yaml
@@ -47,6 +53,9 @@ RUN_WAIT_S = 420
 # file's hash (gpg encrypts the same text to new bytes each time).
 VOLATILE = {"fid", "loaded_at", "source_sha256"}
 DATA_SUFFIXES = (".csv", ".parquet", ".gpg")
+# The stage whose task process is killed mid-run: the load, where a half-done task would matter most.
+KILLED_STAGE = "load"
+KILL_WAIT_S = 300
 
 
 def _celery_config() -> dict[str, str]:
@@ -147,6 +156,7 @@ def celery_deployment(tmp_path_factory: pytest.TempPathFactory, settings) -> Ite
     _reset_airflow_db(cfg["airflow_database_url"])
     logs = root / "logs"
     workers: dict[str, dict[str, Path]] = {}
+    worker_pids: dict[str, int] = {}
     with deployment(env, logs) as procs:
         for w in WORKERS:
             private = root / f"worker-{w}"        # this worker's own disk: nobody else is pointed at it
@@ -161,8 +171,9 @@ def celery_deployment(tmp_path_factory: pytest.TempPathFactory, settings) -> Ite
                         PYTHONPATH=os.pathsep.join([str(root), env["PYTHONPATH"]]))
             start(wenv, logs, ["celery", "worker", "--queues", queues[w], "--concurrency", "1",
                                "--celery-hostname", f"worker-{w}-{token}@%h"], f"worker-{w}", procs)
+            worker_pids[w] = procs[-1].pid
         yield {"env": env, "cfg": cfg, "logs": logs, "api": Api(api_port, "engineer", password),
-               "workers": workers, "shared": shared, "queues": queues}
+               "workers": workers, "shared": shared, "queues": queues, "worker_pids": worker_pids}
 
 
 def _files(folder: Path) -> list[Path]:
@@ -202,6 +213,9 @@ def test_two_celery_workers_load_a_supply_as_one_worker_does(request, settings, 
 
     _drop_supply(settings, supply)
     runs_path = f"/api/v2/dags/{DAG_ID}/dagRuns"
+    # A worker loses the load's task process while it runs (SIGKILL: no clean-up of any kind).
+    killed = _kill_task_process(api, runs_path, KILLED_STAGE, d["worker_pids"][ROUTES[KILLED_STAGE]],
+                                urlsplit(settings.database_url).port or 5432, logs)
     done = wait("the supply's run finishing on the Celery workers",
                  lambda: [r for r in api.get(runs_path)["dag_runs"] if r["state"] in ("success", "failed")],
                  RUN_WAIT_S, logs)
@@ -217,6 +231,12 @@ def test_two_celery_workers_load_a_supply_as_one_worker_does(request, settings, 
         assert ti["queue"] == d["queues"][ROUTES[stage]], (stage, ti["queue"])
         assert ti["hostname"] == f"worker-{ROUTES[stage]}", (stage, ti["hostname"])
     assert {tis[s]["hostname"] for s in STAGES} == {"worker-a", "worker-b"}
+    # The killed try failed and Airflow ran the task again: the second try is the one that succeeded.
+    assert tis[KILLED_STAGE]["try_number"] == killed["try_number"] + 1, (tis[KILLED_STAGE], killed)
+    assert tis[KILLED_STAGE]["id"] != killed["id"]
+    tries = api.get(f"{runs_path}/{run['dag_run_id']}/taskInstances/{KILLED_STAGE}/tries")["task_instances"]
+    states = {t["try_number"]: t["state"] for t in tries}
+    assert states[killed["try_number"]] in ("failed", "up_for_retry") and states[max(states)] == "success", states
 
     # The run's state and the quality outcome, as the engineer sees them: amber fails the verdict and the run.
     celery_outcome = api.get(f"{runs_path}/{run['dag_run_id']}/taskInstances/report_and_archive/xcomEntries/"
@@ -241,6 +261,48 @@ def test_two_celery_workers_load_a_supply_as_one_worker_does(request, settings, 
         assert _files(dirs["staging"] / FEED) == [], (w, _files(dirs["staging"] / FEED))
         assert not [p for p in _files(dirs["tmp"]) if p.suffix in DATA_SUFFIXES or "csp-staging" in str(p)], w
     assert {p.name for p in _files(d["shared"])} == {"manifest.json"}
+
+
+def _kill_task_process(api: Api, runs_path: str, task_id: str, worker_pid: int, db_port: int,
+                       logs: list[Path]) -> dict[str, Any]:
+    """SIGKILL the process running ``task_id`` of the feed's run on the worker ``worker_pid`` while it is connected
+    to PostGIS (for the load: inside its work, not while Python starts); returns that try's task instance as the
+    REST API showed it.
+
+    Airflow's task runner calls itself ``airflow worker -- <task instance id>`` (setproctitle): the process is found
+    among the worker's descendants by the id the REST API gives the running try, so no other task is hit."""
+    worker = psutil.Process(worker_pid)
+
+    def at_work(proc: psutil.Process) -> bool:
+        return any(c.raddr and c.raddr.port == db_port for c in proc.net_connections("tcp"))
+
+    def running_try() -> dict[str, Any] | None:
+        for run in api.get(runs_path)["dag_runs"]:
+            ti = _get_or_none(api, f"{runs_path}/{run['dag_run_id']}/taskInstances/{task_id}")
+            if ti and ti["state"] == "running":
+                return ti
+        return None
+
+    def kill() -> dict[str, Any] | None:
+        ti = running_try()
+        if ti is None:
+            return None
+        for proc in worker.children(recursive=True):
+            try:
+                if f"airflow worker -- {ti['id']}" in " ".join(proc.cmdline()):
+                    deadline = time.monotonic() + KILL_WAIT_S
+                    while not at_work(proc):
+                        assert time.monotonic() < deadline, f"{task_id} never connected to PostGIS"
+                        time.sleep(0.02)
+                    proc.kill()
+                    proc.wait(10)
+                    return ti
+            except psutil.NoSuchProcess:
+                continue
+        return None
+
+    return wait(f"the {task_id} task's process running on its worker, to kill it", kill, KILL_WAIT_S, logs,
+                every=0.2)
 
 
 def _get_or_none(api: Api, path: str) -> Any:
