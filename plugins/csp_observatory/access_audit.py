@@ -40,6 +40,7 @@ CSV_COLUMNS: Final = {"timestamp": 0, "user": 1, "dbname": 2, "remote_host": 4, 
                       "application_name": 22}
 #: Zone abbreviations PostgreSQL may print in log timestamps (set-up sets log_timezone = UTC).
 ZONES: Final = {"UTC": 0, "GMT": 0, "Z": 0, "BST": 1, "CET": 1, "CEST": 2}
+MTIME_MARGIN: Final = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -206,8 +207,9 @@ def scan_log(log_dir: Path, start: datetime, end: datetime, database: str | None
     unreadable: list[str] = []
     for path in sorted([*log_dir.glob("*.json"), *log_dir.glob("*.csv")]):
         try:
-            # a file last written before the period holds nothing of it (the server only appends)
-            if datetime.fromtimestamp(path.stat().st_mtime, timezone.utc) < start:
+            # a file last written before the period holds nothing of it (the server only appends); with a margin,
+            # as file times are coarser than the clock (a line written just after ``start`` can carry a time before)
+            if datetime.fromtimestamp(path.stat().st_mtime, timezone.utc) < start - MTIME_MARGIN:
                 continue
             files.append(path)
             for entry in _read_file(path):

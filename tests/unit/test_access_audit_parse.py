@@ -186,3 +186,15 @@ def test_the_report_names_people_separates_the_service_and_escapes_cells(tmp_pat
         ("jsmith", "person", "2"), ("jsmith", "person", "4"), ("'=HYPERLINK(\"http://x\")", "person", "1"),
         ("csp_loader", "service", "9")]
     assert rows[0]["when_utc"] == "2026-11-30 10:00:00" and rows[0]["tables"] == "personal.a"
+
+
+def test_a_file_time_a_little_behind_its_last_line_does_not_hide_it(tmp_path):
+    # file times are coarser than the server's clock: the last line can be stamped just after the file's mtime
+    path = _write_log(tmp_path, [_line(_read_msg(1), at="2026-11-30 10:00:00.004 UTC")])
+    line_at = datetime(2026, 11, 30, 10, 0, 0, 4000, tzinfo=timezone.utc)
+    os.utime(path, (line_at.timestamp() - 0.003, line_at.timestamp() - 0.003))
+    scan = aa.scan_log(tmp_path, line_at, datetime(2026, 12, 1, tzinfo=timezone.utc))
+    assert [e.statement_id for e in scan.entries] == [1]
+    # a file last written long before the period is not read at all
+    os.utime(path, (line_at.timestamp() - 86400, line_at.timestamp() - 86400))
+    assert aa.scan_log(tmp_path, line_at, datetime(2026, 12, 1, tzinfo=timezone.utc)).files == []
