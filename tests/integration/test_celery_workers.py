@@ -215,7 +215,7 @@ def test_two_celery_workers_load_a_supply_as_one_worker_does(request, settings, 
     runs_path = f"/api/v2/dags/{DAG_ID}/dagRuns"
     # A worker loses the load's task process while it runs (SIGKILL: no clean-up of any kind).
     killed = _kill_task_process(api, runs_path, KILLED_STAGE, d["worker_pids"][ROUTES[KILLED_STAGE]],
-                                urlsplit(settings.database_url).port or 5432, logs)
+                                settings.database_url, logs)
     done = wait("the supply's run finishing on the Celery workers",
                  lambda: [r for r in api.get(runs_path)["dag_runs"] if r["state"] in ("success", "failed")],
                  RUN_WAIT_S, logs)
@@ -263,7 +263,7 @@ def test_two_celery_workers_load_a_supply_as_one_worker_does(request, settings, 
     assert {p.name for p in _files(d["shared"])} == {"manifest.json"}
 
 
-def _kill_task_process(api: Api, runs_path: str, task_id: str, worker_pid: int, db_port: int,
+def _kill_task_process(api: Api, runs_path: str, task_id: str, worker_pid: int, database_url: str,
                        logs: list[Path]) -> dict[str, Any]:
     """SIGKILL the process running ``task_id`` of the feed's run on the worker ``worker_pid`` while it is connected
     to PostGIS (for the load: inside its work, not while Python starts); returns that try's task instance as the
@@ -272,9 +272,20 @@ def _kill_task_process(api: Api, runs_path: str, task_id: str, worker_pid: int, 
     Airflow's task runner calls itself ``airflow worker -- <task instance id>`` (setproctitle): the process is found
     among the worker's descendants by the id the REST API gives the running try, so no other task is hit."""
     worker = psutil.Process(worker_pid)
+    db_port = urlsplit(database_url).port or 5432
+    watcher = psycopg2.connect(database_url, connect_timeout=10)
+    watcher.autocommit = True           # each look a statement of its own: pg_stat_activity as it is now
 
     def at_work(proc: psutil.Process) -> bool:
-        return any(c.raddr and c.raddr.port == db_port for c in proc.net_connections("tcp"))
+        """Connected to the observatory's database (not only holding the Airflow database's sockets, which a task
+        process inherits from the worker it was forked from: both live in the same cluster)."""
+        ports = [c.laddr.port for c in proc.net_connections("tcp") if c.raddr and c.raddr.port == db_port]
+        if not ports:
+            return False
+        with watcher.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND client_port = ANY(%s)", (ports,))
+            return cur.fetchone()[0] > 0
 
     def running_try() -> dict[str, Any] | None:
         for run in api.get(runs_path)["dag_runs"]:
@@ -301,8 +312,11 @@ def _kill_task_process(api: Api, runs_path: str, task_id: str, worker_pid: int, 
                 continue
         return None
 
-    return wait(f"the {task_id} task's process running on its worker, to kill it", kill, KILL_WAIT_S, logs,
-                every=0.2)
+    try:
+        return wait(f"the {task_id} task's process running on its worker, to kill it", kill, KILL_WAIT_S, logs,
+                    every=0.2)
+    finally:
+        watcher.close()
 
 
 def _get_or_none(api: Api, path: str) -> Any:

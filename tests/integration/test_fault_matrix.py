@@ -13,20 +13,16 @@ import errno
 import io
 import re
 import shutil
-import socket
-import subprocess
-import time
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterator
-from urllib.parse import urlsplit
+from typing import Any
 
-import psutil
 import psycopg2
 import pytest
 
 from csp_observatory import demo, demo_data, intake, loading, pipeline, postcodes, sftp
+from service_faults import DroppingFile, kill_session, postgis_cluster, restart_postgis, sshd_stopped, tmpfs
 
 pytestmark = pytest.mark.integration
 
@@ -146,126 +142,6 @@ def _staged_files(settings, period: str) -> list[Path]:
     return [p for p in (Path(settings.staging_dir) / FEED / period).rglob("*") if p.is_file()]
 
 
-# ------------------------------------------------------------------ the project's sshd
-
-
-def _sshd_listener(port: int) -> psutil.Process:
-    for proc in psutil.process_iter(["name"]):
-        try:
-            if proc.info["name"] == "sshd" and any(c.status == psutil.CONN_LISTEN and c.laddr.port == port
-                                                   for c in proc.net_connections("tcp")):
-                return proc
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    pytest.skip(f"no sshd of this machine listens on port {port} that this test may restart")
-
-
-def _listening(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-@contextmanager
-def _sshd_stopped(settings) -> Iterator[None]:
-    """The project's sshd stopped (sessions in progress go on), started again as it was on the way out."""
-    listener = _sshd_listener(settings.sftp_port)
-    # sshd shows its command line as its title: "sshd: /usr/sbin/sshd -f CONFIG -E LOG [listener] ..."
-    words = listener.cmdline()
-    argv = words[1: words.index("[listener]")] if "[listener]" in words else words
-    assert argv and argv[0].startswith("/"), words
-    listener.terminate()
-    listener.wait(10)
-    try:
-        yield
-    finally:
-        # Its own session, no pipe of this process: the daemon must hold nothing of the test's.
-        subprocess.run(argv, check=True, timeout=30, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + 20
-        while not _listening(settings.sftp_host, settings.sftp_port) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        with sftp.connect_observatory(settings) as client:       # back, with the pinned host key
-            client.listdir(settings.inbox("police"))
-
-
-def _kill_session(client: Any) -> list[int]:
-    """SIGKILL the sshd processes serving this SFTP session (the connection drops as if the network failed)."""
-    port = client.get_channel().get_transport().sock.getsockname()[1]
-    killed = []
-    for proc in psutil.process_iter(["name"]):
-        try:
-            if proc.info["name"] == "sshd" and any(c.raddr and c.raddr.port == port
-                                                   for c in proc.net_connections("tcp")):
-                proc.kill()
-                killed.append(proc.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return killed
-
-
-class _DroppingFile:
-    """The remote file, read without prefetch; after the first block the server side of the session is killed."""
-
-    def __init__(self, real: Any, client: Any, killed: list[int]) -> None:
-        self.real, self.client, self.killed, self.reads = real, client, killed, 0
-
-    def __enter__(self) -> _DroppingFile:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        try:
-            self.real.close()
-        except Exception:  # noqa: BLE001  the session is gone
-            pass
-
-    def prefetch(self, *args: Any) -> None:
-        """No read-ahead: the transfer is under way, block by block, when the session dies."""
-
-    def read(self, size: int) -> bytes:
-        self.reads += 1
-        if self.reads == 1:
-            return self.real.read(4096)
-        if not self.killed:
-            self.killed += _kill_session(self.client)
-        return self.real.read(size)
-
-
-# ------------------------------------------------------------------ PostGIS
-
-
-def _cluster(settings) -> list[str]:
-    """pg_ctlcluster's version and name of the project's cluster serving the tests' database."""
-    port = urlsplit(settings.database_url).port or 5432
-    try:
-        listing = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip("pg_lsclusters is not here: the tests' database is not a cluster of this machine")
-    for line in listing.stdout.splitlines():
-        version, name, cluster_port, *_ = line.split()
-        if cluster_port == str(port):
-            return [version, name]
-    pytest.skip(f"no cluster of this machine listens on port {port} (CSP_DATABASE_URL names another server)")
-
-
-def _restart_postgis(cluster: list[str], settings) -> None:
-    # No pipe of this process: the postmaster it starts must not hold one open (subprocess.run would wait on it).
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", *cluster, "restart", "-m", "fast"], check=True,
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   start_new_session=True, timeout=120)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            _query(settings, "SELECT 1")
-            return
-        except psycopg2.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
-
-
 # ------------------------------------------------------------------ the tests
 
 
@@ -277,7 +153,7 @@ def test_sshd_down_at_collect_then_a_session_dropped_mid_download_loses_nothing_
     assert pipeline.ready_periods(FEED, settings) == [P_NET]          # the sensor saw the supply
 
     # sshd restarts between the sensor and the collect: the collect fails (Airflow retries it), nothing moved.
-    with _sshd_stopped(settings):
+    with sshd_stopped(settings):
         with pytest.raises(OSError) as down:
             pipeline.collect(FEED, [P_NET], RUN_ID, settings)
         assert not isinstance(down.value, AssertionError)
@@ -289,8 +165,8 @@ def test_sshd_down_at_collect_then_a_session_dropped_mid_download_loses_nothing_
 
     def dropping_download(client: Any, remote: str, local: Path) -> int:
         class Client:
-            def open(self, path: str, mode: str) -> _DroppingFile:
-                return _DroppingFile(client.open(path, mode), client, killed)
+            def open(self, path: str, mode: str) -> DroppingFile:
+                return DroppingFile(client.open(path, mode), client, killed)
         return real_download(Client(), remote, local)   # type: ignore[arg-type]
 
     monkeypatch.setattr(intake, "download", dropping_download)
@@ -333,7 +209,7 @@ def test_sshd_down_at_collect_then_a_session_dropped_mid_download_loses_nothing_
 
 
 def test_two_months_in_one_drop_with_postgis_restarted_mid_load_each_loads_once(settings, fresh, monkeypatch):
-    cluster = _cluster(settings)
+    cluster = postgis_cluster(settings)
     supplies = {p: _supply(p) for p in (P_TWO_A, P_TWO_B)}
     names = {p: _drop(settings, p, files) for p, files in supplies.items()}
     work = _rest(pipeline.collect(FEED, [P_TWO_A, P_TWO_B], RUN_ID, settings), settings, STAGES[:-1])
@@ -345,7 +221,7 @@ def test_two_months_in_one_drop_with_postgis_restarted_mid_load_each_loads_once(
     def copy_then_restart(cur: Any, target: Any, table: Any) -> None:
         calls.append(1)
         if len(calls) == 2:
-            _restart_postgis(cluster, settings)
+            restart_postgis(cluster, settings)
         real_copy(cur, target, table)
 
     monkeypatch.setattr(loading, "_copy_rows", copy_then_restart)
@@ -371,19 +247,6 @@ def test_two_months_in_one_drop_with_postgis_restarted_mid_load_each_loads_once(
     assert _loaded(settings, P_TWO_B) == later
 
 
-@contextmanager
-def _tmpfs(folder: Path, size: int) -> Iterator[Path]:
-    folder.mkdir(mode=0o700)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(folder)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs as the staging folder here: {done.stderr.strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=True)
-
-
 def test_a_full_staging_disk_fails_the_stage_blames_no_partner_and_the_rerun_loads_once(
         settings, fresh, tmp_path):
     files = _supply(P_FULL, n=400)
@@ -393,7 +256,7 @@ def test_a_full_staging_disk_fails_the_stage_blames_no_partner_and_the_rerun_loa
     # Room for the encrypted files and a little more, not for the offences file's plaintext.
     room = ((encrypted + 40 * 1024) // 4096 + 1) * 4096
     assert len(files["offences"].encode()) > room - encrypted
-    with _tmpfs(tmp_path / "staging", room) as small:
+    with tmpfs(tmp_path / "staging", room) as small:
         full = replace(settings, staging_dir=small)
         work = pipeline.collect(FEED, [P_FULL], RUN_ID, full)
         with pytest.raises(OSError) as no_room:
