@@ -904,6 +904,10 @@ done
 
 # ---------------------------------------------------------------- Airflow (SQLite metadata, for dag.test())
 step "airflow"
+# The Airflow Connections csp_sftp and csp_postgis the feed DAGs reach SFTP and PostGIS through (hooks.py), made
+# from the demo's settings; they hold the loader's password, so the file stays 0600.
+CONN_ENV=$(env CSP_CONFIG="$RUN/observatory.yaml" PYTHONPATH="$REPO/plugins" "$VPY" -m csp_observatory.connections env) \
+    || fail "could not make the Airflow Connections from $RUN/observatory.yaml"
 # replaced whole and only when it changes: a test run in this clone may be sourcing it right now
 replace_if_changed "$RUN/airflow.env" 0600 root:root <<EOF || true
 # written by scripts/setup.sh: source it before running airflow or pytest from this clone
@@ -915,6 +919,7 @@ export CSP_CONFIG='$RUN/observatory.yaml'
 export GX_ANALYTICS_ENABLED=false
 export PYTHONPATH='$REPO/plugins:$REPO'\${PYTHONPATH:+:\$PYTHONPATH}
 export PATH='$VENV/bin':"\$PATH"
+$CONN_ENV
 EOF
 AIRFLOW_VERSION=$("$VPY" -c 'import importlib.metadata as m; print(m.version("apache-airflow-core"))')
 MIGRATED="$AIRFLOW_HOME/.csp-migrated"

@@ -304,3 +304,22 @@ def test_no_shared_login_is_made(compose):
     assert logins == ["csp_loader"], "people get their own logins with scripts/people, never one in this file"
     text = COMPOSE.read_text(encoding="utf-8")
     assert "CSP_ANALYST_PASSWORD" not in text and "csp_observatory.people" in text
+
+
+def _connection(value: str) -> dict[str, Any]:
+    """An ``AIRFLOW_CONN_*`` JSON value with its ``${VAR...}`` references filled in, as compose would."""
+    return json.loads(re.sub(r"\$\{[^}]*\}", "x", value))
+
+
+def test_every_airflow_service_defines_the_feeds_connections(compose, services):
+    """The feed DAGs reach SFTP and PostGIS only through the Connections csp_sftp and csp_postgis (hooks.py)."""
+    for name in AIRFLOW_SERVICES:
+        env = _env(services[name])
+        targets = {f"/run/secrets/{s['target']}" for s in services[name].get("secrets") or [] if isinstance(s, dict)}
+        db, sftp = _connection(env["AIRFLOW_CONN_CSP_POSTGIS"]), _connection(env["AIRFLOW_CONN_CSP_SFTP"])
+        assert (db["conn_type"], db["host"], db["login"]) == ("postgres", "postgis", "csp_loader"), name
+        assert db["extra"]["sslmode"] == "verify-full" and db["extra"]["sslrootcert"] in targets, name
+        assert (sftp["conn_type"], sftp["host"]) == ("sftp", "sftp"), name
+        # the server's key is pinned: never trust whatever answers
+        assert sftp["extra"]["no_host_key_check"] is False and sftp["extra"]["host_key"], name
+        assert sftp["extra"]["key_file"].startswith("/opt/airflow/secrets/"), name
