@@ -145,7 +145,7 @@ def test_analyst_reads_caveats_but_not_the_catalogue(conn, feed, demo_config):
     # the analyst's own login (a member of csp_analyst), as QGIS connects
     with psycopg2.connect(demo_config["analyst_url"], connect_timeout=10) as analyst, analyst.cursor() as cur:
         cur.execute("SELECT current_user, pg_has_role('csp_analyst', 'MEMBER')")
-        assert cur.fetchone() == ("analyst", True)
+        assert cur.fetchone() == (demo_config["analyst_user"], True)
         cur.execute("SELECT caveats, geographic_method FROM reference.feed_caveats WHERE feed = %s", (feed.feed,))
         assert cur.fetchone() == ("\n".join(md.caveats), md.geographic_method)
         with pytest.raises(psycopg2.errors.InsufficientPrivilege):
