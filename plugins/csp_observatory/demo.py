@@ -183,10 +183,12 @@ Open the Airflow UI on these DAGs:
     then browse to http://127.0.0.1:8080, user admin, password in
     {REPO_ROOT}/.run/airflow/simple_auth_manager_passwords.json.generated; the DAG is 'feed_{FEED}'.
 
-Connect QGIS to the PostGIS layers (read-only analyst account):
+Connect QGIS to the PostGIS layers (the demo's analyst, a named login: scripts/people adds yours):
     Layer > Add Layer > Add PostGIS Layers > New connection
     Host {demo.get('analyst_host', '127.0.0.1')}  Port {demo.get('analyst_port', 5433)}  Database {demo.get('analyst_database', 'csp_observatory')}
-    User {demo.get('analyst_user', 'analyst')}  Password: in {REPO_ROOT}/.run/demo.yaml (analyst_password)
+    SSL mode verify-full, with the CA certificate {demo.get('analyst_sslrootcert', '/etc/csp-observatory/tls/ca.crt')}
+    (docs/ANALYSTS.md: QGIS's authentication settings, or ~/.postgresql/root.crt)
+    User {demo.get('analyst_user', 'demo_analyst')}  Password: in {REPO_ROOT}/.run/demo.yaml (analyst_password)
     Layers: depersonalised.prc_offences, depersonalised.prc_offenders, depersonalised.prc_victims (EPSG:27700),
             reference.postcodes. From a shell: psql with the analyst_url in .run/demo.yaml.
     Or open one file with every layer and the counts by ward and month (no password is written in it):
