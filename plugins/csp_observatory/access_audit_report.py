@@ -24,6 +24,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from csp_observatory import access_audit as aa
+from csp_observatory.spreadsheet import text_cell
 
 ACCESS_FOLDER: Final = "access"     # under the observatory's reports_dir
 CSV_HEADER: Final = ("when_utc", "login", "name", "kind", "database", "tables", "command", "class", "rows",
@@ -114,8 +115,7 @@ def build(first: date, last: date, log_dir: Path, database: str | None, names_ur
 
 def _cell(value: Any) -> str:
     """A CSV cell a spreadsheet shows as text: a login or client name can begin with = + - @."""
-    text = "" if value is None else str(value)
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+    return text_cell("" if value is None else str(value))
 
 
 def _md(value: Any) -> str:

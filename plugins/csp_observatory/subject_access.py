@@ -32,6 +32,7 @@ from typing import Any, Final
 from psycopg2 import sql
 
 from csp_observatory.schema import FeedFile, FeedSchema, load_schemas
+from csp_observatory.spreadsheet import text_cell
 
 LOG_TABLE: Final = "observatory.subject_access_log"
 #: Datafield role -> the kind of identifier it holds.
@@ -194,7 +195,8 @@ def export(found: dict[str, list[dict[str, Any]]], folder: Path, fmt: str = "csv
             else:
                 w = csv.DictWriter(fh, fieldnames=list(rows[0]))
                 w.writeheader()
-                w.writerows({k: "" if v is None else v for k, v in r.items()} for r in rows)
+                # a partner's text may look like a formula: the officer opens this file in a spreadsheet
+                w.writerows({k: text_cell(v) for k, v in r.items()} for r in rows)
         written.append(path)
     return written
 
