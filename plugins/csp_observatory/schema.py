@@ -391,8 +391,8 @@ def period_bounds(period_format: str, period: str) -> tuple[date, date] | None:
 
 #: Names now held by ``schema_loading.py``, for the callers that still ask this module for them (``dags/``,
 #: ``pipeline.py``, ``intake.py``, ``alerts.py``, ``arrival.py``, ``agreements.py``, ``retention.py``,
-#: ``subject_access.py``, ``summaries.py``, ``demo_data.py``, ``report_demo.py``, ``workspace.py``). Looked up on use,
-#: not imported here: ``schema_loading`` imports this module.
+#: ``subject_access.py``, ``summaries.py``, ``demo_data.py``, ``report_demo.py``). Looked up on use, not imported
+#: here: ``schema_loading`` imports this module.
 _MOVED: Final = {"load_schema": "schema_loading", "load_schemas": "schema_loading", "schema_for": "schema_loading"}
 
 

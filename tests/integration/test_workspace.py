@@ -27,7 +27,8 @@ import pytest
 from psycopg2 import sql
 from scipy.spatial import cKDTree
 
-from csp_observatory import ddl, demo, loading, postcodes_postgis, stamp, workspace
+from csp_observatory import (ddl, demo, loading, postcodes_postgis, stamp, workspace_connection, workspace_export,
+                             workspace_layers, workspace_project)
 from csp_observatory.schema import REPO_ROOT, SCHEMA_DIR, FeedSchema
 from csp_observatory.schema_loading import load_schema
 
@@ -102,7 +103,7 @@ def analyst_env(demo_config, tmp_path) -> dict[str, str]:
     pgpass.write_text(f"{demo_config['analyst_host']}:{demo_config['analyst_port']}:{demo_config['analyst_database']}:"
                       f"{demo_config['analyst_user']}:{demo_config['analyst_password']}\n")
     pgpass.chmod(0o600)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != workspace.DSN_ENV}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != workspace_connection.DSN_ENV}
     env.update(PGSERVICEFILE=str(services), PGPASSFILE=str(pgpass))
     return env
 
@@ -411,7 +412,8 @@ def _read_back(text: str, env: dict[str, str], conn) -> list[str]:
     return tables
 
 
-def _project(conn, isolated, reference, analyst_env, out: Path) -> tuple[list[FeedSchema], list[workspace.Layer]]:
+def _project(conn, isolated, reference, analyst_env,
+             out: Path) -> tuple[list[FeedSchema], list[workspace_layers.Layer]]:
     """Police recorded crime and council ASB (and a personal feed) loaded under their own names, and the project
     over them written to ``out`` by a command that reads as the analyst, through the project's own service."""
     prc, asb = isolated("police_recorded_crime"), isolated("council_asb")
@@ -421,12 +423,12 @@ def _project(conn, isolated, reference, analyst_env, out: Path) -> tuple[list[Fe
     for schema, n in ((prc, 25), (asb, 15), (personal, 5)):
         _load(conn, schema, PERIOD, _frames(schema, reference, PERIOD, n))
     with pytest.MonkeyPatch.context() as mp:
-        for k in [k for k in os.environ if k.startswith("PG") or k == workspace.DSN_ENV]:
+        for k in [k for k in os.environ if k.startswith("PG") or k == workspace_connection.DSN_ENV]:
             mp.delenv(k)
         mp.setenv("PGSERVICEFILE", analyst_env["PGSERVICEFILE"])
         mp.setenv("PGPASSFILE", analyst_env["PGPASSFILE"])
-        layers = workspace.write_project(out, "Test CSP", workspace.Connection(service=SERVICE),
-                                         schemas=[prc, asb, personal])
+        layers = workspace_project.write_project(out, "Test CSP", workspace_connection.Connection(service=SERVICE),
+                                                 schemas=[prc, asb, personal])
     return [prc, asb, personal], layers
 
 
@@ -499,7 +501,7 @@ def test_the_scripts_write_a_project_and_export_a_period_of_a_real_feed(conn, re
             dropped = {d.name for d in f.datafields if d.dropped_on_sanitising}
             assert not dropped & set(gdf.columns), f"{f.table}: {sorted(dropped & set(gdf.columns))}"
             assert {"geo_easting", "geo_northing", "geo_postcode"}.isdisjoint(gdf.columns)
-            assert set(gdf.columns) - {"geometry"} == set(workspace.export_columns(
+            assert set(gdf.columns) - {"geometry"} == set(workspace_export.export_columns(
                 schema, f, {c.name for c in ddl.table_columns(schema, f)}))
             assert (gdf["supply_id"] == f"{schema.feed}/{PERIOD_REAL}").all()
             with_point = frames[f.name]["sanitised_easting"].notna()

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from csp_observatory import ddl, workspace
+from csp_observatory import ddl, workspace, workspace_connection, workspace_export, workspace_layers, workspace_project
 from csp_observatory.schema_loading import load_schemas
 
 pytestmark = pytest.mark.unit
@@ -16,36 +16,39 @@ pytestmark = pytest.mark.unit
 SCHEMAS = {s.feed: s for s in load_schemas()}
 
 
-def _layers() -> list[workspace.Layer]:
+def _layers() -> list[workspace_layers.Layer]:
     """The layers a project over police recorded crime and council ASB would have (all their tables there)."""
     layers = []
     for feed in ("police_recorded_crime", "council_asb"):
         schema = SCHEMAS[feed]
         for f in schema.files:
-            layers.append(workspace.Layer(group=schema.title, name=f.title, db_schema=schema.db_schema,
-                                          table=f.table, style=workspace.style_for(schema, f)))
-            layers.append(workspace.Layer(group=schema.title, name=f"{f.title} by ward and month",
-                                          db_schema=schema.db_schema, table=ddl.ward_month_table(f), geometry=None))
+            layers.append(workspace_layers.Layer(group=schema.title, name=f.title, db_schema=schema.db_schema,
+                                                 table=f.table, style=workspace_layers.style_for(schema, f)))
+            layers.append(workspace_layers.Layer(group=schema.title, name=f"{f.title} by ward and month",
+                                                 db_schema=schema.db_schema, table=ddl.ward_month_table(f),
+                                                 geometry=None))
     return layers
 
 
 def test_a_connection_has_no_password_and_says_a_service_or_parameters():
-    service = workspace.Connection()
+    service = workspace_connection.Connection()
     assert service.qgis() == "service='csp_observatory'" and service.libpq() == "service=csp_observatory"
-    params = workspace.Connection(service=None, host="db.example", port=5433, dbname="csp obs", user="analyst")
+    params = workspace_connection.Connection(service=None, host="db.example", port=5433, dbname="csp obs",
+                                             user="analyst")
     assert params.qgis() == "dbname='csp obs' host=db.example port=5433 user='analyst'"
     assert params.libpq() == "dbname='csp obs' host=db.example port=5433 user=analyst"
-    assert "password" not in {f.name for f in dataclasses.fields(workspace.Connection)}
+    assert "password" not in {f.name for f in dataclasses.fields(workspace_connection.Connection)}
     with pytest.raises(TypeError):
-        workspace.Connection(service=None, dbname="x", password="secret")     # type: ignore[call-arg]
+        workspace_connection.Connection(service=None, dbname="x", password="secret")     # type: ignore[call-arg]
     with pytest.raises(ValueError):
-        workspace.Connection(service=None)
-    assert workspace.service_stanza(params) == \
+        workspace_connection.Connection(service=None)
+    assert workspace_connection.service_stanza(params) == \
         "[csp_observatory]\nhost=db.example\nport=5433\ndbname=csp obs\nuser=analyst\n"
 
 
 def test_the_project_is_qgis_xml_in_british_national_grid_with_fid_keys():
-    text = workspace.project_xml("Calderdale CSP", workspace.Connection(), _layers(), (400000, 420000, 410000, 430000))
+    text = workspace_project.project_xml("Calderdale CSP", workspace_connection.Connection(), _layers(),
+                                         (400000, 420000, 410000, 430000))
     assert text.startswith("<!DOCTYPE qgis")
     root = ET.fromstring(text.split("\n", 1)[1])
     assert root.tag == "qgis" and root.get("projectname") == "Calderdale CSP"
@@ -73,7 +76,7 @@ def test_the_project_is_qgis_xml_in_british_national_grid_with_fid_keys():
 
 
 def test_points_are_coloured_by_the_schemas_category():
-    text = workspace.project_xml("t", workspace.Connection(), _layers())
+    text = workspace_project.project_xml("t", workspace_connection.Connection(), _layers())
     root = ET.fromstring(text.split("\n", 1)[1])
     renderers = {m.find("datasource").text.split('"."')[1].split('"')[0]: m.find("renderer-v2")
                  for m in root.findall("projectlayers/maplayer") if m.get("geometry") == "Point"}
@@ -90,7 +93,7 @@ def test_points_are_coloured_by_the_schemas_category():
     assert asb.get("attr") == asb_field.name
     assert [c.get("value") for c in asb.findall("categories/category")] == [*asb_field.codes, ""]
     colours = [s.find("layer/Option/Option[@name='color']").get("value") for s in asb.findall("symbols/symbol")]
-    assert len(set(colours)) == len(colours) and colours[-1].startswith(workspace.OTHER_COLOUR)
+    assert len(set(colours)) == len(colours) and colours[-1].startswith(workspace_layers.OTHER_COLOUR)
     # offenders have no category: one symbol for all
     assert renderers["prc_offenders"].get("type") == "singleSymbol"
 
@@ -100,7 +103,7 @@ def test_free_text_categories_take_the_layers_most_frequent_values():
     f = schema.files[0]
     d = ddl.category_field(schema, f)
     assert d is not None and d.needs_free_text_rule
-    style = workspace.style_for(schema, f)          # no database: no values to offer, everything is "other"
+    style = workspace_layers.style_for(schema, f)          # no database: no values to offer, everything is "other"
     assert style.expression == d.name and style.categories == ()
 
 
@@ -108,12 +111,12 @@ def test_an_export_holds_what_the_table_holds_and_never_what_sanitising_drops():
     schema = SCHEMAS["police_recorded_crime"]
     for f in schema.files:
         table = [c.name for c in ddl.table_columns(schema, f)]
-        cols = workspace.export_columns(schema, f, set(table) | {"fid", "offender_name", "easting"})
+        cols = workspace_export.export_columns(schema, f, set(table) | {"fid", "offender_name", "easting"})
         assert cols == [c for c in table if c != "geom"]
         assert not {d.name for d in f.datafields if d.dropped_on_sanitising} & set(cols)
         assert ddl.FID_COLUMN not in cols
     offences = schema.file("offences")
-    assert "ho_offence_code" not in workspace.export_columns(schema, offences, {"crime_reference"})
+    assert "ho_offence_code" not in workspace_export.export_columns(schema, offences, {"crime_reference"})
 
 
 def test_a_personalised_feed_is_refused_before_any_connection(tmp_path, capsys):
@@ -125,5 +128,5 @@ def test_a_personalised_feed_is_refused_before_any_connection(tmp_path, capsys):
                            "--dsn", "host=/nonexistent dbname=none"])
     assert code == 2 and not out.exists()
     assert "personalised" in capsys.readouterr().err
-    with pytest.raises(workspace.RefusedExport, match="personalised"):
-        workspace.export_gpkg(None, personal[0], "202609", out)
+    with pytest.raises(workspace_export.RefusedExport, match="personalised"):
+        workspace_export.export_gpkg(None, personal[0], "202609", out)
