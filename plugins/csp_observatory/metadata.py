@@ -270,16 +270,15 @@ def refused_reason(schema: FeedSchema, problems: list[str], *, required: bool, r
 # --- moved names -----------------------------------------------------------------------------------------------------
 
 #: Names now held by the modules named, for the callers that still ask this module for them (``pipeline.py``,
-#: ``dags/feeds.py``, ``fixtures.py``, ``report_metadata.py``, ``stamp.py``). Looked up on use, not imported here:
-#: those modules import this one.
+#: ``fixtures.py``, ``report_metadata.py``, ``stamp.py``). Looked up on use, not imported here: those modules import
+#: this one.
 _MOVED: Final = {
     "TOP_LEVEL": "metadata_file", "read_metadata": "metadata_file",
     "check_against": "metadata_checks",
     "ensure_catalogue": "metadata_catalogue", "record": "metadata_catalogue", "latest": "metadata_catalogue",
     "first_supply_needs_metadata": "metadata_catalogue", "apply_comments": "metadata_catalogue",
     "report_section": "metadata_docs", "shown_document": "metadata_docs", "from_shown_document": "metadata_docs",
-    "write_dag_doc": "metadata_docs", "write_quality_doc": "metadata_docs", "dag_docs_dir": "metadata_docs",
-    "dag_doc": "metadata_docs",
+    "write_dag_doc": "metadata_docs", "write_quality_doc": "metadata_docs",
 }
 
 
