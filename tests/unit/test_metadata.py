@@ -568,7 +568,7 @@ def test_the_dag_file_can_import_this_module_without_pandas():
     import subprocess
     import sys
 
-    code = ("import sys; import csp_observatory.metadata as m; m.dag_doc('police_recorded_crime'); "
+    code = ("import sys; import csp_observatory.metadata_docs as m; m.dag_doc('police_recorded_crime'); "
             "print('pandas' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
