@@ -10,8 +10,8 @@ partition per supply (``partitions.py``: each load fills and indexes a fresh tab
 own key within its supply (``supply_id`` and the schema's key columns) is a ``UNIQUE`` constraint on NOT NULL
 columns of its partition (``<partition>_supply_key``; PostgreSQL allows no unique key without fid on the parent),
 so a repeated record is refused as it always was. Each file of a depersonalised feed that has a location also has
-its counts by ward, month and category (``<table>_ward_month``: :func:`refresh_ward_month`), refreshed inside each
-load's transaction.
+its counts by ward, month and category (``<table>_ward_month``: :func:`refresh_ward_month`), recounted by the
+refresh DAG each load's asset event starts (dags/refresh.py) and by retention's deletions.
 """
 from __future__ import annotations
 

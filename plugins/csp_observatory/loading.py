@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 COPY_BATCH_ROWS = 200_000
 #: A load of at least this many rows into a table refreshes its planner statistics in the load's transaction.
 ANALYZE_MIN_ROWS = 10_000
+#: How long a load waits for a feed table's lock to swap a supply's partition (PostgreSQL's lock_timeout syntax).
+SWAP_LOCK_TIMEOUT = os.environ.get("CSP_SWAP_LOCK_TIMEOUT", "60s")
 #: Hex EWKB of a little-endian point with an SRID (type 0x20000001), before its two coordinates.
 _EWKB_POINT = bytes.fromhex("0101000020") + ddl.SRID.to_bytes(4, "little")
 
@@ -277,6 +280,10 @@ def load_supply(conn: Any, schema: FeedSchema, supply_id: str, period: str, tabl
             # Last, so that the lock the swap takes on each table (readers wait for it if an earlier load of the
             # supply is dropped) is held for as short a time as possible.
             started = time.perf_counter()
+            # A reader holding a feed table in an open transaction would make the swap wait, and every reader after
+            # it wait behind the swap: give up after SWAP_LOCK_TIMEOUT instead (the load rolls back whole and the
+            # stage's retries try again later), so a forgotten session never hangs a load or the analysts.
+            cur.execute("SELECT set_config('lock_timeout', %s, true)", (SWAP_LOCK_TIMEOUT,))
             for f in schema.files:
                 result.replaced[f"{schema.db_schema}.{f.table}"] = partitions.swap(
                     cur, schema.db_schema, f.table, supply_id, staged.get(f.name))
@@ -293,7 +300,8 @@ def load_supply(conn: Any, schema: FeedSchema, supply_id: str, period: str, tabl
                 "status = EXCLUDED.status, files = EXCLUDED.files, row_counts = EXCLUDED.row_counts, "
                 "report = NULL, loaded_at = EXCLUDED.loaded_at",
                 (supply_id, schema.feed, period, json.dumps(files), json.dumps(result.rows)))
-        ddl.refresh_ward_month(conn, schema)    # the layers' counts by ward and month, committed with the rows
+        # The layers' counts by ward and month are not recounted here: the load's asset event starts the refresh DAG
+        # (dags/refresh.py, summaries.refresh), which recounts the feeds it names.
         if in_transaction is not None:
             in_transaction(conn)
         if on_commit_ledger is not None:

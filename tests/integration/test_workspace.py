@@ -172,8 +172,12 @@ def _frames(schema: FeedSchema, reference: pd.DataFrame, period: str, n: int) ->
 
 
 def _load(conn, schema: FeedSchema, period: str, frames: dict[str, pd.DataFrame]) -> loading.LoadResult:
-    return loading.load_supply(conn, schema, f"{schema.feed}/{period}", period, frames,
-                               lineage={name: uuid.uuid4().hex * 2 for name in frames})
+    """Load a supply, then recount its feed's counts as the refresh DAG its asset event starts does."""
+    result = loading.load_supply(conn, schema, f"{schema.feed}/{period}", period, frames,
+                                 lineage={name: uuid.uuid4().hex * 2 for name in frames})
+    ddl.refresh_ward_month(conn, schema)
+    conn.commit()
+    return result
 
 
 def _expected_counts(schema: FeedSchema, f, supplies: list[tuple[str, pd.DataFrame]], reference: pd.DataFrame
