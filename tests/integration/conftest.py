@@ -234,15 +234,18 @@ def clean_partner_folders(settings: Settings, observatory_sftp: paramiko.SFTPCli
 
 
 #: The observatory's per-supply records, kept beside the feed's own tables (the supply's metadata among them).
-OBSERVATORY_SUPPLY_TABLES = ("observatory.deliveries", "observatory.supplies", "observatory.rejected_rows",
-                             "observatory.validation_results", "observatory.supply_metadata")
-
-
 def _forget_supply(conn: psycopg2.extensions.connection, schema: Any, period: str) -> None:
-    """Delete one supply's rows from its feed's tables and the observatory's records (tables that exist)."""
+    """Forget one supply: drop its partitions of its feed's tables (a DELETE would leave empty ones behind, one more
+    per test run) and delete its records in the observatory's tables and the quality stamp (as retention does)."""
+    from csp_observatory import partitions
+    from csp_observatory.retention import SUPPLY_TABLES
+
     supply_id = f"{schema.feed}/{period}"
     with conn.cursor() as cur:
-        for table in [*(f"{schema.db_schema}.{f.table}" for f in schema.files), *OBSERVATORY_SUPPLY_TABLES]:
+        for f in schema.files:
+            if partitions.is_partitioned(cur, schema.db_schema, f.table):
+                partitions.swap(cur, schema.db_schema, f.table, supply_id, None)
+        for table in SUPPLY_TABLES:
             cur.execute("SELECT to_regclass(%s) IS NOT NULL", (table,))
             if cur.fetchone()[0]:
                 cur.execute(f"DELETE FROM {table} WHERE supply_id = %s", (supply_id,))

@@ -55,30 +55,24 @@ def _exists(conn, table: str) -> bool:
     return bool(_count(conn, "SELECT count(*) FROM (SELECT to_regclass(%s) AS t) x WHERE t IS NOT NULL", table))
 
 
-def _forget(conn, settings) -> None:
+def _forget(conn, settings, forget_supply) -> None:
     """Nothing of these periods in PostGIS, staging or the observatory's reports."""
+    schema = pipeline.schema_for(FEED)
     for period in PERIODS:
-        supply_id = f"{FEED}/{period}"
-        with conn.cursor() as cur:
-            for table in [f"depersonalised.{t}" for t in TABLES.values()] + [
-                    "observatory.deliveries", "observatory.supplies", "observatory.rejected_rows",
-                    "observatory.validation_results", "observatory.supply_metadata"]:
-                if _exists(conn, table):
-                    cur.execute(f"DELETE FROM {table} WHERE supply_id = %s", (supply_id,))  # noqa: S608
-        conn.commit()
+        forget_supply(conn, schema, period)
         for root in (settings.staging_dir, settings.reports_dir):
             shutil.rmtree(Path(root) / FEED / period, ignore_errors=True)
 
 
 @pytest.fixture()
-def fresh(settings, db, clean_partner_folders, reference_loaded):
+def fresh(settings, db, clean_partner_folders, reference_loaded, forget_supply):
     """A clean slate for these periods before, and nothing of them left after (clean_partner_folders empties
-    the partner's folders on both sides)."""
-    db.autocommit = False
-    _forget(db, settings)
+    the partner's folders on both sides). The test's reads commit at once: a transaction left open on a feed table
+    would hold up a re-send's swap of its partition (loading takes the table's lock for that)."""
+    db.autocommit = True
+    _forget(db, settings, forget_supply)
     yield
-    db.rollback()
-    _forget(db, settings)
+    _forget(db, settings, forget_supply)
 
 
 def _drop(settings, files: dict[str, str | bytes]) -> None:

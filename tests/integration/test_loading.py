@@ -511,3 +511,24 @@ def test_a_failed_fid_reservation_leaves_no_lock_behind(conn, feed, db_url):
         assert cur.fetchone()[0] is True
     first = _load(conn, feed, _frames(feed, 3)).rows
     assert sorted(first.values()) == [3, 3, 3]
+
+
+def test_a_resend_never_waits_for_ever_on_a_reader_left_in_a_transaction(conn, feed, db_url, monkeypatch):
+    """A session holding a feed table in an open transaction (a forgotten psql, a hung client) blocks the swap of a
+    re-sent supply's partition: the load gives up after its lock timeout and rolls back whole, the first load's
+    rows stay, and once the reader has gone the re-send loads."""
+    monkeypatch.setattr(loading, "SWAP_LOCK_TIMEOUT", "1s")
+    offences = feed.file("offences").table
+    _load(conn, feed, _frames(feed, 5))
+    with closing(psycopg2.connect(db_url)) as reader:
+        with reader.cursor() as cur:
+            cur.execute(f"SELECT count(*) FROM {feed.db_schema}.{offences}")     # noqa: S608
+            assert cur.fetchone()[0] == 5
+        # the reader's transaction is still open here
+        with pytest.raises(psycopg2.errors.LockNotAvailable):
+            _load(conn, feed, _frames(feed, 8))
+        conn.rollback()
+        assert _count(conn, feed) == {f.table: 5 for f in feed.files}
+        reader.rollback()
+    assert sorted(_load(conn, feed, _frames(feed, 8)).rows.values()) == [8, 8, 8]
+    assert _count(conn, feed) == {f.table: 8 for f in feed.files}
