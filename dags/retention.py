@@ -52,8 +52,10 @@ def retention_dag() -> None:
     @task
     def apply_retention(run_id: str | None = None) -> dict:
         from csp_observatory import retention
+        from csp_observatory.hooks import HookServices
 
-        out = retention.apply(run_id=run_id or "manual")
+        # PostGIS and SFTP through the Airflow Connections csp_postgis and csp_sftp, as the feeds' tasks
+        out = retention.apply(run_id=run_id or "manual", services=HookServices())
         return {k: out[k] for k in ("today", "deleted", "supplies_past_rows_retention")}
 
     @task

@@ -180,6 +180,14 @@ def supply_asset(feed: str, poke_s: float = 30.0) -> Asset:
 ARRIVAL_WAIT_S: Final = 600.0
 
 
+def _connections() -> Any:
+    """SFTP through the Airflow Connection csp_sftp, as the feed's other tasks (the trigger, which polls from the
+    triggerer's event loop, keeps the project's own client: ``look``)."""
+    from csp_observatory.hooks import HookServices
+
+    return HookServices()
+
+
 def wait_until(now: datetime, window_s: float, run_type: str | None, logical_date: datetime | None,
                due_after_s: float | None = None) -> datetime:
     """When a run's wait for its supply ends: after the feed's window for a scheduled run, at most
@@ -221,7 +229,7 @@ class SupplySensor(BaseSensorOperator):
 
         from csp_observatory import pipeline
 
-        periods = pipeline.ready_periods(self.feed)
+        periods = pipeline.ready_periods(self.feed, services=_connections())
         return PokeReturnValue(is_done=bool(periods), xcom_value=periods)
 
     def execute(self, context: Any) -> Any:
@@ -229,7 +237,7 @@ class SupplySensor(BaseSensorOperator):
             return super().execute(context)
         from csp_observatory import pipeline
 
-        periods = pipeline.ready_periods(self.feed)
+        periods = pipeline.ready_periods(self.feed, services=_connections())
         if periods:
             return periods
         run = context.get("dag_run")
@@ -249,7 +257,7 @@ class SupplySensor(BaseSensorOperator):
         if not event or event.get("status") != "ready":
             raise AirflowSkipException(f"no complete supply of {self.feed} arrived within the window")
         # Look again in the worker: intake quarantines strays here, and the supply must still be there.
-        periods = pipeline.ready_periods(self.feed)
+        periods = pipeline.ready_periods(self.feed, services=_connections())
         if not periods:
             raise AirflowSkipException(f"the supply of {self.feed} seen by the trigger is no longer ready")
         return periods

@@ -26,7 +26,6 @@ import shutil
 import stat
 import sys
 from collections.abc import Iterable, Sequence
-from contextlib import closing
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -157,7 +156,7 @@ def periods_in_database(conn: Any, schema: FeedSchema) -> set[str]:
 def delete_supply(conn: Any, schema: FeedSchema, period: str, why: str, run_id: str = "") -> list[Deleted]:
     """Delete one supply's rows from its feed's tables and the observatory's records, recount the feed's counts by
     ward and month, and log it: all in one transaction, committed here (rolled back on any error)."""
-    from csp_observatory import ddl
+    from csp_observatory import ddl, partitions
 
     supply_id = f"{schema.feed}/{period}"
     deleted: list[Deleted] = []
@@ -170,10 +169,15 @@ def delete_supply(conn: Any, schema: FeedSchema, period: str, why: str, run_id: 
                 if not _exists(cur, table):
                     continue
                 schema_name, name = table.split(".")
-                cur.execute(sql.SQL("DELETE FROM {} WHERE supply_id = %s").format(sql.Identifier(schema_name, name)),
-                            (supply_id,))
-                if cur.rowcount:
-                    deleted.append(Deleted(schema.feed, supply_id, "rows", table, cur.rowcount, why))
+                if partitions.is_partitioned(cur, schema_name, name):
+                    # a feed table: drop the supply's partition, so no empty one is left behind
+                    n = partitions.swap(cur, schema_name, name, supply_id, None)
+                else:
+                    cur.execute(sql.SQL("DELETE FROM {} WHERE supply_id = %s").format(
+                        sql.Identifier(schema_name, name)), (supply_id,))
+                    n = cur.rowcount
+                if n:
+                    deleted.append(Deleted(schema.feed, supply_id, "rows", table, n, why))
         if deleted:
             ddl.refresh_ward_month(conn, schema)
             record(conn, deleted, run_id)
@@ -258,20 +262,21 @@ def delete_local_reports(settings: Any, schema: FeedSchema, today: date) -> list
 # ------------------------------------------------------------------------------------------------------- the run
 
 def apply(settings: Any = None, today: date | None = None, feeds: Sequence[str] | None = None,
-          run_id: str = "", dry_run: bool = False) -> dict[str, Any]:
-    """Delete everything past retention for every feed (or ``feeds``); returns what was (or would be) deleted."""
-    import psycopg2
-
-    from csp_observatory import sftp
+          run_id: str = "", dry_run: bool = False, services: Any = None) -> dict[str, Any]:
+    """Delete everything past retention for every feed (or ``feeds``); returns what was (or would be) deleted.
+    ``services`` (``pipeline.Services``: the DAG hands the Airflow Connections') reach PostGIS and SFTP; by default
+    the settings'."""
+    from csp_observatory import pipeline
     from csp_observatory.config import load_settings
     from csp_observatory.schema import load_schemas
 
     settings = settings or load_settings()
+    svc = services if services is not None else pipeline.SettingsServices(settings)
     today = today or datetime.now(timezone.utc).date()
     schemas = [s for s in load_schemas() if feeds is None or s.feed in feeds]
     done: list[Deleted] = []
     due: list[str] = []
-    with closing(psycopg2.connect(settings.database_url)) as conn:
+    with svc.db() as conn:
         ensure_log(conn)
         conn.commit()
         for schema in schemas:
@@ -282,7 +287,7 @@ def apply(settings: Any = None, today: date | None = None, feeds: Sequence[str] 
                         done += delete_supply(conn, schema, period, reason(schema, period, "rows"), run_id)
         if not dry_run:
             files: list[Deleted] = []
-            with sftp.connect_observatory(settings) as client:
+            with svc.sftp() as client:
                 listings: dict[str, list[str]] = {}
                 for schema in schemas:
                     files += delete_remote_files(client, settings, schema, today, listings)

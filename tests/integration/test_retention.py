@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from csp_observatory import demo, fixtures, postcodes_sources, retention, sftp
+from csp_observatory import demo, fixtures, partitions, postcodes_sources, retention, sftp
 from csp_observatory.pipeline import schema_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_partner_folders", "reference_loaded")]
@@ -31,6 +31,14 @@ def _count(db, sql: str, *args) -> int:
         n = cur.fetchone()[0]
     db.rollback()
     return n
+
+
+def _partitions(db, schema, period: str) -> int:
+    """How many partitions of the feed's first table hold the supply (found by their comment, as a load does)."""
+    f = schema.files[0]
+    comment = partitions.partition_comment(schema.db_schema, f.table, f"{schema.feed}/{period}")
+    return _count(db, "SELECT count(*) FROM pg_inherits i WHERE i.inhparent = to_regclass(%s) "
+                      "AND obj_description(i.inhrelid, 'pg_class') = %s", f"{schema.db_schema}.{f.table}", comment)
 
 
 def _ls(settings, folder: str) -> list[str]:
@@ -82,6 +90,8 @@ def test_a_supply_past_retention_is_deleted_and_logged_while_a_recent_one_stays(
     assert f"{FEED}/{RECENT}" not in out["supplies_past_rows_retention"]
     assert held(OLD) == {k: 0 for k in before[OLD]}
     assert held(RECENT) == before[RECENT]
+    # the old supply's partition is dropped, not left empty; the recent one's stays
+    assert _partitions(db, schema, OLD) == 0 and _partitions(db, schema, RECENT) == 1
     # every deletion is in the log, with why; nothing of the recent supply
     with db.cursor() as cur:
         cur.execute("SELECT kind, item, count, reason FROM observatory.retention_log WHERE run_id = %s "
