@@ -54,8 +54,19 @@ RETRY_DELAY: Final = timedelta(seconds=float(os.environ.get("CSP_RETRY_DELAY_S",
 DAG_DOCS_DIR: Final = metadata_docs.dag_docs_dir()
 # TEST ONLY (tests/integration/test_late_supply.py): the late-supply deadline falls this many seconds after a run is
 # queued, instead of the schema's due date after the run's logical date, so a test sees it fire in minutes (and a
-# scheduled run waits only its window, not until the real due date). Never set it in a deployment.
+# scheduled run waits only its window, not until the real due date): "N" for every feed, or "feed=N,feed=N" for
+# those feeds only. Never set it in a deployment.
 TEST_DUE_AFTER_S: Final = os.environ.get("CSP_TEST_DUE_AFTER_S")
+
+
+def due_after_for_test(feed: str, spec: str | None = TEST_DUE_AFTER_S) -> timedelta | None:
+    """The test-only due time of a feed's runs after they are queued (``CSP_TEST_DUE_AFTER_S``), or None."""
+    if not spec:
+        return None
+    if "=" not in spec:
+        return timedelta(seconds=float(spec))
+    per_feed = dict(part.split("=", 1) for part in spec.split(","))
+    return timedelta(seconds=float(per_feed[feed])) if feed in per_feed else None
 
 
 def _services() -> Any:
@@ -81,8 +92,8 @@ def late_supply_deadline(schema: FeedSchema, interval: timedelta | None) -> Dead
     if interval is None:
         return None
     reference = DeadlineReference.DAGRUN_LOGICAL_DATE
-    if TEST_DUE_AFTER_S:
-        reference, interval = DeadlineReference.DAGRUN_QUEUED_AT, timedelta(seconds=float(TEST_DUE_AFTER_S))
+    if (test_interval := due_after_for_test(schema.feed)) is not None:
+        reference, interval = DeadlineReference.DAGRUN_QUEUED_AT, test_interval
     return DeadlineAlert(reference=reference, interval=interval, name=alerts.alert_name(schema),
                          callback=AsyncCallback(alerts.late_supply_alert, kwargs={"feed": schema.feed}))
 
@@ -117,7 +128,7 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
         # Done when every file of a supply is in the inbox and no longer being written.
         waiting = SupplySensor(
             task_id="wait_for_supply", feed=feed, poke_interval=SENSOR_POKE_S, soft_fail=True,
-            due_after_s=due_after.total_seconds() if due_after and not TEST_DUE_AFTER_S else None,
+            due_after_s=due_after.total_seconds() if due_after and due_after_for_test(feed) is None else None,
             timeout=float(SENSOR_TIMEOUT_S) if SENSOR_TIMEOUT_S else schema.wait_hours * 3600,
             doc_md="Waits, deferred to the triggerer, until every file of a supply is in the partner's inbox and "
                    "no longer being written; skipped when the window closes with nothing ready.")

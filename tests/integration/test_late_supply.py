@@ -27,8 +27,11 @@ pytestmark = pytest.mark.integration
 
 MISSING = "council_asb"         # no supply ever arrives for its scheduled run's month
 ON_TIME = "fire_incidents"      # its supply arrives while its scheduled run waits
-DUE_AFTER_S = 150       # the test's due time, after the run is queued: room for the on-time run to load its supply
-WINDOW_S = 210          # how long the runs wait for a supply: the missing one is still waiting when it falls due
+# The test's due times, after each run is queued: the missing month's falls while its run still waits (it is judged
+# only after that); the on-time run has ample room to load its supply before its own, and is judged when it ends
+# (a run that succeeds drops its deadline), so the test never waits for that one.
+DUE_AFTER_S = {MISSING: 50, ON_TIME: 400}
+WINDOW_S = 90           # how long the runs wait for a supply: the missing one is still waiting when it falls due
 START_WAIT_S = 180
 RUN_WAIT_S = 600
 
@@ -41,7 +44,7 @@ def airflow_deployment(tmp_path_factory: pytest.TempPathFactory, settings) -> It
     api_port = free_port()
     env = base_env(home, api_port, AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True",
                    CSP_SENSOR_TIMEOUT_S=str(WINDOW_S),
-                   CSP_TEST_DUE_AFTER_S=str(DUE_AFTER_S))       # test only: see dags/feeds.py
+                   CSP_TEST_DUE_AFTER_S=",".join(f"{feed}={s}" for feed, s in DUE_AFTER_S.items()))  # dags/feeds.py
     logs = home / "component-logs"
     with deployment(env, logs):
         yield {"env": env, "db": home / "airflow.db", "logs": logs, "api": Api(api_port)}
@@ -156,10 +159,11 @@ def _start_and_finish(api: Api, db_file: Path, logs: Path, settings, started: di
         run["final"] = wait(f"the run of {feed} finishing", lambda: (got := api.call(
             "GET", f"/api/v2/dags/{run['dag_id']}/dagRuns/{run['run_id']}"))["state"] in ("success", "failed")
                              and got, RUN_WAIT_S, logs)
-        run["due"] = datetime.fromisoformat(run["final"]["queued_at"]) + timedelta(seconds=DUE_AFTER_S)
-    # Past both due times, with room for the scheduler to judge the deadlines and the triggerer to call back.
-    latest = max(r["due"] for r in started.values())
-    time.sleep(max(0.0, (latest - datetime.now(timezone.utc)).total_seconds()) + 20)
+        run["due"] = datetime.fromisoformat(run["final"]["queued_at"]) + timedelta(seconds=DUE_AFTER_S[feed])
+    # Past the missing month's due time, with room for the scheduler to judge the deadline and the triggerer to call
+    # back (the on-time run has ended, before its due time: test_a_supply_loaded_in_time_raises_no_alert checks it).
+    due = started[MISSING]["due"]
+    time.sleep(max(0.0, (due - datetime.now(timezone.utc)).total_seconds()) + 20)
 
 
 def test_a_month_whose_supply_never_arrives_raises_the_late_supply_alert_naming_the_partner(runs, db,
