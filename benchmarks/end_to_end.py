@@ -35,7 +35,6 @@ before and after each run (rows, ledger, the partner's files of that period), so
 from __future__ import annotations
 
 import argparse
-import fcntl
 import io
 import json
 import logging
@@ -44,7 +43,6 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from contextlib import closing, contextmanager
@@ -57,8 +55,6 @@ sys.path.insert(0, str(REPO / "plugins"))
 FEED = "police_recorded_crime"
 TINY = 20
 CONFIGS = {"test": REPO / ".run" / "test" / "observatory.yaml", "demo": REPO / ".run" / "observatory.yaml"}
-#: The integration tests' lock (tests/integration/conftest.py): one user of the tests' services at a time.
-TEST_LOCK = Path("/run" if os.access("/run", os.W_OK) else tempfile.gettempdir()) / "csp-observatory-tests.lock"
 STAGES = ("wait_for_supply", "collect", "decrypt_and_verify", "parse_and_validate", "clean", "geocode", "sanitise",
           "load", "report_and_archive")
 
@@ -91,24 +87,16 @@ def _use_config(name: str) -> None:
 
 @contextmanager
 def _tests_lock(name: str) -> Iterator[None]:
+    """The integration tests' lock (csp_observatory.services_lock), when this run uses the tests' services."""
+    from csp_observatory import services_lock
+
     if name != "test":
         yield
         return
-    with open(TEST_LOCK, "a+", encoding="utf-8") as fh:
-        told = False
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not told:
-                    print(f"waiting for the integration tests' lock {TEST_LOCK} ...", file=sys.stderr, flush=True)
-                    told = True
-                time.sleep(2)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with services_lock.hold(3600, lambda holder: print(
+            f"waiting for the integration tests' lock {services_lock.LOCK_FILE} (pid {holder}) ...",
+            file=sys.stderr, flush=True)):
+        yield
 
 
 # --- the partner's side, in a child process ---------------------------------------------------------------------

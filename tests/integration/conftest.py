@@ -11,12 +11,9 @@ next to the demo's config (``CSP_TEST_CONFIG`` overrides), naming the same secre
 from __future__ import annotations
 
 import base64
-import fcntl
 import os
 import stat
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,6 +24,7 @@ import psycopg2
 import pytest
 import yaml
 
+from csp_observatory import services_lock
 from csp_observatory.config import DEFAULT_CONFIG, Settings, load_settings, settings_from_dict
 
 PARTNER_FOLDERS = ("inbox", "quarantine", "processed", "reports")
@@ -63,43 +61,25 @@ if TEST_CONFIG.exists():
 
 # One integration session at a time on a machine: there is one set of the tests' services, and two sessions
 # (two clones, or CI beside a developer) would empty each other's SFTP folders and forget each other's months.
-SESSION_LOCK = Path("/run" if os.access("/run", os.W_OK) else tempfile.gettempdir()) / "csp-observatory-tests.lock"
 SESSION_WAIT_S = 1800
 
 
 @pytest.fixture(scope="session", autouse=True)
 def one_session_at_a_time(pytestconfig: pytest.Config) -> Iterator[None]:
     """Wait (at most SESSION_WAIT_S) for any other integration session on this machine to finish, then hold the
-    tests' services until this one ends."""
-    with open(SESSION_LOCK, "a+", encoding="utf-8") as fh:
-        deadline = time.monotonic() + SESSION_WAIT_S
-        told = False
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                fh.seek(0)
-                holder = fh.read().strip()
-                holder = holder if holder.isdigit() and Path(f"/proc/{holder}").exists() else "?"
-                if time.monotonic() > deadline:
-                    pytest.fail(f"another integration test session (pid {holder}) has held the tests' services for "
-                                f"{SESSION_WAIT_S} s ({SESSION_LOCK})", pytrace=False)
-                if not told:
-                    # past pytest's capture: whoever runs the tests should know why nothing happens
-                    with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
-                        print(f"\nwaiting for another integration test session (pid {holder}) to finish ...",
-                              file=sys.stderr, flush=True)
-                    told = True
-                time.sleep(2)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"{os.getpid()}\n")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    tests' services until this one ends (csp_observatory.services_lock)."""
+    def waiting(holder: str) -> None:
+        # past pytest's capture: whoever runs the tests should know why nothing happens
+        with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+            print(f"\nwaiting for another integration test session (pid {holder}) to finish ...",
+                  file=sys.stderr, flush=True)
+
+    def timed_out(holder: str) -> None:
+        pytest.fail(f"another integration test session (pid {holder}) has held the tests' services for "
+                    f"{SESSION_WAIT_S} s ({services_lock.LOCK_FILE})", pytrace=False)
+
+    with services_lock.hold(SESSION_WAIT_S, waiting, timed_out):
+        yield
 
 
 @pytest.fixture(scope="session")
