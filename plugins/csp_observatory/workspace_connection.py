@@ -30,6 +30,12 @@ class Connection:
     port: int | None = None
     dbname: str | None = None
     user: str | None = None
+    #: "verify-full" where PostGIS takes TCP logins over TLS only (docs/GOVERNANCE.md): QGIS and libpq then check
+    #: the server's certificate against the CA (``sslrootcert``, else ~/.postgresql/root.crt)
+    sslmode: str | None = None
+    #: the CA certificate's path, for libpq and pg_service.conf only: a QGIS data source has no such key (QGIS
+    #: takes the CA from its authentication settings or ~/.postgresql/root.crt)
+    sslrootcert: str | None = None
 
     def __post_init__(self) -> None:
         if not self.service and not self.dbname:
@@ -39,12 +45,14 @@ class Connection:
         if self.service:
             return [("service", self.service)]
         pairs = [("dbname", self.dbname or ""), ("host", self.host or ""),
-                 ("port", str(self.port) if self.port else ""), ("user", self.user or "")]
+                 ("port", str(self.port) if self.port else ""), ("user", self.user or ""),
+                 ("sslmode", self.sslmode or "")]
         return [(k, v) for k, v in pairs if v]
 
     def libpq(self) -> str:
         """A libpq connection string (for psycopg2 and GDAL's ``PG:``); libpq finds the password in ~/.pgpass."""
-        return " ".join(f"{k}={_quote(v)}" for k, v in self._pairs())
+        pairs = self._pairs() + ([("sslrootcert", self.sslrootcert)] if self.sslrootcert and not self.service else [])
+        return " ".join(f"{k}={_quote(v)}" for k, v in pairs)
 
     def qgis(self) -> str:
         """The connection part of a QGIS PostGIS data source."""
@@ -64,7 +72,8 @@ def connection_from_demo(path: Path) -> tuple[Connection, str]:
 
     raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     conn = Connection(service=None, host=raw.get("analyst_host"), port=raw.get("analyst_port"),
-                      dbname=raw.get("analyst_database"), user=raw.get("analyst_user"))
+                      dbname=raw.get("analyst_database"), user=raw.get("analyst_user"),
+                      sslmode=raw.get("analyst_sslmode"), sslrootcert=raw.get("analyst_sslrootcert"))
     return conn, raw["analyst_url"]
 
 
@@ -80,5 +89,6 @@ def service_stanza(connection: Connection, name: str = DEFAULT_SERVICE) -> str:
     in ``~/.pgpass``, or QGIS asks)."""
     lines = [f"[{name}]"]
     lines += [f"{k}={v}" for k, v in (("host", connection.host), ("port", connection.port),
-                                      ("dbname", connection.dbname), ("user", connection.user)) if v]
+                                      ("dbname", connection.dbname), ("user", connection.user),
+                                      ("sslmode", connection.sslmode), ("sslrootcert", connection.sslrootcert)) if v]
     return "\n".join(lines) + "\n"

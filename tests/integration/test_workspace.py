@@ -98,13 +98,15 @@ def analyst_env(demo_config, tmp_path) -> dict[str, str]:
     password in a pgpass file of its own: what an analyst's ~/.pg_service.conf and ~/.pgpass hold."""
     services = tmp_path / "pg_service.conf"
     services.write_text(f"[{SERVICE}]\nhost={demo_config['analyst_host']}\nport={demo_config['analyst_port']}\n"
-                        f"dbname={demo_config['analyst_database']}\nuser={demo_config['analyst_user']}\n")
+                        f"dbname={demo_config['analyst_database']}\nuser={demo_config['analyst_user']}\n"
+                        f"sslmode={demo_config['analyst_sslmode']}\n")
     pgpass = tmp_path / "pgpass"
     pgpass.write_text(f"{demo_config['analyst_host']}:{demo_config['analyst_port']}:{demo_config['analyst_database']}:"
                       f"{demo_config['analyst_user']}:{demo_config['analyst_password']}\n")
     pgpass.chmod(0o600)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k != workspace_connection.DSN_ENV}
-    env.update(PGSERVICEFILE=str(services), PGPASSFILE=str(pgpass))
+    # the CA the server's certificate is checked against, as an analyst's ~/.postgresql/root.crt would be
+    env.update(PGSERVICEFILE=str(services), PGPASSFILE=str(pgpass), PGSSLROOTCERT=demo_config["analyst_sslrootcert"])
     return env
 
 
@@ -402,7 +404,8 @@ def _read_back(text: str, env: dict[str, str], conn) -> list[str]:
     takes it from the pgpass file); checks the feature count, the FID column and the CRS. Returns the tables."""
     tables = []
     for ds in _datasources(text):
-        connection = " ".join(f"{k}={ds[k]}" for k in ("service", "dbname", "host", "port", "user") if k in ds)
+        connection = " ".join(f"{k}={ds[k]}" for k in ("service", "dbname", "host", "port", "user", "sslmode")
+                              if k in ds)
         assert ds["key"] == "fid"
         done = _ogrinfo(env, connection, f"{ds['schema']}.{ds['table_name']}")
         out = done.stdout + done.stderr
@@ -431,6 +434,7 @@ def _project(conn, isolated, reference, analyst_env,
             mp.delenv(k)
         mp.setenv("PGSERVICEFILE", analyst_env["PGSERVICEFILE"])
         mp.setenv("PGPASSFILE", analyst_env["PGPASSFILE"])
+        mp.setenv("PGSSLROOTCERT", analyst_env["PGSSLROOTCERT"])
         layers = workspace_project.write_project(out, "Test CSP", workspace_connection.Connection(service=SERVICE),
                                                  schemas=[prc, asb, personal])
     return [prc, asb, personal], layers
@@ -488,6 +492,8 @@ def test_the_scripts_write_a_project_and_export_a_period_of_a_real_feed(conn, re
         text = qgs.read_text(encoding="utf-8")
         assert demo_config["analyst_password"] not in text
         assert f"dbname='{demo_config['analyst_database']}'" in text and f"user='{demo_config['analyst_user']}'" in text
+        # QGIS checks the server's certificate: the project asks for verify-full, as set-up's PostGIS requires TLS
+        assert f"sslmode={demo_config['analyst_sslmode']}" in text and "sslmode=verify-full" in text
         assert sorted(_read_back(text, analyst_env, conn)) == sorted(
             [f"depersonalised.{t}" for f in schema.files for t in (f.table, ddl.ward_month_table(f))]
             + ["dq.supplies"])                                          # the quality stamp, after the feed's layers

@@ -130,3 +130,14 @@ def test_a_personalised_feed_is_refused_before_any_connection(tmp_path, capsys):
     assert "personalised" in capsys.readouterr().err
     with pytest.raises(workspace_export.RefusedExport, match="personalised"):
         workspace_export.export_gpkg(None, personal[0], "202609", out)
+
+
+def test_a_tls_connection_asks_qgis_and_libpq_to_verify_the_server():
+    tls = workspace_connection.Connection(service=None, host="db.example", port=5433, dbname="csp", user="jsmith",
+                                          sslmode="verify-full", sslrootcert="/etc/ca dir/ca.crt")
+    assert tls.qgis() == "dbname='csp' host=db.example port=5433 user='jsmith' sslmode=verify-full"
+    # the CA's path is for libpq and pg_service.conf: a QGIS data source has no such key
+    assert tls.libpq() == "dbname=csp host=db.example port=5433 user=jsmith sslmode=verify-full " \
+                          "sslrootcert='/etc/ca dir/ca.crt'"
+    assert workspace_connection.service_stanza(tls).splitlines()[-2:] == ["sslmode=verify-full",
+                                                                           "sslrootcert=/etc/ca dir/ca.crt"]
