@@ -27,6 +27,16 @@ from csp_observatory import access_audit as aa
 from csp_observatory.spreadsheet import text_cell
 
 ACCESS_FOLDER: Final = "access"     # under the observatory's reports_dir
+#: The server's audit log folder as this machine sees it, where it is not the server's own path (docker-compose
+#: mounts the PostGIS container's log volume into the Airflow containers); else it is asked of the cluster.
+LOG_DIR_ENV: Final = "CSP_AUDIT_LOG_DIR"
+
+
+def log_dir_here(database_url: str, admin_url: str | None = None) -> Path:
+    """The audit log folder: ``CSP_AUDIT_LOG_DIR`` when set, else asked of the cluster (:func:`find_log_dir`)."""
+    if os.environ.get(LOG_DIR_ENV):
+        return Path(os.environ[LOG_DIR_ENV])
+    return find_log_dir(database_url, admin_url)
 CSV_HEADER: Final = ("when_utc", "login", "name", "kind", "database", "tables", "command", "class", "rows",
                      "client", "application", "session", "statement_id")
 
@@ -239,7 +249,7 @@ def write_monthly(settings: Any = None, today: date | None = None) -> list[Path]
     done = [out_dir / f"access_{first.isoformat()}_{last.isoformat()}{s}" for s in (".csv", ".md")]
     if all(p.exists() for p in done):
         return done
-    report = build(first, last, find_log_dir(settings.database_url), aa.database_name(settings.database_url),
+    report = build(first, last, log_dir_here(settings.database_url), aa.database_name(settings.database_url),
                    names_urls=[aa.admin_url_for(settings.database_url), settings.database_url],
                    service_logins=[urlsplit(settings.database_url).username or ""])
     report.warnings = audit_warnings(settings.database_url)
@@ -269,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.last:
         first, last = args.last.replace(day=1), args.last
     try:
-        log_dir = args.log_dir or find_log_dir(settings.database_url, args.admin_url)
+        log_dir = args.log_dir or log_dir_here(settings.database_url, args.admin_url)
         report = build(first, last, log_dir, None if args.all_databases else aa.database_name(settings.database_url),
                        names_urls=[args.admin_url or aa.admin_url_for(settings.database_url),
                                    settings.database_url],

@@ -7,6 +7,7 @@ import json
 import os
 import stat
 from datetime import date, datetime, timezone
+from pathlib import Path
 
 import pytest
 
@@ -198,3 +199,13 @@ def test_a_file_time_a_little_behind_its_last_line_does_not_hide_it(tmp_path):
     # a file last written long before the period is not read at all
     os.utime(path, (line_at.timestamp() - 86400, line_at.timestamp() - 86400))
     assert aa.scan_log(tmp_path, line_at, datetime(2026, 12, 1, tzinfo=timezone.utc)).files == []
+
+
+def test_the_log_folder_named_by_the_environment_is_used_without_asking_the_server(monkeypatch, tmp_path):
+    """docker-compose mounts the PostGIS container's log into the Airflow containers at another path."""
+    monkeypatch.setenv(ar.LOG_DIR_ENV, str(tmp_path))
+    # an address nothing answers: the server is never asked
+    assert ar.log_dir_here("postgresql://x@127.0.0.1:9/none") == tmp_path
+    monkeypatch.delenv(ar.LOG_DIR_ENV)
+    monkeypatch.setattr(ar, "find_log_dir", lambda url, admin=None: Path("/asked") / url[-4:])
+    assert ar.log_dir_here("postgresql://x@127.0.0.1:9/none") == Path("/asked/none")

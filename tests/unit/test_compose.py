@@ -82,7 +82,9 @@ def test_the_schema_check_catches_a_broken_file(compose):
 def test_the_stack_has_every_service(services):
     assert AIRFLOW_SERVICES <= services.keys()
     assert {"redis", "airflow-db", "postgis", "sftp"} <= services.keys()
-    assert services["postgis"]["image"].startswith("postgis/postgis:")
+    # PostGIS's own image with Debian's pgaudit added (docs/AUDIT.md)
+    dockerfile = services["postgis"]["build"]["dockerfile_inline"]
+    assert dockerfile.startswith("FROM postgis/postgis:15-") and "postgresql-15-pgaudit" in dockerfile
 
 
 def test_every_depends_on_target_exists_and_waits_properly(services):
@@ -323,3 +325,35 @@ def test_every_airflow_service_defines_the_feeds_connections(compose, services):
         # the server's key is pinned: never trust whatever answers
         assert sftp["extra"]["no_host_key_check"] is False and sftp["extra"]["host_key"], name
         assert sftp["extra"]["key_file"].startswith("/opt/airflow/secrets/"), name
+
+
+def _setup_audit_settings() -> dict[str, str]:
+    """The server settings scripts/setup_audit.sh writes for the project's own cluster."""
+    text = (REPO / "scripts" / "setup_audit.sh").read_text(encoding="utf-8")
+    conf = text.split('csp-audit.conf" 0644 postgres:postgres <<EOF', 1)[1].split("\n", 1)[1].split("\nEOF", 1)[0]
+    role = re.search(r"^AUDIT_ROLE=(\w+)", text, re.M).group(1)
+    return {k.strip(): v.strip().strip("'").replace("$AUDIT_ROLE", role) for k, v in
+            (line.split("=", 1) for line in conf.splitlines() if "=" in line and not line.startswith("#"))}
+
+
+def test_postgis_audits_reads_of_personal_data_as_set_up_does(compose, services):
+    """The production PostGIS loads pgaudit with the settings set-up gives the project's cluster, keeps its log
+    where the Airflow containers read it for the monthly report, and makes the audit role."""
+    command = services["postgis"]["command"]
+    given = dict(command[i + 1].split("=", 1) for i, arg in enumerate(command) if arg == "-c")
+    expected = _setup_audit_settings()
+    assert expected["shared_preload_libraries"] == "pgaudit" and expected["pgaudit.log_statement"] == "off"
+    for key, value in expected.items():
+        if key in ("log_directory", "log_file_mode", "log_line_prefix"):    # the container's own paths and modes
+            continue
+        assert given.get(key) == value, key
+    log_dir = given["log_directory"]
+    assert any(v.endswith(f":{log_dir}") for v in services["postgis"]["volumes"])
+    volume = next(v.split(":")[0] for v in services["postgis"]["volumes"] if v.endswith(f":{log_dir}"))
+    for name in AIRFLOW_SERVICES:
+        mounts = {v.split(":")[0]: v.split(":")[1:] for v in services[name]["volumes"] if isinstance(v, str)}
+        assert mounts[volume][-1] == "ro", name                                 # read, never written
+        assert _env(services[name])["CSP_AUDIT_LOG_DIR"] == mounts[volume][0], name
+    roles = _content(compose, "postgis-roles")
+    assert "CREATE ROLE csp_auditor NOLOGIN" in roles and "CREATE EXTENSION IF NOT EXISTS pgaudit" in roles
+    assert "GRANT SELECT ON TABLES TO csp_auditor" in roles
