@@ -7,7 +7,7 @@ are compared, and the ratio is printed. Peak RSS is the process's maximum so far
 
 Input: a police recorded crime supply from ``demo_data`` (offences, offenders, victims), generated once into
 ``--dir`` and reused (generation at 100k offences takes about half a minute). The postcode reference is the
-shipped Calderdale extract (``postcodes.shipped_reference``); ``--national`` adds the national-size synthetic
+shipped Calderdale extract (``postcodes_sources.shipped_reference``); ``--national`` adds the national-size synthetic
 reference for the displacement map build and its cache.
 
     .venv/bin/python benchmarks/stages.py --offences 100000 --dir /tmp/csp_stages

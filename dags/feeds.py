@@ -38,7 +38,8 @@ from airflow.sdk import (DAG, AssetOrTimeSchedule, AsyncCallback, CronTriggerTim
 from csp_observatory import alerts, metadata_docs, table_assets
 from csp_observatory.arrival import SupplySensor, supply_asset
 from csp_observatory.config import stage_queue, stage_queues
-from csp_observatory.schema import FeedSchema, load_schemas
+from csp_observatory.schema import FeedSchema
+from csp_observatory.schema_loading import load_schemas
 
 OWNER: Final = "observatory-data-engineering"
 START: Final = datetime(2026, 1, 1, tzinfo=timezone.utc)

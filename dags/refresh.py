@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from airflow.sdk import AssetAny, Param, dag, task
 
-from csp_observatory.schema import load_schemas
+from csp_observatory.schema_loading import load_schemas
 from csp_observatory.table_assets import summarised_assets
 
 OWNER: Final = "observatory-data-engineering"

@@ -270,7 +270,7 @@ def doc_md(today: date | None = None, folder: Path | None = None) -> str:
 def demo_agreements(today: date | None = None) -> list[Agreement]:
     """One demo agreement per feed schema, covering every demo partner account of the feed's agency (a force's
     accounts all share its protocol), reviewed a year after ``today``. Marked ``demo``: not a real protocol."""
-    from csp_observatory.schema import load_schemas
+    from csp_observatory.schema_loading import load_schemas
 
     today = today or datetime.now(timezone.utc).date()
     schemas = load_schemas()
@@ -315,7 +315,7 @@ def write_agreement(a: Agreement, folder: Path | None = None, replace: bool = Fa
 # ------------------------------------------------------------------------------------------------ the command
 
 def _feeds_known() -> set[str]:
-    from csp_observatory.schema import load_schemas
+    from csp_observatory.schema_loading import load_schemas
 
     return {s.feed for s in load_schemas()}
 
@@ -323,7 +323,7 @@ def _feeds_known() -> set[str]:
 def _supplied_feeds() -> dict[str, str]:
     """feed -> the active partner whose inbox it is collected from (the partner registry and the schemas)."""
     from csp_observatory.config import load_settings
-    from csp_observatory.schema import load_schemas
+    from csp_observatory.schema_loading import load_schemas
 
     try:
         settings = load_settings()

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final
 
-from csp_observatory.schema import FeedSchema, schema_for
+from csp_observatory.schema import FeedSchema
+from csp_observatory.schema_loading import schema_for
 
 log = logging.getLogger(__name__)
 

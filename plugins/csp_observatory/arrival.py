@@ -53,7 +53,7 @@ def look(feed: str, previous_sizes: dict[str, int] | None = None, settings: Any 
     """
     from csp_observatory import intake, sftp
     from csp_observatory.config import load_settings
-    from csp_observatory.schema import schema_for
+    from csp_observatory.schema_loading import schema_for
 
     settings = settings or load_settings()
     schema = schema_for(feed)

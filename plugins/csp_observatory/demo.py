@@ -45,7 +45,7 @@ def demo_config() -> dict[str, Any]:
 
 def ensure_reference(settings: Settings, force: bool = False) -> dict[str, int]:
     """Load the shipped postcode reference and gazetteer into PostGIS, unless already there."""
-    from csp_observatory import ddl, gazetteer, postcodes
+    from csp_observatory import ddl, gazetteer, postcodes_postgis, postcodes_sources
 
     with closing(psycopg2.connect(settings.database_url)) as conn:
         ddl.ensure_database(conn)
@@ -59,8 +59,8 @@ def ensure_reference(settings: Settings, force: bool = False) -> dict[str, int]:
                     counts[table] = cur.fetchone()[0]
         if all(counts.get(t) for t in ("reference.postcodes", "reference.places")) and not force:
             return {"postcodes": counts["reference.postcodes"], "places": counts["reference.places"]}
-        frame = postcodes.shipped_reference()
-        postcodes.load_reference(conn, frame)
+        frame = postcodes_sources.shipped_reference()
+        postcodes_postgis.load_reference(conn, frame)
         places = gazetteer.shipped_places()
         gazetteer.load_places(conn, places)
         conn.commit()
@@ -78,12 +78,12 @@ def drop_demo_supply(settings: Settings, schema: FeedSchema, period: str = DEMO_
     that text as the metadata file, False sends none. The feed's own demo partner (``schema.partner.id``) sends it,
     or ``partner_id`` (a partner whose inbox serves several feeds).
     """
-    from csp_observatory import demo_data, fixtures, metadata as supply_metadata, partner, postcodes, sftp
+    from csp_observatory import demo_data, fixtures, metadata as supply_metadata, partner, postcodes_sources, sftp
 
     demo = demo_config()
     keys = partner_keys(demo, partner_id or schema.partner.id)
     if files is None:
-        reference = postcodes.shipped_reference()
+        reference = postcodes_sources.shipped_reference()
         files = demo_data.make_police_recorded_crime(period, reference[~reference["terminated"]],
                                                      n_offences=n_offences).files
     uploads = {fixtures.remote_name(schema.file(name), period): text for name, text in files.items()}
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                              "instead of loading the shipped Calderdale extract")
     args = parser.parse_args(argv)
 
-    from csp_observatory.pipeline import schema_for
+    from csp_observatory.schema_loading import schema_for
 
     settings = load_settings()
     schema = schema_for(FEED)

@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
-from csp_observatory.schema import REFERENCE_DIR, SCHEMA_DIR, FeedSchema, load_schema
+from csp_observatory.schema import REFERENCE_DIR, SCHEMA_DIR, FeedSchema
+from csp_observatory.schema_loading import load_schema
 
 DEFAULT_SEED: Final = 20260901
 TOWNS: Final = {"HX1": "Halifax", "HX2": "Halifax", "HX3": "Halifax", "HX4": "Halifax", "HX5": "Elland",

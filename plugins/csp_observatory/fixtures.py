@@ -2,7 +2,7 @@
 
 ``make_supply(schema, period, reference)`` writes every file of one supply of a feed as CSV text. Values come
 from each datafield's type, role, code list and pattern; locations are real postcodes and centroids of the
-reference (``postcodes.shipped_reference()``: Calderdale) with invented house numbers on real street names. A few
+reference (``postcodes_sources.shipped_reference()``: Calderdale) with invented house numbers on real street names. A few
 rows are made bad on purpose among the good ones and listed in ``FixtureSupply.bad_rows`` with what should
 happen to them:
 
@@ -42,8 +42,9 @@ import pandas as pd
 import yaml
 
 from csp_observatory import metadata as supply_metadata
+from csp_observatory.metadata_file import TOP_LEVEL
 from csp_observatory.demo_data import FIRST_NAMES, LAST_NAMES, OCCUPATIONS, STREETS, TOWNS
-from csp_observatory.schema import POINT_ROLES, REPO_ROOT, Datafield, FeedFile, FeedSchema, LocationFields
+from csp_observatory.schema import POINT_ROLES, REPO_ROOT, Datafield, FeedFile, FeedSchema, LocationFields, period_bounds
 
 DEFAULT_SEED: Final = 20260701
 #: A feed's example metadata file, if it has one: ``<feed>_metadata.yaml`` (make_metadata starts from it).
@@ -356,7 +357,7 @@ def make_supply(schema: FeedSchema, period: str, reference: pd.DataFrame, n: int
                 seed: int = DEFAULT_SEED, metadata: str | None = "matching") -> FixtureSupply:
     """Every file of one supply of ``schema`` for ``period`` as CSV text, with bad rows among the good.
 
-    ``reference`` is a postcode reference frame (``postcodes.shipped_reference()``); ``n`` is the number of good
+    ``reference`` is a postcode reference frame (``postcodes_sources.shipped_reference()``); ``n`` is the number of good
     rows of each file (a linked file, such as offenders, links each of its rows to a row of its target file).
     ``metadata`` (one of :data:`METADATA_KINDS`): a metadata file that matches the files, one that says the first
     file has one record more than it has, or none. Deterministic for a seed.
@@ -407,7 +408,7 @@ def make_metadata(schema: FeedSchema, period: str, files: dict[str, str], *,
     """A metadata file (guidance section 3.4) for a supply of ``schema``, as the partner would write it: YAML text.
 
     It matches ``files`` (file name -> CSV text): each file's records are its data rows and its datafields its
-    header, so ``metadata.check_against`` finds nothing. The feed's example in ``include/examples`` (if any) gives
+    header, so ``metadata_checks.check_against`` finds nothing. The feed's example in ``include/examples`` (if any) gives
     the agency, supplier, explanations, caveats, coding systems and how coordinates were made; other feeds get
     plain made-up ones. ``records`` overrides a file's count (a mismatch on purpose), ``caveats`` the caveats.
     Deterministic: the date supplied is, by default, twelve days after the period ends.
@@ -423,7 +424,7 @@ def make_metadata(schema: FeedSchema, period: str, files: dict[str, str], *,
                "files": {},
                "caveats": [f"Made-up records for trying the {schema.title} feed: they describe no real event."],
                "geographic_method": "Geocoded from the address by the partner's own gazetteer (made-up points)."}
-    bounds = supply_metadata.period_bounds(schema.period_format, period)
+    bounds = period_bounds(schema.period_format, period)
     explained = {name: entry.get("datafields") for name, entry in (doc.get("files") or {}).items()}
     out_files: dict[str, Any] = {}
     listed: set[str] = set()
@@ -447,7 +448,7 @@ def make_metadata(schema: FeedSchema, period: str, files: dict[str, str], *,
     })
     if not coordinates:
         doc.pop("geographic_method", None)
-    text = yaml.safe_dump({k: doc[k] for k in supply_metadata.TOP_LEVEL if k in doc}, sort_keys=False,
+    text = yaml.safe_dump({k: doc[k] for k in TOP_LEVEL if k in doc}, sort_keys=False,
                           allow_unicode=True, width=110)
     # "name:" with nothing after it, as a person writes a self-explanatory datafield (YAML reads it as null)
     return re.sub(r"(?m)^(\s+[^\s:#]+): null$", r"\1:", text)

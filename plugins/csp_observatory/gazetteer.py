@@ -15,7 +15,7 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 
-from csp_observatory.postcodes import copy_out, frame_to_csv, grant_read
+from csp_observatory.postcodes_postgis import copy_out, frame_to_csv, grant_read
 from csp_observatory.schema import REFERENCE_DIR
 
 SHIPPED_PLACES: Final = REFERENCE_DIR / "places_calderdale_SYNTHETIC.csv"

@@ -26,7 +26,8 @@ from typing import Any, Final, Iterator
 
 from csp_observatory import ledger, metadata
 from csp_observatory.config import Settings
-from csp_observatory.schema import FeedSchema, schema_for
+from csp_observatory.schema import FeedSchema
+from csp_observatory.schema_loading import schema_for
 from csp_observatory.sftp import RemoteFile, download, exists, list_entries, list_files, move, put_text
 
 log = logging.getLogger(__name__)

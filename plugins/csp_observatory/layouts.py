@@ -31,9 +31,6 @@ import pandas as pd
 from csp_observatory.layouts_loading import _schema_target
 from csp_observatory.layouts_model import Generate, Layout, LayoutError, LayoutResult, Transform, _bare, key
 from csp_observatory.layouts_reading import _read, _series
-# Moved; imported here for pipeline.py until it imports them from their modules:
-from csp_observatory.layouts_loading import layouts_for  # noqa: F401  (now in layouts_loading.py)
-from csp_observatory.layouts_reading import detect  # noqa: F401  (now in layouts_reading.py)
 from csp_observatory.parsing import MalformedFile, rejected_frame
 from csp_observatory.schema import FeedFile
 

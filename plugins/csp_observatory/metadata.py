@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Final, Mapping
 
-from csp_observatory.schema import FeedSchema, period_bounds  # noqa: F401  (period_bounds: re-exported for fixtures.py)
+from csp_observatory.schema import FeedSchema
 
 #: Largest metadata file read, in bytes (a hand-written file is a few kilobytes).
 MAX_BYTES: Final = 1_000_000
@@ -265,27 +265,3 @@ def refused_reason(schema: FeedSchema, problems: list[str], *, required: bool, r
                 f"this supply stay in inbox/ and are taken again with it.")
     return (f"{what} The data of this supply were loaded without it: correct the file and send it with your next "
             f"supply of {schema.title}.")
-
-
-# --- moved names -----------------------------------------------------------------------------------------------------
-
-#: Names now held by the modules named, for the callers that still ask this module for them (``pipeline.py``,
-#: ``fixtures.py``, ``report_metadata.py``, ``stamp.py``). Looked up on use, not imported here: those modules import
-#: this one.
-_MOVED: Final = {
-    "TOP_LEVEL": "metadata_file", "read_metadata": "metadata_file",
-    "check_against": "metadata_checks",
-    "ensure_catalogue": "metadata_catalogue", "record": "metadata_catalogue", "latest": "metadata_catalogue",
-    "first_supply_needs_metadata": "metadata_catalogue", "apply_comments": "metadata_catalogue",
-    "report_section": "metadata_docs", "shown_document": "metadata_docs", "from_shown_document": "metadata_docs",
-    "write_dag_doc": "metadata_docs", "write_quality_doc": "metadata_docs",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """A name in :data:`_MOVED`, from the module that now holds it."""
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f"csp_observatory.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

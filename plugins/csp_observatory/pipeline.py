@@ -27,7 +27,8 @@ import psycopg2
 
 from csp_observatory import staging
 from csp_observatory.config import Settings, load_settings
-from csp_observatory.schema import CONTENT_KEY_COLUMN, FeedSchema, schema_for  # noqa: F401 (schema_for: re-exported)
+from csp_observatory.schema import CONTENT_KEY_COLUMN, FeedSchema
+from csp_observatory.schema_loading import schema_for
 
 log = logging.getLogger(__name__)
 
@@ -451,7 +452,7 @@ def _check_metadata(m: Manifest, schema: FeedSchema, headers: dict[str, list[str
     (the load reads the file again to catalogue it). Headers are those the parser read: the canonical copy's for
     a file in a declared partner layout, whose datafields the metadata names as the schema does.
     """
-    from csp_observatory import metadata
+    from csp_observatory import metadata, metadata_checks, metadata_docs, metadata_file
 
     out: dict[str, Any] = {"file": None, "expected": metadata.metadata_file_name(schema, m.period),
                            "supplied": m.metadata is not None, "refused": [], "document": None, "mismatches": []}
@@ -460,13 +461,13 @@ def _check_metadata(m: Manifest, schema: FeedSchema, headers: dict[str, list[str
     out["file"] = m.metadata.remote_name
     try:
         with staging.local_file(m.metadata.plaintext_path or "") as plain:
-            md = metadata.read_metadata(plain, schema)
+            md = metadata_file.read_metadata(plain, schema)
     except metadata.MetadataError as bad:
         out["refused"] = list(bad.problems)
         return out
     counts = {name: f.rows_in_file for name, f in m.files.items() if f.rows_in_file is not None}
-    out["document"] = metadata.shown_document(md)
-    out["mismatches"] = [x.to_dict() for x in metadata.check_against(md, schema, m.period, counts, headers)]
+    out["document"] = metadata_docs.shown_document(md)
+    out["mismatches"] = [x.to_dict() for x in metadata_checks.check_against(md, schema, m.period, counts, headers)]
     return out
 
 
@@ -477,12 +478,12 @@ def _in_canonical_layout(m: Manifest, file_name: str, plaintext: Path, feed_file
     and rewritten to the schema's datafield names and codes beside the plaintext (deleted with it). Returns the
     path and the layout's result (None for the canonical layout). A file in no known layout is malformed.
     """
-    from csp_observatory import layouts, parsing
+    from csp_observatory import layouts, layouts_loading, layouts_reading, parsing
 
-    candidates = layouts.layouts_for(m.feed, file_name)
+    candidates = layouts_loading.layouts_for(m.feed, file_name)
     if len(candidates) <= 1:
         return plaintext, None
-    chosen = layouts.detect(plaintext, candidates)
+    chosen = layouts_reading.detect(plaintext, candidates)
     if chosen is None:
         known = "; ".join(lay.title for lay in candidates)
         raise parsing.MalformedFile(f"the file's columns match none of the layouts the observatory knows for this "
@@ -582,9 +583,9 @@ def _link_problems(m: Manifest, schema: FeedSchema,
 # --- stage 5: geocode -------------------------------------------------------------------------------
 
 def _postcode_reference(conn: Any) -> pd.DataFrame:
-    from csp_observatory import postcodes
+    from csp_observatory import postcodes_postgis
 
-    reference = postcodes.read_reference(conn)
+    reference = postcodes_postgis.read_reference(conn)
     if reference.empty:
         raise RuntimeError("reference.postcodes is empty: load the postcode reference first "
                            "(scripts/load_reference.py)")
@@ -638,7 +639,7 @@ def _period_end(schema: FeedSchema, period: str) -> pd.Timestamp:
 def sanitise(work_dirs: list[str], settings: Settings | None = None,
              services: Services | None = None) -> list[str]:
     """Depersonalise each record (Appendix 1) and measure what could still single anyone out."""
-    from csp_observatory import disclosure, sanitising
+    from csp_observatory import disclosure, sanitising, sanitising_checks, sanitising_displacement
 
     settings = settings or load_settings()
     svc = _services(settings, services)
@@ -661,7 +662,7 @@ def sanitise(work_dirs: list[str], settings: Settings | None = None,
             # Beside staging, not in it: staging holds only a supply's plaintext and goes with it.
             key = (schema.household_threshold, schema.displacement)
             if key not in maps:
-                maps[key] = sanitising.cached_displacement(
+                maps[key] = sanitising_displacement.cached_displacement(
                     reference, *key, cache_dir=Path(settings.staging_dir).parent / "cache" / "displacement_maps")
             summaries: dict[str, Any] = {}
             risks: dict[str, Any] = {}
@@ -669,7 +670,7 @@ def sanitise(work_dirs: list[str], settings: Settings | None = None,
                 feed_file = schema.file(name)
                 result = sanitising.sanitise(m.read_frame("geocoded", name), feed_file, maps[key],
                                              period_end=_period_end(schema, m.period))
-                problems = sanitising.check_sanitised(result.frame, maps[key], feed_file)
+                problems = sanitising_checks.check_sanitised(result.frame, maps[key], feed_file)
                 if problems:
                     # Never load something that breaks Appendix 1: stop the supply and say why.
                     raise RuntimeError(f"{m.supply_id} {name}: sanitised output breaks Appendix 1: {problems[:5]}")
@@ -715,7 +716,7 @@ def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list
     header-only file, a partial extract) is held, not loaded, until an engineer confirms it by triggering the
     feed's DAG with ``{"confirm_replace": ["<period>"]}``; the files stay in the inbox for that run.
     """
-    from csp_observatory import ddl, ledger, loading, metadata
+    from csp_observatory import ddl, ledger, loading, metadata, metadata_catalogue, metadata_docs, metadata_file
 
     settings = settings or load_settings()
     svc = _services(settings, services)
@@ -733,15 +734,15 @@ def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list
             with svc.db() as conn:
                 ddl.ensure_database(conn)
                 ddl.ensure_feed_tables(conn, schema)
-                metadata.ensure_catalogue(conn)
+                metadata_catalogue.ensure_catalogue(conn)
                 conn.commit()
                 # The feed's first supply must bring its metadata (section 3.4): without it nothing is loaded and
                 # the files stay in the inbox until it arrives.
-                checked["required"] = metadata.first_supply_needs_metadata(conn, schema.feed)
+                checked["required"] = metadata_catalogue.first_supply_needs_metadata(conn, schema.feed)
                 md = None
                 if m.metadata is not None and not checked.get("refused"):
                     with staging.local_file(m.metadata.plaintext_path or "") as plain:
-                        md = metadata.read_metadata(plain, schema)
+                        md = metadata_file.read_metadata(plain, schema)
                 if checked["required"] and md is None:
                     if m.metadata is None:
                         m.status = "needs_metadata"
@@ -789,7 +790,7 @@ def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list
             checked["recorded"] = md is not None
             m.save()
             try:
-                metadata.write_dag_doc(settings.reports_dir, schema.feed, shown[0] if shown else None)
+                metadata_docs.write_dag_doc(settings.reports_dir, schema.feed, shown[0] if shown else None)
             except OSError:
                 log.exception("%s loaded, but the DAG docs' caveats could not be written", m.supply_id)
     return work_dirs
@@ -813,13 +814,13 @@ def _catalogue(conn: Any, schema: FeedSchema, supply_id: str, md: Any, mismatche
     """Inside the load's transaction: catalogue the supply's metadata (if it has any), and put the feed's latest
     caveats and explanations in its tables' and columns' comments (``ensure_feed_tables`` may just have written
     the schema's own over them). Returns the latest metadata, for the DAG's docs once the load has committed."""
-    from csp_observatory import metadata
+    from csp_observatory import metadata, metadata_catalogue
 
     if md is not None:
-        metadata.record(conn, supply_id, md, [metadata.Mismatch(**x) for x in mismatches])
-    latest = metadata.latest(conn, schema.feed)
+        metadata_catalogue.record(conn, supply_id, md, [metadata.Mismatch(**x) for x in mismatches])
+    latest = metadata_catalogue.latest(conn, schema.feed)
     if latest is not None:
-        metadata.apply_comments(conn, schema, latest)
+        metadata_catalogue.apply_comments(conn, schema, latest)
     return latest
 
 

@@ -179,24 +179,3 @@ class PostcodeLookup:
         at = self._index.get_indexer(codes)
         hit = ok & (at >= 0)
         return np.where(hit, self._rows[np.where(hit, at, 0)] if len(self._rows) else -1, -1)
-
-
-# --- moved names -----------------------------------------------------------------------------------------------------
-
-#: Names now held by the modules named, for the callers that still ask this module for them (``pipeline.py``,
-#: ``demo.py``, ``report_demo.py``, ``gazetteer.py``). Looked up on use, not imported here: those modules import
-#: this one.
-_MOVED: Final = {
-    "shipped_reference": "postcodes_sources",
-    "load_reference": "postcodes_postgis", "read_reference": "postcodes_postgis", "copy_out": "postcodes_postgis",
-    "frame_to_csv": "postcodes_postgis", "grant_read": "postcodes_postgis",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """A name in :data:`_MOVED`, from the module that now holds it."""
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f"csp_observatory.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

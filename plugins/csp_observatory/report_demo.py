@@ -79,12 +79,13 @@ def write_series(schema: FeedSchema, periods: list[str], reference: pd.DataFrame
 
 
 def main(argv: list[str]) -> int:
-    from csp_observatory import postcodes
-    from csp_observatory.schema import SCHEMA_DIR, load_schema
+    from csp_observatory import postcodes_sources
+    from csp_observatory.schema import SCHEMA_DIR
+    from csp_observatory.schema_loading import load_schema
 
     out = Path(argv[0] if argv else "report-demo")
     schema = load_schema(SCHEMA_DIR / "police_recorded_crime.yaml")
-    reports = write_series(schema, ["202607", "202608", "202609"], postcodes.shipped_reference(), out,
+    reports = write_series(schema, ["202607", "202608", "202609"], postcodes_sources.shipped_reference(), out,
                            arrived={"202607": "2026-08-10T09:00:00+00:00", "202608": "2026-09-12T09:00:00+00:00",
                                     "202609": "2026-10-20T09:00:00+00:00"})
     print("\n\n".join(reporting.render_text(r) for r in reports[-1:]))

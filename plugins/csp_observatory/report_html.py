@@ -11,7 +11,7 @@ from pathlib import Path
 from string import Template
 from typing import Any, Final
 
-from csp_observatory.sanitising import MOVED_RULES
+from csp_observatory.sanitising_displacement import MOVED_RULES
 from csp_observatory.schema import DISPLACEMENT_TEXT
 
 TEMPLATE: Final = Path(__file__).resolve().parent / "templates" / "report.html"

@@ -19,7 +19,7 @@ def period_text(schema: FeedSchema, period: str) -> str:
 def partner_metadata(raw: dict[str, Any]) -> dict[str, Any] | None:
     """What the partner's metadata file said (caveats, coding, coordinates; never the supplier's details) and how it
     compared with the supply; None when the pipeline has not looked for one."""
-    from csp_observatory import metadata as M
+    from csp_observatory import metadata_docs as M
 
     if not raw:
         return None

@@ -268,7 +268,7 @@ def apply(settings: Any = None, today: date | None = None, feeds: Sequence[str] 
     the settings'."""
     from csp_observatory import pipeline
     from csp_observatory.config import load_settings
-    from csp_observatory.schema import load_schemas
+    from csp_observatory.schema_loading import load_schemas
 
     settings = settings or load_settings()
     svc = services if services is not None else pipeline.SettingsServices(settings)

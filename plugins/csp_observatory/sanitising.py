@@ -29,10 +29,6 @@ from csp_observatory import scrubbing
 from csp_observatory.addresses import sanitise_addresses
 from csp_observatory.sanitising_checks import _GEO_COLUMNS
 from csp_observatory.sanitising_displacement import POSTCODE_RULES, RULES, PostcodeMap
-# Moved; imported here for pipeline.py and report_html.py until they import them from their modules:
-from csp_observatory.sanitising_checks import check_sanitised  # noqa: F401  (now in sanitising_checks.py)
-from csp_observatory.sanitising_displacement import MOVED_RULES  # noqa: F401  (now in sanitising_displacement.py)
-from csp_observatory.sanitising_displacement import cached_displacement  # noqa: F401  (now in sanitising_displacement.py)
 from csp_observatory.schema import FeedFile
 
 #: Histogram bins of displacement in metres, as reported in the summary.

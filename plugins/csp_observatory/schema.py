@@ -385,21 +385,3 @@ def period_bounds(period_format: str, period: str) -> tuple[date, date] | None:
     if re.search(r"%[Yy]", period_format):
         return start, start.replace(month=12, day=31)
     return None
-
-
-# --- moved names -----------------------------------------------------------------------------------------------------
-
-#: Names now held by ``schema_loading.py``, for the callers that still ask this module for them (``dags/``,
-#: ``pipeline.py``, ``intake.py``, ``alerts.py``, ``arrival.py``, ``agreements.py``, ``retention.py``,
-#: ``subject_access.py``, ``summaries.py``, ``demo_data.py``, ``report_demo.py``). Looked up on use, not imported
-#: here: ``schema_loading`` imports this module.
-_MOVED: Final = {"load_schema": "schema_loading", "load_schemas": "schema_loading", "schema_for": "schema_loading"}
-
-
-def __getattr__(name: str) -> Any:
-    """A name in :data:`_MOVED`, from the module that now holds it."""
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f"csp_observatory.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -476,7 +476,7 @@ def stamp_supply(settings: Any, schema: FeedSchema, report: dict[str, Any], part
 
     import psycopg2
 
-    from csp_observatory import metadata
+    from csp_observatory import metadata_docs
 
     try:
         # ``db``: the stage's own connection factory (the DAG layer's Airflow connection); else the settings' URL
@@ -494,7 +494,7 @@ def stamp_supply(settings: Any, schema: FeedSchema, report: dict[str, Any], part
         log.exception("%s: the quality stamp could not be written", report["supply"]["supply_id"])
         return False
     try:
-        metadata.write_quality_doc(settings.reports_dir, schema.feed, dag_doc_section(row, qualities))
+        metadata_docs.write_quality_doc(settings.reports_dir, schema.feed, dag_doc_section(row, qualities))
     except OSError:
         log.exception("%s: stamped, but the DAG docs' quality section could not be written", schema.feed)
     return True

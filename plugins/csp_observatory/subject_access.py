@@ -31,7 +31,8 @@ from typing import Any, Final
 
 from psycopg2 import sql
 
-from csp_observatory.schema import FeedFile, FeedSchema, load_schemas
+from csp_observatory.schema import FeedFile, FeedSchema
+from csp_observatory.schema_loading import load_schemas
 from csp_observatory.spreadsheet import text_cell
 
 LOG_TABLE: Final = "observatory.subject_access_log"

@@ -32,7 +32,7 @@ def refresh(feeds: Iterable[str], settings: Settings | None = None, services: An
     """Recount each named feed's layers by ward, month and category, one transaction per feed; returns the rows
     written per counts table, per feed (a feed with no counts table, a personalised one, writes none)."""
     from csp_observatory import ddl, pipeline
-    from csp_observatory.schema import schema_for
+    from csp_observatory.schema_loading import schema_for
 
     svc = services if services is not None else pipeline.SettingsServices(settings or load_settings())
     written: dict[str, dict[str, int]] = {}

@@ -11,7 +11,7 @@ from datetime import date, timedelta
 import pytest
 
 from csp_observatory import agreements, demo, fixtures, postcodes_sources, sftp, staging
-from csp_observatory.pipeline import schema_for
+from csp_observatory.schema_loading import schema_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_partner_folders", "reference_loaded")]
 

@@ -19,7 +19,7 @@ import pytest
 from airflow_harness import Api, airflow, base_env, deployment, free_port, sqlite_query, wait
 
 from csp_observatory import demo, fixtures, postcodes_sources
-from csp_observatory.pipeline import schema_for
+from csp_observatory.schema_loading import schema_for
 
 pytestmark = pytest.mark.integration
 

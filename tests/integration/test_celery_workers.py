@@ -34,7 +34,7 @@ import yaml
 from airflow_harness import Api, base_env, deployment, free_port, start, tails, wait
 
 from csp_observatory import demo, fixtures, postcodes_sources
-from csp_observatory.pipeline import schema_for
+from csp_observatory.schema_loading import schema_for
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 
 from csp_observatory import demo, demo_data, fixtures, postcodes_sources
 from csp_observatory.metadata import metadata_file_name
-from csp_observatory.pipeline import schema_for
+from csp_observatory.schema_loading import schema_for
 
 pytestmark = pytest.mark.integration
 

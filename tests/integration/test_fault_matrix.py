@@ -21,7 +21,8 @@ from typing import Any
 import psycopg2
 import pytest
 
-from csp_observatory import demo, demo_data, intake, loading, pipeline, postcodes, sftp
+from csp_observatory import demo, demo_data, intake, loading, pipeline, postcodes_sources, sftp
+from csp_observatory.schema_loading import schema_for
 from service_faults import DroppingFile, kill_session, postgis_cluster, restart_postgis, sshd_stopped, tmpfs
 
 pytestmark = pytest.mark.integration
@@ -79,7 +80,7 @@ def fresh(settings, clean_partner_folders, reference_loaded):
 
 
 def _supply(period: str, n: int = 60) -> dict[str, str]:
-    reference = postcodes.shipped_reference()
+    reference = postcodes_sources.shipped_reference()
     return demo_data.make_police_recorded_crime(period, reference[~reference["terminated"]], n_offences=n).files
 
 
@@ -96,7 +97,7 @@ def _with_values(text: str, column: str, values: tuple[str, ...]) -> str:
 
 def _drop(settings, period: str, files: dict[str, str]) -> list[str]:
     """As the partner: the supply and its metadata file, encrypted, signed and uploaded; returns the names."""
-    return demo.drop_demo_supply(settings, pipeline.schema_for(FEED), period, files=files)
+    return demo.drop_demo_supply(settings, schema_for(FEED), period, files=files)
 
 
 def _ls(settings, sub: str) -> list[str]:

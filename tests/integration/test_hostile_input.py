@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from csp_observatory import (demo, demo_data, fixtures, intake, metadata, partner, pipeline, postcodes_sources, sftp)
+from csp_observatory.schema_loading import schema_for
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +58,7 @@ def _exists(conn, table: str) -> bool:
 
 def _forget(conn, settings, forget_supply) -> None:
     """Nothing of these periods in PostGIS, staging or the observatory's reports."""
-    schema = pipeline.schema_for(FEED)
+    schema = schema_for(FEED)
     for period in PERIODS:
         forget_supply(conn, schema, period)
         for root in (settings.staging_dir, settings.reports_dir):
@@ -92,7 +93,7 @@ def _drop(settings, files: dict[str, str | bytes]) -> None:
 
 def _drop_supply(settings, period: str, files: dict[str, str]) -> None:
     """A supply's files and its metadata file (so that none of these is ever the feed's first without one)."""
-    schema = pipeline.schema_for(FEED)
+    schema = schema_for(FEED)
     _drop(settings, {**{_name(f, period): text for f, text in files.items()},
                      metadata.metadata_file_name(schema, period): fixtures.make_metadata(schema, period, files)})
 

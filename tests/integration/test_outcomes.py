@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from csp_observatory import demo, demo_data, postcodes_sources
-from csp_observatory.pipeline import schema_for
+from csp_observatory.schema_loading import schema_for
 
 pytestmark = pytest.mark.integration
 

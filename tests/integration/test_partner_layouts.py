@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from csp_observatory import demo, fixtures, layouts, layouts_loading, layouts_reading, sftp
-from csp_observatory.pipeline import schema_for
+from csp_observatory.schema_loading import schema_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_partner_folders", "reference_loaded")]
 

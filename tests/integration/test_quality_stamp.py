@@ -22,7 +22,7 @@ from psycopg2 import errors, sql
 
 from csp_observatory import demo, demo_data, graded_views, metadata_docs, postcodes_sources, stamp
 from csp_observatory.grading import GRADES, quality_grade, worst
-from csp_observatory.pipeline import schema_for
+from csp_observatory.schema_loading import schema_for
 
 pytestmark = pytest.mark.integration
 

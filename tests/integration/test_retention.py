@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from csp_observatory import demo, fixtures, partitions, postcodes_sources, retention, sftp
-from csp_observatory.pipeline import schema_for
+from csp_observatory.schema_loading import schema_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_partner_folders", "reference_loaded")]
 

@@ -13,7 +13,7 @@ import yaml
 
 from csp_observatory import demo, fixtures, postcodes_sources, sftp
 from csp_observatory.config import load_settings
-from csp_observatory.pipeline import schema_for
+from csp_observatory.schema_loading import schema_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_partner_folders", "reference_loaded")]
 

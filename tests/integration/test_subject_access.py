@@ -13,7 +13,7 @@ from datetime import date, datetime
 import pytest
 
 from csp_observatory import demo, fixtures, postcodes_sources, subject_access
-from csp_observatory.pipeline import schema_for
+from csp_observatory.schema_loading import schema_for
 from csp_observatory.schema import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_partner_folders", "reference_loaded")]

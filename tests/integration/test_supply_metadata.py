@@ -21,7 +21,7 @@ import pytest
 
 from csp_observatory import (demo, demo_data, fixtures, metadata_catalogue, metadata_docs, metadata_file, partner,
                              postcodes_sources, sftp)
-from csp_observatory.pipeline import schema_for
+from csp_observatory.schema_loading import schema_for
 
 pytestmark = pytest.mark.integration
 

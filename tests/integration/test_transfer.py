@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from csp_observatory import decryption, intake, ledger, partner, sftp
-from csp_observatory.pipeline import schema_for
+from csp_observatory.schema_loading import schema_for
 
 pytestmark = pytest.mark.integration
 

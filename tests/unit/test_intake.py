@@ -12,7 +12,7 @@ import pytest
 
 from csp_observatory import intake, ledger, sftp
 from csp_observatory.config import PartnerKeys, Settings
-from csp_observatory.pipeline import schema_for
+from csp_observatory.schema_loading import schema_for
 from csp_observatory.sftp import RemoteFile
 
 pytestmark = pytest.mark.unit

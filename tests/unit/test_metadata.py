@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from csp_observatory import ddl, metadata as M, metadata_catalogue, metadata_checks, metadata_docs, metadata_file
-from csp_observatory.schema import REPO_ROOT, SCHEMA_DIR, FeedSchema
+from csp_observatory.schema import REPO_ROOT, SCHEMA_DIR, FeedSchema, period_bounds
 from csp_observatory.schema_loading import load_schema
 
 pytestmark = pytest.mark.unit
@@ -462,11 +462,11 @@ def test_report_section_counts_and_messages_only(example, prc):
 
 
 def test_period_bounds():
-    assert M.period_bounds("%Y%m", "202602") == (date(2026, 2, 1), date(2026, 2, 28))
-    assert M.period_bounds("%Y%m%d", "20260905") == (date(2026, 9, 5), date(2026, 9, 5))
-    assert M.period_bounds("%Y", "2026") == (date(2026, 1, 1), date(2026, 12, 31))
-    assert M.period_bounds("%Y%m", "202613") is None
-    assert M.period_bounds("%Y%m", "２０２６０９") is None       # full-width digits are no period
+    assert period_bounds("%Y%m", "202602") == (date(2026, 2, 1), date(2026, 2, 28))
+    assert period_bounds("%Y%m%d", "20260905") == (date(2026, 9, 5), date(2026, 9, 5))
+    assert period_bounds("%Y", "2026") == (date(2026, 1, 1), date(2026, 12, 31))
+    assert period_bounds("%Y%m", "202613") is None
+    assert period_bounds("%Y%m", "２０２６０９") is None       # full-width digits are no period
 
 
 def test_the_example_file_is_named_in_the_module_docstring():

@@ -13,6 +13,7 @@ import pytest
 
 from csp_observatory import cleaning, demo_data, fixtures, pipeline, postcodes_sources, validation
 from csp_observatory.pipeline import Manifest, SupplyFile
+from csp_observatory.schema_loading import schema_for
 
 pytestmark = pytest.mark.unit
 
@@ -195,7 +196,7 @@ def test_an_error_in_one_supply_never_stops_another(tmp_path, monkeypatch, suppl
 
 
 def test_the_parse_stage_checks_the_metadata_file_against_the_files_it_read(tmp_path, supply_files):
-    schema = pipeline.schema_for(FEED)
+    schema = schema_for(FEED)
     runs = {}
     for kind, text in {"matching": fixtures.make_metadata(schema, PERIOD, supply_files),
                        "miscounted": fixtures.make_metadata(schema, PERIOD, supply_files, records={"victims": 3}),
@@ -216,7 +217,7 @@ def test_the_parse_stage_checks_the_metadata_file_against_the_files_it_read(tmp_
 
 
 def test_a_retried_parse_stage_checks_the_metadata_once(tmp_path, monkeypatch, supply_files):
-    text = fixtures.make_metadata(pipeline.schema_for(FEED), PERIOD, supply_files, records={"offences": 1})
+    text = fixtures.make_metadata(schema_for(FEED), PERIOD, supply_files, records={"offences": 1})
     clean_run = _work_dir(tmp_path / "clean", supply_files, text)
     pipeline.parse_and_validate([clean_run], _NoServices())
     retried = _work_dir(tmp_path / "retried", supply_files, text)
@@ -229,7 +230,7 @@ def test_a_retried_parse_stage_checks_the_metadata_once(tmp_path, monkeypatch, s
 
 
 def test_the_metadata_files_plaintext_goes_with_the_rest(tmp_path, supply_files):
-    work = _work_dir(tmp_path, supply_files, fixtures.make_metadata(pipeline.schema_for(FEED), PERIOD, supply_files))
+    work = _work_dir(tmp_path, supply_files, fixtures.make_metadata(schema_for(FEED), PERIOD, supply_files))
     m = Manifest.read(work)
     assert m.all_files[-1] == m.metadata and Manifest.read(work).metadata.plaintext_path
     pipeline._delete_plaintext(m)

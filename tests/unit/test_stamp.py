@@ -5,7 +5,7 @@ import pytest
 
 from csp_observatory import graded_views, stamp
 from csp_observatory.grading import quality_grade
-from csp_observatory.pipeline import schema_for
+from csp_observatory.schema_loading import schema_for
 
 pytestmark = pytest.mark.unit
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from csp_observatory import summaries, table_assets
-from csp_observatory.schema import load_schemas
+from csp_observatory.schema_loading import load_schemas
 
 pytestmark = pytest.mark.unit
 
