@@ -264,10 +264,13 @@ def canonical_layout(target: FeedFile | Sequence[str], feed: str = "", file: str
                   target_names=names, required=req)
 
 
-def layouts_for(feed: str, file: str, directory: Path = LAYOUT_DIR) -> list[Layout]:
-    """The declared layouts of one feed file, then the canonical layout (most specific first, for detect)."""
+def layouts_for(feed: str, file: str, directory: Path = LAYOUT_DIR, feed_file: FeedFile | None = None) -> list[Layout]:
+    """The declared layouts of one feed file, then the canonical layout (most specific first, for detect).
+
+    ``feed_file``: the file's schema, when the caller has it (a stage hands its own); else read from the feed's.
+    """
     declared = [lay for lay in load_layouts(directory) if lay.feed == feed and lay.file == file]
-    feed_file = _schema_target(feed, file)
+    feed_file = feed_file if feed_file is not None else _schema_target(feed, file)
     if feed_file is not None:
         return [*declared, canonical_layout(feed_file, feed, file)]
     if declared:

@@ -264,14 +264,14 @@ def delete_local_reports(settings: Any, schema: FeedSchema, today: date) -> list
 def apply(settings: Any = None, today: date | None = None, feeds: Sequence[str] | None = None,
           run_id: str = "", dry_run: bool = False, services: Any = None) -> dict[str, Any]:
     """Delete everything past retention for every feed (or ``feeds``); returns what was (or would be) deleted.
-    ``services`` (``pipeline.Services``: the DAG hands the Airflow Connections') reach PostGIS and SFTP; by default
+    ``services`` (``pipeline_supply.Services``: the DAG hands the Airflow Connections') reach PostGIS and SFTP; by default
     the settings'."""
-    from csp_observatory import pipeline
+    from csp_observatory import pipeline_supply
     from csp_observatory.config import load_settings
     from csp_observatory.schema_loading import load_schemas
 
     settings = settings or load_settings()
-    svc = services if services is not None else pipeline.SettingsServices(settings)
+    svc = services if services is not None else pipeline_supply.SettingsServices(settings)
     today = today or datetime.now(timezone.utc).date()
     schemas = [s for s in load_schemas() if feeds is None or s.feed in feeds]
     done: list[Deleted] = []

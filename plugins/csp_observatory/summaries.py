@@ -3,7 +3,7 @@ category (``depersonalised.<table>_ward_month``, ``ddl.refresh_ward_month``; doc
 
 ``dags/refresh.py`` runs :func:`refresh` when a feed's load emits its tables' Airflow assets, for the feeds named
 in those asset events only (:func:`feeds_in_events`). No Airflow import here: the DAG hands it the events' extras
-and a ``pipeline.Services``.
+and a ``pipeline_supply.Services``.
 """
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ def feeds_in_events(extras: Iterable[Mapping[str, Any] | None]) -> dict[str, lis
 def refresh(feeds: Iterable[str], settings: Settings | None = None, services: Any = None) -> dict[str, dict[str, int]]:
     """Recount each named feed's layers by ward, month and category, one transaction per feed; returns the rows
     written per counts table, per feed (a feed with no counts table, a personalised one, writes none)."""
-    from csp_observatory import ddl, pipeline
+    from csp_observatory import ddl, pipeline_supply
     from csp_observatory.schema_loading import schema_for
 
-    svc = services if services is not None else pipeline.SettingsServices(settings or load_settings())
+    svc = services if services is not None else pipeline_supply.SettingsServices(settings or load_settings())
     written: dict[str, dict[str, int]] = {}
     with svc.db() as conn:
         for feed in feeds:

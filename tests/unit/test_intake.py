@@ -352,7 +352,7 @@ def test_quarantine_strays_moves_each_with_a_note_and_never_stops(schema, tmp_pa
 def test_the_sensor_quarantines_strays_even_when_nothing_is_ready(schema, tmp_path, monkeypatch):
     from contextlib import contextmanager
 
-    from csp_observatory import pipeline
+    from csp_observatory import pipeline, pipeline_supply
 
     monkeypatch.setattr(intake.time, "sleep", lambda s: None)
     settings = _settings(tmp_path)
@@ -363,7 +363,7 @@ def test_the_sensor_quarantines_strays_even_when_nothing_is_ready(schema, tmp_pa
     def fake_sftp(_settings):
         yield fake
 
-    monkeypatch.setattr(pipeline, "_sftp", fake_sftp)
+    monkeypatch.setattr(pipeline_supply, "_sftp", fake_sftp)
     assert pipeline.ready_periods("police_recorded_crime", settings) == []
     assert not [p for p in fake.files if p.startswith("/police/inbox/")]
     notes = [p for p in fake.files if p.startswith("/police/quarantine/") and p.endswith(".reason.txt")]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from csp_observatory import demo_data, pipeline, postcodes_sources
+from csp_observatory import demo_data, pipeline, pipeline_geo, postcodes_sources
 from csp_observatory.pipeline import Manifest, SupplyFile
 from csp_observatory.schema_loading import schema_for
 
@@ -56,4 +56,4 @@ def test_links_from_memory_match_a_set_lookup_and_the_staged_files(tmp_path):
         total += len(expected)
     assert total > 0
     # the same counts when the frames are read back from staging (the path a caller without frames takes)
-    assert pipeline._link_problems(m, schema_for(m.feed)) == m.stages["links"]
+    assert pipeline_geo._link_problems(m, schema_for(m.feed)) == m.stages["links"]

@@ -11,7 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from csp_observatory import cleaning, demo_data, fixtures, pipeline, postcodes_sources, validation
+from csp_observatory import (cleaning, demo_data, fixtures, pipeline, pipeline_parse, pipeline_supply,
+                             postcodes_sources, validation)
 from csp_observatory.pipeline import Manifest, SupplyFile
 from csp_observatory.schema_loading import schema_for
 
@@ -167,10 +168,10 @@ def test_a_file_in_no_known_layout_is_malformed_with_a_reason(tmp_path, supply_f
     files = dict(supply_files, offenders="Nominal,Sex\nN1,Male\n")
     work = _work_dir(tmp_path, files)
     refused = []
-    monkeypatch.setattr(pipeline, "_refuse", lambda m, s, c, f, reason, status, conn: (
+    monkeypatch.setattr(pipeline_parse, "_refuse", lambda m, s, c, f, reason, status, conn: (
         refused.append((f.name, reason)), setattr(m, "status", status)))
-    monkeypatch.setattr(pipeline, "_sftp", lambda s: __import__("contextlib").nullcontext())
-    monkeypatch.setattr(pipeline, "_db", lambda s: __import__("contextlib").nullcontext())
+    monkeypatch.setattr(pipeline_supply, "_sftp", lambda s: __import__("contextlib").nullcontext())
+    monkeypatch.setattr(pipeline_supply, "_db", lambda s: __import__("contextlib").nullcontext())
     pipeline.parse_and_validate([work], _NoServices())
     assert [name for name, _ in refused] == ["offenders"]
     assert "match none of the layouts" in refused[0][1] and "Demo Constabulary" in refused[0][1]
@@ -233,6 +234,6 @@ def test_the_metadata_files_plaintext_goes_with_the_rest(tmp_path, supply_files)
     work = _work_dir(tmp_path, supply_files, fixtures.make_metadata(schema_for(FEED), PERIOD, supply_files))
     m = Manifest.read(work)
     assert m.all_files[-1] == m.metadata and Manifest.read(work).metadata.plaintext_path
-    pipeline._delete_plaintext(m)
+    pipeline_supply._delete_plaintext(m)
     assert sorted(p.name for p in Path(work).iterdir()) == ["manifest.json"]
     assert m.metadata.plaintext_path is None

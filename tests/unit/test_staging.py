@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from upath import UPath
 
-from csp_observatory import config, demo_data, pipeline, postcodes_sources, staging
+from csp_observatory import config, demo_data, pipeline, pipeline_supply, postcodes_sources, staging
 from csp_observatory.pipeline import Manifest, SupplyFile
 
 pytestmark = pytest.mark.unit
@@ -154,7 +154,7 @@ def test_the_stages_give_the_same_result_on_object_storage_as_on_a_local_folder(
     pd.testing.assert_frame_equal(far.rejected(), local.rejected())
     assert len(far.rejected()) > 0                       # the fixture's bad rows were set aside in both
     assert list(worker_tmp.iterdir()) == []              # the plaintext copies went when each task was done
-    pipeline._delete_plaintext(far)
+    pipeline_supply._delete_plaintext(far)
     assert [p.name for p in far.path.iterdir()] == ["manifest.json"]
     assert all(f.plaintext_path is None for f in far.all_files)
 

@@ -1,0 +1,148 @@
+"""Stages 1 and 2 of a supply: wait for it in the partner's inbox, collect it, decrypt and verify it.
+
+``collect`` makes the supply's :class:`~csp_observatory.pipeline_supply.Manifest` (its record from here on) and
+its work area in the staging store; ``decrypt_and_verify`` lets on only the files signed by the partner's key.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+from csp_observatory import staging
+from csp_observatory.config import Settings, load_settings
+from csp_observatory.pipeline_supply import (Manifest, Services, SupplyFile, _delete_plaintext, _in_flight, _refuse,
+                                             _services, supply_schema)
+from csp_observatory.schema_loading import schema_for
+
+log = logging.getLogger("csp_observatory.pipeline")
+
+
+# --- stage 1: collect ------------------------------------------------------------------------------
+
+def ready_periods(feed: str, settings: Settings | None = None, services: Services | None = None) -> list[str]:
+    """Periods whose every file is in the partner's inbox and no longer being written.
+
+    Strays (misnamed files, bad periods, links, folders, empty files) are quarantined here with their reason:
+    when nothing in the inbox is ready no run starts, and the partner must still hear about every one.
+    """
+    from csp_observatory import intake
+
+    settings = settings or load_settings()
+    svc = _services(settings, services)
+    schema = schema_for(feed)
+    with svc.sftp() as client:
+        ready = intake.find_ready_supplies(client, schema, settings)
+        intake.quarantine_strays(client, settings, schema, ready)
+    return sorted(s.period for s in ready.supplies)
+
+
+def collect(feed: str, periods: list[str], run_id: str, settings: Settings | None = None,
+            services: Services | None = None) -> list[str]:
+    """Download each ready supply into staging, record its hashes, and set aside duplicates and strays."""
+    from csp_observatory import agreements, intake, ledger
+
+    settings = settings or load_settings()
+    svc = _services(settings, services)
+    schema = schema_for(feed)
+    work_dirs: list[str] = []
+    with svc.sftp() as client, svc.db() as conn:
+        ledger.ensure_ledger(conn)
+        conn.commit()
+        ready = intake.find_ready_supplies(client, schema, settings)
+        # Strays that arrived since the sensor's look; one never stops another, nor a supply.
+        intake.quarantine_strays(client, settings, schema, ready)
+        for pending in ready.supplies:
+            if pending.period not in periods:
+                continue
+            collected = intake.collect(client, conn, schema, settings, pending)
+            conn.commit()
+            # The work area is in the staging store every worker reaches (staging.py), not on this worker's disk.
+            work = staging.supply_area(settings, feed, pending.period)
+            staging.remove(work)  # what an earlier, interrupted run left: this run starts the supply afresh
+            staging.make_private_dir(work)
+            m = Manifest(feed=feed, period=pending.period, work_dir=str(work), files={}, run_id=run_id,
+                         collected_at=datetime.now(timezone.utc).isoformat(), partner_id=collected.partner_id)
+            for cf in collected.files:
+                m.files[cf.file_name] = SupplyFile(name=cf.file_name, remote_name=cf.remote_name,
+                                                   sha256=cf.sha256, size=cf.size,
+                                                   encrypted_path=_into_store(cf.local_path, work))
+            if (cf := collected.metadata) is not None:
+                m.metadata = SupplyFile(name=cf.file_name, remote_name=cf.remote_name, sha256=cf.sha256,
+                                        size=cf.size, encrypted_path=_into_store(cf.local_path, work))
+            # Guidance 2.2: a feed is taken only under a current information sharing agreement (agreements.py).
+            standing = agreements.standing(m.partner, feed)
+            if standing.warning:
+                log.warning("%s: %s", m.supply_id, standing.warning)
+            if standing.agreement is not None:
+                m.stages["agreement"] = {"id": standing.agreement.id, "title": standing.agreement.title(),
+                                         "review_date": standing.agreement.review_date.isoformat(),
+                                         "review_due": standing.warning is not None}
+            if not standing.current:
+                for f in m.all_files:
+                    _refuse(m, settings, client, f, standing.refusal or "", "refused", conn)
+                _delete_plaintext(m)
+            elif all(cf.duplicate_of for cf in collected.all_files):
+                # The same bytes were loaded before: never load them twice. The partner is told where.
+                for cf in collected.all_files:
+                    intake.archive(client, settings, m.partner, cf.remote_name)
+                    m.problems.append({"file": cf.file_name, "remote_name": cf.remote_name,
+                                       "reason": f"identical to a delivery already loaded as supply "
+                                                 f"{cf.duplicate_of}; not loaded again"})
+                m.status = "duplicate"
+                _delete_plaintext(m)
+            # A supply where only some files are new is loaded whole again: the load replaces the period's
+            # rows, so unchanged files neither duplicate nor go missing.
+            m.save()
+            work_dirs.append(str(work))
+    return work_dirs
+
+
+def _into_store(local_path: str, work: staging.Location) -> str:
+    """A file this task downloaded to its own disk, moved into the supply's work area (``encrypted/``): the decrypt
+    task may run on another worker. The download's own folder, now empty, goes too."""
+    local = Path(local_path)
+    stored = staging.adopt(local, work / "encrypted" / local.name)
+    try:
+        local.parent.rmdir()
+    except OSError:
+        pass            # not empty (another file of the supply), or already gone
+    return stored
+
+
+# --- stage 2: decrypt and verify --------------------------------------------------------------------
+
+def decrypt_and_verify(work_dirs: list[str], settings: Settings | None = None,
+                       services: Services | None = None) -> list[str]:
+    """Decrypt each file; only a file signed by the partner's pinned key goes on."""
+    from csp_observatory import decryption
+
+    settings = settings or load_settings()
+    svc = _services(settings, services)
+    out: list[str] = []
+    with svc.sftp() as client, svc.db() as conn:
+        for m in _in_flight(work_dirs):
+            if not m.ok:
+                out.append(m.work_dir)
+                continue
+            supply_schema(m)        # the partner of a manifest from before collect recorded it
+            fingerprint = settings.partner(m.partner).signing_fingerprint
+            for f in m.all_files:
+                plaintext = m.path / "plain" / (f"{f.name}.csv" if f is not m.metadata else
+                                                 Path(f.remote_name).with_suffix("").name)
+                # gpg reads and writes real files: for a remote store, private copies on this worker, deleted
+                # when it is done (the plaintext goes up into the supply's work area only once verified).
+                try:
+                    with staging.local_file(f.encrypted_path) as encrypted, \
+                            staging.local_output(plaintext) as written:
+                        verified = decryption.decrypt_and_verify(settings.gnupg_home, encrypted, written,
+                                                                fingerprint, settings.gpg_passphrase)
+                except decryption.RefusedFile as refused:
+                    _refuse(m, settings, client, f, refused.reason, "refused", conn)
+                    continue
+                f.plaintext_path, f.signer = str(plaintext), verified.signer_fingerprint
+            if not m.ok:
+                _delete_plaintext(m)
+            m.save()
+            out.append(m.work_dir)
+    return out
