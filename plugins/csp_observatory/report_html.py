@@ -11,12 +11,12 @@ from pathlib import Path
 from string import Template
 from typing import Any, Final
 
+from csp_observatory.report_html_parts import _e, _rows_html, _table
+from csp_observatory.report_quality_html import fitness_html
 from csp_observatory.sanitising_displacement import MOVED_RULES
 from csp_observatory.schema import DISPLACEMENT_TEXT
 
 TEMPLATE: Final = Path(__file__).resolve().parent / "templates" / "report.html"
-#: Rows shown in the HTML table; the JSON report always lists them all.
-HTML_ROW_LIMIT: Final = 500
 
 #: The note over the files the partner must act on, by the supply's status (default: refused files).
 PROBLEM_SECTION: Final = {
@@ -40,27 +40,6 @@ def _plural(n: int, noun: str) -> str:
 
 # --- rendering -----------------------------------------------------------------------------------------
 
-def _e(v: Any) -> str:
-    if v is None:
-        return '<span class="muted">-</span>'
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return f"{v:,.1f}"
-    if isinstance(v, list):
-        return html.escape(", ".join(str(x) for x in v))
-    return html.escape(str(v))
-
-
-def _table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
-    """An HTML table; cells are already escaped HTML."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
 def _section(title: str, body: str, anchor: str, note: str = "") -> str:
     note_html = f'<p class="note">{note}</p>' if note else ""
     return f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{note_html}{body}</section>'
@@ -71,16 +50,6 @@ def _fingerprint(fp: str | None) -> str:
         return _e(None)
     tail = " ".join(fp[i:i + 4] for i in range(max(len(fp) - 16, 0), len(fp), 4))
     return f'<code class="nowrap" title="{_e(fp)}">&hellip;{_e(tail)}</code>'
-
-
-def _rows_html(rows: list[dict[str, Any]], intro: str) -> str:
-    """Rows to fix (file, row number, what is wrong, what to do), at most HTML_ROW_LIMIT; the JSON has all."""
-    shown = rows[:HTML_ROW_LIMIT]
-    table = _table(["File", "Row", "What is wrong", "What to do"],
-                   [[_e(r["file"]), _e(r["row"]), _e(r["reason"]), _e(r["action"])] for r in shown], "rows")
-    more = f'<p class="note">{len(rows) - len(shown):,} more rows are listed in the JSON report.</p>' \
-        if len(rows) > len(shown) else ""
-    return f"<p>{intro}</p>{table}{more}"
 
 
 def _rejected_html(report: dict[str, Any]) -> str:
@@ -229,7 +198,6 @@ def _partner_metadata_html(p: dict[str, Any] | None) -> str:
 
 def render_html(report: dict[str, Any]) -> str:
     """A self-contained HTML page of a report (inline CSS and SVG, no scripts, no external resources)."""
-    from csp_observatory.report_quality_html import fitness_html   # it builds on this module's helpers
     s = report["summary"]
     cards = [("Rows in files", s["rows_in_files"]), ("Rows loaded", s["rows_loaded"]),
              ("Rows set aside", s["rows_need_attention"]),

@@ -7,7 +7,7 @@ import html
 from typing import Any, Final
 
 from csp_observatory import grading
-from csp_observatory.report_html import _e, _rows_html, _table
+from csp_observatory.report_html_parts import _e, _rows_html, _table
 from csp_observatory.trends import LATE_ZERO_DAYS
 from csp_observatory.validation import OPTIONAL_WEIGHT, REQUIRED_WEIGHT
 

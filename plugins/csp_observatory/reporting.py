@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Final, Iterable
 
 # The page and the terminal summary live in report_html; these names stay importable from here.
-from csp_observatory.report_html import (HTML_ROW_LIMIT, OTHER_LOCATION_OUTCOMES, PROBLEM_SECTION,  # noqa: F401
-                                         TEMPLATE, render_html, render_text)
+from csp_observatory.report_html import (OTHER_LOCATION_OUTCOMES, PROBLEM_SECTION, TEMPLATE,  # noqa: F401
+                                         render_html, render_text)
 from csp_observatory import fitness, trends
 from csp_observatory.report_metadata import metadata_section, period_text
 from csp_observatory.schema import FeedSchema
