@@ -242,7 +242,7 @@ def load_schema(path: Path) -> FeedSchema:
 
 @lru_cache(maxsize=None)
 def schema_for(feed: str) -> FeedSchema:
-    """The schema of a feed, by its id (read once per process: every stage asks for it, file by file)."""
+    """The schema of a feed, by its id (read once per process: each stage asks for it once per supply)."""
     for path in SCHEMA_DIR.glob("*.yaml"):
         schema = load_schema(path)
         if schema.feed == feed:
