@@ -2,7 +2,7 @@
 
 :func:`check_against` compares a parsed :class:`metadata.SupplyMetadata` with the files received and the feed's
 schema, and returns :class:`metadata.Mismatch` es (kinds in ``metadata.KINDS``) for the quality report. The parse
-stage (``pipeline.py``) calls it.
+stage (``pipeline_parse.py``) calls it.
 """
 from __future__ import annotations
 

@@ -211,12 +211,12 @@ class SupplyOutcome:
     run_id: str = ""
     work_dir: str = ""                                                  # engineer only
     supplier_contact: str = ""
-    #: the partner's metadata file as the pipeline read it (pipeline._check_metadata; no supplier details)
+    #: the partner's metadata file as the pipeline read it (pipeline_parse._check_metadata; no supplier details)
     supply_metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def outcome_from_manifest(manifest: Any, settings: Any = None) -> SupplyOutcome:
-    """A SupplyOutcome from the pipeline's Manifest (pipeline.py), reading its rejected rows."""
+    """A SupplyOutcome from the pipeline's Manifest (pipeline_supply.py), reading its rejected rows."""
     stages = manifest.stages or {}
 
     def rows_of(frame: Any) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """The invariant check of a sanitised frame: nothing personal left, every point on a safe postcode centroid.
 
 :func:`check_sanitised` is driven by the feed file's schema and returns the problems found (empty when the frame
-is safe to load), naming columns and row labels, never values. The sanitise stage (``pipeline.py``) refuses to
+is safe to load), naming columns and row labels, never values. The sanitise stage (``pipeline_geo.py``) refuses to
 load a frame with a problem: it stops the supply and says why.
 """
 from __future__ import annotations

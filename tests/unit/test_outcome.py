@@ -119,7 +119,7 @@ def test_the_report_counts_each_other_location(prc):
 # --- the partner's metadata file (guidance section 3.4) ------------------------------------------------------------
 
 def _checked(prc, **changes):
-    """What pipeline._check_metadata records for the example metadata file, with changes."""
+    """What pipeline_parse._check_metadata records for the example metadata file, with changes."""
     from csp_observatory import metadata_docs, metadata_file
     from csp_observatory.schema import REPO_ROOT
 
