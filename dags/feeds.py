@@ -2,8 +2,10 @@
 
 Adding a feed means adding a schema file, not code. Each DAG runs the observatory's stages in order:
 wait for a complete supply on SFTP, collect, decrypt and verify, parse and validate, clean, geocode,
-sanitise, load, and report and archive. The work itself lives in ``csp_observatory.pipeline``; this file
-only wires tasks, and imports nothing heavy at parse time.
+sanitise, load, and report and archive. The work itself lives in ``csp_observatory.pipeline``, which names each
+stage from its module (``pipeline_collect``, ``pipeline_parse``, ``pipeline_geo``, ``pipeline_load``,
+``pipeline_report``); between tasks a supply is its ``pipeline_supply.Manifest``, passed as its work folder. This
+file only wires tasks, and imports nothing heavy at parse time.
 
 Core datasets (the guidance's Table 1) run monthly on their schema's schedule, and wait through the supply window
 for the supply; peripheral datasets (Table 2) have no schedule: the supply's arrival in the partner's inbox starts
