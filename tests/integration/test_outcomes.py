@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from csp_observatory import demo, demo_data, postcodes_sources
+from csp_observatory import connections, demo, demo_data, postcodes_sources
 from csp_observatory.schema_loading import schema_for
 
 pytestmark = pytest.mark.integration
@@ -68,8 +68,15 @@ def _without_columns(text: str, drop: set[str]) -> str:
 
 
 @pytest.mark.parametrize("month", ["202501"], indirect=True)
-def test_a_run_whose_sftp_login_fails_is_a_failed_run(month, monkeypatch, observatory_sftp):
-    monkeypatch.setenv("CSP_SFTP_PORT", "1")      # nothing listens there: every SFTP login fails
+def test_a_run_whose_sftp_login_fails_is_a_failed_run(month, monkeypatch, observatory_sftp, settings):
+    # Nothing listens on port 1: every SFTP login fails, through the Airflow Connection the tasks and the sensor use
+    # (defined here from the tests' settings, both of them, so ensure_env keeps them) and the project's own client.
+    for name, value in connections.env_vars(settings).items():
+        if name == connections.env_name(connections.SFTP_CONN_ID):
+            value = json.dumps({**json.loads(value), "port": 1})
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(connections.SOURCE_ENV, connections.config_source())
+    monkeypatch.setenv("CSP_SFTP_PORT", "1")
     run = demo.run_feed_dag(FEED, check=False)
     states = _states(run)
     assert str(run.state) == "failed", states
