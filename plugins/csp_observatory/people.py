@@ -189,6 +189,16 @@ def add(conn: Any, login: str, name: str, email: str, profile: str, password: st
     return not known
 
 
+def _disabled_at(cur: Any, login: str, for_update: bool = False) -> Any:
+    """When a registered person's login was disabled (None while enabled); PeopleError if not registered."""
+    cur.execute("SELECT disabled_at FROM governance.people WHERE login = %s" + (" FOR UPDATE" if for_update else ""),
+                (login,))
+    row = cur.fetchone()
+    if row is None:
+        raise PeopleError(f"{login} is not in the register of people")
+    return row[0]
+
+
 def disable(conn: Any, login: str, reason: str) -> bool:
     """Stop ``login`` logging in (NOLOGIN, sessions ended) and record when, by whom and why; the role and its
     register row stay. False when it was already disabled. Commits."""
@@ -197,14 +207,11 @@ def disable(conn: Any, login: str, reason: str) -> bool:
         raise PeopleError("say why the login is disabled (--reason)")
     with conn, conn.cursor() as cur:
         ensure_register(conn)
-        cur.execute("SELECT disabled_at FROM governance.people WHERE login = %s FOR UPDATE", (login,))
-        row = cur.fetchone()
-        if row is None:
-            raise PeopleError(f"{login} is not in the register of people")
+        disabled_at = _disabled_at(cur, login, for_update=True)
         cur.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(login)))
         cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                     "WHERE usename = %s AND pid <> pg_backend_pid()", (login,))
-        if row[0] is not None:
+        if disabled_at is not None:
             return False
         cur.execute("UPDATE governance.people SET disabled_at = now(), disabled_by = %s, reason = %s "
                     "WHERE login = %s", (_actor(), reason, login))
@@ -216,11 +223,7 @@ def set_password(conn: Any, login: str, password: str) -> None:
     check_login(login)
     with conn, conn.cursor() as cur:
         ensure_register(conn)
-        cur.execute("SELECT disabled_at FROM governance.people WHERE login = %s", (login,))
-        row = cur.fetchone()
-        if row is None:
-            raise PeopleError(f"{login} is not in the register of people")
-        if row[0] is not None:
+        if _disabled_at(cur, login) is not None:
             raise PeopleError(f"{login} is disabled: it gets no new password")
         _set_password(cur, conn, login, password)
 
