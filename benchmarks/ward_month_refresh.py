@@ -5,7 +5,7 @@ with N synthetic records on the reference's live postcodes with enough household
 postcode, which takes the nearest postcode's ward, and 1% with no point), spread over 12 monthly supplies and the
 Home Office offence codes, then times:
 
-- **refresh**: ``ddl.refresh_ward_month`` (lock, delete, recount, insert), what every load of the feed adds to its
+- **refresh**: ``ward_month.refresh_ward_month`` (lock, delete, recount, insert), what every load of the feed adds to its
   transaction; median of ``--repeat`` runs, each committed;
 - **plain view**: the same counting query alone, which a plain view would run each time an analyst opens it (or
   QGIS asks for its features, its extent or its row count);
@@ -31,7 +31,7 @@ from psycopg2 import sql
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "plugins"))
 
-from csp_observatory import ddl  # noqa: E402
+from csp_observatory import database, feed_tables, ward_month  # noqa: E402
 from csp_observatory.schema import SCHEMA_DIR  # noqa: E402
 from csp_observatory.schema_loading import load_schema  # noqa: E402
 
@@ -53,12 +53,12 @@ def main() -> int:
     offences = dataclasses.replace(real.file("offences"), table=f"bench{tag}_prc_offences")
     schema = dataclasses.replace(real, feed=f"bench_{tag}", files=(offences,))
     layer = sql.Identifier("depersonalised", offences.table)
-    counts = sql.Identifier("depersonalised", ddl.ward_month_table(offences))
+    counts = sql.Identifier("depersonalised", ward_month.ward_month_table(offences))
     codes = sorted(offences.field("ho_offence_code").allowed_codes or ())
     conn = psycopg2.connect(url)
     try:
-        ddl.ensure_database(conn)
-        ddl.ensure_feed_tables(conn, schema)
+        database.ensure_database(conn)
+        feed_tables.ensure_feed_tables(conn, schema)
         conn.commit()
         started = time.perf_counter()
         with conn.cursor() as cur:
@@ -95,14 +95,14 @@ def main() -> int:
         rows = 0
         for _ in range(args.repeat):
             t0 = time.perf_counter()
-            written = ddl.refresh_ward_month(conn, schema)
+            written = ward_month.refresh_ward_month(conn, schema)
             conn.commit()
             refresh.append(time.perf_counter() - t0)
             rows = sum(written.values())
             with conn.cursor() as cur:
                 # The plain view's work: the counting query alone, its rows fetched.
                 t0 = time.perf_counter()
-                cur.execute(ddl.ward_month_query(schema, offences))
+                cur.execute(ward_month.ward_month_query(schema, offences))
                 cur.fetchall()
                 view.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()

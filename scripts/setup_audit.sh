@@ -71,7 +71,7 @@ SQL
             quiet pgsu -d "$db" <<SQL
 \set ON_ERROR_STOP on
 CREATE EXTENSION IF NOT EXISTS pgaudit;
--- as ddl.ensure_database makes it (owned by the loader, closed to PUBLIC), if no load has made it yet
+-- as database.ensure_database makes it (owned by the loader, closed to PUBLIC), if no load has made it yet
 CREATE SCHEMA IF NOT EXISTS personal AUTHORIZATION csp_loader;
 REVOKE ALL ON SCHEMA personal FROM PUBLIC;
 GRANT SELECT ON ALL TABLES IN SCHEMA personal TO $AUDIT_ROLE;

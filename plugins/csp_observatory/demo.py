@@ -45,10 +45,10 @@ def demo_config() -> dict[str, Any]:
 
 def ensure_reference(settings: Settings, force: bool = False) -> dict[str, int]:
     """Load the shipped postcode reference and gazetteer into PostGIS, unless already there."""
-    from csp_observatory import ddl, gazetteer, postcodes_postgis, postcodes_sources
+    from csp_observatory import database, gazetteer, postcodes_postgis, postcodes_sources
 
     with closing(psycopg2.connect(settings.database_url)) as conn:
-        ddl.ensure_database(conn)
+        database.ensure_database(conn)
         conn.commit()
         counts = {}
         with conn.cursor() as cur:

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from psycopg2 import errors, sql
 
-from csp_observatory.ddl import ROLES
+from csp_observatory.database import ROLES
 from csp_observatory.schema import FeedSchema
 
 log = logging.getLogger(__name__)

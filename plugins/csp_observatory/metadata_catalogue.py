@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from psycopg2 import sql
 
-from csp_observatory import ddl
+from csp_observatory import database, ddl, feed_tables
 from csp_observatory.metadata import Mismatch, SupplyMetadata, coding_text, header_key
 from csp_observatory.schema import FeedFile, FeedSchema
 
@@ -38,7 +38,7 @@ def _existing_roles(cur: Any, roles: tuple[str, ...]) -> list[str]:
 def ensure_catalogue(conn: Any) -> None:
     """The catalogue table and the caveats view, with their grants; safe to run again; no commit.
 
-    Run after ``ddl.ensure_database`` (it makes the schemas and roles). Engineers read the catalogue; analysts
+    Run after ``database.ensure_database`` (it makes the schemas and roles). Engineers read the catalogue; analysts
     read only ``reference.feed_caveats`` (the catalogue holds the supplier's contact details).
     """
     I = sql.Identifier  # noqa: E741
@@ -46,7 +46,7 @@ def ensure_catalogue(conn: Any) -> None:
     with conn.cursor() as cur:
         cur.execute("SELECT to_regnamespace('observatory') IS NOT NULL AND to_regnamespace('reference') IS NOT NULL")
         if not cur.fetchone()[0]:
-            raise RuntimeError("the observatory and reference schemas do not exist: run ddl.ensure_database first")
+            raise RuntimeError("the observatory and reference schemas do not exist: run database.ensure_database first")
         cur.execute("SELECT obj_description(to_regclass('reference.feed_caveats'), 'pg_class')")
         row = cur.fetchone()
         if row and row[0] and CATALOGUE_VERSION in row[0]:
@@ -140,7 +140,7 @@ def first_supply_needs_metadata(conn: Any, feed: str) -> bool:
 
 
 def table_comment(schema: FeedSchema, feed_file: FeedFile, metadata: SupplyMetadata | None = None) -> str:
-    """A feed table's comment: the schema's own (as ``ddl.ensure_feed_tables`` writes it), then the partner's."""
+    """A feed table's comment: the schema's own (as ``feed_tables.ensure_feed_tables`` writes it), then the partner's."""
     base = (f"{schema.title}: {feed_file.title}. {feed_file.description} (guidance section "
             f"{schema.guidance_section}; {schema.dataset_type}; partner {schema.partner.agency})")
     if metadata is None:
@@ -157,7 +157,7 @@ def table_comment(schema: FeedSchema, feed_file: FeedFile, metadata: SupplyMetad
 def column_comment(schema: FeedSchema, feed_file: FeedFile, column: str,
                    metadata: SupplyMetadata | None = None) -> str | None:
     """A datafield column's comment: the schema's label, then "Partner: <explanation>" and its coding system."""
-    base = ddl._comment_for(schema, feed_file, column)  # noqa: SLF001  (the one source of the schema's labels)
+    base = ddl.comment_for(schema, feed_file, column)  # noqa: SLF001  (the one source of the schema's labels)
     if metadata is None:
         return base
     try:

@@ -1,7 +1,7 @@
 """Named logins: every person who reads the observatory's PostGIS has a login of their own (guidance 4.3.6).
 
 A person is a PostgreSQL login role (``jsmith``) that is a member of the group roles of its profile; the group
-roles hold every privilege (``ddl.ensure_database``), a person's role holds none of its own:
+roles hold every privilege (``database.ensure_database``), a person's role holds none of its own:
 
 =====================  ======================================  ================================================
 profile                group roles                             reads

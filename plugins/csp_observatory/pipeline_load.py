@@ -25,7 +25,7 @@ def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list
     header-only file, a partial extract) is held, not loaded, until an engineer confirms it by triggering the
     feed's DAG with ``{"confirm_replace": ["<period>"]}``; the files stay in the inbox for that run.
     """
-    from csp_observatory import ddl, ledger, loading, metadata, metadata_catalogue, metadata_docs, metadata_file
+    from csp_observatory import database, feed_tables, ledger, loading, metadata, metadata_catalogue, metadata_docs, metadata_file
 
     settings = settings or load_settings()
     svc = _services(settings, services)
@@ -41,8 +41,8 @@ def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list
             checked = m.stages.get("metadata") or _check_metadata(m, schema, {})
             m.stages["metadata"] = checked
             with svc.db() as conn:
-                ddl.ensure_database(conn)
-                ddl.ensure_feed_tables(conn, schema)
+                database.ensure_database(conn)
+                feed_tables.ensure_feed_tables(conn, schema)
                 metadata_catalogue.ensure_catalogue(conn)
                 conn.commit()
                 # The feed's first supply must bring its metadata (section 3.4): without it nothing is loaded and

@@ -156,7 +156,7 @@ def periods_in_database(conn: Any, schema: FeedSchema) -> set[str]:
 def delete_supply(conn: Any, schema: FeedSchema, period: str, why: str, run_id: str = "") -> list[Deleted]:
     """Delete one supply's rows from its feed's tables and the observatory's records, recount the feed's counts by
     ward and month, and log it: all in one transaction, committed here (rolled back on any error)."""
-    from csp_observatory import ddl, partitions
+    from csp_observatory import partitions, ward_month
 
     supply_id = f"{schema.feed}/{period}"
     deleted: list[Deleted] = []
@@ -179,7 +179,7 @@ def delete_supply(conn: Any, schema: FeedSchema, period: str, why: str, run_id: 
                 if n:
                     deleted.append(Deleted(schema.feed, supply_id, "rows", table, n, why))
         if deleted:
-            ddl.refresh_ward_month(conn, schema)
+            ward_month.refresh_ward_month(conn, schema)
             record(conn, deleted, run_id)
         conn.commit()
     except Exception:

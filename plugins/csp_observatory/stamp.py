@@ -430,13 +430,13 @@ def record_supply(conn: Any, schema: FeedSchema, report: dict[str, Any], partner
     A supply that was not loaded this time but whose rows an earlier load put in the tables (a held or refused
     re-send, the same files again) keeps the loaded one's stamp and report: they describe what analysts read.
     """
-    from csp_observatory import ddl, loading
+    from csp_observatory import database, loading
 
     sid, status = report["supply"]["supply_id"], report["supply"]["status"]
     with conn.cursor() as cur:
         cur.execute("SELECT to_regclass('observatory.supplies') IS NOT NULL")
         if not cur.fetchone()[0]:
-            ddl.ensure_database(conn)       # a feed's very first supply may be refused before any load
+            database.ensure_database(conn)       # a feed's very first supply may be refused before any load
     ensure_dq(conn)
     stamp = None
     if status == "loaded" or not loaded_before(conn, sid):

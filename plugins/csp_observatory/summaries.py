@@ -1,5 +1,5 @@
 """The summaries analysts read, refreshed after a feed's tables change: each layer's counts by ward, month and
-category (``depersonalised.<table>_ward_month``, ``ddl.refresh_ward_month``; docs/ANALYSTS.md).
+category (``depersonalised.<table>_ward_month``, ``ward_month.refresh_ward_month``; docs/ANALYSTS.md).
 
 ``dags/refresh.py`` runs :func:`refresh` when a feed's load emits its tables' Airflow assets, for the feeds named
 in those asset events only (:func:`feeds_in_events`). No Airflow import here: the DAG hands it the events' extras
@@ -31,7 +31,7 @@ def feeds_in_events(extras: Iterable[Mapping[str, Any] | None]) -> dict[str, lis
 def refresh(feeds: Iterable[str], settings: Settings | None = None, services: Any = None) -> dict[str, dict[str, int]]:
     """Recount each named feed's layers by ward, month and category, one transaction per feed; returns the rows
     written per counts table, per feed (a feed with no counts table, a personalised one, writes none)."""
-    from csp_observatory import ddl, pipeline_supply
+    from csp_observatory import pipeline_supply, ward_month
     from csp_observatory.schema_loading import schema_for
 
     svc = services if services is not None else pipeline_supply.SettingsServices(settings or load_settings())
@@ -40,7 +40,7 @@ def refresh(feeds: Iterable[str], settings: Settings | None = None, services: An
         for feed in feeds:
             schema = schema_for(feed)
             try:
-                written[feed] = ddl.refresh_ward_month(conn, schema)
+                written[feed] = ward_month.refresh_ward_month(conn, schema)
                 conn.commit()
             except BaseException:
                 conn.rollback()

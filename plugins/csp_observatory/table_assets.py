@@ -34,7 +34,7 @@ def feed_assets(schema: FeedSchema) -> list[Asset]:
 
 def summarised_assets(schemas: Iterable[FeedSchema]) -> list[Asset]:
     """The tables with counts by ward and month (depersonalised files with a location): the refresh DAG's schedule."""
-    from csp_observatory.ddl import has_ward_month
+    from csp_observatory.ward_month import has_ward_month
 
     return [table_asset(s, f) for s in schemas for f in s.files if has_ward_month(s, f)]
 

@@ -1,8 +1,8 @@
 """An analyst's workspace: one QGIS project per CSP deployment, and GeoPackage exports of sanitised layers.
 
 ``qgis-project`` writes a QGIS project file (``.qgs``, XML) that opens every depersonalised layer the database
-holds (EPSG:27700, styled by the category its schema names: ``ddl.category_field``) and each layer's counts by ward
-and month (``ddl.ward_month_table``), grouped by feed. Its layers connect to PostGIS through a pg_service name
+holds (EPSG:27700, styled by the category its schema names: ``ward_month.category_field``) and each layer's counts by ward
+and month (``ward_month.ward_month_table``), grouped by feed. Its layers connect to PostGIS through a pg_service name
 (``service='csp_observatory'``) or with host, port, database and user: never with a password, which stays in the
 analyst's ``~/.pgpass`` (or QGIS asks for it). Every layer names ``fid`` as its key, the feature id QGIS and GDAL
 take from the tables' primary key.
@@ -27,7 +27,7 @@ import sys
 from contextlib import closing
 from pathlib import Path
 
-from csp_observatory import ddl
+from csp_observatory import ddl, ward_month
 from csp_observatory.schema import SCHEMA_DIR, FeedSchema
 from csp_observatory.schema_loading import load_schemas
 from csp_observatory.workspace_connection import DEFAULT_SERVICE, DSN_ENV, Connection, connect, connection_from_demo

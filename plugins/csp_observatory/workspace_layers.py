@@ -2,7 +2,7 @@
 
 :func:`project_layers` lists the layers the database holds (each feed's tables, their counts by ward and month, and
 the quality stamp's table), grouped by feed; :func:`style_for` colours a layer's points by the category its schema
-names (``ddl.category_field``), grouping codes where a code list says which broader category each belongs to.
+names (``ward_month.category_field``), grouping codes where a code list says which broader category each belongs to.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any, Final, Iterable
 
 from psycopg2 import sql
 
-from csp_observatory import ddl
+from csp_observatory import ddl, ward_month
 from csp_observatory.schema import REFERENCE_DIR, FeedFile, FeedSchema
 from csp_observatory.workspace_connection import Connection
 
@@ -100,7 +100,7 @@ def style_for(schema: FeedSchema, feed_file: FeedFile, conn: Any | None = None, 
     """How a layer's points are coloured: by its schema's category datafield. A short code list gives a colour
     per code; a list grouped in its file (offence codes) a colour per group; otherwise (free text, a long list) the
     most frequent values in the layer now (read with ``conn``), the rest in grey. None: one colour for all."""
-    d = ddl.category_field(schema, feed_file)
+    d = ward_month.category_field(schema, feed_file)
     if d is None:
         return None
     field_ref = '"' + d.name.replace('"', '""') + '"'
@@ -157,8 +157,8 @@ def project_layers(conn: Any, schemas: Iterable[FeedSchema]) -> list[Layer]:
                 layers.append(Layer(group=schema.title, name=f.title, db_schema=db_schema, table=f.table,
                                     style=style_for(schema, f, conn, db_schema),
                                     abstract=_comment(cur, db_schema, f.table)))
-                counts = ddl.ward_month_table(f)
-                if ddl.has_ward_month(schema, f) and _readable(cur, db_schema, counts):
+                counts = ward_month.ward_month_table(f)
+                if ward_month.has_ward_month(schema, f) and _readable(cur, db_schema, counts):
                     layers.append(Layer(group=schema.title, name=f"{f.title} by ward and month",
                                         db_schema=db_schema, table=counts, geometry=None,
                                         abstract=_comment(cur, db_schema, counts)))

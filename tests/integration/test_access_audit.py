@@ -27,7 +27,7 @@ from psycopg2 import sql
 
 from csp_observatory import access_audit as aa
 from csp_observatory import access_audit_report as ar
-from csp_observatory import ddl
+from csp_observatory import database
 from csp_observatory.schema import REPO_ROOT
 
 pytestmark = pytest.mark.integration
@@ -65,7 +65,7 @@ def reader(settings: Any, demo_config: dict[str, Any], audit_log: Path) -> Itera
     login, password = f"zz_audit_{tag}", secrets.token_hex(16)
     personal, deper = f"zz_audit_{tag}", f"zz_audit_{tag}"
     with closing(psycopg2.connect(settings.database_url, connect_timeout=10)) as conn:
-        ddl.ensure_database(conn)     # what a load does first: the schemas, grants and default privileges
+        database.ensure_database(conn)     # what a load does first: the schemas, grants and default privileges
         with conn.cursor() as cur:
             # made by the loader, as loads make feed tables: default privileges must cover them
             cur.execute(sql.SQL("CREATE TABLE {} (id int, surname text)").format(sql.Identifier("personal", personal)))

@@ -10,7 +10,7 @@ import pandas as pd
 import psycopg2
 import pytest
 
-from csp_observatory import ddl, loading, partitions
+from csp_observatory import database, ddl, feed_tables, loading, partitions
 from csp_observatory.schema import SCHEMA_DIR, FeedSchema
 from csp_observatory.schema_loading import load_schema
 
@@ -46,8 +46,8 @@ def _isolated(schema: FeedSchema, personalised: bool = False) -> FeedSchema:
 @pytest.fixture()
 def feed(conn):
     schema = _isolated(load_schema(SCHEMA_DIR / "police_recorded_crime.yaml"))
-    ddl.ensure_database(conn)
-    ddl.ensure_feed_tables(conn, schema)
+    database.ensure_database(conn)
+    feed_tables.ensure_feed_tables(conn, schema)
     conn.commit()
     yield schema
     _drop(conn, schema)
@@ -292,8 +292,8 @@ def test_geometry_index_and_grants(conn, feed):
 def test_personalised_feed_goes_to_personal_schema_for_its_reader_only(conn):
     schema = _isolated(load_schema(SCHEMA_DIR / "police_recorded_crime.yaml"), personalised=True)
     try:
-        ddl.ensure_database(conn)
-        ddl.ensure_feed_tables(conn, schema)
+        database.ensure_database(conn)
+        feed_tables.ensure_feed_tables(conn, schema)
         conn.commit()
         frames = _frames(schema, 4)
         assert "offender_name" in frames["offenders"] and "date_of_birth" in frames["victims"]
@@ -319,7 +319,7 @@ def test_schema_gaining_a_datafield_adds_the_column(conn, feed):
     grown = dataclasses.replace(feed, files=(dataclasses.replace(
         f, datafields=(*f.datafields, Datafield(name="beat_code", label="Police beat", type="string",
                                                 role="attribute"))), *feed.files[1:]))
-    ddl.ensure_feed_tables(conn, grown)
+    feed_tables.ensure_feed_tables(conn, grown)
     conn.commit()
     with conn.cursor() as cur:
         cur.execute("SELECT data_type, col_description(%s::regclass, ordinal_position) FROM information_schema.columns "
@@ -353,7 +353,7 @@ def test_a_file_moving_to_a_content_key_is_migrated_and_loads_without_its_old_ke
     table = psycopg2.sql.Identifier(feed.db_schema, victims.table)
     with conn.cursor() as cur:
         cur.execute(psycopg2.sql.SQL("DROP TABLE {}").format(table))
-    ddl.ensure_feed_tables(conn, old_feed)
+    feed_tables.ensure_feed_tables(conn, old_feed)
     conn.commit()
     frame = pd.DataFrame({c: pd.Series([None, None], dtype="object") for c in ddl.frame_columns(old_feed, old)})
     frame["crime_reference"], frame["victim_reference"], frame["gender"] = ["CR1", "CR1"], ["V1", "V2"], "F"
@@ -361,7 +361,7 @@ def test_a_file_moving_to_a_content_key_is_migrated_and_loads_without_its_old_ke
                         lineage={"victims": "s" * 64})
     assert list(_partitions(conn, feed, victims.table).values()) == [["supply_id", "crime_reference",
                                                                       "victim_reference"]]
-    ddl.ensure_feed_tables(conn, feed)       # the schema now says key: content
+    feed_tables.ensure_feed_tables(conn, feed)       # the schema now says key: content
     conn.commit()
     with conn.cursor() as cur:
         cur.execute("SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
@@ -369,7 +369,7 @@ def test_a_file_moving_to_a_content_key_is_migrated_and_loads_without_its_old_ke
                     (f"{feed.db_schema}.{victims.table}",))
         # the feature id QGIS and GDAL take is the primary key; the record's own key is each partition's
         assert [r[0] for r in cur.fetchall()] == ["fid"]
-        assert ddl.record_key(cur, feed.db_schema, victims.table) == ["supply_id", "row_key"]
+        assert feed_tables.record_key(cur, feed.db_schema, victims.table) == ["supply_id", "row_key"]
         cur.execute(psycopg2.sql.SQL("SELECT count(*), count(DISTINCT row_key) FROM {}").format(table))
         assert cur.fetchone() == (2, 2)
         cur.execute("SELECT attname, attnotnull FROM pg_attribute WHERE attrelid = %s::regclass AND attname IN "
@@ -470,18 +470,18 @@ def test_an_unpartitioned_table_of_an_older_observatory_is_migrated_rows_and_fid
         rows = cur.fetchall()
         cur.execute("GRANT SELECT ON {} TO csp_engineer".format(f'"{feed.db_schema}"."{offences.table}"'))
     conn.commit()
-    assert ddl.ensure_feed_tables(conn, feed) == [f"{feed.db_schema}.{offences.table}"]
+    assert feed_tables.ensure_feed_tables(conn, feed) == [f"{feed.db_schema}.{offences.table}"]
     conn.commit()
     with conn.cursor() as cur:
         cur.execute(psycopg2.sql.SQL("SELECT fid, supply_id, crime_reference FROM {} ORDER BY fid").format(table))
         assert cur.fetchall() == rows
-        assert ddl._primary_key(cur, feed.db_schema, offences.table) == ["fid"]
+        assert feed_tables.primary_key(cur, feed.db_schema, offences.table) == ["fid"]
         assert partitions.is_partitioned(cur, feed.db_schema, offences.table)
-        assert ddl.record_key(cur, feed.db_schema, offences.table) == ["supply_id", "crime_reference"]
+        assert feed_tables.record_key(cur, feed.db_schema, offences.table) == ["supply_id", "crime_reference"]
         cur.execute("SELECT has_table_privilege('csp_engineer', %s, 'SELECT')", (f"{feed.db_schema}.{offences.table}",))
         assert cur.fetchone()[0]
     conn.rollback()
-    assert ddl.ensure_feed_tables(conn, feed) == []               # migrated once
+    assert feed_tables.ensure_feed_tables(conn, feed) == []               # migrated once
     conn.rollback()
     # A re-send of a supply loaded before replaces its rows in the old partition; a new one gets later fids.
     frames = {"offences": _frames(feed, 2)["offences"]}

@@ -10,7 +10,7 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from csp_observatory import ddl, metadata as M, metadata_catalogue, metadata_file
+from csp_observatory import database, feed_tables, metadata as M, metadata_catalogue, metadata_file
 from csp_observatory.schema import REPO_ROOT, SCHEMA_DIR, FeedSchema
 from csp_observatory.schema_loading import load_schema
 
@@ -22,7 +22,7 @@ EXAMPLE = REPO_ROOT / "include" / "examples" / "police_recorded_crime_metadata.y
 @pytest.fixture()
 def conn(db: Any) -> Iterator[Any]:
     """The loader's connection with the database and the catalogue in place (committed)."""
-    ddl.ensure_database(db)
+    database.ensure_database(db)
     metadata_catalogue.ensure_catalogue(db)
     db.commit()
     yield db
@@ -168,7 +168,7 @@ def _comments(conn: Any, schema: FeedSchema) -> dict[str, tuple[str, dict[str, s
 
 
 def test_comments_carry_the_partners_caveats_and_explanations(conn, feed):
-    ddl.ensure_feed_tables(conn, feed)
+    feed_tables.ensure_feed_tables(conn, feed)
     conn.commit()
     before = _comments(conn, feed)
     md = _metadata(feed)
@@ -213,7 +213,7 @@ def test_comments_carry_the_partners_caveats_and_explanations(conn, feed):
 
 
 def test_comments_roll_back_with_the_load(conn, feed):
-    ddl.ensure_feed_tables(conn, feed)
+    feed_tables.ensure_feed_tables(conn, feed)
     conn.commit()
     before = _comments(conn, feed)
     metadata_catalogue.apply_comments(conn, feed, _metadata(feed))

@@ -21,7 +21,7 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
-from csp_observatory import ddl
+from csp_observatory import database
 from csp_observatory.schema import REPO_ROOT
 
 pytestmark = [pytest.mark.integration,
@@ -88,7 +88,7 @@ def probes(settings: Any) -> Iterator[None]:
     privileges grant them as they grant a feed table)."""
     with closing(psycopg2.connect(settings.database_url, connect_timeout=10)) as conn:
         with conn, conn.cursor() as cur:
-            ddl.ensure_database(conn)
+            database.ensure_database(conn)
             for schema in ("depersonalised", "personal"):
                 cur.execute(f"DROP TABLE IF EXISTS {schema}.{PROBE}")
                 cur.execute(f"CREATE TABLE {schema}.{PROBE} AS SELECT 1 AS x")

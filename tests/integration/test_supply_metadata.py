@@ -61,11 +61,11 @@ def first_supply(fresh, db):
 
 def _know_feed(db, schema) -> None:
     """The feed as the observatory knows it after a first supply with metadata (catalogued for PERIODS[-1])."""
-    from csp_observatory import ddl
+    from csp_observatory import database
 
     example = fixtures.EXAMPLES_DIR / f"{FEED}_metadata.yaml"
     db.autocommit = False
-    ddl.ensure_database(db)
+    database.ensure_database(db)
     metadata_catalogue.ensure_catalogue(db)
     metadata_catalogue.record(db, f"{FEED}/{PERIODS[-1]}", metadata_file.parse_metadata(example.read_text(), schema),
                               [])

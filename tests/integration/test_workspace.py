@@ -27,8 +27,8 @@ import pytest
 from psycopg2 import sql
 from scipy.spatial import cKDTree
 
-from csp_observatory import (ddl, demo, loading, postcodes_postgis, stamp, workspace_connection, workspace_export,
-                             workspace_layers, workspace_project)
+from csp_observatory import (database, ddl, demo, feed_tables, loading, postcodes_postgis, stamp, ward_month,
+                             workspace_connection, workspace_export, workspace_layers, workspace_project)
 from csp_observatory.schema import REPO_ROOT, SCHEMA_DIR, FeedSchema
 from csp_observatory.schema_loading import load_schema
 
@@ -74,8 +74,8 @@ def isolated(conn) -> Iterator[Any]:
 
     def make(name: str, personalised: bool = False) -> FeedSchema:
         schema = _isolated(name, personalised)
-        ddl.ensure_database(conn)
-        ddl.ensure_feed_tables(conn, schema)
+        database.ensure_database(conn)
+        feed_tables.ensure_feed_tables(conn, schema)
         conn.commit()
         made.append(schema)
         return schema
@@ -85,7 +85,7 @@ def isolated(conn) -> Iterator[Any]:
     with conn.cursor() as cur:
         for schema in made:
             for f in schema.files:
-                for table in (f.table, ddl.ward_month_table(f)):
+                for table in (f.table, ward_month.ward_month_table(f)):
                     cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema.db_schema, table)))
             for t in ("supplies", "rejected_rows", "validation_results"):
                 cur.execute(f"DELETE FROM observatory.{t} WHERE supply_id LIKE %s", (f"{schema.feed}/%",))
@@ -128,7 +128,7 @@ def _frames(schema: FeedSchema, reference: pd.DataFrame, period: str, n: int) ->
     out: dict[str, pd.DataFrame] = {}
     for f in schema.files:
         cols = [c for c in ddl.table_columns(schema, f) if c.name not in ddl.LOADER_COLUMNS]
-        category = ddl.category_field(schema, f)
+        category = ward_month.category_field(schema, f)
         codes = sorted(category.allowed_codes) if category and category.allowed_codes else ["a", "b", "c"]
         rows = []
         for i in range(n):
@@ -177,7 +177,7 @@ def _load(conn, schema: FeedSchema, period: str, frames: dict[str, pd.DataFrame]
     """Load a supply, then recount its feed's counts as the refresh DAG its asset event starts does."""
     result = loading.load_supply(conn, schema, f"{schema.feed}/{period}", period, frames,
                                  lineage={name: uuid.uuid4().hex * 2 for name in frames})
-    ddl.refresh_ward_month(conn, schema)
+    ward_month.refresh_ward_month(conn, schema)
     conn.commit()
     return result
 
@@ -188,7 +188,7 @@ def _expected_counts(schema: FeedSchema, f, supplies: list[tuple[str, pd.DataFra
     ward, or the nearest postcode's for a point without one; the event's month, else the period's."""
     by_postcode = reference.set_index("postcode")
     tree = cKDTree(reference[["easting", "northing"]].to_numpy(float))
-    category = ddl.category_field(schema, f)
+    category = ward_month.category_field(schema, f)
     x_col, y_col = ddl.point_columns(schema)
     counts: Counter = Counter()
     for period, frame in supplies:
@@ -210,7 +210,7 @@ def _expected_counts(schema: FeedSchema, f, supplies: list[tuple[str, pd.DataFra
 def _counts(conn, schema: FeedSchema, f) -> Counter:
     with conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT ward_code, district_code, month, category, records, fid FROM {} ORDER BY fid")
-                    .format(sql.Identifier(schema.db_schema, ddl.ward_month_table(f))))
+                    .format(sql.Identifier(schema.db_schema, ward_month.ward_month_table(f))))
         rows = cur.fetchall()
     conn.rollback()
     assert [r[5] for r in rows] == list(range(1, len(rows) + 1))       # fid numbers the rows
@@ -229,7 +229,7 @@ def _count(conn, db_schema: str, table: str) -> int:
 
 def _keys(conn, db_schema: str, table: str) -> tuple[list[str], list[str]]:
     with conn.cursor() as cur:
-        keys = ddl._primary_key(cur, db_schema, table), ddl._unique_key(cur, db_schema, table)
+        keys = feed_tables.primary_key(cur, db_schema, table), feed_tables.record_key(cur, db_schema, table)
     conn.rollback()
     return keys
 
@@ -258,7 +258,7 @@ def test_every_table_has_fid_as_its_primary_key_and_its_records_key_unique(conn,
             cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(feed.db_schema, feed.files[0].table)))
         with conn.cursor() as cur:
             cur.execute("SET lock_timeout = '2s'")
-        assert ddl.ensure_feed_tables(conn, feed) == []
+        assert feed_tables.ensure_feed_tables(conn, feed) == []
         conn.commit()
         reader.rollback()
     # A record repeated within a supply is still refused, and nothing of the supply is loaded.
@@ -281,7 +281,7 @@ def test_an_older_table_is_migrated_in_place(conn, isolated, reference):
         for f in (offences, old_victims):
             table = sql.Identifier(feed.db_schema, f.table)
             cur.execute(sql.SQL("DROP TABLE {}").format(table))
-            cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(feed.db_schema, ddl.ward_month_table(f))))
+            cur.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(feed.db_schema, ward_month.ward_month_table(f))))
             cols = [sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.sql_type))
                     for c in ddl.table_columns(feed, f)]
             cur.execute(sql.SQL("CREATE TABLE {} ({}, PRIMARY KEY ({}))").format(     # the layout before fid
@@ -295,7 +295,7 @@ def test_an_older_table_is_migrated_in_place(conn, isolated, reference):
                             "('x/202608', '202608', 's', 'CR1', 'V2', 'F', now())").format(
             sql.Identifier(feed.db_schema, victims.table)))
     conn.commit()
-    ddl.ensure_feed_tables(conn, feed)
+    feed_tables.ensure_feed_tables(conn, feed)
     conn.commit()
     assert _keys(conn, feed.db_schema, offences.table) == (["fid"], ["supply_id", "crime_reference"])
     assert _keys(conn, feed.db_schema, victims.table) == (["fid"], ["supply_id", "row_key"])
@@ -316,7 +316,7 @@ def test_an_older_table_is_migrated_in_place(conn, isolated, reference):
     assert _counts(conn, feed, offences) == Counter({(ward.ward_code, ward.district_code,
                                                       pd.Timestamp("2026-08-01").date(), "28E"): 3})
     # Run again: nothing to do, nothing changed.
-    assert ddl.ensure_feed_tables(conn, feed) == []
+    assert feed_tables.ensure_feed_tables(conn, feed) == []
     conn.commit()
     with conn.cursor() as cur:
         cur.execute("SELECT oid FROM pg_constraint WHERE conrelid = %s::regclass ORDER BY oid",
@@ -364,17 +364,17 @@ def test_counts_by_ward_and_month_follow_every_load(conn, isolated, reference, d
     _load(conn, personal, PERIOD, _frames(personal, reference, PERIOD, 5))
     with closing(psycopg2.connect(demo_config["analyst_url"])) as analyst, analyst.cursor() as cur:
         cur.execute(sql.SQL("SELECT sum(records) FROM {}").format(
-            sql.Identifier(feed.db_schema, ddl.ward_month_table(offences))))
+            sql.Identifier(feed.db_schema, ward_month.ward_month_table(offences))))
         assert cur.fetchone()[0] == 65                                   # 20 re-sent + 45
         for f in personal.files:
-            cur.execute("SELECT to_regclass(%s)", (f"depersonalised.{ddl.ward_month_table(f)}",))
+            cur.execute("SELECT to_regclass(%s)", (f"depersonalised.{ward_month.ward_month_table(f)}",))
             assert cur.fetchone() == (None,)
             with pytest.raises(psycopg2.errors.InsufficientPrivilege):
                 cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("personal", f.table)))
             analyst.rollback()
     with conn.cursor() as cur:
         for f in personal.files:
-            cur.execute("SELECT to_regclass(%s)", (f"personal.{ddl.ward_month_table(f)}",))
+            cur.execute("SELECT to_regclass(%s)", (f"personal.{ward_month.ward_month_table(f)}",))
             assert cur.fetchone() == (None,)              # never counts over personal tables
     conn.rollback()
 
@@ -448,7 +448,7 @@ def test_the_qgis_project_reads_back_with_ogrinfo_as_the_analyst(conn, isolated,
     assert demo_config["analyst_password"] not in text and not re.search(r"password|authcfg", text, re.I)
     tables = _read_back(text, analyst_env, conn)
     expected = [f"depersonalised.{t}" for s in (prc, asb) for f in s.files
-                for t in (f.table, ddl.ward_month_table(f))] + ["dq.supplies"]      # the quality stamp
+                for t in (f.table, ward_month.ward_month_table(f))] + ["dq.supplies"]      # the quality stamp
     assert sorted(tables) == sorted(expected) and len(layers) == len(expected)
     assert not any(t.startswith("personal.") for t in tables)
     # The same login cannot open a personal table, by the project's connection or any other.
@@ -475,8 +475,8 @@ def test_the_scripts_write_a_project_and_export_a_period_of_a_real_feed(conn, re
     import pyogrio
 
     schema = load_schema(SCHEMA_DIR / "police_recorded_crime.yaml")
-    ddl.ensure_database(conn)
-    ddl.ensure_feed_tables(conn, schema)            # the real tables of the tests' database, migrated if older
+    database.ensure_database(conn)
+    feed_tables.ensure_feed_tables(conn, schema)            # the real tables of the tests' database, migrated if older
     stamp.ensure_dq(conn)                           # the quality stamp, which the project lists too
     conn.commit()
     forget_supply(conn, schema, PERIOD_REAL)
@@ -495,7 +495,7 @@ def test_the_scripts_write_a_project_and_export_a_period_of_a_real_feed(conn, re
         # QGIS checks the server's certificate: the project asks for verify-full, as set-up's PostGIS requires TLS
         assert f"sslmode={demo_config['analyst_sslmode']}" in text and "sslmode=verify-full" in text
         assert sorted(_read_back(text, analyst_env, conn)) == sorted(
-            [f"depersonalised.{t}" for f in schema.files for t in (f.table, ddl.ward_month_table(f))]
+            [f"depersonalised.{t}" for f in schema.files for t in (f.table, ward_month.ward_month_table(f))]
             + ["dq.supplies"])                                          # the quality stamp, after the feed's layers
 
         # the export, opened again with geopandas and ogrinfo
@@ -533,7 +533,7 @@ def test_the_scripts_write_a_project_and_export_a_period_of_a_real_feed(conn, re
                                          "--out", str(tmp_path / "p.gpkg"), env=analyst_env).stderr
     finally:
         forget_supply(conn, schema, PERIOD_REAL)
-        ddl.refresh_ward_month(conn, schema)       # the counts without this module's month
+        ward_month.refresh_ward_month(conn, schema)       # the counts without this module's month
         conn.commit()
 
 

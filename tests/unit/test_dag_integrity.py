@@ -131,7 +131,7 @@ def test_each_load_emits_its_feeds_tables_and_the_refresh_runs_on_them_not_on_a_
     from airflow.sdk.definitions.asset import AssetAny
     from airflow.sdk.definitions.timetables.assets import AssetTriggeredTimetable
 
-    from csp_observatory.ddl import has_ward_month
+    from csp_observatory.ward_month import has_ward_month
 
     summarised: set[str] = set()
     for schema in load_schemas():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from csp_observatory import ddl, partitions
+from csp_observatory import ddl, partitions, ward_month
 from csp_observatory.schema import SCHEMA_DIR, Datafield
 from csp_observatory.schema_loading import load_schema
 
@@ -140,34 +140,34 @@ def test_a_records_key_is_its_supply_and_its_schemas_key(prc):
 def test_counts_by_ward_and_month_only_for_depersonalised_files_with_a_location(prc):
     from csp_observatory.schema_loading import load_schemas
 
-    assert all(ddl.has_ward_month(prc, f) for f in prc.files)
-    assert not any(ddl.has_ward_month(dataclasses.replace(prc, dataset_type="personalised"), f) for f in prc.files)
+    assert all(ward_month.has_ward_month(prc, f) for f in prc.files)
+    assert not any(ward_month.has_ward_month(dataclasses.replace(prc, dataset_type="personalised"), f) for f in prc.files)
     schemas = {s.feed: s for s in load_schemas()}
     detections = schemas["detection_status"]
-    assert not ddl.has_ward_month(detections, detections.files[0])       # no location: no ward to count by
+    assert not ward_month.has_ward_month(detections, detections.files[0])       # no location: no ward to count by
     names = [t for s in schemas.values() for f in s.files
-             for t in (f.table, *([ddl.ward_month_table(f)] if ddl.has_ward_month(s, f) else []))]
+             for t in (f.table, *([ward_month.ward_month_table(f)] if ward_month.has_ward_month(s, f) else []))]
     assert len(names) == len(set(names)) and max(map(len, names)) <= 63   # no clash, no truncated identifier
 
 
 def test_the_category_is_the_datafield_the_schema_marks(prc):
     from csp_observatory.schema_loading import load_schemas
 
-    assert ddl.category_field(prc, prc.file("offences")).name == "ho_offence_code"
-    assert ddl.category_field(prc, prc.file("offenders")) is None      # counted without a category
+    assert ward_month.category_field(prc, prc.file("offences")).name == "ho_offence_code"
+    assert ward_month.category_field(prc, prc.file("offenders")) is None      # counted without a category
     for schema in load_schemas():
         for f in schema.files:
             kept = {c.name for c in ddl.table_columns(schema, f)}
             marked = [d.name for d in f.by_role("category") if d.name in kept]
             # one at most, so which one a layer is counted and styled by is never a guess
             assert len(marked) <= 1, (schema.feed, f.name, marked)
-            found = ddl.category_field(schema, f)
+            found = ward_month.category_field(schema, f)
             assert (found.name if found else None) == (marked[0] if marked else None)
     dropped = dataclasses.replace(prc.file("offences"), datafields=tuple(
         dataclasses.replace(d, role="category", free_text="drop") if d.name == "property_stolen" else
         dataclasses.replace(d, role="attribute") if d.role == "category" else d
         for d in prc.file("offences").datafields))
-    assert ddl.category_field(prc, dropped) is None      # a category sanitising drops is never counted
+    assert ward_month.category_field(prc, dropped) is None      # a category sanitising drops is never counted
 
 
 # --- one partition per supply (issue 9, partitions.py) ------------------------------------------------------------

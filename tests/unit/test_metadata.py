@@ -409,13 +409,13 @@ def test_headers_compare_as_the_parser_reads_them(example, prc):
 
 def test_column_comment_keeps_the_schema_label_first(example, prc):
     offenders = prc.file("offenders")
-    label = ddl._comment_for(prc, offenders, "ethnicity")
+    label = ddl.comment_for(prc, offenders, "ethnicity")
     comment = metadata_catalogue.column_comment(prc, offenders, "ethnicity", example)
     assert comment.startswith(f"{label}. Partner: Officer-defined ethnicity")
     assert "Coding: IC1 = White - North European; IC2" in comment
     # no explanation and no coding system: the schema's label alone
     assert (metadata_catalogue.column_comment(prc, offenders, "home_postcode", example)
-            == ddl._comment_for(prc, offenders, "home_postcode"))
+            == ddl.comment_for(prc, offenders, "home_postcode"))
     assert metadata_catalogue.column_comment(prc, offenders, "ethnicity") == label
 
 

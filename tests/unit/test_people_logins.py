@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from csp_observatory import ddl, people
+from csp_observatory import database, people
 
 pytestmark = pytest.mark.unit
 
@@ -23,7 +23,7 @@ def test_service_group_shared_and_malformed_names_are_refused(login):
 
 
 def test_profiles_give_only_the_group_roles_the_database_grants():
-    assert set(people.GROUP_ROLES) == set(ddl.ROLES)
+    assert set(people.GROUP_ROLES) == set(database.ROLES)
     assert people.PROFILES == {"analyst": ("csp_analyst",),
                                "restricted_analyst": ("csp_analyst", "csp_personal_reader"),
                                "engineer": ("csp_engineer",)}

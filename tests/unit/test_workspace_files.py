@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from csp_observatory import ddl, workspace, workspace_connection, workspace_export, workspace_layers, workspace_project
+from csp_observatory import ddl, ward_month, workspace, workspace_connection, workspace_export, workspace_layers, workspace_project
 from csp_observatory.schema_loading import load_schemas
 
 pytestmark = pytest.mark.unit
@@ -25,7 +25,7 @@ def _layers() -> list[workspace_layers.Layer]:
             layers.append(workspace_layers.Layer(group=schema.title, name=f.title, db_schema=schema.db_schema,
                                                  table=f.table, style=workspace_layers.style_for(schema, f)))
             layers.append(workspace_layers.Layer(group=schema.title, name=f"{f.title} by ward and month",
-                                                 db_schema=schema.db_schema, table=ddl.ward_month_table(f),
+                                                 db_schema=schema.db_schema, table=ward_month.ward_month_table(f),
                                                  geometry=None))
     return layers
 
@@ -88,7 +88,7 @@ def test_points_are_coloured_by_the_schemas_category():
     assert "Burglary" in values and "Violence and Sexual Offences" in values and values[-1] == ""   # "" = all others
     assert len(values) == len(offences.findall("symbols/symbol"))
     # council ASB: its nine incident types, one colour each, in the schema's order
-    asb_field = ddl.category_field(SCHEMAS["council_asb"], SCHEMAS["council_asb"].files[0])
+    asb_field = ward_month.category_field(SCHEMAS["council_asb"], SCHEMAS["council_asb"].files[0])
     asb = renderers[SCHEMAS["council_asb"].files[0].table]
     assert asb.get("attr") == asb_field.name
     assert [c.get("value") for c in asb.findall("categories/category")] == [*asb_field.codes, ""]
@@ -101,7 +101,7 @@ def test_points_are_coloured_by_the_schemas_category():
 def test_free_text_categories_take_the_layers_most_frequent_values():
     schema = SCHEMAS["police_incidents"]
     f = schema.files[0]
-    d = ddl.category_field(schema, f)
+    d = ward_month.category_field(schema, f)
     assert d is not None and d.needs_free_text_rule
     style = workspace_layers.style_for(schema, f)          # no database: no values to offer, everything is "other"
     assert style.expression == d.name and style.categories == ()
