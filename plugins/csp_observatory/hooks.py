@@ -14,11 +14,34 @@ from typing import Any, Iterator
 
 import psycopg2
 from airflow.providers.postgres.hooks.postgres import PostgresHook
-from airflow.providers.sftp.hooks.sftp import SFTPHook
+from airflow.providers.sftp.hooks.sftp import SFTPHook, SFTPHookAsync
 
 from csp_observatory.connections import POSTGIS_CONN_ID, SFTP_CONN_ID
 
 log = logging.getLogger(__name__)
+
+
+def unpinned(conn_id: str) -> ValueError:
+    """The error for an SFTP connection that does not pin the server's host key (the project refuses to use it)."""
+    return ValueError(f"the Airflow connection {conn_id!r} does not pin the SFTP server's host key: set its extras "
+                      f"host_key ('ssh-ed25519 AAAA...') and no_host_key_check false "
+                      f"(python -m csp_observatory.connections env)")
+
+
+class PinnedSFTPHookAsync(SFTPHookAsync):
+    """The provider's asyncssh hook (the one its own ``SFTPTrigger`` uses), for the triggerer's event loop; refuses
+    a connection that does not pin the server's host key, as :meth:`HookServices.sftp` does.
+
+    With a ``host_key`` extra and ``no_host_key_check`` false the hook hands asyncssh that one key as its
+    known_hosts (bytes), so a server with any other key is refused (``asyncssh.HostKeyNotVerifiable``). Without it
+    the hook would trust ``~/.ssh/known_hosts`` or, with ``no_host_key_check``, any server: that is refused here,
+    after the provider's own reading of the extras and before any connection is made.
+    """
+
+    def _parse_extras(self, conn: Any) -> None:
+        super()._parse_extras(conn)
+        if not isinstance(self.known_hosts, bytes):
+            raise unpinned(self.sftp_conn_id)
 
 
 class PostGISHook(PostgresHook):
@@ -53,9 +76,7 @@ class HookServices:
         """A paramiko SFTP client from ``csp_sftp``; refuses a connection that does not pin the server's host key."""
         hook = SFTPHook(ssh_conn_id=self.sftp_conn_id)
         if hook.host_key is None or hook.no_host_key_check:
-            raise ValueError(f"the Airflow connection {self.sftp_conn_id!r} does not pin the SFTP server's host key: "
-                             f"set its extras host_key ('ssh-ed25519 AAAA...') and no_host_key_check false "
-                             f"(python -m csp_observatory.connections env)")
+            raise unpinned(self.sftp_conn_id)
         log.info("SFTP through the Airflow connection %s (%s@%s:%s, host key pinned: %s %s)", self.sftp_conn_id,
                  hook.username, hook.remote_host, hook.port, hook.host_key.get_name(),
                  hook.host_key.fingerprint)
