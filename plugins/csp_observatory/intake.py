@@ -1,4 +1,4 @@
-"""Collect: find complete supplies in a partner's SFTP inbox, download them to private staging, ledger them.
+"""Intake, part 1: find complete supplies in a partner's SFTP inbox (nothing is downloaded here).
 
 A supply is taken only when every file its schema lists is in the inbox and none is still being written: a
 ``NAME.part`` is an upload in progress, and a ``NAME`` counts only once its size has stayed the same between two
@@ -7,33 +7,32 @@ polls (a partner that cannot rename). A period's metadata file (guidance section
 decides whether the feed needs one), waited for like a data file while it is being written, and collected with the
 data; alone it waits like an incomplete supply. Everything else in the inbox is a stray, returned with a reason and
 never silently skipped: a name that is no file of the feed (judged on the whole name), a period that is not a valid
-period, a link, a folder, an empty file, a second metadata file for a period. :func:`quarantine_strays` moves each to the partner's quarantine/ with
-that reason, so the partner hears about every file the observatory does not take.
+period, a link, a folder, an empty file, a second metadata file for a period.
+
+A ready supply is a :class:`PendingSupply`. The next steps live beside this module: ``intake_download.collect``
+downloads it into private staging, hashes and ledgers it, and returns the supply's record from then on
+(``pipeline_supply.Manifest``); ``intake_quarantine.quarantine_strays`` moves each stray to the partner's
+quarantine/ with its reason, so the partner hears about every file the observatory does not take.
 """
 from __future__ import annotations
 
-import errno
-import hashlib
 import logging
 import os
 import re
-import secrets
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import datetime
 from typing import Any, Final, Iterator
 
-from csp_observatory import ledger, metadata
+from csp_observatory import metadata
 from csp_observatory.config import Settings
 from csp_observatory.schema import FeedSchema
 from csp_observatory.schema_loading import schema_for
-from csp_observatory.sftp import RemoteFile, download, exists, list_entries, list_files, move, put_text
+from csp_observatory.sftp import RemoteFile, list_entries, list_files
 
 log = logging.getLogger(__name__)
 
 PART = ".part"
-REASON_SUFFIX = ".reason.txt"
 #: The ``file_name`` of a supply's metadata file (no data file of any schema has this name).
 METADATA = "metadata"
 #: The largest file the observatory takes (bytes), judged from the inbox listing before any byte is downloaded, so
@@ -63,13 +62,12 @@ def too_large_reason(size: int, limit: int) -> str:
             f"the observatory's data engineering team to raise the limit first.")
 
 
-class IncompleteDownload(RuntimeError):
-    """The bytes that arrived in staging are not the bytes the inbox listed; the file stays in the inbox."""
-
-
 @dataclass
 class PendingFile:
-    """One file of a supply as it sits in the inbox."""
+    """One file of a supply as it sits in the partner's inbox: listed, not downloaded, so no hash and no local copy.
+
+    A different state from ``pipeline_supply.SupplyFile`` (the downloaded file), not a second shape of it.
+    """
 
     file_name: str          # the schema's name for it: offences, offenders, victims
     remote_name: str        # the partner's file name
@@ -79,7 +77,11 @@ class PendingFile:
 
 @dataclass
 class PendingSupply:
-    """A period whose every file is in the inbox and complete."""
+    """A period whose every file is in the inbox and complete: what ``intake_download.collect`` is handed.
+
+    It exists only before the download (the sensor's look, the collect stage's choice of periods); once
+    downloaded, the supply is its ``pipeline_supply.Manifest``.
+    """
 
     feed: str
     partner_id: str
@@ -101,58 +103,6 @@ class PendingSupply:
         md = raw.get("metadata")
         return cls(**{**raw, "files": [PendingFile(**f) for f in raw["files"]],
                       "metadata": PendingFile(**md) if md else None})
-
-
-@dataclass
-class CollectedFile:
-    """One downloaded (still encrypted) file in staging."""
-
-    file_name: str
-    remote_name: str
-    sha256: str
-    size: int
-    local_path: str
-    duplicate_of: str | None = None    # supply_id it was already loaded as; such a file is never loaded again
-
-    @property
-    def duplicate(self) -> bool:
-        return self.duplicate_of is not None
-
-
-@dataclass
-class CollectedSupply:
-    """A supply downloaded into staging, with its files' hashes."""
-
-    feed: str
-    partner_id: str
-    period: str
-    files: list[CollectedFile]
-    collected_at: str = ""
-    metadata: CollectedFile | None = None
-
-    @property
-    def supply_id(self) -> str:
-        return f"{self.feed}/{self.period}"
-
-    @property
-    def all_files(self) -> list[CollectedFile]:
-        """The data files, then the metadata file if there is one."""
-        return [*self.files, *([self.metadata] if self.metadata else [])]
-
-    @property
-    def duplicates(self) -> list[CollectedFile]:
-        return [f for f in self.all_files if f.duplicate]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able data (paths as strings), for Airflow XCom."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> CollectedSupply:
-        """The inverse of ``to_dict``."""
-        md = raw.get("metadata")
-        return cls(**{**raw, "files": [CollectedFile(**f) for f in raw["files"]],
-                      "metadata": CollectedFile(**md) if md else None})
 
 
 @dataclass
@@ -378,161 +328,3 @@ def find_ready_supplies(sftp: Any, schema: FeedSchema, settings: Settings,
     for period, why in ready.waiting.items():
         log.info("%s/%s not taken yet: %s", schema.feed, period, why)
     return ready
-
-
-def quarantine_strays(sftp: Any, settings: Settings, schema: FeedSchema, ready: ReadySupplies) -> dict[str, str]:
-    """Refuse every stray of one inbox look with its reason; returns name -> where the partner finds the note.
-
-    One stray never stops another, nor any supply: a stray that vanished meanwhile (the partner renamed or
-    deleted it) is skipped, and one that cannot be moved gets its note in quarantine/ and stays in the inbox.
-    """
-    done: dict[str, str] = {}
-    partner_id = settings.supplier(schema.feed, schema.partner.id)
-    for name, why in ready.strays.items():
-        kind = ready.kinds.get(name, "file")
-        # Only an empty file has a name that is right as it stands; every other stray needs another name.
-        right = kind == "file" and stray_reason(schema, RemoteFile(name, 1, 0)) is None
-        try:
-            done[name] = quarantine(sftp, settings, partner_id, name, why, kind=kind, right_name=right)
-        except FileNotFoundError:
-            log.info("%s left the inbox before it could be quarantined", shown_name(name))
-        except OSError as exc:
-            if getattr(exc, "errno", None) == errno.ENOENT:
-                continue
-            log.warning("could not move %s out of %s's inbox (%s): leaving a reason for it in quarantine/",
-                        shown_name(name), partner_id, exc)
-            try:
-                done[name] = leave_reason(sftp, settings, partner_id, name, why, kind=kind,
-                                          right_name=right)
-            except OSError as again:
-                log.error("could not leave a reason for %s in %s's quarantine/ either: %s", shown_name(name),
-                          partner_id, again)
-    return done
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file, read in chunks (files can be larger than memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def private_dir(root: Path, *parts: str) -> Path:
-    """``root/parts...``, every level created 0700 (mkdir's mode applies only to the last level)."""
-    path = Path(root)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    for part in parts:
-        path = path / part
-        path.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(path, 0o700)
-    return path
-
-
-def collect(sftp: Any, conn: Any, schema: FeedSchema, settings: Settings, supply: PendingSupply) -> CollectedSupply:
-    """Download a ready supply (its metadata file too) into private staging, hash each file and record it in the
-    ledger (no commit)."""
-    inbox = settings.inbox(supply.partner_id)
-    incoming = private_dir(settings.staging_dir, schema.feed, supply.period, "incoming")
-
-    def one(pf: PendingFile) -> CollectedFile:
-        # A unique name, so two runs collecting at once cannot write into each other's download.
-        temp = incoming / f"{pf.remote_name}.{secrets.token_hex(4)}"
-        got = download(sftp, f"{inbox}/{pf.remote_name}", temp)
-        if got != pf.size:
-            temp.unlink(missing_ok=True)
-            raise IncompleteDownload(f"{pf.remote_name}: downloaded {got} bytes but the inbox listed {pf.size}; "
-                                     "it is left in the inbox for the next run")
-        sha = sha256_file(temp)
-        final_dir = private_dir(settings.staging_dir, schema.feed, supply.period, sha[:16])
-        local = final_dir / pf.remote_name
-        os.replace(temp, local)
-        earlier = ledger.find(conn, sha)
-        duplicate_of = None
-        if earlier is not None and earlier.status == "loaded":
-            duplicate_of = earlier.supply_id
-            log.warning("%s is identical to %s, already loaded as %s: not loading it again",
-                        pf.remote_name, earlier.file_name, earlier.supply_id)
-        else:
-            ledger.record_received(conn, sha, schema.feed, pf.remote_name, supply.supply_id, got)
-        return CollectedFile(pf.file_name, pf.remote_name, sha, got, str(local), duplicate_of)
-
-    files = [one(pf) for pf in supply.files]
-    meta = one(supply.metadata) if supply.metadata else None
-    if incoming.exists() and not any(incoming.iterdir()):
-        incoming.rmdir()
-    return CollectedSupply(schema.feed, supply.partner_id, supply.period, files,
-                           datetime.now(timezone.utc).isoformat(timespec="seconds"), metadata=meta)
-
-
-_WHAT: Final = {"file": "the file", "link": "the symbolic link", "folder": "the folder", "other": "the entry"}
-
-
-def reason_text(remote_name: str, reason: str, when: datetime | None = None, kind: str = "file",
-                moved: bool = True, right_name: bool = True) -> str:
-    """The note left beside a quarantined file: what was wrong and what to do, for the partner's staff.
-
-    ``right_name`` says the name itself is one the feed expects, so the note can say what to upload as.
-    """
-    when = when or datetime.now(timezone.utc)
-    name = shown_name(remote_name)
-    if moved:
-        where = ("It has been moved from inbox/ to this quarantine folder so that it is not tried again. You may "
-                 "delete it and this note.")
-    else:
-        where = ("It could not be moved out of inbox/, so it is still there: please delete it from inbox/ (the "
-                 "observatory will not take it), then delete this note.")
-    if right_name:
-        upload = (f"upload the corrected file to inbox/ (upload it as {name}.part and rename it to {name} when "
-                  f"the upload is complete).")
-    else:
-        upload = ("upload the corrected file to inbox/ under its expected name (upload it as NAME.part and "
-                  "rename it to NAME when the upload is complete).")
-    return (
-        f"The observatory did not accept {_WHAT.get(kind, 'the entry')} {name}.\n"
-        f"\n"
-        f"What was wrong, and what to do:\n"
-        f"{reason}\n"
-        f"\n"
-        f"Nothing from it was loaded. {where}\n"
-        f"\n"
-        f"When the problem is fixed, {upload}\n"
-        f"\n"
-        f"Refused at {when.strftime('%Y-%m-%d %H:%M:%S')} UTC.\n"
-    )
-
-
-def quarantine(sftp: Any, settings: Settings, partner_id: str, remote_name: str, reason: str,
-               kind: str = "file", right_name: bool = True) -> str:
-    """Move a refused file from the inbox to the partner's quarantine/ with ``NAME.reason.txt``; returns its path.
-
-    The quarantined copy is named with :func:`shown_name`, so a name with a line break in it can be seen.
-    """
-    inbox = settings.inbox(partner_id)
-    folder = settings.partner_folder(partner_id, "quarantine")
-    dst = f"{folder}/{shown_name(remote_name)}"
-    move(sftp, f"{inbox}/{remote_name}", dst)
-    put_text(sftp, dst + REASON_SUFFIX, reason_text(remote_name, reason, kind=kind, right_name=right_name))
-    log.warning("quarantined %s for %s: %s", shown_name(remote_name), partner_id, reason)
-    return dst
-
-
-def leave_reason(sftp: Any, settings: Settings, partner_id: str, remote_name: str, reason: str,
-                 kind: str = "file", right_name: bool = False) -> str:
-    """For something in the inbox that cannot be moved: only the note, in quarantine/; returns the note's path.
-
-    Written once: the sensor looks at the inbox every few minutes, and one note is enough.
-    """
-    note = f"{settings.partner_folder(partner_id, 'quarantine')}/{shown_name(remote_name)}{REASON_SUFFIX}"
-    if not exists(sftp, note):
-        put_text(sftp, note, reason_text(remote_name, reason, kind=kind, moved=False, right_name=right_name))
-    return note
-
-
-def archive(sftp: Any, settings: Settings, partner_id: str, remote_name: str) -> str:
-    """Move a file from the inbox to the partner's processed/ (call only after its load committed)."""
-    dst = f"{settings.partner_folder(partner_id, 'processed')}/{remote_name}"
-    move(sftp, f"{settings.inbox(partner_id)}/{remote_name}", dst)
-    return dst

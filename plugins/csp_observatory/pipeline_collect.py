@@ -1,18 +1,19 @@
 """Stages 1 and 2 of a supply: wait for it in the partner's inbox, collect it, decrypt and verify it.
 
-``collect`` makes the supply's :class:`~csp_observatory.pipeline_supply.Manifest` (its record from here on) and
-its work area in the staging store; ``decrypt_and_verify`` lets on only the files signed by the partner's key.
+``collect`` has intake download each ready supply (``intake_download.collect``, which makes the supply's
+:class:`~csp_observatory.pipeline_supply.Manifest`, its record from here on), gives it its work area in the staging
+store and moves the encrypted files there; ``decrypt_and_verify`` lets on only the files signed by the partner's
+key.
 """
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
 from pathlib import Path
 
 from csp_observatory import staging
 from csp_observatory.config import Settings, load_settings
-from csp_observatory.pipeline_supply import (Manifest, Services, SupplyFile, _delete_plaintext, _in_flight, _refuse,
-                                             _services, supply_schema)
+from csp_observatory.pipeline_supply import (Services, _delete_plaintext, _in_flight, _refuse, _services,
+                                             supply_schema)
 from csp_observatory.schema_loading import schema_for
 
 log = logging.getLogger("csp_observatory.pipeline")
@@ -26,21 +27,21 @@ def ready_periods(feed: str, settings: Settings | None = None, services: Service
     Strays (misnamed files, bad periods, links, folders, empty files) are quarantined here with their reason:
     when nothing in the inbox is ready no run starts, and the partner must still hear about every one.
     """
-    from csp_observatory import intake
+    from csp_observatory import intake, intake_quarantine
 
     settings = settings or load_settings()
     svc = _services(settings, services)
     schema = schema_for(feed)
     with svc.sftp() as client:
         ready = intake.find_ready_supplies(client, schema, settings)
-        intake.quarantine_strays(client, settings, schema, ready)
+        intake_quarantine.quarantine_strays(client, settings, schema, ready)
     return sorted(s.period for s in ready.supplies)
 
 
 def collect(feed: str, periods: list[str], run_id: str, settings: Settings | None = None,
             services: Services | None = None) -> list[str]:
     """Download each ready supply into staging, record its hashes, and set aside duplicates and strays."""
-    from csp_observatory import agreements, intake, ledger
+    from csp_observatory import agreements, intake, intake_download, intake_quarantine, ledger
 
     settings = settings or load_settings()
     svc = _services(settings, services)
@@ -51,25 +52,19 @@ def collect(feed: str, periods: list[str], run_id: str, settings: Settings | Non
         conn.commit()
         ready = intake.find_ready_supplies(client, schema, settings)
         # Strays that arrived since the sensor's look; one never stops another, nor a supply.
-        intake.quarantine_strays(client, settings, schema, ready)
+        intake_quarantine.quarantine_strays(client, settings, schema, ready)
         for pending in ready.supplies:
             if pending.period not in periods:
                 continue
-            collected = intake.collect(client, conn, schema, settings, pending)
+            m = intake_download.collect(client, conn, schema, settings, pending)
             conn.commit()
             # The work area is in the staging store every worker reaches (staging.py), not on this worker's disk.
             work = staging.supply_area(settings, feed, pending.period)
             staging.remove(work)  # what an earlier, interrupted run left: this run starts the supply afresh
             staging.make_private_dir(work)
-            m = Manifest(feed=feed, period=pending.period, work_dir=str(work), files={}, run_id=run_id,
-                         collected_at=datetime.now(timezone.utc).isoformat(), partner_id=collected.partner_id)
-            for cf in collected.files:
-                m.files[cf.file_name] = SupplyFile(name=cf.file_name, remote_name=cf.remote_name,
-                                                   sha256=cf.sha256, size=cf.size,
-                                                   encrypted_path=_into_store(cf.local_path, work))
-            if (cf := collected.metadata) is not None:
-                m.metadata = SupplyFile(name=cf.file_name, remote_name=cf.remote_name, sha256=cf.sha256,
-                                        size=cf.size, encrypted_path=_into_store(cf.local_path, work))
+            m.work_dir, m.run_id = str(work), run_id
+            for f in m.all_files:
+                f.encrypted_path = _into_store(f.encrypted_path, work)
             # Guidance 2.2: a feed is taken only under a current information sharing agreement (agreements.py).
             standing = agreements.standing(m.partner, feed)
             if standing.warning:
@@ -82,13 +77,13 @@ def collect(feed: str, periods: list[str], run_id: str, settings: Settings | Non
                 for f in m.all_files:
                     _refuse(m, settings, client, f, standing.refusal or "", "refused", conn)
                 _delete_plaintext(m)
-            elif all(cf.duplicate_of for cf in collected.all_files):
+            elif all(f.duplicate for f in m.all_files):
                 # The same bytes were loaded before: never load them twice. The partner is told where.
-                for cf in collected.all_files:
-                    intake.archive(client, settings, m.partner, cf.remote_name)
-                    m.problems.append({"file": cf.file_name, "remote_name": cf.remote_name,
+                for f in m.all_files:
+                    intake_quarantine.archive(client, settings, m.partner, f.remote_name)
+                    m.problems.append({"file": f.name, "remote_name": f.remote_name,
                                        "reason": f"identical to a delivery already loaded as supply "
-                                                 f"{cf.duplicate_of}; not loaded again"})
+                                                 f"{f.duplicate_of}; not loaded again"})
                 m.status = "duplicate"
                 _delete_plaintext(m)
             # A supply where only some files are new is loaded whole again: the load replaces the period's

@@ -22,7 +22,7 @@ log = logging.getLogger("csp_observatory.pipeline")
 def report_and_archive(feed: str, work_dirs: list[str] | None, settings: Settings | None = None,
                        services: Services | None = None) -> dict[str, Any]:
     """Write each supply's quality report, give the partner a copy, move loaded originals to processed/."""
-    from csp_observatory import intake, reporting, sftp
+    from csp_observatory import intake_quarantine, reporting, sftp
 
     settings = settings or load_settings()
     svc = _services(settings, services)
@@ -39,7 +39,7 @@ def report_and_archive(feed: str, work_dirs: list[str] | None, settings: Setting
                 m.status = "failed"
             if m.status == "loaded":
                 for f in m.files.values():
-                    intake.archive(client, settings, m.partner, f.remote_name)
+                    intake_quarantine.archive(client, settings, m.partner, f.remote_name)
                 if m.metadata is not None:
                     _archive_metadata(m, schema, settings, client, svc)
             elif m.status == "blocked":
@@ -70,13 +70,13 @@ def report_and_archive(feed: str, work_dirs: list[str] | None, settings: Setting
 
 def _archive_metadata(m: Manifest, schema: FeedSchema, settings: Settings, client: Any, svc: Services) -> None:
     """After a load: the metadata file goes to processed/, or, if it could not be read, to quarantine/ with why."""
-    from csp_observatory import intake, metadata
+    from csp_observatory import intake_quarantine, metadata
 
     refused = (m.stages.get("metadata") or {}).get("refused")
     f = m.metadata
     assert f is not None
     if not refused:
-        intake.archive(client, settings, m.partner, f.remote_name)
+        intake_quarantine.archive(client, settings, m.partner, f.remote_name)
         return
     reason = metadata.refused_reason(schema, refused, required=False, remote_name=f.remote_name)
     with svc.db() as conn:

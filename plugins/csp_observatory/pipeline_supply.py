@@ -1,10 +1,14 @@
 """One supply in flight, and what every stage of ``pipeline.py`` shares.
 
-:class:`Manifest` is the supply's one typed record: made by the collect stage (``pipeline_collect.py``), saved as
-``manifest.json`` in the supply's private work area of the staging store, read back by each later stage, and
-read by the report (``reporting.py``) and the quality stamp. :class:`Services` is where a stage reaches PostGIS
-and SFTP. The helpers here refuse or quarantine a file, delete a supply's plaintext, and keep one supply's
-failure from stopping the others in its run (:func:`_one_supply`); the verdict's exceptions close the run.
+:class:`Manifest` (with a :class:`SupplyFile` per file) is the supply's one typed record from its download to its
+report: made when intake downloads the supply (``intake_download.collect``), given its work area by the collect
+stage (``pipeline_collect.py``), saved as ``manifest.json`` in that private work area of the staging store, read
+back by each later stage, and read by the report (``reporting.py``) and the quality stamp. Before the download a
+supply is an ``intake.PendingSupply`` (files listed in the partner's inbox, nothing downloaded).
+
+:class:`Services` is where a stage reaches PostGIS and SFTP. The helpers here refuse or quarantine a file, delete a
+supply's plaintext, and keep one supply's failure from stopping the others in its run (:func:`_one_supply`); the
+verdict's exceptions close the run.
 """
 from __future__ import annotations
 
@@ -30,16 +34,28 @@ REJECTED_COLUMNS = ["source_file", "source_row", "reason", "stage"]
 
 @dataclass
 class SupplyFile:
-    """One file of a supply, from the inbox to the load."""
+    """One file of a supply, from its download to the report: the one shape intake, the stages and the report read.
 
-    name: str                    # the schema's file name: offences, offenders, victims
+    ``intake_download.collect`` fills the first fields (and ``duplicate_of``); decrypt adds ``plaintext_path`` and
+    ``signer``, parse ``rows_in_file``. The report reads it as it stands (``reporting.SupplyOutcome.files``).
+    """
+
+    name: str                    # the schema's file name: offences, offenders, victims (or ``metadata``)
     remote_name: str             # the partner's file name on SFTP
     sha256: str
     size: int
-    encrypted_path: str          # in the staging store (staging.py): a path, or a URL every worker reaches
+    # Where the encrypted bytes are: first the collecting worker's private download, then (``pipeline_collect``)
+    # the supply's work area in the staging store (staging.py): a path, or a URL every worker reaches.
+    encrypted_path: str = ""
     plaintext_path: str | None = None   # likewise, in the supply's work area until the supply is done
     signer: str | None = None
     rows_in_file: int | None = None
+    duplicate_of: str | None = None     # supply_id it was already loaded as; such a file is never loaded again
+
+    @property
+    def duplicate(self) -> bool:
+        """The same bytes were loaded before (the ledger said so at collect)."""
+        return self.duplicate_of is not None
 
 
 @dataclass
@@ -84,16 +100,28 @@ class Manifest:
         """The data files, then the metadata file if there is one: what is decrypted, archived or refused."""
         return [*self.files.values(), *([self.metadata] if self.metadata else [])]
 
+    @property
+    def duplicates(self) -> list[SupplyFile]:
+        """The files whose bytes were loaded before, as an earlier supply."""
+        return [f for f in self.all_files if f.duplicate]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data (what ``manifest.json`` holds)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Manifest:
+        """The inverse of :meth:`to_dict`."""
+        md = raw.get("metadata")
+        return cls(**{**raw, "files": {k: SupplyFile(**v) for k, v in raw["files"].items()},
+                      "metadata": SupplyFile(**md) if md else None})
+
     def save(self) -> None:
-        staging.write_text(self.path / "manifest.json", json.dumps(asdict(self), indent=1, default=str))
+        staging.write_text(self.path / "manifest.json", json.dumps(self.to_dict(), indent=1, default=str))
 
     @classmethod
     def read(cls, work_dir: str | Path) -> Manifest:
-        raw = json.loads(staging.read_text(staging.location(work_dir) / "manifest.json"))
-        raw["files"] = {k: SupplyFile(**v) for k, v in raw["files"].items()}
-        if raw.get("metadata"):
-            raw["metadata"] = SupplyFile(**raw["metadata"])
-        return cls(**raw)
+        return cls.from_dict(json.loads(staging.read_text(staging.location(work_dir) / "manifest.json")))
 
     # Frames between stages: one parquet per file per stage.
     def frame_path(self, stage: str, file_name: str) -> staging.Location:
@@ -198,9 +226,9 @@ def supply_schema(m: Manifest) -> FeedSchema:
 def _quarantine(settings: Settings, sftp_client: Any, conn: Any, partner_id: str, file: SupplyFile,
                 reason: str) -> None:
     """Move a file to the partner's quarantine with a reason, and say so in the ledger."""
-    from csp_observatory import intake, ledger
+    from csp_observatory import intake_quarantine, ledger
 
-    intake.quarantine(sftp_client, settings, partner_id, file.remote_name, reason)
+    intake_quarantine.quarantine(sftp_client, settings, partner_id, file.remote_name, reason)
     ledger.mark_quarantined(conn, file.sha256, reason)
     conn.commit()
 

@@ -21,7 +21,8 @@ from typing import Any
 import psycopg2
 import pytest
 
-from csp_observatory import demo, demo_data, intake, loading, pipeline, postcodes_sources, sftp
+from csp_observatory import (demo, demo_data, intake_download, intake_quarantine, loading, pipeline, postcodes_sources,
+                             sftp)
 from csp_observatory.schema_loading import schema_for
 from service_faults import DroppingFile, kill_session, postgis_cluster, restart_postgis, sshd_stopped, tmpfs
 
@@ -170,11 +171,11 @@ def test_sshd_down_at_collect_then_a_session_dropped_mid_download_loses_nothing_
                 return DroppingFile(client.open(path, mode), client, killed)
         return real_download(Client(), remote, local)   # type: ignore[arg-type]
 
-    monkeypatch.setattr(intake, "download", dropping_download)
+    monkeypatch.setattr(intake_download, "download", dropping_download)
     with pytest.raises(Exception) as dropped:
         pipeline.collect(FEED, [P_NET], RUN_ID, settings)
     assert killed and not isinstance(dropped.value, AssertionError), dropped.value
-    monkeypatch.setattr(intake, "download", real_download)
+    monkeypatch.setattr(intake_download, "download", real_download)
     # Nothing lost, nothing half-staged, nothing ledgered: the next try starts from the inbox as it was.
     assert _ls(settings, "inbox") == sorted(names)
     assert _staged_files(settings, P_NET) == []
@@ -292,8 +293,8 @@ def test_a_1_gib_file_is_refused_from_its_size_without_being_downloaded(settings
     assert partner_sftp.stat(f"/inbox/{big}").st_size == 1 << 30
     assert pipeline.collect(FEED, [P_BIG], RUN_ID, settings) == []
     assert big in _ls(settings, "quarantine")
-    with sftp.connect_observatory(settings) as client, \
-            client.open(f"{settings.partner_folder('police', 'quarantine')}/{big}{intake.REASON_SUFFIX}") as fh:
+    note = f"{settings.partner_folder('police', 'quarantine')}/{big}{intake_quarantine.REASON_SUFFIX}"
+    with sftp.connect_observatory(settings) as client, client.open(note) as fh:
         reason = fh.read().decode("utf-8")
     assert re.search(r"1\.0 GiB .*not downloaded", reason), reason
     assert _staged_files(settings, P_BIG) == []

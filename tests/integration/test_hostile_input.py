@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from csp_observatory import (demo, demo_data, fixtures, intake, metadata, partner, pipeline, postcodes_sources, sftp)
+from csp_observatory import (demo, demo_data, fixtures, intake, intake_quarantine, metadata, partner, pipeline,
+                             postcodes_sources, sftp)
 from csp_observatory.schema_loading import schema_for
 
 pytestmark = pytest.mark.integration
@@ -128,7 +129,7 @@ def _assert_good_supply_loaded(db, observatory_sftp, settings, period: str, file
 
 def _reason(observatory_sftp, settings, name: str) -> str:
     folder = settings.partner_folder("police", "quarantine")
-    with observatory_sftp.open(f"{folder}/{intake.shown_name(name)}{intake.REASON_SUFFIX}") as fh:
+    with observatory_sftp.open(f"{folder}/{intake.shown_name(name)}{intake_quarantine.REASON_SUFFIX}") as fh:
         return fh.read().decode("utf-8")
 
 
@@ -193,7 +194,7 @@ def test_when_every_file_is_misnamed_the_partner_still_hears_about_each(
     assert _inbox(observatory_sftp, settings) == []
     quarantined = _quarantined(observatory_sftp, settings)
     for name in strays:
-        assert name in quarantined and name + intake.REASON_SUFFIX in quarantined, name
+        assert name in quarantined and name + intake_quarantine.REASON_SUFFIX in quarantined, name
     assert "match any file" in _reason(observatory_sftp, settings, strays[0])
     assert "not a valid period" in _reason(observatory_sftp, settings, strays[1])
     assert "empty" in _reason(observatory_sftp, settings, strays[2])

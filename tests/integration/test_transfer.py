@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from csp_observatory import decryption, intake, ledger, partner, sftp
+from csp_observatory import decryption, intake, intake_download, intake_quarantine, ledger, partner, sftp
 from csp_observatory.schema_loading import schema_for
 
 pytestmark = pytest.mark.integration
@@ -96,15 +96,15 @@ def test_collect_downloads_hashes_and_records_then_a_second_delivery_is_a_duplic
     contents = _upload_supply(partner_sftp, tmp_path)
     ready = intake.find_ready_supplies(observatory_sftp, schema, settings)
     (pending,) = [s for s in ready.supplies if s.period == PERIOD]
-    collected = intake.collect(observatory_sftp, db, schema, settings, pending)
+    collected = intake_download.collect(observatory_sftp, db, schema, settings, pending)
     db.commit()
 
     shas = {f: hashlib.sha256(data).hexdigest() for f, data in contents.items()}
     assert collected.duplicates == []
-    for cf in collected.files:
-        local = Path(cf.local_path)
-        assert local.read_bytes() == contents[cf.file_name]
-        assert cf.sha256 == shas[cf.file_name]
+    for cf in collected.files.values():
+        local = Path(cf.encrypted_path)
+        assert local.read_bytes() == contents[cf.name]
+        assert cf.sha256 == shas[cf.name]
         assert stat.S_IMODE(local.stat().st_mode) == 0o600
         assert stat.S_IMODE(local.parent.stat().st_mode) == 0o700
     assert _ledger_rows(db) == {_name(f): (shas[f], len(contents[f]), "received") for f in FILES}
@@ -113,7 +113,7 @@ def test_collect_downloads_hashes_and_records_then_a_second_delivery_is_a_duplic
     ledger.mark_loaded(db, shas.values(), f"{FEED}/{PERIOD}")
     db.commit()
     for f in FILES:
-        intake.archive(observatory_sftp, settings, schema.partner.id, _name(f))
+        intake_quarantine.archive(observatory_sftp, settings, schema.partner.id, _name(f))
     assert sorted(partner_sftp.listdir("/processed")) == sorted(_name(f) for f in FILES)
     assert partner_sftp.listdir("/inbox") == []
 
@@ -121,10 +121,10 @@ def test_collect_downloads_hashes_and_records_then_a_second_delivery_is_a_duplic
     _upload_supply(partner_sftp, tmp_path, contents)
     (pending,) = [s for s in intake.find_ready_supplies(observatory_sftp, schema, settings).supplies
                   if s.period == PERIOD]
-    again = intake.collect(observatory_sftp, db, schema, settings, pending)
+    again = intake_download.collect(observatory_sftp, db, schema, settings, pending)
     db.commit()
-    assert sorted(f.file_name for f in again.duplicates) == sorted(FILES)
-    assert {f.duplicate_of for f in again.files} == {f"{FEED}/{PERIOD}"}
+    assert sorted(f.name for f in again.duplicates) == sorted(FILES)
+    assert {f.duplicate_of for f in again.files.values()} == {f"{FEED}/{PERIOD}"}
     assert {v[2] for v in _ledger_rows(db).values()} == {"loaded"}
 
 
@@ -132,15 +132,15 @@ def test_changed_bytes_under_the_same_name_are_a_new_delivery(settings, db, sche
                                                              transfer, tmp_path):
     first = _upload_supply(partner_sftp, tmp_path)
     (pending,) = intake.find_ready_supplies(observatory_sftp, schema, settings).supplies
-    collected = intake.collect(observatory_sftp, db, schema, settings, pending)
-    ledger.mark_loaded(db, [f.sha256 for f in collected.files], f"{FEED}/{PERIOD}")
+    collected = intake_download.collect(observatory_sftp, db, schema, settings, pending)
+    ledger.mark_loaded(db, [f.sha256 for f in collected.files.values()], f"{FEED}/{PERIOD}")
     db.commit()
     # A corrected offences file replaces the old one in the inbox (posix-rename overwrites atomically).
     _upload_supply(partner_sftp, tmp_path, {"offences": first["offences"] + b"corrected"})
     (pending,) = intake.find_ready_supplies(observatory_sftp, schema, settings).supplies
-    again = intake.collect(observatory_sftp, db, schema, settings, pending)
+    again = intake_download.collect(observatory_sftp, db, schema, settings, pending)
     db.commit()
-    assert sorted(f.file_name for f in again.duplicates) == ["offenders", "victims"]
+    assert sorted(f.name for f in again.duplicates) == ["offenders", "victims"]
     with db.cursor() as cur:
         cur.execute("SELECT status, count(*) FROM observatory.deliveries WHERE supply_id = %s GROUP BY status",
                     (f"{FEED}/{PERIOD}",))
@@ -157,9 +157,9 @@ def test_quarantine_moves_the_file_and_leaves_a_reason_the_partner_can_read(
     partner.upload(partner_sftp, stray, "/inbox", stray.name)
     ready = intake.find_ready_supplies(observatory_sftp, schema, settings)
     assert ready.unrecognised == [stray.name]
-    intake.quarantine(observatory_sftp, settings, schema.partner.id, stray.name,
-                      "The file name does not match any file of the feed. Expected names matching: "
-                      + ", ".join(f.pattern for f in schema.files))
+    intake_quarantine.quarantine(observatory_sftp, settings, schema.partner.id, stray.name,
+                                 "The file name does not match any file of the feed. Expected names matching: "
+                                 + ", ".join(f.pattern for f in schema.files))
     assert partner_sftp.listdir("/inbox") == []
     assert sorted(partner_sftp.listdir("/quarantine")) == sorted([stray.name, stray.name + ".reason.txt"])
     with partner_sftp.open(f"/quarantine/{stray.name}.reason.txt") as fh:
@@ -181,11 +181,11 @@ def test_an_encrypted_signed_upload_survives_transfer_and_verifies(settings, dem
         contents[f] = enc.read_bytes()
         partner.upload(partner_sftp, enc, "/inbox", _name(f))
     (pending,) = intake.find_ready_supplies(observatory_sftp, schema, settings).supplies
-    collected = intake.collect(observatory_sftp, db, schema, settings, pending)
+    collected = intake_download.collect(observatory_sftp, db, schema, settings, pending)
     db.commit()
-    offences = next(f for f in collected.files if f.file_name == "offences")
-    out = Path(offences.local_path).parent / "offences.csv"
-    verified = decryption.decrypt_and_verify(settings.gnupg_home, Path(offences.local_path), out,
+    offences = collected.files["offences"]
+    out = Path(offences.encrypted_path).parent / "offences.csv"
+    verified = decryption.decrypt_and_verify(settings.gnupg_home, Path(offences.encrypted_path), out,
                                              settings.partner("police").signing_fingerprint, settings.gpg_passphrase)
     assert out.read_text(encoding="utf-8") == "crime_reference\nCROFFENCES1\n"
     assert verified.signer_fingerprint == decryption.normalise_fingerprint(cfg["partner_fingerprint"])

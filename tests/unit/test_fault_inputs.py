@@ -13,7 +13,7 @@ from typing import Iterator
 import gnupg
 import pytest
 
-from csp_observatory import decryption, intake, reporting, subject_access
+from csp_observatory import decryption, intake, intake_quarantine, reporting, subject_access
 from csp_observatory.parsing import UNKNOWN_COLUMNS_SHOWN, parse_csv
 from csp_observatory.schema import SCHEMA_DIR
 from csp_observatory.schema_loading import load_schema
@@ -88,7 +88,7 @@ def test_a_quarantined_name_with_a_path_lands_inside_quarantine():
     settings = SimpleNamespace(inbox=lambda p: f"/{p}/inbox", partner_folder=lambda p, sub: f"/{p}/{sub}")
     fake = _RecordingSftp()
     name = "../../etc/prc_offences_209702.csv.gpg"
-    dst = intake.quarantine(fake, settings, "police", name, "why")  # type: ignore[arg-type]
+    dst = intake_quarantine.quarantine(fake, settings, "police", name, "why")  # type: ignore[arg-type]
     folder = settings.partner_folder("police", "quarantine")
     assert dst.startswith(folder + "/") and "/" not in dst[len(folder) + 1:]
     assert fake.renamed[0][1] == dst

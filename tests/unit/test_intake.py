@@ -1,6 +1,7 @@
 """Intake's decisions: which inbox files form a ready supply, size stability, staging, duplicates, manifests."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from csp_observatory import intake, ledger, sftp
+from csp_observatory import intake, intake_download, intake_quarantine, ledger, sftp
 from csp_observatory.config import PartnerKeys, Settings
+from csp_observatory.pipeline_supply import Manifest
 from csp_observatory.schema_loading import schema_for
 from csp_observatory.sftp import RemoteFile
 
@@ -211,7 +213,7 @@ def test_collect_stages_privately_and_flags_bytes_already_loaded(schema, tmp_pat
     contents = {f: f"encrypted {f}".encode() for f in ALL}
     names = dict(zip(ALL, _names("202609", *ALL)))
     fake = FakeSFTP({f"/police/inbox/{names[f]}": contents[f] for f in ALL})
-    loaded_sha = intake.hashlib.sha256(contents["victims"]).hexdigest()
+    loaded_sha = hashlib.sha256(contents["victims"]).hexdigest()
     recorded = []
 
     def find(conn, sha):
@@ -224,23 +226,27 @@ def test_collect_stages_privately_and_flags_bytes_already_loaded(schema, tmp_pat
     monkeypatch.setattr(ledger, "record_received", lambda conn, *args: recorded.append(args))
     listing = [RemoteFile(names[f], len(contents[f]), 0) for f in ALL]
     pending = intake.plan_supplies(schema, listing, {f.name: f.size for f in listing}).supplies[0]
-    collected = intake.collect(fake, None, schema, settings, pending)
+    collected = intake_download.collect(fake, None, schema, settings, pending)
 
-    by_name = {f.file_name: f for f in collected.files}
-    assert [f.file_name for f in collected.duplicates] == ["victims"]
+    by_name = collected.files
+    assert list(by_name) == list(ALL)
+    assert [f.name for f in collected.duplicates] == ["victims"]
     assert by_name["victims"].duplicate_of == "police_recorded_crime/202608"
     assert sorted(a[2] for a in recorded) == sorted([names["offences"], names["offenders"]])
     for f in ALL:
-        local = Path(by_name[f].local_path)
+        local = Path(by_name[f].encrypted_path)
         assert local.read_bytes() == contents[f]
-        assert by_name[f].sha256 == intake.hashlib.sha256(contents[f]).hexdigest()
+        assert by_name[f].sha256 == hashlib.sha256(contents[f]).hexdigest()
         assert local.parent.name == by_name[f].sha256[:16]
         assert stat.S_IMODE(os.stat(local).st_mode) == 0o600
         for d in (local.parent, local.parent.parent, local.parent.parent.parent, settings.staging_dir):
             assert stat.S_IMODE(os.stat(d).st_mode) == 0o700, d
-    # The manifest survives JSON (Airflow XCom) unchanged.
-    again = intake.CollectedSupply.from_dict(json.loads(json.dumps(collected.to_dict())))
+    # The download is the supply's record, not yet given its work area; it survives JSON (manifest.json) unchanged.
+    assert isinstance(collected, Manifest) and collected.work_dir == "" and collected.status == "collected"
+    assert collected.partner_id == "police" and collected.metadata is None
+    again = Manifest.from_dict(json.loads(json.dumps(collected.to_dict())))
     assert again == collected and again.supply_id == "police_recorded_crime/202609"
+    assert again.files["victims"].duplicate and not again.files["offences"].duplicate
     assert intake.PendingSupply.from_dict(json.loads(json.dumps(pending.to_dict()))) == pending
 
 
@@ -252,13 +258,13 @@ def test_collect_refuses_a_short_download(schema, tmp_path, monkeypatch):
     monkeypatch.setattr(ledger, "record_received", lambda conn, *a: None)
     listing = [RemoteFile(n, 3, 0) for n in names[:2]] + [RemoteFile(names[2], 4, 0)]
     pending = intake.plan_supplies(schema, listing, {f.name: f.size for f in listing}).supplies[0]
-    with pytest.raises(intake.IncompleteDownload, match="3 bytes"):
-        intake.collect(fake, None, schema, settings, pending)
+    with pytest.raises(intake_download.IncompleteDownload, match="3 bytes"):
+        intake_download.collect(fake, None, schema, settings, pending)
     assert not [p for p in settings.staging_dir.rglob("*") if p.name.startswith(names[2])]
 
 
 def test_reason_text_tells_the_partner_what_to_do():
-    text = intake.reason_text("prc_victims_202609.csv.gpg", "The file is not signed. Sign it with key ABC.")
+    text = intake_quarantine.reason_text("prc_victims_202609.csv.gpg", "The file is not signed. Sign it with key ABC.")
     assert "prc_victims_202609.csv.gpg" in text
     assert "The file is not signed. Sign it with key ABC." in text
     assert "inbox/" in text and ".part" in text
@@ -330,7 +336,7 @@ def test_quarantine_strays_moves_each_with_a_note_and_never_stops(schema, tmp_pa
                     stuck={f"{inbox}/september"}, subfolder=False)
     ready = intake.plan_supplies(schema, sftp.list_entries(fake, inbox), {})
     del fake.files[f"{inbox}/gone.csv"]           # the partner removed it between the listing and the move
-    done = intake.quarantine_strays(fake, settings, schema, ready)
+    done = intake_quarantine.quarantine_strays(fake, settings, schema, ready)
     assert sorted(done) == sorted(["notes.txt", newline, "link", "september"])
     assert sorted(p for p in fake.files if p.startswith(inbox)) == [f"{inbox}/september"]   # could not move
     shown = intake.shown_name(newline)
@@ -345,7 +351,8 @@ def test_quarantine_strays_moves_each_with_a_note_and_never_stops(schema, tmp_pa
     assert not any(".part" in p for p in fake.files)
     # The sensor looks again five minutes later: the note for what could not be moved is not written twice.
     writes = len(fake.writes)
-    intake.quarantine_strays(fake, settings, schema, intake.plan_supplies(schema, sftp.list_entries(fake, inbox), {}))
+    again = intake.plan_supplies(schema, sftp.list_entries(fake, inbox), {})
+    intake_quarantine.quarantine_strays(fake, settings, schema, again)
     assert len(fake.writes) == writes
 
 
@@ -378,7 +385,7 @@ def test_list_entries_reports_links_and_folders_and_list_files_leaves_them_out()
 
 
 def test_reason_text_for_something_that_could_not_be_moved():
-    text = intake.reason_text("odd\tname", "This is a folder.", kind="folder", moved=False)
+    text = intake_quarantine.reason_text("odd\tname", "This is a folder.", kind="folder", moved=False)
     assert "the folder odd%09name" in text and "still there" in text and "\t" not in text
 
 
@@ -448,15 +455,15 @@ def test_collect_downloads_and_ledgers_the_metadata_file_with_the_data(schema, t
     monkeypatch.setattr(ledger, "record_received", lambda conn, *args: recorded.append(args))
     listing = [RemoteFile(n, len(f"encrypted {n}"), 0) for n in names]
     pending = intake.plan_supplies(schema, listing, {f.name: f.size for f in listing}).supplies[0]
-    collected = intake.collect(fake, None, schema, settings, pending)
-    assert [f.file_name for f in collected.files] == list(ALL)
+    collected = intake_download.collect(fake, None, schema, settings, pending)
+    assert [f.name for f in collected.files.values()] == list(ALL)
     md = collected.metadata
-    assert md is not None and md.file_name == "metadata" and md.remote_name == META
-    assert Path(md.local_path).read_bytes() == f"encrypted {META}".encode()
-    assert stat.S_IMODE(os.stat(md.local_path).st_mode) == 0o600
+    assert md is not None and md.name == "metadata" and md.remote_name == META
+    assert Path(md.encrypted_path).read_bytes() == f"encrypted {META}".encode()
+    assert stat.S_IMODE(os.stat(md.encrypted_path).st_mode) == 0o600
     assert sorted(a[2] for a in recorded) == sorted(names)
     assert collected.all_files[-1] is md
-    assert intake.CollectedSupply.from_dict(json.loads(json.dumps(collected.to_dict()))) == collected
+    assert Manifest.from_dict(json.loads(json.dumps(collected.to_dict()))) == collected
 
 
 # --- one partner's inbox serving several feeds ---------------------------------------------------------------
