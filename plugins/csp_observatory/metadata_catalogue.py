@@ -215,7 +215,7 @@ def apply_comments(conn: Any, schema: FeedSchema, metadata: SupplyMetadata) -> l
 
 
 def _stamp_part(comment: str | None) -> str:
-    """The quality stamp a table comment ends with (``stamp.COMMENT_MARK`` on), or ""."""
-    from csp_observatory.stamp import stamp_of
+    """The quality stamp a table comment ends with (``stamp_text.COMMENT_MARK`` on), or ""."""
+    from csp_observatory.stamp_text import stamp_of
 
     return stamp_of(comment)

@@ -84,7 +84,7 @@ def from_shown_document(doc: Mapping[str, Any]) -> SupplyMetadata:
 
 #: The cache of a feed's caveats for its DAG's docs: ``<reports_dir>/<feed>/`` + this name.
 DAG_DOC_NAME: Final = "supply_metadata.md"
-#: The cache of a feed's latest quality stamp for its DAG's docs (``stamp.dag_doc_section``), beside the caveats.
+#: The cache of a feed's latest quality stamp for its DAG's docs (``stamp_text.dag_doc_section``), beside the caveats.
 QUALITY_DOC_NAME: Final = "quality_stamp.md"
 #: Largest cache file :func:`dag_doc` shows (a caveats section is a few kilobytes).
 MAX_DAG_DOC_BYTES: Final = 64_000
@@ -103,7 +103,7 @@ def write_dag_doc(reports_dir: str | Path, feed: str, metadata: SupplyMetadata |
 
 
 def write_quality_doc(reports_dir: str | Path, feed: str, text: str) -> Path:
-    """Write the feed's latest quality stamp (Markdown, ``stamp.dag_doc_section``) for :func:`dag_doc`, atomically.
+    """Write the feed's latest quality stamp (Markdown, ``stamp_text.dag_doc_section``) for :func:`dag_doc`, atomically.
     Call after the stamp commits."""
     return _write_doc(Path(reports_dir) / feed / QUALITY_DOC_NAME, text)
 

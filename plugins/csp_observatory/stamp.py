@@ -1,8 +1,7 @@
 """The quality stamp (guidance Box 3): each supply's outcome and quality grades in PostGIS, where analysts read them.
 
-The report (``reporting.build_report``) is the one source: this module copies its figures, never recomputes them.
-Grades come from ``grading.py`` (a report that carries its own ``grade`` keeps it), the level and its reasons from
-the report's ``outcome`` (``reporting.assess``). In the schema ``dq`` (read by ``csp_analyst``, ``csp_engineer`` and
+The rows come from the supply's report (``stamp_data.build_stamp``: its figures copied, never recomputed); this
+module writes and reads them. In the schema ``dq`` (read by ``csp_analyst``, ``csp_engineer`` and
 ``csp_personal_reader``; written by the loader only):
 
 - ``dq.supplies``: one row per supply: feed, period, partner, status, level (green/amber/red) and its reasons, the
@@ -16,30 +15,26 @@ the report's ``outcome`` (``reporting.assess``). In the schema ``dq`` (read by `
 Each feed table gets a view ``<table>_graded`` in its own schema (``graded_views.py``): every record with its
 supply's level and grades, holding no dependency on the table.
 
-The tables' comments end with the feed's latest loaded supply's stamp (:func:`comment_stamp`); the feed's DAG docs
-show it too (:func:`dag_doc_section`). Nothing here commits: ``pipeline.report_and_archive`` writes a supply's stamp
-and its report in one transaction.
+The tables' comments end with the feed's latest loaded supply's stamp (``stamp_text.comment_stamp``); the feed's
+DAG docs show it too (``stamp_text.dag_doc_section``). Nothing here commits but :func:`stamp_supply`, which
+``pipeline.report_and_archive`` calls to write a supply's stamp and its report in one transaction.
 """
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass, field
-from typing import Any, Final, Iterable
+from typing import Any, Final
 
 from psycopg2 import sql
 
-from csp_observatory.graded_views import VIEW_SUFFIX, ensure_views, view_name  # noqa: F401  (view_name: re-exported)
-from csp_observatory.grading import GRADE_TEXT, GRADES, quality_grade, worst
+from csp_observatory.graded_views import ensure_views
 from csp_observatory.schema import FeedSchema
+from csp_observatory.stamp_data import Stamp, build_stamp
+from csp_observatory.stamp_text import comment_stamp, dag_doc_section, with_stamp
 
 log = logging.getLogger(__name__)
 
 SCHEMA: Final = "dq"
-QUALITIES: Final = ("completeness", "accuracy", "precision", "currency")
 READERS: Final = ("csp_analyst", "csp_engineer", "csp_personal_reader")
-#: Where a table's comment turns to the stamp: what comes before is the schema's and the partner's text.
-COMMENT_MARK: Final = " | Quality stamp: "
 _DDL: Final = """
 CREATE TABLE IF NOT EXISTS dq.supplies (
     fid bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -142,185 +137,6 @@ TABLE_COMMENTS: Final = {
     "set_aside_rows": "Rows set aside (loaded = false: not loaded) or loaded with a problem (loaded = true), by file "
                       "and row number in the partner's file, with stage, reason and the fields it names; never a value",
 }
-
-
-# --- from the report: pure ----------------------------------------------------------------------------------
-
-@dataclass
-class Stamp:
-    """The dq rows of one supply, as tuples in the tables' column order (see ``_DDL``)."""
-
-    supply: dict[str, Any]
-    qualities: list[dict[str, Any]] = field(default_factory=list)
-    file_qualities: list[dict[str, Any]] = field(default_factory=list)
-    checks: list[dict[str, Any]] = field(default_factory=list)
-    set_aside: list[dict[str, Any]] = field(default_factory=list)
-
-
-def file_grade(q: dict[str, Any]) -> str:
-    """A file's grade for a quality: the report's own if it carries one, else :func:`grading.quality_grade`."""
-    given = q.get("grade")
-    if given in GRADES:
-        return str(given)
-    return quality_grade(_number(q.get("score")), int(q.get("failed") or 0))
-
-
-def _number(v: Any) -> float | None:
-    try:
-        return None if v is None else float(v)
-    except (TypeError, ValueError):
-        return None
-
-
-def _int(v: Any) -> int | None:
-    try:
-        return None if v is None else int(v)
-    except (TypeError, ValueError):
-        return None
-
-
-def fields_named(reason: str, field_names: Iterable[str]) -> list[str]:
-    """The datafield names a reason mentions (whole words), in order of the names given."""
-    return [n for n in field_names if re.search(rf"(?<![A-Za-z0-9_]){re.escape(n)}(?![A-Za-z0-9_])", reason)]
-
-
-def check_caveat(file_name: str, e: dict[str, Any]) -> str:
-    """One failed check in words: file, check, field and how many values failed (never which)."""
-    what = e.get("describe") or e.get("expectation") or "a check"
-    on = f" on {e['column']}" if e.get("column") else ""
-    n, pct = _int(e.get("unexpected_count")), _number(e.get("unexpected_percent"))
-    count = "" if n is None else f": {n:,} value{'s' if n != 1 else ''}" + ("" if pct is None else f" ({pct:g}%)")
-    return f"{file_name}: {what}{on} failed{count}"
-
-
-def build_stamp(report: dict[str, Any], schema: FeedSchema, partner: str, collected_at: str | None = None) -> Stamp:
-    """The dq rows of a supply from its report: every figure copied, grades by ``grading.py``."""
-    supply = report["supply"]
-    sid = supply["supply_id"]
-    outcome = report.get("outcome") or {}
-    summary = report.get("summary") or {}
-    stamp = Stamp(supply={})
-    validation = report.get("validation") or {}
-    tables = {f.name: f"{schema.db_schema}.{f.table}" for f in schema.files}
-    per_quality: dict[str, list[tuple[str, dict[str, Any]]]] = {q: [] for q in QUALITIES}
-    for file_name, v in validation.items():
-        qualities = (v or {}).get("qualities") or {}
-        check_no = 0
-        for q in [*QUALITIES, *(k for k in qualities if k not in QUALITIES)]:
-            block = qualities.get(q)
-            if not isinstance(block, dict):
-                continue
-            grade = file_grade(block)
-            per_quality.setdefault(q, []).append((file_name, block))
-            stamp.file_qualities.append({
-                "supply_id": sid, "file_name": file_name, "table_name": tables.get(file_name), "quality": q,
-                "score": _number(block.get("score")), "grade": grade, "passed": int(block.get("passed") or 0),
-                "failed": int(block.get("failed") or 0)})
-            for e in block.get("expectations") or []:
-                check_no += 1
-                stamp.checks.append({
-                    "supply_id": sid, "file_name": file_name, "check_no": check_no, "quality": q,
-                    "expectation": str(e.get("expectation") or "expectation"), "column_name": e.get("column"),
-                    "description": e.get("describe"),
-                    "success": None if e.get("success") is None else bool(e["success"]),
-                    "unexpected_count": _int(e.get("unexpected_count")),
-                    "unexpected_percent": _number(e.get("unexpected_percent"))})
-    grades: dict[str, str] = {}
-    # The report's own figures for the supply where it gives them (reporting: fitness.supply_qualities), else the
-    # same rules here: the lowest file score, the worst file grade, the checks summed.
-    given = report.get("qualities") if isinstance(report.get("qualities"), dict) else {}
-    for q, blocks in per_quality.items():
-        scores = [s for _, b in blocks if (s := _number(b.get("score"))) is not None]
-        mine = given.get(q) if isinstance(given.get(q), dict) else {}
-        grade = mine.get("grade") if mine.get("grade") in GRADES else worst(file_grade(b) for _, b in blocks)
-        grades[q] = grade
-        caveats = [check_caveat(name, e) for name, b in blocks for e in b.get("expectations") or []
-                   if e.get("success") is False]
-        stamp.qualities.append({
-            "supply_id": sid, "quality": q, "score": _number(mine["score"]) if "score" in mine else (
-                min(scores) if scores else None), "grade": grade,
-            "passed": int(mine["passed"]) if "passed" in mine else sum(int(b.get("passed") or 0) for _, b in blocks),
-            "failed": int(mine["failed"]) if "failed" in mine else sum(int(b.get("failed") or 0) for _, b in blocks),
-            "files": len(blocks), "caveats": caveats})
-    field_names = [d.name for f in schema.files for d in f.datafields]
-    for loaded, rows in ((False, report.get("rejected_rows") or []), (True, report.get("flagged_rows") or [])):
-        for r in rows:
-            reason = str(r.get("reason") or "")
-            stamp.set_aside.append({"supply_id": sid, "file_name": str(r.get("file") or ""),
-                                    "source_row": _int(r.get("row")), "stage": str(r.get("stage") or ""),
-                                    "reason": reason, "fields": fields_named(reason, field_names), "loaded": loaded})
-    arrival = report.get("arrival") if isinstance(report.get("arrival"), dict) else {}
-    stamp.supply = {
-        "supply_id": sid, "feed": supply.get("feed") or schema.feed, "period": supply["period"], "partner": partner,
-        "status": supply["status"], "level": outcome.get("level") or "red", "level_text": outcome.get("text"),
-        "reasons": [str(r) for r in outcome.get("reasons") or []],
-        **{q: grades.get(q, "n/a") for q in QUALITIES},
-        "rows_in_files": _int(summary.get("rows_in_files")), "rows_loaded": int(summary.get("rows_loaded") or 0),
-        "rows_set_aside": int(summary.get("rows_need_attention") or 0),
-        "rows_loaded_with_problems": int(summary.get("rows_loaded_with_problems") or 0),
-        "rows_withheld": int(summary.get("rows_withheld") or 0),
-        "files_refused": int(summary.get("files_refused") or 0),
-        "arrived_at": arrival.get("arrived_at") or None, "due_at": arrival.get("due") or None,
-        "days_late": _int(arrival.get("days_late")),
-        "collected_at": collected_at or (report.get("metadata") or {}).get("date_supplied") or None,
-        "reported_at": (report.get("report") or {}).get("generated_at")}
-    return stamp
-
-
-def grades_text(row: dict[str, Any]) -> str:
-    """"completeness good, accuracy fair, ..." from a dq.supplies row."""
-    return ", ".join(f"{q} {row.get(q) or 'n/a'}" for q in QUALITIES)
-
-
-def comment_stamp(row: dict[str, Any]) -> str:
-    """The stamp a feed table's comment ends with (after :data:`COMMENT_MARK`): its latest loaded supply's."""
-    reported = str(row.get("reported_at") or "")[:10]
-    reasons = row.get("reasons") or []
-    why = f" ({'; '.join(reasons[:3])}{'; ...' if len(reasons) > 3 else ''})" if reasons else ""
-    return (f"latest supply {row['period']} is {row['level']}{why}; {grades_text(row)} (reported {reported}; "
-            f"per record in the {VIEW_SUFFIX} view, detail in dq.supplies and dq.qualities)")
-
-
-def with_stamp(comment: str | None, stamp_text: str | None) -> str:
-    """A table comment with its stamp replaced (or removed, with ``stamp_text`` None); the rest is kept."""
-    base = without_stamp(comment)
-    return base + (COMMENT_MARK + stamp_text if stamp_text else "")
-
-
-def without_stamp(comment: str | None) -> str:
-    """A table comment without its stamp: the schema's and the partner's text."""
-    return (comment or "").split(COMMENT_MARK, 1)[0]
-
-
-def stamp_of(comment: str | None) -> str:
-    """The stamp part of a table comment (from :data:`COMMENT_MARK` on), or ""."""
-    text = comment or ""
-    i = text.find(COMMENT_MARK)
-    return text[i:] if i >= 0 else ""
-
-
-def _md(text: Any) -> str:
-    text = " ".join(str(text).split()).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return re.sub(r"([\\`*_\[\]()#!|~])", r"\\\1", text)
-
-
-def dag_doc_section(row: dict[str, Any] | None, qualities: list[dict[str, Any]] | None = None) -> str:
-    """Markdown for the feed's DAG docs: the latest supply's level, reasons and grades (one line per quality)."""
-    if not row:
-        return ""
-    lines = ["## Latest quality stamp (dq schema)", "",
-             f"*Supply {_md(row['supply_id'])}, {_md(row['status'])}, reported "
-             f"{_md(str(row.get('reported_at') or '')[:19])}.*", "",
-             f"**Outcome: {_md(str(row['level']).upper())}** ({_md(row.get('level_text') or '')})", ""]
-    lines += [f"- {_md(r)}" for r in row.get("reasons") or []] or ["- no problems found"]
-    lines += ["", "| Quality | Grade | Score | Checks passed | Checks failed |", "|---|---|---|---|---|"]
-    by_q = {q["quality"]: q for q in qualities or []}
-    for q in QUALITIES:
-        x = by_q.get(q, {})
-        score = "n/a" if x.get("score") is None else f"{x['score']:g}%"
-        lines.append(f"| {q} | {_md(row.get(q) or 'n/a')} | {score} | {x.get('passed', '')} | {x.get('failed', '')} |")
-    lines += ["", "Grades: " + "; ".join(f"{g}: {_md(t)}" for g, t in GRADE_TEXT.items()) + "."]
-    return "\n".join(lines)
 
 
 # --- PostGIS ------------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ import psycopg2
 import pytest
 from psycopg2 import errors, sql
 
-from csp_observatory import demo, demo_data, graded_views, metadata_docs, postcodes_sources, stamp
+from csp_observatory import (demo, demo_data, graded_views, metadata_docs, postcodes_sources, stamp, stamp_data,
+                             stamp_text)
 from csp_observatory.grading import GRADES, quality_grade, worst
 from csp_observatory.schema_loading import schema_for
 
@@ -187,24 +188,24 @@ def test_a_loaded_supply_is_stamped_as_its_report_says_and_a_rerun_replaces_the_
         for table in TABLES.values():
             cur.execute("SELECT obj_description(to_regclass(%s), 'pg_class')", (f"depersonalised.{table}",))
             comment = cur.fetchone()[0]
-            assert comment.count(stamp.COMMENT_MARK) == 1 and comment.startswith(schema.title)
+            assert comment.count(stamp_text.COMMENT_MARK) == 1 and comment.startswith(schema.title)
             if latest == AMBER:
-                assert f"latest supply {AMBER} is amber" in comment and stamp.grades_text(supply) in comment
+                assert f"latest supply {AMBER} is amber" in comment and stamp_text.grades_text(supply) in comment
         # Each record in the graded view carries its supply's level and grades; fid is the key and comes first.
         for table in TABLES.values():
             cur.execute(sql.SQL("SELECT count(*), count(DISTINCT fid), min(dq_level), max(dq_level), "
                                 "min(dq_accuracy), max(dq_accuracy) FROM {} WHERE supply_id = %s").format(
-                sql.Identifier("depersonalised", stamp.view_name(table))), (f"{FEED}/{AMBER}",))
+                sql.Identifier("depersonalised", graded_views.view_name(table))), (f"{FEED}/{AMBER}",))
             n, fids, lo, hi, acc_lo, acc_hi = cur.fetchone()
             cur.execute(sql.SQL("SELECT count(*) FROM {} WHERE supply_id = %s").format(
                 sql.Identifier("depersonalised", table)), (f"{FEED}/{AMBER}",))
             assert n == fids == cur.fetchone()[0] > 0
             assert lo == hi == "amber" and acc_lo == acc_hi == supply["accuracy"]
             cur.execute("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum = 1",
-                        (f"depersonalised.{stamp.view_name(table)}",))
+                        (f"depersonalised.{graded_views.view_name(table)}",))
             assert cur.fetchone()[0] == "fid"
             cur.execute("SELECT type, srid FROM geometry_columns WHERE f_table_schema = 'depersonalised' "
-                        "AND f_table_name = %s", (stamp.view_name(table),))
+                        "AND f_table_name = %s", (graded_views.view_name(table),))
             assert cur.fetchone() == ("POINT", 27700)
     db.rollback()
     # The Airflow UI: the feed's DAG docs show the latest supply's level and grades.
@@ -250,7 +251,7 @@ def test_a_refused_supply_is_stamped_red(settings, db, schema, months, monkeypat
     assert supply["reasons"] == report["outcome"]["reasons"] and supply["files_refused"] > 0
     # Nothing was validated: every quality is there, with nothing to grade.
     assert sorted((r["quality"], r["grade"]) for r in dq["qualities"]) == sorted(
-        (q, "n/a") for q in stamp.QUALITIES)
+        (q, "n/a") for q in stamp_data.QUALITIES)
     with db.cursor() as cur:
         cur.execute("SELECT status, report -> 'outcome' ->> 'level' FROM observatory.supplies WHERE supply_id = %s",
                     (f"{FEED}/{RED}",))
@@ -277,7 +278,7 @@ def _the_analyst_reads_the_stamp_and_nothing_else(db, demo_config) -> None:
             n, level = cur.fetchone()
             assert n > 0 and level == "amber"
             cur.execute("SELECT obj_description('depersonalised.prc_offences'::regclass, 'pg_class')")
-            assert stamp.COMMENT_MARK in cur.fetchone()[0]
+            assert stamp_text.COMMENT_MARK in cur.fetchone()[0]
         refused = [
             "SELECT count(*) FROM observatory.supplies",
             "SELECT count(*) FROM observatory.rejected_rows",

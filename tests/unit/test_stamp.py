@@ -1,9 +1,10 @@
-"""The quality stamp's pure parts (stamp.py): rows from a report, comments, the DAG docs' section, the view's SQL."""
+"""The quality stamp's pure parts: rows from a report (stamp_data.py), comments and the DAG docs' section
+(stamp_text.py), the view's SQL (graded_views.py)."""
 from __future__ import annotations
 
 import pytest
 
-from csp_observatory import graded_views, stamp
+from csp_observatory import graded_views, stamp_data, stamp_text
 from csp_observatory.grading import quality_grade
 from csp_observatory.schema_loading import schema_for
 
@@ -60,7 +61,7 @@ def _report(**quality_overrides) -> dict:
 
 def test_the_stamp_copies_the_report_figure_for_figure(schema):
     report = _report()
-    s = stamp.build_stamp(report, schema, "police")
+    s = stamp_data.build_stamp(report, schema, "police")
     assert s.supply["level"] == "amber" and s.supply["reasons"] == report["outcome"]["reasons"]
     assert (s.supply["rows_loaded"], s.supply["rows_set_aside"], s.supply["rows_loaded_with_problems"]) == (97, 2, 1)
     assert s.supply["partner"] == "police" and s.supply["collected_at"] == "2026-10-02T08:00:00+00:00"
@@ -93,11 +94,11 @@ def test_the_stamp_copies_the_report_figure_for_figure(schema):
 
 def test_a_grade_the_report_carries_is_kept(schema):
     # A report that grades a file itself (reporting may): the stamp shows that grade, not a second opinion.
-    s = stamp.build_stamp(_report(grade="fair"), schema, "police")
+    s = stamp_data.build_stamp(_report(grade="fair"), schema, "police")
     row = next(r for r in s.file_qualities if (r["file_name"], r["quality"]) == ("offenders", "completeness"))
     assert row["grade"] == "fair"
     assert next(r for r in s.qualities if r["quality"] == "completeness")["grade"] == "fair"
-    assert stamp.file_grade({"score": 100.0, "failed": 0, "grade": "bogus"}) == "good"
+    assert stamp_data.file_grade({"score": 100.0, "failed": 0, "grade": "bogus"}) == "good"
 
 
 def test_the_reports_own_supply_figures_win(schema):
@@ -105,7 +106,7 @@ def test_the_reports_own_supply_figures_win(schema):
     report = _report()
     report["qualities"] = {"accuracy": {"score": 81.25, "grade": "fair", "passed": 9, "failed": 1}}
     report["arrival"] = {"arrived_at": "2026-10-03T09:00", "due": "2026-10-17T00:00", "days_late": 0}
-    s = stamp.build_stamp(report, schema, "police")
+    s = stamp_data.build_stamp(report, schema, "police")
     acc = next(r for r in s.qualities if r["quality"] == "accuracy")
     assert (acc["score"], acc["grade"], acc["passed"], acc["failed"]) == (81.25, "fair", 9, 1)
     assert s.supply["accuracy"] == "fair"
@@ -121,18 +122,18 @@ def test_a_refused_supply_has_every_quality_ungraded(schema):
               "summary": {"rows_in_files": None, "rows_loaded": 0, "rows_need_attention": 0, "files_refused": 1},
               "outcome": {"level": "red", "text": "Not loaded", "reasons": ["a file was refused"]},
               "validation": {}, "rejected_rows": [], "flagged_rows": []}
-    s = stamp.build_stamp(report, schema, "police")
+    s = stamp_data.build_stamp(report, schema, "police")
     assert s.supply["level"] == "red" and s.supply["files_refused"] == 1
     assert [(r["quality"], r["grade"], r["files"]) for r in s.qualities] == [
-        (q, "n/a", 0) for q in stamp.QUALITIES]
+        (q, "n/a", 0) for q in stamp_data.QUALITIES]
     assert not s.file_qualities and not s.checks and not s.set_aside
 
 
 def test_fields_named_takes_whole_names_only():
     names = ["age", "age_band", "postcode"]
-    assert stamp.fields_named("age_band is not a band", names) == ["age_band"]
-    assert stamp.fields_named("age is over 120; the postcode is short", names) == ["age", "postcode"]
-    assert stamp.fields_named("stage failed", names) == []
+    assert stamp_data.fields_named("age_band is not a band", names) == ["age_band"]
+    assert stamp_data.fields_named("age is over 120; the postcode is short", names) == ["age", "postcode"]
+    assert stamp_data.fields_named("stage failed", names) == []
 
 
 def test_a_comment_keeps_its_text_and_carries_one_stamp():
@@ -140,15 +141,15 @@ def test_a_comment_keeps_its_text_and_carries_one_stamp():
     row = {"period": "202609", "level": "amber", "reasons": ["2 rows set aside (not loaded)"],
            "completeness": "good", "accuracy": "fair", "precision": "good", "currency": "n/a",
            "reported_at": "2026-11-29T23:00:00+00:00"}
-    once = stamp.with_stamp(base, stamp.comment_stamp(row))
-    assert once.startswith(base) and once.count(stamp.COMMENT_MARK) == 1
+    once = stamp_text.with_stamp(base, stamp_text.comment_stamp(row))
+    assert once.startswith(base) and once.count(stamp_text.COMMENT_MARK) == 1
     assert "latest supply 202609 is amber (2 rows set aside (not loaded))" in once
     assert "completeness good, accuracy fair, precision good, currency n/a" in once
     row2 = {**row, "period": "202610", "level": "green", "reasons": []}
-    twice = stamp.with_stamp(once, stamp.comment_stamp(row2))
-    assert twice.count(stamp.COMMENT_MARK) == 1 and "202610 is green;" in twice and "202609" not in twice
-    assert stamp.without_stamp(twice) == base and stamp.stamp_of(twice) == twice[len(base):]
-    assert stamp.with_stamp(twice, None) == base and stamp.stamp_of(base) == ""
+    twice = stamp_text.with_stamp(once, stamp_text.comment_stamp(row2))
+    assert twice.count(stamp_text.COMMENT_MARK) == 1 and "202610 is green;" in twice and "202609" not in twice
+    assert stamp_text.without_stamp(twice) == base and stamp_text.stamp_of(twice) == twice[len(base):]
+    assert stamp_text.with_stamp(twice, None) == base and stamp_text.stamp_of(base) == ""
 
 
 def test_the_dag_docs_section_shows_level_reasons_and_grades_inertly():
@@ -157,11 +158,11 @@ def test_the_dag_docs_section_shows_level_reasons_and_grades_inertly():
            "completeness": "good", "accuracy": "poor", "precision": "fair", "currency": "n/a",
            "reported_at": "2026-11-29T23:00:00+00:00"}
     qualities = [{"quality": "accuracy", "score": 80.0, "passed": 5, "failed": 2}]
-    md = stamp.dag_doc_section(row, qualities)
+    md = stamp_text.dag_doc_section(row, qualities)
     assert "**Outcome: AMBER**" in md and "| accuracy | poor | 80% | 5 | 2 |" in md
     assert "| currency | n/a | n/a |" in md
     assert "<b>" not in md and "](x)" not in md and "&lt;b&gt;" in md
-    assert stamp.dag_doc_section(None) == ""
+    assert stamp_text.dag_doc_section(None) == ""
 
 
 def test_the_view_puts_fid_first_and_changes_only_with_its_columns():
@@ -176,4 +177,4 @@ def test_the_view_puts_fid_first_and_changes_only_with_its_columns():
     more, _ = graded_views.view_sql("depersonalised", "prc_offences", [*columns, ("note", "text")])
     assert digest == same != more
     assert graded_views.quote_ident('we"ird') == '"we""ird"'
-    assert stamp.view_name("prc_offences") == "prc_offences_graded"
+    assert graded_views.view_name("prc_offences") == "prc_offences_graded"
