@@ -11,7 +11,10 @@ each new arrival in the partner's inbox (a complete supply, or a file the observ
 when there is something to take or to refuse, and never otherwise.
 
 Both triggers only look: they never move, download or quarantine anything. The DAG run does that, once, in its
-own tasks, so what a partner sees never depends on how often the triggerer looked.
+own tasks, so what a partner sees never depends on how often the triggerer looked. They look through the Airflow
+Connection ``csp_sftp`` with the provider's asyncssh hook (``hooks.PinnedSFTPHookAsync``, host key pinned), on the
+triggerer's event loop: no thread per look. What the listing means is intake's to decide (``intake.plan_supplies``,
+the same rule as the run's own look), so this module only lists and summarises.
 """
 from __future__ import annotations
 
@@ -21,12 +24,16 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Final
+from typing import TYPE_CHECKING, Any, AsyncIterator, Final
 
 from airflow.sdk import Asset, AssetWatcher
 from airflow.sdk.bases.sensor import BaseSensorOperator
 from airflow.sdk.exceptions import AirflowSkipException
 from airflow.triggers.base import BaseEventTrigger, BaseTrigger, TriggerEvent
+
+if TYPE_CHECKING:
+    from csp_observatory.intake import ReadySupplies
+    from csp_observatory.sftp import RemoteFile
 
 log = logging.getLogger(__name__)
 
@@ -45,26 +52,71 @@ class InboxLook:
     settled: bool           # nothing in the inbox changed size, appeared or went since the previous look
 
 
-def look(feed: str, previous_sizes: dict[str, int] | None = None, settings: Any = None) -> InboxLook:
-    """One read-only look at the inbox of ``feed``'s partner (blocking: triggers run it in a thread).
-
-    With ``previous_sizes`` (the sizes of the last look) it is a single listing: a file is taken as complete when
-    its size held between two looks, as intake decides. Without, intake polls until sizes hold.
-    """
-    from csp_observatory import intake, sftp
-    from csp_observatory.config import load_settings
-    from csp_observatory.schema_loading import schema_for
-
-    settings = settings or load_settings()
-    schema = schema_for(feed)
-    with sftp.connect_observatory(settings) as client:
-        ready = intake.find_ready_supplies(client, schema, settings, previous_sizes)
+def summarise(ready: ReadySupplies, previous_sizes: dict[str, int] | None) -> InboxLook:
+    """What one look found, from intake's reading of the listing (``previous_sizes``: the last look's sizes)."""
     files = sorted((f.remote_name, f.size, f.mtime) for s in ready.supplies for f in s.files)
     strays = sorted(ready.strays)
     listed = files + [(name, ready.sizes.get(name, -1), 0) for name in strays]
     signature = hashlib.sha256(json.dumps(listed).encode()).hexdigest() if listed else ""
     settled = previous_sizes is not None and ready.sizes == previous_sizes
     return InboxLook(sorted(s.period for s in ready.supplies), strays, signature, dict(ready.sizes), settled)
+
+
+async def list_folder(folder: str, conn_id: str | None = None) -> list[RemoteFile]:
+    """Every entry of a remote ``folder`` as ``sftp.list_entries`` gives it (sorted, links and folders as such),
+    read through the Airflow Connection ``conn_id`` (default ``csp_sftp``) with one SSH session, closed after.
+
+    Raises ``sftp.HostKeyMismatch`` when the server does not prove it holds the pinned host key.
+    """
+    import asyncssh
+
+    from csp_observatory import sftp
+    from csp_observatory.connections import SFTP_CONN_ID
+    from csp_observatory.hooks import PinnedSFTPHookAsync
+
+    conn_id = conn_id or SFTP_CONN_ID
+    try:
+        async with PinnedSFTPHookAsync(sftp_conn_id=conn_id).get_managed_conn() as client:
+            names = await client.readdir(folder)
+    except asyncssh.HostKeyNotVerifiable as exc:
+        raise sftp.HostKeyMismatch(f"the SFTP server did not present the host key pinned in the Airflow connection "
+                                   f"{conn_id!r}: refusing to look ({exc}; the server was replaced or someone is in "
+                                   f"between; check the connection's host_key)") from exc
+    # readdir, unlike paramiko's listdir_attr, returns the folder's own "." and ".."
+    entries = [sftp.RemoteFile(str(n.filename), int(n.attrs.size or 0), int(n.attrs.mtime or 0),
+                               sftp.entry_kind(n.attrs.permissions))
+               for n in names if n.filename not in (".", "..")]
+    return sorted(entries, key=lambda f: f.name)
+
+
+async def look(feed: str, previous_sizes: dict[str, int], settings: Any = None,
+               conn_id: str | None = None) -> InboxLook:
+    """One read-only look at the inbox of ``feed``'s partner: a single listing through the Airflow Connection
+    ``conn_id`` (default ``csp_sftp``), awaited on the caller's event loop.
+
+    A file is taken as complete when its size held between two looks (``previous_sizes``: the sizes the last look
+    returned, ``{}`` for a first look), as intake decides.
+    """
+    def where() -> tuple[Any, Any, tuple[Any, ...], str]:
+        # The settings and the schemas are files on disk, and the first look imports the hooks (the providers):
+        # both off the event loop, so that the triggerer's other triggers never wait on them.
+        from csp_observatory import hooks, intake  # noqa: F401
+        from csp_observatory.config import load_settings
+        from csp_observatory.schema_loading import schema_for
+
+        s = settings or load_settings()
+        schema = schema_for(feed)
+        partner_id = s.supplier(feed, schema.partner.id)
+        return s, schema, intake.sibling_schemas(schema, s), partner_id
+
+    s, schema, siblings, partner_id = await asyncio.to_thread(where)
+    listing = await list_folder(s.inbox(partner_id), conn_id)
+    from csp_observatory import intake      # imported by where(), in its thread
+
+    ready = intake.plan_supplies(schema, listing, previous_sizes, siblings, partner_id)
+    for period, why in ready.waiting.items():
+        log.info("%s/%s not taken yet: %s", feed, period, why)
+    return summarise(ready, previous_sizes)
 
 
 class SupplyReadyTrigger(BaseTrigger):
@@ -89,7 +141,7 @@ class SupplyReadyTrigger(BaseTrigger):
         sizes: dict[str, int] = {}
         while True:
             try:
-                seen = await asyncio.to_thread(look, self.feed, sizes)
+                seen = await look(self.feed, sizes)
             except Exception as exc:          # SFTP down for a moment: look again, the window is long
                 log.warning("could not look at the inbox of %s: %s", self.feed, exc)
                 seen = None
@@ -146,7 +198,7 @@ class SupplyArrivalTrigger(BaseEventTrigger):
         sizes: dict[str, int] = {}
         while True:
             try:
-                seen = await asyncio.to_thread(look, self.feed, sizes)
+                seen = await look(self.feed, sizes)
             except Exception as exc:
                 log.warning("could not look at the inbox of %s: %s", self.feed, exc)
                 seen = None
@@ -181,8 +233,8 @@ ARRIVAL_WAIT_S: Final = 600.0
 
 
 def _connections() -> Any:
-    """SFTP through the Airflow Connection csp_sftp, as the feed's other tasks (the trigger, which polls from the
-    triggerer's event loop, keeps the project's own client: ``look``)."""
+    """SFTP through the Airflow Connection csp_sftp, as the feed's other tasks (the triggers reach the same
+    connection through the provider's asyncssh hook instead: ``look``)."""
     from csp_observatory.hooks import HookServices
 
     return HookServices()

@@ -1,19 +1,41 @@
 """A supply's arrival, seen from the triggerer: the watcher that starts as-and-when feeds and the deferred wait
-of scheduled ones, both looking at a real partner inbox on the real sshd (the tests' tree)."""
+of scheduled ones, both looking at a real partner inbox on the real sshd (the tests' tree), through the Airflow
+Connection ``csp_sftp`` (the provider's asyncssh hook, host key pinned) made from the tests' settings."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import io
+import json
+import logging
+import subprocess
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator
 
 import pytest
 
+from csp_observatory import arrival, connections, intake, sftp
 from csp_observatory.arrival import LAST_FIRED, SupplyArrivalTrigger, SupplyReadyTrigger
+from csp_observatory.schema_loading import schema_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("clean_partner_folders")]
+
+SFTP_ENV = connections.env_name(connections.SFTP_CONN_ID)
+
+
+@pytest.fixture(autouse=True)
+def tests_sftp_connection(settings, monkeypatch) -> None:
+    """``csp_sftp`` names the tests' sshd: the session's environment (.run/airflow.env) may hold the demo's."""
+    for name, value in connections.env_vars(settings).items():
+        monkeypatch.setenv(name, value)
+
+
+def _pinned_to(settings, monkeypatch, **extra: Any) -> None:
+    """Redefine ``csp_sftp`` with other extras (another host key, no check...)."""
+    conn = connections.sftp_connection(settings)
+    conn["extra"].update(extra)
+    monkeypatch.setenv(SFTP_ENV, json.dumps(conn))
 
 FEED = "police_recorded_crime"
 FILES = ("prc_offences_{p}.csv.gpg", "prc_offenders_{p}.csv.gpg", "prc_victims_{p}.csv.gpg")
@@ -160,3 +182,80 @@ def test_triggers_serialise_to_what_the_triggerer_rebuilds_them_from() -> None:
         module, _, name = path.rpartition(".")
         rebuilt = getattr(importlib.import_module(module), name)(**kwargs)
         assert type(rebuilt) is type(trigger) and rebuilt.serialize() == (path, kwargs)
+
+
+# --- the look itself: the provider's hook, the same reading as intake's, the pinned host key ---------------------
+
+def test_a_look_reads_the_inbox_as_intake_does_through_the_project_client(partner_sftp, observatory_sftp,
+                                                                         settings) -> None:
+    # a complete supply, a month still uploading, a misnamed file, a folder and a link: every kind of entry
+    _drop(partner_sftp, "209905")
+    _drop(partner_sftp, "209906", FILES[:1])
+    partner_sftp.putfo(io.BytesIO(b"half"), "/inbox/prc_offenders_209906.csv.gpg.part")
+    partner_sftp.putfo(io.BytesIO(b"x" * 10), "/inbox/crime sept.xlsx")
+    partner_sftp.mkdir("/inbox/a folder")
+    partner_sftp.symlink("/inbox/crime sept.xlsx", "/inbox/prc_victims_209907.csv.gpg")
+    schema = schema_for(FEED)
+
+    def by_intake(previous: dict[str, int]) -> arrival.InboxLook:
+        # what the run's own look (intake, on a paramiko client) makes of the same inbox
+        return arrival.summarise(intake.find_ready_supplies(observatory_sftp, schema, settings, previous), previous)
+
+    first = asyncio.run(arrival.look(FEED, {}))
+    assert first == by_intake({})
+    assert first.periods == [] and not first.settled        # sizes seen once: nothing is complete yet
+    again = asyncio.run(arrival.look(FEED, first.sizes))
+    assert again == by_intake(first.sizes)
+    assert again.periods == ["209905"] and again.settled
+    assert again.strays == ["a folder", "crime sept.xlsx", "prc_victims_209907.csv.gpg"]
+    assert first.signature and again.signature != first.signature    # the strays, then the strays and the supply
+    # read-only: the look moved nothing
+    assert sorted(observatory_sftp.listdir(settings.inbox("police"))) == sorted(
+        e.name for e in asyncio.run(arrival.list_folder(settings.inbox("police"))))
+    assert len(observatory_sftp.listdir(settings.inbox("police"))) == 8
+
+
+def test_an_empty_inbox_is_looked_at_and_fires_nothing(caplog) -> None:
+    assert asyncio.run(arrival.look(FEED, {})) == arrival.InboxLook([], [], "", {}, True)
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with _watching(_watcher()) as events:
+            await asyncio.sleep(8 * POKE)
+        return events
+
+    with caplog.at_level(logging.WARNING, logger=arrival.__name__):
+        assert asyncio.run(scenario()) == []
+    # every look succeeded: no event because there was nothing, not because the inbox could not be read
+    assert not [r for r in caplog.records if "could not look" in r.getMessage()]
+
+
+def test_a_server_with_another_host_key_is_refused_and_fires_nothing(partner_sftp, settings, monkeypatch, tmp_path,
+                                                                    caplog) -> None:
+    _drop(partner_sftp, "209908")            # a complete supply: only the refusal keeps it from firing
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    other = " ".join((tmp_path / "other.pub").read_text().split()[:2])
+    assert other != connections.pinned_host_key(settings.sftp_host_key)
+    _pinned_to(settings, monkeypatch, host_key=other)
+
+    with pytest.raises(sftp.HostKeyMismatch, match="pinned in the Airflow connection 'csp_sftp'"):
+        asyncio.run(arrival.look(FEED, {}))
+    soon = (datetime.now(timezone.utc) + timedelta(seconds=2)).isoformat()
+
+    async def first_event() -> dict[str, Any]:
+        async for event in SupplyReadyTrigger(feed=FEED, deadline=soon, poke_s=POKE).run():
+            return event.payload
+        raise AssertionError("the trigger ended without an event")
+
+    with caplog.at_level(logging.WARNING, logger=arrival.__name__):
+        assert asyncio.run(asyncio.wait_for(first_event(), 30)) == {"status": "timeout", "feed": FEED, "periods": []}
+    assert [r for r in caplog.records if "could not look" in r.getMessage() and "pinned" in r.getMessage()]
+
+    # a connection that pins nothing is refused before it connects, whatever the server's key
+    _pinned_to(settings, monkeypatch, host_key=None, no_host_key_check=True)
+    with pytest.raises(ValueError, match="does not pin the SFTP server's host key"):
+        asyncio.run(arrival.look(FEED, {}))
+
+    # and the right pin sees the supply
+    monkeypatch.setenv(SFTP_ENV, connections.env_vars(settings)[SFTP_ENV])
+    seen = asyncio.run(arrival.look(FEED, {}))
+    assert asyncio.run(arrival.look(FEED, seen.sizes)).periods == ["209908"]
