@@ -175,10 +175,10 @@ def summarise(settings: Settings, feed: str = FEED, period: str = DEMO_PERIOD, s
     path = latest_report(settings, feed, period, since)
     if path is None:
         return f"No report was written for {feed}/{period}: see the task logs."
-    from csp_observatory import reporting
+    from csp_observatory import report_html
 
     report = json.loads(path.read_text())
-    return "\n".join([reporting.render_text(report), "", f"Full report: {path.with_suffix('.html')}"])
+    return "\n".join([report_html.render_text(report), "", f"Full report: {path.with_suffix('.html')}"])
 
 
 def how_to_look(settings: Settings) -> str:

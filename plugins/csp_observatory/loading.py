@@ -28,7 +28,7 @@ import pyarrow.csv as pa_csv
 from psycopg2 import sql
 
 from csp_observatory import ddl, partitions
-from csp_observatory.reporting import redact_reason, strip_row_content, validation_expectations
+from csp_observatory.report_privacy import redact_reason, strip_row_content, validation_expectations
 from csp_observatory.schema import FeedSchema
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ log = logging.getLogger("csp_observatory.pipeline")
 def report_and_archive(feed: str, work_dirs: list[str] | None, settings: Settings | None = None,
                        services: Services | None = None) -> dict[str, Any]:
     """Write each supply's quality report, give the partner a copy, move loaded originals to processed/."""
-    from csp_observatory import intake_quarantine, reporting, sftp
+    from csp_observatory import intake_quarantine, report_html, report_writing, reporting, sftp
 
     settings = settings or load_settings()
     svc = _services(settings, services)
@@ -50,15 +50,15 @@ def report_and_archive(feed: str, work_dirs: list[str] | None, settings: Setting
                         _quarantine(settings, client, conn, m.partner, f, reason)
             report = reporting.build_report(schema, m, settings)
             folder = Path(settings.reports_dir) / feed / m.period
-            json_path, html_path = reporting.write_report(report, folder)
+            json_path, html_path = report_writing.write_report(report, folder)
             # The quality stamp analysts read (dq schema) and the report in observatory.supplies, in one transaction.
             from csp_observatory.stamp import stamp_supply
             stamp_supply(settings, schema, report, m.partner, m.collected_at, db=svc.db)
-            partner = reporting.partner_view(report)
+            partner = report_writing.partner_view(report)
             stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             base = f"{feed}_{m.period}_quality_{stamp}"
             reports = settings.partner_folder(m.partner, "reports")
-            sftp.put_text(client, f"{reports}/{base}.html", reporting.render_html(partner))
+            sftp.put_text(client, f"{reports}/{base}.html", report_html.render_html(partner))
             sftp.put_text(client, f"{reports}/{base}.json", json.dumps(partner, indent=1, default=str))
             _delete_plaintext(m)
             m.save()

@@ -12,8 +12,11 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from csp_observatory import fixtures, parsing, reporting, validation
-from csp_observatory.reporting import FileInfo, SupplyOutcome
+from csp_observatory import fixtures, parsing, reporting, trends, validation
+from csp_observatory.pipeline_supply import SupplyFile
+from csp_observatory.report_html import render_text
+from csp_observatory.report_writing import write_report
+from csp_observatory.reporting import SupplyOutcome
 from csp_observatory.schema import FeedSchema
 
 #: A change to one file's parsed rows before the row rules (to break a quality on purpose).
@@ -45,8 +48,9 @@ def outcome_for(schema: FeedSchema, period: str, reference: pd.DataFrame, *, n: 
             for r in [*parsed.rejected.itertuples(index=False), *set_aside.itertuples(index=False)]:
                 rejected.append({"file": feed_file.name, "row": int(r.source_row), "reason": str(r.reason),
                                  "stage": str(r.stage)})
-            files.append(FileInfo(feed_file.name, f"{feed_file.name}_{period}.csv.gpg", "0" * 64,
-                                  len(supply.files[feed_file.name]), None, len(frame) + len(parsed.rejected)))
+            files.append(SupplyFile(name=feed_file.name, remote_name=f"{feed_file.name}_{period}.csv.gpg",
+                                    sha256="0" * 64, size=len(supply.files[feed_file.name]),
+                                    rows_in_file=len(frame) + len(parsed.rejected)))
     flagged = []
     for feed_file in schema.files:
         if feed_file.links_to and feed_file.links_to["file"] in kept_frames:
@@ -71,9 +75,9 @@ def write_series(schema: FeedSchema, periods: list[str], reference: pd.DataFrame
     for period in periods:
         outcome = outcome_for(schema, period, reference, n=n, arrived_at=(arrived or {}).get(period, ""),
                               spoil=(spoil or {}).get(period))
-        history = reporting.trends.load_history(folder, schema.feed, period)
+        history = trends.load_history(folder, schema.feed, period)
         report = reporting.build_report(schema, outcome, history=history)
-        reporting.write_report(report, folder / schema.feed / period)
+        write_report(report, folder / schema.feed / period)
         reports.append(report)
     return reports
 
@@ -88,7 +92,7 @@ def main(argv: list[str]) -> int:
     reports = write_series(schema, ["202607", "202608", "202609"], postcodes_sources.shipped_reference(), out,
                            arrived={"202607": "2026-08-10T09:00:00+00:00", "202608": "2026-09-12T09:00:00+00:00",
                                     "202609": "2026-10-20T09:00:00+00:00"})
-    print("\n\n".join(reporting.render_text(r) for r in reports[-1:]))
+    print("\n\n".join(render_text(r) for r in reports[-1:]))
     print(sorted(str(p) for p in out.rglob("*.html"))[-1])
     return 0
 

@@ -1,25 +1,25 @@
-"""The data-quality report of a supply: JSON for machines, a self-contained HTML page for people.
+"""The data-quality report of a supply, as data: built from the supply's record (``pipeline_supply.Manifest``).
 
 One report per supply, in two views: the observatory's (everything) and the partner's (no engineer-only detail,
-no internal paths). Neither ever holds row content: only row numbers, field names, counts and reasons. The
-sections follow the guidance: supply metadata (section 3.4) and fitness for purpose (section 4.2.3: completeness,
-accuracy, precision, currency).
+no internal paths). Neither ever holds row content: only row numbers, field names, counts and reasons
+(``report_privacy``). The sections follow the guidance: supply metadata (section 3.4, ``report_metadata``) and
+fitness for purpose (section 4.2.3: completeness, accuracy, precision, currency). :func:`build_report` makes the
+observatory's report and :func:`assess` its verdict; ``report_writing`` makes the partner's copy and writes the files,
+``report_html`` the page and the terminal summary.
 """
 from __future__ import annotations
 
-import copy
 import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any, Final, Iterable
+from typing import Any, Final
 
-# The page and the terminal summary live in report_html; these names stay importable from here.
-from csp_observatory.report_html import (OTHER_LOCATION_OUTCOMES, PROBLEM_SECTION, TEMPLATE,  # noqa: F401
-                                         render_html, render_text)
 from csp_observatory import fitness, trends
+from csp_observatory.pipeline_supply import Manifest, SupplyFile
 from csp_observatory.report_metadata import metadata_section, period_text
+from csp_observatory.report_privacy import counts_only, float_or_none, int_or_none, redact_reason, \
+    validation_expectations
 from csp_observatory.schema import FeedSchema
 
 REPORT_VERSION: Final = 1
@@ -54,27 +54,6 @@ _SHAPE_ACTION: Final = ("Check the row has the same number of fields as the head
                         "quoted, then send the corrected row with the next supply.")
 _DEFAULT_ACTION: Final = "Check the field named in the reason and send the corrected record with the next supply."
 
-#: GX result keys that hold sampled values from the data (possibly personal): never stored or reported.
-_ROW_CONTENT_KEYS: Final = re.compile(
-    r"unexpected_list|unexpected_index|unexpected_counts|unexpected_rows|unexpected_values|observed_value|"
-    r"partial_unexpected|details|value_counts|unexpected_index_query", re.I)
-_QUOTED: Final = re.compile(r"""(['"\u2018\u201c])(.*?)(['"\u2019\u201d])""")
-_PATH: Final = re.compile(r"(?<![\w.])/(?:[\w.@-]+/)+[\w.@-]*")
-
-
-# --- privacy helpers (also used by loading.py) ----------------------------------------------------------
-
-def strip_row_content(obj: Any) -> Any:
-    """A copy of a (GX) result with every key that can hold sampled data values removed."""
-    if isinstance(obj, dict):
-        return {k: strip_row_content(v) for k, v in obj.items() if not _ROW_CONTENT_KEYS.search(str(k))}
-    if isinstance(obj, (list, tuple)):
-        return [strip_row_content(v) for v in obj]
-    return obj
-
-
-_ROW_PREFIX = re.compile(r"^\s*row \d+:\s*", re.I)
-
 
 def _action(rejected: dict[str, Any]) -> str:
     """What a partner can do about one row set aside."""
@@ -83,121 +62,22 @@ def _action(rejected: dict[str, Any]) -> str:
     return STAGE_ACTION.get(str(rejected.get("stage", "")), _DEFAULT_ACTION)
 
 
-def redact_reason(reason: str, field_names: Iterable[str] = ()) -> str:
-    """A reason with any quoted value withheld; quoted field names stay (they are the point of the reason).
-
-    A leading "row N:" is dropped: reports show the row number in its own column.
-    """
-    keep = set(field_names)
-    reason = _ROW_PREFIX.sub("", reason, count=1)
-
-    def sub(m: re.Match[str]) -> str:
-        return m.group(0) if m.group(2) in keep or not m.group(2) else f"{m.group(1)}[value withheld]{m.group(3)}"
-
-    return _QUOTED.sub(sub, reason)
-
-
-def validation_expectations(summary: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Per-expectation results from a validation summary, in one flat shape, without sampled values.
-
-    Accepts the summary of ``validation.validate`` as a dict: a list under ``expectations`` or ``results``, or
-    lists per quality under ``qualities.<quality>.expectations``.
-    """
-    if not summary:
-        return []
-    items: list[tuple[str | None, dict[str, Any]]] = []
-    for key in ("expectations", "results"):
-        if isinstance(summary.get(key), list):
-            items += [(None, e) for e in summary[key] if isinstance(e, dict)]
-    qualities = summary.get("qualities")
-    if not items and isinstance(qualities, dict):
-        for q, block in qualities.items():
-            if isinstance(block, dict) and isinstance(block.get("expectations"), list):
-                items += [(q, e) for e in block["expectations"] if isinstance(e, dict)]
-    out = []
-    for quality, e in items:
-        kind = e.get("type") or e.get("expectation_type") or e.get("expectation") or "expectation"
-        kwargs = e.get("kwargs") if isinstance(e.get("kwargs"), dict) else {}
-        column = e.get("column") or kwargs.get("column") or kwargs.get("column_list")
-        if isinstance(column, (list, tuple)):
-            column = " + ".join(str(c) for c in column)
-        out.append({
-            "expectation": str(kind), "column": column, "describe": e.get("describe"),
-            "quality": e.get("quality") or quality,
-            "success": None if e.get("success") is None else bool(e["success"]),
-            "unexpected_count": _int_or_none(e.get("unexpected_count")),
-            "unexpected_percent": _float_or_none(e.get("unexpected_percent")),
-            "raw": strip_row_content(e),
-        })
-    return out
-
-
-def _int_or_none(v: Any) -> int | None:
-    try:
-        return None if v is None else int(v)
-    except (TypeError, ValueError):
-        return None
-
-
-def _float_or_none(v: Any) -> float | None:
-    try:
-        return None if v is None else round(float(v), 4)
-    except (TypeError, ValueError):
-        return None
-
-
-def _counts(obj: Any) -> dict[str, Any]:
-    """Only the numbers (and short labels) of a stage summary: never a value list that could be row content."""
-    if hasattr(obj, "to_dict"):
-        obj = obj.to_dict()
-    elif hasattr(obj, "as_dict"):          # disclosure.DisclosureReport
-        obj = obj.as_dict()
-    elif hasattr(obj, "__dataclass_fields__"):
-        from dataclasses import asdict
-        obj = asdict(obj)
-    if not isinstance(obj, dict):
-        return {}
-    out: dict[str, Any] = {}
-    for k, v in obj.items():
-        if isinstance(v, bool) or v is None:
-            out[str(k)] = v
-        elif isinstance(v, (int, float)):
-            out[str(k)] = round(v, 2) if isinstance(v, float) else v
-        elif isinstance(v, dict):
-            inner = _counts(v)
-            if inner:
-                out[str(k)] = inner
-        elif isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v) and len(v) <= 20 \
-                and k in ("quasi_identifiers", "sensitive", "columns"):
-            out[str(k)] = list(v)
-        elif isinstance(v, str) and k in ("sensitive", "sensitive_column", "mode", "note", "displacement"):
-            out[str(k)] = v
-    return out
-
-
 # --- input ---------------------------------------------------------------------------------------------
 
 @dataclass
-class FileInfo:
-    """One file of the supply, as received."""
-
-    name: str                          # the schema's file name (offences)
-    remote_name: str = ""              # the partner's file name (prc_offences_202609.csv.gpg)
-    sha256: str = ""
-    size: int | None = None
-    signer: str | None = None          # primary key fingerprint that signed it
-    rows_in_file: int | None = None
-    encrypted_path: str | None = None  # engineer only
-
-
-@dataclass
 class SupplyOutcome:
-    """Everything the stages found about one supply, as the report needs it (no row content)."""
+    """Everything the stages found about one supply, as the report needs it (no row content).
+
+    The report's derived view of the supply's record, built from the ``Manifest`` alone
+    (:func:`outcome_from_manifest`): its files are the manifest's own ``SupplyFile``s (the data files; the metadata
+    file is reported under ``supply_metadata``), and the rest is lifted from the manifest's stage summaries and
+    rejected and flagged rows. Tests and the demo report build one directly.
+    """
 
     supply_id: str
     period: str
     status: str
-    files: list[FileInfo] = field(default_factory=list)
+    files: list[SupplyFile] = field(default_factory=list)
     rows_loaded: dict[str, int] = field(default_factory=dict)          # "<schema>.<table>" -> rows
     rejected: list[dict[str, Any]] = field(default_factory=list)        # file, row, reason, stage
     flagged: list[dict[str, Any]] = field(default_factory=list)         # loaded rows needing attention, same shape
@@ -215,7 +95,7 @@ class SupplyOutcome:
     supply_metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def outcome_from_manifest(manifest: Any, settings: Any = None) -> SupplyOutcome:
+def outcome_from_manifest(manifest: Manifest, settings: Any = None) -> SupplyOutcome:
     """A SupplyOutcome from the pipeline's Manifest (pipeline_supply.py), reading its rejected rows."""
     stages = manifest.stages or {}
 
@@ -235,9 +115,7 @@ def outcome_from_manifest(manifest: Any, settings: Any = None) -> SupplyOutcome:
             contact = ""
     return SupplyOutcome(
         supply_id=manifest.supply_id, period=manifest.period, status=manifest.status,
-        files=[FileInfo(name=f.name, remote_name=f.remote_name, sha256=f.sha256, size=f.size, signer=f.signer,
-                        rows_in_file=f.rows_in_file, encrypted_path=f.encrypted_path)
-               for f in manifest.files.values()],
+        files=list(manifest.files.values()),
         rows_loaded=dict(load.get("rows") or {}), rejected=rows, flagged=flagged,
         validation=stages.get("validation") or {}, geocoding=stages.get("geocoding") or {},
         sanitising=stages.get("sanitising") or {}, disclosure=stages.get("disclosure") or {},
@@ -253,7 +131,7 @@ def _validation_section(raw: dict[str, Any]) -> dict[str, Any]:
     """Per file: the four qualities, each with a score and its expectations; plus header and nulled counts."""
     out: dict[str, Any] = {}
     for file_name, entry in raw.items():
-        entry = entry if isinstance(entry, dict) else _counts(entry)
+        entry = entry if isinstance(entry, dict) else counts_only(entry)
         summary = entry.get("summary", entry)
         if hasattr(summary, "to_dict"):
             summary = summary.to_dict()
@@ -266,9 +144,9 @@ def _validation_section(raw: dict[str, Any]) -> dict[str, Any]:
                     for e in expectations if e["quality"] == q]
             score = None
             if isinstance(given, dict) and isinstance(given.get(q), dict):
-                score = _float_or_none(given[q].get("score"))
+                score = float_or_none(given[q].get("score"))
             elif isinstance(given, dict):
-                score = _float_or_none(given.get(q))
+                score = float_or_none(given.get(q))
             if score is None and mine:
                 score = round(100.0 * sum(1 for e in mine if e["success"]) / len(mine), 1)
             # Failed checks first: they are what a reader needs.
@@ -281,15 +159,15 @@ def _validation_section(raw: dict[str, Any]) -> dict[str, Any]:
         out[file_name] = {
             "qualities": qualities,
             "header_problems": [str(h) for h in header] if isinstance(header, list) else [str(header)],
-            "nulled_values": _counts(entry.get("nulled_values") or {}),
+            "nulled_values": counts_only(entry.get("nulled_values") or {}),
             # counts only: per field how many rows have a value; per day of the event date how many records
-            "fill_rates": {str(k): _counts(v) for k, v in rates.items()} if isinstance(rates, dict) else {},
+            "fill_rates": {str(k): counts_only(v) for k, v in rates.items()} if isinstance(rates, dict) else {},
             "records_per_day": {str(k): int(v) for k, v in days.items()} if isinstance(days, dict) else None,
         }
     return out
 
 
-def build_report(schema: FeedSchema, outcome: SupplyOutcome | Any, settings: Any = None,
+def build_report(schema: FeedSchema, outcome: SupplyOutcome | Manifest, settings: Any = None,
                  history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The full (observatory) quality report of a supply as a JSON-serialisable dict; no row content.
 
@@ -305,14 +183,14 @@ def build_report(schema: FeedSchema, outcome: SupplyOutcome | Any, settings: Any
     tables = {f.name: f"{schema.db_schema}.{f.table}" for f in schema.files}
 
     rejected = sorted(
-        ({"file": str(r.get("file", "")), "row": _int_or_none(r.get("row")), "stage": str(r.get("stage", "")),
+        ({"file": str(r.get("file", "")), "row": int_or_none(r.get("row")), "stage": str(r.get("stage", "")),
           "reason": redact_reason(str(r.get("reason", "")), field_names),
           "action": _action(r)} for r in outcome.rejected),
         key=lambda r: (r["file"], r["row"] if r["row"] is not None else -1, r["stage"]))
     attention = [r for r in rejected if r["stage"] != "disclosure"]
     withheld = len(rejected) - len(attention)
     flagged = sorted(
-        ({"file": str(r.get("file", "")), "row": _int_or_none(r.get("row")), "stage": str(r.get("stage", "")),
+        ({"file": str(r.get("file", "")), "row": int_or_none(r.get("row")), "stage": str(r.get("stage", "")),
           "reason": redact_reason(str(r.get("reason", "")), field_names), "action": _action(r)}
          for r in outcome.flagged),
         key=lambda r: (r["file"], r["row"] if r["row"] is not None else -1, r["stage"]))
@@ -342,7 +220,7 @@ def build_report(schema: FeedSchema, outcome: SupplyOutcome | Any, settings: Any
                       "signed_by": f.signer, "rows_in_file": f.rows_in_file, "table": table,
                       "rows_loaded": outcome.rows_loaded.get(table or "", 0) if outcome.status == "loaded" else 0})
 
-    geocoding = {name: _counts(c) for name, c in outcome.geocoding.items()}
+    geocoding = {name: counts_only(c) for name, c in outcome.geocoding.items()}
     total: dict[str, int] = {}
     for c in geocoding.values():
         for method, n in c.items():
@@ -378,9 +256,9 @@ def build_report(schema: FeedSchema, outcome: SupplyOutcome | Any, settings: Any
         "missing_links": links,
         "geocoding": {"by_file": geocoding, "total": total, "placed_share": _placed_share(schema, geocoding),
                       "expected_share": schema.geocode_min_rate},
-        "sanitising": {name: _counts(s) for name, s in outcome.sanitising.items()},
-        "disclosure": {name: _counts(d) for name, d in outcome.disclosure.items()},
-        "cleaning": {name: _counts(c) for name, c in outcome.cleaning.items()},
+        "sanitising": {name: counts_only(s) for name, s in outcome.sanitising.items()},
+        "disclosure": {name: counts_only(d) for name, d in outcome.disclosure.items()},
+        "cleaning": {name: counts_only(c) for name, c in outcome.cleaning.items()},
         "metadata": metadata_section(schema, outcome, rows_in_files),
         "engineer": {"run_id": outcome.run_id, "work_dir": outcome.work_dir,
                      "encrypted_paths": {f.name: f.encrypted_path for f in outcome.files if f.encrypted_path},
@@ -452,34 +330,3 @@ def assess(report: dict[str, Any]) -> dict[str, Any]:
                        f"{expected:.0%})")
     level = "amber" if reasons else "green"
     return {"level": level, "text": LEVEL_TEXT[level], "reasons": reasons}
-
-
-def partner_view(report: dict[str, Any]) -> dict[str, Any]:
-    """The partner's copy: without engineer-only detail, and with any internal path withheld."""
-    out = copy.deepcopy(report)
-    out.pop("engineer", None)
-
-    def scrub(obj: Any) -> Any:
-        if isinstance(obj, dict):
-            return {k: scrub(v) for k, v in obj.items()}
-        if isinstance(obj, list):
-            return [scrub(v) for v in obj]
-        if isinstance(obj, str):
-            return _PATH.sub("[internal path]", obj)
-        return obj
-
-    out = scrub(out)
-    out["report"]["view"] = "partner"
-    return out
-
-
-def write_report(report: dict[str, Any], folder: Path | str) -> tuple[Path, Path]:
-    """Write the report as JSON and HTML side by side; returns (json_path, html_path)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = report["report"]["generated_at"].replace("-", "").replace(":", "").replace("+0000", "Z")
-    stem = f"{report['supply']['feed']}_{report['supply']['period']}_quality_{stamp}"
-    json_path, html_path = folder / f"{stem}.json", folder / f"{stem}.html"
-    json_path.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
-    html_path.write_text(render_html(report), encoding="utf-8")
-    return json_path, html_path

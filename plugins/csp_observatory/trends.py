@@ -3,7 +3,7 @@
 * Arrival: when the supply came (``Manifest.collected_at``) against ``FeedSchema.supply_due(period)``; lateness
   counts in the currency quality (:func:`arrival_score`).
 * History: the observatory's own earlier report JSONs (``<reports_dir>/<feed>/<period>/*.json``, written by
-  ``reporting.write_report``), the newest report of each earlier period whose supply was loaded. The reports, not
+  ``report_writing.write_report``), the newest report of each earlier period whose supply was loaded. The reports, not
   PostGIS, because they hold each supply's scores and grades exactly as they were reported (checks, arrival and
   gaps included; ``observatory.validation_results`` keeps the checks but not the scores), and its records per day,
   and because reading them needs no database connection, so the report is built and tested the same way

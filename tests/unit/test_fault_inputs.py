@@ -13,7 +13,7 @@ from typing import Iterator
 import gnupg
 import pytest
 
-from csp_observatory import decryption, intake, intake_quarantine, reporting, subject_access
+from csp_observatory import decryption, intake, intake_quarantine, report_html, reporting, subject_access
 from csp_observatory.parsing import UNKNOWN_COLUMNS_SHOWN, parse_csv
 from csp_observatory.schema import SCHEMA_DIR
 from csp_observatory.schema_loading import load_schema
@@ -233,12 +233,13 @@ def test_formula_like_values_are_kept_as_text(tmp_path, schema):
 
 
 def test_formula_like_partner_text_is_inert_in_the_html_report(schema):
-    from csp_observatory.reporting import FileInfo, SupplyOutcome
+    from csp_observatory.pipeline_supply import SupplyFile
+    from csp_observatory.reporting import SupplyOutcome
 
     name = '=HYPERLINK("x","<b>click</b>")&cmd.csv.gpg'
     outcome = SupplyOutcome(supply_id=f"{schema.feed}/202609", period="202609", status="loaded", files=[
-        FileInfo("offences", name, "a" * 64, 10, "F" * 40, 1)], rows_loaded={"offences": 1})
-    page = reporting.render_html(reporting.build_report(schema, outcome))
+        SupplyFile("offences", name, "a" * 64, 10, signer="F" * 40, rows_in_file=1)], rows_loaded={"offences": 1})
+    page = report_html.render_html(reporting.build_report(schema, outcome))
     assert "<b>click" not in page and "&lt;b&gt;click&lt;/b&gt;" in page
     # shown as text: its quotes escaped too, so it can close no attribute and open no tag
     assert "=HYPERLINK(&quot;x&quot;,&quot;&lt;b&gt;" in page and '"x"' not in page and "<script" not in page

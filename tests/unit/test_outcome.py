@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from csp_observatory import reporting
-from csp_observatory.reporting import FileInfo, SupplyOutcome
+from csp_observatory import report_html, report_writing, reporting
+from csp_observatory.pipeline_supply import SupplyFile
+from csp_observatory.reporting import SupplyOutcome
 from csp_observatory.schema import SCHEMA_DIR
 from csp_observatory.schema_loading import load_schema
 
@@ -23,7 +24,8 @@ def outcome(status: str = "loaded", loaded: int = 100, rejected=(), flagged=(), 
             quarantined=()) -> SupplyOutcome:
     return SupplyOutcome(
         supply_id="police_recorded_crime/202609", period="202609", status=status,
-        files=[FileInfo("offences", "prc_offences_202609.csv.gpg", "a" * 64, 100, "F" * 40, loaded + len(rejected))],
+        files=[SupplyFile("offences", "prc_offences_202609.csv.gpg", "a" * 64, 100, signer="F" * 40,
+                          rows_in_file=loaded + len(rejected))],
         rows_loaded={"depersonalised.prc_offences": loaded} if status == "loaded" else {},
         rejected=list(rejected), flagged=list(flagged),
         geocoding=geocoding or {"offences": {"supplied": loaded, "failed": 0, "unplaced": 0, "total": loaded}},
@@ -56,7 +58,7 @@ def test_records_without_a_location_are_counted_listed_and_amber(prc):
     assert "2 rows loaded without a location (not geocoded)" in report["outcome"]["reasons"]
     # 98% placed is above the feed's 95%: no rate warning on top
     assert not any("placed on the map" in r for r in report["outcome"]["reasons"])
-    html = reporting.render_html(report)
+    html = report_html.render_html(report)
     assert 'id="flagged"' in html and 'class="headline warn"' in html
 
 
@@ -82,7 +84,7 @@ def test_not_loaded_is_red(prc, status):
         {"file": "offences", "remote_name": "prc_offences_202609.csv.gpg", "reason": "not signed"}]))
     assert report["outcome"]["level"] == "red"
     assert report["outcome"]["reasons"][0] == reporting.STATUS_TEXT[status]
-    assert 'class="headline bad"' in reporting.render_html(report)
+    assert 'class="headline bad"' in report_html.render_html(report)
 
 
 def test_loaded_but_empty_is_red(prc):
@@ -101,8 +103,8 @@ def test_the_report_names_the_displacement_setting(prc):
     report = reporting.build_report(prc, o)
     assert report["sanitising"]["offences"]["displacement"] == "nearest"
     assert "next nearest postcode with enough households" in report["metadata"]["geographic_method"]
-    assert "next nearest postcode with enough households (Appendix 1)" in reporting.render_html(report)
-    assert "next nearest 10" in reporting.render_text(report)
+    assert "next nearest postcode with enough households (Appendix 1)" in report_html.render_html(report)
+    assert "next nearest 10" in report_html.render_text(report)
 
 
 def test_the_report_counts_each_other_location(prc):
@@ -112,7 +114,7 @@ def test_the_report_counts_each_other_location(prc):
                                                                         "postcode_unknown": 1, "no_postcode": 0}}}}
     report = reporting.build_report(prc, o)
     assert report["sanitising"]["offences"]["other_locations"]["vehicle_keeper"]["moved"] == 2
-    html = reporting.render_html(report)
+    html = report_html.render_html(report)
     assert "Other locations in the records" in html and "<td>vehicle_keeper</td>" in html
 
 
@@ -143,12 +145,12 @@ def test_metadata_that_matches_keeps_a_supply_green_and_shows_the_partners_words
     fields = {(f["file"], f["name"]): f for f in report["metadata"]["datafields"]}
     assert fields[("offenders", "ethnicity")]["partner_explanation"].startswith("Officer-defined ethnicity")
     assert fields[("offences", "location_postcode")]["partner_explanation"] is None
-    for view in (report, reporting.partner_view(report)):
-        page = reporting.render_html(view)
+    for view in (report, report_writing.partner_view(report)):
+        page = report_html.render_html(view)
         assert "Ages of offenders and victims may be estimates" in page and "It matches the supply" in page
         text = json.dumps(view) + page
         assert "analysis@demo-constabulary.example" not in text and "Performance and Analysis Unit" not in text
-    assert "Metadata prc_metadata_202609.yaml.gpg: matches the supply; 4 caveats" in reporting.render_text(report)
+    assert "Metadata prc_metadata_202609.yaml.gpg: matches the supply; 4 caveats" in report_html.render_text(report)
 
 
 def test_metadata_that_does_not_match_makes_a_loaded_supply_amber_and_lists_each_difference(prc):
@@ -160,11 +162,11 @@ def test_metadata_that_does_not_match_makes_a_loaded_supply_amber_and_lists_each
     assert report["outcome"]["level"] == "amber"
     assert report["outcome"]["reasons"] == [
         "the metadata file does not match the supply in 1 way: " + mismatch["message"]]
-    p = reporting.partner_view(report)["metadata"]["partner"]
+    p = report_writing.partner_view(report)["metadata"]["partner"]
     assert p["mismatch_count"] == 1 and p["mismatches"] == [mismatch] and p["mismatches_by_kind"] == {"record_count": 1}
-    page = reporting.render_html(reporting.partner_view(report))
+    page = report_html.render_html(report_writing.partner_view(report))
     assert "It does not match the supply" in page and "has 1,240 records; it has 100 rows" in page
-    assert "  - " + mismatch["message"] in reporting.render_text(report)
+    assert "  - " + mismatch["message"] in report_html.render_text(report)
 
 
 def test_an_unreadable_metadata_file_on_a_loaded_supply_is_amber(prc):
@@ -176,7 +178,7 @@ def test_an_unreadable_metadata_file_on_a_loaded_supply_is_amber(prc):
     report = reporting.build_report(prc, o)
     assert report["outcome"]["level"] == "amber"
     assert "could not be read and was returned to you" in report["outcome"]["reasons"][0]
-    page = reporting.render_html(report)
+    page = report_html.render_html(report)
     assert "agency is missing (name of the agency)" in page and "The rest of the supply was loaded" in page
 
 
@@ -190,6 +192,6 @@ def test_a_first_supply_without_metadata_is_red_and_says_what_to_send(prc):
     assert report["outcome"]["level"] == "red"
     assert report["outcome"]["reasons"][0] == reporting.STATUS_TEXT["needs_metadata"]
     assert "Send prc_metadata_202609.yaml.gpg" in report["outcome"]["reasons"][1]
-    page = reporting.render_html(reporting.partner_view(report))
+    page = report_html.render_html(report_writing.partner_view(report))
     assert "What to send" in page and "Your files stay in inbox/" in page
     assert "The first supply of a feed must carry one" in page

@@ -2,14 +2,16 @@
 each quality is caught with the right count (validation.validate + reporting.build_report)."""
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from csp_observatory import fixtures, grading, parsing, postcodes_sources, reporting, trends, validation
-from csp_observatory.reporting import FileInfo, SupplyOutcome
+from csp_observatory import fixtures, grading, parsing, postcodes_sources, report_html, reporting, trends, validation
+from csp_observatory.pipeline_supply import SupplyFile
+from csp_observatory.reporting import SupplyOutcome
 from csp_observatory.schema import SCHEMA_DIR
 from csp_observatory.schema_loading import load_schema
 
@@ -46,7 +48,7 @@ def report_of(prc, summary: dict, arrived: str = ON_TIME, history: list | None =
     summary = {k: v for k, v in summary.items() if k != "gx_result"}
     outcome = SupplyOutcome(
         supply_id=f"{prc.feed}/{PERIOD}", period=PERIOD, status="loaded",
-        files=[FileInfo("offences", "prc_offences_202609.csv.gpg", "a" * 64, 1, None, summary["rows"])],
+        files=[SupplyFile("offences", "prc_offences_202609.csv.gpg", "a" * 64, 1, rows_in_file=summary["rows"])],
         rows_loaded={"depersonalised.prc_offences": summary["rows"]}, flagged=flagged or [],
         validation={"offences": {"summary": summary, "header_problems": [], "nulled_values": {}}},
         date_supplied=arrived)
@@ -138,7 +140,7 @@ def test_a_late_supply_fails_currency_by_its_days_late(prc, clean):
     n = summary["qualities"]["currency"]["expectations"]
     assert cur["score"] == round((summary["qualities"]["currency"]["score"] * n + trends.arrival_score(5)) / (n + 1), 2)
     assert cur["grade"] != "good" and report["qualities"]["currency"]["failed"] == 1
-    assert "5 days late" in reporting.render_html(report)
+    assert "5 days late" in report_html.render_html(report)
     # on the due day itself it is on time
     on_time = report_of(prc, summary, arrived=(due - pd.Timedelta(minutes=1)).isoformat())
     assert on_time["arrival"]["days_late"] == 0 and on_time["qualities"]["currency"]["grade"] == "good"
@@ -179,7 +181,7 @@ def test_a_gap_in_the_dates_is_reported_by_date_range_and_lowers_completeness(pr
     check = next(e for e in comp["expectations"] if e["expectation"] == "no_gap_in_event_dates")
     assert check["success"] is False and check["unexpected_count"] == 7
     assert comp["score"] == round(summary["qualities"]["completeness"]["score"] * (1 - 21 / 90), 2)
-    page = reporting.render_html(report)
+    page = report_html.render_html(report)
     assert "2026-09-10" in page and "2026-09-16" in page
     # the same supply with no earlier one to compare has no gap check
     alone = report_of(prc, summary)
@@ -206,7 +208,7 @@ def test_rows_whose_offence_is_missing_are_listed_in_completeness(prc, clean):
                 "reason": "its crime_reference matches no row of the offences file in this supply"} for r in (2, 3)]
     outcome = SupplyOutcome(
         supply_id=f"{prc.feed}/{PERIOD}", period=PERIOD, status="loaded",
-        files=[FileInfo("offenders", "prc_offenders_202609.csv.gpg", "b" * 64, 1, None, 3)],
+        files=[SupplyFile("offenders", "prc_offenders_202609.csv.gpg", "b" * 64, 1, rows_in_file=3)],
         rows_loaded={"depersonalised.prc_offenders": 3}, flagged=flagged, date_supplied=ON_TIME,
         validation={"offenders": {"summary": summary, "header_problems": [], "nulled_values": {}}})
     report = reporting.build_report(prc, outcome, history=[])
@@ -215,7 +217,7 @@ def test_rows_whose_offence_is_missing_are_listed_in_completeness(prc, clean):
     check = next(e for e in comp["expectations"] if e["expectation"] == "linked_record_in_supply")
     assert check["success"] is False and check["unexpected_count"] == 2
     assert comp["grade"] == "fair"          # a failed check is never good
-    page = reporting.render_html(report)
+    page = report_html.render_html(report)
     section = page[page.index('id="completeness"'):]
     assert "2 offenders rows refer (by crime_reference) to a record of the offences file" in section
     assert ">2<" in section and ">3<" in section        # listed with their row numbers
@@ -227,7 +229,7 @@ def test_history_keeps_the_newest_loaded_report_of_each_earlier_period(prc, tmp_
         r["report"]["generated_at"], r["supply"]["status"] = stamp, status
         folder = tmp_path / prc.feed / period
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{period}_{stamp[:19].replace(':', '')}.json").write_text(reporting.json.dumps(r))
+        (folder / f"{period}_{stamp[:19].replace(':', '')}.json").write_text(json.dumps(r))
 
     write("202607", "2026-08-10T00:00:00+00:00", score=95.0)
     write("202607", "2026-08-20T00:00:00+00:00", score=97.0)           # a re-run: this one counts
@@ -247,7 +249,7 @@ def test_the_trend_chart_labels_each_supply_and_this_one(prc, clean):
     points = report["trend"]["points"]
     assert [p["period"] for p in points] == ["202607", "202608", PERIOD] and points[-1]["current"]
     assert points[0]["qualities"]["accuracy"] == {"score": 96.5, "grade": "fair"}
-    page = reporting.render_html(report)
+    page = report_html.render_html(report)
     chart = page[page.index('id="trend-accuracy"'):]
     chart = chart[:chart.index("</svg>")]
     assert chart.count("<circle") == 3 and "2026-07" in chart and "96.5%" in chart and "2026-09 (this)" in chart

@@ -6,8 +6,9 @@ import re
 
 import pytest
 
-from csp_observatory import reporting
-from csp_observatory.reporting import FileInfo, SupplyOutcome
+from csp_observatory import report_html, report_privacy, report_writing, reporting
+from csp_observatory.pipeline_supply import SupplyFile
+from csp_observatory.reporting import SupplyOutcome
 from csp_observatory.schema import SCHEMA_DIR
 from csp_observatory.schema_loading import load_schema
 
@@ -24,10 +25,12 @@ def prc():
 
 def example_outcome() -> SupplyOutcome:
     """A supply with a bit of everything; some inputs carry personal values the report must not show."""
-    files = [FileInfo("offences", "prc_offences_202609.csv.gpg", "a" * 64, 48_211, "F" * 40, 604,
-                      "/srv/staging/police_recorded_crime/202609/aaaa/prc_offences_202609.csv.gpg"),
-             FileInfo("offenders", "prc_offenders_202609.csv.gpg", "b" * 64, 20_102, "F" * 40, 301),
-             FileInfo("victims", "prc_victims_202609.csv.gpg", "c" * 64, 30_440, "F" * 40, 305)]
+    files = [SupplyFile("offences", "prc_offences_202609.csv.gpg", "a" * 64, 48_211, signer="F" * 40, rows_in_file=604,
+                        encrypted_path="/srv/staging/police_recorded_crime/202609/aaaa/prc_offences_202609.csv.gpg"),
+             SupplyFile("offenders", "prc_offenders_202609.csv.gpg", "b" * 64, 20_102, signer="F" * 40,
+                        rows_in_file=301),
+             SupplyFile("victims", "prc_victims_202609.csv.gpg", "c" * 64, 30_440, signer="F" * 40,
+                        rows_in_file=305)]
     rejected = [
         {"file": "offences", "row": 17, "stage": "validate", "reason": "crime_reference is missing (required)"},
         {"file": "offences", "row": 233, "stage": "validate",
@@ -114,8 +117,8 @@ def test_metadata_of_section_3_4(prc):
 
 def test_no_row_content_anywhere(prc):
     report = reporting.build_report(prc, example_outcome())
-    for view in (report, reporting.partner_view(report)):
-        text = json.dumps(view) + reporting.render_html(view)
+    for view in (report, report_writing.partner_view(report)):
+        text = json.dumps(view) + report_html.render_html(view)
         for secret in SECRETS:
             assert secret not in text, secret
     # the quoted offending value is withheld but the reason still says what to fix
@@ -124,14 +127,14 @@ def test_no_row_content_anywhere(prc):
 
 
 def test_redact_keeps_quoted_field_names():
-    assert reporting.redact_reason("'age' must be a number, got 'forty'", {"age"}) == \
+    assert report_privacy.redact_reason("'age' must be a number, got 'forty'", {"age"}) == \
         "'age' must be a number, got '[value withheld]'"
 
 
 def test_strip_row_content_removes_sampled_values():
     raw = {"success": False, "result": {"unexpected_count": 2, "partial_unexpected_list": ["x"],
                                         "observed_value": "y", "details": {"value_counts": [1]}}}
-    assert reporting.strip_row_content(raw) == {"success": False, "result": {"unexpected_count": 2}}
+    assert report_privacy.strip_row_content(raw) == {"success": False, "result": {"unexpected_count": 2}}
 
 
 def test_partner_view_hides_engineer_detail_and_paths(prc):
@@ -142,20 +145,20 @@ def test_partner_view_hides_engineer_detail_and_paths(prc):
     outcome.status = "refused"
     report = reporting.build_report(prc, outcome)
     assert report["engineer"]["work_dir"].startswith("/opt/csp-observatory/.run/staging")
-    partner = reporting.partner_view(report)
+    partner = report_writing.partner_view(report)
     assert "engineer" not in partner and "engineer" in report        # the original is untouched
     text = json.dumps(partner)
     assert ".run/staging" not in text and "/srv/staging" not in text
     assert "[internal path]" in partner["quarantined"][0]["reason"]
-    page = reporting.render_html(partner)
-    assert "Observatory only" not in page and "Observatory only" in reporting.render_html(report)
+    page = report_html.render_html(partner)
+    assert "Observatory only" not in page and "Observatory only" in report_html.render_html(report)
     assert report["headline"].startswith("Not loaded") and "1 file needs attention" in report["headline"]
 
 
 def test_html_escapes_partner_supplied_text(prc):
     outcome = example_outcome()
     outcome.files[0].remote_name = '<img src=x onerror="alert(1)">.csv.gpg'
-    page = reporting.render_html(reporting.build_report(prc, outcome))
+    page = report_html.render_html(reporting.build_report(prc, outcome))
     assert "<script>" not in page and "<img" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert not re.search(r"<script|<link|https?://", page)           # self-contained: no scripts, no CDN
@@ -164,14 +167,14 @@ def test_html_escapes_partner_supplied_text(prc):
 
 def test_write_report_writes_json_and_html(prc, tmp_path):
     report = reporting.build_report(prc, example_outcome())
-    json_path, html_path = reporting.write_report(report, tmp_path / "reports")
+    json_path, html_path = report_writing.write_report(report, tmp_path / "reports")
     assert json.loads(json_path.read_text()) == report
     assert html_path.read_text().startswith("<!DOCTYPE html>")
     assert json_path.stem == html_path.stem and "police_recorded_crime_202609" in json_path.name
 
 
 def test_render_text_lists_rows_to_fix(prc):
-    text = reporting.render_text(reporting.build_report(prc, example_outcome()))
+    text = report_html.render_text(reporting.build_report(prc, example_outcome()))
     assert "offences row 17: crime_reference is missing (required)" in text
     assert "depersonalised.prc_victims: 303 rows" in text
 

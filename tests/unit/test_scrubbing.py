@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from csp_observatory import reporting, scrubbing
+from csp_observatory import report_html, reporting, scrubbing
 from csp_observatory.demo_data import ENTRY, OCCUPATIONS, PROPERTY, WEAPONS
 from csp_observatory.reporting import SupplyOutcome
 from csp_observatory.schema import SCHEMA_DIR
@@ -198,10 +198,10 @@ def test_report_shows_counts_per_column_and_no_column_is_simply_kept_when_scrubb
         assert "scrubbed" in fields[("offences", col)]
     assert "scrubbed" in fields[("offenders", "occupation")] and "scrubbed" in fields[("victims", "occupation")]
     assert fields[("offences", "flag_drugs")] == "kept"
-    page = reporting.render_html(report)
+    page = report_html.render_html(report)
     assert "Personal data scrubbed from free text" in page
     row = page[page.index("<code>method_of_entry</code>"):].split("</tr>")[0]
     assert [c.split("</td>")[0] for c in row.split("<td>")[1:]] == ["1", "3", "2", "0", "0", "4"]
-    text = reporting.render_text(report)
+    text = report_html.render_text(report)
     assert "method_of_entry 1 postcode, 2 date, 3 address, 4 name" in text
     assert "location_address 5 email" in text
