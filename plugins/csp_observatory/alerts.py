@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final
@@ -211,20 +210,19 @@ def alert_for_run(feed: str, context: dict[str, Any] | None, settings: Any | Non
 def raise_if_late(feed: str, context: dict[str, Any] | None, settings: Any | None = None,
                   services: Any | None = None) -> str:
     """The deadline callback's work (blocking): the alert's message if the supply is late, else why not.
-    ``services`` (``pipeline.Services``) gives the database; without it, the settings' URL."""
+    ``services`` (``pipeline_supply.Services``) gives the database; without it, the settings'
+    (``pipeline_supply.SettingsServices``)."""
     from csp_observatory.config import load_settings
 
     settings = settings or load_settings()
     alert = alert_for_run(feed, context, settings)
     if alert is None:
         return f"{feed}: no period to check"
-    if services is not None:
-        db = services.db()
-    else:
-        import psycopg2
+    if services is None:
+        from csp_observatory.pipeline_supply import SettingsServices
 
-        db = closing(psycopg2.connect(settings.database_url, connect_timeout=10))
-    with db as conn:
+        services = SettingsServices(settings)
+    with services.db() as conn:
         late = check_supply(conn, alert)
     return alert.message() if late else f"{alert.supply_id} was loaded by {alert.due:%Y-%m-%d %H:%M} UTC"
 

@@ -12,12 +12,11 @@ import os
 import tempfile
 import sys
 import time
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-import psycopg2
 import yaml
 
 from csp_observatory.config import Settings, load_settings
@@ -46,8 +45,9 @@ def demo_config() -> dict[str, Any]:
 def ensure_reference(settings: Settings, force: bool = False) -> dict[str, int]:
     """Load the shipped postcode reference and gazetteer into PostGIS, unless already there."""
     from csp_observatory import database, gazetteer, postcodes_postgis, postcodes_sources
+    from csp_observatory.pipeline_supply import SettingsServices
 
-    with closing(psycopg2.connect(settings.database_url)) as conn:
+    with SettingsServices(settings).db() as conn:
         database.ensure_database(conn)
         conn.commit()
         counts = {}

@@ -288,15 +288,12 @@ def stamp_supply(settings: Any, schema: FeedSchema, report: dict[str, Any], part
     Never raises: a stamp that cannot be written is logged (the partner's report and the archive go on, and the
     next report of the supply writes it). Returns whether it was committed.
     """
-    from contextlib import closing
-
-    import psycopg2
-
     from csp_observatory import metadata_docs
+    from csp_observatory.pipeline_supply import SettingsServices
 
     try:
-        # ``db``: the stage's own connection factory (the DAG layer's Airflow connection); else the settings' URL
-        with (db() if db is not None else closing(psycopg2.connect(settings.database_url))) as conn:
+        # ``db``: the stage's own connection factory (the DAG layer's Airflow connection); else the settings'
+        with (db or SettingsServices(settings).db)() as conn:
             try:
                 record_supply(conn, schema, report, partner, collected_at)
                 conn.commit()

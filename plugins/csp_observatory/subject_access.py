@@ -23,7 +23,6 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -228,14 +227,13 @@ def log_run(conn: Any, ids: Identifiers, found: dict[str, list[dict[str, Any]]],
 def run(ids: Identifiers, out: Path, fmt: str = "csv", requested_by: str | None = None,
         settings: Any = None) -> dict[str, Any]:
     """Search, export and log one subject access request; returns counts per table, the files and the log id."""
-    import psycopg2
-
     from csp_observatory.config import load_settings
+    from csp_observatory.pipeline_supply import SettingsServices
 
     if not (ids.name or ids.references or ids.nhs_numbers):
         raise ValueError("give a name (with the date of birth where known), a reference or an NHS number")
     settings = settings or load_settings()
-    with closing(psycopg2.connect(settings.database_url)) as conn:
+    with SettingsServices(settings).db() as conn:
         found, searched = search(conn, ids)
         conn.rollback()
         files = export(found, out, fmt)

@@ -159,3 +159,29 @@ def test_every_scheduled_feed_dag_carries_the_late_supply_deadline_and_no_other_
         fire = datetime(2027, 2, 1, 6, tzinfo=UTC)
         assert fire + alert.interval == alerts.run_due(schema, fire)[1], schema.feed
         assert "Supply due:" in dag.doc_md and f"{schema.due_days} days" in dag.doc_md
+
+
+def test_without_services_the_callback_reaches_postgis_through_the_settings_services(monkeypatch) -> None:
+    """No ``services``: the check runs on a connection from ``pipeline_supply.SettingsServices(settings).db()``,
+    which is closed after it."""
+    from contextlib import contextmanager
+
+    from csp_observatory import pipeline_supply
+
+    settings, conn, used = SimpleNamespace(database_url="postgresql://nowhere/none"), object(), []
+
+    class FakeServices:
+        def __init__(self, given: object) -> None:
+            used.append(("settings", given))
+
+        @contextmanager
+        def db(self):
+            yield conn
+            used.append(("closed", conn))
+
+    monkeypatch.setattr(pipeline_supply, "SettingsServices", FakeServices)
+    alert = SimpleNamespace(message=lambda: "late!", supply_id="x/202609", due=datetime(2026, 10, 12, tzinfo=UTC))
+    monkeypatch.setattr(alerts, "alert_for_run", lambda feed, context, s: alert)
+    monkeypatch.setattr(alerts, "check_supply", lambda c, a: used.append(("checked", c)) or True)
+    assert alerts.raise_if_late("police_recorded_crime", {}, settings) == "late!"
+    assert used == [("settings", settings), ("checked", conn), ("closed", conn)]

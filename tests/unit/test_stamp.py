@@ -178,3 +178,28 @@ def test_the_view_puts_fid_first_and_changes_only_with_its_columns():
     assert digest == same != more
     assert graded_views.quote_ident('we"ird') == '"we""ird"'
     assert graded_views.view_name("prc_offences") == "prc_offences_graded"
+
+
+def test_without_a_db_the_stamp_is_written_through_the_settings_services(monkeypatch, tmp_path) -> None:
+    """No ``db``: ``stamp_supply`` connects with ``pipeline_supply.SettingsServices(settings).db()``; a database it
+    cannot reach is logged and reported as not committed (the partner's report still goes on)."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from csp_observatory import pipeline_supply, stamp
+
+    settings, asked = SimpleNamespace(database_url="postgresql://nowhere/none", reports_dir=tmp_path), []
+
+    class Unreachable:
+        def __init__(self, given: object) -> None:
+            asked.append(given)
+
+        @contextmanager
+        def db(self):
+            raise ConnectionError("no PostGIS here")
+            yield
+
+    monkeypatch.setattr(pipeline_supply, "SettingsServices", Unreachable)
+    report = {"supply": {"supply_id": "police_recorded_crime/202609", "period": "202609", "status": "loaded"}}
+    assert stamp.stamp_supply(settings, schema_for("police_recorded_crime"), report, "police") is False
+    assert asked == [settings]
