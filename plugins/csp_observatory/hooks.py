@@ -1,10 +1,10 @@
 """SFTP and PostGIS for the DAG layer, through Airflow Connections and the providers' hooks.
 
-``dags/feeds.py`` and ``dags/refresh.py`` hand :class:`HookServices` to the stages (``pipeline.Services``: a ``db()``
-and an ``sftp()`` context manager), so that in a deployment the stages reach PostGIS and SFTP as the connections
-``csp_postgis`` and ``csp_sftp`` say (``AIRFLOW_CONN_*`` variables or any secrets backend; ``connections.py``
-writes them from the settings), never through the settings file's own URL and keys. The stage modules stay free
-of Airflow: only this module and ``dags/`` import the hooks.
+``dags/feeds.py`` and ``dags/refresh.py`` hand :class:`HookServices` to the stages (``pipeline_supply.Services``: a
+``db()`` and an ``sftp()`` context manager), so that in a deployment the stages reach PostGIS and SFTP as the
+connections ``csp_postgis`` and ``csp_sftp`` say (``AIRFLOW_CONN_*`` variables or any secrets backend;
+``connections.py`` writes them from the settings), never through the settings file's own URL and keys. The stage
+modules stay free of Airflow: only this module and ``dags/`` import the hooks.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ class PostGISHook(PostgresHook):
 
 
 class HookServices:
-    """``pipeline.Services`` through Airflow Connections: ``db()`` with :class:`PostGISHook`, ``sftp()`` with
+    """``pipeline_supply.Services`` through Airflow Connections: ``db()`` with :class:`PostGISHook`, ``sftp()`` with
     SFTPHook (one SSH session per block; the hook's managed connection)."""
 
     def __init__(self, sftp_conn_id: str = SFTP_CONN_ID, postgis_conn_id: str = POSTGIS_CONN_ID) -> None:
