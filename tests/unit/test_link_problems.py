@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from csp_observatory import demo_data, pipeline, pipeline_geo, postcodes_sources
-from csp_observatory.pipeline import Manifest, SupplyFile
+from csp_observatory.pipeline_supply import Manifest, SupplyFile
 from csp_observatory.schema_loading import schema_for
 
 pytestmark = pytest.mark.unit

@@ -13,7 +13,7 @@ import pytest
 
 from csp_observatory import (cleaning, demo_data, fixtures, pipeline, pipeline_parse, pipeline_supply,
                              postcodes_sources, validation)
-from csp_observatory.pipeline import Manifest, SupplyFile
+from csp_observatory.pipeline_supply import Manifest, SupplyFile
 from csp_observatory.schema_loading import schema_for
 
 pytestmark = pytest.mark.unit

@@ -182,7 +182,7 @@ def test_render_text_lists_rows_to_fix(prc):
 def test_outcome_from_a_pipeline_manifest(prc, tmp_path):
     import pandas as pd
 
-    class Manifest:   # the shape of pipeline.Manifest that the report reads
+    class Manifest:   # the shape of pipeline_supply.Manifest that the report reads
         feed, period, status, run_id, work_dir = "police_recorded_crime", "202609", "loaded", "r1", str(tmp_path)
         supply_id, collected_at, problems = "police_recorded_crime/202609", "2026-10-12T06:00:00+00:00", []
         files = {"offences": type("F", (), dict(name="offences", remote_name="prc_offences_202609.csv.gpg",

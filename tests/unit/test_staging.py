@@ -13,7 +13,7 @@ import pytest
 from upath import UPath
 
 from csp_observatory import config, demo_data, pipeline, pipeline_supply, postcodes_sources, staging
-from csp_observatory.pipeline import Manifest, SupplyFile
+from csp_observatory.pipeline_supply import Manifest, SupplyFile
 
 pytestmark = pytest.mark.unit
 
