@@ -6,7 +6,8 @@ What one size does, in this order, all on the real services (PostGIS, the projec
 
 1. **fixed costs**, each in a fresh Python process: Python + Airflow start-up and one parse of ``dags/`` (what the
    DAG processor pays), importing Great Expectations, and one look at the inbox that finds nothing (what the
-   triggerer pays per poll: ``arrival.look``, one SFTP login and listing).
+   triggerer pays per poll: ``arrival.look``, one SFTP login and listing through the connection ``csp_sftp``;
+   ``trigger_look.py`` sets it beside the triggers' former paramiko look).
 2. **tiny**: a 20-offence supply (the smallest ``demo_data`` makes) from the sensor's start to the report's end.
 3. **N offences**: ``demo_data`` makes the supply in a child process (so its text never counts in the DAG's
    memory), which encrypts, signs and uploads it with its metadata file; then the DAG runs. Per task: wall time
@@ -141,13 +142,20 @@ def fixed_cost(what: str) -> dict[str, Any]:
 
         return {"import_s": time.perf_counter() - started}
     if what == "look":
+        import asyncio
+
         from csp_observatory import arrival
 
         imported = time.perf_counter() - started
-        found = arrival.look(FEED, previous_sizes={})
+        # the triggers' look: through the Airflow Connection csp_sftp, made here from this run's settings
+        from csp_observatory import connections
+        from csp_observatory.config import load_settings
+
+        connections.ensure_env(load_settings())
+        found = asyncio.run(arrival.look(FEED, {}))
         first = time.perf_counter() - started - imported
         again = time.perf_counter()
-        arrival.look(FEED, previous_sizes=found.sizes)
+        asyncio.run(arrival.look(FEED, found.sizes))
         return {"import_s": imported, "first_look_s": first, "next_look_s": time.perf_counter() - again,
                 "periods": found.periods}
     raise ValueError(what)
