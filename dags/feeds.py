@@ -37,7 +37,7 @@ from typing import Any, Final
 from airflow.sdk import (DAG, AssetOrTimeSchedule, AsyncCallback, CronTriggerTimetable, DeadlineAlert,
                          DeadlineReference, Param, TriggerRule, dag, task)
 
-from csp_observatory import alerts, metadata_docs, table_assets
+from csp_observatory import alerts, metadata_docs, schema_docs, table_assets
 from csp_observatory.arrival import SupplySensor, supply_asset
 from csp_observatory.config import stage_queue, stage_queues
 from csp_observatory.schema import FeedSchema
@@ -120,7 +120,7 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
         deadline=late_supply_deadline(schema, due_after),
         default_args={"owner": OWNER, "retries": 2, "retry_delay": RETRY_DELAY},
         # the partner's own caveats (section 3.4) from the last load's cache file: no database at parse time
-        doc_md=schema.doc_md() + (metadata_docs.dag_doc(feed, DAG_DOCS_DIR) if DAG_DOCS_DIR else ""),
+        doc_md=schema_docs.doc_md(schema) + (metadata_docs.dag_doc(feed, DAG_DOCS_DIR) if DAG_DOCS_DIR else ""),
         params={"confirm_replace": Param(
             [], type="array", items={"type": "string"},
             description="Periods (e.g. 202609) whose re-send may replace most of the rows loaded for that period. "

@@ -1,7 +1,7 @@
 """Declarative feed schemas: one YAML file per partner feed in ``include/schemas/``.
 
 A feed schema drives everything downstream: the DAG, the parsing and validation rules, the
-sanitising rules, the PostGIS DDL and the documentation shown in the Airflow UI.
+sanitising rules, the PostGIS DDL (``ddl.py``) and the documentation shown in the Airflow UI (``schema_docs.py``).
 
 This module holds what a schema is (:class:`FeedSchema`, its files and datafields, and the one list of roles and
 what sanitising does with each); reading and checking the YAML files is ``schema_loading.py``.
@@ -37,9 +37,9 @@ DROPPED_ON_SANITISING: Final = PERSONAL_ROLES | POINT_ROLES
 #: Roles whose values are rewritten on sanitising: the address loses house numbers and names (and is scrubbed),
 #: the postcode becomes the sanitised postcode.
 REWRITTEN_ON_SANITISING: Final = frozenset({"address", "postcode"})
-#: Roles that identify a record, not a person, and are checked against a pattern, never free text.
 #: The schedule of a feed whose DAG a supply's arrival starts (an Airflow asset watched on the partner's inbox).
 ON_ARRIVAL: Final = "on_arrival"
+#: Roles that identify a record, not a person, and are checked against a pattern, never free text.
 REFERENCE_ROLES: Final = frozenset({"reference_number", "link"})
 #: A free-text datafield's rule in a depersonalised feed: ``scrub`` it (scrubbing.py) or ``drop`` the column.
 FREE_TEXT_RULES: Final = frozenset({"scrub", "drop"})
@@ -315,52 +315,6 @@ class FeedSchema:
             if period is not None:
                 return f, period
         return None
-
-    def _on_sanitising(self, f: FeedFile, d: Datafield) -> str:
-        if self.personalised:
-            return "kept (restricted)"
-        if d.name in dict(f.age_pairs):
-            return f"dropped (becomes `{dict(f.age_pairs)[d.name]}`)"
-        if d.dropped_on_sanitising:
-            return "dropped"
-        if d.role in REWRITTEN_ON_SANITISING:
-            return "rewritten (Appendix 1)"
-        return "scrubbed" if d.free_text == "scrub" else "kept"
-
-    def doc_md(self) -> str:
-        """Markdown for the Airflow UI: source agency, datafields and caveats."""
-        lines = [
-            f"# {self.title}",
-            "",
-            f"*Guidance section {self.guidance_section}; {self.dataset_type} data.*",
-            "",
-            f"- **Source agency:** {self.partner.agency} ({self.partner.name}; SFTP account `{self.partner.id}`)",
-            f"- **Supply cycle:** {self.supply_cycle}",
-            "- **Started by:** " + (
-                "the supply's arrival in the partner's inbox (asset `supply_" + self.feed + "`), waiting up to "
-                f"{self.wait_hours:g} h for the rest of a supply" if self.on_arrival else
-                f"the schedule `{self.schedule}` (UTC), waiting up to {self.wait_hours:g} h for the supply"),
-            "- **Supply due:** " + ("no due date (as and when)" if self.due_days is None else
-                                    f"{self.due_days} days after its period ends" + (
-                                        " (no alert: the DAG runs only on arrival)" if self.on_arrival else
-                                        "; a supply not loaded by then raises the late-supply deadline alert "
-                                        "(Airflow's *Deadlines*, and `observatory.alerts`)")),
-            f"- **Household threshold (Appendix 1):** {self.household_threshold}; a point in a smaller postcode "
-            f"moves to the {DISPLACEMENT_TEXT[self.displacement]}",
-            f"- **Schema file:** `include/schemas/{self.source_path.name}`",
-            "",
-            f"**Caveats:** {self.caveats}",
-        ]
-        for f in self.files:
-            lines += ["", f"## {f.title} (`{f.pattern}` -> `{self.db_schema}.{f.table}`)", "",
-                      f.description, "", f"Key: {'a hash of each row (no reference number)' if f.content_key else ', '.join(f.key)}",
-                      "", "| datafield | meaning | type | required | role | in the guidance | on sanitising |",
-                      "|---|---|---|---|---|---|---|"]
-            for d in f.datafields:
-                type_ = f"{d.type}, up to {d.future_days} days ahead" if d.future_days else d.type
-                lines.append(f"| `{d.name}` | {d.label} | {type_} | {'yes' if d.required else ''} | {d.role} | "
-                             f"{'yes' if d.guidance else 'no (optional)'} | {self._on_sanitising(f, d)} |")
-        return "\n".join(lines)
 
 
 def valid_period(period_format: str, period: str) -> bool:

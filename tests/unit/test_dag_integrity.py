@@ -112,7 +112,7 @@ def test_the_wait_for_a_supply_holds_no_worker_and_ends_with_its_window(dagbag) 
 def test_the_dag_docs_carry_the_partners_latest_caveats(dagbag, monkeypatch) -> None:
     import importlib.util
 
-    from csp_observatory import metadata_docs
+    from csp_observatory import metadata_docs, schema_docs
 
     monkeypatch.setattr(metadata_docs, "dag_docs_dir", lambda: Path("/the/reports"))
     monkeypatch.setattr(metadata_docs, "dag_doc", lambda feed, reports_dir: f"\n## Partner's caveats for {feed} "
@@ -122,7 +122,7 @@ def test_the_dag_docs_carry_the_partners_latest_caveats(dagbag, monkeypatch) -> 
     spec.loader.exec_module(module)
     schema = next(s for s in load_schemas() if s.feed == "police_recorded_crime")
     doc = module.build_feed_dag(schema).doc_md
-    assert doc.startswith(schema.doc_md())
+    assert doc.startswith(schema_docs.doc_md(schema))
     assert doc.endswith("## Partner's caveats for police_recorded_crime from /the/reports\n")
 
 

@@ -6,6 +6,7 @@ import copy
 import pytest
 import yaml
 
+from csp_observatory import schema_docs
 from csp_observatory.schema import DROPPED_ON_SANITISING, REWRITTEN_ON_SANITISING, SCHEMA_DIR, SchemaError
 from csp_observatory.schema_loading import load_schema, parse_schema
 
@@ -74,7 +75,7 @@ def test_bad_schemas_are_refused(raw: dict, mutate, message: str) -> None:
 
 
 def test_doc_md_lists_datafields_for_the_airflow_ui() -> None:
-    doc = load_schema(PRC).doc_md()
+    doc = schema_docs.doc_md(load_schema(PRC))
     assert "Local police force" in doc and "`crime_reference`" in doc and "Caveats" in doc
 
 
@@ -165,11 +166,11 @@ def test_future_days_and_age_field_are_read(raw: dict) -> None:
 
 
 def test_the_airflow_docs_say_which_age_a_date_of_birth_becomes_and_how_far_ahead_a_date_may_be() -> None:
-    btp = load_schema(SCHEMA_DIR / "btp_crimes.yaml").doc_md()
+    btp = schema_docs.doc_md(load_schema(SCHEMA_DIR / "btp_crimes.yaml"))
     assert "| `victim_date_of_birth` |" in btp and "| dropped (becomes `victim_age`) |" in btp
     assert "| dropped (becomes `offender_age`) |" in btp
     assert "| `release_date` | Date of release (when they are to be released) | date, up to 366 days ahead |" in \
-        load_schema(SCHEMA_DIR / "prison_releases.yaml").doc_md()
+        schema_docs.doc_md(load_schema(SCHEMA_DIR / "prison_releases.yaml"))
 
 
 @pytest.mark.unit
