@@ -9,7 +9,7 @@ from typing import Any, Final
 from csp_observatory import grading
 from csp_observatory.report_html_parts import _e, _rows_html, _table
 from csp_observatory.trends import LATE_ZERO_DAYS
-from csp_observatory.validation import OPTIONAL_WEIGHT, REQUIRED_WEIGHT
+from csp_observatory.validation_scores import OPTIONAL_WEIGHT, REQUIRED_WEIGHT
 
 QUALITY_TEXT: Final = {
     "completeness": "required values present (optional fields shown, not scored); no gaps in the dates; linked "

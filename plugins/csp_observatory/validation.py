@@ -13,16 +13,17 @@ Great Expectations is imported inside functions: DAG files import this package w
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Final
 
 import pandas as pd
 
+from csp_observatory import validation_gx
 from csp_observatory.cleaning import normalise_codes
 from csp_observatory.parsing import DTYPES, empty_rejected, rejected_frame
 from csp_observatory.schema import Datafield, FeedFile, FeedSchema
+from csp_observatory.validation_scores import blank, completeness_score, fill_rates, records_per_day
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +41,8 @@ FULL_POSTCODE: Final = r"^\s*[A-Za-z]{1,2}[0-9][A-Za-z0-9]?\s*[0-9][A-Za-z]{2}\s
 # Ages given as band starts (0, 5, 10, ...) leave most values on multiples of five.
 AGE_BAND_VALUES: Final = tuple(range(0, 125, 5))
 PRECISION_MOSTLY: Final = 0.6
-#: How much a datafield's fill rate counts in the completeness score. Required datafields (and key fields) count
-#: fully. Optional ones count not at all: the guidance's minimum dataset lists many a partner may not hold, and a
-#: location comes in one of several forms (address, postcode, coordinates), so an empty optional field is often
-#: empty by design. Every field's fill rate is still shown, marked required or optional (docs/ARCHITECTURE.md).
-REQUIRED_WEIGHT: Final = 1.0
-OPTIONAL_WEIGHT: Final = 0.0
 #: validate()'s JSON-ready result: file, rows, period, success, qualities, populated_percent, expectations, gx_result.
 ValidationSummary = dict[str, Any]
-_SAMPLED: Final = ("partial_unexpected_list", "partial_unexpected_index_list", "partial_unexpected_counts",
-                   "unexpected_list", "unexpected_index_list", "unexpected_rows")
 
 
 @dataclass(frozen=True)
@@ -82,12 +75,6 @@ def _date_rule(d: Datafield) -> str:
     return f"is before 1900 or more than {d.future_days} days after today"
 
 
-def _blank(values: pd.Series) -> pd.Series:
-    if pd.api.types.is_string_dtype(values.dtype):
-        return values.isna() | (values.str.strip() == "").fillna(True)
-    return values.isna()
-
-
 def _shown(d: Datafield, value: Any) -> str:
     return "(value withheld: personal data)" if d.personal else f"'{value}'"
 
@@ -95,7 +82,7 @@ def _shown(d: Datafield, value: Any) -> str:
 def _invalid(frame: pd.DataFrame, d: Datafield, today: pd.Timestamp | None = None) -> tuple[pd.Series, str]:
     """Present values of a datafield that break its schema rule, and what the rule is, in words."""
     values = frame[d.name]
-    present = ~_blank(values)
+    present = ~blank(values)
     bad = pd.Series(False, index=frame.index)
     rule = ""
     if d.type == "code" and d.allowed_codes is not None:
@@ -133,7 +120,7 @@ def row_problems(frame: pd.DataFrame, feed_file: FeedFile, today: pd.Timestamp |
     for d in feed_file.datafields:
         if d.name not in required or d.name not in frame.columns:
             continue
-        missing = _blank(frame[d.name])
+        missing = blank(frame[d.name])
         for i in frame.index[missing]:
             messages.setdefault(i, []).append(f"{d.name} is missing (it is required)")
         bad, rule = _invalid(frame, d, today)
@@ -314,77 +301,6 @@ def _batch_frame(frame: pd.DataFrame, feed_file: FeedFile) -> pd.DataFrame:
     return out
 
 
-def _quiet_gx() -> None:
-    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    for name in ("great_expectations", "great_expectations.core", "great_expectations.data_context"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
-def _result_key(type_: str, kwargs: dict[str, Any]) -> tuple[str, str]:
-    column = kwargs.get("column", kwargs.get("column_list"))
-    return type_, str(column)
-
-
-def run_suite(frame: pd.DataFrame, checks: list[Check], name: str) -> dict[str, Any]:
-    """Run the checks as one GX suite on an ephemeral context; the GX result as a JSON-ready dict."""
-    _quiet_gx()
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    batch_definition = (context.data_sources.add_pandas(f"{name}_source").add_dataframe_asset(name)
-                        .add_batch_definition_whole_dataframe("whole_file"))
-    suite = gx.ExpectationSuite(name=f"{name}_suite")
-    for check in checks:
-        cls = _expectation_class(gx, check.type)
-        suite.add_expectation(cls(**check.kwargs, meta={"check_id": check.id, "quality": check.quality}))
-    suite = context.suites.add(suite)
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"{name}_validation", data=batch_definition, suite=suite))
-    result = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY").to_json_dict()
-    # GX samples the offending values; they may be names or dates of birth, so they are never stored.
-    for r in result.get("results", []):
-        for key in _SAMPLED:
-            (r.get("result") or {}).pop(key, None)
-    return result
-
-
-def _expectation_class(gx: Any, type_: str) -> Any:
-    camel = "".join(part.capitalize() for part in type_.split("_"))
-    return getattr(gx.expectations, camel)
-
-
-def fill_rates(frame: pd.DataFrame, feed_file: FeedFile) -> dict[str, dict[str, Any]]:
-    """Per datafield: rows, rows with a value, percent filled, whether it is required, and its completeness weight."""
-    required = {d.name for d in feed_file.datafields if d.required} | set(feed_file.key)
-    rows = int(len(frame))
-    out: dict[str, dict[str, Any]] = {}
-    for d in feed_file.datafields:
-        filled = int((~_blank(frame[d.name])).sum()) if d.name in frame.columns else 0
-        out[d.name] = {"rows": rows, "filled": filled,
-                       "percent": round(100.0 * filled / rows, 2) if rows else None,
-                       "required": d.name in required, "guidance": d.guidance,
-                       "weight": REQUIRED_WEIGHT if d.name in required else OPTIONAL_WEIGHT}
-    return out
-
-
-def completeness_score(rates: dict[str, dict[str, Any]]) -> float | None:
-    """The weighted share of values present (``REQUIRED_WEIGHT``, ``OPTIONAL_WEIGHT``); None with nothing to weigh."""
-    expected = sum(r["weight"] * r["rows"] for r in rates.values())
-    if not expected:
-        return None
-    return round(100.0 * sum(r["weight"] * r["filled"] for r in rates.values()) / expected, 2)
-
-
-def records_per_day(frame: pd.DataFrame, feed_file: FeedFile) -> dict[str, int]:
-    """Records per day of the file's event date (``YYYY-MM-DD`` -> count): counts only, for the report's gaps."""
-    if not feed_file.event_date or feed_file.event_date not in frame.columns:
-        return {}
-    days = pd.to_datetime(frame[feed_file.event_date], errors="coerce").dropna().dt.strftime("%Y-%m-%d")
-    return {str(k): int(v) for k, v in days.value_counts().sort_index().items()}
-
-
 def validate(frame: pd.DataFrame, feed_file: FeedFile, schema: FeedSchema | None = None,
              period: str | None = None, today: pd.Timestamp | None = None,
              received: pd.DataFrame | None = None) -> ValidationSummary:
@@ -396,40 +312,8 @@ def validate(frame: pd.DataFrame, feed_file: FeedFile, schema: FeedSchema | None
     """
     checks = build_checks(feed_file, schema, period, today)
     batch = _batch_frame(frame, feed_file)
-    raw = run_suite(batch, checks, feed_file.name)
-    by_id = {c.id: c for c in checks}
-    by_key: dict[tuple[str, str], list[Check]] = {}
-    for c in checks:
-        by_key.setdefault(_result_key(c.type, c.kwargs), []).append(c)
-
-    expectations: list[dict[str, Any]] = []
-    for r in raw.get("results", []):
-        config = r.get("expectation_config", {})
-        type_, kwargs, meta = config.get("type"), config.get("kwargs", {}), config.get("meta") or {}
-        # Results come back in no fixed order: match on type and column, and on our id where two share them.
-        candidates = by_key.get(_result_key(type_, kwargs), [])
-        check = by_id.get(meta.get("check_id")) if meta.get("check_id") in by_id else None
-        check = check or (candidates[0] if len(candidates) == 1 else None)
-        if check is None:
-            continue
-        result = r.get("result") or {}
-        raised = _raised(r.get("exception_info"))
-        element_count = result.get("element_count")
-        unexpected = result.get("unexpected_count")
-        if check.type == "expect_column_values_to_not_be_null":
-            percent = (100.0 * unexpected / element_count) if element_count else 0.0
-        else:
-            percent = result.get("unexpected_percent")
-        entry = {
-            "id": check.id, "type": check.type,
-            "column": check.shown_column or check.kwargs.get("column", check.kwargs.get("column_list")),
-            "quality": check.quality, "describe": check.describe, "success": bool(r.get("success")),
-            "unexpected_count": None if unexpected is None else int(unexpected),
-            "unexpected_percent": None if percent is None else round(float(percent), 3),
-            "element_count": element_count, "observed_value": _plain(result.get("observed_value")),
-            "error": bool(raised),
-        }
-        expectations.append(entry)
+    raw = validation_gx.run_suite(batch, checks, feed_file.name)
+    expectations = validation_gx.expectation_entries(raw, checks)
     expectations.sort(key=lambda e: (QUALITIES.index(e["quality"]), e["id"]))
 
     populated = {}
@@ -456,18 +340,3 @@ def validate(frame: pd.DataFrame, feed_file: FeedFile, schema: FeedSchema | None
         "records_per_day": records_per_day(frame, feed_file), "expectations": expectations,
         "gx_result": raw,
     }
-
-
-def _raised(info: Any) -> bool:
-    # GX 1.x gives either one {"raised_exception": ...} dict or one such dict per metric.
-    if not isinstance(info, dict):
-        return False
-    if "raised_exception" in info:
-        return bool(info["raised_exception"])
-    return any(isinstance(v, dict) and v.get("raised_exception") for v in info.values())
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)

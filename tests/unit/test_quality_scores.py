@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from csp_observatory import fixtures, grading, parsing, postcodes_sources, report_html, reporting, trends, validation
+from csp_observatory import (fixtures, grading, parsing, postcodes_sources, report_html, reporting, trends, validation,
+                             validation_scores)
 from csp_observatory.pipeline_supply import SupplyFile
 from csp_observatory.reporting import SupplyOutcome
 from csp_observatory.schema import SCHEMA_DIR
@@ -77,8 +78,8 @@ def test_optional_fields_empty_by_design_do_not_lower_completeness(prc, clean):
     assert summary["qualities"]["completeness"]["score"] == 100.0
     rates = summary["fill_rates"]
     assert rates["longitude"] == {"rows": len(frame), "filled": 0, "percent": 0.0, "required": False,
-                                  "guidance": rates["longitude"]["guidance"], "weight": validation.OPTIONAL_WEIGHT}
-    assert rates["crime_reference"]["required"] and rates["crime_reference"]["weight"] == validation.REQUIRED_WEIGHT
+                                  "guidance": rates["longitude"]["guidance"], "weight": validation_scores.OPTIONAL_WEIGHT}
+    assert rates["crime_reference"]["required"] and rates["crime_reference"]["weight"] == validation_scores.REQUIRED_WEIGHT
     # the optional field's own check still reports how many are empty
     check = next(e for e in summary["expectations"] if e["describe"] == "location_address is populated")
     assert check["unexpected_count"] == len(frame) and check["success"]
