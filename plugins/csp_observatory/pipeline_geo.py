@@ -105,20 +105,27 @@ def _postcode_reference(conn: Any) -> pd.DataFrame:
     return reference
 
 
+def _located_supplies(work_dirs: list[str], settings: Settings | None, services: Services | None,
+                      with_places: bool = False) -> tuple[Settings, list[Manifest], pd.DataFrame, Any]:
+    """What the geocode and sanitise stages start from: the settings, the supplies still in flight, and the postcode
+    reference (and the gazetteer, ``with_places``) read once for all of them; with no supply, nothing is read."""
+    settings = settings or load_settings()
+    manifests = [m for m in _in_flight(work_dirs) if m.ok]
+    if not manifests:
+        return settings, [], pd.DataFrame(), None
+    from csp_observatory import gazetteer
+
+    with _services(settings, services).db() as conn:
+        return (settings, manifests, _postcode_reference(conn),
+                gazetteer.read_places(conn) if with_places else None)
+
+
 def geocode(work_dirs: list[str], settings: Settings | None = None,
             services: Services | None = None) -> list[str]:
     """Give every record an easting/northing and say how it got them."""
     from csp_observatory import geocoding
 
-    settings = settings or load_settings()
-    svc = _services(settings, services)
-    manifests = [m for m in _in_flight(work_dirs) if m.ok]
-    if not manifests:
-        return work_dirs
-    from csp_observatory import gazetteer
-
-    with svc.db() as conn:
-        reference, places = _postcode_reference(conn), gazetteer.read_places(conn)
+    settings, manifests, reference, places = _located_supplies(work_dirs, settings, services, with_places=True)
     for m in manifests:
         with _one_supply(m, "geocode", alone=len(work_dirs) <= 1):
             schema = supply_schema(m)
@@ -154,13 +161,7 @@ def sanitise(work_dirs: list[str], settings: Settings | None = None,
     """Depersonalise each record (Appendix 1) and measure what could still single anyone out."""
     from csp_observatory import disclosure, sanitising, sanitising_checks, sanitising_displacement
 
-    settings = settings or load_settings()
-    svc = _services(settings, services)
-    manifests = [m for m in _in_flight(work_dirs) if m.ok]
-    if not manifests:
-        return work_dirs
-    with svc.db() as conn:
-        reference = _postcode_reference(conn)
+    settings, manifests, reference, _ = _located_supplies(work_dirs, settings, services)
     maps: dict[tuple[int, str], Any] = {}
     for m in manifests:
         with _one_supply(m, "sanitise", alone=len(work_dirs) <= 1):

@@ -180,3 +180,19 @@ def test_house_names_in_bridge_towns_are_not_places_and_homes_never_are(referenc
         "postcode", "gazetteer"]
     assert geo.geocode(frame, Home(), reference, places).frame["geocode_method"].tolist() == [
         "postcode", "failed"]
+
+
+def test_gazetteer_hints_in_re2_find_the_rows_python_finds():
+    """The RE2 pass over plain ASCII values agrees with Python's ``re`` (word edges, any space, case, lines)."""
+    from csp_observatory import textkernels
+
+    texts = pd.Series(["Car park", "car  park rear", "CAR\tPARK", "car\x0bpark", "car\x1cpark", "multi-storey",
+                       "multi \t storey car", "lay-by", "LAY BY", "Park Road", "Parks Lane", "the park, Halifax",
+                       "ParkRoad", "park_", "_park", "park1", "carpark", "Sowerby Bridge", "5 Bridge St", None, "",
+                       "Station", "stations", "junction of A and B", "corner of High St", "caf\u00e9 park",
+                       "park\u00e9", "park\nroad", "\u212aing's park", "waste ground", "wasteground", "rec ground"],
+                      dtype="string")
+    for pattern in (gz.STRONG_HINT, gz.NON_ADDRESSABLE_HINT):
+        expected = textkernels.contains_distinct(texts, pattern)
+        assert expected.any() and not expected.all()
+        np.testing.assert_array_equal(geo._hint_rows(texts, pattern), expected)
