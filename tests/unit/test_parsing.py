@@ -225,7 +225,7 @@ def test_a_multi_line_value_before_an_unclosed_quote_does_not_confuse_the_line(t
 def test_an_unclosed_quote_is_placed_on_its_own_line_when_every_text_field_is_quoted(tmp_path):
     """A file that quotes every text field: the stray quote on line 3 pairs with the first quote of line 4, and the
     csv module fails there; the reason must still name line 3, not a later field of line 4."""
-    from csp_observatory import parsing
+    from csp_observatory import parsing_csv
 
     good = ['1,"a","b","c"\n'] * 5
     lines = ["id,x,y,z\n", *good]
@@ -233,6 +233,6 @@ def test_an_unclosed_quote_is_placed_on_its_own_line_when_every_text_field_is_qu
     path = tmp_path / "f.csv"
     path.write_text("".join(lines))
     text = path.read_text()
-    problem = parsing._csv_problem(text, "',' expected after '\"'", 1, 4)
+    problem = parsing_csv._csv_problem(text, "',' expected after '\"'", 1, 4)
     assert problem.startswith("line 3: a quoted field is never closed"), problem
     assert "Secret" not in problem

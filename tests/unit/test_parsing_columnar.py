@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from csp_observatory.parsing import MalformedFile, _quotes_are_plain, parse_csv, read_columns
+from csp_observatory.parsing import MalformedFile, parse_csv
+from csp_observatory.parsing_csv import _quotes_are_plain, read_columns
 from csp_observatory.schema import SCHEMA_DIR
 from csp_observatory.schema_loading import load_schema
 
