@@ -174,6 +174,18 @@ def _arrow_text(values: pd.Series) -> pa.Array:
     return arr.cast(pa.large_string())
 
 
+def _digits_as_zero(values: pa.Array) -> pa.Array:
+    """``pac.replace_substring_regex(values, "[0-9]", "0")`` on the bytes: an ASCII digit's byte never occurs
+    inside a UTF-8 sequence of another character, so the offsets and missing values stay as they are."""
+    validity, offsets, data = values.buffers()
+    if data is None:
+        return values
+    raw = np.frombuffer(data, dtype=np.uint8).copy()
+    raw[(raw > 0x30) & (raw <= 0x39)] = 0x30
+    return pa.Array.from_buffers(values.type, len(values), [validity, offsets, pa.py_buffer(raw)],
+                                 null_count=values.null_count, offset=values.offset)
+
+
 def _one(text: str | None, mode: int, postcode: str | None) -> str | None:
     return sanitise_address(text, True if mode == _KEEP else (postcode if mode == _REPLACE else None))
 
@@ -214,12 +226,16 @@ def sanitise_addresses(texts: pd.Series, postcodes: pd.Series | None = None) -> 
     if canon.any():
         source = pac.if_else(pa.array(canon), pac.replace_substring_regex(values, _POSTCODE_RE2, _CANON_POSTCODE),
                              values)
-    skeleton = pac.dictionary_encode(pac.replace_substring_regex(source, "[0-9]", "0"))
+    skeleton = pac.dictionary_encode(_digits_as_zero(source))
     skel_idx = skeleton.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     skel_text = skeleton.dictionary.to_pylist()
     pair = skel_idx * 4 + modes
     common = present & (modes != _ODD)
-    pairs, inverse = np.unique(pair[common], return_inverse=True)
+    # np.unique(pair[common], return_inverse=True) without sorting a million codes: they are below 4 x skeletons
+    seen = np.zeros(4 * max(len(skel_text), 1), dtype=bool)
+    seen[pair[common]] = True
+    pairs = np.flatnonzero(seen)
+    inverse = (np.cumsum(seen) - 1)[pair[common]]
     templates: list[str | None] = []
     exact = np.zeros(len(pairs), dtype=bool)
     for k, code in enumerate(pairs.tolist()):
