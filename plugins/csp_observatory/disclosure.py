@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+import numpy as np
 import pandas as pd
 
 from csp_observatory.schema import FeedFile
@@ -86,18 +87,23 @@ def k_anonymity(frame: pd.DataFrame, quasi_identifiers: list[str], k_threshold: 
     qis = list(quasi_identifiers)
     if len(frame) == 0:
         return DisclosureReport(tuple(qis), k_threshold, 0, 0, None, 0, 0, sensitive)
-    q = _qi_frame(frame, qis)
-    # missing values form their own group: a record without a point still belongs to "no point"
-    size = q.groupby(qis, dropna=False, sort=False, observed=True)[qis[0]].transform("size") if qis \
-        else pd.Series(len(frame), index=frame.index)
-    counts = q.value_counts(dropna=False, sort=False) if qis else pd.Series([len(frame)])
+    # missing values form their own group: a record without a point still belongs to "no point". One grouping
+    # gives each record its group and each group its size (records per group, then per record by indexing).
+    if qis:
+        group = _qi_frame(frame, qis).groupby(qis, dropna=False, sort=False, observed=True).ngroup().to_numpy()
+    else:
+        group = np.zeros(len(frame), dtype=np.int64)
+    counts = np.bincount(group)
     small = counts[counts < k_threshold]
     report = dict(quasi_identifiers=tuple(qis), k_threshold=k_threshold, records=len(frame),
                   groups=int(len(counts)), k=int(counts.min()), small_cells=int(len(small)),
                   records_in_small_cells=int(small.sum()), sensitive=sensitive,
-                  group_size=size.astype("int64"))
+                  group_size=pd.Series(counts[group], index=frame.index, dtype="int64",
+                                       name=qis[0] if qis else None))
     if sensitive is not None and all(c in frame for c in point):
-        located = frame[frame[point[0]].notna() & frame[point[1]].notna()]
+        # only the columns the l-diversity needs, not a copy of the whole frame
+        located = frame.loc[frame[point[0]].notna().to_numpy(bool) & frame[point[1]].notna().to_numpy(bool),
+                            [*point, sensitive]]
         if len(located):
             ls = located.groupby(list(point), sort=False)[sensitive].nunique(dropna=False)
             report.update(points=int(len(ls)), min_l=int(ls.min()), points_with_l1=int((ls == 1).sum()))
