@@ -33,15 +33,15 @@ def check_sanitised(frame: pd.DataFrame, postcode_map: PostcodeMap, feed_file: F
     """
     problems: list[str] = []
     rules = frame["sanitise_rule"].astype(str)
-    targets = postcode_map.targets()
     checked = ~rules.isin(["non_addressable", "not_geocoded"]).to_numpy()
     pc = frame["sanitised_postcode"].astype("string")
-    pos = targets.index.get_indexer(pc.astype(object).where(pc.notna(), None))
+    # the map's own row of each eligible target postcode (an Arrow lookup, no Python string per record)
+    pos = postcode_map.target_rows(pc)
     e = frame["sanitised_easting"].astype(float).to_numpy()
     n = frame["sanitised_northing"].astype(float).to_numpy()
     ok_pc = pos >= 0
-    te = np.where(ok_pc, targets["easting"].to_numpy(float)[np.maximum(pos, 0)], np.nan)
-    tn = np.where(ok_pc, targets["northing"].to_numpy(float)[np.maximum(pos, 0)], np.nan)
+    te = np.where(ok_pc, postcode_map._array("easting")[np.maximum(pos, 0)], np.nan)
+    tn = np.where(ok_pc, postcode_map._array("northing")[np.maximum(pos, 0)], np.nan)
     bad = checked & ~(ok_pc & (te == e) & (tn == n))
     if bad.any():
         problems.append(f"{int(bad.sum())} record(s) have a sanitised point that is not the centroid of a postcode "
@@ -72,7 +72,7 @@ def check_sanitised(frame: pd.DataFrame, postcode_map: PostcodeMap, feed_file: F
     for name, other in feed_file.other_locations:
         own = frame[other.postcode].astype("string") if other.postcode and other.postcode in frame else \
             pd.Series(pd.NA, index=frame.index, dtype="string")
-        unsafe = own.notna().to_numpy() & (targets.index.get_indexer(own.astype(object).where(own.notna(), None)) < 0)
+        unsafe = own.notna().to_numpy() & (postcode_map.target_rows(own) < 0)
         if unsafe.any():
             problems.append(f"{int(unsafe.sum())} value(s) in {other.postcode} ({name}) are not a postcode with at "
                             f"least {postcode_map.threshold} households (first rows: "

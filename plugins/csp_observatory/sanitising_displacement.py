@@ -35,7 +35,6 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pac
-from scipy.spatial import cKDTree
 
 from csp_observatory.postcodes import PostcodeLookup
 
@@ -120,11 +119,20 @@ class PostcodeMap:
         t = self.table
         return t.loc[t["rule"] == "own_postcode", ["easting", "northing"]]
 
+    def target_rows(self, postcodes: pd.Series) -> np.ndarray:
+        """Row in the map of each postcode that is an eligible target (``targets()``), -1 for any other."""
+        pos = self.positions(postcodes)
+        at = np.maximum(pos, 0)
+        own = self._array("rule_code")[at] == RULES.index("own_postcode") if len(self.table) else pos >= 0
+        return np.where((pos >= 0) & own, pos, -1)
+
     def nearest_live(self, easting: np.ndarray, northing: np.ndarray) -> np.ndarray:
         """The nearest live postcode to each point (for records with a point but no known postcode)."""
         live = self.table.index[~self.table["terminated"].to_numpy(bool)]
         tree = self._live_tree
         if tree is None:
+            from scipy.spatial import cKDTree       # here, not at import: a cached map never needs a tree
+
             t = self.table.loc[live]
             tree = cKDTree(np.column_stack([t["easting"].to_numpy(float), t["northing"].to_numpy(float)]))
             object.__setattr__(self, "_live_tree", tree)
@@ -138,6 +146,8 @@ def _nearest(target_xyz: np.ndarray, target_rank: np.ndarray, origin_xyz: np.nda
     n = len(origin_xyz)
     if n == 0 or len(target_xyz) == 0:
         return np.full(n, -1, dtype=np.int64), np.full(n, np.inf)
+    from scipy.spatial import cKDTree
+
     tree = cKDTree(target_xyz, balanced_tree=False, compact_nodes=False)
     best = np.full(n, -1, dtype=np.int64)
     best_d = np.full(n, np.inf)

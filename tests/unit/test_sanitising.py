@@ -541,3 +541,17 @@ def test_a_date_of_birth_the_lint_cannot_pair_with_an_age_is_refused():
         parse_schema(doc(dob("dob"), {**age("age"), "age_field": "age"}))
     # a personalised feed keeps its dates of birth whole: nothing to pair
     parse_schema(doc(dob("offender_dob"), dob("victim_dob"), dataset_type="personalised"))
+
+
+def test_target_rows_are_the_eligible_targets_and_nothing_else(reference, pmap):
+    """``PostcodeMap.target_rows`` (the check's lookup) finds exactly the postcodes ``targets()`` lists."""
+    targets = pmap.targets()
+    too_few = pmap.table.index[pmap.table["rule"] != "own_postcode"]
+    asked = pd.Series([targets.index[0], too_few[0], None, "ZZ9 9ZZ", "not a postcode", targets.index[-1]],
+                      dtype="string")
+    rows = pmap.target_rows(asked)
+    assert [r >= 0 for r in rows] == [True, False, False, False, False, True]
+    assert list(pmap.table.index[rows[rows >= 0]]) == [targets.index[0], targets.index[-1]]
+    everything = pd.Series(pmap.table.index, dtype="string")
+    np.testing.assert_array_equal(pmap.target_rows(everything) >= 0,
+                                  targets.index.get_indexer(pmap.table.index) >= 0)
