@@ -143,7 +143,7 @@ def apply_row_rules(frame: pd.DataFrame, feed_file: FeedFile, today: pd.Timestam
     problems = row_problems(frame, feed_file, today)
     if problems.empty:
         rejected = empty_rejected()
-        kept = frame.copy()
+        kept = frame.copy(deep=False)   # copy-on-write: blanking a value below copies that column only
     else:
         rejected = rejected_frame(feed_file.name, problems["source_row"].tolist(), problems["reason"].tolist(),
                                   "validate")
@@ -283,7 +283,7 @@ def _half_pair_column(given: str, missing: str) -> str:
 
 def _batch_frame(frame: pd.DataFrame, feed_file: FeedFile) -> pd.DataFrame:
     """What GX sees: codes read as their schema spelling, plus a derived flag column for coordinate precision."""
-    out = frame.copy()
+    out = frame.copy(deep=False)    # copy-on-write: the columns replaced below are new, the rest shared
     for d in feed_file.datafields:
         if d.name not in out.columns:
             # typed as parsing types it, so that a check on a missing number column sees numbers, not strings
