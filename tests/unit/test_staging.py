@@ -169,3 +169,14 @@ def test_stage_queues_come_from_the_environment(monkeypatch):
     with pytest.raises(ValueError, match="task=queue"):
         config.stage_queues("collect")
     assert os.environ["CSP_STAGE_QUEUES"] == ""
+
+
+def test_frames_keep_their_dtypes_and_a_parquet_frame_left_by_an_older_run_is_still_read(tmp_path):
+    frame = pd.DataFrame({"s": pd.array(["a", None, "c"], dtype="string"), "i": pd.array([1, None, 3], dtype="Int64"),
+                          "f": pd.array([1.5, None, 2.0], dtype="Float64"), "d": pd.to_datetime(["2026-01-02"] * 3),
+                          "b": [True, False, True]}, index=[7, 8, 9])
+    staging.write_frame(tmp_path / "now.parquet", frame)
+    assert (tmp_path / "now.parquet").read_bytes()[:6] == b"ARROW1"          # Arrow IPC, whatever the name
+    pd.testing.assert_frame_equal(staging.read_frame(tmp_path / "now.parquet"), frame.reset_index(drop=True))
+    frame.to_parquet(tmp_path / "before.parquet", index=False)
+    pd.testing.assert_frame_equal(staging.read_frame(tmp_path / "before.parquet"), frame.reset_index(drop=True))
