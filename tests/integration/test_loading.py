@@ -532,3 +532,32 @@ def test_a_resend_never_waits_for_ever_on_a_reader_left_in_a_transaction(conn, f
         reader.rollback()
     assert sorted(_load(conn, feed, _frames(feed, 8)).rows.values()) == [8, 8, 8]
     assert _count(conn, feed) == {f.table: 8 for f in feed.files}
+
+
+def test_binary_copy_reads_back_every_type_null_and_odd_text_exactly(conn, feed):
+    """The binary COPY gives what the CSV COPY gave: text byte for byte (quotes, separators, line breaks,
+    backslashes, COPY's own markers), "" as NULL, dates, booleans, whole metres, reals as float4in read their text."""
+    odd = ['a,"b"', "line\nbreak\r\n", "back\\slash", "\\.", "\\N", "NULL", "tab\there", "é ü 中 🙂", "  spaced  ", ""]
+    frames = _frames(feed, len(odd))
+    offences = frames["offences"]
+    offences["method_of_entry"] = odd
+    offences["displacement_m"] = [0.1, 1 + 2**-24, 12.75, None, 1e-3, 373650.47223307507, 0.0, -2.5, 1e30, 7.0]
+    offences["flag_drugs"] = pd.array([True, False, None] * 3 + [True], dtype="boolean")
+    _load(conn, feed, frames)
+    table = psycopg2.sql.Identifier(feed.db_schema, next(f.table for f in feed.files if f.name == "offences"))
+    with conn.cursor() as cur:
+        cur.execute(psycopg2.sql.SQL(
+            "SELECT method_of_entry, displacement_m::text, flag_drugs, committed_from_date::text, sanitised_easting, "
+            "ST_AsEWKT(geom), loaded_at = (SELECT loaded_at FROM observatory.supplies WHERE supply_id = %s) "
+            "FROM {} ORDER BY source_row").format(table), (f"{feed.feed}/{PERIOD}",))
+        got = cur.fetchall()
+        cur.execute("SELECT %s::real::text, %s::real::text", ("1.0000000596046448", "373650.47223307507"))
+        real_texts = cur.fetchone()
+    conn.rollback()
+    assert [r[0] for r in got] == odd[:-1] + [None]
+    assert [r[1] for r in got] == ["0.1", real_texts[0], "12.75", None, "0.001", real_texts[1], "0", "-2.5", "1e+30",
+                                   "7"]
+    assert [r[2] for r in got] == [True, False, None] * 3 + [True]
+    assert [r[3] for r in got][:3] == ["2026-09-01", "2026-09-02", "2026-09-03"]
+    assert got[0][4] == 409000 and got[0][5] == "SRID=27700;POINT(409000 425000)" and got[-1][5] is None
+    assert all(r[6] for r in got)           # every row carries the transaction's start, as the supply's record does

@@ -1,11 +1,13 @@
-"""What the loader sends to COPY: values typed per column, hex EWKB points, rows in key order (no database)."""
+"""What the loader sends to COPY: values typed per column, EWKB points, rows in key order, each value in
+PostgreSQL's binary COPY format (no database; tests/integration/test_loading.py reads them back)."""
 from __future__ import annotations
 
-import io
+import datetime as dt
+import struct
 
 import numpy as np
 import pandas as pd
-import pyarrow.csv as pa_csv
+import pyarrow as pa
 import pytest
 import shapely
 
@@ -21,12 +23,15 @@ def prc():
     return load_schema(SCHEMA_DIR / "police_recorded_crime.yaml")
 
 
+LOADED_AT = dt.datetime(2026, 11, 29, 23, 0, 0, 250000, tzinfo=dt.timezone.utc)
+
+
 def test_points_are_the_ewkb_postgis_reads_and_missing_ones_are_null():
     x = np.array([409123.0, 0.5, np.nan, 400000.0])
     y = np.array([425001.0, 1.25, 425000.0, np.nan])
     got = loading._ewkb_points(x, y).to_pylist()
-    want = [shapely.to_wkb(shapely.set_srid(shapely.Point(a, b), ddl.SRID), hex=True, include_srid=True,
-                           byte_order=1) for a, b in zip(x[:2], y[:2])]
+    want = [shapely.to_wkb(shapely.set_srid(shapely.Point(a, b), ddl.SRID), include_srid=True, byte_order=1)
+            for a, b in zip(x[:2], y[:2])]
     assert got[:2] == want and got[2:] == [None, None]
 
 
@@ -39,19 +44,78 @@ def test_the_copy_table_has_the_tables_columns_typed_lineage_and_the_point(prc):
     frame["flag_drugs"] = pd.array([True, None, False], dtype="boolean")
     frame["sanitised_easting"] = [409000.4, None, 409100.0]
     frame["sanitised_northing"] = [425000.0, 425000.0, 425100.0]
-    table = loading.copy_table(prc, feed_file, frame, columns, "prc/202609", "202609", "ab" * 32,
-                               "2026-11-29 23:00:00+00")
+    table = loading.copy_table(prc, feed_file, frame, columns, "prc/202609", "202609", "ab" * 32, LOADED_AT)
     assert set(table.column_names) == {*(c.name for c in columns), *ddl.LOADER_COLUMNS}
     rows = {r["crime_reference"]: r for r in table.to_pylist()}
-    assert rows["B1"]["sanitised_easting"] == 409000 and rows["B1"]["geom"].startswith("0101000020346C0000")
+    assert rows["B1"]["sanitised_easting"] == 409000 and rows["B1"]["geom"].startswith(bytes.fromhex("0101000020346C0000"))
     assert rows["A2"]["geom"] is None and rows["A2"]["flag_drugs"] is None
     assert None in rows and rows[None]["committed_from_date"] is None       # "" is loaded as NULL
     assert {r["supply_id"] for r in rows.values()} == {"prc/202609"}
-    # In key order, so each insert into the supply key's b-tree appends at its right edge.
-    assert table.column("crime_reference").to_pylist()[:2] == ["A2", "B1"]
-    text = io.BytesIO()
-    pa_csv.write_csv(table, text, pa_csv.WriteOptions(include_header=False))
-    assert b"2026-09-02" in text.getvalue() and b"true" in text.getvalue()
+    assert {r["loaded_at"] for r in rows.values()} == {LOADED_AT}
+    assert str(rows["B1"]["committed_from_date"]) == "2026-09-02" and rows["B1"]["flag_drugs"] is True
+    # The key order (fids and COPY follow it): "" (NULL) sorts last, as nulls do in PostgreSQL's ascending order.
+    assert loading.key_order(table, feed_file).tolist() == [1, 0, 2]
+    assert loading.key_order(table.take([1, 0, 2]), feed_file) is None       # already in order: nothing moves
+
+
+def _fields(row: bytes) -> list[bytes | None]:
+    """The fields of one binary COPY tuple (count, then length and bytes of each; -1 for NULL)."""
+    (count,), at, out = struct.unpack_from(">h", row), 2, []
+    for _ in range(count):
+        (size,) = struct.unpack_from(">i", row, at)
+        at += 4
+        out.append(None if size < 0 else row[at:at + size])
+        at += max(size, 0)
+    assert at == len(row)
+    return out
+
+
+def test_every_type_is_in_postgresqls_binary_wire_format_and_nulls_are_null():
+    table = pa.table({
+        "i": pa.array([7, None, -2**31], pa.int64()), "b": pa.array([2**40, 0, -1], pa.int64()),
+        "f": pa.array([0.1, None, -2.5]), "r": pa.array([0.1, 1.5, None]),
+        "d": pa.array([dt.date(2000, 1, 2), None, dt.date(1969, 12, 31)], pa.date32()),
+        "t": pa.array(["a,\"b\"\n\\.\t\u00e9", "", None]), "o": pa.array([True, None, False]),
+        "g": pa.array([b"\x01\x00", None, b""], pa.binary()),
+        "ts": pa.DictionaryArray.from_arrays(pa.array([0, 0, 0], pa.int32()),
+                                             pa.array([LOADED_AT], pa.timestamp("us", "UTC"))),
+        "lin": pa.DictionaryArray.from_arrays(pa.array([0, 0, 0], pa.int32()), pa.array(["prc/1"])),
+    })
+    types = {"i": "integer", "b": "bigint", "f": "double precision", "r": "real", "d": "date", "t": "text",
+             "o": "boolean", "g": "geometry(Point,27700)", "ts": "timestamptz", "lin": "text"}
+    rows = [_fields(r) for r in loading.binary_copy_rows(table, types).to_pylist()]
+    us = 946_684_800_000_000          # 2000-01-01 in microseconds after 1970
+    stamp = struct.pack(">q", int(LOADED_AT.timestamp() * 1_000_000) - us)
+    assert rows[0] == [struct.pack(">i", 7), struct.pack(">q", 2**40), struct.pack(">d", 0.1),
+                       struct.pack(">f", 0.1), struct.pack(">i", 1), "a,\"b\"\n\\.\t\u00e9".encode(), b"\x01",
+                       b"\x01\x00", stamp, b"prc/1"]
+    assert rows[1] == [None, struct.pack(">q", 0), None, struct.pack(">f", 1.5), None, b"", None, None, stamp,
+                       b"prc/1"]
+    assert rows[2][0] == struct.pack(">i", -2**31) and rows[2][4] == struct.pack(">i", -10958)
+    assert rows[2][3] is None and rows[2][5] is None and rows[2][6] == b"\x00" and rows[2][7] == b""
+
+
+def test_an_integer_or_real_out_of_range_is_refused_as_a_csv_copy_refused_it():
+    with pytest.raises(ValueError, match="integer"):
+        loading.binary_copy_rows(pa.table({"i": pa.array([2**31], pa.int64())}), {"i": "integer"})
+    with pytest.raises(ValueError, match="real"):
+        loading.binary_copy_rows(pa.table({"r": pa.array([1e39])}), {"r": "real"})
+
+
+def test_a_real_halfway_between_two_floats_rounds_as_its_decimal_text_did():
+    # 1 + 2**-24 lies halfway between the float32s 1 and 1 + 2**-23: a cast rounds it to even (1), but its shortest
+    # text, 1.0000000596046448, is above the halfway point, and float4in rounds that up; 1 + 3 * 2**-24's text is
+    # below its halfway point, so down, where the cast goes up to even (checked against PostgreSQL 15's float4in).
+    got = loading._real(np.array([1 + 2**-24, 1 + 3 * 2**-24, 0.1, -(1 + 2**-24)]))
+    assert repr(1 + 2**-24) == "1.0000000596046448" and repr(1 + 3 * 2**-24) == "1.0000001788139343"
+    assert np.array([1 + 2**-24, 1 + 3 * 2**-24]).astype(np.float32).tolist() == [1.0, 1 + 2**-22]
+    assert got.tolist() == [1 + 2**-23, 1 + 2**-23, float(np.float32(0.1)), -(1 + 2**-23)]
+
+
+def test_rows_taken_from_chunks_come_in_the_order_asked():
+    chunks = [pa.array([b"a", b"b", b"c"]), pa.array([b"d", b"e", b"f"]), pa.array([b"g"])]
+    positions = np.array([6, 0, 4, 2, 5])
+    assert loading._take_from_chunks(chunks, 3, positions).to_pylist() == [b"g", b"a", b"e", b"c", b"f"]
 
 
 def test_a_value_that_is_not_whole_is_refused_not_truncated(prc):
