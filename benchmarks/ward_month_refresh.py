@@ -5,8 +5,8 @@ with N synthetic records on the reference's live postcodes with enough household
 postcode, which takes the nearest postcode's ward, and 1% with no point), spread over 12 monthly supplies and the
 Home Office offence codes, then times:
 
-- **refresh**: ``ward_month.refresh_ward_month`` (lock, delete, recount, insert), what every load of the feed adds to its
-  transaction; median of ``--repeat`` runs, each committed;
+- **refresh**: ``ward_month.refresh_ward_month`` (lock, delete, recount, insert), what every load of the feed adds
+  to its transaction; median of ``--repeat`` runs, each committed;
 - **plain view**: the same counting query alone, which a plain view would run each time an analyst opens it (or
   QGIS asks for its features, its extent or its row count);
 - **read**: reading the counts table whole, what an analyst waits for instead.

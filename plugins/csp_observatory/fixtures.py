@@ -1,10 +1,10 @@
 """A realistic made-up supply for any feed schema, from its datafields alone: for tests and for trying a feed.
 
 ``make_supply(schema, period, reference)`` writes every file of one supply of a feed as CSV text. Values come
-(``fixture_values.py``) from each datafield's type, role, code list and pattern; locations are real postcodes and centroids of the
-reference (``postcodes_sources.shipped_reference()``: Calderdale) with invented house numbers on real street names. A few
-rows are made bad on purpose among the good ones and listed in ``FixtureSupply.bad_rows`` with what should
-happen to them:
+(``fixture_values.py``) from each datafield's type, role, code list and pattern; locations are real postcodes and
+centroids of the reference (``postcodes_sources.shipped_reference()``: Calderdale) with invented house numbers on
+real street names. A few rows are made bad on purpose among the good ones and listed in ``FixtureSupply.bad_rows``
+with what should happen to them:
 
 =================  ===========================================================  ============================
 bad row            how                                                          expected

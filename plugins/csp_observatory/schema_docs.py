@@ -46,7 +46,8 @@ def doc_md(schema: FeedSchema) -> str:
     ]
     for f in schema.files:
         lines += ["", f"## {f.title} (`{f.pattern}` -> `{schema.db_schema}.{f.table}`)", "",
-                  f.description, "", f"Key: {'a hash of each row (no reference number)' if f.content_key else ', '.join(f.key)}",
+                  f.description, "",
+                  f"Key: {'a hash of each row (no reference number)' if f.content_key else ', '.join(f.key)}",
                   "", "| datafield | meaning | type | required | role | in the guidance | on sanitising |",
                   "|---|---|---|---|---|---|---|"]
         for d in f.datafields:

@@ -141,7 +141,8 @@ def test_counts_by_ward_and_month_only_for_depersonalised_files_with_a_location(
     from csp_observatory.schema_loading import load_schemas
 
     assert all(ward_month.has_ward_month(prc, f) for f in prc.files)
-    assert not any(ward_month.has_ward_month(dataclasses.replace(prc, dataset_type="personalised"), f) for f in prc.files)
+    personal = dataclasses.replace(prc, dataset_type="personalised")
+    assert not any(ward_month.has_ward_month(personal, f) for f in prc.files)
     schemas = {s.feed: s for s in load_schemas()}
     detections = schemas["detection_status"]
     assert not ward_month.has_ward_month(detections, detections.files[0])       # no location: no ward to count by
