@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Iterable
 
 from csp_observatory.grading import GRADES, quality_grade, worst
+from csp_observatory.report_privacy import int_or_none
 from csp_observatory.schema import FeedSchema
 
 QUALITIES: Final = ("completeness", "accuracy", "precision", "currency")
@@ -43,13 +44,6 @@ def _number(v: Any) -> float | None:
         return None
 
 
-def _int(v: Any) -> int | None:
-    try:
-        return None if v is None else int(v)
-    except (TypeError, ValueError):
-        return None
-
-
 def fields_named(reason: str, field_names: Iterable[str]) -> list[str]:
     """The datafield names a reason mentions (whole words), in order of the names given."""
     return [n for n in field_names if re.search(rf"(?<![A-Za-z0-9_]){re.escape(n)}(?![A-Za-z0-9_])", reason)]
@@ -59,7 +53,7 @@ def check_caveat(file_name: str, e: dict[str, Any]) -> str:
     """One failed check in words: file, check, field and how many values failed (never which)."""
     what = e.get("describe") or e.get("expectation") or "a check"
     on = f" on {e['column']}" if e.get("column") else ""
-    n, pct = _int(e.get("unexpected_count")), _number(e.get("unexpected_percent"))
+    n, pct = int_or_none(e.get("unexpected_count")), _number(e.get("unexpected_percent"))
     count = "" if n is None else f": {n:,} value{'s' if n != 1 else ''}" + ("" if pct is None else f" ({pct:g}%)")
     return f"{file_name}: {what}{on} failed{count}"
 
@@ -94,7 +88,7 @@ def build_stamp(report: dict[str, Any], schema: FeedSchema, partner: str, collec
                     "expectation": str(e.get("expectation") or "expectation"), "column_name": e.get("column"),
                     "description": e.get("describe"),
                     "success": None if e.get("success") is None else bool(e["success"]),
-                    "unexpected_count": _int(e.get("unexpected_count")),
+                    "unexpected_count": int_or_none(e.get("unexpected_count")),
                     "unexpected_percent": _number(e.get("unexpected_percent"))})
     grades: dict[str, str] = {}
     # The report's own figures for the supply where it gives them (reporting: fitness.supply_qualities), else the
@@ -118,7 +112,7 @@ def build_stamp(report: dict[str, Any], schema: FeedSchema, partner: str, collec
         for r in rows:
             reason = str(r.get("reason") or "")
             stamp.set_aside.append({"supply_id": sid, "file_name": str(r.get("file") or ""),
-                                    "source_row": _int(r.get("row")), "stage": str(r.get("stage") or ""),
+                                    "source_row": int_or_none(r.get("row")), "stage": str(r.get("stage") or ""),
                                     "reason": reason, "fields": fields_named(reason, field_names), "loaded": loaded})
     arrival = report.get("arrival") if isinstance(report.get("arrival"), dict) else {}
     stamp.supply = {
@@ -126,13 +120,13 @@ def build_stamp(report: dict[str, Any], schema: FeedSchema, partner: str, collec
         "status": supply["status"], "level": outcome.get("level") or "red", "level_text": outcome.get("text"),
         "reasons": [str(r) for r in outcome.get("reasons") or []],
         **{q: grades.get(q, "n/a") for q in QUALITIES},
-        "rows_in_files": _int(summary.get("rows_in_files")), "rows_loaded": int(summary.get("rows_loaded") or 0),
+        "rows_in_files": int_or_none(summary.get("rows_in_files")), "rows_loaded": int(summary.get("rows_loaded") or 0),
         "rows_set_aside": int(summary.get("rows_need_attention") or 0),
         "rows_loaded_with_problems": int(summary.get("rows_loaded_with_problems") or 0),
         "rows_withheld": int(summary.get("rows_withheld") or 0),
         "files_refused": int(summary.get("files_refused") or 0),
         "arrived_at": arrival.get("arrived_at") or None, "due_at": arrival.get("due") or None,
-        "days_late": _int(arrival.get("days_late")),
+        "days_late": int_or_none(arrival.get("days_late")),
         "collected_at": collected_at or (report.get("metadata") or {}).get("date_supplied") or None,
         "reported_at": (report.get("report") or {}).get("generated_at")}
     return stamp
