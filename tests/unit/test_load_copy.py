@@ -8,6 +8,7 @@ import struct
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import shapely
 
@@ -142,3 +143,16 @@ def test_lazy_frames_are_read_when_asked_and_not_kept():
     assert reads == ["victims", "offences", "offences"]
     with pytest.raises(KeyError):
         frames["nope"]
+
+
+def test_the_string_key_order_is_arrows_sort_of_the_strings():
+    rng = np.random.default_rng(5)
+    digests = [f"{v:032x}" for v in rng.integers(0, 2**63, 300)]
+    keys = [f"{digests[i % 200]}-{1 + i // 200 * 9}" for i in range(400)]           # repeats: -1, -10, -19
+    keys += ["", "a", "ab", "ab\x01", "abcdefgh", "abcdefgh\x00", "abcdefghijklmnop", "abcdefghijklmnopq",
+             "é", "e\u0301", "zz", "Z", "0" * 40, "0" * 16 + "1", "0" * 16]
+    text = pa.array([keys[i] for i in rng.permutation(len(keys))])
+    want = pc.sort_indices(text).to_numpy()
+    assert loading._string_order(text).tolist() == want.tolist()
+    assert loading._string_order(text.slice(7, 50)).tolist() == pc.sort_indices(text.slice(7, 50)).tolist()
+    assert loading._string_order(pa.array([], pa.string())).tolist() == []
