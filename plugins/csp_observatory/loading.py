@@ -395,7 +395,7 @@ def _stage_table(cur: Any, schema: FeedSchema, file_name: str, frame: pd.DataFra
     rows = copy_table(schema, feed_file, frame, [by_name[n] for n in names], supply_id, period, sha256,
                       cur.fetchone()[0])
     order = key_order(rows, feed_file)
-    staged = partitions.stage(cur, schema.db_schema, feed_file.table, rows.num_rows)
+    staged = partitions.stage(cur, schema.db_schema, feed_file.table, rows.num_rows, supply_id)
     # fids in the order of the record's key, as an identity column filling in COPY order gave them.
     fids = np.arange(staged.first, staged.end, dtype=np.int64)
     if order is not None:

@@ -12,10 +12,11 @@ planner skip the other partitions for ``WHERE supply_id = ...``).
 
 The load of a supply (``loading.load_supply``), in its one transaction:
 
-1. :func:`stage`: a standalone table ``LIKE`` the parent, with no index; the rows are COPYed into it;
+1. :func:`stage`: a standalone table ``LIKE`` the parent, with no index, and the CHECKs matching the partition
+   bound and the supply (so that ATTACH skips its validation scan; added before the rows, which COPY checks as they
+   go in, rather than after, which scans them); the rows are COPYed into it;
 2. :func:`index`: its record key (``<part>_supply_key``, unique: a repeated record stops the supply), its primary
-   key and GiST index (which ATTACH adopts as the parent's, building nothing), and the CHECKs matching the
-   partition bound and the supply, so that ATTACH skips its validation scan;
+   key and GiST index (which ATTACH adopts as the parent's, building nothing);
 3. :func:`swap`: the previous partition of the same supply detached and dropped (a re-send replaces it, never
    duplicates; rows of the supply in a migrated table are deleted), and the new one attached.
 
@@ -104,9 +105,23 @@ def stage_statements(db_schema: str, table: str, part: str) -> list[Statement]:
     return [(f"CREATE TABLE {qualified(db_schema, part)} (LIKE {qualified(db_schema, table)})", ())]
 
 
+def check_statements(db_schema: str, staged: Staged, supply_id: str) -> list[Statement]:
+    """The CHECKs matching a partition's bound and its supply, which let ATTACH skip its validation scan. Added to
+    the empty table before its COPY: each row is checked as it goes in, and no scan of the loaded table is needed
+    (measured: adding them after the COPY scanned the 1M offences for 1.0 s, load average 6)."""
+    part = qualified(db_schema, staged.name)
+    fid = quote_ident(FID)
+    return [
+        (f"ALTER TABLE {part} ADD CONSTRAINT {quote_ident(staged.name + '_fid_range')} CHECK "
+         f"({fid} >= %s AND {fid} < %s)", (staged.first, staged.end)),
+        (f"ALTER TABLE {part} ADD CONSTRAINT {quote_ident(staged.name + '_supply')} CHECK (supply_id = %s)",
+         (supply_id,)),
+    ]
+
+
 def index_statements(db_schema: str, table: str, staged: Staged, key: Sequence[str],
                      supply_id: str) -> list[Statement]:
-    """A loaded partition's keys, GiST index and the CHECKs that let ATTACH skip its validation scan."""
+    """A loaded partition's keys and GiST index (its CHECKs came with the table: :func:`check_statements`)."""
     part = qualified(db_schema, staged.name)
     name = staged.name
     fid = quote_ident(FID)
@@ -117,9 +132,6 @@ def index_statements(db_schema: str, table: str, staged: Staged, key: Sequence[s
          f"({', '.join(quote_ident(k) for k in key)})", ()),
         (f"ALTER TABLE {part} ADD CONSTRAINT {quote_ident(name + '_pkey')} PRIMARY KEY ({fid})", ()),
         (f"CREATE INDEX {quote_ident(name + '_geom_gist')} ON {part} USING gist (geom)", ()),
-        (f"ALTER TABLE {part} ADD CONSTRAINT {quote_ident(name + '_fid_range')} CHECK "
-         f"({fid} >= %s AND {fid} < %s)", (staged.first, staged.end)),
-        (f"ALTER TABLE {part} ADD CONSTRAINT {quote_ident(name + '_supply')} CHECK (supply_id = %s)", (supply_id,)),
         (f"COMMENT ON TABLE {part} IS %s", (partition_comment(db_schema, table, supply_id),)),
     ]
 
@@ -183,16 +195,16 @@ def reserve_fids(cur: Any, db_schema: str, table: str, n: int) -> int:
     return first
 
 
-def stage(cur: Any, db_schema: str, table: str, n: int) -> Staged:
-    """A fresh standalone table for ``n`` rows of a supply, and their fids."""
+def stage(cur: Any, db_schema: str, table: str, n: int, supply_id: str) -> Staged:
+    """A fresh standalone table for ``n`` rows of a supply, with the CHECKs of its fids and supply."""
     first = reserve_fids(cur, db_schema, table, n)
     staged = Staged(partition_name(table, first), first, first + n)
-    _run(cur, stage_statements(db_schema, table, staged.name))
+    _run(cur, [*stage_statements(db_schema, table, staged.name), *check_statements(db_schema, staged, supply_id)])
     return staged
 
 
 def index(cur: Any, db_schema: str, table: str, staged: Staged, key: Sequence[str], supply_id: str) -> None:
-    """Build a loaded partition's indexes and CHECKs (before it is attached)."""
+    """Build a loaded partition's indexes (before it is attached)."""
     _run(cur, index_statements(db_schema, table, staged, key, supply_id))
 
 
