@@ -17,12 +17,14 @@ from typing import Any, Final
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from csp_observatory import gazetteer, textkernels
 from csp_observatory.postcodes import inside_gb, normalise_postcodes, postcode_positions
 
 METHODS: Final = ("supplied", "wgs84", "postcode", "terminated_postcode", "gazetteer", "outside_coverage",
                    "failed")
+_CODE: Final = {m: i for i, m in enumerate(METHODS)}
 #: Methods that leave a record without a point: it is loaded, but flagged for the partner.
 UNPLACED: Final = frozenset({"outside_coverage", "failed"})
 GEO_COLUMNS: Final = ("geo_easting", "geo_northing", "geo_postcode", "geocode_method", "geocode_note")
@@ -80,19 +82,20 @@ class _NearestLive:
     """Nearest live postcode centroid to a point (a KD-tree, built only when first needed)."""
 
     def __init__(self, reference: pd.DataFrame) -> None:
-        self.live = reference[~reference["terminated"].to_numpy(bool)]
+        self.rows = np.flatnonzero(~reference["terminated"].to_numpy(bool))
+        self.live = reference.iloc[self.rows]
         self._tree: Any = None
 
     def __call__(self, e: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The reference row (position) of the nearest live postcode to each point, -1 if none, and its distance."""
         if len(self.live) == 0 or len(e) == 0:
-            return np.full(len(e), None, object), np.full(len(e), np.nan)
+            return np.full(len(e), -1, np.int64), np.full(len(e), np.nan)
         if self._tree is None:
             from scipy.spatial import cKDTree
 
-            self.postcodes = self.live["postcode"].to_numpy(object)
             self._tree = cKDTree(self.live[["easting", "northing"]].to_numpy(float))
         dist, idx = self._tree.query(np.column_stack([e, n]))
-        return self.postcodes[idx], dist
+        return self.rows[idx], dist
 
 
 #: What Python's ``\s`` matches in ASCII text, for use inside a character class (RE2's ``\s`` lacks \v, \x1c-\x1f).
@@ -146,8 +149,10 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
     n_rows = len(frame)
     geo_e = np.full(n_rows, np.nan)
     geo_n = np.full(n_rows, np.nan)
-    geo_pc = np.full(n_rows, None, object)
-    method = np.full(n_rows, "failed", object)
+    # each record's postcode as a row of the (sorted) reference, -1 for none; its method as a code of METHODS:
+    # no Python string per record until the columns are made, in Arrow
+    geo_pc = np.full(n_rows, -1, np.int64)
+    method = np.full(n_rows, _CODE["failed"], np.int8)
     note = np.full(n_rows, None, object)
     done = np.zeros(n_rows, bool)
 
@@ -161,7 +166,6 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
 
     raw_pc = frame[loc.postcode] if loc.postcode and loc.postcode in frame else pd.Series(pd.NA, index=frame.index)
     pc = normalise_postcodes(raw_pc)
-    pc_arr = pc.to_numpy(object, na_value=None)
     pos = postcode_positions(pc, ref["postcode"])
     in_ref = pos >= 0
     posc = np.maximum(pos, 0)
@@ -169,15 +173,15 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
     def assign_postcodes(rows: np.ndarray) -> None:
         """The record's own postcode if the reference knows it, else the nearest live postcode centroid."""
         own = rows & in_ref
-        geo_pc[own] = pc_arr[own]
+        geo_pc[own] = pos[own]                  # the reference's own spelling: the same string (an exact match)
         other = np.flatnonzero(rows & ~in_ref)
         if len(other):
             geo_pc[other], dist = nearest(geo_e[other], geo_n[other])
             # A point far from every known postcode is outside the reference's area (or wrong): placing it at
             # the nearest postcode would move it silently and far, so it is not placed and the partner is told.
             far = other[dist > coverage_max_m]
-            geo_e[far], geo_n[far], geo_pc[far] = np.nan, np.nan, None
-            method[far] = "outside_coverage"
+            geo_e[far], geo_n[far], geo_pc[far] = np.nan, np.nan, -1
+            method[far] = _CODE["outside_coverage"]
             note[far] = (f"{_OUTSIDE_COVERAGE}: the nearest live postcode is more than {coverage_max_m:,.0f} m "
                          "away; not placed")
 
@@ -218,7 +222,7 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
         hit = found[codes]
         i, j = at[hit], codes[hit]
         geo_e[i], geo_n[i] = d_e[j], d_n[j]
-        method[i] = "gazetteer"
+        method[i] = _CODE["gazetteer"]
         note[i] = d_note[j]
         done[i] = True
 
@@ -231,7 +235,7 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
     has_en = ~done & ~np.isnan(e) & ~np.isnan(n)
     ok = has_en & inside_gb(e, n)
     geo_e[ok], geo_n[ok] = e[ok], n[ok]
-    method[ok] = "supplied"
+    method[ok] = _CODE["supplied"]
     assign_postcodes(ok)
     done |= ok
     bad_en = has_en & ~ok
@@ -248,7 +252,7 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
         good = np.isfinite(te) & np.isfinite(tn) & inside_gb(te, tn)
         rows = rows[good]
         geo_e[rows], geo_n[rows] = te[good], tn[good]
-        method[rows] = "wgs84"
+        method[rows] = _CODE["wgs84"]
         mask = np.zeros(n_rows, bool)
         mask[rows] = True
         assign_postcodes(mask)
@@ -259,11 +263,11 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
     # 4 and 5. Live postcode centroid; terminated postcode centroid (flagged).
     hit = ~done & in_ref
     geo_e[hit], geo_n[hit] = ref_e[posc[hit]], ref_n[posc[hit]]
-    geo_pc[hit] = pc_arr[hit]
+    geo_pc[hit] = pos[hit]
     term = hit & ref_term[posc]
     live = hit & ~term
-    method[live] = "postcode"
-    method[term] = "terminated_postcode"
+    method[live] = _CODE["postcode"]
+    method[term] = _CODE["terminated_postcode"]
     if term.any():
         dates = ref_date.iloc[posc[term]].astype("string").fillna("(date unknown)").to_numpy(object)
         note[term] = "postcode terminated " + dates + "; centroid of the terminated postcode used"
@@ -289,10 +293,10 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
     out = frame.copy()
     out["geo_easting"] = pd.array(geo_e, dtype="Float64")
     out["geo_northing"] = pd.array(geo_n, dtype="Float64")
-    out["geo_postcode"] = pd.array(geo_pc, dtype="string")
-    out["geocode_method"] = pd.array(method, dtype="string")
+    ref_pc = textkernels.arrow_strings(ref["postcode"].astype("string"))
+    out["geo_postcode"] = pd.array(ref_pc.take(pa.array(geo_pc, mask=geo_pc < 0)), dtype="string")
+    out["geocode_method"] = pd.array(pa.array(METHODS, pa.string()).take(pa.array(method)), dtype="string")
     out["geocode_note"] = pd.array(note, dtype="string")
-    values, counts = np.unique(method.astype(str), return_counts=True)
-    tally = {m: 0 for m in METHODS} | {str(v): int(c) for v, c in zip(values, counts)}
+    tally = {m: int(c) for m, c in zip(METHODS, np.bincount(method, minlength=len(METHODS)))}
     tally["total"] = n_rows
     return GeocodeResult(out, tally)
