@@ -180,23 +180,30 @@ def test_render_text_lists_rows_to_fix(prc):
 
 
 def test_outcome_from_a_pipeline_manifest(prc, tmp_path):
+    """The report reads the supply's own record: its SupplyFiles as they are, no copy into another class."""
     import pandas as pd
 
-    class Manifest:   # the shape of pipeline_supply.Manifest that the report reads
-        feed, period, status, run_id, work_dir = "police_recorded_crime", "202609", "loaded", "r1", str(tmp_path)
-        supply_id, collected_at, problems = "police_recorded_crime/202609", "2026-10-12T06:00:00+00:00", []
-        files = {"offences": type("F", (), dict(name="offences", remote_name="prc_offences_202609.csv.gpg",
-                                                sha256="d" * 64, size=10, signer="E" * 40, rows_in_file=3,
-                                                encrypted_path=str(tmp_path / "x.gpg")))()}
-        stages = {"load": {"rows": {"depersonalised.prc_offences": 2}}}
+    from csp_observatory.pipeline_supply import Manifest
 
-        def rejected(self):
-            return pd.DataFrame({"source_file": ["offences"], "source_row": pd.array([2], dtype="Int64"),
-                                 "reason": ["crime_reference is missing"], "stage": ["validate"]})
+    m = Manifest(feed="police_recorded_crime", period="202609", work_dir=str(tmp_path), status="loaded", run_id="r1",
+                 collected_at="2026-10-12T06:00:00+00:00",
+                 files={"offences": SupplyFile("offences", "prc_offences_202609.csv.gpg", "d" * 64, 10,
+                                               encrypted_path=str(tmp_path / "x.gpg"), signer="E" * 40,
+                                               rows_in_file=3)},
+                 stages={"load": {"rows": {"depersonalised.prc_offences": 2}}})
+    m.set_rejected("validate", "offences", pd.DataFrame({
+        "source_file": ["offences"], "source_row": pd.array([2], dtype="Int64"),
+        "reason": ["crime_reference is missing"], "stage": ["validate"]}))
+    m.save()
+    again = Manifest.read(tmp_path)
 
-    report = reporting.build_report(prc, Manifest())
+    outcome = reporting.outcome_from_manifest(again)
+    assert outcome.files == [again.files["offences"]] and outcome.files[0] is again.files["offences"]
+    report = reporting.build_report(prc, again)
     assert report["headline"] == "Loaded 2 of 3 rows; 1 row needs attention"
     assert report["rejected_rows"][0]["row"] == 2
+    assert report["files"][0]["signed_by"] == "E" * 40 and report["files"][0]["rows_in_file"] == 3
+    assert report["engineer"]["encrypted_paths"] == {"offences": str(tmp_path / "x.gpg")}
 
 
 def test_the_advice_fits_the_problem() -> None:
