@@ -8,12 +8,14 @@ key.
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from csp_observatory import staging
 from csp_observatory.config import Settings, load_settings
-from csp_observatory.pipeline_supply import (Services, _delete_plaintext, _in_flight, _refuse, _services,
-                                             supply_schema)
+from csp_observatory.pipeline_supply import (Services, SupplyFile, _delete_plaintext, _in_flight, _refuse,
+                                             _services, supply_schema)
 from csp_observatory.schema_loading import schema_for
 
 log = logging.getLogger("csp_observatory.pipeline")
@@ -122,20 +124,31 @@ def decrypt_and_verify(work_dirs: list[str], settings: Settings | None = None,
                 continue
             supply_schema(m)        # the partner of a manifest from before collect recorded it
             fingerprint = settings.partner(m.partner).signing_fingerprint
-            for f in m.all_files:
-                plaintext = m.path / "plain" / (f"{f.name}.csv" if f is not m.metadata else
-                                                 Path(f.remote_name).with_suffix("").name)
+
+            def plaintext_of(f: SupplyFile) -> staging.Location:
+                return m.path / "plain" / (f"{f.name}.csv" if f is not m.metadata else
+                                           Path(f.remote_name).with_suffix("").name)
+
+            def decrypt(f: SupplyFile) -> decryption.Verified | decryption.RefusedFile:
                 # gpg reads and writes real files: for a remote store, private copies on this worker, deleted
                 # when it is done (the plaintext goes up into the supply's work area only once verified).
                 try:
                     with staging.local_file(f.encrypted_path) as encrypted, \
-                            staging.local_output(plaintext) as written:
-                        verified = decryption.decrypt_and_verify(settings.gnupg_home, encrypted, written,
-                                                                fingerprint, settings.gpg_passphrase)
+                            staging.local_output(plaintext_of(f)) as written:
+                        return decryption.decrypt_and_verify(settings.gnupg_home, encrypted, written,
+                                                             fingerprint, settings.gpg_passphrase)
                 except decryption.RefusedFile as refused:
-                    _refuse(m, settings, client, f, refused.reason, "refused", conn)
+                    return refused
+
+            # one gpg process per file at once (gpg uses one core); the outcomes are then taken in file order
+            files = m.all_files
+            with ThreadPoolExecutor(max_workers=max(1, min(len(files), os.cpu_count() or 1))) as pool:
+                outcomes = list(pool.map(decrypt, files))
+            for f, verified in zip(files, outcomes):
+                if isinstance(verified, decryption.RefusedFile):
+                    _refuse(m, settings, client, f, verified.reason, "refused", conn)
                     continue
-                f.plaintext_path, f.signer = str(plaintext), verified.signer_fingerprint
+                f.plaintext_path, f.signer = str(plaintext_of(f)), verified.signer_fingerprint
             if not m.ok:
                 _delete_plaintext(m)
             m.save()
