@@ -4,8 +4,9 @@ Adding a feed means adding a schema file, not code. Each DAG runs the observator
 wait for a complete supply on SFTP, collect, decrypt and verify, parse and validate, clean, geocode,
 sanitise, load, and report and archive. The work itself lives in ``csp_observatory.pipeline``, which names each
 stage from its module (``pipeline_collect``, ``pipeline_parse``, ``pipeline_geo``, ``pipeline_load``,
-``pipeline_report``); between tasks a supply is its ``pipeline_supply.Manifest``, passed as its work folder. This
-file only wires tasks, and imports nothing heavy at parse time.
+``pipeline_report``); between tasks a supply is its ``pipeline_supply.Manifest`` (one record from the download,
+``intake_download.collect``, to the report, ``reporting.build_report``), passed as its work folder. This file only
+wires tasks, and imports nothing heavy at parse time.
 
 Core datasets (the guidance's Table 1) run monthly on their schema's schedule, and wait through the supply window
 for the supply; peripheral datasets (Table 2) have no schedule: the supply's arrival in the partner's inbox starts
