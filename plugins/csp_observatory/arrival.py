@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from csp_observatory.sftp import RemoteFile
 
 log = logging.getLogger(__name__)
+# asyncssh logs each connection, channel and SFTP open at INFO (about 15 lines per look); the triggerer looks every
+# few minutes for every feed, so its log would be mostly asyncssh. Its warnings and errors still show.
+logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 #: The key under which a watcher keeps the last arrival it fired for, in the asset's state store.
 LAST_FIRED: Final = "last_arrival"
