@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pac
 
 from csp_observatory import textkernels
 from csp_observatory.parsing import empty_rejected, rejected_frame
@@ -45,8 +47,11 @@ def normalise_codes(values: pd.Series, datafield: Datafield) -> pd.Series:
         text = textkernels.replace(text.str.upper(), r"^0+(\d)", r"\1")
     allowed = datafield.allowed_codes or frozenset()
     spelling = {code.lower(): code for code in allowed}
-    canonical = text.str.lower().map(spelling)
-    return canonical.where(canonical.notna(), text).astype("string")
+    # text.str.lower().map(spelling), kept where it found nothing: one Arrow hash lookup, no Python per value
+    arr = textkernels.arrow_strings(text)
+    found = pac.index_in(pac.utf8_lower(arr), value_set=pa.array(list(spelling), pa.string()))
+    canonical = pa.array(list(spelling.values()), pa.string()).take(found).cast(arr.type)
+    return pd.Series(pd.array(pac.coalesce(canonical, arr), dtype="string"), index=text.index, name=text.name)
 
 
 def _key_text(feed_file: FeedFile) -> str:
