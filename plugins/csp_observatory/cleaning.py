@@ -33,10 +33,16 @@ class CleanResult:
 def normalise_times(values: pd.Series) -> pd.Series:
     """Times as ``HH:MM`` from ``H:MM``, ``HH:MM:SS`` or ``HHMM``; anything else is left as it was."""
     text = values.astype("string").str.strip()
-    hours, minutes = textkernels.extract(text, r"^(\d{1,2}):?(\d{2})(?::\d{2})?$", 2)
-    ok = hours.notna()
-    out = hours.str.zfill(2) + ":" + minutes
-    return out.where(ok, text).astype("string")
+    # a value already HH:MM is its own result (nearly every one): only the others go through the pattern
+    odd = ~pac.fill_null(pac.match_substring_regex(textkernels.arrow_strings(text), r"^[0-9]{2}:[0-9]{2}$"),
+                         True).to_numpy(zero_copy_only=False)
+    if not odd.any():
+        return text
+    rest = text[odd]
+    hours, minutes = textkernels.extract(rest, r"^(\d{1,2}):?(\d{2})(?::\d{2})?$", 2)
+    out = text.copy()
+    out[odd] = (hours.str.zfill(2) + ":" + minutes).where(hours.notna(), rest)
+    return out.astype("string")
 
 
 def normalise_codes(values: pd.Series, datafield: Datafield) -> pd.Series:
