@@ -220,11 +220,11 @@ def test_two_months_in_one_drop_with_postgis_restarted_mid_load_each_loads_once(
     real_copy = loading._copy_rows
     calls: list[int] = []
 
-    def copy_then_restart(cur: Any, target: Any, table: Any) -> None:
+    def copy_then_restart(cur: Any, target: Any, *rows: Any) -> None:
         calls.append(1)
         if len(calls) == 2:
             restart_postgis(cluster, settings)
-        real_copy(cur, target, table)
+        real_copy(cur, target, *rows)
 
     monkeypatch.setattr(loading, "_copy_rows", copy_then_restart)
     work = pipeline.load(work, settings)
