@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -312,10 +313,11 @@ def _constant(column: pa.Array) -> bytes | None:
     return None
 
 
-def binary_copy_rows(table: pa.Table, sql_types: Mapping[str, str]) -> pa.Array:
+def binary_copy_rows(table: pa.Table, sql_types: Mapping[str, str], more: int = 0) -> pa.Array:
     """Each row of ``table`` as one tuple of binary COPY (its field count, then each field), built column by column
-    with Arrow and NumPy: each value as its SQL type's binary input reads it (``sql_types``: column -> SQL type)."""
-    count = pa.scalar(table.num_columns.to_bytes(2, "big"), pa.binary())
+    with Arrow and NumPy: each value as its SQL type's binary input reads it (``sql_types``: column -> SQL type).
+    ``more``: fields appended to each tuple later (counted now)."""
+    count = pa.scalar((table.num_columns + more).to_bytes(2, "big"), pa.binary())
     fields: list[Any] = []
     for name in table.column_names:
         column = table.column(name).combine_chunks()
@@ -336,23 +338,50 @@ def _data(rows: pa.Array) -> memoryview:
     return memoryview(rows.buffers()[2])[int(offsets[0]):int(offsets[-1])]
 
 
-def _copy_rows(cur: Any, target: sql.Composable, table: pa.Table, sql_types: Mapping[str, str],
-               order: np.ndarray | None = None) -> None:
-    """COPY a table's rows (in ``order`` if given: positions) in binary format, at most COPY_BATCH_ROWS a statement."""
-    names = sql.SQL(", ").join(sql.Identifier(c) for c in table.column_names)
+@dataclass
+class _Prepared:
+    """A file's rows ready to COPY, made before it touches the database: each tuple but its ``fid`` (the last field,
+    once a block of fids is reserved), in chunks of COPY_BATCH_ROWS in the frame's order, and the key order."""
+
+    file_name: str
+    columns: list[str]                # in tuple order; fid follows
+    chunks: list[pa.Array]
+    order: np.ndarray | None
+    rows: int
+    seconds: float
+
+
+def _prepare(schema: FeedSchema, file_name: str, frame: pd.DataFrame, supply_id: str, period: str, sha256: str,
+             loaded_at: datetime) -> _Prepared:
+    """A file's frame as binary COPY tuples (no database: it may run while the previous file's indexes build)."""
+    started = time.perf_counter()
+    feed_file = schema.file(file_name)
+    names = check_frame(schema, file_name, frame)
+    by_name = {c.name: c for c in ddl.table_columns(schema, feed_file)}
+    rows = copy_table(schema, feed_file, frame, [by_name[n] for n in names], supply_id, period, sha256, loaded_at)
+    types = {c: t.sql_type for c, t in by_name.items()}
+    chunks = [binary_copy_rows(rows.slice(start, COPY_BATCH_ROWS), types, more=1)
+              for start in range(0, rows.num_rows, COPY_BATCH_ROWS)]
+    return _Prepared(file_name, rows.column_names, chunks, key_order(rows, feed_file), rows.num_rows,
+                     time.perf_counter() - started)
+
+
+def _copy_rows(cur: Any, target: sql.Composable, prepared: _Prepared, first_fid: int) -> None:
+    """COPY prepared tuples in key order, in binary format, at most COPY_BATCH_ROWS a statement; each row's fid is
+    ``first_fid`` plus its place in key order (as an identity column filling in COPY order gave them)."""
+    names = sql.SQL(", ").join(sql.Identifier(c) for c in [*prepared.columns, ddl.FID_COLUMN])
     # Binary COPY: PostgreSQL reads each value as it is (no CSV to split, no text to parse, no hex to decode).
     statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT binary)").format(target, names).as_string(cur)
-    batches = range(0, table.num_rows, COPY_BATCH_ROWS)
-    if order is None:
-        ordered: Iterable[pa.Array] = (binary_copy_rows(table.slice(start, COPY_BATCH_ROWS), sql_types)
-                                       for start in batches)
-    else:
-        # Put the finished tuples in key order, one value a row, rather than every column's values (a third of the
-        # time: one random read per row instead of one per row and column).
-        chunks = [binary_copy_rows(table.slice(start, COPY_BATCH_ROWS), sql_types) for start in batches]
-        ordered = (_take_from_chunks(chunks, COPY_BATCH_ROWS, order[start:start + COPY_BATCH_ROWS])
-                   for start in batches)
-    for rows in ordered:
+    for start in range(0, prepared.rows, COPY_BATCH_ROWS):
+        if prepared.order is None:
+            rows = prepared.chunks[start // COPY_BATCH_ROWS]
+        else:
+            # The finished tuples put in key order, one value a row, rather than every column's values (a third of
+            # the time: one random read per row instead of one per row and column).
+            rows = _take_from_chunks(prepared.chunks, COPY_BATCH_ROWS,
+                                     prepared.order[start:start + COPY_BATCH_ROWS])
+        fids = np.arange(first_fid + start, first_fid + start + len(rows), dtype=np.int64)
+        rows = pc.binary_join_element_wise(rows, _fixed_fields(fids, ">i8", None), b"")
         cur.copy_expert(statement, _Chunks([_COPY_HEADER, _data(rows), _COPY_TRAILER]), size=1 << 20)
 
 
@@ -381,40 +410,66 @@ def _as_dict(obj: Any) -> Any:
     return obj
 
 
-def _stage_table(cur: Any, schema: FeedSchema, file_name: str, frame: pd.DataFrame, supply_id: str,
-                 period: str, sha256: str) -> tuple[int, partitions.Staged | None]:
-    """COPY a file's rows into a fresh partition and index it (not attached yet); (rows, partition or None)."""
-    feed_file = schema.file(file_name)
-    names = check_frame(schema, file_name, frame)
-    by_name = {c.name: c for c in ddl.table_columns(schema, feed_file)}
-    if not len(frame):
+def _copy_partition(cur: Any, schema: FeedSchema, prepared: _Prepared,
+                    supply_id: str) -> tuple[int, partitions.Staged | None]:
+    """COPY a file's prepared rows into a fresh partition (not indexed, not attached); (rows, partition or None)."""
+    if not prepared.rows:
         return 0, None
+    feed_file = schema.file(prepared.file_name)
     started = time.perf_counter()
+    staged = partitions.stage(cur, schema.db_schema, feed_file.table, prepared.rows, supply_id)
+    _copy_rows(cur, sql.Identifier(schema.db_schema, staged.name), prepared, staged.first)
+    log.info("%s.%s: %d rows prepared in %.2f s, copied in %.2f s", schema.db_schema, staged.name, prepared.rows,
+             prepared.seconds, time.perf_counter() - started)
+    return prepared.rows, staged
+
+
+def _index_partition(conn: Any, schema: FeedSchema, file_name: str, staged: partitions.Staged,
+                     supply_id: str) -> None:
+    """Build a loaded partition's indexes and statistics, in the load's transaction."""
+    feed_file = schema.file(file_name)
+    started = time.perf_counter()
+    with conn.cursor() as cur:
+        partitions.index(cur, schema.db_schema, feed_file.table, staged, ddl.natural_key(feed_file), supply_id)
+        indexed = time.perf_counter()
+        if staged.end - staged.first >= ANALYZE_MIN_ROWS:
+            # The counts by ward and month (the refresh after the load) read the new rows: without statistics
+            # they were planned as nested loops (measured: minutes at 1M rows, instead of seconds).
+            cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema.db_schema, staged.name)))
+    log.info("%s.%s: indexed in %.2f s, analysed in %.2f s", schema.db_schema, staged.name, indexed - started,
+             time.perf_counter() - indexed)
+
+
+def _stage_all(conn: Any, cur: Any, schema: FeedSchema, supply_id: str, period: str,
+               tables: Mapping[str, pd.DataFrame], lineage: Mapping[str, str],
+               result: LoadResult) -> dict[str, partitions.Staged | None]:
+    """COPY and index each file's partition in the load's transaction. The server builds a file's indexes while this
+    process prepares the next file's rows (2 cores: one each); the connection runs one statement at a time."""
     # now() is the transaction's start: every row of the supply carries the same loaded_at, as one INSERT gave.
     cur.execute("SELECT now()")
-    rows = copy_table(schema, feed_file, frame, [by_name[n] for n in names], supply_id, period, sha256,
-                      cur.fetchone()[0])
-    order = key_order(rows, feed_file)
-    staged = partitions.stage(cur, schema.db_schema, feed_file.table, rows.num_rows, supply_id)
-    # fids in the order of the record's key, as an identity column filling in COPY order gave them.
-    fids = np.arange(staged.first, staged.end, dtype=np.int64)
-    if order is not None:
-        fids[order] = fids.copy()
-    rows = rows.append_column(ddl.FID_COLUMN, pa.array(fids))
-    prepared = time.perf_counter()
-    _copy_rows(cur, sql.Identifier(schema.db_schema, staged.name), rows,
-               {**{c: t.sql_type for c, t in by_name.items()}, ddl.FID_COLUMN: "bigint"}, order)
-    copied = time.perf_counter()
-    partitions.index(cur, schema.db_schema, feed_file.table, staged, ddl.natural_key(feed_file), supply_id)
-    indexed = time.perf_counter()
-    if rows.num_rows >= ANALYZE_MIN_ROWS:
-        # The counts by ward and month read the new rows in this transaction: without statistics they were
-        # planned as nested loops (measured: minutes at 1M rows, instead of seconds).
-        cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema.db_schema, staged.name)))
-    log.info("%s.%s: %d rows prepared in %.2f s, copied in %.2f s, indexed in %.2f s, analysed in %.2f s",
-             schema.db_schema, staged.name, rows.num_rows, prepared - started, copied - prepared,
-             indexed - copied, time.perf_counter() - indexed)
-    return rows.num_rows, staged
+    loaded_at = cur.fetchone()[0]
+    staged: dict[str, partitions.Staged | None] = {}
+    indexing: Future[None] | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="csp-load-index") as pool:
+        try:
+            for name in tables:
+                # tables[name] is referenced by the call only: a lazy frame is freed before the next is read.
+                prepared: _Prepared | None = _prepare(schema, name, tables[name], supply_id, period, lineage[name],
+                                                      loaded_at)
+                if indexing is not None:
+                    indexing.result()
+                table = f"{schema.db_schema}.{schema.file(name).table}"
+                result.rows[table], staged[name] = _copy_partition(cur, schema, prepared, supply_id)
+                prepared = None                 # its tuples go before the next file's are made
+                if staged[name] is not None:
+                    indexing = pool.submit(_index_partition, conn, schema, name, staged[name], supply_id)
+            if indexing is not None:
+                indexing.result()
+        except BaseException:
+            if indexing is not None and not indexing.done():
+                conn.cancel()           # the load rolls back whole: stop the index build rather than wait for it
+            raise
+    return staged
 
 
 def _write_rejected(cur: Any, schema: FeedSchema, supply_id: str, rejected: pd.DataFrame | None) -> int:
@@ -471,12 +526,7 @@ def load_supply(conn: Any, schema: FeedSchema, supply_id: str, period: str, tabl
         with conn.cursor() as cur:
             # Two runs of the same supply at once would each replace the other's partition: make them take turns.
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"csp_observatory.supply.{supply_id}",))
-            staged: dict[str, partitions.Staged | None] = {}
-            for name in tables:
-                table = f"{schema.db_schema}.{schema.file(name).table}"
-                # tables[name] is referenced by the call only: a lazy frame is freed before the next is read.
-                result.rows[table], staged[name] = _stage_table(cur, schema, name, tables[name], supply_id, period,
-                                                                lineage[name])
+            staged = _stage_all(conn, cur, schema, supply_id, period, tables, lineage, result)
             # Last, so that the lock the swap takes on each table (readers wait for it if an earlier load of the
             # supply is dropped) is held for as short a time as possible.
             started = time.perf_counter()

@@ -561,3 +561,38 @@ def test_binary_copy_reads_back_every_type_null_and_odd_text_exactly(conn, feed)
     assert [r[3] for r in got][:3] == ["2026-09-01", "2026-09-02", "2026-09-03"]
     assert got[0][4] == 409000 and got[0][5] == "SRID=27700;POINT(409000 425000)" and got[-1][5] is None
     assert all(r[6] for r in got)           # every row carries the transaction's start, as the supply's record does
+
+
+def test_a_failure_while_the_previous_file_is_being_indexed_rolls_back_whole(conn, feed, monkeypatch):
+    """The server builds a file's indexes while the next file's rows are prepared: a failure in that preparation
+    stops the index build and leaves the earlier load as it was, with no table of the failed one behind."""
+    _load(conn, feed, _frames(feed, 4))
+    before = _count(conn, feed)
+    offences = feed.file("offences").table
+    real_prepare, real_index = loading._prepare, loading._index_partition
+    indexing: list[str] = []
+
+    def slow_index(c, schema, file_name, staged, supply_id):
+        indexing.append(staged.name)
+        with c.cursor() as cur:                      # still building when the next file's preparation fails
+            cur.execute("SELECT pg_sleep(30)")
+        real_index(c, schema, file_name, staged, supply_id)
+
+    def prepare(schema, file_name, *args):
+        if file_name != "offences":
+            raise RuntimeError("the next file's frame could not be read")
+        return real_prepare(schema, file_name, *args)
+
+    monkeypatch.setattr(loading, "_index_partition", slow_index)
+    monkeypatch.setattr(loading, "_prepare", prepare)
+    with pytest.raises(RuntimeError, match="could not be read"):
+        _load(conn, feed, _frames(feed, 9))
+    assert len(indexing) == 1
+    assert _count(conn, feed) == before
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)", (f"{feed.db_schema}.{indexing[0]}",))
+        assert cur.fetchone()[0] is None                                # the offences' new table is gone
+        cur.execute("SELECT count(*) FROM pg_class WHERE relnamespace = %s::regnamespace AND relkind = 'r' "
+                    "AND relname LIKE %s", (feed.db_schema, f"{offences}\\_f%"))
+        assert cur.fetchone()[0] == 1                                   # the earlier load's partition only
+    conn.rollback()
