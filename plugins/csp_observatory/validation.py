@@ -13,7 +13,6 @@ Great Expectations is imported inside functions: DAG files import this package w
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Final
 
@@ -23,6 +22,7 @@ from csp_observatory import validation_gx
 from csp_observatory.cleaning import normalise_codes
 from csp_observatory.parsing import DTYPES, empty_rejected, rejected_frame
 from csp_observatory.schema import Datafield, FeedFile, FeedSchema
+from csp_observatory.validation_gx import Check
 from csp_observatory.validation_scores import blank, completeness_score, fill_rates, records_per_day
 
 log = logging.getLogger(__name__)
@@ -43,18 +43,6 @@ AGE_BAND_VALUES: Final = tuple(range(0, 125, 5))
 PRECISION_MOSTLY: Final = 0.6
 #: validate()'s JSON-ready result: file, rows, period, success, qualities, populated_percent, expectations, gx_result.
 ValidationSummary = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Check:
-    """One expectation of the suite, and which quality of the guidance it measures."""
-
-    id: str
-    quality: str
-    type: str
-    kwargs: dict[str, Any]
-    describe: str
-    shown_column: str | None = None     # what the report names, when GX checks a derived column
 
 
 # --- row rules (pandas) ---------------------------------------------------------------------------

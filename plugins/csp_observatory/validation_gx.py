@@ -20,16 +20,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Final
+from dataclasses import dataclass
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pac
 
 from csp_observatory import textkernels
-
-if TYPE_CHECKING:
-    from csp_observatory.validation import Check
 
 #: What GX samples of the offending values; they may be names or dates of birth, so they are never stored.
 SAMPLED: Final = ("partial_unexpected_list", "partial_unexpected_index_list", "partial_unexpected_counts",
@@ -38,6 +36,18 @@ SAMPLED: Final = ("partial_unexpected_list", "partial_unexpected_index_list", "p
 _EXACT_FLOAT_INT: Final = 2 ** 53
 #: GX's result format: counts and percentages only (see the module docstring).
 RESULT_FORMAT: Final = "BASIC"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One expectation of the suite, and which quality of the guidance it measures."""
+
+    id: str
+    quality: str
+    type: str
+    kwargs: dict[str, Any]
+    describe: str
+    shown_column: str | None = None     # what the report names, when GX checks a derived column
 
 
 def _quiet_gx() -> None:

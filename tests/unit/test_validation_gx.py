@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from csp_observatory import validation, validation_gx
-from csp_observatory.validation import Check
+from csp_observatory.validation_gx import Check
 
 pytestmark = pytest.mark.unit
 
