@@ -181,10 +181,11 @@ def key_order(table: pa.Table, feed_file: Any) -> np.ndarray | None:
 
 def _string_order(text: pa.Array) -> np.ndarray:
     """The positions of strings (no null) in ascending byte order, stable: Arrow's sort_indices of them, sooner for
-    long keys that differ early (the 32-character content hash, 4x): sorted by their first 8 bytes as an integer,
+    long keys that differ early (the 32-character content hash, 3x): sorted by their first 8 bytes as an integer,
     then only the runs sharing those (a record repeated: its ``-1``, ``-2``...) by the whole string."""
     n = len(text)
-    data = np.frombuffer(text.buffers()[2], dtype=np.uint8) if n else np.zeros(1, np.uint8)
+    values = text.buffers()[2]
+    data = np.frombuffer(values, dtype=np.uint8) if values is not None and values.size else np.zeros(1, np.uint8)
     offsets = np.frombuffer(text.buffers()[1], dtype=np.int32, count=n + 1, offset=text.offset * 4)
     at = np.arange(8, dtype=np.int32)
     inside = at[None, :] < np.diff(offsets)[:, None]

@@ -156,3 +156,4 @@ def test_the_string_key_order_is_arrows_sort_of_the_strings():
     assert loading._string_order(text).tolist() == want.tolist()
     assert loading._string_order(text.slice(7, 50)).tolist() == pc.sort_indices(text.slice(7, 50)).tolist()
     assert loading._string_order(pa.array([], pa.string())).tolist() == []
+    assert loading._string_order(pa.array(["", "", ""])).tolist() == [0, 1, 2]
