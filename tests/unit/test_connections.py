@@ -134,3 +134,26 @@ def test_the_cli_prints_export_lines_a_shell_can_source(tmp_path: Path) -> None:
                            capture_output=True, text=True, check=True).stdout.splitlines()
     assert json.loads(shown[0]) == connections.postgis_connection(s.database_url)
     assert shown[1] == str(config.resolve())
+
+
+def test_the_sftp_session_is_not_zlib_compressed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gpg files do not compress: the session the stages download through asks SSH for no compression."""
+    from contextlib import contextmanager
+
+    from airflow.providers.sftp.hooks.sftp import SFTPHook
+
+    from csp_observatory import hooks
+
+    monkeypatch.setenv(connections.env_name(connections.SFTP_CONN_ID),
+                       json.dumps(connections.sftp_connection(_settings())))
+    asked: list[bool] = []
+
+    @contextmanager
+    def managed(self):  # type: ignore[no-untyped-def]
+        asked.append(self.compress)
+        yield "client"
+
+    monkeypatch.setattr(SFTPHook, "get_managed_conn", managed)
+    with hooks.HookServices().sftp() as client:
+        assert client == "client"
+    assert asked == [False]
