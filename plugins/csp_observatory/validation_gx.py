@@ -9,6 +9,8 @@ evaluates in bulk (issue 9: the suite took about 50 s of the parse-and-validate 
 * results are asked for in GX's ``BASIC`` format: element and unexpected counts and percentages, which are all
   the report reads. ``SUMMARY`` also lists the unexpected rows' index and a query for them, each a copy of the
   whole frame's rows per expectation, and those samples were thrown away unread;
+* GX is given only the columns a check names, and a column checked only for being filled as a flag missing
+  where the column is (GX copies the whole batch to a column's non-null rows for each column expectation);
 * nullable ``Int64``/``Float64`` columns are handed over as ``float64`` (NaN where missing) when every value is
   exactly a float: GX compares numpy numbers in one step but calls a Python function per value for any other
   dtype, and a missing value is missing either way;
@@ -76,11 +78,29 @@ def numpy_numbers(values: pd.Series) -> pd.Series:
     return values
 
 
-def gx_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """The batch as GX is given it: nullable number columns as ``float64`` (:func:`numpy_numbers`), others as they are."""
-    numbers = {c: numpy_numbers(frame[c]) for c in frame.columns
-               if isinstance(frame[c].dtype, (pd.Int64Dtype, pd.Float64Dtype))}
-    return frame.assign(**numbers) if numbers else frame
+def gx_frame(frame: pd.DataFrame, checks: list[Check]) -> pd.DataFrame:
+    """The batch as GX is given it: only the columns a check names; nullable number columns as ``float64``
+    (:func:`numpy_numbers`); a column checked for nothing but being filled as a flag that is missing where it is.
+
+    GX copies every column of the batch to a column's non-null rows for each column expectation: columns nobody
+    checks, and the text of a column whose only check is its fill rate, are copied for nothing (most of a file's
+    text is free text and addresses).
+    """
+    named: dict[str, set[str]] = {}
+    for c in checks:
+        columns = c.kwargs.get("column_list") or [c.kwargs.get("column")]
+        for column in columns:
+            named.setdefault(column, set()).add(c.type)
+    out: dict[str, pd.Series] = {}
+    for column in frame.columns:
+        if column not in named:
+            continue
+        values = frame[column]
+        if named[column] == {"expect_column_values_to_not_be_null"}:
+            out[column] = pd.Series(True, index=values.index, dtype="boolean").mask(values.isna())
+        else:
+            out[column] = numpy_numbers(values)
+    return pd.DataFrame(out, index=frame.index, copy=False)
 
 
 def gx_kwargs(frame: pd.DataFrame, type_: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -106,7 +126,7 @@ def run_suite(frame: pd.DataFrame, checks: list[Check], name: str) -> dict[str, 
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    batch = gx_frame(frame)
+    batch = gx_frame(frame, checks)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     batch_definition = (context.data_sources.add_pandas(f"{name}_source").add_dataframe_asset(name)

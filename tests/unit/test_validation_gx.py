@@ -20,6 +20,8 @@ def _frame() -> pd.DataFrame:
         "age": pd.Series([3, 121, None, 5, 2 ** 60, -1, 40], dtype="Int64"),
         "small": pd.Series([3, 121, None, 5, 7, -1, 40], dtype="Int64"),
         "x": pd.Series([1.5, None, 700_001.0, -0.5, 0.0, 10.0, 3.0], dtype="Float64"),
+        "note": pd.Series(["a long free text", None, "b", None, None, "c", "d"], dtype="string"),
+        "unchecked": pd.Series(range(7), dtype="int64"),
     })
 
 
@@ -34,6 +36,8 @@ def _checks() -> list[Check]:
         check(4, "expect_column_values_to_be_between", column="x", min_value=0, max_value=700_000),
         check(5, "expect_column_values_to_not_be_in_set", column="small", value_set=[5, 40], mostly=0.6),
         check(6, "expect_column_values_to_not_be_null", column="x"),
+        check(7, "expect_column_values_to_not_be_null", column="note", mostly=0.5),
+        check(8, "expect_column_values_to_not_be_null", column="pc"),
     ]
 
 
@@ -61,6 +65,16 @@ def test_the_cheap_run_finds_what_plain_gx_finds():
     assert counts["accuracy:expect_column_values_to_match_regex:1"] == 2          # HX1 and x
     assert counts["accuracy:expect_column_values_to_be_between:2"] == 3           # 121, 2**60, -1
     assert counts["accuracy:expect_column_values_to_be_between:4"] == 2
+    assert counts["accuracy:expect_column_values_to_not_be_null:7"] == 3
+    assert {e["success"] for e in fast if e["id"].endswith(":7")} == {True}      # 4 of 7 filled, mostly 0.5
+
+
+def test_gx_is_given_the_checked_columns_and_a_fill_only_column_as_its_nullness():
+    frame, checks = _frame(), _checks()
+    batch = validation_gx.gx_frame(frame, checks)
+    assert list(batch.columns) == ["pc", "pc_unicode", "age", "small", "x", "note"]     # "unchecked" is left out
+    assert batch["note"].dtype == "boolean" and batch["note"].isna().tolist() == frame["note"].isna().tolist()
+    assert batch["pc"].dtype == frame["pc"].dtype                                  # a regex is checked on it too
 
 
 def test_numbers_become_float64_only_when_exact():
