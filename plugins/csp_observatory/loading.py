@@ -306,9 +306,9 @@ class _Chunks(io.RawIOBase):
         return bytes(head[:size])
 
 
-def _constant(column: pa.Array) -> bytes | None:
-    """The one value of a dictionary column of one entry and no null (the lineage), as its SQL type's binary input
-    would have it per row; None for any other column."""
+def _constant(column: pa.Array) -> pa.Array | None:
+    """The dictionary (one value) of a dictionary column of one entry and no null (the lineage); None for any other
+    column."""
     if isinstance(column, pa.DictionaryArray) and len(column.dictionary) == 1 and not column.null_count:
         return column.dictionary
     return None
