@@ -17,7 +17,7 @@ import logging
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ContextManager, Iterator, Protocol
+from typing import Any, ContextManager, Final, Iterator, Protocol
 
 import pandas as pd
 import psycopg2
@@ -30,6 +30,29 @@ from csp_observatory.schema_loading import schema_for
 log = logging.getLogger("csp_observatory.pipeline")
 
 REJECTED_COLUMNS = ["source_file", "source_row", "reason", "stage"]
+
+#: The name ending of a staged frame: an Arrow IPC file (``staging.write_frame``). Work areas written before issue 9
+#: hold ``.parquet`` frames; a supply in flight across the upgrade still reads them (``_or_parquet_twin``).
+FRAME_SUFFIX: Final = ".arrow"
+_PARQUET: Final = ".parquet"
+
+
+def _parquet_twin(loc: staging.Location) -> staging.Location:
+    return loc.with_name(loc.name[: -len(FRAME_SUFFIX)] + _PARQUET)
+
+
+def _or_parquet_twin(loc: staging.Location) -> staging.Location:
+    """``loc``, or the parquet frame an older run left in its place."""
+    if staging.exists(loc):
+        return loc
+    twin = _parquet_twin(loc)
+    return twin if staging.exists(twin) else loc
+
+
+def _write_replacing_parquet(loc: staging.Location, frame: pd.DataFrame) -> None:
+    """Write a frame, removing an older run's parquet twin so that a retried stage never counts rows twice."""
+    staging.write_frame(loc, frame)
+    staging.remove(_parquet_twin(loc))
 
 
 @dataclass
@@ -123,27 +146,28 @@ class Manifest:
     def read(cls, work_dir: str | Path) -> Manifest:
         return cls.from_dict(json.loads(staging.read_text(staging.location(work_dir) / "manifest.json")))
 
-    # Frames between stages: one parquet per file per stage.
+    # Frames between stages: one Arrow IPC file (staging.write_frame) per file per stage.
     def frame_path(self, stage: str, file_name: str) -> staging.Location:
-        return self.path / stage / f"{file_name}.parquet"
+        return self.path / stage / f"{file_name}{FRAME_SUFFIX}"
 
     def write_frame(self, stage: str, file_name: str, frame: pd.DataFrame) -> None:
-        staging.write_frame(self.frame_path(stage, file_name), frame)
+        _write_replacing_parquet(self.frame_path(stage, file_name), frame)
 
     def read_frame(self, stage: str, file_name: str) -> pd.DataFrame:
-        return staging.read_frame(self.frame_path(stage, file_name))
+        return staging.read_frame(_or_parquet_twin(self.frame_path(stage, file_name)))
 
     def _set_rows(self, kind: str, step: str, file_name: str, rows: pd.DataFrame | None) -> None:
-        # Each (step, file) has its own parquet, written whole: a stage that fails after recording its rows and
+        # Each (step, file) has its own frame file, written whole: a stage that fails after recording its rows and
         # is retried writes the same file again, so a retry gives exactly what one clean run gives.
-        p = self.path / kind / f"{step}.{file_name}.parquet"
+        p = self.path / kind / f"{step}.{file_name}{FRAME_SUFFIX}"
         frame = pd.DataFrame(columns=REJECTED_COLUMNS) if rows is None or rows.empty else rows[REJECTED_COLUMNS]
-        staging.write_frame(p, frame.astype({"source_file": str, "source_row": "Int64", "reason": str,
-                                             "stage": str}))
+        _write_replacing_parquet(p, frame.astype({"source_file": str, "source_row": "Int64", "reason": str,
+                                                  "stage": str}))
 
     def _rows(self, kind: str) -> pd.DataFrame:
-        frames = [f for f in (staging.read_frame(p) for p in staging.files_in(self.path / kind, "*.parquet"))
-                  if not f.empty]
+        found = [*staging.files_in(self.path / kind, f"*{FRAME_SUFFIX}"),
+                 *staging.files_in(self.path / kind, f"*{_PARQUET}")]
+        frames = [f for f in (staging.read_frame(p) for p in found) if not f.empty]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=REJECTED_COLUMNS)
 
     def set_rejected(self, step: str, file_name: str, rejected: pd.DataFrame | None) -> None:

@@ -2,7 +2,7 @@
 
 Each task of a feed's DAG may run on a different worker (CeleryExecutor queues), so no task may read a file that
 another task left on its own disk. A supply's work area (its manifest, its encrypted and decrypted files, the
-parquet frames each stage hands to the next, the rows set aside) lives in one store every worker reaches:
+frames each stage hands to the next, the rows set aside) lives in one store every worker reaches:
 
 - ``staging_url`` unset (a single machine, the default): the local folder ``staging_dir``, as before;
 - ``staging_url`` a local path or ``file://`` URL: a folder every worker mounts (a shared volume);
@@ -11,9 +11,10 @@ parquet frames each stage hands to the next, the rows set aside) lives in one st
   (``s3fs``, ``gcsfs``, ``adlfs``) must be installed and its credentials given the usual way (environment,
   instance role); nothing here imports Airflow.
 
-Every file access of a work area goes through this module. Frames between stages are Arrow IPC files (LZ4), even
-where their name ends in ``.parquet``; :func:`read_frame` also reads parquet. A location is a :class:`pathlib.Path` for a local
-store (files are written 0600 in 0700 folders, atomically by rename), else a ``UPath``. Tools that need a real
+Every file access of a work area goes through this module. Frames between stages are Arrow IPC files (LZ4), named
+``*.arrow``; :func:`read_frame` also reads the parquet frames of a work area written before issue 9. A location
+is a :class:`pathlib.Path` for a local store (files are written 0600 in 0700 folders, atomically by rename), else
+a ``UPath``. Tools that need a real
 file (gpg, the CSV parser) get one from :func:`local_file` / :func:`local_output`: for a remote store that is a
 private temporary copy in this worker's own ``TMPDIR``, deleted as soon as the tool is done.
 """

@@ -52,7 +52,7 @@ RUN_WAIT_S = 420
 # Columns that differ between two loads of the same records: the feature id, the load time and the encrypted
 # file's hash (gpg encrypts the same text to new bytes each time).
 VOLATILE = {"fid", "loaded_at", "source_sha256"}
-DATA_SUFFIXES = (".csv", ".parquet", ".gpg")
+DATA_SUFFIXES = (".csv", ".arrow", ".parquet", ".gpg")
 # The stage whose task process is killed mid-run: the load, where a half-done task would matter most.
 KILLED_STAGE = "load"
 KILL_WAIT_S = 300

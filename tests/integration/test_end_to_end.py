@@ -132,7 +132,7 @@ def test_a_supply_goes_from_sftp_to_sanitised_postgis_layers(settings, db, obser
                   f"{FEED}/{PERIOD}") == 4      # three data files and the metadata file
     # No plaintext outlives the run.
     staging = Path(settings.staging_dir)
-    assert not [p for p in staging.rglob("*") if p.is_file() and p.suffix in (".csv", ".parquet")]
+    assert not [p for p in staging.rglob("*") if p.is_file() and p.suffix in (".csv", ".arrow", ".parquet")]
 
     # The same delivery dropped again is recognised and never loaded twice.
     for n in names:
@@ -215,4 +215,4 @@ def test_bad_files_end_in_quarantine_and_nothing_is_loaded(case, settings, db, o
     assert sorted(observatory_sftp.listdir("/police/inbox")) == sorted(
         [f"prc_{n}_{PERIOD}.csv.gpg" for n in good] + [metadata_file_name(schema, PERIOD)])
     staging = Path(settings.staging_dir)
-    assert not [p for p in staging.rglob("*") if p.is_file() and p.suffix in (".csv", ".parquet")]
+    assert not [p for p in staging.rglob("*") if p.is_file() and p.suffix in (".csv", ".arrow", ".parquet")]

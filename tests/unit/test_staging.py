@@ -175,8 +175,29 @@ def test_frames_keep_their_dtypes_and_a_parquet_frame_left_by_an_older_run_is_st
     frame = pd.DataFrame({"s": pd.array(["a", None, "c"], dtype="string"), "i": pd.array([1, None, 3], dtype="Int64"),
                           "f": pd.array([1.5, None, 2.0], dtype="Float64"), "d": pd.to_datetime(["2026-01-02"] * 3),
                           "b": [True, False, True]}, index=[7, 8, 9])
-    staging.write_frame(tmp_path / "now.parquet", frame)
-    assert (tmp_path / "now.parquet").read_bytes()[:6] == b"ARROW1"          # Arrow IPC, whatever the name
-    pd.testing.assert_frame_equal(staging.read_frame(tmp_path / "now.parquet"), frame.reset_index(drop=True))
+    staging.write_frame(tmp_path / "now.arrow", frame)
+    assert (tmp_path / "now.arrow").read_bytes()[:6] == b"ARROW1"
+    pd.testing.assert_frame_equal(staging.read_frame(tmp_path / "now.arrow"), frame.reset_index(drop=True))
     frame.to_parquet(tmp_path / "before.parquet", index=False)
     pd.testing.assert_frame_equal(staging.read_frame(tmp_path / "before.parquet"), frame.reset_index(drop=True))
+
+
+def test_a_supply_in_flight_across_the_upgrade_reads_its_parquet_frames_and_never_counts_rows_twice(tmp_path):
+    """A work area written before frames were Arrow IPC holds ``*.parquet``: the next stage still reads them, and a
+    step that records its rows again replaces the old file rather than adding to it."""
+    m = Manifest(feed=FEED, period=PERIOD, work_dir=str(tmp_path), files={})
+    parsed = pd.DataFrame({"x": [1, 2]})
+    (tmp_path / "parsed").mkdir()
+    parsed.to_parquet(tmp_path / "parsed" / "offences.parquet", index=False)
+    pd.testing.assert_frame_equal(m.read_frame("parsed", "offences"), parsed)
+    old = pd.DataFrame({"source_file": ["offences"], "source_row": pd.array([3], dtype="Int64"),
+                        "reason": ["old"], "stage": ["validate"]})
+    (tmp_path / "rejected").mkdir()
+    old.to_parquet(tmp_path / "rejected" / "validate.offences.parquet", index=False)
+    assert m.rejected()["reason"].tolist() == ["old"]
+    m.set_rejected("validate", "offences", old.assign(reason="new"))
+    assert m.rejected()["reason"].tolist() == ["new"]
+    assert sorted(p.name for p in (tmp_path / "rejected").iterdir()) == ["validate.offences.arrow"]
+    m.write_frame("parsed", "offences", parsed.assign(x=[5, 6]))
+    assert m.read_frame("parsed", "offences")["x"].tolist() == [5, 6]
+    assert not (tmp_path / "parsed" / "offences.parquet").exists()
