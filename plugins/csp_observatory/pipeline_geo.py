@@ -212,9 +212,9 @@ def sanitise(work_dirs: list[str], settings: Settings | None = None,
 
 def _keyed(frame: pd.DataFrame, feed_file: Any) -> pd.DataFrame:
     """The frame with its content key, for a file with no reference number (``key: content``)."""
-    from csp_observatory import loading
+    from csp_observatory import record_keys
 
     if not feed_file.content_key:
         return frame
     columns = [c for c in feed_file.field_names if c in frame.columns]
-    return frame.assign(**{CONTENT_KEY_COLUMN: loading.content_keys(frame, columns)})
+    return frame.assign(**{CONTENT_KEY_COLUMN: record_keys.content_keys(frame, columns)})

@@ -44,7 +44,7 @@ REFERENCE_ROLES: Final = frozenset({"reference_number", "link"})
 #: A free-text datafield's rule in a depersonalised feed: ``scrub`` it (scrubbing.py) or ``drop`` the column.
 FREE_TEXT_RULES: Final = frozenset({"scrub", "drop"})
 DATASET_TYPES: Final = frozenset({"depersonalised", "personalised"})
-#: The column holding a content key (``key: content``): see FeedFile.content_key and loading.content_keys.
+#: The column holding a content key (``key: content``): see FeedFile.content_key and record_keys.content_keys.
 CONTENT_KEY_COLUMN: Final = "row_key"
 #: How each ``sanitising.displacement`` setting reads, for the Airflow UI and the report.
 DISPLACEMENT_TEXT: Final = {

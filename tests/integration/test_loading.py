@@ -10,7 +10,7 @@ import pandas as pd
 import psycopg2
 import pytest
 
-from csp_observatory import database, ddl, feed_tables, loading, partitions
+from csp_observatory import database, ddl, feed_tables, loading, partitions, record_keys
 from csp_observatory.schema import SCHEMA_DIR, FeedSchema
 from csp_observatory.schema_loading import load_schema
 
@@ -379,7 +379,7 @@ def test_a_file_moving_to_a_content_key_is_migrated_and_loads_without_its_old_ke
     # a guidance-exact victims frame (no victim_reference) now loads, twice identical rows and all
     frame = pd.DataFrame({c: pd.Series([None, None], dtype="object") for c in ddl.frame_columns(feed, victims)})
     frame["crime_reference"] = ["CR9", "CR9"]
-    frame["row_key"] = loading.content_keys(frame[["crime_reference"]], ["crime_reference"])
+    frame["row_key"] = record_keys.content_keys(frame[["crime_reference"]], ["crime_reference"])
     loading.load_supply(conn, feed, f"{feed.feed}/{PERIOD}", PERIOD, {"victims": frame},
                         lineage={"victims": "a" * 64})
     with conn.cursor() as cur:

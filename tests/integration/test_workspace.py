@@ -20,15 +20,14 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import psycopg2
 import pytest
 from psycopg2 import sql
 from scipy.spatial import cKDTree
 
-from csp_observatory import (database, ddl, demo, feed_tables, loading, postcodes_postgis, stamp, ward_month,
-                             workspace_connection, workspace_export, workspace_layers, workspace_project)
+from csp_observatory import (database, ddl, demo, feed_tables, loading, postcodes_postgis, record_keys, stamp,
+                             ward_month, workspace_connection, workspace_export, workspace_layers, workspace_project)
 from csp_observatory.schema import REPO_ROOT, SCHEMA_DIR, FeedSchema
 from csp_observatory.schema_loading import load_schema
 
@@ -168,7 +167,7 @@ def _frames(schema: FeedSchema, reference: pd.DataFrame, period: str, n: int) ->
         frame = pd.DataFrame(rows, columns=[c.name for c in cols])
         if f.content_key:
             fields = [c for c in f.field_names if c in frame.columns]
-            frame[ddl.CONTENT_KEY_COLUMN] = loading.content_keys(frame, fields)
+            frame[ddl.CONTENT_KEY_COLUMN] = record_keys.content_keys(frame, fields)
         out[f.name] = frame
     return out
 
@@ -327,7 +326,7 @@ def test_an_older_table_is_migrated_in_place(conn, isolated, reference):
     frames = _frames(feed, reference, PERIOD, 10)
     assert "victim_reference" in frames["victims"]
     frames["victims"]["victim_reference"] = None
-    frames["victims"]["row_key"] = loading.content_keys(frames["victims"], [
+    frames["victims"]["row_key"] = record_keys.content_keys(frames["victims"], [
         c for c in victims.field_names if c in frames["victims"]])
     assert sum(_load(conn, feed, PERIOD, frames).rows.values()) == 30
 

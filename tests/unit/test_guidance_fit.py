@@ -10,7 +10,7 @@ from datetime import datetime
 import pandas as pd
 import pytest
 
-from csp_observatory import cleaning, ddl, loading, parsing, schema_docs, validation
+from csp_observatory import cleaning, ddl, parsing, record_keys, schema_docs, validation
 from csp_observatory.schema import CONTENT_KEY_COLUMN, SchemaError
 from csp_observatory.schema_loading import load_schemas, parse_schema
 
@@ -57,19 +57,19 @@ def test_a_file_with_exactly_the_guidance_datafields_loads(schema, feed_file, tm
 def test_content_keys_are_stable_and_tell_identical_rows_apart():
     frame = pd.DataFrame({"crime_reference": ["CR1", "CR1", "CR2", "CR1"], "gender": ["F", "F", "M", "M"],
                           "age": pd.array([30, 30, None, 41], dtype="Int64")})
-    keys = loading.content_keys(frame, ["crime_reference", "gender", "age"])
+    keys = record_keys.content_keys(frame, ["crime_reference", "gender", "age"])
     assert keys.is_unique and keys.str.fullmatch(r"[0-9a-f]{32}-\d+").all()
     assert keys[0][:32] == keys[1][:32] and keys[0].endswith("-1") and keys[1].endswith("-2")
     # a re-sent supply in another order gives every record the same key
     shuffled = frame.iloc[[3, 2, 1, 0]].reset_index(drop=True)
-    again = loading.content_keys(shuffled, ["crime_reference", "gender", "age"])
+    again = record_keys.content_keys(shuffled, ["crime_reference", "gender", "age"])
     assert sorted(again) == sorted(keys)
     assert again[0] == keys[3] and again[1] == keys[2]
     # any change to a loaded value changes the key; a missing value differs from the text "<NA>"
     changed = frame.assign(age=pd.array([31, 30, None, 41], dtype="Int64"))
-    assert loading.content_keys(changed, ["crime_reference", "gender", "age"])[0] != keys[0]
-    assert loading.content_keys(pd.DataFrame({"a": [None]}), ["a"])[0] != \
-        loading.content_keys(pd.DataFrame({"a": ["<NA>"]}), ["a"])[0]
+    assert record_keys.content_keys(changed, ["crime_reference", "gender", "age"])[0] != keys[0]
+    assert record_keys.content_keys(pd.DataFrame({"a": [None]}), ["a"])[0] != \
+        record_keys.content_keys(pd.DataFrame({"a": ["<NA>"]}), ["a"])[0]
 
 
 def test_a_content_keyed_table_has_row_key_in_its_primary_key():

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pytest
 import shapely
 
-from csp_observatory import ddl, loading
+from csp_observatory import copy_binary, ddl, loading, record_keys
 from csp_observatory.schema import SCHEMA_DIR
 from csp_observatory.schema_loading import load_schema
 
@@ -30,7 +30,7 @@ LOADED_AT = dt.datetime(2026, 11, 29, 23, 0, 0, 250000, tzinfo=dt.timezone.utc)
 def test_points_are_the_ewkb_postgis_reads_and_missing_ones_are_null():
     x = np.array([409123.0, 0.5, np.nan, 400000.0])
     y = np.array([425001.0, 1.25, 425000.0, np.nan])
-    got = loading._ewkb_points(x, y).to_pylist()
+    got = copy_binary._ewkb_points(x, y).to_pylist()
     want = [shapely.to_wkb(shapely.set_srid(shapely.Point(a, b), ddl.SRID), include_srid=True, byte_order=1)
             for a, b in zip(x[:2], y[:2])]
     assert got[:2] == want and got[2:] == [None, None]
@@ -45,7 +45,7 @@ def test_the_copy_table_has_the_tables_columns_typed_lineage_and_the_point(prc):
     frame["flag_drugs"] = pd.array([True, None, False], dtype="boolean")
     frame["sanitised_easting"] = [409000.4, None, 409100.0]
     frame["sanitised_northing"] = [425000.0, 425000.0, 425100.0]
-    table = loading.copy_table(prc, feed_file, frame, columns, "prc/202609", "202609", "ab" * 32, LOADED_AT)
+    table = copy_binary.copy_table(prc, feed_file, frame, columns, "prc/202609", "202609", "ab" * 32, LOADED_AT)
     assert set(table.column_names) == {*(c.name for c in columns), *ddl.LOADER_COLUMNS}
     rows = {r["crime_reference"]: r for r in table.to_pylist()}
     assert rows["B1"]["sanitised_easting"] == 409000 and rows["B1"]["geom"].startswith(bytes.fromhex("0101000020346C0000"))
@@ -55,8 +55,8 @@ def test_the_copy_table_has_the_tables_columns_typed_lineage_and_the_point(prc):
     assert {r["loaded_at"] for r in rows.values()} == {LOADED_AT}
     assert str(rows["B1"]["committed_from_date"]) == "2026-09-02" and rows["B1"]["flag_drugs"] is True
     # The key order (fids and COPY follow it): "" (NULL) sorts last, as nulls do in PostgreSQL's ascending order.
-    assert loading.key_order(table, feed_file).tolist() == [1, 0, 2]
-    assert loading.key_order(table.take([1, 0, 2]), feed_file) is None       # already in order: nothing moves
+    assert record_keys.key_order(table, feed_file).tolist() == [1, 0, 2]
+    assert record_keys.key_order(table.take([1, 0, 2]), feed_file) is None       # already in order: nothing moves
 
 
 def _fields(row: bytes) -> list[bytes | None]:
@@ -84,7 +84,7 @@ def test_every_type_is_in_postgresqls_binary_wire_format_and_nulls_are_null():
     })
     types = {"i": "integer", "b": "bigint", "f": "double precision", "r": "real", "d": "date", "t": "text",
              "o": "boolean", "g": "geometry(Point,27700)", "ts": "timestamptz", "lin": "text"}
-    rows = [_fields(r) for r in loading.binary_copy_rows(table, types).to_pylist()]
+    rows = [_fields(r) for r in copy_binary.binary_copy_rows(table, types).to_pylist()]
     us = 946_684_800_000_000          # 2000-01-01 in microseconds after 1970
     stamp = struct.pack(">q", int(LOADED_AT.timestamp() * 1_000_000) - us)
     assert rows[0] == [struct.pack(">i", 7), struct.pack(">q", 2**40), struct.pack(">d", 0.1),
@@ -98,16 +98,16 @@ def test_every_type_is_in_postgresqls_binary_wire_format_and_nulls_are_null():
 
 def test_an_integer_or_real_out_of_range_is_refused_as_a_csv_copy_refused_it():
     with pytest.raises(ValueError, match="integer"):
-        loading.binary_copy_rows(pa.table({"i": pa.array([2**31], pa.int64())}), {"i": "integer"})
+        copy_binary.binary_copy_rows(pa.table({"i": pa.array([2**31], pa.int64())}), {"i": "integer"})
     with pytest.raises(ValueError, match="real"):
-        loading.binary_copy_rows(pa.table({"r": pa.array([1e39])}), {"r": "real"})
+        copy_binary.binary_copy_rows(pa.table({"r": pa.array([1e39])}), {"r": "real"})
 
 
 def test_a_real_halfway_between_two_floats_rounds_as_its_decimal_text_did():
     # 1 + 2**-24 lies halfway between the float32s 1 and 1 + 2**-23: a cast rounds it to even (1), but its shortest
     # text, 1.0000000596046448, is above the halfway point, and float4in rounds that up; 1 + 3 * 2**-24's text is
     # below its halfway point, so down, where the cast goes up to even (checked against PostgreSQL 15's float4in).
-    got = loading._real(np.array([1 + 2**-24, 1 + 3 * 2**-24, 0.1, -(1 + 2**-24)]))
+    got = copy_binary.real_values(np.array([1 + 2**-24, 1 + 3 * 2**-24, 0.1, -(1 + 2**-24)]))
     assert repr(1 + 2**-24) == "1.0000000596046448" and repr(1 + 3 * 2**-24) == "1.0000001788139343"
     assert np.array([1 + 2**-24, 1 + 3 * 2**-24]).astype(np.float32).tolist() == [1.0, 1 + 2**-22]
     assert got.tolist() == [1 + 2**-23, 1 + 2**-23, float(np.float32(0.1)), -(1 + 2**-23)]
@@ -116,16 +116,16 @@ def test_a_real_halfway_between_two_floats_rounds_as_its_decimal_text_did():
 def test_rows_taken_from_chunks_come_in_the_order_asked():
     chunks = [pa.array([b"a", b"b", b"c"]), pa.array([b"d", b"e", b"f"]), pa.array([b"g"])]
     positions = np.array([6, 0, 4, 2, 5])
-    assert loading._take_from_chunks(chunks, 3, positions).to_pylist() == [b"g", b"a", b"e", b"c", b"f"]
+    assert copy_binary.take_from_chunks(chunks, 3, positions).to_pylist() == [b"g", b"a", b"e", b"c", b"f"]
 
 
 def test_a_value_that_is_not_whole_is_refused_not_truncated(prc):
     feed_file = prc.file("victims")
     column = next(c for c in ddl.table_columns(prc, feed_file) if c.name == "age")
     with pytest.raises((TypeError, ValueError)):
-        loading._arrow_column(pd.Series([30.5]), column)
+        copy_binary._arrow_column(pd.Series([30.5]), column)
     with pytest.raises(ValueError):
-        loading._arrow_column(pd.Series(["forty"], dtype=object), column)
+        copy_binary._arrow_column(pd.Series(["forty"], dtype=object), column)
 
 
 def test_lazy_frames_are_read_when_asked_and_not_kept():
@@ -153,7 +153,7 @@ def test_the_string_key_order_is_arrows_sort_of_the_strings():
              "é", "e\u0301", "zz", "Z", "0" * 40, "0" * 16 + "1", "0" * 16]
     text = pa.array([keys[i] for i in rng.permutation(len(keys))])
     want = pc.sort_indices(text).to_numpy()
-    assert loading._string_order(text).tolist() == want.tolist()
-    assert loading._string_order(text.slice(7, 50)).tolist() == pc.sort_indices(text.slice(7, 50)).tolist()
-    assert loading._string_order(pa.array([], pa.string())).tolist() == []
-    assert loading._string_order(pa.array(["", "", ""])).tolist() == [0, 1, 2]
+    assert record_keys._string_order(text).tolist() == want.tolist()
+    assert record_keys._string_order(text.slice(7, 50)).tolist() == pc.sort_indices(text.slice(7, 50)).tolist()
+    assert record_keys._string_order(pa.array([], pa.string())).tolist() == []
+    assert record_keys._string_order(pa.array(["", "", ""])).tolist() == [0, 1, 2]
