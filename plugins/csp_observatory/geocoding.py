@@ -98,34 +98,6 @@ class _NearestLive:
         return self.rows[idx], dist
 
 
-#: What Python's ``\s`` matches in ASCII text, for use inside a character class (RE2's ``\s`` lacks \v, \x1c-\x1f).
-_ASCII_SPACE_CHARS: Final = r"\t\n\x0b\x0c\r\x1c-\x1f "
-
-
-def _re2_hint(pattern: str) -> str:
-    r"""A gazetteer hint (``(?i)\b(?:words)\b``, no look-arounds) in RE2 for ASCII text without a line end: the
-    word boundaries agree there, and ``\s`` is spelt out as Python reads it."""
-    return pattern.replace(r"[\s-]", f"[{_ASCII_SPACE_CHARS}-]").replace(r"\s", f"[{_ASCII_SPACE_CHARS}]")
-
-
-def _hint_rows(texts: pd.Series, pattern: str) -> np.ndarray:
-    """``textkernels.contains_distinct(texts, pattern)``: which rows hold a gazetteer hint word.
-
-    One RE2 pass over the ASCII values without a line end (nearly all of them); Python's ``re`` only for the rest,
-    once per distinct value. An address column hardly repeats, so Python once per distinct text was 170k
-    searches per million rows."""
-    import pyarrow.compute as pac
-
-    arr = textkernels.arrow_strings(texts)
-    plain = textkernels.plain_rows(arr)
-    hit = pac.fill_null(pac.match_substring_regex(arr, _re2_hint(pattern)), False)
-    out = hit.to_numpy(zero_copy_only=False).astype(bool)
-    if not plain.all():
-        rest = np.flatnonzero(~plain)
-        out[rest] = textkernels.contains_distinct(texts.iloc[rest], pattern)
-    return out
-
-
 def problem_reasons(notes: pd.Series) -> pd.Series:
     """Why each record got no point, in words that hold none of its values (for the partner's report)."""
     text = notes.astype("string").fillna("")
@@ -227,7 +199,7 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
         done[i] = True
 
     if use_places:
-        match_places(_hint_rows(texts, gazetteer.STRONG_HINT))
+        match_places(textkernels.contains(texts, gazetteer.STRONG_HINT))
 
     # 2. Supplied easting/northing inside Great Britain.
     e = _numbers(frame, loc.easting)
@@ -274,7 +246,7 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
     done |= hit
 
     if use_places and (~done).any():
-        match_places(~done & _hint_rows(texts, gazetteer.NON_ADDRESSABLE_HINT))
+        match_places(~done & textkernels.contains(texts, gazetteer.NON_ADDRESSABLE_HINT))
 
     # 7. Failed: say why, so the partner can fix it.
     failed = ~done

@@ -16,16 +16,28 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pac
 
-#: Python's ``\s`` on ASCII text (``str.isspace``): RE2's ``\s`` lacks \v and \x1c-\x1f.
-_ASCII_SPACE: Final = r"[\t\n\x0b\x0c\r\x1c-\x1f ]"
-_UNSUPPORTED: Final = re.compile(r"\(\?[=!<]|\\[1-9]|\\[AZbB]")
+#: Python's ``\s`` on ASCII text (``str.isspace``): RE2's ``\s`` lacks \v and \x1c-\x1f. The characters, for use
+#: inside a character class, and the class.
+_ASCII_SPACE_CHARS: Final = r"\t\n\x0b\x0c\r\x1c-\x1f "
+_ASCII_SPACE: Final = f"[{_ASCII_SPACE_CHARS}]"
+#: What RE2 cannot run as Python does: look-arounds, back-references, \A and \Z.
+_NEEDS_PYTHON: Final = re.compile(r"\(\?[=!<]|\\[1-9]|\\[AZ]")
+#: A word boundary: the same in both on ASCII text (all :func:`contains` gives RE2); :func:`re2_pattern` refuses it.
+_WORD_EDGE: Final = re.compile(r"\\[bB]")
+_CLASS: Final = re.compile(r"\[(?:\\.|[^\]\\])*\]")
+
+
+def _re2_spelling(pattern: str) -> str:
+    r"""``\d`` and ``\s`` as Python reads them on ASCII text, inside a character class or outside one."""
+    inside = _CLASS.sub(lambda m: m.group(0).replace(r"\d", "0-9").replace(r"\s", _ASCII_SPACE_CHARS), pattern)
+    return inside.replace(r"\d", "[0-9]").replace(r"\s", _ASCII_SPACE)
 
 
 def re2_pattern(pattern: str) -> str:
     """The RE2 spelling of a Python pattern, for ASCII text without newlines."""
-    if _UNSUPPORTED.search(pattern):
+    if _NEEDS_PYTHON.search(pattern) or _WORD_EDGE.search(pattern):
         raise ValueError(f"pattern needs Python's regex engine: {pattern!r}")
-    return pattern.replace(r"\d", "[0-9]").replace(r"\s", _ASCII_SPACE)
+    return _re2_spelling(pattern)
 
 
 def arrow_strings(values: pd.Series) -> pa.Array:
@@ -108,6 +120,25 @@ def extract(values: pd.Series, pattern: str, groups: int) -> list[pd.Series]:
         cols = [pac.replace_with_mask(c, mask, arrow_strings(slow[i].astype("string")).cast(c.type))
                 for i, c in enumerate(cols)]
     return [_series(c, values) for c in cols]
+
+
+def contains(values: pd.Series, pattern: str) -> np.ndarray:
+    """``values.str.contains(pattern).fillna(False)`` as a bool array.
+
+    One RE2 pass over the plain rows (ASCII without a line end, where a word boundary ``\\b`` is Python's too);
+    Python's ``re`` only for the rest, once per distinct value (:func:`contains_distinct`). For a column that hardly
+    repeats (addresses), Python once per distinct value was one search per row.
+    """
+    if _NEEDS_PYTHON.search(pattern):
+        return contains_distinct(values, pattern)
+    arr = arrow_strings(values)
+    plain = plain_rows(arr)
+    hit = pac.fill_null(pac.match_substring_regex(arr, _re2_spelling(pattern)), False)
+    out = hit.to_numpy(zero_copy_only=False).astype(bool)
+    if not plain.all():
+        rest = np.flatnonzero(~plain)
+        out[rest] = contains_distinct(values.iloc[rest], pattern)
+    return out
 
 
 def contains_distinct(values: pd.Series, pattern: str) -> np.ndarray:

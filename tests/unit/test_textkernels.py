@@ -93,6 +93,7 @@ def test_contains_distinct_matches_pandas():
     for pattern in (gazetteer.STRONG_HINT, gazetteer.NON_ADDRESSABLE_HINT, r"\d(?![A-Z]{2}\b)"):
         expected = values.str.contains(pattern, regex=True).fillna(False).to_numpy(bool).tolist()
         assert textkernels.contains_distinct(values, pattern).tolist() == expected
+        assert textkernels.contains(values, pattern).tolist() == expected      # RE2 where it can, else Python
         assert any(expected)
 
 
