@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from csp_observatory import textkernels
-from csp_observatory.parsing_csv import _csv_problem, read_columns
+from csp_observatory.parsing_csv import csv_problem, read_columns
 from csp_observatory.schema import FeedFile
 
 REJECTED_COLUMNS: Final = ["source_file", "source_row", "reason", "stage"]
@@ -132,7 +132,7 @@ def _read_records(text: str) -> list[list[str]]:
         for _ in reader:
             start = reader.line_num + 1
     except csv.Error as exc:
-        raise MalformedFile(_csv_problem(text, str(exc), start, reader.line_num)) from None
+        raise MalformedFile(csv_problem(text, str(exc), start, reader.line_num)) from None
     raise MalformedFile("the file is not valid CSV")    # the first read failed, the second did not: cannot happen
 
 

@@ -3,7 +3,7 @@ wrong with one the csv module cannot read (line numbers, never a value).
 
 :func:`read_columns` takes exactly the files ``csv.reader(strict=True)`` would read the same way, and returns None
 for any other, which :mod:`csp_observatory.parsing` then reads row by row with the csv module; when that fails,
-:func:`_csv_problem` says where and how, in a partner's words.
+:func:`csv_problem` says where and how, in a partner's words.
 """
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ def _open_quote_line(text: str, start: int, end: int) -> int:
     return opened
 
 
-def _csv_problem(text: str, message: str, start: int, at: int) -> str:
+def csv_problem(text: str, message: str, start: int, at: int) -> str:
     """What is wrong, in a partner's words, from the csv module's error: line numbers, never a value."""
     opened = _open_quote_line(text, start, at)
     if "unexpected end of data" in message:

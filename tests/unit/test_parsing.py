@@ -233,6 +233,6 @@ def test_an_unclosed_quote_is_placed_on_its_own_line_when_every_text_field_is_qu
     path = tmp_path / "f.csv"
     path.write_text("".join(lines))
     text = path.read_text()
-    problem = parsing_csv._csv_problem(text, "',' expected after '\"'", 1, 4)
+    problem = parsing_csv.csv_problem(text, "',' expected after '\"'", 1, 4)
     assert problem.startswith("line 3: a quoted field is never closed"), problem
     assert "Secret" not in problem
