@@ -138,10 +138,13 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
                    "no longer being written; skipped when the window closes with nothing ready.")
 
         @task
-        def collect(periods: list[str], run_id: str | None = None) -> list[str]:
+        def collect(periods: list[str], run_id: str | None = None, ti: Any = None) -> list[str]:
             from csp_observatory import pipeline
+            from csp_observatory.arrival import SETTLED_XCOM
 
-            return pipeline.collect(feed, periods, run_id or "manual", services=_services())
+            # the sizes the sensor saw hold: files still as it saw them are not waited on again
+            settled = ti.xcom_pull(task_ids=waiting.task_id, key=SETTLED_XCOM) if ti is not None else None
+            return pipeline.collect(feed, periods, run_id or "manual", services=_services(), settled=settled)
 
         @task
         def decrypt_and_verify(supplies: list[str]) -> list[str]:

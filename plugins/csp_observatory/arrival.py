@@ -42,6 +42,8 @@ logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 #: The key under which a watcher keeps the last arrival it fired for, in the asset's state store.
 LAST_FIRED: Final = "last_arrival"
+#: The XCom key under which the sensor hands the collect task the sizes it saw hold (``pipeline.ReadyLook``).
+SETTLED_XCOM: Final = "settled_sizes"
 
 
 @dataclass(frozen=True)
@@ -279,20 +281,27 @@ class SupplySensor(BaseSensorOperator):
         # seconds from a scheduled run's logical date to its supply's due time (the late-supply deadline)
         self.due_after_s = due_after_s
 
+    def _ready(self, context: Any) -> list[str]:
+        """One look in the worker (quarantining strays); when a supply is ready, the sizes it saw hold go to the
+        collect task (XCom :data:`SETTLED_XCOM`), so that it need not wait for them to hold again."""
+        from csp_observatory import pipeline
+
+        seen = pipeline.ready_look(self.feed, services=_connections())
+        ti = context.get("ti") if hasattr(context, "get") else None
+        if seen.periods and ti is not None:
+            ti.xcom_push(key=SETTLED_XCOM, value=seen.settled)
+        return seen.periods
+
     def poke(self, context: Any) -> Any:
         from airflow.sdk import PokeReturnValue
 
-        from csp_observatory import pipeline
-
-        periods = pipeline.ready_periods(self.feed, services=_connections())
+        periods = self._ready(context)
         return PokeReturnValue(is_done=bool(periods), xcom_value=periods)
 
     def execute(self, context: Any) -> Any:
         if not self.deferrable:
             return super().execute(context)
-        from csp_observatory import pipeline
-
-        periods = pipeline.ready_periods(self.feed, services=_connections())
+        periods = self._ready(context)
         if periods:
             return periods
         run = context.get("dag_run")
@@ -307,12 +316,10 @@ class SupplySensor(BaseSensorOperator):
                    timeout=timedelta(seconds=window + 3 * float(self.poke_interval) + 60))
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> list[str]:
-        from csp_observatory import pipeline
-
         if not event or event.get("status") != "ready":
             raise AirflowSkipException(f"no complete supply of {self.feed} arrived within the window")
         # Look again in the worker: intake quarantines strays here, and the supply must still be there.
-        periods = pipeline.ready_periods(self.feed, services=_connections())
+        periods = self._ready(context)
         if not periods:
             raise AirflowSkipException(f"the supply of {self.feed} seen by the trigger is no longer ready")
         return periods

@@ -12,6 +12,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
 import gnupg
@@ -143,6 +144,14 @@ def local_write_failure(stderr: str, output: Path) -> None:
                                 f"at fault and stays in the inbox")
 
 
+@lru_cache(maxsize=8)
+def _gpg(gnupg_home: str) -> gnupg.GPG:
+    """python-gnupg's handle on a keyring, made once per home: making one runs ``gpg --version`` (a process each
+    time, for every file of every supply). It holds only settings; each decryption runs its own gpg process and
+    gets its own result, so the decrypt stage's threads may share it."""
+    return gnupg.GPG(gnupghome=gnupg_home)
+
+
 def decrypt_and_verify(gnupg_home: str | Path, encrypted: Path, output: Path, expected_fingerprint: str,
                        passphrase: str | None = None) -> Verified:
     """Decrypt ``encrypted`` to ``output`` only if it is signed by ``expected_fingerprint``; else RefusedFile."""
@@ -151,7 +160,7 @@ def decrypt_and_verify(gnupg_home: str | Path, encrypted: Path, output: Path, ex
     # Create the temporary file 0600 first: gpg reuses it, so plaintext is never readable by others.
     os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
-        gpg = gnupg.GPG(gnupghome=str(gnupg_home))
+        gpg = _gpg(str(gnupg_home))
         result = gpg.decrypt_file(str(encrypted), passphrase=passphrase, output=str(temp))
         local_write_failure(result.stderr or "", temp)
         signer, when = check_status(result.stderr or "", expected_fingerprint)

@@ -114,6 +114,9 @@ class ReadySupplies:
     kinds: dict[str, str] = field(default_factory=dict)       # stray name -> file | link | folder | other
     waiting: dict[str, str] = field(default_factory=dict)     # period -> why it is not taken yet
     sizes: dict[str, int] = field(default_factory=dict)       # name -> size now: the next poll's previous_sizes
+    # name -> [size, mtime] of each file whose size this look saw hold since the previous poll (JSON-able: the
+    # sensor hands it to the collect task, which may then skip its own wait: see trusted_sizes)
+    settled: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def unrecognised(self) -> list[str]:
@@ -239,7 +242,9 @@ def plan_supplies(schema: FeedSchema, listing: list[RemoteFile], previous_sizes:
     partner_id = partner_id or schema.partner.id
     listing = [f for f in listing
                if not (siblings and _sibling_claims(siblings, f.name.removesuffix(PART)))]
-    out = ReadySupplies(sizes={f.name: f.size for f in listing if f.kind == "file"})
+    out = ReadySupplies(sizes={f.name: f.size for f in listing if f.kind == "file"},
+                        settled={f.name: [f.size, f.mtime] for f in listing
+                                 if f.kind == "file" and f.name in previous and previous[f.name] == f.size})
     uploading = {f.name[: -len(PART)] for f in listing if f.kind == "file" and f.name.endswith(PART)}
     by_period: dict[str, dict[str, RemoteFile]] = {}
     metadata_files: dict[str, list[RemoteFile]] = {}
@@ -309,21 +314,55 @@ def wait_until_stable(sftp: Any, folder: str, names: list[str], polls: int, inte
     return seen or {}
 
 
+def trusted_sizes(listing: list[RemoteFile], candidates: list[str],
+                  settled: dict[str, list[int]] | None) -> dict[str, int] | None:
+    """The sizes of ``candidates`` as an earlier look certified them (``settled``: a ``ReadySupplies.settled``),
+    or None when any candidate is not exactly as that look left it (then the caller polls again).
+
+    Why this is as safe as polling again: a look puts a file in ``settled`` only when its size held between two
+    listings at least ``poll_interval_s`` apart (``wait_until_stable``, or the previous poll). If this listing,
+    later still, shows the same size and the same modification time, the size has held over an even longer span
+    and nothing wrote to the file since (a write moves its mtime), which is all a second poll would tell. A file
+    the earlier look did not certify (new, changed, or one it saw growing) makes the whole inbox polled again, as
+    before, so strays such as an empty file are still judged on two polls. And a file that starts growing after
+    this listing is caught by the download, which refuses bytes that differ from the listed size
+    (``intake_download.IncompleteDownload``), as it does after a poll.
+    """
+    if not settled:
+        return None
+    by_name = {f.name: f for f in listing}
+    trusted: dict[str, int] = {}
+    for name in candidates:
+        f = by_name[name]
+        if settled.get(name) != [f.size, f.mtime]:
+            return None
+        trusted[name] = f.size
+    return trusted
+
+
 def find_ready_supplies(sftp: Any, schema: FeedSchema, settings: Settings,
-                        previous_sizes: dict[str, int] | None = None) -> ReadySupplies:
+                        previous_sizes: dict[str, int] | None = None,
+                        settled: dict[str, list[int]] | None = None) -> ReadySupplies:
     """Ready supplies of a feed in its partner's inbox, plus unrecognised names and periods still waiting.
 
     With ``previous_sizes`` (the ``sizes`` of the last poll) this is one listing; without, it polls the inbox
-    ``settings.stable_polls`` times ``settings.poll_interval_s`` apart to see which sizes hold still.
+    ``settings.stable_polls`` times ``settings.poll_interval_s`` apart to see which sizes hold still, unless
+    ``settled`` (an earlier look's ``ReadySupplies.settled``, e.g. the sensor's) already certifies every file
+    that might be taken exactly as it is listed now (:func:`trusted_sizes`).
     """
     partner_id = settings.supplier(schema.feed, schema.partner.id)
     siblings = sibling_schemas(schema, settings)
     inbox = settings.inbox(partner_id)
     if previous_sizes is None:
-        candidates = [f.name for f in list_files(sftp, inbox)
-                      if not f.name.endswith(PART) and stray_reason(schema, f) is None]
-        previous_sizes = (wait_until_stable(sftp, inbox, candidates, settings.stable_polls,
-                                            settings.poll_interval_s) if candidates else {})
+        listed = list_files(sftp, inbox)
+        candidates = [f.name for f in listed if not f.name.endswith(PART) and stray_reason(schema, f) is None]
+        previous_sizes = trusted_sizes(listed, candidates, settled) if candidates else {}
+        if previous_sizes is None:
+            previous_sizes = wait_until_stable(sftp, inbox, candidates, settings.stable_polls,
+                                               settings.poll_interval_s)
+        else:
+            log.info("%s: sizes of %d file(s) held since the sensor's look: not polled again", schema.feed,
+                     len(previous_sizes))
     ready = plan_supplies(schema, list_entries(sftp, inbox), previous_sizes, siblings, partner_id)
     for period, why in ready.waiting.items():
         log.info("%s/%s not taken yet: %s", schema.feed, period, why)

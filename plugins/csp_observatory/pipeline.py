@@ -18,7 +18,7 @@ call them: ``pipeline.collect``, ``pipeline.load`` and so on.
 """
 from __future__ import annotations
 
-from csp_observatory.pipeline_collect import collect, decrypt_and_verify, ready_periods
+from csp_observatory.pipeline_collect import ReadyLook, collect, decrypt_and_verify, ready_look, ready_periods
 from csp_observatory.pipeline_geo import clean, geocode, sanitise
 from csp_observatory.pipeline_load import load, loaded_supplies
 from csp_observatory.pipeline_parse import parse_and_validate
@@ -26,6 +26,6 @@ from csp_observatory.pipeline_report import report_and_archive, verdict
 from csp_observatory.pipeline_supply import (Manifest, Services, SettingsServices, SupplyFile, SupplyHasProblems,
                                              SupplyNotLoaded)
 
-__all__ = ["Manifest", "Services", "SettingsServices", "SupplyFile", "SupplyHasProblems", "SupplyNotLoaded",
-           "clean", "collect", "decrypt_and_verify", "geocode", "load", "loaded_supplies", "parse_and_validate",
-           "ready_periods", "report_and_archive", "sanitise", "verdict"]
+__all__ = ["Manifest", "ReadyLook", "Services", "SettingsServices", "SupplyFile", "SupplyHasProblems",
+           "SupplyNotLoaded", "clean", "collect", "decrypt_and_verify", "geocode", "load", "loaded_supplies",
+           "parse_and_validate", "ready_look", "ready_periods", "report_and_archive", "sanitise", "verdict"]

@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, ContextManager
 
 from csp_observatory import staging
 from csp_observatory.config import Settings, load_settings
@@ -23,8 +26,17 @@ log = logging.getLogger("csp_observatory.pipeline")
 
 # --- stage 1: collect ------------------------------------------------------------------------------
 
-def ready_periods(feed: str, settings: Settings | None = None, services: Services | None = None) -> list[str]:
-    """Periods whose every file is in the partner's inbox and no longer being written.
+@dataclass(frozen=True)
+class ReadyLook:
+    """What the sensor's look found: the ready periods, and the files whose size it saw hold (name -> [size,
+    mtime], ``intake.ReadySupplies.settled``), which the collect task may trust instead of polling again."""
+
+    periods: list[str]
+    settled: dict[str, list[int]]
+
+
+def ready_look(feed: str, settings: Settings | None = None, services: Services | None = None) -> ReadyLook:
+    """The periods whose every file is in the partner's inbox and no longer being written, with the sizes seen.
 
     Strays (misnamed files, bad periods, links, folders, empty files) are quarantined here with their reason:
     when nothing in the inbox is ready no run starts, and the partner must still hear about every one.
@@ -37,12 +49,22 @@ def ready_periods(feed: str, settings: Settings | None = None, services: Service
     with svc.sftp() as client:
         ready = intake.find_ready_supplies(client, schema, settings)
         intake_quarantine.quarantine_strays(client, settings, schema, ready)
-    return sorted(s.period for s in ready.supplies)
+    return ReadyLook(sorted(s.period for s in ready.supplies), ready.settled)
+
+
+def ready_periods(feed: str, settings: Settings | None = None, services: Services | None = None) -> list[str]:
+    """The periods of :func:`ready_look` (which quarantines the strays it finds)."""
+    return ready_look(feed, settings, services).periods
 
 
 def collect(feed: str, periods: list[str], run_id: str, settings: Settings | None = None,
-            services: Services | None = None) -> list[str]:
-    """Download each ready supply into staging, record its hashes, and set aside duplicates and strays."""
+            services: Services | None = None, settled: dict[str, list[int]] | None = None) -> list[str]:
+    """Download each ready supply into staging, record its hashes, and set aside duplicates and strays.
+
+    ``settled``: the sensor's :attr:`ReadyLook.settled`; files still exactly as it saw them are not polled again
+    for a stable size (``intake.trusted_sizes`` says why that is safe); without it, or if anything changed, the
+    inbox is polled as always.
+    """
     from csp_observatory import agreements, intake, intake_download, intake_quarantine, ledger
 
     settings = settings or load_settings()
@@ -52,7 +74,7 @@ def collect(feed: str, periods: list[str], run_id: str, settings: Settings | Non
     with svc.sftp() as client, svc.db() as conn:
         ledger.ensure_ledger(conn)
         conn.commit()
-        ready = intake.find_ready_supplies(client, schema, settings)
+        ready = intake.find_ready_supplies(client, schema, settings, settled=settled)
         # Strays that arrived since the sensor's look; one never stops another, nor a supply.
         intake_quarantine.quarantine_strays(client, settings, schema, ready)
         for pending in ready.supplies:
@@ -109,6 +131,19 @@ def _into_store(local_path: str, work: staging.Location) -> str:
 
 # --- stage 2: decrypt and verify --------------------------------------------------------------------
 
+class _OnFirstUse:
+    """A session (``Services.sftp`` or ``Services.db``) entered on ``stack`` the first time it is asked for."""
+
+    def __init__(self, stack: ExitStack, open_session: Callable[[], ContextManager[Any]]) -> None:
+        self._stack, self._open, self._session = stack, open_session, None
+
+    def get(self) -> Any:
+        """The session, opened now if it is not yet."""
+        if self._session is None:
+            self._session = self._stack.enter_context(self._open())
+        return self._session
+
+
 def decrypt_and_verify(work_dirs: list[str], settings: Settings | None = None,
                        services: Services | None = None) -> list[str]:
     """Decrypt each file; only a file signed by the partner's pinned key goes on."""
@@ -117,7 +152,10 @@ def decrypt_and_verify(work_dirs: list[str], settings: Settings | None = None,
     settings = settings or load_settings()
     svc = _services(settings, services)
     out: list[str] = []
-    with svc.sftp() as client, svc.db() as conn:
+    # SFTP and PostGIS are needed only to refuse a file (quarantine it, ledger it): a login each that a supply
+    # whose files all verify never needs, so each is opened at the first refusal and closed when the stage ends.
+    with ExitStack() as stack:
+        sftp_session, db_session = _OnFirstUse(stack, svc.sftp), _OnFirstUse(stack, svc.db)
         for m in _in_flight(work_dirs):
             if not m.ok:
                 out.append(m.work_dir)
@@ -146,7 +184,7 @@ def decrypt_and_verify(work_dirs: list[str], settings: Settings | None = None,
                 outcomes = list(pool.map(decrypt, files))
             for f, verified in zip(files, outcomes):
                 if isinstance(verified, decryption.RefusedFile):
-                    _refuse(m, settings, client, f, verified.reason, "refused", conn)
+                    _refuse(m, settings, sftp_session.get(), f, verified.reason, "refused", db_session.get())
                     continue
                 f.plaintext_path, f.signer = str(plaintext_of(f)), verified.signer_fingerprint
             if not m.ok:
