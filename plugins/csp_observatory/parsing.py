@@ -6,6 +6,7 @@ missing) raise :class:`MalformedFile`, and the pipeline quarantines the file wit
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import re
@@ -13,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from csp_observatory import textkernels
+from csp_observatory.parsing_convert import _FLOAT, _INTEGER, _ISO_DATE, _TIME, _UK_DATE  # noqa: F401 (tests)
+from csp_observatory.parsing_convert import FALSE_WORDS, TRUE_WORDS, convert_column  # noqa: F401 (callers)
 from csp_observatory.parsing_csv import csv_problem, read_columns
 from csp_observatory.schema import FeedFile
 
@@ -27,17 +30,10 @@ DTYPES: Final = {
     "string": "string", "code": "string", "postcode": "string", "time": "string",
     "date": "datetime64[ns]", "integer": "Int64", "float": "Float64", "boolean": "boolean",
 }
-TRUE_WORDS: Final = frozenset({"y", "yes", "true", "t", "1"})
-FALSE_WORDS: Final = frozenset({"n", "no", "false", "f", "0"})
-_ISO_DATE: Final = r"\d{4}-\d{1,2}-\d{1,2}"
-_UK_DATE: Final = r"\d{1,2}/\d{1,2}/\d{4}"
-_TIME: Final = r"(?:[01]?\d|2[0-3]):[0-5]\d(?::[0-5]\d)?|(?:[01]\d|2[0-3])[0-5]\d"
-# Whole numbers, allowing a written ".0" (spreadsheets export 12 as 12.0); at most 18 digits fits Int64.
-_INTEGER: Final = r"[+-]?\d{1,18}(?:\.0*)?"
-_FLOAT: Final = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
-# datetime64[ns] covers 1677-09-21 .. 2262-04-11; anything outside cannot be stored.
-_MIN_DATE: Final = pd.Timestamp("1678-01-01")
-_MAX_DATE: Final = pd.Timestamp("2262-01-01")
+#: A byte that is not ASCII whitespace (what bytes.strip removes): a file without one is empty.
+_NOT_SPACE: Final = re.compile(rb"[^ \t\n\r\x0b\x0c]")
+#: How much of a file is checked as UTF-8 at a time.
+_PIECE: Final = 1 << 24
 #: How many dropped column names a header problem lists before saying how many more there are.
 UNKNOWN_COLUMNS_SHOWN: Final = 20
 _WHAT: Final = {
@@ -96,6 +92,16 @@ def _line_of(data: bytes, offset: int) -> int:
 
 
 def _decode(data: bytes) -> tuple[str, str]:
+    """The file's text and its encoding (UTF-8, a byte order mark dropped, else cp1252); see :func:`_utf8`."""
+    utf8, encoding, text = _utf8(data)
+    return (utf8.decode("utf-8") if text is None else text), encoding
+
+
+def _utf8(data: bytes) -> tuple[bytes, str, str | None]:
+    """The file as UTF-8 bytes without a byte order mark, its encoding, and its text if reading it made that.
+
+    A UTF-8 file is only checked, not decoded: its bytes are what Arrow's CSV reader reads.
+    """
     # The whole file, not its start: a NUL anywhere passes every later check and then fails the load's COPY
     # on every retry. bytes.find is a memchr, fast even on a large file.
     nul = data.find(b"\x00")
@@ -106,16 +112,30 @@ def _decode(data: bytes) -> tuple[str, str]:
                 if nul < 4 or line == 1 else "")
         raise MalformedFile(f"line {line}: the file contains a NUL byte (binary data), so it is not a CSV text "
                             f"file{hint}. Export the data again as CSV and check that line")
-    try:
-        return data.decode("utf-8-sig"), "utf-8"
-    except UnicodeDecodeError:
-        pass
+    if _is_utf8(data):
+        return (data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data), "utf-8", None
     try:
         # Spreadsheets on Windows save CSV as cp1252 ("ANSI"); accept it but tell the partner.
-        return data.decode("cp1252"), "cp1252"
+        text = data.decode("cp1252")
     except UnicodeDecodeError:
         raise MalformedFile("the file is not text in UTF-8 (nor Windows cp1252): save it as CSV UTF-8 (a Save As"
                             " type in spreadsheets)") from None
+    return text.encode("utf-8"), "cp1252", text
+
+
+def _is_utf8(data: bytes) -> bool:
+    """Whether Python decodes the bytes as UTF-8, without making the text (a 16 MiB piece at a time)."""
+    if data.isascii():
+        return True
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(data)
+    try:
+        for start in range(0, len(view), _PIECE):
+            decoder.decode(view[start:start + _PIECE])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _read_records(text: str) -> list[list[str]]:
@@ -142,44 +162,6 @@ def _shown(value: str, datafield_personal: bool) -> str:
         return "(value withheld: personal data)"
     value = value if len(value) <= 40 else value[:37] + "..."
     return f"'{value}'"
-
-
-def _convert(raw: pd.Series, kind: str) -> tuple[pd.Series, pd.Series]:
-    """Typed values and a mask of values that are present but could not be converted."""
-    stripped = raw.str.strip()
-    present = stripped.notna() & (stripped != "")
-    if kind in ("string", "code", "postcode"):
-        return raw.where(present, pd.NA).astype("string"), pd.Series(False, index=raw.index)
-    if kind == "time":
-        ok = textkernels.fullmatch(stripped, _TIME)
-        return stripped.where(present, pd.NA).astype("string"), present & ~ok
-    if kind == "date":
-        out = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns]")
-        iso = present & textkernels.fullmatch(stripped, _ISO_DATE)
-        uk = present & textkernels.fullmatch(stripped, _UK_DATE)
-        for mask, fmt in ((iso, "%Y-%m-%d"), (uk, "%d/%m/%Y")):
-            if mask.any():
-                parsed = pd.to_datetime(stripped[mask], format=fmt, errors="coerce")
-                parsed = parsed.where((parsed >= _MIN_DATE) & (parsed < _MAX_DATE))
-                out[mask] = parsed.astype("datetime64[ns]")
-        return out, present & out.isna()
-    if kind == "integer":
-        ok = present & textkernels.fullmatch(stripped, _INTEGER)
-        # Only well-formed values reach the cast, so it cannot fail.
-        values = textkernels.replace(stripped.where(ok), r"\.0*$", "").astype("Int64")
-        return values, present & ~ok
-    if kind == "float":
-        ok = present & textkernels.fullmatch(stripped, _FLOAT)
-        values = stripped.where(ok).astype("Float64")
-        return values, present & ~ok
-    if kind == "boolean":
-        lower = stripped.str.lower()
-        is_true, is_false = lower.isin(TRUE_WORDS), lower.isin(FALSE_WORDS)
-        values = pd.Series(pd.NA, index=raw.index, dtype="boolean")
-        values[is_true.fillna(False)] = True
-        values[is_false.fillna(False)] = False
-        return values, present & ~(is_true | is_false).fillna(False)
-    raise ValueError(f"unknown datafield type {kind!r}")
 
 
 def split_rows(body: list[list[str]], width: int) -> tuple[list[list[str]], list[int], list[tuple[int, str]]]:
@@ -210,12 +192,13 @@ def parse_csv(path: Path, feed_file: FeedFile, columnar: bool = True) -> ParseRe
     not take, reads row by row with the csv module (the reference the columnar path is tested against).
     """
     data = Path(path).read_bytes()
-    if not data.strip():
+    if _NOT_SPACE.search(data) is None:
         raise MalformedFile("the file is empty: it has no header row and no data")
-    text, encoding = _decode(data)
+    utf8, encoding, text = _utf8(data)
     del data
-    read = read_columns(text) if columnar else None
+    read = read_columns(utf8) if columnar else None
     if read is not None:
+        del utf8, text          # Arrow's columns hold their own copy of the values
         header, arrow_columns = read
         n_rows = len(arrow_columns[0])
         good_numbers: list[int] | range = range(1, n_rows + 1)
@@ -225,14 +208,16 @@ def parse_csv(path: Path, feed_file: FeedFile, columnar: bool = True) -> ParseRe
         def column(i: int) -> Any:
             return arrow_columns[i]
     else:
+        text = utf8.decode("utf-8") if text is None else text
+        del utf8
         header, good_rows, good_numbers, bad_numbers, bad_reasons = _read_rows(text)
+        del text
         n_rows = len(good_rows)
         columns = list(zip(*good_rows)) if good_rows else [()] * len(header)
 
         def column(i: int) -> Any:
             # Building the column through pyarrow is about 2.5x faster than from a tuple of str.
             return pa.array(columns[i], pa.large_string())
-    del text
     return _typed_result(feed_file, header, column, n_rows, good_numbers, bad_numbers, bad_reasons, encoding)
 
 
@@ -288,12 +273,12 @@ def _typed_result(feed_file: FeedFile, header: list[str], column: Any, n_rows: i
 
     index = pd.RangeIndex(n_rows)
     out: dict[str, pd.Series] = {}
-    bad_masks: dict[str, pd.Series] = {}
-    raws: dict[str, pd.Series] = {}
+    bad_masks: dict[str, np.ndarray] = {}
+    raws: dict[str, Any] = {}
     for d in feed_file.datafields:
         if d.name in positions:
-            raw = pd.Series(column(positions[d.name]), index=index, dtype="string")
-            out[d.name], bad = _convert(raw, d.type)
+            raw = column(positions[d.name])
+            out[d.name], bad = convert_column(raw, d.type, index)
             if bad.any():
                 bad_masks[d.name] = bad
                 raws[d.name] = raw
@@ -303,14 +288,15 @@ def _typed_result(feed_file: FeedFile, header: list[str], column: Any, n_rows: i
     frame = pd.DataFrame(out, copy=False)
 
     if bad_masks:
-        any_bad = pd.Series(False, index=index)
+        any_bad = np.zeros(n_rows, dtype=bool)
         messages: dict[int, list[str]] = {}
         for name, mask in bad_masks.items():
             any_bad |= mask
             d = feed_file.field(name)
-            raw_col = raws[name]
-            for i in mask[mask].index:
-                messages.setdefault(i, []).append(f"{name} {_shown(str(raw_col[i]).strip(), d.personal)} "
+            rows = np.flatnonzero(mask)
+            values = raws[name].take(pa.array(rows)).to_pylist()
+            for i, value in zip(rows.tolist(), values):
+                messages.setdefault(i, []).append(f"{name} {_shown(str(value).strip(), d.personal)} "
                                                   f"{_WHAT[d.type]}")
         for i in sorted(messages):
             bad_numbers.append(good_numbers[i])

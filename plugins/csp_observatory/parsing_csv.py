@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+from typing import Final
 
 import numpy as np
 import pyarrow as pa
@@ -16,15 +17,37 @@ import pyarrow.compute as pac
 import pyarrow.csv as pcsv
 
 
-def _quotes_are_plain(data: np.ndarray) -> bool:
+#: A file whose double quote marks all belong to well-formed quoted fields (strict CSV), as one RE2 pattern: fields
+#: split by commas and line ends, each either free of quote marks or wholly one quoted field (quote, then anything
+#: but a quote or a doubled quote, then quote). RE2 runs it in one linear pass without backtracking.
+_PLAIN_QUOTES: Final = r'^(?:"(?:[^"]|"")*"|[^",\r\n]*)(?:[,\r\n](?:"(?:[^"]|"")*"|[^",\r\n]*))*$'
+#: RE2 takes texts up to 2 GiB; a larger file is checked with numpy.
+_RE2_LIMIT: Final = (1 << 31) - 1
+
+
+def _quotes_are_plain(data: np.ndarray | bytes | pa.Buffer) -> bool:
     """Whether every double quote mark of the file is part of a well-formed quoted field (strict CSV).
+
+    Each quoted field must be a whole field: it opens after a field's start (comma, line end, start of file)
+    and closes before a comma, a line end or the end of the file, with any quote mark inside it doubled.
+    Anything else (a quote inside an unquoted value, text after a closing quote, an unclosed quote) is left to
+    the csv module, which reads such files its own way or says what is wrong.
+    """
+    buf = data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
+    if buf.size >= _RE2_LIMIT:
+        return _quotes_are_plain_numpy(np.frombuffer(buf, dtype=np.uint8))
+    text = pa.LargeBinaryArray.from_buffers(pa.large_binary(), 1, [None, pa.py_buffer(
+        np.array([0, buf.size], dtype=np.int64)), buf])
+    return bool(pac.match_substring_regex(text, _PLAIN_QUOTES)[0].as_py())
+
+
+def _quotes_are_plain_numpy(data: np.ndarray) -> bool:
+    """:func:`_quotes_are_plain` by counting quote marks, for a file too large for RE2.
 
     Counting quote marks, a file whose quotes are all in quoted fields is inside a value after an odd count:
     an escaped ``""`` closes and at once reopens. So each opening mark (even position in the count) must
     follow a field's start (comma, line end, start of file) or the mark before it, and each closing mark must
-    be followed by a comma, a line end, the end of the file or the next mark. Anything else (a quote inside an
-    unquoted value, text after a closing quote, an unclosed quote) is left to the csv module, which reads such
-    files its own way or says what is wrong.
+    be followed by a comma, a line end, the end of the file or the next mark.
     """
     at = np.flatnonzero(data == ord('"'))
     if len(at) == 0:
@@ -43,31 +66,38 @@ def _quotes_are_plain(data: np.ndarray) -> bool:
     return bool(open_ok.all() and close_ok.all())
 
 
-def read_columns(text: str) -> tuple[list[str], list[pa.ChunkedArray]] | None:
-    """The header and the data columns of a well-formed CSV text, read by Arrow's CSV reader; None otherwise.
+def read_columns(data: bytes | str) -> tuple[list[str], list[pa.ChunkedArray]] | None:
+    """The header and the data columns of a well-formed CSV, read by Arrow's CSV reader; None otherwise.
 
-    Exactly what ``csv.reader(strict=True)`` would read, for the files it reads: every row as wide as the
-    header, no blank line, quotes only in well-formed quoted fields (``_quotes_are_plain``), no value reaching
-    the csv module's field size limit. Any other file (a rare one) returns None, and the caller reads it row by
-    row with the csv module, which finds and words each problem as before.
+    ``data``: the file as UTF-8 bytes without a byte order mark (or as text). The columns are ``large_string``
+    (pandas' own string storage, so making Series of them copies nothing). Exactly what
+    ``csv.reader(strict=True)`` would read, for the files it reads: every row as wide as the header, no blank
+    line, quotes only in well-formed quoted fields (``_quotes_are_plain``), no value reaching the csv module's
+    field size limit. Any other file (a rare one) returns None, and the caller reads it row by row with the csv
+    module, which finds and words each problem as before.
     """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    # The header as the csv module reads it. A cut through a character's bytes only drops that character, and a
+    # header longer than the cut then differs from Arrow's, which sends the file to the csv module.
     try:
-        first = next(csv.reader(io.StringIO(text[:1 << 20], newline=""), strict=True), [])
+        first = next(csv.reader(io.StringIO(data[:1 << 20].decode("utf-8", errors="ignore"), newline=""),
+                                strict=True), [])
     except csv.Error:
         return None
     width = len(first)
     if width < 2 or not any(c.strip() for c in first):
         return None        # blank lines above the header, or a one-column file where a blank line is a value
-    data = text.encode("utf-8")
-    if not _quotes_are_plain(np.frombuffer(data, dtype=np.uint8)):
+    buf = pa.py_buffer(data)
+    if not _quotes_are_plain(buf):
         return None
     try:
         table = pcsv.read_csv(
-            pa.py_buffer(data),
+            buf,
             read_options=pcsv.ReadOptions(autogenerate_column_names=True, block_size=8 << 20),
             parse_options=pcsv.ParseOptions(delimiter=",", quote_char='"', double_quote=True, escape_char=False,
                                             newlines_in_values=True, ignore_empty_lines=False),
-            convert_options=pcsv.ConvertOptions(column_types={f"f{i}": pa.string() for i in range(width)},
+            convert_options=pcsv.ConvertOptions(column_types={f"f{i}": pa.large_string() for i in range(width)},
                                                 strings_can_be_null=False, quoted_strings_can_be_null=False))
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         return None        # a row of another width, a value larger than a block: the csv module says which
@@ -77,8 +107,9 @@ def read_columns(text: str) -> tuple[list[str], list[pa.ChunkedArray]] | None:
     limit = csv.field_size_limit()
     blank = None
     for col in columns:
-        lengths = pac.utf8_length(col)
-        if pac.max(lengths).as_py() >= limit - 1:
+        # Bytes first: a value has at most as many characters as bytes, so only a long one needs counting.
+        lengths = pac.binary_length(col)
+        if pac.max(lengths).as_py() >= limit - 1 and pac.max(pac.utf8_length(col)).as_py() >= limit - 1:
             return None
         empty = pac.equal(lengths, 0)
         blank = empty if blank is None else pac.and_(blank, empty)

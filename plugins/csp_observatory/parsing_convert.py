@@ -1,0 +1,180 @@
+"""Typing a CSV column: the text of one datafield made into its pandas dtype, and which values could not be.
+
+:func:`convert_column` works on the Arrow column as read, with Arrow kernels and numpy, and gives exactly what
+:func:`convert_reference` (the pandas reading, kept as the reference the tests hold it to) gives: the same values,
+the same dtypes, the same values found bad. Rows a kernel might read otherwise than Python (text that is not ASCII
+or holds a line end: rare in a partner's file) go through :func:`convert_reference`, which works value by value,
+so a column can be split between the two.
+"""
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pac
+
+from csp_observatory import textkernels
+
+TRUE_WORDS: Final = frozenset({"y", "yes", "true", "t", "1"})
+FALSE_WORDS: Final = frozenset({"n", "no", "false", "f", "0"})
+_ISO_DATE: Final = r"\d{4}-\d{1,2}-\d{1,2}"
+_UK_DATE: Final = r"\d{1,2}/\d{1,2}/\d{4}"
+_TIME: Final = r"(?:[01]?\d|2[0-3]):[0-5]\d(?::[0-5]\d)?|(?:[01]\d|2[0-3])[0-5]\d"
+# Whole numbers, allowing a written ".0" (spreadsheets export 12 as 12.0); at most 18 digits fits Int64.
+_INTEGER: Final = r"[+-]?\d{1,18}(?:\.0*)?"
+_FLOAT: Final = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+# datetime64[ns] covers 1677-09-21 .. 2262-04-11; anything outside cannot be stored.
+_MIN_DATE: Final = pd.Timestamp("1678-01-01")
+_MAX_DATE: Final = pd.Timestamp("2262-01-01")
+#: The same patterns with named groups, for Arrow's extract on ASCII text (\d written [0-9], as RE2 reads it).
+_ISO_PARTS: Final = r"^(?P<y>[0-9]{4})-(?P<m>[0-9]{1,2})-(?P<d>[0-9]{1,2})$"
+_UK_PARTS: Final = r"^(?P<d>[0-9]{1,2})/(?P<m>[0-9]{1,2})/(?P<y>[0-9]{4})$"
+_INTEGER_PART: Final = r"^(?P<i>[+-]?[0-9]{1,18})(?:\.0*)?$"
+_STRING_KINDS: Final = frozenset({"string", "code", "postcode"})
+_NAT: Final = np.iinfo(np.int64).min
+
+
+def convert_reference(raw: pd.Series, kind: str) -> tuple[pd.Series, pd.Series]:
+    """Typed values and a mask of values that are present but could not be converted (pandas, value by value)."""
+    stripped = raw.str.strip()
+    present = stripped.notna() & (stripped != "")
+    if kind in _STRING_KINDS:
+        return raw.where(present, pd.NA).astype("string"), pd.Series(False, index=raw.index)
+    if kind == "time":
+        ok = textkernels.fullmatch(stripped, _TIME)
+        return stripped.where(present, pd.NA).astype("string"), present & ~ok
+    if kind == "date":
+        out = pd.Series(pd.NaT, index=raw.index, dtype="datetime64[ns]")
+        iso = present & textkernels.fullmatch(stripped, _ISO_DATE)
+        uk = present & textkernels.fullmatch(stripped, _UK_DATE)
+        for mask, fmt in ((iso, "%Y-%m-%d"), (uk, "%d/%m/%Y")):
+            if mask.any():
+                parsed = pd.to_datetime(stripped[mask], format=fmt, errors="coerce")
+                parsed = parsed.where((parsed >= _MIN_DATE) & (parsed < _MAX_DATE))
+                out[mask] = parsed.astype("datetime64[ns]")
+        return out, present & out.isna()
+    if kind == "integer":
+        ok = present & textkernels.fullmatch(stripped, _INTEGER)
+        # Only well-formed values reach the cast, so it cannot fail.
+        values = textkernels.replace(stripped.where(ok), r"\.0*$", "").astype("Int64")
+        return values, present & ~ok
+    if kind == "float":
+        ok = present & textkernels.fullmatch(stripped, _FLOAT)
+        values = stripped.where(ok).astype("Float64")
+        return values, present & ~ok
+    if kind == "boolean":
+        lower = stripped.str.lower()
+        is_true, is_false = lower.isin(TRUE_WORDS), lower.isin(FALSE_WORDS)
+        values = pd.Series(pd.NA, index=raw.index, dtype="boolean")
+        values[is_true.fillna(False)] = True
+        values[is_false.fillna(False)] = False
+        return values, present & ~(is_true | is_false).fillna(False)
+    raise ValueError(f"unknown datafield type {kind!r}")
+
+
+def convert_column(col: pa.ChunkedArray | pa.Array, kind: str, index: pd.RangeIndex) -> tuple[pd.Series, np.ndarray]:
+    """:func:`convert_reference` of a column of text without missing values, with Arrow kernels.
+
+    Returns the typed Series (on ``index``) and, as a bool array, the rows whose value is present but bad.
+    """
+    col = col if isinstance(col, pa.ChunkedArray) else pa.chunked_array([col])
+    if col.type != pa.large_string():
+        col = col.cast(pa.large_string())
+    if kind in _STRING_KINDS:
+        # Present: not empty once trimmed, i.e. not empty and not all whitespace (Arrow's trim and its is_space
+        # share one definition of whitespace), without making the trimmed copy.
+        blank = pac.or_(pac.equal(pac.binary_length(col), 0), pac.utf8_is_space(col))
+        return _strings(pac.if_else(blank, pa.scalar(None, pa.large_string()), col), index), np.zeros(len(col), bool)
+    if kind not in ("time", "date", "integer", "float", "boolean"):
+        raise ValueError(f"unknown datafield type {kind!r}")
+    trimmed = pac.utf8_trim_whitespace(col)       # what pandas' str.strip runs
+    present = _numpy(pac.greater(pac.binary_length(trimmed), 0))
+    if kind == "boolean":
+        # The same kernels as pandas' str.lower and isin, on every row.
+        lower = pac.utf8_lower(trimmed)
+        is_true = _numpy(pac.is_in(lower, value_set=pa.array(sorted(TRUE_WORDS), pa.large_string())))
+        is_false = _numpy(pac.is_in(lower, value_set=pa.array(sorted(FALSE_WORDS), pa.large_string())))
+        known = is_true | is_false
+        return pd.Series(pd.arrays.BooleanArray(is_true, ~known), index=index), present & ~known
+    if kind == "time":
+        ok = _fullmatch(trimmed, _TIME)
+        return _strings(_where(present, trimmed), index), present & ~ok
+    if kind == "float":
+        ok = present & _fullmatch(trimmed, _FLOAT)
+        values = _where(ok, trimmed).cast(pa.float64())
+        return pd.Series(pd.Float64Dtype().__from_arrow__(values), index=index), present & ~ok
+    other = np.flatnonzero(~_plain(trimmed))
+    if kind == "integer":
+        return _integers(trimmed, present, other, index)
+    return _dates(col, trimmed, present, other, index)
+
+
+def _numpy(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A bool Arrow column without nulls as a numpy array."""
+    return values.to_numpy(zero_copy_only=False) if len(values) else np.zeros(0, bool)
+
+
+def _where(keep: np.ndarray, values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The values where ``keep``, missing elsewhere (pandas' ``where``)."""
+    return pac.if_else(pa.array(keep), values, pa.scalar(None, pa.large_string()))
+
+
+def _strings(values: pa.ChunkedArray, index: pd.RangeIndex) -> pd.Series:
+    return pd.Series(values, index=index, dtype="string")
+
+
+def _plain(values: pa.ChunkedArray) -> np.ndarray:
+    """Rows RE2 reads as Python does (ASCII without a line end), as textkernels decides."""
+    return _numpy(pac.and_(pac.string_is_ascii(values), pac.invert(pac.match_substring(values, "\n"))))
+
+
+def _fullmatch(trimmed: pa.ChunkedArray, pattern: str) -> np.ndarray:
+    """``textkernels.fullmatch`` on a trimmed Arrow column: RE2 on every row, Python for the rows RE2 might misread."""
+    hit = _numpy(pac.match_substring_regex(trimmed, f"^(?:{textkernels.re2_pattern(pattern)})$"))
+    other = np.flatnonzero(~_plain(trimmed))
+    if len(other):
+        hit[other] = textkernels.fullmatch(_strings(trimmed.take(pa.array(other)), pd.RangeIndex(len(other))),
+                                           pattern).to_numpy(bool)
+    return hit
+
+
+def _integers(trimmed: pa.ChunkedArray, present: np.ndarray, other: np.ndarray,
+              index: pd.RangeIndex) -> tuple[pd.Series, np.ndarray]:
+    """Whole numbers: the digits before any ``.0`` (what the reference's replace leaves), then pandas' own cast."""
+    digits = pac.struct_field(pac.extract_regex(trimmed, _INTEGER_PART), [0])
+    if len(other):
+        sub = _strings(trimmed.take(pa.array(other)), pd.RangeIndex(len(other)))
+        ok = (sub != "") & textkernels.fullmatch(sub, _INTEGER)
+        text = textkernels.arrow_strings(textkernels.replace(sub.where(ok), r"\.0*$", ""))
+        mask = np.zeros(len(trimmed), bool)
+        mask[other] = True
+        digits = pac.replace_with_mask(digits.combine_chunks(), pa.array(mask), text.cast(pa.large_string()))
+    ok = _numpy(pac.is_valid(digits))
+    return pd.Series(pd.Int64Dtype().__from_arrow__(digits.cast(pa.int64())), index=index), present & ~ok
+
+
+def _dates(col: pa.ChunkedArray, trimmed: pa.ChunkedArray, present: np.ndarray, other: np.ndarray,
+           index: pd.RangeIndex) -> tuple[pd.Series, np.ndarray]:
+    """Dates in YYYY-MM-DD or DD/MM/YYYY between 1678 and 2261, as pandas' strict parsing with those formats reads
+    them (a day that the month does not have is not a date); the other rows through the reference."""
+    y = np.zeros(len(trimmed), np.int64)
+    m, d = y.copy(), y.copy()
+    for pattern in (_ISO_PARTS, _UK_PARTS):
+        parts = pac.extract_regex(trimmed, pattern)
+        hit = _numpy(pac.is_valid(parts))
+        if hit.any():
+            for out, name in ((y, "y"), (m, "m"), (d, "d")):
+                out[hit] = _numpy(pac.fill_null(pac.struct_field(parts, [name]), "0").cast(pa.int64()))[hit]
+    ok = (y >= 1678) & (y <= 2261) & (m >= 1) & (m <= 12) & (d >= 1) & (d <= 31)
+    month = np.where(ok, (y - 1970) * 12 + m - 1, 0).astype("datetime64[M]")
+    day = month.astype("datetime64[D]") + np.where(ok, d - 1, 0)
+    ok &= day.astype("datetime64[M]") == month          # 31/02 runs into March: not a date
+    values = np.where(ok, day.astype("datetime64[ns]").view(np.int64), _NAT)
+    bad = present & ~ok
+    if len(other):
+        ref, ref_bad = convert_reference(_strings(col.take(pa.array(other)), pd.RangeIndex(len(other))), "date")
+        values[other] = ref.to_numpy().view(np.int64)
+        bad[other] = ref_bad.to_numpy(bool)
+    return pd.Series(values.view("datetime64[ns]"), index=index), bad
