@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Final
 
 import numpy as np
@@ -121,29 +122,57 @@ def gx_kwargs(frame: pd.DataFrame, type_: str, kwargs: dict[str, Any]) -> dict[s
 
 
 def run_suite(frame: pd.DataFrame, checks: list[Check], name: str) -> dict[str, Any]:
-    """Run the checks as one GX suite on an ephemeral context; the GX result as a JSON-ready dict."""
+    """Run the checks as one GX suite on an ephemeral context; the GX result as a JSON-ready dict.
+
+    GX's own validator runs the suite on the batch, as ``ValidationDefinition.run`` has it do, without what a
+    one-off run never reads: the suite, the validation definition and the result are not serialised into the
+    context's stores, and the suite is built in one pass rather than by ``add_expectation``, whose check for an
+    equal expectation already added builds two dicts per pair (its duplicates are still left out, see
+    :func:`_unique`). Each run gets its own context and data source, so its execution engine's metric and batch
+    caches start empty: a reused engine would answer a file's metrics from the cache of an earlier batch of
+    the same asset, and would keep that batch's frame alive.
+    """
     _quiet_gx()
     import great_expectations as gx
+    from great_expectations.constants import DATAFRAME_REPLACEMENT_STR
+    from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.validator.v1_validator import Validator
 
     batch = gx_frame(frame, checks)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     batch_definition = (context.data_sources.add_pandas(f"{name}_source").add_dataframe_asset(name)
                         .add_batch_definition_whole_dataframe("whole_file"))
-    suite = gx.ExpectationSuite(name=f"{name}_suite")
-    for check in checks:
-        cls = _expectation_class(gx, check.type)
-        suite.add_expectation(cls(**gx_kwargs(batch, check.type, check.kwargs),
-                                  meta={"check_id": check.id, "quality": check.quality}))
-    suite = context.suites.add(suite)
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"{name}_validation", data=batch_definition, suite=suite))
-    result = definition.run(batch_parameters={"dataframe": batch}, result_format=RESULT_FORMAT).to_json_dict()
+    expectations = [_expectation_class(gx, check.type)(**gx_kwargs(batch, check.type, check.kwargs),
+                                                       meta={"check_id": check.id, "quality": check.quality})
+                    for check in checks]
+    suite = gx.ExpectationSuite(name=f"{name}_suite", expectations=_unique(expectations))
+    validator = Validator(batch_definition=batch_definition, batch_parameters={"dataframe": batch},
+                          result_format=RESULT_FORMAT)
+    results = validator.validate_expectation_suite(suite)
+    run_id = RunIdentifier(run_time=datetime.now(timezone.utc))
+    results.meta.update({"run_id": run_id, "validation_time": run_id.run_time,
+                         "batch_parameters": {"dataframe": DATAFRAME_REPLACEMENT_STR}})
+    result = results.to_json_dict()
     for r in result.get("results", []):
         for key in SAMPLED:
             (r.get("result") or {}).pop(key, None)
     return result
+
+
+def _unique(expectations: list[Any]) -> list[Any]:
+    """The expectations less any equal to an earlier one, as ``ExpectationSuite.add_expectation`` leaves them out
+    (same type and arguments; id, notes, meta and rendered content not compared), each compared once."""
+    exclude = {"id", "rendered_content", "notes", "meta"}
+    kept: list[Any] = []
+    seen: list[tuple[str, dict[str, Any]]] = []
+    for e in expectations:
+        key = (e.expectation_type, e.dict(exclude=exclude))
+        if key not in seen:
+            seen.append(key)
+            kept.append(e)
+    return kept
 
 
 def _expectation_class(gx: Any, type_: str) -> Any:
