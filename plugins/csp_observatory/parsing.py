@@ -34,6 +34,8 @@ DTYPES: Final = {
 _NOT_SPACE: Final = re.compile(rb"[^ \t\n\r\x0b\x0c]")
 #: How much of a file is checked as UTF-8 at a time.
 _PIECE: Final = 1 << 24
+#: Up to this many rows set aside, the frame's text columns are sliced around them rather than copied.
+_FEW_ROWS: Final = 1000
 #: How many dropped column names a header problem lists before saying how many more there are.
 UNKNOWN_COLUMNS_SHOWN: Final = 20
 _WHAT: Final = {
@@ -233,6 +235,26 @@ def _read_rows(text: str) -> tuple[list[str], list[list[str]], list[int], list[i
     return header, good_rows, good_numbers, [number for number, _ in bad], [reason for _, reason in bad]
 
 
+def _without_rows(frame: pd.DataFrame, drop: np.ndarray) -> pd.DataFrame:
+    """``frame[~drop].reset_index(drop=True)``; a few dropped rows cut Arrow-backed columns into slices, no copy."""
+    rows = np.flatnonzero(drop)
+    if len(rows) > _FEW_ROWS:
+        return frame[~drop].reset_index(drop=True)
+    keep = np.flatnonzero(~drop)
+    runs = [(a, b) for a, b in zip(np.r_[0, rows + 1].tolist(), np.r_[rows, len(frame)].tolist()) if b > a]
+    index = pd.RangeIndex(len(keep))
+    out: dict[str, pd.Series] = {}
+    for name, column in frame.items():
+        if isinstance(column.dtype, pd.StringDtype) and column.dtype.storage == "pyarrow":
+            whole = pa.array(column.array)          # the Arrow data itself (pandas' __arrow_array__)
+            whole = whole if isinstance(whole, pa.ChunkedArray) else pa.chunked_array([whole])
+            pieces = [chunk for a, b in runs for chunk in whole.slice(a, b - a).chunks]
+            out[name] = pd.Series(pa.chunked_array(pieces, whole.type), index=index, dtype=column.dtype)
+        else:
+            out[name] = pd.Series(column.array.take(keep), index=index)
+    return pd.DataFrame(out, copy=False)
+
+
 def _typed_result(feed_file: FeedFile, header: list[str], column: Any, n_rows: int, good_numbers: Any,
                   bad_numbers: list[int], bad_reasons: list[str], encoding: str) -> ParseResult:
     """Check the header against the feed file, convert each datafield's column, and set aside bad values' rows."""
@@ -301,7 +323,7 @@ def _typed_result(feed_file: FeedFile, header: list[str], column: Any, n_rows: i
         for i in sorted(messages):
             bad_numbers.append(good_numbers[i])
             bad_reasons.append(f"row {good_numbers[i]}: " + "; ".join(messages[i]))
-        frame = frame[~any_bad].reset_index(drop=True)
+        frame = _without_rows(frame, any_bad)
 
     order = sorted(range(len(bad_numbers)), key=bad_numbers.__getitem__)
     rejected = rejected_frame(feed_file.name, [bad_numbers[i] for i in order], [bad_reasons[i] for i in order],

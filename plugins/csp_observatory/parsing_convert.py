@@ -87,7 +87,9 @@ def convert_column(col: pa.ChunkedArray | pa.Array, kind: str, index: pd.RangeIn
         # share one definition of whitespace), without making the trimmed copy.
         blank = pac.or_(pac.equal(pac.binary_length(col), 0), pac.utf8_is_space(col))
         return _strings(pac.if_else(blank, pa.scalar(None, pa.large_string()), col), index), np.zeros(len(col), bool)
-    if kind not in ("time", "date", "integer", "float", "boolean"):
+    if kind == "date":
+        return _dates(col, index)
+    if kind not in ("time", "integer", "float", "boolean"):
         raise ValueError(f"unknown datafield type {kind!r}")
     trimmed = pac.utf8_trim_whitespace(col)       # what pandas' str.strip runs
     present = _numpy(pac.greater(pac.binary_length(trimmed), 0))
@@ -105,10 +107,7 @@ def convert_column(col: pa.ChunkedArray | pa.Array, kind: str, index: pd.RangeIn
         ok = present & _fullmatch(trimmed, _FLOAT)
         values = _where(ok, trimmed).cast(pa.float64())
         return pd.Series(pd.Float64Dtype().__from_arrow__(values), index=index), present & ~ok
-    other = np.flatnonzero(~_plain(trimmed))
-    if kind == "integer":
-        return _integers(trimmed, present, other, index)
-    return _dates(col, trimmed, present, other, index)
+    return _integers(trimmed, present, np.flatnonzero(~_plain(trimmed)), index)
 
 
 def _numpy(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -155,26 +154,97 @@ def _integers(trimmed: pa.ChunkedArray, present: np.ndarray, other: np.ndarray,
     return pd.Series(pd.Int64Dtype().__from_arrow__(digits.cast(pa.int64())), index=index), present & ~ok
 
 
-def _dates(col: pa.ChunkedArray, trimmed: pa.ChunkedArray, present: np.ndarray, other: np.ndarray,
-           index: pd.RangeIndex) -> tuple[pd.Series, np.ndarray]:
+def _dates(col: pa.ChunkedArray, index: pd.RangeIndex) -> tuple[pd.Series, np.ndarray]:
     """Dates in YYYY-MM-DD or DD/MM/YYYY between 1678 and 2261, as pandas' strict parsing with those formats reads
-    them (a day that the month does not have is not a date); the other rows through the reference."""
-    y = np.zeros(len(trimmed), np.int64)
-    m, d = y.copy(), y.copy()
+    them (a day that the month does not have is not a date).
+
+    Ten-byte values of digits in those forms (nearly all) are read from the column's bytes; the others (one-digit
+    days and months, spaces around, text) by pattern, or through the reference when not plain ASCII.
+    """
+    y, m, d, fixed = _fixed_date_parts(col)
+    values, ok = _date_values(y, m, d)
+    bad = fixed & ~ok
+    blank = _numpy(pac.or_(pac.equal(pac.binary_length(col), 0), pac.utf8_is_space(col)))
+    rest = np.flatnonzero(~fixed & ~blank)
+    if len(rest):
+        values[rest], bad[rest] = _dates_by_pattern(col.take(pa.array(rest)))
+    return pd.Series(values.view("datetime64[ns]"), index=index), bad
+
+
+def _fixed_date_parts(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Year, month, day of the values that are exactly YYYY-MM-DD or DD/MM/YYYY in ASCII digits, and which those are."""
+    y, m, d = (np.zeros(len(col), np.int32) for _ in range(3))
+    fixed = np.zeros(len(col), bool)
+    at = 0
+    for chunk in col.chunks:
+        if len(chunk) and chunk.null_count == 0:
+            offsets = np.frombuffer(chunk.buffers()[1], np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
+            lengths = np.diff(offsets)
+            ten = lengths == 10
+            if ten.any():
+                data = np.frombuffer(chunk.buffers()[2], np.uint8)
+                if (ten | (lengths == 0)).all():     # the ten-byte values lie one after another: a view, no copy
+                    b = data[offsets[0]:offsets[-1]].reshape(-1, 10)
+                else:
+                    b = data[offsets[:-1][ten][:, None] + np.arange(10)]
+                rows = at + np.flatnonzero(ten)
+                y[rows], m[rows], d[rows], fixed[rows] = _ten_byte_dates(b)
+        at += len(chunk)
+    return y, m, d, fixed
+
+
+def _ten_byte_dates(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Year, month, day of rows of ten bytes in the form YYYY-MM-DD or DD/MM/YYYY, and which rows are."""
+    v = b - np.uint8(ord("0"))               # a digit's value; any other byte wraps to 10 or more
+    digit = v <= 9
+    iso = (b[:, 4] == ord("-")) & (b[:, 7] == ord("-")) & digit[:, [0, 1, 2, 3, 5, 6, 8, 9]].all(axis=1)
+    uk = (b[:, 2] == ord("/")) & (b[:, 5] == ord("/")) & digit[:, [0, 1, 3, 4, 6, 7, 8, 9]].all(axis=1)
+    v = v.astype(np.int32)
+    year = np.where(iso, v[:, 0] * 1000 + v[:, 1] * 100 + v[:, 2] * 10 + v[:, 3],
+                    v[:, 6] * 1000 + v[:, 7] * 100 + v[:, 8] * 10 + v[:, 9])
+    month = np.where(iso, v[:, 5] * 10 + v[:, 6], v[:, 3] * 10 + v[:, 4])
+    day = np.where(iso, v[:, 8] * 10 + v[:, 9], v[:, 0] * 10 + v[:, 1])
+    return year, month, day, iso | uk
+
+
+_DAYS_IN_MONTH: Final = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], np.int32)
+
+
+def _date_values(y: np.ndarray, m: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nanoseconds since 1970 of the calendar dates from 1678 to 2261 (NaT for any other), and which those are."""
+    y, m, d = y.astype(np.int32), m.astype(np.int32), d.astype(np.int32)
+    leap = (y % 4 == 0) & ((y % 100 != 0) | (y % 400 == 0))
+    ok = (y >= 1678) & (y <= 2261) & (m >= 1) & (m <= 12) & (d >= 1)
+    ok &= d <= _DAYS_IN_MONTH[np.where(ok, m, 0)] + (leap & (m == 2))
+    out = np.full(len(y), _NAT, np.int64)
+    y, m, d = y[ok], m[ok], d[ok]
+    # days from 1970-01-01 in the proleptic Gregorian calendar (H. Hinnant's days_from_civil); years from 1677 on
+    y = y - (m <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * ((m + 9) % 12) + 2) // 5 + d - 1
+    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+    out[ok] = days.astype(np.int64) * 86_400_000_000_000
+    return out, ok
+
+
+def _dates_by_pattern(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Dates (as nanoseconds, NaT if none) and bad values of any column: the patterns in Arrow for plain ASCII rows,
+    the reference for the others."""
+    trimmed = pac.utf8_trim_whitespace(col)
+    present = _numpy(pac.greater(pac.binary_length(trimmed), 0))
+    y, m, d = (np.zeros(len(trimmed), np.int64) for _ in range(3))
     for pattern in (_ISO_PARTS, _UK_PARTS):
         parts = pac.extract_regex(trimmed, pattern)
         hit = _numpy(pac.is_valid(parts))
         if hit.any():
             for out, name in ((y, "y"), (m, "m"), (d, "d")):
                 out[hit] = _numpy(pac.fill_null(pac.struct_field(parts, [name]), "0").cast(pa.int64()))[hit]
-    ok = (y >= 1678) & (y <= 2261) & (m >= 1) & (m <= 12) & (d >= 1) & (d <= 31)
-    month = np.where(ok, (y - 1970) * 12 + m - 1, 0).astype("datetime64[M]")
-    day = month.astype("datetime64[D]") + np.where(ok, d - 1, 0)
-    ok &= day.astype("datetime64[M]") == month          # 31/02 runs into March: not a date
-    values = np.where(ok, day.astype("datetime64[ns]").view(np.int64), _NAT)
+    values, ok = _date_values(y, m, d)
     bad = present & ~ok
+    other = np.flatnonzero(~_plain(trimmed))
     if len(other):
         ref, ref_bad = convert_reference(_strings(col.take(pa.array(other)), pd.RangeIndex(len(other))), "date")
         values[other] = ref.to_numpy().view(np.int64)
         bad[other] = ref_bad.to_numpy(bool)
-    return pd.Series(values.view("datetime64[ns]"), index=index), bad
+    return values, bad

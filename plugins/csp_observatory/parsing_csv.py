@@ -21,6 +21,8 @@ import pyarrow.csv as pcsv
 #: split by commas and line ends, each either free of quote marks or wholly one quoted field (quote, then anything
 #: but a quote or a doubled quote, then quote). RE2 runs it in one linear pass without backtracking.
 _PLAIN_QUOTES: Final = r'^(?:"(?:[^"]|"")*"|[^",\r\n]*)(?:[,\r\n](?:"(?:[^"]|"")*"|[^",\r\n]*))*$'
+#: The same without a line end inside a quoted value: Arrow's reader then need not look for any, a third faster.
+_PLAIN_QUOTES_ONE_LINE: Final = _PLAIN_QUOTES.replace('[^"]', '[^"\\r\\n]')
 #: RE2 takes texts up to 2 GiB; a larger file is checked with numpy.
 _RE2_LIMIT: Final = (1 << 31) - 1
 
@@ -33,12 +35,20 @@ def _quotes_are_plain(data: np.ndarray | bytes | pa.Buffer) -> bool:
     Anything else (a quote inside an unquoted value, text after a closing quote, an unclosed quote) is left to
     the csv module, which reads such files its own way or says what is wrong.
     """
-    buf = data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
+    return _quoting(data if isinstance(data, pa.Buffer) else pa.py_buffer(data)) is not None
+
+
+def _quoting(buf: pa.Buffer) -> bool | None:
+    """None if the file's quote marks are not all in well-formed quoted fields (:func:`_quotes_are_plain`), else
+    whether a quoted value holds a line end."""
     if buf.size >= _RE2_LIMIT:
-        return _quotes_are_plain_numpy(np.frombuffer(buf, dtype=np.uint8))
+        return True if _quotes_are_plain_numpy(np.frombuffer(buf, dtype=np.uint8)) else None
     text = pa.LargeBinaryArray.from_buffers(pa.large_binary(), 1, [None, pa.py_buffer(
         np.array([0, buf.size], dtype=np.int64)), buf])
-    return bool(pac.match_substring_regex(text, _PLAIN_QUOTES)[0].as_py())
+    # nearly every file has no line end in a value: one pass says so, and a second is needed only otherwise
+    if pac.match_substring_regex(text, _PLAIN_QUOTES_ONE_LINE)[0].as_py():
+        return False
+    return True if pac.match_substring_regex(text, _PLAIN_QUOTES)[0].as_py() else None
 
 
 def _quotes_are_plain_numpy(data: np.ndarray) -> bool:
@@ -89,14 +99,15 @@ def read_columns(data: bytes | str) -> tuple[list[str], list[pa.ChunkedArray]] |
     if width < 2 or not any(c.strip() for c in first):
         return None        # blank lines above the header, or a one-column file where a blank line is a value
     buf = pa.py_buffer(data)
-    if not _quotes_are_plain(buf):
+    newlines = _quoting(buf)
+    if newlines is None:
         return None
     try:
         table = pcsv.read_csv(
             buf,
             read_options=pcsv.ReadOptions(autogenerate_column_names=True, block_size=8 << 20),
             parse_options=pcsv.ParseOptions(delimiter=",", quote_char='"', double_quote=True, escape_char=False,
-                                            newlines_in_values=True, ignore_empty_lines=False),
+                                            newlines_in_values=newlines, ignore_empty_lines=False),
             convert_options=pcsv.ConvertOptions(column_types={f"f{i}": pa.large_string() for i in range(width)},
                                                 strings_can_be_null=False, quoted_strings_can_be_null=False))
     except (pa.ArrowInvalid, pa.ArrowTypeError):

@@ -126,6 +126,13 @@ def test_quote_check_agrees_with_counting_quote_marks():
     assert by_re2 == by_counting and set(by_counting) == {True, False}
     for text, expected in list(zip(texts, by_counting))[:300]:
         assert _quotes_are_plain(text) == expected, text
+    # a file with no line end inside a value is read without looking for any: exactly the plain ones whose values,
+    # as the csv module reads them, hold no line end
+    for text, plain in list(zip(texts, by_counting))[:5000]:
+        one_line = plain and not any("\r" in v or "\n" in v
+                                     for row in csv.reader(io.StringIO(text.decode(), newline=""), strict=True)
+                                     for v in row)
+        assert parsing_csv._quoting(pa.py_buffer(text)) == (None if not plain else not one_line), text
 
 
 def test_utf8_check_agrees_with_python_across_piece_boundaries(monkeypatch):
@@ -159,6 +166,9 @@ def test_the_empty_check_is_bytes_strip(tmp_path):
 HEADER = ["crime_reference", "ho_offence_code", "committed_from_date", "committed_from_time", "committed_to_date",
           "location_address", "easting", "northing", "latitude", "flag_drugs", "method_of_entry"]
 
+GOOD = {"committed_from_date": "2026-09-01", "committed_to_date": "02/09/2026", "committed_from_time": "09:30",
+        "easting": "409508", "northing": " 425333.0 ", "latitude": "53.7", "flag_drugs": "Y"}
+
 
 def _reference_column(col, kind, index):
     values, bad = convert_reference(pd.Series(col, index=index, dtype="string"), kind)
@@ -172,9 +182,7 @@ def test_files_read_the_same_with_the_reference_conversion(tmp_path, monkeypatch
     rng = random.Random(f"{encoding}{columnar}")
     usable = [v for v in _corpus("date", 0)[:400] if not v.strip().startswith("+") and "\u0663" not in v
               and "\uff12" not in v]        # values the reference cannot cast (see above) fail either way
-    good = {"committed_from_date": "2026-09-01", "committed_to_date": "02/09/2026", "committed_from_time": "09:30",
-            "easting": "409508", "northing": " 425333.0 ", "latitude": "53.7", "flag_drugs": "Y"}
-    pool = {name: usable[:30] + [good.get(name, "CR1")] * 3000 for name in HEADER}
+    pool = {name: usable[:30] + [GOOD.get(name, "CR1")] * 3000 for name in HEADER}
     pool["location_address"] = ["Flat 3, 12 King Cross Road,\nHalifax", 'The "Old" Barn', "Caf\u00e9", ""]
     rows = [HEADER] + [[rng.choice(pool[name]) for name in HEADER] for _ in range(1500)]
     buf = io.StringIO()
@@ -192,9 +200,43 @@ def test_files_read_the_same_with_the_reference_conversion(tmp_path, monkeypatch
     assert 0 < len(fast.rejected) < 1500 and len(fast.frame) + len(fast.rejected) == 1500
 
 
+@pytest.mark.parametrize("terminator", ["\n", "\r\n", "\r"])
+@pytest.mark.parametrize("quoting", [csv.QUOTE_MINIMAL, csv.QUOTE_ALL])
+def test_files_without_line_ends_in_values_read_the_same_both_ways(tmp_path, terminator, quoting):
+    offences = load_schema(SCHEMA_DIR / "police_recorded_crime.yaml").file("offences")
+    rng = random.Random(f"{terminator}{quoting}")
+    values = ["Flat 3, 12 King Cross Road", 'The "Old" Barn', "", " x ", "2026-09-01", "12", "Y", "a,b", '""']
+    rows = [HEADER] + [[rng.choice(values + [GOOD.get(name, "CR1")] * 30) for name in HEADER] for _ in range(300)]
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator=terminator, quoting=quoting).writerows(rows)
+    data = buf.getvalue().encode()
+    assert parsing_csv._quoting(pa.py_buffer(data)) is False and parsing.read_columns(data) is not None
+    path = tmp_path / "f.csv"
+    path.write_bytes(data)
+    fast, slow = parse_csv(path, offences), parse_csv(path, offences, columnar=False)
+    pd.testing.assert_frame_equal(fast.frame, slow.frame, check_exact=True)
+    pd.testing.assert_frame_equal(fast.rejected, slow.rejected, check_exact=True)
+    assert len(fast.frame) > 0 and fast.header_problems == slow.header_problems
+
+
 def test_a_bom_file_is_read_columnar(tmp_path):
     text = "crime_reference,ho_offence_code,committed_from_date\r\nCR1,28E,2026-09-01\r\n"
     utf8, encoding, decoded = parsing._utf8(codecs.BOM_UTF8 + text.encode())
     assert (utf8, encoding, decoded) == (text.encode(), "utf-8", None)
     assert parsing.read_columns(utf8) is not None
     assert parsing_convert.TRUE_WORDS == parsing.TRUE_WORDS
+
+
+@pytest.mark.parametrize("few", [1000, 0])
+def test_dropping_rows_by_slicing_is_dropping_them_by_mask(monkeypatch, few):
+    monkeypatch.setattr(parsing, "_FEW_ROWS", few)      # 0: the frame's own filter
+    text = pa.chunked_array([pa.array(["a", "b"], pa.large_string()), pa.array(["c", None, "e"], pa.large_string())])
+    frame = pd.DataFrame({"s": pd.Series(text, dtype="string"), "i": pd.Series([1, 2, None, 4, 5], dtype="Int64"),
+                          "d": pd.Series(np.arange(5).view("datetime64[ns]")),
+                          "b": pd.Series([True, None, False, True, True], dtype="boolean"),
+                          "f": pd.Series([0.5, None, 1, 2, 3], dtype="Float64")})
+    for drop in ([0, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 1, 0, 1], [1, 1, 1, 1, 1], [0, 1, 1, 0, 0]):
+        mask = np.array(drop, bool)
+        got = parsing._without_rows(frame, mask)
+        pd.testing.assert_frame_equal(got, frame[~mask].reset_index(drop=True), check_exact=True)
+        assert got["s"].tolist() == [v for v, gone in zip(["a", "b", "c", pd.NA, "e"], drop) if not gone]
