@@ -67,10 +67,14 @@ def _shown(d: Datafield, value: Any) -> str:
     return "(value withheld: personal data)" if d.personal else f"'{value}'"
 
 
-def _invalid(frame: pd.DataFrame, d: Datafield, today: pd.Timestamp | None = None) -> tuple[pd.Series, str]:
-    """Present values of a datafield that break its schema rule, and what the rule is, in words."""
+def _invalid(frame: pd.DataFrame, d: Datafield, today: pd.Timestamp | None = None,
+             missing: pd.Series | None = None) -> tuple[pd.Series, str]:
+    """Present values of a datafield that break its schema rule, and what the rule is, in words.
+
+    ``missing`` is ``blank(frame[d.name])`` when the caller has it already (a text column's strip is not cheap).
+    """
     values = frame[d.name]
-    present = ~blank(values)
+    present = ~(blank(values) if missing is None else missing)
     bad = pd.Series(False, index=frame.index)
     rule = ""
     if d.type == "code" and d.allowed_codes is not None:
@@ -111,7 +115,7 @@ def row_problems(frame: pd.DataFrame, feed_file: FeedFile, today: pd.Timestamp |
         missing = blank(frame[d.name])
         for i in frame.index[missing]:
             messages.setdefault(i, []).append(f"{d.name} is missing (it is required)")
-        bad, rule = _invalid(frame, d, today)
+        bad, rule = _invalid(frame, d, today, missing)
         if d.type == "date":
             continue   # a questionable required date is an accuracy finding, not a reason to refuse the row
         for i in frame.index[bad]:
@@ -135,7 +139,8 @@ def apply_row_rules(frame: pd.DataFrame, feed_file: FeedFile, today: pd.Timestam
     else:
         rejected = rejected_frame(feed_file.name, problems["source_row"].tolist(), problems["reason"].tolist(),
                                   "validate")
-        kept = frame[~frame["source_row"].isin(problems["source_row"])].copy()
+        # a new frame already (copy-on-write): a .copy() would copy every column a second time
+        kept = frame[~frame["source_row"].isin(problems["source_row"])]
     kept = kept.reset_index(drop=True)
     required = {d.name for d in feed_file.datafields if d.required} | set(feed_file.key)
     nulled: dict[str, int] = {}

@@ -51,5 +51,6 @@ def records_per_day(frame: pd.DataFrame, feed_file: FeedFile) -> dict[str, int]:
     """Records per day of the file's event date (``YYYY-MM-DD`` -> count): counts only, for the report's gaps."""
     if not feed_file.event_date or feed_file.event_date not in frame.columns:
         return {}
-    days = pd.to_datetime(frame[feed_file.event_date], errors="coerce").dropna().dt.strftime("%Y-%m-%d")
-    return {str(k): int(v) for k, v in days.value_counts().sort_index().items()}
+    # Counted per day first, then only the distinct days written as text (strftime per row took a second at 1M).
+    days = pd.to_datetime(frame[feed_file.event_date], errors="coerce").dropna().dt.normalize()
+    return {day.strftime("%Y-%m-%d"): int(n) for day, n in days.value_counts().sort_index().items()}
