@@ -11,7 +11,7 @@ frames each stage hands to the next, the rows set aside) lives in one store ever
   (``s3fs``, ``gcsfs``, ``adlfs``) must be installed and its credentials given the usual way (environment,
   instance role); nothing here imports Airflow.
 
-Every file access of a work area goes through this module. Frames between stages are Arrow IPC files (LZ4), named
+Every file access of a work area goes through this module. Frames between stages are Arrow IPC files, named
 ``*.arrow``; :func:`read_frame` also reads the parquet frames of a work area written before issue 9. A location
 is a :class:`pathlib.Path` for a local store (files are written 0600 in 0700 folders, atomically by rename), else
 a ``UPath``. Tools that need a real
@@ -118,19 +118,23 @@ def read_text(where: str | Location) -> str:
     return read_bytes(where).decode("utf-8")
 
 
-#: How the frames between stages are stored: an Arrow IPC file, LZ4-compressed, with pandas' dtypes in its
-#: metadata. A stage's frames are written once and read once by the next stage: parquet's encoding and decoding
-#: cost about 3 s a stage at 1M offences and its smaller files bought nothing here (issue 9).
-_FRAME_COMPRESSION: Final = "lz4"
+#: How the frames between stages are stored: an Arrow IPC file with pandas' dtypes in its metadata. A stage's
+#: frames are written once and read once by the next stage: parquet's encoding and decoding cost about 3 s a stage
+#: at 1M offences and its smaller files bought nothing here (issue 9). On this machine's disk they are not
+#: compressed: LZ4 cost about 1 s of CPU per million rows written and read again (a stage's frames at 1M offences
+#: are some 0.5 GB uncompressed, in the page cache); a remote store, where bytes cross the network, gets LZ4.
+_FRAME_COMPRESSION: Final = {True: "uncompressed", False: "lz4"}      # by is_local
 _ARROW_MAGIC: Final = b"ARROW1"
 
 
-def _write_frame_to(dest: Any, frame: pd.DataFrame) -> None:
+def _write_frame_to(dest: Any, frame: pd.DataFrame, local: bool) -> None:
     import pyarrow as pa
     import pyarrow.feather as feather
 
+    # one record batch where the columns are one chunk each (as a stage's cleaned columns are), so the next stage
+    # reads each column as one array and need not copy it whole to combine 64k-row chunks
     feather.write_feather(pa.Table.from_pandas(frame, preserve_index=False), dest,
-                          compression=_FRAME_COMPRESSION)
+                          compression=_FRAME_COMPRESSION[local], chunksize=max(len(frame), 1))
 
 
 def _read_frame_from(src: Any, magic: bytes) -> pd.DataFrame:
@@ -143,11 +147,11 @@ def write_frame(where: str | Location, frame: pd.DataFrame) -> None:
     loc = location(where)
     if not is_local(loc):
         with loc.open("wb") as fh:
-            _write_frame_to(fh, frame)
+            _write_frame_to(fh, frame, local=False)
         return
     temp = _private_temp_beside(loc)
     try:
-        _write_frame_to(str(temp), frame)
+        _write_frame_to(str(temp), frame, local=True)
         os.replace(temp, loc)
     except BaseException:
         temp.unlink(missing_ok=True)
