@@ -45,7 +45,9 @@ def arrow_strings(values: pd.Series) -> pa.Array:
     if not (isinstance(values.dtype, pd.StringDtype) and values.dtype.storage == "pyarrow"):
         values = values.astype("string[pyarrow]")
     arr = pa.array(values.array)
-    return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    if isinstance(arr, pa.ChunkedArray):        # combine_chunks copies, even one chunk
+        return arr.chunk(0) if arr.num_chunks == 1 else arr.combine_chunks()
+    return arr
 
 
 def plain_rows(arr: pa.Array) -> np.ndarray:
@@ -77,6 +79,15 @@ def squeeze_spaces(values: pd.Series) -> pd.Series:
     match finds the others (a tab, a line end, two spaces), and only they are rewritten.
     """
     arr = arrow_strings(values)
+    # one pass finds the rows that may change or that Python must do (non-ASCII): the others are their own result
+    odd = pac.fill_null(pac.match_substring_regex(arr, r"[\t\n\x0b\x0c\r\x1c-\x1f]| {2}|[^\x00-\x7f]"), False)
+    odd = odd.to_numpy(zero_copy_only=False)
+    if not odd.any():
+        return _series(arr, values)
+    if odd.mean() < 0.5:
+        rows = np.flatnonzero(odd)
+        squeezed = arrow_strings(squeeze_spaces(values.iloc[rows]))
+        return _series(pac.replace_with_mask(arr, pa.array(odd), squeezed.cast(arr.type)), values)
     fast = plain_rows(arr)
     out = arr
     change = pac.fill_null(pac.match_substring_regex(arr, r"[\t\n\x0b\x0c\r\x1c-\x1f]| {2}"), False)
