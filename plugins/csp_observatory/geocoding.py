@@ -20,7 +20,8 @@ import pandas as pd
 import pyarrow as pa
 
 from csp_observatory import gazetteer, textkernels
-from csp_observatory.postcodes import inside_gb, normalise_postcodes, postcode_positions
+from csp_observatory.cleaning import postcodes_in_normal_form
+from csp_observatory.postcodes import inside_gb, postcode_positions
 
 METHODS: Final = ("supplied", "wgs84", "postcode", "terminated_postcode", "gazetteer", "outside_coverage",
                    "failed")
@@ -137,7 +138,7 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
     nearest = _NearestLive(ref)
 
     raw_pc = frame[loc.postcode] if loc.postcode and loc.postcode in frame else pd.Series(pd.NA, index=frame.index)
-    pc = normalise_postcodes(raw_pc)
+    pc = postcodes_in_normal_form(raw_pc)
     pos = postcode_positions(pc, ref["postcode"])
     in_ref = pos >= 0
     posc = np.maximum(pos, 0)
@@ -262,7 +263,7 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
         prior = note[rows]
         note[rows] = np.where(pd.isna(prior), reasons, prior.astype(str) + "; " + reasons)
 
-    out = frame.copy()
+    out = frame.copy(deep=False)      # the new columns are added, no column is changed in place
     out["geo_easting"] = pd.array(geo_e, dtype="Float64")
     out["geo_northing"] = pd.array(geo_n, dtype="Float64")
     ref_pc = textkernels.arrow_strings(ref["postcode"].astype("string"))
