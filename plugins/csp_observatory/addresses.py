@@ -174,14 +174,18 @@ def _arrow_text(values: pd.Series) -> pa.Array:
     return arr.cast(pa.large_string())
 
 
+#: Each byte's value after :func:`_digits_as_zero`: ASCII 1-9 read as 0, every other byte as it is.
+_DIGIT_AS_ZERO: Final = np.where((np.arange(256) > 0x30) & (np.arange(256) <= 0x39), 0x30,
+                                 np.arange(256)).astype(np.uint8)
+
+
 def _digits_as_zero(values: pa.Array) -> pa.Array:
     """``pac.replace_substring_regex(values, "[0-9]", "0")`` on the bytes: an ASCII digit's byte never occurs
     inside a UTF-8 sequence of another character, so the offsets and missing values stay as they are."""
     validity, offsets, data = values.buffers()
     if data is None:
         return values
-    raw = np.frombuffer(data, dtype=np.uint8).copy()
-    raw[(raw > 0x30) & (raw <= 0x39)] = 0x30
+    raw = _DIGIT_AS_ZERO[np.frombuffer(data, dtype=np.uint8)]       # one lookup per byte: a new buffer
     return pa.Array.from_buffers(values.type, len(values), [validity, offsets, pa.py_buffer(raw)],
                                  null_count=values.null_count, offset=values.offset)
 
@@ -213,33 +217,43 @@ def sanitise_addresses(texts: pd.Series, postcodes: pd.Series | None = None) -> 
         modes = np.where(given, _REPLACE, _REMOVE).astype(np.int64)
         plain = pac.fill_null(pac.match_substring_regex(pcs, _PLAIN_POSTCODE), False).to_numpy(zero_copy_only=False)
         modes[given & ~plain] = _ODD
-    odd = pac.fill_null(pac.match_substring(values, _SLOT), False).to_numpy(zero_copy_only=False)
-    modes[odd] = _ODD
     present = values.is_valid().to_numpy(zero_copy_only=False)
+    # Every ASCII digit read as 0 first (the skeleton): the placeholder test, ASCII-ness and the postcode pattern
+    # read all digits alike and a digit byte is never part of another character, so each is asked once per
+    # distinct skeleton, not per row. Missing values point at a last, empty slot.
+    zeroed = pac.dictionary_encode(_digits_as_zero(values))
+    distinct = zeroed.dictionary
+    idx = zeroed.indices.fill_null(len(distinct)).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def per_row(flags: pa.Array) -> np.ndarray:
+        return np.append(pac.fill_null(flags, False).to_numpy(zero_copy_only=False), False)[idx]
+
+    odd = per_row(pac.match_substring(distinct, _SLOT)) & present
+    modes[odd] = _ODD
 
     # Where the row's postcode replaces or removes those in its text, their letters and digits never reach the
     # result (they are set aside before any rule runs, no rule word fits in one, and each is found again in
     # the same place): every postcode in an ASCII text reads as one canonical postcode in its skeleton.
-    source = values
     canon = (modes == _REPLACE) | (modes == _REMOVE)
-    canon &= pac.fill_null(pac.string_is_ascii(values), False).to_numpy(zero_copy_only=False)
+    canon &= per_row(pac.string_is_ascii(distinct))
+    texts_of = [distinct.to_pylist() + [None]]
     if canon.any():
-        source = pac.if_else(pa.array(canon), pac.replace_substring_regex(values, _POSTCODE_RE2, _CANON_POSTCODE),
-                             values)
-    skeleton = pac.dictionary_encode(_digits_as_zero(source))
-    skel_idx = skeleton.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    skel_text = skeleton.dictionary.to_pylist()
+        texts_of.append(pac.replace_substring_regex(distinct, _POSTCODE_RE2, _CANON_POSTCODE).to_pylist() + [None])
+    # a skeleton: (distinct zeroed text, its postcodes canonical or not); two may read the same, then both are
+    # cleaned, to the same result
+    skel_idx = idx * 2 + canon
     pair = skel_idx * 4 + modes
     common = present & (modes != _ODD)
-    # np.unique(pair[common], return_inverse=True) without sorting a million codes: they are below 4 x skeletons
-    seen = np.zeros(4 * max(len(skel_text), 1), dtype=bool)
+    # np.unique(pair[common], return_inverse=True) without sorting a million codes: they are below 8 x skeletons
+    seen = np.zeros(8 * (len(distinct) + 1), dtype=bool)
     seen[pair[common]] = True
     pairs = np.flatnonzero(seen)
     inverse = (np.cumsum(seen) - 1)[pair[common]]
     templates: list[str | None] = []
     exact = np.zeros(len(pairs), dtype=bool)
     for k, code in enumerate(pairs.tolist()):
-        out = _one(skel_text[code // 4], code % 4, _SLOT)
+        skel = code // 4
+        out = _one(texts_of[skel % 2][skel // 2], code % 4, _SLOT)
         exact[k] = out is not None and _ANY_DIGIT.search(out) is not None
         templates.append(out)
     # each row's result is pool[where[row]]: its skeleton's template, or one computed for it below
