@@ -89,6 +89,17 @@ def convert_column(col: pa.ChunkedArray | pa.Array, kind: str, index: pd.RangeIn
         return _strings(pac.if_else(blank, pa.scalar(None, pa.large_string()), col), index), np.zeros(len(col), bool)
     if kind == "date":
         return _dates(col, index)
+    if kind == "time":
+        ok = _clock_times(col)
+        if ok is not None:
+            # Only digits and colons: nothing to trim, so the values are the text itself.
+            present = _numpy(pac.greater(pac.binary_length(col), 0))
+            return _strings(_where(present, col), index), present & ~ok
+    if kind == "integer" and _only_short_digits(col):
+        # Each value is empty or its own digits (nothing to trim, no .0): the reference's cast of the same text.
+        present = pac.greater(pac.binary_length(col), 0)
+        values = pac.if_else(present, col, pa.scalar(None, pa.large_string())).cast(pa.int64())
+        return pd.Series(pd.Int64Dtype().__from_arrow__(values), index=index), np.zeros(len(col), bool)
     if kind not in ("time", "integer", "float", "boolean"):
         raise ValueError(f"unknown datafield type {kind!r}")
     trimmed = pac.utf8_trim_whitespace(col)       # what pandas' str.strip runs
@@ -137,6 +148,50 @@ def _fullmatch(trimmed: pa.ChunkedArray, pattern: str) -> np.ndarray:
         hit[other] = textkernels.fullmatch(_strings(trimmed.take(pa.array(other)), pd.RangeIndex(len(other))),
                                            pattern).to_numpy(bool)
     return hit
+
+
+def _clock_times(col: pa.ChunkedArray) -> np.ndarray | None:
+    """Which values match the time pattern, if every value is empty or five bytes in the form dd:dd; else None.
+
+    Five characters match the pattern only as HH:MM with HH 00 to 23 and MM 00 to 59.
+    """
+    ok = np.zeros(len(col), bool)
+    at = 0
+    for chunk in col.chunks:
+        if len(chunk):
+            if chunk.null_count:
+                return None
+            offsets = np.frombuffer(chunk.buffers()[1], np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
+            lengths = np.diff(offsets)
+            five = lengths == 5
+            if not (five | (lengths == 0)).all():
+                return None
+            if five.any():
+                b = np.frombuffer(chunk.buffers()[2], np.uint8)[offsets[0]:offsets[-1]].reshape(-1, 5)
+                v = b - np.uint8(ord("0"))
+                if not ((b[:, 2] == ord(":")) & (v[:, [0, 1, 3, 4]] <= 9).all(axis=1)).all():
+                    return None
+                ok[at + np.flatnonzero(five)] = (((v[:, 0] <= 1) | ((v[:, 0] == 2) & (v[:, 1] <= 3)))
+                                                 & (v[:, 3] <= 5))
+        at += len(chunk)
+    return ok
+
+
+def _only_short_digits(col: pa.ChunkedArray) -> bool:
+    """Whether every value is empty or 1 to 18 ASCII digits (a whole-number column as most files send it)."""
+    for chunk in col.chunks:
+        if not len(chunk):
+            continue
+        if chunk.null_count:
+            return False
+        offsets = np.frombuffer(chunk.buffers()[1], np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
+        if np.diff(offsets).max() > 18:
+            return False
+        if offsets[-1] > offsets[0]:
+            text = np.frombuffer(chunk.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
+            if not ((text - np.uint8(ord("0"))) <= 9).all():
+                return False
+    return True
 
 
 def _integers(trimmed: pa.ChunkedArray, present: np.ndarray, other: np.ndarray,
@@ -195,37 +250,50 @@ def _fixed_date_parts(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.
 
 def _ten_byte_dates(b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Year, month, day of rows of ten bytes in the form YYYY-MM-DD or DD/MM/YYYY, and which rows are."""
-    v = b - np.uint8(ord("0"))               # a digit's value; any other byte wraps to 10 or more
-    digit = v <= 9
-    iso = (b[:, 4] == ord("-")) & (b[:, 7] == ord("-")) & digit[:, [0, 1, 2, 3, 5, 6, 8, 9]].all(axis=1)
-    uk = (b[:, 2] == ord("/")) & (b[:, 5] == ord("/")) & digit[:, [0, 1, 3, 4, 6, 7, 8, 9]].all(axis=1)
-    v = v.astype(np.int32)
-    year = np.where(iso, v[:, 0] * 1000 + v[:, 1] * 100 + v[:, 2] * 10 + v[:, 3],
-                    v[:, 6] * 1000 + v[:, 7] * 100 + v[:, 8] * 10 + v[:, 9])
-    month = np.where(iso, v[:, 5] * 10 + v[:, 6], v[:, 3] * 10 + v[:, 4])
-    day = np.where(iso, v[:, 8] * 10 + v[:, 9], v[:, 0] * 10 + v[:, 1])
-    return year, month, day, iso | uk
+    v = [b[:, i] - np.uint8(ord("0")) for i in range(10)]    # a digit's value; any other byte wraps to 10 or more
+    digit = [x <= 9 for x in v]
+    iso = (b[:, 4] == ord("-")) & (b[:, 7] == ord("-"))
+    uk = (b[:, 2] == ord("/")) & (b[:, 5] == ord("/"))
+    for i in (0, 1, 3, 6, 8, 9):
+        iso &= digit[i]
+        uk &= digit[i]
+    iso &= digit[2] & digit[5]
+    uk &= digit[4] & digit[7]
+    y0, y1, y2, y3 = (np.where(iso, v[i], v[j]).astype(np.int32) for i, j in ((0, 6), (1, 7), (2, 8), (3, 9)))
+    m0, m1, d0, d1 = (np.where(iso, v[i], v[j]).astype(np.int32) for i, j in ((5, 3), (6, 4), (8, 0), (9, 1)))
+    return ((y0 * 10 + y1) * 10 + y2) * 10 + y3, m0 * 10 + m1, d0 * 10 + d1, iso | uk
 
 
+_FIRST_YEAR: Final = 1678      # _MIN_DATE's year; _MAX_DATE is the first day of 2262
+_LAST_YEAR: Final = 2261
 _DAYS_IN_MONTH: Final = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], np.int32)
+_CALENDAR: list[np.ndarray] = []
+
+
+def _calendar() -> np.ndarray:
+    """Nanoseconds since 1970 of every (year, month, day 0-31) from 1678 to 2261, by ((year - 1678) * 12 + month - 1)
+    * 32 + day; NaT where the month has no such day."""
+    if not _CALENDAR:
+        key = np.arange((_LAST_YEAR - _FIRST_YEAR + 1) * 12 * 32, dtype=np.int64)
+        d, m, y = key % 32, key // 32 % 12 + 1, key // (32 * 12) + _FIRST_YEAR
+        leap = (y % 4 == 0) & ((y % 100 != 0) | (y % 400 == 0))
+        ok = (d >= 1) & (d <= _DAYS_IN_MONTH[m] + (leap & (m == 2)))
+        # days from 1970-01-01 in the proleptic Gregorian calendar (H. Hinnant's days_from_civil)
+        y = y - (m <= 2)
+        era = y // 400
+        yoe = y - era * 400
+        days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + (153 * ((m + 9) % 12) + 2) // 5 + d - 1 - 719468
+        _CALENDAR.append(np.where(ok, days * 86_400_000_000_000, _NAT))
+    return _CALENDAR[0]
 
 
 def _date_values(y: np.ndarray, m: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nanoseconds since 1970 of the calendar dates from 1678 to 2261 (NaT for any other), and which those are."""
-    y, m, d = y.astype(np.int32), m.astype(np.int32), d.astype(np.int32)
-    leap = (y % 4 == 0) & ((y % 100 != 0) | (y % 400 == 0))
-    ok = (y >= 1678) & (y <= 2261) & (m >= 1) & (m <= 12) & (d >= 1)
-    ok &= d <= _DAYS_IN_MONTH[np.where(ok, m, 0)] + (leap & (m == 2))
-    out = np.full(len(y), _NAT, np.int64)
-    y, m, d = y[ok], m[ok], d[ok]
-    # days from 1970-01-01 in the proleptic Gregorian calendar (H. Hinnant's days_from_civil); years from 1677 on
-    y = y - (m <= 2)
-    era = y // 400
-    yoe = y - era * 400
-    doy = (153 * ((m + 9) % 12) + 2) // 5 + d - 1
-    days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
-    out[ok] = days.astype(np.int64) * 86_400_000_000_000
-    return out, ok
+    inside = (y >= _FIRST_YEAR) & (y <= _LAST_YEAR) & (m >= 1) & (m <= 12) & (d >= 0) & (d <= 31)
+    key = np.where(inside, ((y - _FIRST_YEAR) * 12 + m - 1) * 32 + d, 0)
+    out = _calendar()[key]
+    out[~inside] = _NAT
+    return out, out != _NAT
 
 
 def _dates_by_pattern(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

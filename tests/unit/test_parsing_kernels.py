@@ -240,3 +240,22 @@ def test_dropping_rows_by_slicing_is_dropping_them_by_mask(monkeypatch, few):
         got = parsing._without_rows(frame, mask)
         pd.testing.assert_frame_equal(got, frame[~mask].reset_index(drop=True), check_exact=True)
         assert got["s"].tolist() == [v for v, gone in zip(["a", "b", "c", pd.NA, "e"], drop) if not gone]
+
+
+@pytest.mark.parametrize("values", [["1", "", "007", "9" * 18, "0", ""], ["1", "", "9" * 19], ["1", " 2"], ["1", "2.0"],
+                                    ["", ""], ["12", "x"], ["-1", "3"]])
+def test_whole_number_columns_of_plain_digits(values):
+    """Such a column takes the short way (empty or 1 to 18 digits) or the general one: the same either way."""
+    assert parsing_convert._only_short_digits(pa.chunked_array([pa.array(values, pa.large_string())])) == all(
+        v == "" or (v.isdigit() and v.isascii() and len(v) <= 18) for v in values)
+    _both(values * 3, "integer")
+
+
+def test_clock_times_of_five_characters():
+    """Every HH:MM from 00:00 to 99:99 takes the short way and agrees with the pattern; others go the general way."""
+    every = [f"{h:02d}:{m:02d}" for h in range(100) for m in range(100)] + [""] * 50
+    assert parsing_convert._clock_times(pa.chunked_array([pa.array(every, pa.large_string())])) is not None
+    _both(every, "time")
+    for odd in (["09:30", "9:30"], ["09:30", " 9:30"], ["0930", ""], ["09-30"], ["09:3a"]):
+        assert parsing_convert._clock_times(pa.chunked_array([pa.array(odd, pa.large_string())])) is None
+        _both(odd * 5, "time")
