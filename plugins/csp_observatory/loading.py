@@ -7,7 +7,8 @@ partition of an earlier load of the supply and attaches the new one. All of it i
 either wholly there (once) or not at all, readers never see part of it, and a failure leaves no table behind.
 The rows go in PostgreSQL's binary COPY format, built column by column with Arrow and NumPy (``copy_binary.py``),
 in the order of the record's key (``record_keys.key_order``), each with its ``fid`` from a block reserved from the
-table's sequence.
+table's sequence. They are made in a thread ahead of the connection (``copy_stream.py``), which meanwhile runs the
+COPYs and index builds one after another: the server waits for this process only for the first file's first batch.
 """
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ import json
 import logging
 import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
@@ -25,18 +26,24 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg2 import sql
+from psycopg2.extras import execute_values
 
 from csp_observatory import ddl, partitions
-from csp_observatory.copy_binary import (COPY_HEADER, COPY_TRAILER, Chunks, binary_copy_rows, copy_table,
-                                         fixed_fields, take_from_chunks, values_bytes)
+from csp_observatory.copy_binary import (COPY_HEADER, COPY_TRAILER, binary_copy_rows, copy_table, fixed_fields,
+                                         take_from_chunks, values_bytes)
+from csp_observatory.copy_stream import CopyFeed
 from csp_observatory.record_keys import key_order
 from csp_observatory.report_privacy import redact_reason, strip_row_content, validation_expectations
 from csp_observatory.schema import FeedSchema
 
 log = logging.getLogger(__name__)
 
-#: Rows per COPY statement: bounds the CSV text held in memory at once (about 50 MB), whatever the supply's size.
-COPY_BATCH_ROWS = 200_000
+#: Rows per batch of COPY data: what the feed makes at a time (about 35 MB at 1M offences), whatever the supply's size.
+COPY_BATCH_ROWS = 100_000
+#: Batches the feed makes ahead of the COPY: bounds what is held, while the server never waits for the next batch.
+FEED_DEPTH = 2
+#: Bytes handed to the connection at a time.
+COPY_READ_BYTES = 1 << 20
 #: A load of at least this many rows into a table refreshes its planner statistics in the load's transaction.
 ANALYZE_MIN_ROWS = 10_000
 #: How long a load waits for a feed table's lock to swap a supply's partition (PostgreSQL's lock_timeout syntax).
@@ -64,10 +71,12 @@ class LoadResult:
 class LazyFrames(Mapping[str, pd.DataFrame]):
     """A supply's frames, each read when asked and never kept, so that a load holds one file's rows at a time
     (a 1M-offence supply's three frames together are over a gigabyte). Each frame's columns and length are kept
-    from its first reading (:meth:`shape`)."""
+    from its first reading (:meth:`shape`), or taken from ``shape(name)`` when it gives them without reading the rows
+    (a staged Arrow file's footer); it may give None, and the frame is then read."""
 
-    def __init__(self, names: Iterable[str], read: Callable[[str], pd.DataFrame]) -> None:
-        self._names, self._read = list(names), read
+    def __init__(self, names: Iterable[str], read: Callable[[str], pd.DataFrame],
+                 shape: Callable[[str], tuple[list[str], int] | None] | None = None) -> None:
+        self._names, self._read, self._shape = list(names), read, shape
         self._shapes: dict[str, tuple[list[str], int]] = {}
 
     def __getitem__(self, name: str) -> pd.DataFrame:
@@ -84,9 +93,13 @@ class LazyFrames(Mapping[str, pd.DataFrame]):
         return len(self._names)
 
     def shape(self, name: str) -> tuple[list[str], int]:
-        """(columns, rows) of a frame, read once if it has not been yet."""
+        """(columns, rows) of a frame, read once if it has not been yet and ``shape`` cannot tell."""
         if name not in self._shapes:
-            self[name]
+            known = self._shape(name) if self._shape is not None and name in self._names else None
+            if known is not None:
+                self._shapes[name] = (list(known[0]), int(known[1]))
+            else:
+                self[name]
         return self._shapes[name]
 
 
@@ -114,12 +127,12 @@ def check_frame(schema: FeedSchema, file_name: str, frame: pd.DataFrame | list[s
 
 @dataclass
 class _Prepared:
-    """A file's rows ready to COPY, made before it touches the database: each tuple but its ``fid`` (the last field,
-    once a block of fids is reserved), in chunks of COPY_BATCH_ROWS in the frame's order, and the key order."""
+    """A file's rows typed for COPY, in the frame's order, and their key order; made in the feed's thread."""
 
     file_name: str
     columns: list[str]                # in tuple order; fid follows
-    chunks: list[pa.Array]
+    table: pa.Table | None            # let go once its tuples are made
+    types: dict[str, str]
     order: np.ndarray | None
     rows: int
     seconds: float
@@ -127,36 +140,62 @@ class _Prepared:
 
 def _prepare(schema: FeedSchema, file_name: str, frame: pd.DataFrame, supply_id: str, period: str, sha256: str,
              loaded_at: datetime) -> _Prepared:
-    """A file's frame as binary COPY tuples (no database: it may run while the previous file's indexes build)."""
+    """A file's frame as the typed columns of its COPY (no database: it runs in the feed's thread)."""
     started = time.perf_counter()
     feed_file = schema.file(file_name)
     names = check_frame(schema, file_name, frame)
     by_name = {c.name: c for c in ddl.table_columns(schema, feed_file)}
     rows = copy_table(schema, feed_file, frame, [by_name[n] for n in names], supply_id, period, sha256, loaded_at)
-    types = {c: t.sql_type for c, t in by_name.items()}
-    chunks = [binary_copy_rows(rows.slice(start, COPY_BATCH_ROWS), types, more=1)
-              for start in range(0, rows.num_rows, COPY_BATCH_ROWS)]
-    return _Prepared(file_name, rows.column_names, chunks, key_order(rows, feed_file), rows.num_rows,
-                     time.perf_counter() - started)
+    return _Prepared(file_name, rows.column_names, rows, {c: t.sql_type for c, t in by_name.items()},
+                     key_order(rows, feed_file), rows.num_rows, time.perf_counter() - started)
 
 
-def _copy_rows(cur: Any, target: sql.Composable, prepared: _Prepared, first_fid: int) -> None:
-    """COPY prepared tuples in key order, in binary format, at most COPY_BATCH_ROWS a statement; each row's fid is
-    ``first_fid`` plus its place in key order (as an identity column filling in COPY order gave them)."""
-    names = sql.SQL(", ").join(sql.Identifier(c) for c in [*prepared.columns, ddl.FID_COLUMN])
+def _batches(prepared: _Prepared, first_fid: int, whole: bool) -> Iterator[Any]:
+    """A file's binary COPY data in key order, COPY_BATCH_ROWS tuples at a time; each row's fid is ``first_fid`` plus
+    its place in key order (as an identity column filling in COPY order gave them).
+
+    ``whole``: every tuple is made first, in the frame's order, and each batch then takes its tuples in key order
+    (one random read per row, not one per row and column: a third of the time of taking the columns). Otherwise each
+    batch takes its rows' columns and makes their tuples: the first batch is ready sooner (for the first file, whose
+    COPY waits for it), at the cost of more work in all (the victims' content key: 1.7x)."""
+    table, order, n, types = prepared.table, prepared.order, prepared.rows, prepared.types
+    prepared.table = None
+    tuples = None
+    if whole and order is not None:
+        tuples = [binary_copy_rows(table.slice(start, COPY_BATCH_ROWS), types, more=1)
+                  for start in range(0, n, COPY_BATCH_ROWS)]
+        table = None
+    yield COPY_HEADER
+    for start in range(0, n, COPY_BATCH_ROWS):
+        if order is None:
+            rows = binary_copy_rows(table.slice(start, COPY_BATCH_ROWS), types, more=1)
+        elif tuples is not None:
+            rows = take_from_chunks(tuples, COPY_BATCH_ROWS, order[start:start + COPY_BATCH_ROWS])
+        else:
+            rows = binary_copy_rows(table.take(pa.array(order[start:start + COPY_BATCH_ROWS])), types, more=1)
+        fids = np.arange(first_fid + start, first_fid + start + len(rows), dtype=np.int64)
+        yield values_bytes(pc.binary_join_element_wise(rows, fixed_fields(fids, ">i8", None), b""))
+    yield COPY_TRAILER
+
+
+def _file_job(schema: FeedSchema, name: str, tables: Mapping[str, pd.DataFrame], staged: partitions.Staged,
+              supply_id: str, period: str, sha256: str, loaded_at: datetime, whole: bool) -> Iterator[Any]:
+    """The feed's work for one file: its :class:`_Prepared` (first), then its COPY data."""
+    # tables[name] is referenced by the call only: a lazy frame is freed once its columns are typed.
+    prepared = _prepare(schema, name, tables[name], supply_id, period, sha256, loaded_at)
+    if prepared.rows != staged.end - staged.first:
+        raise RuntimeError(f"{schema.feed}/{name}: {prepared.rows} rows read where {staged.end - staged.first} "
+                           f"were counted")
+    yield prepared
+    yield from _batches(prepared, staged.first, whole)
+
+
+def _copy_rows(cur: Any, target: sql.Composable, columns: list[str], data: Any) -> None:
+    """One binary COPY of a file's rows (``data``: their COPY data, read as it is made)."""
+    names = sql.SQL(", ").join(sql.Identifier(c) for c in [*columns, ddl.FID_COLUMN])
     # Binary COPY: PostgreSQL reads each value as it is (no CSV to split, no text to parse, no hex to decode).
     statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT binary)").format(target, names).as_string(cur)
-    for start in range(0, prepared.rows, COPY_BATCH_ROWS):
-        if prepared.order is None:
-            rows = prepared.chunks[start // COPY_BATCH_ROWS]
-        else:
-            # The finished tuples put in key order, one value a row, rather than every column's values (a third of
-            # the time: one random read per row instead of one per row and column).
-            rows = take_from_chunks(prepared.chunks, COPY_BATCH_ROWS,
-                                     prepared.order[start:start + COPY_BATCH_ROWS])
-        fids = np.arange(first_fid + start, first_fid + start + len(rows), dtype=np.int64)
-        rows = pc.binary_join_element_wise(rows, fixed_fields(fids, ">i8", None), b"")
-        cur.copy_expert(statement, Chunks([COPY_HEADER, values_bytes(rows), COPY_TRAILER]), size=1 << 20)
+    cur.copy_expert(statement, data, size=COPY_READ_BYTES)
 
 
 def _as_dict(obj: Any) -> Any:
@@ -169,18 +208,15 @@ def _as_dict(obj: Any) -> Any:
     return obj
 
 
-def _copy_partition(cur: Any, schema: FeedSchema, prepared: _Prepared,
-                    supply_id: str) -> tuple[int, partitions.Staged | None]:
-    """COPY a file's prepared rows into a fresh partition (not indexed, not attached); (rows, partition or None)."""
-    if not prepared.rows:
-        return 0, None
-    feed_file = schema.file(prepared.file_name)
+def _copy_partition(cur: Any, schema: FeedSchema, feed: CopyFeed, name: str, staged: partitions.Staged) -> int:
+    """COPY a file's rows, as the feed makes them, into its fresh partition (not indexed, not attached)."""
     started = time.perf_counter()
-    staged = partitions.stage(cur, schema.db_schema, feed_file.table, prepared.rows, supply_id)
-    _copy_rows(cur, sql.Identifier(schema.db_schema, staged.name), prepared, staged.first)
-    log.info("%s.%s: %d rows prepared in %.2f s, copied in %.2f s", schema.db_schema, staged.name, prepared.rows,
-             prepared.seconds, time.perf_counter() - started)
-    return prepared.rows, staged
+    prepared: _Prepared = feed.header(name)
+    waited = time.perf_counter() - started
+    _copy_rows(cur, sql.Identifier(schema.db_schema, staged.name), prepared.columns, feed.reader(name))
+    log.info("%s.%s: %d rows prepared in %.2f s (%.2f s waited for), copied in %.2f s", schema.db_schema,
+             staged.name, prepared.rows, prepared.seconds, waited, time.perf_counter() - started - waited)
+    return prepared.rows
 
 
 def _index_partition(conn: Any, schema: FeedSchema, file_name: str, staged: partitions.Staged,
@@ -199,35 +235,41 @@ def _index_partition(conn: Any, schema: FeedSchema, file_name: str, staged: part
              time.perf_counter() - indexed)
 
 
+def _row_count(tables: Mapping[str, pd.DataFrame], name: str) -> int:
+    return tables.shape(name)[1] if isinstance(tables, LazyFrames) else len(tables[name])
+
+
 def _stage_all(conn: Any, cur: Any, schema: FeedSchema, supply_id: str, period: str,
                tables: Mapping[str, pd.DataFrame], lineage: Mapping[str, str],
                result: LoadResult) -> dict[str, partitions.Staged | None]:
-    """COPY and index each file's partition in the load's transaction. The server builds a file's indexes while this
-    process prepares the next file's rows (2 cores: one each); the connection runs one statement at a time."""
+    """COPY and index each file's partition in the load's transaction: the connection runs each file's COPY and index
+    builds in turn while the feed's thread makes the rows (:mod:`copy_stream`; 2 cores: one each)."""
     # now() is the transaction's start: every row of the supply carries the same loaded_at, as one INSERT gave.
     cur.execute("SELECT now()")
     loaded_at = cur.fetchone()[0]
-    staged: dict[str, partitions.Staged | None] = {}
-    indexing: Future[None] | None = None
-    with ThreadPoolExecutor(1, thread_name_prefix="csp-load-index") as pool:
+    # Every file's partition (its block of fids, its CHECKs) first: the feed numbers each file's rows ahead.
+    counts = {name: _row_count(tables, name) for name in tables}
+    staged = {name: partitions.stage(cur, schema.db_schema, schema.file(name).table, counts[name], supply_id)
+              if counts[name] else None for name in tables}
+    # Largest first: the last file's index builds are the one step nothing else overlaps, so it is the smallest's.
+    loading = sorted((name for name in tables if staged[name] is not None), key=lambda name: -counts[name])
+    jobs = [(name, partial(_file_job, schema, name, tables, staged[name], supply_id, period, lineage[name], loaded_at,
+                           i > 0)) for i, name in enumerate(loading)]
+    with CopyFeed(jobs, on_error=conn.cancel, depth=FEED_DEPTH) as feed:
         try:
-            for name in tables:
-                # tables[name] is referenced by the call only: a lazy frame is freed before the next is read.
-                prepared: _Prepared | None = _prepare(schema, name, tables[name], supply_id, period, lineage[name],
-                                                      loaded_at)
-                if indexing is not None:
-                    indexing.result()
-                table = f"{schema.db_schema}.{schema.file(name).table}"
-                result.rows[table], staged[name] = _copy_partition(cur, schema, prepared, supply_id)
-                prepared = None                 # its tuples go before the next file's are made
-                if staged[name] is not None:
-                    indexing = pool.submit(_index_partition, conn, schema, name, staged[name], supply_id)
-            if indexing is not None:
-                indexing.result()
-        except BaseException:
-            if indexing is not None and not indexing.done():
-                conn.cancel()           # the load rolls back whole: stop the index build rather than wait for it
+            for name in loading:
+                _copy_partition(cur, schema, feed, name, staged[name])
+                if feed.error is None:          # else the feed has cancelled, or will: say why, not "canceled"
+                    _index_partition(conn, schema, name, staged[name], supply_id)
+            if feed.error is not None:
+                raise feed.error
+        except BaseException as exc:
+            # A failure in the feed reaches here as the statement it cancelled: raise the feed's own error.
+            if feed.error is not None and feed.error is not exc:
+                raise feed.error from exc
             raise
+    for name in tables:
+        result.rows[f"{schema.db_schema}.{schema.file(name).table}"] = counts[name] if staged[name] else 0
     return staged
 
 
@@ -239,8 +281,9 @@ def _write_rejected(cur: Any, schema: FeedSchema, supply_id: str, rejected: pd.D
     rows = [(supply_id, str(r.source_file), None if pd.isna(r.source_row) else int(r.source_row),
              str(r.stage), redact_reason(str(r.reason), fields))
             for r in rejected[["source_file", "source_row", "reason", "stage"]].itertuples(index=False)]
-    cur.executemany("INSERT INTO observatory.rejected_rows (supply_id, file_name, source_row, stage, reason) "
-                    "VALUES (%s, %s, %s, %s, %s)", rows)
+    # One statement per thousand rows, not a round trip per row (a supply may set aside many).
+    execute_values(cur, "INSERT INTO observatory.rejected_rows (supply_id, file_name, source_row, stage, reason) "
+                   "VALUES %s", rows, page_size=1000)
     return len(rows)
 
 
@@ -254,9 +297,10 @@ def _write_validation(cur: Any, supply_id: str, validation: dict[str, Any] | Non
                          e.get("unexpected_count"), e.get("unexpected_percent"),
                          json.dumps(strip_row_content(e.get("raw", e)), default=str)))
     if rows:
-        cur.executemany(
-            "INSERT INTO observatory.validation_results (supply_id, file_name, quality, expectation, success, "
-            "unexpected_count, unexpected_percent, raw) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb)", rows)
+        execute_values(
+            cur, "INSERT INTO observatory.validation_results (supply_id, file_name, quality, expectation, success, "
+            "unexpected_count, unexpected_percent, raw) VALUES %s", rows,
+            template="(%s, %s, %s, %s, %s, %s, %s, %s::jsonb)", page_size=1000)
     return len(rows)
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
+import time
 from contextlib import closing
 import uuid
 
@@ -564,22 +566,26 @@ def test_binary_copy_reads_back_every_type_null_and_odd_text_exactly(conn, feed)
 
 
 def test_a_failure_while_the_previous_file_is_being_indexed_rolls_back_whole(conn, feed, monkeypatch):
-    """The server builds a file's indexes while the next file's rows are prepared: a failure in that preparation
+    """The server builds a file's indexes while the feed prepares the next file's rows: a failure in that preparation
     stops the index build and leaves the earlier load as it was, with no table of the failed one behind."""
     _load(conn, feed, _frames(feed, 4))
     before = _count(conn, feed)
     offences = feed.file("offences").table
     real_prepare, real_index = loading._prepare, loading._index_partition
     indexing: list[str] = []
+    building = threading.Event()
 
     def slow_index(c, schema, file_name, staged, supply_id):
         indexing.append(staged.name)
+        building.set()
         with c.cursor() as cur:                      # still building when the next file's preparation fails
             cur.execute("SELECT pg_sleep(30)")
         real_index(c, schema, file_name, staged, supply_id)
 
     def prepare(schema, file_name, *args):
         if file_name != "offences":
+            building.wait(30)
+            time.sleep(0.5)                          # the index build's statement is running
             raise RuntimeError("the next file's frame could not be read")
         return real_prepare(schema, file_name, *args)
 
