@@ -269,7 +269,8 @@ def geocode(frame: pd.DataFrame, feed_file: Any, reference: pd.DataFrame,
     ref_pc = textkernels.arrow_strings(ref["postcode"].astype("string"))
     out["geo_postcode"] = pd.array(ref_pc.take(pa.array(geo_pc, mask=geo_pc < 0)), dtype="string")
     out["geocode_method"] = pd.array(pa.array(METHODS, pa.string()).take(pa.array(method)), dtype="string")
-    out["geocode_note"] = pd.array(note, dtype="string")
+    # None or str only: Arrow converts them in C (pandas' string array checks each in Python first)
+    out["geocode_note"] = pd.array(pa.array(note, pa.large_string(), from_pandas=True), dtype="string")
     tally = {m: int(c) for m, c in zip(METHODS, np.bincount(method, minlength=len(METHODS)))}
     tally["total"] = n_rows
     return GeocodeResult(out, tally)
