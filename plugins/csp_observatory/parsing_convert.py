@@ -89,6 +89,11 @@ def convert_column(col: pa.ChunkedArray | pa.Array, kind: str, index: pd.RangeIn
         return _strings(pac.if_else(blank, pa.scalar(None, pa.large_string()), col), index), np.zeros(len(col), bool)
     if kind == "date":
         return _dates(col, index)
+    flags = _one_byte_flags(col) if kind == "boolean" else None
+    if flags is not None:
+        is_true, is_false, present = flags
+        known = is_true | is_false
+        return pd.Series(pd.arrays.BooleanArray(is_true, ~known), index=index), present & ~known
     if kind == "time":
         ok = _clock_times(col)
         if ok is not None:
@@ -148,6 +153,32 @@ def _fullmatch(trimmed: pa.ChunkedArray, pattern: str) -> np.ndarray:
         hit[other] = textkernels.fullmatch(_strings(trimmed.take(pa.array(other)), pd.RangeIndex(len(other))),
                                            pattern).to_numpy(bool)
     return hit
+
+
+#: What a one-byte value means as a yes/no value: one of the words (lower-cased), or blank (ASCII whitespace, as
+#: Arrow's trim reads it); a byte of 128 or more is never a whole UTF-8 character.
+_TRUE_BYTE: Final = np.array([c < 128 and chr(c).lower() in TRUE_WORDS for c in range(256)])
+_FALSE_BYTE: Final = np.array([c < 128 and chr(c).lower() in FALSE_WORDS for c in range(256)])
+_BLANK_BYTE: Final = np.array([c < 128 and chr(c).isspace() for c in range(256)])
+
+
+def _one_byte_flags(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """True words, false words and present values, if every value is empty or one byte (Y/N columns); else None."""
+    byte = np.full(len(col), ord(" "), np.uint8)          # an empty value reads as blank
+    at = 0
+    for chunk in col.chunks:
+        if len(chunk):
+            if chunk.null_count:
+                return None
+            offsets = np.frombuffer(chunk.buffers()[1], np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
+            lengths = np.diff(offsets)
+            if lengths.max() > 1:
+                return None
+            if offsets[-1] > offsets[0]:      # the one-byte values lie one after another
+                byte[at + np.flatnonzero(lengths)] = np.frombuffer(chunk.buffers()[2], np.uint8)[
+                    offsets[0]:offsets[-1]]
+        at += len(chunk)
+    return _TRUE_BYTE[byte], _FALSE_BYTE[byte], ~_BLANK_BYTE[byte]
 
 
 def _clock_times(col: pa.ChunkedArray) -> np.ndarray | None:

@@ -259,3 +259,13 @@ def test_clock_times_of_five_characters():
     for odd in (["09:30", "9:30"], ["09:30", " 9:30"], ["0930", ""], ["09-30"], ["09:3a"]):
         assert parsing_convert._clock_times(pa.chunked_array([pa.array(odd, pa.large_string())])) is None
         _both(odd * 5, "time")
+
+
+def test_one_character_yes_no_columns():
+    """Every ASCII character alone (and empty) takes the short way for yes/no values and agrees with the reference."""
+    every = [chr(c) for c in range(128)] + ["", "Y", "n"] * 10
+    assert parsing_convert._one_byte_flags(pa.chunked_array([pa.array(every, pa.large_string())])) is not None
+    _both(every, "boolean")
+    for odd in (["Y", "no"], ["\u00e9", "Y"], ["", " Y"]):
+        assert parsing_convert._one_byte_flags(pa.chunked_array([pa.array(odd, pa.large_string())])) is None
+        _both(odd * 5, "boolean")
