@@ -28,12 +28,17 @@ pytestmark = pytest.mark.integration
 MISSING = "council_asb"         # no supply ever arrives for its scheduled run's month
 ON_TIME = "fire_incidents"      # its supply arrives while its scheduled run waits
 # The test's due times, after each run is queued: the missing month's falls while its run still waits (it is judged
-# only after that); the on-time run has ample room to load its supply before its own, and is judged when it ends
-# (a run that succeeds drops its deadline), so the test never waits for that one.
-DUE_AFTER_S = {MISSING: 50, ON_TIME: 400}
-WINDOW_S = 90           # how long the runs wait for a supply: the missing one is still waiting when it falls due
+# only after that, and after the test has cleared the month, a few seconds after the run is queued); the on-time run
+# has ample room to load its supply before its own, and is judged when it ends (a run that succeeds drops its
+# deadline), so the test never waits for that one.
+DUE_AFTER_S = {MISSING: 30, ON_TIME: 400}
+# How long the runs wait for a supply: the missing one is still waiting when it falls due (the scheduler judges
+# deadlines on every loop, i.e. within seconds), and the on-time supply, sent as soon as its run waits, is seen
+# well within it. The missing run waits all of it, which is most of this module's time.
+WINDOW_S = 60
 START_WAIT_S = 180
 RUN_WAIT_S = 600
+CALLBACK_WAIT_S = 120
 
 
 @pytest.fixture(scope="module")
@@ -148,22 +153,27 @@ def _start_and_finish(api: Api, db_file: Path, logs: Path, settings, started: di
         started[feed] = {"dag_id": dag_id, "run_id": run["dag_run_id"], "logical_date": run["logical_date"],
                          "period": _period_waited_for(run["logical_date"])}
     forget()        # the months the runs wait for, now that they are known: nothing loaded, no alert yet
-    # The partner sends the on-time supply while its run waits for it.
+    # The partner sends the on-time supply while its run waits for it (made beforehand: the window runs meanwhile).
     on_time = started[ON_TIME]
+    files, metadata = _clean_supply(ON_TIME, on_time["period"])
     wait("the on-time run waiting for its supply",
           lambda: _task_states(api, on_time["dag_id"], on_time["run_id"]).get("wait_for_supply") == "deferred",
-          START_WAIT_S, logs)
-    files, metadata = _clean_supply(ON_TIME, on_time["period"])
+          START_WAIT_S, logs, every=1)
     demo.drop_demo_supply(settings, schema_for(ON_TIME), on_time["period"], files=files, metadata=metadata)
     for feed, run in started.items():
         run["final"] = wait(f"the run of {feed} finishing", lambda: (got := api.call(
             "GET", f"/api/v2/dags/{run['dag_id']}/dagRuns/{run['run_id']}"))["state"] in ("success", "failed")
                              and got, RUN_WAIT_S, logs)
         run["due"] = datetime.fromisoformat(run["final"]["queued_at"]) + timedelta(seconds=DUE_AFTER_S[feed])
-    # Past the missing month's due time, with room for the scheduler to judge the deadline and the triggerer to call
-    # back (the on-time run has ended, before its due time: test_a_supply_loaded_in_time_raises_no_alert checks it).
+    # Past the missing month's due time, once the triggerer has run the callback the scheduler queued when it judged
+    # the deadline missed (the on-time run has ended, before its due time: test_a_supply_loaded_in_time_raises_no_alert
+    # checks it). The tests then check what the callback said and recorded; waiting for it here instead of a fixed
+    # time lets them see it as soon as it is there.
     due = started[MISSING]["due"]
-    time.sleep(max(0.0, (due - datetime.now(timezone.utc)).total_seconds()) + 20)
+    time.sleep(max(0.0, (due - datetime.now(timezone.utc)).total_seconds()))
+    wait("the triggerer running the late-supply callback",
+         lambda: sqlite_query(db_file, "SELECT count(*) FROM callback WHERE state IN ('success', 'failed')")[0][0],
+         CALLBACK_WAIT_S, logs, every=1)
 
 
 def test_a_month_whose_supply_never_arrives_raises_the_late_supply_alert_naming_the_partner(runs, db,
