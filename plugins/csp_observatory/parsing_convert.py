@@ -107,6 +107,20 @@ def convert_column(col: pa.ChunkedArray | pa.Array, kind: str, index: pd.RangeIn
         return pd.Series(pd.Int64Dtype().__from_arrow__(values), index=index), np.zeros(len(col), bool)
     if kind not in ("time", "integer", "float", "boolean"):
         raise ValueError(f"unknown datafield type {kind!r}")
+    if kind == "float":
+        filled = _numpy(pac.greater(pac.binary_length(col), 0))
+        if 0 < filled.sum() < len(col) // 2:
+            # A mostly empty column (coordinates beside eastings): an empty value is missing and not bad, so only
+            # the others are read, the column's way.
+            rows = np.flatnonzero(filled)
+            part, part_bad = convert_column(col.take(pa.array(rows)), kind, pd.RangeIndex(len(rows)))
+            data = np.zeros(len(col))
+            missing = np.ones(len(col), bool)
+            data[rows] = part.to_numpy(dtype="float64", na_value=0.0)
+            missing[rows] = part.isna().to_numpy()
+            bad = np.zeros(len(col), bool)
+            bad[rows] = part_bad
+            return pd.Series(pd.arrays.FloatingArray(data, missing), index=index), bad
     trimmed = pac.utf8_trim_whitespace(col)       # what pandas' str.strip runs
     present = _numpy(pac.greater(pac.binary_length(trimmed), 0))
     if kind == "boolean":

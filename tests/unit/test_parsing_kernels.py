@@ -269,3 +269,9 @@ def test_one_character_yes_no_columns():
     for odd in (["Y", "no"], ["\u00e9", "Y"], ["", " Y"]):
         assert parsing_convert._one_byte_flags(pa.chunked_array([pa.array(odd, pa.large_string())])) is None
         _both(odd * 5, "boolean")
+
+
+def test_mostly_empty_number_columns():
+    """A mostly empty column of decimals reads only its filled values: the same as reading them all."""
+    _both(["", "", "", "1.5", "x", "", " ", "1e3", "-0.0", "", "", "", ".5", "1e400"] * 5, "float")
+    _both([""] * 20, "float")
