@@ -60,6 +60,15 @@ def _wait(what: str, check: Any, within: float, home: Path) -> Any:
     raise AssertionError(f"{what} did not happen within {within:.0f} s\n{tails}")
 
 
+def _serialised(db: Path, dag_id: str) -> bool:
+    """The DAG processor has stored ``dag_id`` in the metadata DB (what ``airflow dags trigger`` needs)."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
+            return conn.execute("SELECT 1 FROM serialized_dag WHERE dag_id = ?", (dag_id,)).fetchone() is not None
+    except sqlite3.Error:
+        return False
+
+
 def _task_state(db: Path) -> str | None:
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
@@ -93,7 +102,9 @@ def test_start_then_stop_leaves_no_process_behind(tmp_path: Path) -> None:
         assert again.returncode == 0 and again.stdout.count("already running") == len(airflow_service.COMPONENTS)
 
         airflow = str(Path(sys.executable).with_name("airflow"))
-        _wait("the DAG processor parsing the test DAG", lambda: subprocess.run(
+        # a cheap look first: each try of the CLI below is one more Airflow process to start
+        _wait("the DAG processor parsing the test DAG", lambda: _serialised(home / "airflow.db", "sleepy"), 120, home)
+        _wait("the test DAG triggered", lambda: subprocess.run(
             [airflow, "dags", "trigger", "sleepy"], env=env, capture_output=True).returncode == 0, 120, home)
         _wait("the task running", lambda: _task_state(home / "airflow.db") == "running", 180, home)
         running = airflow_service.members(home)
