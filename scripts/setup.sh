@@ -132,7 +132,7 @@ apt_install "postgresql-$PG_VER-postgis-3"
 # ---------------------------------------------------------------- Python venv
 step "venv"
 LOCK_STAMP="$VENV/.csp-lock-stamp"
-want_stamp="$(sha256sum "$REPO/requirements.lock" | cut -d' ' -f1) $("$PY" -V 2>&1)"
+want_stamp="$(sha256sum "$REPO/requirements.lock" | cut -d' ' -f1) $("$PY" -V 2>&1) bytecode"
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/null \
    || ! python_ok "$VENV/bin/python"; then
     rm -rf "$VENV"
@@ -140,10 +140,14 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys' 2>/dev/nu
 fi
 if [ ! -f "$LOCK_STAMP" ] || [ "$(cat "$LOCK_STAMP")" != "$want_stamp" ]; then
     quiet "$VENV/bin/python" -m pip install --disable-pip-version-check -q uv || true
-    if ! { [ -x "$VENV/bin/uv" ] && quiet "$VENV/bin/uv" pip install --python "$VENV/bin/python" \
+    # Bytecode is compiled at install: uv does not by default, and where PYTHONDONTWRITEBYTECODE is set (CI, these
+    # machines) no process ever writes it, so every fresh Python (each Airflow task, scheduler, worker, test
+    # subprocess) would compile Airflow and Great Expectations from source again: seconds per process.
+    if ! { [ -x "$VENV/bin/uv" ] && quiet "$VENV/bin/uv" pip install --python "$VENV/bin/python" --compile-bytecode \
                                          -r "$REPO/requirements.lock"; }; then
         echo "uv failed or is unavailable: falling back to pip" >>"$LOG"
         quiet "$VENV/bin/python" -m pip install --disable-pip-version-check -r "$REPO/requirements.lock"
+        quiet "$VENV/bin/python" -m compileall -q -j 0 "$VENV/lib"
     fi
     echo "$want_stamp" >"$LOCK_STAMP"
 fi
