@@ -22,9 +22,11 @@ FALSE_WORDS: Final = frozenset({"n", "no", "false", "f", "0"})
 _ISO_DATE: Final = r"\d{4}-\d{1,2}-\d{1,2}"
 _UK_DATE: Final = r"\d{1,2}/\d{1,2}/\d{4}"
 _TIME: Final = r"(?:[01]?\d|2[0-3]):[0-5]\d(?::[0-5]\d)?|(?:[01]\d|2[0-3])[0-5]\d"
-# Whole numbers, allowing a written ".0" (spreadsheets export 12 as 12.0); at most 18 digits fits Int64.
-_INTEGER: Final = r"[+-]?\d{1,18}(?:\.0*)?"
-_FLOAT: Final = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
+# Whole numbers, allowing a written ".0" (spreadsheets export 12 as 12.0) and a "+"; at most 18 digits fits Int64.
+# Digits are ASCII ([0-9], not \d, which in Python's re also takes other scripts' digits): only what Arrow's cast
+# reads may pass, so that a value it cannot read is a bad value of its row, never a failure of the whole file.
+_INTEGER: Final = r"[+-]?[0-9]{1,18}(?:\.0*)?"
+_FLOAT: Final = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
 # datetime64[ns] covers 1677-09-21 .. 2262-04-11; anything outside cannot be stored.
 _MIN_DATE: Final = pd.Timestamp("1678-01-01")
 _MAX_DATE: Final = pd.Timestamp("2262-01-01")
@@ -57,8 +59,8 @@ def convert_reference(raw: pd.Series, kind: str) -> tuple[pd.Series, pd.Series]:
         return out, present & out.isna()
     if kind == "integer":
         ok = present & textkernels.fullmatch(stripped, _INTEGER)
-        # Only well-formed values reach the cast, so it cannot fail.
-        values = textkernels.replace(stripped.where(ok), r"\.0*$", "").astype("Int64")
+        # Only well-formed values reach the cast, so it cannot fail (Arrow's cast refuses a "+": it goes first).
+        values = textkernels.replace(stripped.where(ok), r"^\+|\.0*$", "").astype("Int64")
         return values, present & ~ok
     if kind == "float":
         ok = present & textkernels.fullmatch(stripped, _FLOAT)
@@ -246,11 +248,12 @@ def _integers(trimmed: pa.ChunkedArray, present: np.ndarray, other: np.ndarray,
     if len(other):
         sub = _strings(trimmed.take(pa.array(other)), pd.RangeIndex(len(other)))
         ok = (sub != "") & textkernels.fullmatch(sub, _INTEGER)
-        text = textkernels.arrow_strings(textkernels.replace(sub.where(ok), r"\.0*$", ""))
+        text = textkernels.arrow_strings(textkernels.replace(sub.where(ok), r"^\+|\.0*$", ""))
         mask = np.zeros(len(trimmed), bool)
         mask[other] = True
         digits = pac.replace_with_mask(digits.combine_chunks(), pa.array(mask), text.cast(pa.large_string()))
     ok = _numpy(pac.is_valid(digits))
+    digits = pac.utf8_ltrim(digits, characters="+")      # one sign at most (the pattern): Arrow's cast refuses "+"
     return pd.Series(pd.Int64Dtype().__from_arrow__(digits.cast(pa.int64())), index=index), present & ~ok
 
 
