@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import yaml
 
-from csp_observatory.config import PARTNER_ID
+from csp_observatory.config import PARTNER_ID, read_yaml
 
 AGREEMENTS_DIR: Final = Path("/etc/csp-observatory/agreements")
 STATES: Final = ("active", "withdrawn")
@@ -203,7 +203,7 @@ def read_register(folder: Path | None = None) -> dict[str, Agreement]:
     out: dict[str, Agreement] = {}
     for path in sorted(folder.glob("*.yaml")):
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+            raw = read_yaml(path.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError) as exc:
             raise AgreementError(f"agreement {path} cannot be read: {exc}") from None
         a = parse_agreement(raw, str(path))
