@@ -31,7 +31,7 @@ import psutil
 import psycopg2
 import pytest
 import yaml
-from airflow_harness import Api, base_env, deployment, free_port, start, tails, wait
+from airflow_harness import Api, base_env, deployment, free_port, request_parse, start, tails, wait
 
 from csp_observatory import demo, fixtures, postcodes_sources
 from csp_observatory.schema_loading import schema_for
@@ -196,20 +196,24 @@ def _one_worker(settings, db, supply) -> dict[str, Any]:
 def test_two_celery_workers_load_a_supply_as_one_worker_does(request, settings, db, supply, forget_supply):
     schema = schema_for(FEED)
     forget_supply(db, schema, PERIOD)
+    # Started first, so that its components start up while the one-worker run runs. The feed's DAG is paused until
+    # the one-worker run is over, and Airflow registers an asset watcher only for an unpaused DAG: its arrival watcher
+    # never sees the one-worker run's files.
+    d = request.getfixturevalue("celery_deployment")
     one_worker = _one_worker(settings, db, supply)
     forget_supply(db, schema, PERIOD)
-    # Started only now, so that its arrival watcher never sees the one-worker run's files.
-    d = request.getfixturevalue("celery_deployment")
     api: Api = d["api"]
     logs = sorted(d["logs"].glob("*.log"))
     wait("the API server giving the engineer a token", api.login, START_WAIT_S, logs)
     wait("the DAG processor serialising the feed's DAG",
           lambda: _get_or_none(api, f"/api/v2/dags/{DAG_ID}"), START_WAIT_S, logs)
     assert api.get(f"/api/v2/dags/{DAG_ID}")["is_paused"] is True     # until its partner is onboarded
+    # no watcher yet, so none saw the one-worker run's supply
+    assert _watchers(d["cfg"]["airflow_database_url"]) == 0
     api.patch(f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
-    wait("the asset watcher reaching the triggerer",
-          lambda: _airflow_db_query(d["cfg"]["airflow_database_url"], "SELECT count(*) FROM trigger WHERE classpath "
-                                    "LIKE %s", "%SupplyArrivalTrigger%")[0][0] > 0, START_WAIT_S, logs)
+    request_parse(api, DAG_ID)
+    wait("the asset watcher reaching the triggerer", lambda: _watchers(d["cfg"]["airflow_database_url"]) > 0,
+         START_WAIT_S, logs)
 
     _drop_supply(settings, supply)
     runs_path = f"/api/v2/dags/{DAG_ID}/dagRuns"
@@ -317,6 +321,12 @@ def _kill_task_process(api: Api, runs_path: str, task_id: str, worker_pid: int, 
                     every=0.2)
     finally:
         watcher.close()
+
+
+def _watchers(url: str) -> int:
+    """How many supply arrival watchers the triggerer has been given (the trigger table)."""
+    query = "SELECT count(*) FROM trigger WHERE classpath LIKE %s"
+    return _airflow_db_query(url, query, "%SupplyArrivalTrigger%")[0][0]
 
 
 def _get_or_none(api: Api, path: str) -> Any:
