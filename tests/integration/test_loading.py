@@ -602,3 +602,39 @@ def test_a_failure_while_the_previous_file_is_being_indexed_rolls_back_whole(con
                     "AND relname LIKE %s", (feed.db_schema, f"{offences}\\_f%"))
         assert cur.fetchone()[0] == 1                                   # the earlier load's partition only
     conn.rollback()
+
+
+def test_files_load_largest_first_each_attached_with_the_indexes_analysts_use(conn, feed):
+    """Files of different sizes (one empty) go in largest first: each non-empty one is a partition attached with its
+    record key, primary key and GiST index (children of the parent's), fids in key order; a repeated record is still
+    refused by the record key, with PostgreSQL's message naming it."""
+    frames = _frames(feed, 12)
+    frames["offences"] = frames["offences"].iloc[:5].iloc[::-1].reset_index(drop=True)     # not in key order
+    frames["victims"] = frames["victims"].iloc[:0]
+    result = _load(conn, feed, frames)
+    assert result.rows == {f"{feed.db_schema}.{f.table}": {"offences": 5, "offenders": 12, "victims": 0}[f.name]
+                           for f in feed.files}
+    with conn.cursor() as cur:
+        for f in feed.files:
+            parts = _partitions(conn, feed, f.table)
+            assert len(parts) == (0 if f.name == "victims" else 1)
+            for part in parts:
+                cur.execute("""SELECT ci.relname, pi.relname FROM pg_index x JOIN pg_class ci ON ci.oid = x.indexrelid
+                               LEFT JOIN pg_inherits h ON h.inhrelid = x.indexrelid
+                               LEFT JOIN pg_class pi ON pi.oid = h.inhparent
+                               WHERE x.indrelid = %s::regclass ORDER BY 1""", (f"{feed.db_schema}.{part}",))
+                assert cur.fetchall() == [(f"{part}_geom_gist", f"{f.table}_geom_gist"),
+                                          (f"{part}_pkey", f"{f.table}_pkey"), (f"{part}_supply_key", None)]
+        key = feed.file("offences").table_key[0]
+        cur.execute(psycopg2.sql.SQL("SELECT {} FROM {} ORDER BY fid").format(
+            psycopg2.sql.Identifier(key), psycopg2.sql.Identifier(feed.db_schema, feed.file("offences").table)))
+        keys = [r[0] for r in cur.fetchall()]
+        assert keys == sorted(keys) and len(keys) == 5
+    conn.rollback()
+    dup = {k: v.copy() for k, v in _frames(feed, 12).items()}
+    dup["offenders"].loc[3, ["crime_reference", "offender_reference"]] = dup["offenders"].loc[
+        2, ["crime_reference", "offender_reference"]].to_list()
+    with pytest.raises(psycopg2.errors.UniqueViolation, match=r'unique index "\S+_f\d+_supply_key"') as refused:
+        _load(conn, feed, dup)
+    assert "Key (supply_id, crime_reference, offender_reference)=" in str(refused.value)
+    assert _count(conn, feed)[feed.file("offenders").table] == 12          # the earlier load stays, whole
