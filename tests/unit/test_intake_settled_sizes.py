@@ -114,7 +114,10 @@ def test_the_sensor_hands_its_certified_sizes_to_the_collect_task(monkeypatch):
             pushed[key] = value
 
     look = pipeline_collect.ReadyLook(["202609"], {NAMES[0]: [50, 7]})
-    monkeypatch.setattr(pipeline_collect, "ready_look", lambda feed, settings=None, services=None: look)
+    # the sensor looks through csp_observatory.pipeline's name for it (bound when that module is first imported)
+    from csp_observatory import pipeline
+
+    monkeypatch.setattr(pipeline, "ready_look", lambda feed, settings=None, services=None: look)
     monkeypatch.setattr(arrival, "_connections", lambda: None)
     sensor = arrival.SupplySensor(task_id="wait_for_supply", feed=FEED)
     assert sensor._ready({"ti": _TI()}) == ["202609"]
