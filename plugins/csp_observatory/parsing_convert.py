@@ -8,7 +8,7 @@ so a column can be split between the two.
 """
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Iterator
 
 import numpy as np
 import pandas as pd
@@ -178,22 +178,28 @@ _FALSE_BYTE: Final = np.array([c < 128 and chr(c).lower() in FALSE_WORDS for c i
 _BLANK_BYTE: Final = np.array([c < 128 and chr(c).isspace() for c in range(256)])
 
 
-def _one_byte_flags(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """True words, false words and present values, if every value is empty or one byte (Y/N columns); else None."""
-    byte = np.full(len(col), ord(" "), np.uint8)          # an empty value reads as blank
+def _string_chunks(col: pa.ChunkedArray) -> Iterator[tuple[int, pa.Array, np.ndarray, np.ndarray]]:
+    """Each non-empty chunk of a large_string column: its first row's position in the column, the chunk, its value
+    offsets and its value bytes (as numpy views, no copy), for kernels that read the bytes themselves."""
     at = 0
     for chunk in col.chunks:
         if len(chunk):
-            if chunk.null_count:
-                return None
             offsets = np.frombuffer(chunk.buffers()[1], np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
-            lengths = np.diff(offsets)
-            if lengths.max() > 1:
-                return None
-            if offsets[-1] > offsets[0]:      # the one-byte values lie one after another
-                byte[at + np.flatnonzero(lengths)] = np.frombuffer(chunk.buffers()[2], np.uint8)[
-                    offsets[0]:offsets[-1]]
+            values = chunk.buffers()[2]
+            yield at, chunk, offsets, (np.frombuffer(values, np.uint8) if values is not None else np.zeros(0, np.uint8))
         at += len(chunk)
+
+
+def _one_byte_flags(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """True words, false words and present values, if every value is empty or one byte (Y/N columns); else None."""
+    byte = np.full(len(col), ord(" "), np.uint8)          # an empty value reads as blank
+    for at, chunk, offsets, data in _string_chunks(col):
+        if chunk.null_count:
+            return None
+        lengths = np.diff(offsets)
+        if lengths.max() > 1:
+            return None
+        byte[at + np.flatnonzero(lengths)] = data[offsets[0]:offsets[-1]]   # the one-byte values, one after another
     return _TRUE_BYTE[byte], _FALSE_BYTE[byte], ~_BLANK_BYTE[byte]
 
 
@@ -203,41 +209,32 @@ def _clock_times(col: pa.ChunkedArray) -> np.ndarray | None:
     Five characters match the pattern only as HH:MM with HH 00 to 23 and MM 00 to 59.
     """
     ok = np.zeros(len(col), bool)
-    at = 0
-    for chunk in col.chunks:
-        if len(chunk):
-            if chunk.null_count:
+    for at, chunk, offsets, data in _string_chunks(col):
+        if chunk.null_count:
+            return None
+        lengths = np.diff(offsets)
+        five = lengths == 5
+        if not (five | (lengths == 0)).all():
+            return None
+        if five.any():
+            b = data[offsets[0]:offsets[-1]].reshape(-1, 5)
+            v = b - np.uint8(ord("0"))
+            if not ((b[:, 2] == ord(":")) & (v[:, [0, 1, 3, 4]] <= 9).all(axis=1)).all():
                 return None
-            offsets = np.frombuffer(chunk.buffers()[1], np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
-            lengths = np.diff(offsets)
-            five = lengths == 5
-            if not (five | (lengths == 0)).all():
-                return None
-            if five.any():
-                b = np.frombuffer(chunk.buffers()[2], np.uint8)[offsets[0]:offsets[-1]].reshape(-1, 5)
-                v = b - np.uint8(ord("0"))
-                if not ((b[:, 2] == ord(":")) & (v[:, [0, 1, 3, 4]] <= 9).all(axis=1)).all():
-                    return None
-                ok[at + np.flatnonzero(five)] = (((v[:, 0] <= 1) | ((v[:, 0] == 2) & (v[:, 1] <= 3)))
-                                                 & (v[:, 3] <= 5))
-        at += len(chunk)
+            ok[at + np.flatnonzero(five)] = (((v[:, 0] <= 1) | ((v[:, 0] == 2) & (v[:, 1] <= 3)))
+                                             & (v[:, 3] <= 5))
     return ok
 
 
 def _only_short_digits(col: pa.ChunkedArray) -> bool:
     """Whether every value is empty or 1 to 18 ASCII digits (a whole-number column as most files send it)."""
-    for chunk in col.chunks:
-        if not len(chunk):
-            continue
+    for _, chunk, offsets, data in _string_chunks(col):
         if chunk.null_count:
             return False
-        offsets = np.frombuffer(chunk.buffers()[1], np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
         if np.diff(offsets).max() > 18:
             return False
-        if offsets[-1] > offsets[0]:
-            text = np.frombuffer(chunk.buffers()[2], np.uint8)[offsets[0]:offsets[-1]]
-            if not ((text - np.uint8(ord("0"))) <= 9).all():
-                return False
+        if not ((data[offsets[0]:offsets[-1]] - np.uint8(ord("0"))) <= 9).all():
+            return False
     return True
 
 
@@ -278,21 +275,18 @@ def _fixed_date_parts(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.
     """Year, month, day of the values that are exactly YYYY-MM-DD or DD/MM/YYYY in ASCII digits, and which those are."""
     y, m, d = (np.zeros(len(col), np.int32) for _ in range(3))
     fixed = np.zeros(len(col), bool)
-    at = 0
-    for chunk in col.chunks:
-        if len(chunk) and chunk.null_count == 0:
-            offsets = np.frombuffer(chunk.buffers()[1], np.int64)[chunk.offset:chunk.offset + len(chunk) + 1]
-            lengths = np.diff(offsets)
-            ten = lengths == 10
-            if ten.any():
-                data = np.frombuffer(chunk.buffers()[2], np.uint8)
-                if (ten | (lengths == 0)).all():     # the ten-byte values lie one after another: a view, no copy
-                    b = data[offsets[0]:offsets[-1]].reshape(-1, 10)
-                else:
-                    b = data[offsets[:-1][ten][:, None] + np.arange(10)]
-                rows = at + np.flatnonzero(ten)
-                y[rows], m[rows], d[rows], fixed[rows] = _ten_byte_dates(b)
-        at += len(chunk)
+    for at, chunk, offsets, data in _string_chunks(col):
+        if chunk.null_count:
+            continue
+        lengths = np.diff(offsets)
+        ten = lengths == 10
+        if ten.any():
+            if (ten | (lengths == 0)).all():     # the ten-byte values lie one after another: a view, no copy
+                b = data[offsets[0]:offsets[-1]].reshape(-1, 10)
+            else:
+                b = data[offsets[:-1][ten][:, None] + np.arange(10)]
+            rows = at + np.flatnonzero(ten)
+            y[rows], m[rows], d[rows], fixed[rows] = _ten_byte_dates(b)
     return y, m, d, fixed
 
 
