@@ -3,7 +3,6 @@ loaded in the ledger in the same commit; a re-send that would remove most of a p
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict
 from typing import Any
 
@@ -37,7 +36,7 @@ def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list
             schema = supply_schema(m)
             # Read one file at a time while it is loaded, never all at once (memory at 1M offences: issue 9).
             tables = loading.LazyFrames(m.files, lambda name, m=m: m.read_frame("sanitised", name),
-                                        shape=lambda name, m=m: _frame_shape(m.frame_path("sanitised", name)))
+                                        shape=lambda name, m=m: staging.frame_shape(m.frame_path("sanitised", name)))
             shas = [f.sha256 for f in m.files.values()]
             # Read at parse time; a manifest from before metadata was read (an older run) is read now.
             checked = m.stages.get("metadata") or _check_metadata(m, schema, {})
@@ -105,22 +104,6 @@ def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list
             except OSError:
                 log.exception("%s loaded, but the DAG docs' caveats could not be written", m.supply_id)
     return work_dirs
-
-
-def _frame_shape(loc: Any) -> tuple[list[str], int] | None:
-    """(columns, rows) of a staged frame from its Arrow IPC file's schema and batch headers, without reading its rows
-    (reading a 1M-row frame only to count it took about as long as its load's first COPY batch); None when it is
-    not a local Arrow IPC file (a remote store, a parquet frame of an older run): the frame is then read."""
-    import pyarrow as pa
-
-    if not staging.is_local(loc) or not os.path.isfile(loc):
-        return None
-    try:
-        with pa.memory_map(os.fspath(loc)) as source:
-            reader = pa.ipc.open_file(source)
-            return list(reader.schema.names), int(reader.count_rows())
-    except (pa.ArrowInvalid, OSError):
-        return None
 
 
 def loaded_supplies(work_dirs: list[str] | None) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from csp_observatory import copy_binary, ddl, loading, pipeline_load, staging
+from csp_observatory import copy_binary, ddl, loading, staging
 from csp_observatory.copy_stream import CopyFeed
 from csp_observatory.schema import SCHEMA_DIR
 from csp_observatory.schema_loading import load_schema
@@ -132,7 +132,7 @@ def test_lazy_frames_take_a_shape_that_needs_no_reading_and_read_when_it_cannot_
 def test_a_staged_frame_is_counted_from_its_arrow_footer(tmp_path):
     frame = pd.DataFrame({"crime_reference": pd.array(["a", None, "c"], dtype="string"), "age": [1, 2, 3]})
     staging.write_frame(tmp_path / "offences.arrow", frame)
-    assert pipeline_load._frame_shape(tmp_path / "offences.arrow") == (["crime_reference", "age"], 3)
+    assert staging.frame_shape(tmp_path / "offences.arrow") == (["crime_reference", "age"], 3)
     frame.to_parquet(tmp_path / "old.parquet")
-    assert pipeline_load._frame_shape(tmp_path / "old.parquet") is None           # not Arrow IPC: it is read
-    assert pipeline_load._frame_shape(tmp_path / "missing.arrow") is None
+    assert staging.frame_shape(tmp_path / "old.parquet") is None           # not Arrow IPC: it is read
+    assert staging.frame_shape(tmp_path / "missing.arrow") is None
