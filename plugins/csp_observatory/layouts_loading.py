@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import pandas as pd
-import yaml
 
+from csp_observatory.config import read_yaml
 from csp_observatory.layouts_model import (_QUOTES, ColumnMap, Generate, Layout, LayoutError, SetAside, Transform,
                                            XmlShape, key)
 from csp_observatory.schema import REFERENCE_DIR, REPO_ROOT, SCHEMA_DIR, FeedFile, SchemaError
@@ -242,7 +242,7 @@ def parse_layout(raw: dict[str, Any], source_path: Path = Path()) -> Layout:
 def load_layout(path: Path) -> Layout:
     """Read and check one layout file."""
     with open(path, encoding="utf-8") as fh:
-        return parse_layout(yaml.safe_load(fh), Path(path))
+        return parse_layout(read_yaml(fh), Path(path))
 
 
 def load_layouts(directory: Path = LAYOUT_DIR) -> list[Layout]:

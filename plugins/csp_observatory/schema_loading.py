@@ -11,8 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from csp_observatory.config import read_yaml
 from csp_observatory.schema import (DATASET_TYPES, DROPPED_ON_SANITISING, FREE_TEXT_RULES, ON_ARRIVAL, REFERENCE_ROLES,
                                     RETENTION_DEFAULTS, REWRITTEN_ON_SANITISING, ROLES, SCHEMA_DIR, TYPES, Datafield,
                                     FeedFile, FeedSchema, LocationFields, Partner, Retention, SchemaError)
@@ -237,7 +236,7 @@ def _is_cron(expr: str) -> bool:
 def load_schema(path: Path) -> FeedSchema:
     """Read one feed schema file."""
     with open(path, encoding="utf-8") as fh:
-        return parse_schema(yaml.safe_load(fh), path)
+        return parse_schema(read_yaml(fh), path)
 
 
 @lru_cache(maxsize=None)
