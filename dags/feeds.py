@@ -36,7 +36,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Final
 
 from airflow.sdk import (DAG, AssetOrTimeSchedule, AsyncCallback, CronTriggerTimetable, DeadlineAlert,
-                         DeadlineReference, Param, TriggerRule, dag, task)
+                         DeadlineReference, Param, TriggerRule, dag, get_parsing_context, task)
 
 from csp_observatory import alerts, metadata_docs, schema_docs, table_assets
 from csp_observatory.arrival import SupplySensor, supply_asset
@@ -237,5 +237,10 @@ def build_feed_dag(schema: FeedSchema) -> DAG:
     return built
 
 
+# A task's process parses this file to find its own DAG, and Airflow names that DAG in the parsing context: build
+# only it there (Airflow's advice for generated DAGs), not all of them. The DAG processor names none: it builds every
+# feed's DAG.
+_PARSING_FOR: Final = get_parsing_context().dag_id
 for _schema in load_schemas():
-    globals()[f"feed_{_schema.feed}"] = build_feed_dag(_schema)
+    if _PARSING_FOR is None or _PARSING_FOR == f"feed_{_schema.feed}":
+        globals()[f"feed_{_schema.feed}"] = build_feed_dag(_schema)

@@ -126,6 +126,8 @@ def run_feed_dag(feed: str = FEED, run_conf: dict[str, Any] | None = None, check
     The run itself ends failed whenever a supply is amber or red: read the report for the supply's outcome.
     """
     from airflow.dag_processing.dagbag import DagBag
+    # The context Airflow's task runner and CLI parse a DAG file in (pinned Airflow; there is no public name for it).
+    from airflow.sdk.definitions._internal.dag_parsing_context import _airflow_parsing_context_manager
 
     from csp_observatory import connections
 
@@ -137,15 +139,19 @@ def run_feed_dag(feed: str = FEED, run_conf: dict[str, Any] | None = None, check
     os.environ.setdefault("CSP_RETRY_DELAY_S", "1")
     os.environ.setdefault("CSP_SENSOR_TIMEOUT_S", "60")
     os.environ.setdefault("CSP_SENSOR_POKE_S", "5")
-    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
-    if bag.import_errors:
-        raise RuntimeError(f"DAG import errors: {bag.import_errors}")
-    dag = bag.dags[f"feed_{feed}"]
-    # No scheduler judges deadlines in dag.test(), and Airflow 3.3.2's cannot end a successful run of a DAG with a
-    # deadline alert (DagRun.update_state looks the alerts up by id, which dag.test's own copy lacks): drop the
-    # late-supply alert (csp_observatory.alerts) for this in-process run.
-    dag.deadline = None
-    run = dag.test(run_conf=run_conf)
+    dag_id = f"feed_{feed}"
+    # Parse for this DAG only, as a task's process does (dags/feeds.py then builds only it): dag.test() parses the
+    # folder again and writes what it found to the metadata DB, and the other feeds' DAGs are not needed for this run.
+    with _airflow_parsing_context_manager(dag_id=dag_id):
+        bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+        if bag.import_errors:
+            raise RuntimeError(f"DAG import errors: {bag.import_errors}")
+        dag = bag.dags[dag_id]
+        # No scheduler judges deadlines in dag.test(), and Airflow 3.3.2's cannot end a successful run of a DAG with
+        # a deadline alert (DagRun.update_state looks the alerts up by id, which dag.test's own copy lacks): drop the
+        # late-supply alert (csp_observatory.alerts) for this in-process run.
+        dag.deadline = None
+        run = dag.test(run_conf=run_conf)
     if run is None:
         raise RuntimeError(f"the DAG run of feed_{feed} did not start")
     tasks = run.get_task_instances()

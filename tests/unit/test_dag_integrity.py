@@ -35,6 +35,23 @@ def test_one_dag_per_feed_schema(dagbag) -> None:
     assert set(dagbag.dag_ids) == {f"feed_{s.feed}" for s in load_schemas()} | {"retention"} | DOWNSTREAM
 
 
+@pytest.mark.parametrize("parsing_for, expected", [
+    ("feed_bus_incidents", {"feed_bus_incidents", "retention", "refresh_summaries"}),
+    ("refresh_summaries", {"retention", "refresh_summaries"}),
+])
+def test_a_task_process_parse_builds_only_its_own_feed_dag(dagbag, monkeypatch, parsing_for, expected) -> None:
+    # A task's process parses with Airflow's parsing context naming its DAG: the feeds file builds that feed's DAG
+    # alone (the other files still define theirs), the same DAG as the full parse builds.
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", parsing_for)
+    bag = DagBag(dag_folder=str(DAGS))
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) == expected
+    for dag_id in expected:
+        assert [t.task_id for t in bag.dags[dag_id].tasks] == [t.task_id for t in dagbag.dags[dag_id].tasks]
+
+
 def test_dag_policies(dagbag) -> None:
     assert dagbag.dags, "no DAGs were found"
     for dag_id, dag in dagbag.dags.items():
