@@ -74,7 +74,10 @@ class HookServices:
     @contextmanager
     def sftp(self) -> Iterator[Any]:
         """A paramiko SFTP client from ``csp_sftp``; refuses a connection that does not pin the server's host key."""
-        hook = SFTPHook(ssh_conn_id=self.sftp_conn_id)
+        # One connection attempt per task try: the task's own retries (retry_delay, each try and its log in the UI)
+        # are the retry policy. The hook's default, three attempts 3-5 s apart inside each try, hid two attempts from
+        # the UI and made a refused login nine logins and half a minute before the run could fail.
+        hook = SFTPHook(ssh_conn_id=self.sftp_conn_id, conn_retry_attempts=1)
         # The SSH hook compresses with zlib unless told not to: the files are gpg output (compressed, then
         # encrypted), so zlib gains nothing and held a 1M-offence supply's download to 14-19 MB/s (63-88 without)
         hook.compress = False

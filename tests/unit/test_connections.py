@@ -157,3 +157,25 @@ def test_the_sftp_session_is_not_zlib_compressed(monkeypatch: pytest.MonkeyPatch
     with hooks.HookServices().sftp() as client:
         assert client == "client"
     assert asked == [False]
+
+
+def test_a_refused_sftp_login_fails_the_try_at_its_first_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task's retries are the retry policy: the hook makes one connection attempt per try (its default makes
+    three, 3-5 s apart)."""
+    import paramiko
+
+    from csp_observatory import hooks
+
+    monkeypatch.setenv(connections.env_name(connections.SFTP_CONN_ID),
+                       json.dumps(connections.sftp_connection(_settings())))
+    attempts: list[str] = []
+
+    def refused(self, hostname: str, **kwargs: object) -> None:
+        attempts.append(hostname)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(paramiko.SSHClient, "connect", refused)
+    with pytest.raises(ConnectionRefusedError):
+        with hooks.HookServices().sftp():
+            pass
+    assert attempts == ["sftp.example"]
