@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(_PLUGINS).resolve()))
 import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from csp_observatory import demo_data, pipeline, postcodes_sources  # noqa: E402
+from csp_observatory import demo_data, fixtures, pipeline, postcodes_sources  # noqa: E402
 from csp_observatory.config import load_settings  # noqa: E402
-from csp_observatory.pipeline_supply import Manifest, SupplyFile  # noqa: E402
+from csp_observatory.pipeline_supply import Manifest  # noqa: E402
+from csp_observatory.schema_loading import schema_for  # noqa: E402
 
 PERIOD = "202609"
 TASKS = ("clean", "geocode", "sanitise")
@@ -44,19 +45,11 @@ def prepare(folder: Path, n: int) -> None:
     work = folder / "base" / "work"
     if work.exists():
         shutil.rmtree(work.parent)
-    (work / "plain").mkdir(parents=True)
     reference = postcodes_sources.shipped_reference()
     t = time.perf_counter()
     files = demo_data.make_police_recorded_crime(PERIOD, reference[~reference["terminated"]], n_offences=n).files
     print(f"generated {n:,} offences in {time.perf_counter() - t:.1f} s", flush=True)
-    m = Manifest(feed="police_recorded_crime", period=PERIOD, work_dir=str(work), files={})
-    for name, text in files.items():
-        plain = work / "plain" / f"{name}.csv"
-        plain.write_text(text, encoding="utf-8")
-        m.files[name] = SupplyFile(name=name, remote_name=f"prc_{name}_{PERIOD}.csv.gpg", sha256=name * 8,
-                                   size=len(text), encrypted_path=str(work / f"{name}.gpg"),
-                                   plaintext_path=str(plain))
-    m.save()
+    fixtures.decrypted_work_area(work.parent, schema_for("police_recorded_crime"), PERIOD, files)
     t = time.perf_counter()
     pipeline.parse_and_validate([str(work)], _settings(folder / "base"))
     m = Manifest.read(str(work))

@@ -31,11 +31,13 @@ match the files (every file's records and header), or miscounted, or left out (`
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import random
 import re
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any, Final
 
 import pandas as pd
@@ -44,6 +46,7 @@ import yaml
 from csp_observatory import metadata as supply_metadata
 from csp_observatory.fixture_values import Places, good_row
 from csp_observatory.metadata_file import TOP_LEVEL
+from csp_observatory.pipeline_supply import Manifest, SupplyFile
 from csp_observatory.schema import POINT_ROLES, REPO_ROOT, Datafield, FeedFile, FeedSchema, period_bounds
 
 DEFAULT_SEED: Final = 20260701
@@ -83,6 +86,31 @@ def remote_name(feed_file: FeedFile, period: str) -> str:
     if feed_file.match(name) != period:
         raise ValueError(f"cannot make a file name from the pattern {feed_file.pattern!r}")
     return name
+
+
+def decrypted_work_area(folder: Path, schema: FeedSchema, period: str, files: dict[str, str],
+                        metadata: str | None = None) -> str:
+    """A supply's work folder (``folder/work``) as decrypt_and_verify leaves it: each file's plaintext and the
+    Manifest naming them, with ``metadata`` as the supply's metadata file if given. For the tests and benchmarks that
+    start a supply at parse_and_validate; no encrypted file exists, so each ``sha256`` is the plaintext's."""
+    work = Path(folder) / "work"
+    (work / "plain").mkdir(parents=True)
+    m = Manifest(feed=schema.feed, period=period, work_dir=str(work), files={})
+
+    def plaintext(name: str, remote: str, text: str) -> SupplyFile:
+        # named as decrypt names them (pipeline_collect): a data file by its schema name, the metadata file as sent
+        plain = work / "plain" / (f"{name}.csv" if name != "metadata" else remote.removesuffix(".gpg"))
+        data = text.encode("utf-8")
+        plain.write_bytes(data)
+        return SupplyFile(name=name, remote_name=remote, sha256=hashlib.sha256(data).hexdigest(), size=len(data),
+                          encrypted_path=str(work / remote), plaintext_path=str(plain))
+
+    for name, text in files.items():
+        m.files[name] = plaintext(name, remote_name(schema.file(name), period), text)
+    if metadata is not None:
+        m.metadata = plaintext("metadata", supply_metadata.metadata_file_name(schema, period), metadata)
+    m.save()
+    return str(work)
 
 
 def _period_days(period: str, period_format: str) -> tuple[date, int]:

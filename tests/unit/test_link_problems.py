@@ -2,12 +2,10 @@
 clean files finds (issue 9: the clean stage no longer reads its own output back)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from csp_observatory import demo_data, pipeline, pipeline_geo, postcodes_sources
-from csp_observatory.pipeline_supply import Manifest, SupplyFile
+from csp_observatory import demo_data, fixtures, pipeline, pipeline_geo, postcodes_sources
+from csp_observatory.pipeline_supply import Manifest
 from csp_observatory.schema_loading import schema_for
 
 pytestmark = pytest.mark.unit
@@ -21,26 +19,12 @@ class _NoServices:
         raise AssertionError(f"the stage reached for settings.{name}")
 
 
-def _work_dir(root: Path, files: dict[str, str]) -> str:
-    work = root / "work"
-    (work / "plain").mkdir(parents=True)
-    m = Manifest(feed="police_recorded_crime", period=PERIOD, work_dir=str(work), files={})
-    for name, text in files.items():
-        plain = work / "plain" / f"{name}.csv"
-        plain.write_text(text, encoding="utf-8")
-        m.files[name] = SupplyFile(name=name, remote_name=f"prc_{name}_{PERIOD}.csv.gpg", sha256=name * 8,
-                                   size=len(text), encrypted_path=str(work / f"{name}.gpg"),
-                                   plaintext_path=str(plain))
-    m.save()
-    return str(work)
-
-
 def test_links_from_memory_match_a_set_lookup_and_the_staged_files(tmp_path):
     reference = postcodes_sources.shipped_reference()
     files = demo_data.make_police_recorded_crime(PERIOD, reference[~reference["terminated"]], n_offences=120).files
     lines = files["offences"].splitlines(keepends=True)
     files = dict(files, offences="".join(lines[:1] + lines[4:9] + lines[15:]))     # 9 offences gone
-    work = _work_dir(tmp_path, files)
+    work = fixtures.decrypted_work_area(tmp_path, schema_for("police_recorded_crime"), PERIOD, files)
     pipeline.parse_and_validate([work], _NoServices())
     pipeline.clean([work], _NoServices())
     m = Manifest.read(work)

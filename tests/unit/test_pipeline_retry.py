@@ -13,7 +13,7 @@ import pytest
 
 from csp_observatory import (cleaning, demo_data, fixtures, pipeline, pipeline_parse, pipeline_supply,
                              postcodes_sources, validation)
-from csp_observatory.pipeline_supply import Manifest, SupplyFile
+from csp_observatory.pipeline_supply import Manifest
 from csp_observatory.schema_loading import schema_for
 
 pytestmark = pytest.mark.unit
@@ -37,23 +37,7 @@ def supply_files() -> dict[str, str]:
 
 def _work_dir(root: Path, files: dict[str, str], metadata: str | None = None) -> str:
     """A work folder as decrypt_and_verify leaves it (with ``metadata`` as the supply's metadata file, if given)."""
-    work = root / "work"
-    (work / "plain").mkdir(parents=True)
-    m = Manifest(feed=FEED, period=PERIOD, work_dir=str(work), files={})
-    for name, text in files.items():
-        plain = work / "plain" / f"{name}.csv"
-        plain.write_text(text, encoding="utf-8")
-        m.files[name] = SupplyFile(name=name, remote_name=f"prc_{name}_{PERIOD}.csv.gpg", sha256=name * 8,
-                                   size=len(text), encrypted_path=str(work / f"{name}.gpg"),
-                                   plaintext_path=str(plain))
-    if metadata is not None:
-        plain = work / "plain" / f"prc_metadata_{PERIOD}.yaml"
-        plain.write_text(metadata, encoding="utf-8")
-        m.metadata = SupplyFile(name="metadata", remote_name=f"prc_metadata_{PERIOD}.yaml.gpg", sha256="m" * 64,
-                                size=len(metadata), encrypted_path=str(work / "metadata.gpg"),
-                                plaintext_path=str(plain))
-    m.save()
-    return str(work)
+    return fixtures.decrypted_work_area(root, schema_for(FEED), PERIOD, files, metadata)
 
 
 def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
