@@ -120,14 +120,30 @@ def partner_keys(demo: dict[str, Any], partner_id: str) -> dict[str, str]:
 JUDGING_TASKS = frozenset({"verdict", "stage_failed"})
 
 
+@contextmanager
+def parsing_for(dag_id: str) -> Iterator[None]:
+    """Airflow's parsing context naming ``dag_id`` (``airflow.sdk.get_parsing_context``), as a task's process parses
+    DAG files in, for this block only. Airflow's own context manager leaves the variable set when it was not set
+    before: a deployment started from this process later would then parse one feed's DAG and no other."""
+    from airflow.sdk.definitions.context import _AIRFLOW_PARSING_CONTEXT_DAG_ID as name   # pinned Airflow
+
+    before = os.environ.get(name)
+    os.environ[name] = dag_id
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def run_feed_dag(feed: str = FEED, run_conf: dict[str, Any] | None = None, check: bool = True) -> Any:
     """Run the feed's DAG once, in-process, with Airflow's dag.test(); with ``check``, raise if a stage failed.
 
     The run itself ends failed whenever a supply is amber or red: read the report for the supply's outcome.
     """
     from airflow.dag_processing.dagbag import DagBag
-    # The context Airflow's task runner and CLI parse a DAG file in (pinned Airflow; there is no public name for it).
-    from airflow.sdk.definitions._internal.dag_parsing_context import _airflow_parsing_context_manager
 
     from csp_observatory import connections
 
@@ -142,7 +158,7 @@ def run_feed_dag(feed: str = FEED, run_conf: dict[str, Any] | None = None, check
     dag_id = f"feed_{feed}"
     # Parse for this DAG only, as a task's process does (dags/feeds.py then builds only it): dag.test() parses the
     # folder again and writes what it found to the metadata DB, and the other feeds' DAGs are not needed for this run.
-    with _airflow_parsing_context_manager(dag_id=dag_id):
+    with parsing_for(dag_id):
         bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
         if bag.import_errors:
             raise RuntimeError(f"DAG import errors: {bag.import_errors}")

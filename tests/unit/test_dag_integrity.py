@@ -52,6 +52,24 @@ def test_a_task_process_parse_builds_only_its_own_feed_dag(dagbag, monkeypatch, 
         assert [t.task_id for t in bag.dags[dag_id].tasks] == [t.task_id for t in dagbag.dags[dag_id].tasks]
 
 
+def test_the_demos_parsing_context_is_gone_after_its_block(monkeypatch) -> None:
+    # demo.run_feed_dag parses in it: left set, a deployment started later from the same process (the integration
+    # tests start several) would parse one feed's DAG and never the others.
+    from airflow.sdk import get_parsing_context
+
+    from csp_observatory.demo import parsing_for
+
+    monkeypatch.delenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", raising=False)
+    with parsing_for("feed_bus_incidents"):
+        assert get_parsing_context().dag_id == "feed_bus_incidents"
+    assert get_parsing_context().dag_id is None
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "retention")
+    with pytest.raises(KeyError):
+        with parsing_for("feed_bus_incidents"):
+            raise KeyError("a failed parse")
+    assert get_parsing_context().dag_id == "retention"
+
+
 def test_dag_policies(dagbag) -> None:
     assert dagbag.dags, "no DAGs were found"
     for dag_id, dag in dagbag.dags.items():
