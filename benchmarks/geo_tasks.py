@@ -63,6 +63,8 @@ def _settings(where: Path):  # noqa: ANN202 (a Settings of whichever tree is imp
 
 def run(folder: Path, label: str, profile: bool, map_cached: bool) -> dict[str, float]:
     """Copy ``base`` to ``label`` and time the three tasks on it."""
+    if label in ("base", "maps"):
+        raise SystemExit(f"--label {label!r} names the prepared supply's own folder: choose another label")
     dest = folder / label
     if dest.exists():
         shutil.rmtree(dest)
