@@ -59,6 +59,16 @@ def _quiet_gx() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _no_batch_fingerprint() -> None:
+    """Stop GX fingerprinting each batch (``batch_markers.pandas_data_fingerprint``: an MD5 over pandas' hash of every
+    value, about 0.7 s per million rows). Nothing reads it: the observatory keeps only the expectations' results, and
+    the file's identity is its SHA-256 in the ledger. GX itself skips it for a frame of 1 GB or more
+    (``HASH_THRESHOLD``, read as each batch is made; pinned GX), so a large supply never had one."""
+    from great_expectations.execution_engine import pandas_execution_engine
+
+    pandas_execution_engine.HASH_THRESHOLD = 0
+
+
 def _result_key(type_: str, kwargs: dict[str, Any]) -> tuple[str, str]:
     column = kwargs.get("column", kwargs.get("column_list"))
     return type_, str(column)
@@ -139,6 +149,7 @@ def run_suite(frame: pd.DataFrame, checks: list[Check], name: str) -> dict[str, 
     from great_expectations.data_context.types.base import ProgressBarsConfig
     from great_expectations.validator.v1_validator import Validator
 
+    _no_batch_fingerprint()
     batch = gx_frame(frame, checks)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)

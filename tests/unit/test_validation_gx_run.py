@@ -56,6 +56,8 @@ def test_a_run_finds_what_a_stored_validation_definition_finds_duplicates_left_o
     assert counts["accuracy:expect_column_values_to_be_between:0"] == 1
     assert counts["accuracy:expect_column_values_to_be_in_set:3"] == 1
     assert raw["meta"]["batch_parameters"] == {"dataframe": "<DATAFRAME>"}     # the frame itself is never kept
+    # nor GX's fingerprint of it, which nothing reads (and GX leaves out itself for a frame of 1 GB or more)
+    assert "pandas_data_fingerprint" not in raw["meta"]["batch_markers"]
 
 
 def test_runs_of_one_file_name_in_one_process_see_only_their_own_frame():
