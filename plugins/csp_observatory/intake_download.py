@@ -29,15 +29,6 @@ class IncompleteDownload(RuntimeError):
     """The bytes that arrived in staging are not the bytes the inbox listed; the file stays in the inbox."""
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file, read in chunks (files can be larger than memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def private_dir(root: Path, *parts: str) -> Path:
     """``root/parts...``, every level created 0700 (mkdir's mode applies only to the last level)."""
     path = Path(root)
@@ -64,12 +55,13 @@ def collect(sftp: Any, conn: Any, schema: FeedSchema, settings: Settings, supply
     def one(pf: PendingFile) -> SupplyFile:
         # A unique name, so two runs collecting at once cannot write into each other's download.
         temp = incoming / f"{pf.remote_name}.{secrets.token_hex(4)}"
-        got = download(sftp, f"{inbox}/{pf.remote_name}", temp)
+        digest = hashlib.sha256()       # hashed as it arrives: the download is not read a second time
+        got = download(sftp, f"{inbox}/{pf.remote_name}", temp, digest)
         if got != pf.size:
             temp.unlink(missing_ok=True)
             raise IncompleteDownload(f"{pf.remote_name}: downloaded {got} bytes but the inbox listed {pf.size}; "
                                      "it is left in the inbox for the next run")
-        sha = sha256_file(temp)
+        sha = digest.hexdigest()
         final_dir = private_dir(settings.staging_dir, schema.feed, supply.period, sha[:16])
         local = final_dir / pf.remote_name
         os.replace(temp, local)

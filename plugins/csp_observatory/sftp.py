@@ -15,7 +15,7 @@ from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final, Iterator
+from typing import Any, BinaryIO, Final, Iterator
 
 import paramiko
 
@@ -197,15 +197,30 @@ def _copy_pipelined(sftp: paramiko.SFTPClient, src: paramiko.SFTPFile, size: int
             return written          # the file ended early; later answers go to ``answers`` and are dropped
 
 
-def download(sftp: paramiko.SFTPClient, remote: str, local: Path) -> int:
-    """Copy ``remote`` to ``local`` (created 0600, replaced if present); returns the number of bytes written."""
+class _Hashing:
+    """A file being written that also feeds every byte to a hash (``hashlib``), so a download is read once."""
+
+    def __init__(self, out: BinaryIO, digest: Any) -> None:
+        self.out, self.digest = out, digest
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.out.write(data)
+
+
+def download(sftp: paramiko.SFTPClient, remote: str, local: Path, digest: Any | None = None) -> int:
+    """Copy ``remote`` to ``local`` (created 0600, replaced if present); returns the number of bytes written.
+
+    ``digest`` (a ``hashlib`` object), if given, is updated with the bytes as they are written.
+    """
     local = Path(local)
     local.unlink(missing_ok=True)
     # Open with 0600 from the start: the file may hold personal data (encrypted or not) for a moment.
     fd = os.open(local, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     written = 0
     try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as out, sftp.open(remote, "rb") as src:
+        with os.fdopen(fd, "wb", buffering=1 << 20) as opened, sftp.open(remote, "rb") as src:
+            out: Any = opened if digest is None else _Hashing(opened, digest)
             if isinstance(sftp, paramiko.SFTPClient) and isinstance(src, paramiko.SFTPFile):
                 written = _copy_pipelined(sftp, src, src.stat().st_size, out)
                 src.seek(written)

@@ -24,7 +24,7 @@ import pytest
 from csp_observatory import (demo, demo_data, intake_download, intake_quarantine, loading, pipeline, postcodes_sources,
                              sftp)
 from csp_observatory.schema_loading import schema_for
-from service_faults import DroppingFile, kill_session, postgis_cluster, restart_postgis, sshd_stopped, tmpfs
+from service_faults import DroppingFile, postgis_cluster, restart_postgis, sshd_stopped, tmpfs
 
 pytestmark = pytest.mark.integration
 
@@ -165,11 +165,11 @@ def test_sshd_down_at_collect_then_a_session_dropped_mid_download_loses_nothing_
     killed: list[int] = []
     real_download = sftp.download
 
-    def dropping_download(client: Any, remote: str, local: Path) -> int:
+    def dropping_download(client: Any, remote: str, local: Path, digest: Any = None) -> int:
         class Client:
             def open(self, path: str, mode: str) -> DroppingFile:
                 return DroppingFile(client.open(path, mode), client, killed)
-        return real_download(Client(), remote, local)   # type: ignore[arg-type]
+        return real_download(Client(), remote, local, digest)   # type: ignore[arg-type]
 
     monkeypatch.setattr(intake_download, "download", dropping_download)
     with pytest.raises(Exception) as dropped:

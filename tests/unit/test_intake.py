@@ -464,6 +464,11 @@ def test_collect_downloads_and_ledgers_the_metadata_file_with_the_data(schema, t
     assert sorted(a[2] for a in recorded) == sorted(names)
     assert collected.all_files[-1] is md
     assert Manifest.from_dict(json.loads(json.dumps(collected.to_dict()))) == collected
+    # each file's hash, taken as it was downloaded, is the SHA-256 of the bytes the inbox held and staging holds
+    for f in collected.all_files:
+        sent = f"encrypted {f.remote_name}".encode()
+        assert f.sha256 == hashlib.sha256(sent).hexdigest() == hashlib.sha256(
+            Path(f.encrypted_path).read_bytes()).hexdigest()
 
 
 # --- one partner's inbox serving several feeds ---------------------------------------------------------------
