@@ -96,19 +96,19 @@ def decrypted_work_area(folder: Path, schema: FeedSchema, period: str, files: di
     work = Path(folder) / "work"
     (work / "plain").mkdir(parents=True)
     m = Manifest(feed=schema.feed, period=period, work_dir=str(work), files={})
-
-    def plaintext(name: str, remote: str, text: str) -> SupplyFile:
-        # named as decrypt names them (pipeline_collect): a data file by its schema name, the metadata file as sent
-        plain = work / "plain" / (f"{name}.csv" if name != "metadata" else remote.removesuffix(".gpg"))
-        data = text.encode("utf-8")
-        plain.write_bytes(data)
-        return SupplyFile(name=name, remote_name=remote, sha256=hashlib.sha256(data).hexdigest(), size=len(data),
-                          encrypted_path=str(work / remote), plaintext_path=str(plain))
-
-    for name, text in files.items():
-        m.files[name] = plaintext(name, remote_name(schema.file(name), period), text)
+    texts = [(SupplyFile(name=name, remote_name=remote_name(schema.file(name), period), sha256="", size=0), text)
+             for name, text in files.items()]
+    m.files = {f.name: f for f, _ in texts}
     if metadata is not None:
-        m.metadata = plaintext("metadata", supply_metadata.metadata_file_name(schema, period), metadata)
+        m.metadata = SupplyFile(name="metadata", remote_name=supply_metadata.metadata_file_name(schema, period),
+                                sha256="", size=0)
+        texts.append((m.metadata, metadata))
+    for f, text in texts:
+        data = text.encode("utf-8")
+        plain = m.plaintext_location(f)          # where, and under the name, decrypt writes it
+        plain.write_bytes(data)
+        f.sha256, f.size = hashlib.sha256(data).hexdigest(), len(data)
+        f.encrypted_path, f.plaintext_path = str(work / f.remote_name), str(plain)
     m.save()
     return str(work)
 

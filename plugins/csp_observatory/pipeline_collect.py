@@ -163,16 +163,13 @@ def decrypt_and_verify(work_dirs: list[str], settings: Settings | None = None,
             supply_schema(m)        # the partner of a manifest from before collect recorded it
             fingerprint = settings.partner(m.partner).signing_fingerprint
 
-            def plaintext_of(f: SupplyFile) -> staging.Location:
-                return m.path / "plain" / (f"{f.name}.csv" if f is not m.metadata else
-                                           Path(f.remote_name).with_suffix("").name)
 
             def decrypt(f: SupplyFile) -> decryption.Verified | decryption.RefusedFile:
                 # gpg reads and writes real files: for a remote store, private copies on this worker, deleted
                 # when it is done (the plaintext goes up into the supply's work area only once verified).
                 try:
                     with staging.local_file(f.encrypted_path) as encrypted, \
-                            staging.local_output(plaintext_of(f)) as written:
+                            staging.local_output(m.plaintext_location(f)) as written:
                         return decryption.decrypt_and_verify(settings.gnupg_home, encrypted, written,
                                                              fingerprint, settings.gpg_passphrase)
                 except decryption.RefusedFile as refused:
@@ -186,7 +183,7 @@ def decrypt_and_verify(work_dirs: list[str], settings: Settings | None = None,
                 if isinstance(verified, decryption.RefusedFile):
                     _refuse(m, settings, sftp_session.get(), f, verified.reason, "refused", db_session.get())
                     continue
-                f.plaintext_path, f.signer = str(plaintext_of(f)), verified.signer_fingerprint
+                f.plaintext_path, f.signer = str(m.plaintext_location(f)), verified.signer_fingerprint
             if not m.ok:
                 _delete_plaintext(m)
             m.save()

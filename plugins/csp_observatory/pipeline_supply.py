@@ -118,6 +118,12 @@ class Manifest:
         """The supply's work area in the staging store (a local Path, or a remote UPath)."""
         return staging.location(self.work_dir)
 
+    def plaintext_location(self, f: SupplyFile) -> staging.Location:
+        """Where decrypt puts ``f``'s plaintext in the work area: a data file by its schema name (``offences.csv``),
+        the metadata file by the name the partner gave it, less ``.gpg``."""
+        name = f"{f.name}.csv" if f is not self.metadata else Path(f.remote_name).with_suffix("").name
+        return self.path / "plain" / name
+
     @property
     def all_files(self) -> list[SupplyFile]:
         """The data files, then the metadata file if there is one: what is decrypted, archived or refused."""
