@@ -66,7 +66,7 @@ def test_a_supply_arriving_starts_its_feed_dag_in_a_running_airflow(airflow_depl
     assert sqlite_query(db_file, "SELECT is_paused FROM dag WHERE dag_id = ?", dag_id) == [(1,)]
     # unpaused as the UI does it, through the REST API (not the CLI: one more Airflow process to start)
     api = airflow_deployment["api"]
-    wait("the API server answering", lambda: api.get(f"/api/v2/dags/{dag_id}"), START_WAIT_S, logs, every=1)
+    wait("the API server answering", lambda: api.get(f"/api/v2/dags/{dag_id}"), START_WAIT_S, logs)
     assert api.patch(f"/api/v2/dags/{dag_id}", {"is_paused": False})["is_paused"] is False
     request_parse(api, dag_id)
 
@@ -74,7 +74,7 @@ def test_a_supply_arriving_starts_its_feed_dag_in_a_running_airflow(airflow_depl
     # is made meanwhile: only its upload is the arrival).
     wait("the asset watcher reaching the triggerer",
           lambda: sqlite_query(db_file, "SELECT count(*) FROM trigger WHERE classpath LIKE ?",
-                         "%SupplyArrivalTrigger%")[0][0] > 0, START_WAIT_S, logs, every=1)
+                         "%SupplyArrivalTrigger%")[0][0] > 0, START_WAIT_S, logs)
     registered = time.monotonic()
     supply = fixtures.make_supply(schema, PERIOD, postcodes_sources.shipped_reference(), n=30)
     time.sleep(max(0.0, registered + QUIET_S - time.monotonic()))
@@ -83,7 +83,7 @@ def test_a_supply_arriving_starts_its_feed_dag_in_a_running_airflow(airflow_depl
     dropped = _drop(settings, FEED, PERIOD, supply)
     runs = wait("an asset-triggered run of the feed's DAG finishing",
                 lambda: sqlite_query(db_file, "SELECT run_id, run_type, state FROM dag_run WHERE dag_id = ? AND "
-                                     "state IN ('success', 'failed')", dag_id), RUN_WAIT_S, logs, every=1)
+                                     "state IN ('success', 'failed')", dag_id), RUN_WAIT_S, logs)
     finished = time.monotonic()
     (run_id, run_type, state), *more = runs
     assert run_type == "asset_triggered" and not more
@@ -117,7 +117,7 @@ def test_a_supply_arriving_starts_its_feed_dag_in_a_running_airflow(airflow_depl
     refresh_runs = wait("the refresh DAG run the load's asset event started finishing",
                         lambda: sqlite_query(db_file, "SELECT run_id, run_type, state FROM dag_run WHERE dag_id = "
                                              "'refresh_summaries' AND state IN ('success', 'failed')"),
-                        REFRESH_WAIT_S, logs, every=1)
+                        REFRESH_WAIT_S, logs)
     (refresh_run, refresh_type, refresh_state), = refresh_runs
     assert refresh_type == "asset_triggered" and refresh_state == "success", refresh_runs
     started = api.get(f"/api/v2/assets/events?source_dag_id={dag_id}&source_run_id={quote(run_id)}")["asset_events"]

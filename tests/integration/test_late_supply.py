@@ -158,7 +158,7 @@ def _start_and_finish(api: Api, db_file: Path, logs: Path, settings, started: di
     files, metadata = _clean_supply(ON_TIME, on_time["period"])
     wait("the on-time run waiting for its supply",
           lambda: _task_states(api, on_time["dag_id"], on_time["run_id"]).get("wait_for_supply") == "deferred",
-          START_WAIT_S, logs, every=1)
+          START_WAIT_S, logs)
     demo.drop_demo_supply(settings, schema_for(ON_TIME), on_time["period"], files=files, metadata=metadata)
     for feed, run in started.items():
         run["final"] = wait(f"the run of {feed} finishing", lambda: (got := api.call(
@@ -173,7 +173,7 @@ def _start_and_finish(api: Api, db_file: Path, logs: Path, settings, started: di
     time.sleep(max(0.0, (due - datetime.now(timezone.utc)).total_seconds()))
     wait("the triggerer running the late-supply callback",
          lambda: sqlite_query(db_file, "SELECT count(*) FROM callback WHERE state IN ('success', 'failed')")[0][0],
-         CALLBACK_WAIT_S, logs, every=1)
+         CALLBACK_WAIT_S, logs)
 
 
 def test_a_month_whose_supply_never_arrives_raises_the_late_supply_alert_naming_the_partner(runs, db,
