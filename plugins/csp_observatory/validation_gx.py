@@ -69,6 +69,19 @@ def _no_batch_fingerprint() -> None:
     pandas_execution_engine.HASH_THRESHOLD = 0
 
 
+def import_gx() -> None:
+    """Import what a GX run needs, quietly and without its batch fingerprint; cheap once done in the process (or
+    in the Celery worker a task process is forked from, ``worker_preload``)."""
+    _quiet_gx()
+    import great_expectations  # noqa: F401
+    import great_expectations.constants  # noqa: F401
+    import great_expectations.core.run_identifier  # noqa: F401
+    import great_expectations.data_context.types.base  # noqa: F401
+    import great_expectations.validator.v1_validator  # noqa: F401
+
+    _no_batch_fingerprint()
+
+
 def _result_key(type_: str, kwargs: dict[str, Any]) -> tuple[str, str]:
     column = kwargs.get("column", kwargs.get("column_list"))
     return type_, str(column)
@@ -142,14 +155,13 @@ def run_suite(frame: pd.DataFrame, checks: list[Check], name: str) -> dict[str, 
     caches start empty: a reused engine would answer a file's metrics from the cache of an earlier batch of
     the same asset, and would keep that batch's frame alive.
     """
-    _quiet_gx()
+    import_gx()
     import great_expectations as gx
     from great_expectations.constants import DATAFRAME_REPLACEMENT_STR
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import ProgressBarsConfig
     from great_expectations.validator.v1_validator import Validator
 
-    _no_batch_fingerprint()
     batch = gx_frame(frame, checks)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)

@@ -14,6 +14,9 @@ One stage's task process (``load``, see KILLED_STAGE) is SIGKILLed while it work
 the process (the OOM killer, a node going away): Airflow retries the task (the DAG's default ``retries``) and the
 supply still loads exactly once, with the same rows as the clean one-worker run (issue 11's fault matrix).
 
+The workers run with the observatory's Celery settings (``csp_observatory.celery_config``), as in docker-compose.yaml:
+each imports the stages' modules once, before it forks (``csp_observatory.worker_preload``).
+
 Set-up (scripts/setup.sh) makes the broker and the metadata database and names them in ``.run/test/celery.yaml``.
 """
 from __future__ import annotations
@@ -147,6 +150,8 @@ def celery_deployment(tmp_path_factory: pytest.TempPathFactory, settings) -> Ite
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": cfg["airflow_database_url"],
         "AIRFLOW__CELERY__BROKER_URL": cfg["broker_url"],
         "AIRFLOW__CELERY__RESULT_BACKEND": cfg["result_backend"],
+        # as docker-compose.yaml: each worker imports the stages' modules once (csp_observatory.worker_preload)
+        "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "csp_observatory.celery_config.CELERY_CONFIG",
         "AIRFLOW__OPERATORS__DEFAULT_QUEUE": queues["a"],
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "engineer:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
@@ -235,6 +240,10 @@ def test_two_celery_workers_load_a_supply_as_one_worker_does(request, settings, 
         assert ti["queue"] == d["queues"][ROUTES[stage]], (stage, ti["queue"])
         assert ti["hostname"] == f"worker-{ROUTES[stage]}", (stage, ti["hostname"])
     assert {tis[s]["hostname"] for s in STAGES} == {"worker-a", "worker-b"}
+    # Each worker imported the stages' modules once, before it forked its pool (csp_observatory.worker_preload, named
+    # by celery_config.CELERY_CONFIG): its own process maps scipy's k-d tree, which only geocode and sanitise use.
+    for w, pid in d["worker_pids"].items():
+        assert any("_ckdtree" in m.path for m in psutil.Process(pid).memory_maps()), f"worker {w} preloaded nothing"
     # The killed try failed and Airflow ran the task again: the second try is the one that succeeded.
     assert tis[KILLED_STAGE]["try_number"] == killed["try_number"] + 1, (tis[KILLED_STAGE], killed)
     assert tis[KILLED_STAGE]["id"] != killed["id"]
