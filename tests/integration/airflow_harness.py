@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import psutil
+import psycopg2
 
 from csp_observatory import connections
 from csp_observatory.config import load_settings
@@ -77,6 +78,47 @@ def base_env(home: Path, api_port: int, **overrides: str) -> dict[str, str]:
     env[connections.SOURCE_ENV] = connections.config_source(env["CSP_CONFIG"])
     env.update(overrides)
     return env
+
+
+def celery_env(home: Path, api_port: int, cfg: dict[str, str], **overrides: str) -> dict[str, str]:
+    """:func:`base_env` for the CeleryExecutor on the tests' broker and PostgreSQL metadata DB (``cfg``: set-up's
+    ``.run/test/celery.yaml``), with docker-compose.yaml's Celery and scheduler settings: each worker imports the
+    stages' modules once (``csp_observatory.worker_preload``), and the scheduler sleeps 0.25 s when idle."""
+    return base_env(home, api_port, **{
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": cfg["airflow_database_url"],
+        "AIRFLOW__CELERY__BROKER_URL": cfg["broker_url"],
+        "AIRFLOW__CELERY__RESULT_BACKEND": cfg["result_backend"],
+        "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "csp_observatory.celery_config.CELERY_CONFIG",
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.25",
+        **overrides})
+
+
+def _plain_url(sqlalchemy_url: str) -> str:
+    return sqlalchemy_url.replace("postgresql+psycopg2://", "postgresql://", 1)
+
+
+def reset_postgres_db(url: str) -> None:
+    """An empty PostgreSQL metadata DB for a deployment (the role owns the database and its public schema)."""
+    conn = psycopg2.connect(_plain_url(url), connect_timeout=10)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("DROP SCHEMA IF EXISTS public CASCADE")
+            cur.execute("CREATE SCHEMA public")
+    finally:
+        conn.close()
+
+
+def postgres_query(url: str, statement: str, *params: Any) -> list[tuple]:
+    """A query of a PostgreSQL metadata DB (its SQLAlchemy URL)."""
+    conn = psycopg2.connect(_plain_url(url), connect_timeout=10)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchall()
+    finally:
+        conn.close()
 
 
 def tails(logs: Path | Iterable[Path], lines: int = 25) -> str:

@@ -34,7 +34,8 @@ import psutil
 import psycopg2
 import pytest
 import yaml
-from airflow_harness import Api, base_env, deployment, free_port, request_parse, start, tails, wait
+from airflow_harness import (Api, celery_env, deployment, free_port, postgres_query, request_parse, reset_postgres_db,
+                             start, tails, wait)
 
 from csp_observatory import demo, fixtures, postcodes_sources
 from csp_observatory.schema_loading import schema_for
@@ -66,32 +67,6 @@ def _celery_config() -> dict[str, str]:
     if not path.exists():
         pytest.skip(f"{path} is missing: scripts/setup.sh writes it (not in CSP_DATABASE_URL mode)")
     return yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
-def _plain_url(sqlalchemy_url: str) -> str:
-    return sqlalchemy_url.replace("postgresql+psycopg2://", "postgresql://", 1)
-
-
-def _reset_airflow_db(url: str) -> None:
-    """An empty metadata database for this module's Airflow (the role owns the database and its public schema)."""
-    conn = psycopg2.connect(_plain_url(url), connect_timeout=10)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute("DROP SCHEMA IF EXISTS public CASCADE")
-            cur.execute("CREATE SCHEMA public")
-    finally:
-        conn.close()
-
-
-def _airflow_db_query(url: str, statement: str, *params: Any) -> list[tuple]:
-    conn = psycopg2.connect(_plain_url(url), connect_timeout=10)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement, params)
-            return cur.fetchall()
-    finally:
-        conn.close()
 
 
 def _drop_supply(settings, supply: Any) -> list[str]:
@@ -145,20 +120,14 @@ def celery_deployment(tmp_path_factory: pytest.TempPathFactory, settings) -> Ite
     # a stand-in for "this machine's name": each worker reports its own, so the REST API shows who ran what
     (root / "worker_identity.py").write_text("import os\n\n\ndef hostname() -> str:\n"
                                              "    return os.environ['CSP_TEST_WORKER_NAME']\n")
-    env = base_env(home, api_port, **{
-        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": cfg["airflow_database_url"],
-        "AIRFLOW__CELERY__BROKER_URL": cfg["broker_url"],
-        "AIRFLOW__CELERY__RESULT_BACKEND": cfg["result_backend"],
-        # as docker-compose.yaml: each worker imports the stages' modules once (csp_observatory.worker_preload)
-        "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "csp_observatory.celery_config.CELERY_CONFIG",
+    env = celery_env(home, api_port, cfg, **{
         "AIRFLOW__OPERATORS__DEFAULT_QUEUE": queues["a"],
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "engineer:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
         "CSP_STAGING_URL": shared.as_uri(),
         "CSP_STAGE_QUEUES": ",".join([*(f"{t}={queues[w]}" for t, w in ROUTES.items()), f"*={queues['a']}"]),
     })
-    _reset_airflow_db(cfg["airflow_database_url"])
+    reset_postgres_db(cfg["airflow_database_url"])
     logs = root / "logs"
     workers: dict[str, dict[str, Path]] = {}
     worker_pids: dict[str, int] = {}
@@ -335,7 +304,7 @@ def _kill_task_process(api: Api, runs_path: str, task_id: str, worker_pid: int, 
 def _watchers(url: str) -> int:
     """How many supply arrival watchers the triggerer has been given (the trigger table)."""
     query = "SELECT count(*) FROM trigger WHERE classpath LIKE %s"
-    return _airflow_db_query(url, query, "%SupplyArrivalTrigger%")[0][0]
+    return postgres_query(url, query, "%SupplyArrivalTrigger%")[0][0]
 
 
 def _get_or_none(api: Api, path: str) -> Any:
