@@ -28,7 +28,6 @@ SPEC = REPO / "tests" / "data" / "compose-spec.json"
 AIRFLOW_SERVICES = {"airflow-init", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
                     "airflow-triggerer", "airflow-worker"}
 # sections that come from providers baked into the apache/airflow image, not from airflow-core's config.yml
-PROVIDER_SECTIONS = {"celery": {"broker_url", "result_backend"}}
 SECRET_WORDS = ("PASSWORD", "SECRET", "FERNET")
 
 
@@ -136,8 +135,11 @@ def test_airflow_settings_are_real_airflow_options(services):
     template = Path(importlib.metadata.distribution("apache-airflow-core")
                     .locate_file("airflow/config_templates/config.yml"))
     known = {section: set(body.get("options", {})) for section, body in yaml.safe_load(template.read_text()).items()}
-    for section, options in PROVIDER_SECTIONS.items():
-        known.setdefault(section, set()).update(options)
+    # and the Celery provider's own options, from the installed provider's declaration
+    from airflow.providers.celery.get_provider_info import get_provider_info
+
+    for section, body in get_provider_info()["config"].items():
+        known.setdefault(section, set()).update(body.get("options", {}))
     for name in AIRFLOW_SERVICES:
         for key in _env(services[name]):
             if not key.startswith("AIRFLOW__"):
@@ -357,3 +359,13 @@ def test_postgis_audits_reads_of_personal_data_as_set_up_does(compose, services)
     roles = _content(compose, "postgis-roles")
     assert "CREATE ROLE csp_auditor NOLOGIN" in roles and "CREATE EXTENSION IF NOT EXISTS pgaudit" in roles
     assert "GRANT SELECT ON TABLES TO csp_auditor" in roles
+
+
+def test_the_workers_and_the_scheduler_take_the_observatorys_celery_settings(services):
+    """Each worker imports the stages' modules once (csp_observatory.worker_preload); the scheduler publishes with
+    the same settings."""
+    for name in ("airflow-worker", "airflow-scheduler"):
+        path = _env(services[name])["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"]
+        module, _, attr = path.rpartition(".")
+        config = getattr(importlib.import_module(module), attr)
+        assert "csp_observatory.worker_preload" in config["imports"], name
