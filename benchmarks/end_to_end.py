@@ -16,12 +16,14 @@ What one size does, in this order, all on the real services (PostGIS, the projec
    task shows the peak within its run and how much it rose over the RSS at its start. (In a deployment each task
    is its own process: the rise is what the task itself needs; the peak also holds what earlier tasks left.)
 4. **COPY**: the rows the run loaded are read back (``COPY ... TO STDOUT``, text format) and written again with
-   ``COPY ... FROM STDIN`` into a scratch table with the same columns and no index (bare), then into one with the
-   same indexes and constraints (``LIKE ... INCLUDING ALL``), in a scratch schema ``bench_e2e`` that is dropped
-   after; only the COPY FROM and its commit are timed.
+   ``COPY ... FROM STDIN`` into a scratch table with the same columns and no index (bare; three times, each into a
+   fresh table, and the median counts: one COPY on a shared machine varies by a fifth from the next), then into one
+   with the same indexes and constraints (``LIKE ... INCLUDING ALL``), in a scratch schema ``bench_e2e`` that is
+   dropped after; only the COPY FROM and its commit are timed.
 
 The last line reads ``marginal/COPY = R at N offences``, where the marginal cost is the N-offence run minus the
-tiny run (both from the sensor's start to the report's end) and COPY is the bare COPY of the whole supply.
+tiny run (both from the sensor's start to the report's end) and COPY is the bare COPY of the whole supply (the
+median of three).
 
 By default it uses the demo's services (``.run/observatory.yaml``: the database ``csp_observatory``, the SFTP tree
 on port 2222), so that it neither waits for nor disturbs the integration tests; ``--config test`` uses the tests'
@@ -42,6 +44,7 @@ import logging
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -239,8 +242,10 @@ def run_dag(settings: Any, sampler: RssSampler, log_path: Path) -> dict[str, Any
     return {"state": str(run.state), "tasks": tasks, "total_s": total}
 
 
-def copy_same_rows(settings: Any, period: str) -> dict[str, Any]:
-    """COPY the supply's loaded rows into a bare table and into one with the same indexes; seconds and rows."""
+def copy_same_rows(settings: Any, period: str, repeats: int = 3) -> dict[str, Any]:
+    """COPY the supply's loaded rows into a bare table (``repeats`` times, each into a fresh table: the median is the
+    figure, a shared machine's COPY varies by a fifth from one to the next) and once into one with the same indexes;
+    seconds and rows."""
     import psycopg2
     from psycopg2 import sql
 
@@ -249,7 +254,7 @@ def copy_same_rows(settings: Any, period: str) -> dict[str, Any]:
 
     schema = schema_for(FEED)
     I = sql.Identifier  # noqa: E741
-    out = {"bare_s": 0.0, "indexed_s": 0.0, "rows": 0, "mb": 0.0}
+    out: dict[str, Any] = {"bare_runs": [0.0] * repeats, "indexed_s": 0.0, "rows": 0, "mb": 0.0}
     with closing(psycopg2.connect(settings.database_url)) as conn, conn.cursor() as cur:
         cur.execute("DROP SCHEMA IF EXISTS bench_e2e CASCADE; CREATE SCHEMA bench_e2e")
         conn.commit()
@@ -268,7 +273,8 @@ def copy_same_rows(settings: Any, period: str) -> dict[str, Any]:
                 out["rows"] += cur.fetchone()[0]
                 # fid from the table's sequence (its default); the indexed copy also gets the record key, which is
                 # each partition's (partitions.py), not the parent's.
-                for kind, like in (("bare", "INCLUDING DEFAULTS"), ("indexed", "INCLUDING ALL")):
+                for kind, like, run in [*(("bare", "INCLUDING DEFAULTS", r) for r in range(repeats)),
+                                        ("indexed", "INCLUDING ALL", 0)]:
                     target = I("bench_e2e", f"{kind}_{f.table}")
                     cur.execute(sql.SQL("CREATE TABLE {} (LIKE {} " + like + ")").format(
                         target, I(schema.db_schema, f.table)))
@@ -280,11 +286,17 @@ def copy_same_rows(settings: Any, period: str) -> dict[str, Any]:
                     started = time.perf_counter()
                     cur.copy_expert(sql.SQL("COPY {} ({}) FROM STDIN").format(target, cols).as_string(cur), buf)
                     conn.commit()
-                    out[f"{kind}_s"] += time.perf_counter() - started
+                    if kind == "bare":
+                        out["bare_runs"][run] += time.perf_counter() - started
+                    else:
+                        out["indexed_s"] += time.perf_counter() - started
+                    cur.execute(sql.SQL("DROP TABLE {}").format(target))     # the disk back before the next
+                    conn.commit()
         finally:
             conn.rollback()
             cur.execute("DROP SCHEMA IF EXISTS bench_e2e CASCADE")
             conn.commit()
+    out["bare_s"] = statistics.median(out["bare_runs"])
     return out
 
 
@@ -309,7 +321,7 @@ def measure(n: int, period: str, settings: Any, sampler: RssSampler, log_path: P
     level = json.loads(report.read_text())["outcome"]["level"] if report else "no report"
     loaded = json.loads(report.read_text()).get("summary", {}).get("rows_loaded") if report else None
     print(f"run {result['state']} (amber or red fails the run by design), supply {level}; rows loaded: {loaded}")
-    print(f"| task | state | wall s | rows/s | RSS at start | peak RSS | rise |")
+    print("| task | state | wall s | rows/s | RSS at start | peak RSS | rise |")
     print("|---|---|---|---|---|---|---|")
     for task_id in (*STAGES, "verdict", "stage_failed"):
         t = result["tasks"].get(task_id, {})
@@ -327,8 +339,9 @@ def measure(n: int, period: str, settings: Any, sampler: RssSampler, log_path: P
     print(f"slowest stage: {slowest} ({result['tasks'][slowest]['wall_s']:.2f} s)")
     copied = copy_same_rows(settings, period)
     marginal = total - tiny["total_s"]
+    runs = ", ".join(f"{t:.2f}" for t in copied["bare_runs"])
     print(f"COPY of the same {copied['rows']:,} loaded rows ({copied['mb']:.0f} MB as text), same database, same run: "
-          f"bare {copied['bare_s']:.2f} s, with the same indexes {copied['indexed_s']:.2f} s")
+          f"bare {copied['bare_s']:.2f} s (median of {runs}), with the same indexes {copied['indexed_s']:.2f} s")
     print(f"marginal cost: {total:.2f} s - {tiny['total_s']:.2f} s (tiny supply) = {marginal:.2f} s; "
           f"load task / bare COPY = {result['tasks']['load']['wall_s'] / copied['bare_s']:.2f}")
     forget(settings, period)

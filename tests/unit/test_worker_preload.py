@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,8 +17,12 @@ CONFIG_PATH = "csp_observatory.celery_config.CELERY_CONFIG"
 
 
 def _python(code: str, **env: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, **env}, check=False)
+    """``code``'s last line of output, as JSON, from a fresh Python run in ``/`` with ``env`` added; when ``env``
+    drops PYTHONPATH (value ""), the package is found only as docker-compose.yaml finds it."""
+    merged = {**os.environ, **env}
+    merged = {k: v for k, v in merged.items() if v != ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=merged,
+                         cwd="/", check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -35,14 +40,16 @@ def test_the_settings_are_airflows_with_the_preload_added():
 
 def test_airflows_celery_app_takes_them_and_publishing_imports_nothing_heavy():
     """What the scheduler does with ``[celery] celery_config_options``: Airflow's app is built from our settings, and
-    building it imports neither the preload nor Great Expectations (only a starting worker imports them)."""
+    building it imports neither the preload nor Great Expectations (only a starting worker imports them). As in
+    docker-compose.yaml, nothing but Airflow's plugins folder (which Airflow puts on ``sys.path``) finds the package."""
     got = _python(
         "import json, sys\n"
         "from airflow.providers.celery.executors.celery_executor_utils import app\n"
         "print(json.dumps({'imports': list(app.conf.imports),\n"
         "                  'loaded': [m for m in ('csp_observatory.worker_preload', 'great_expectations', 'scipy')\n"
         "                             if m in sys.modules]}))\n",
-        AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS=CONFIG_PATH)
+        AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS=CONFIG_PATH, PYTHONPATH="",
+        AIRFLOW__CORE__PLUGINS_FOLDER=str(Path(__file__).resolve().parents[2] / "plugins"))
     assert got["imports"][-1] == "csp_observatory.worker_preload"
     assert got["loaded"] == []
 
