@@ -3,13 +3,15 @@
 Airflow 3 runs each task in a process forked from the Celery worker (``airflow.sdk.execution_time.supervisor``), so
 a module the worker has imported is already in every task process, for nothing. Airflow preloads a few of its own
 (``celery_executor_utils.on_celery_import_modules``); this module adds the stages' own: pandas and pyarrow in every
-stage, the SFTP and PostgreSQL hooks, Great Expectations in ``parse_and_validate`` (2.7-4.2 s per task process,
-measured by ``benchmarks/end_to_end.py``), scipy's k-d tree and PROJ in ``geocode`` and ``sanitise``.
+stage, the SFTP and PostgreSQL hooks, Great Expectations in ``parse_and_validate`` (2.5-4.2 s per task process,
+measured by ``benchmarks/end_to_end.py``), scipy's k-d tree and PROJ in ``geocode`` and ``sanitise``. In a
+deployment a task's overhead fell from 2.2-3.5 s to 0.4-0.6 s (``benchmarks/deployed_tiny_supply.py``); the worker's
+own process is about 250 MB larger (measured: 140 -> 395 MB), shared with the task processes it forks.
 
 The worker imports this module because ``celery_config.CELERY_CONFIG`` names it in Celery's ``imports``: set
 ``AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS=csp_observatory.celery_config.CELERY_CONFIG`` on the workers (and on the
-scheduler, which publishes with the same settings). Nothing here opens a file, a socket or a thread: a forked task
-process must not share any of those with its worker.
+scheduler, which publishes with the same settings). Nothing here leaves a file, a socket or a thread open: a forked
+task process must not share any of those with its worker.
 """
 from __future__ import annotations
 
