@@ -138,7 +138,12 @@ def run_sanitiser(reference: pd.DataFrame, records: pd.DataFrame, k: int,
     t1 = time.perf_counter()
     out = sanitise(records, feed_file, pmap).frame
     t2 = time.perf_counter()
-    return out, {"build_s": t1 - t0, "sanitise_s": t2 - t1, "total_s": t2 - t0}
+    # Again with the same map: the first lookup in a process also builds the map's hash index of postcodes (kept on
+    # the map), so this is the "sanitising 1M records once the map exists".
+    again = sanitise(records, feed_file, pmap).frame
+    t3 = time.perf_counter()
+    assert again.equals(out), "a second sanitise with the same map gave other records"
+    return out, {"build_s": t1 - t0, "sanitise_s": t2 - t1, "total_s": t2 - t0, "again_s": t3 - t2}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -171,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"sanitiser: build_displacement {times['build_s']:.2f} s + sanitise {times['sanitise_s']:.2f} s "
           f"= {times['total_s']:.2f} s; max RSS so far {rss_mb:,.0f} MB", flush=True)
+    print(f"sanitise again with the same map (its postcode index built by the first): {times['again_s']:.2f} s "
+          f"for {len(records):,} records", flush=True)
     if not a.no_tracemalloc:
         del out
         tracemalloc.start()
