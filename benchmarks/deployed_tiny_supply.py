@@ -61,6 +61,7 @@ def _tasks_of_run(cfg: dict[str, str], run_id: str) -> dict[str, dict[str, Any]]
     rows = postgres_query(cfg["airflow_database_url"], "SELECT task_id, state, extract(epoch FROM start_date), "
                           "extract(epoch FROM end_date) FROM task_instance WHERE dag_id = %s AND run_id = %s",
                           DAG_ID, run_id)
+
     def seconds(value: Any) -> float | None:
         return float(value) if value is not None else None
 
@@ -152,6 +153,7 @@ def deployed(setup: str, runs: int, offences: int, periods: list[str], settings:
             env[key] = value
     reset_postgres_db(cfg["airflow_database_url"])
     logs_dir = root / "logs"
+    print(f"{setup}: the components' logs are in {logs_dir} (kept)", flush=True)
     out = []
     with deployment(env, logs_dir) as procs:
         start(env, logs_dir, ["celery", "worker", "--queues", queue, "--concurrency", "2"], "worker", procs)
