@@ -22,7 +22,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, AsyncIterator, Final
 
@@ -55,6 +55,9 @@ class InboxLook:
     signature: str          # names, sizes and times of every ready or refusable file; "" when there are none
     sizes: dict[str, int]
     settled: bool           # nothing in the inbox changed size, appeared or went since the previous look
+    # name -> [size, mtime] of each file whose size held since the previous look (``ReadySupplies.settled``): the
+    # arrival event carries it, so the run's sensor need not wait for the sizes to hold again (arrival_certificate)
+    certified: dict[str, list[int]] = field(default_factory=dict)
 
 
 def summarise(ready: ReadySupplies, previous_sizes: dict[str, int] | None) -> InboxLook:
@@ -64,7 +67,8 @@ def summarise(ready: ReadySupplies, previous_sizes: dict[str, int] | None) -> In
     listed = files + [(name, ready.sizes.get(name, -1), 0) for name in strays]
     signature = hashlib.sha256(json.dumps(listed).encode()).hexdigest() if listed else ""
     settled = previous_sizes is not None and ready.sizes == previous_sizes
-    return InboxLook(sorted(s.period for s in ready.supplies), strays, signature, dict(ready.sizes), settled)
+    return InboxLook(sorted(s.period for s in ready.supplies), strays, signature, dict(ready.sizes), settled,
+                     dict(ready.settled))
 
 
 async def list_folder(folder: str, conn_id: str | None = None) -> list[RemoteFile]:
@@ -213,8 +217,10 @@ class SupplyArrivalTrigger(BaseEventTrigger):
                 # would read as an arrival of their own, and a restarted trigger's first look as a new one.
                 if seen.settled and seen.signature and seen.signature != await self._last():
                     await self._remember(seen.signature)
+                    # the sizes it saw hold over poke_s, for the sensor of the run this starts (arrival_certificate)
                     yield TriggerEvent({"feed": self.feed, "periods": seen.periods, "refused": len(seen.strays),
-                                        "arrival": seen.signature})
+                                        "arrival": seen.signature, "settled": seen.certified,
+                                        "held_s": self.poke_s})
             await asyncio.sleep(self.poke_s)
 
 
@@ -264,6 +270,22 @@ def wait_until(now: datetime, window_s: float, run_type: str | None, logical_dat
     return end
 
 
+def arrival_certificate(context: Any, feed: str) -> tuple[dict[str, list[int]], float] | None:
+    """What the arrival watcher certified for the run it started: the files whose size it saw hold (name -> [size,
+    mtime]) and over how many seconds, from the newest of the run's triggering asset events for ``feed``; None for a
+    run no arrival started (scheduled, manual, ``dag.test``) or an event without them."""
+    events = context.get("triggering_asset_events") if hasattr(context, "get") else None
+    mine = [e for evs in (events or {}).values() for e in evs
+            if ((e.extra or {}).get("payload") or {}).get("feed") == feed]
+    if not mine:
+        return None
+    payload = max(mine, key=lambda e: e.timestamp).extra["payload"]
+    settled, held_s = payload.get("settled"), payload.get("held_s")
+    if not isinstance(settled, dict) or not isinstance(held_s, (int, float)):
+        return None
+    return settled, float(held_s)
+
+
 class SupplySensor(BaseSensorOperator):
     """Wait for a complete supply of ``feed``; returns its periods (the XCom the run's later tasks take).
 
@@ -281,12 +303,14 @@ class SupplySensor(BaseSensorOperator):
         # seconds from a scheduled run's logical date to its supply's due time (the late-supply deadline)
         self.due_after_s = due_after_s
 
-    def _ready(self, context: Any) -> list[str]:
+    def _ready(self, context: Any, certificate: tuple[dict[str, list[int]], float] | None = None) -> list[str]:
         """One look in the worker (quarantining strays); when a supply is ready, the sizes it saw hold go to the
-        collect task (XCom :data:`SETTLED_XCOM`), so that it need not wait for them to hold again."""
+        collect task (XCom :data:`SETTLED_XCOM`), so that it need not wait for them to hold again. ``certificate``:
+        what the arrival watcher saw hold (:func:`arrival_certificate`), so that this look need not wait either."""
         from csp_observatory import pipeline
 
-        seen = pipeline.ready_look(self.feed, services=_connections())
+        settled, held_s = certificate or (None, 0.0)
+        seen = pipeline.ready_look(self.feed, services=_connections(), settled=settled, held_s=held_s)
         ti = context.get("ti") if hasattr(context, "get") else None
         if seen.periods and ti is not None:
             ti.xcom_push(key=SETTLED_XCOM, value=seen.settled)
@@ -301,7 +325,7 @@ class SupplySensor(BaseSensorOperator):
     def execute(self, context: Any) -> Any:
         if not self.deferrable:
             return super().execute(context)
-        periods = self._ready(context)
+        periods = self._ready(context, arrival_certificate(context, self.feed))
         if periods:
             return periods
         run = context.get("dag_run")

@@ -361,7 +361,7 @@ def find_ready_supplies(sftp: Any, schema: FeedSchema, settings: Settings,
             previous_sizes = wait_until_stable(sftp, inbox, candidates, settings.stable_polls,
                                                settings.poll_interval_s)
         else:
-            log.info("%s: sizes of %d file(s) held since the sensor's look: not polled again", schema.feed,
+            log.info("%s: sizes of %d file(s) held since an earlier look: not polled again", schema.feed,
                      len(previous_sizes))
     ready = plan_supplies(schema, list_entries(sftp, inbox), previous_sizes, siblings, partner_id)
     for period, why in ready.waiting.items():

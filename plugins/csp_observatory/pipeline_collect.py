@@ -35,19 +35,24 @@ class ReadyLook:
     settled: dict[str, list[int]]
 
 
-def ready_look(feed: str, settings: Settings | None = None, services: Services | None = None) -> ReadyLook:
+def ready_look(feed: str, settings: Settings | None = None, services: Services | None = None,
+               settled: dict[str, list[int]] | None = None, held_s: float = 0.0) -> ReadyLook:
     """The periods whose every file is in the partner's inbox and no longer being written, with the sizes seen.
 
     Strays (misnamed files, bad periods, links, folders, empty files) are quarantined here with their reason:
     when nothing in the inbox is ready no run starts, and the partner must still hear about every one.
+    ``settled``: sizes an earlier look saw hold over ``held_s`` seconds (the arrival watcher's, see
+    ``arrival.arrival_certificate``); files still exactly so are not polled again, if that span is at least the
+    poll interval this look would wait (``intake.trusted_sizes``).
     """
     from csp_observatory import intake, intake_quarantine
 
     settings = settings or load_settings()
     svc = _services(settings, services)
     schema = schema_for(feed)
+    trusted = settled if settled and held_s >= settings.poll_interval_s else None
     with svc.sftp() as client:
-        ready = intake.find_ready_supplies(client, schema, settings)
+        ready = intake.find_ready_supplies(client, schema, settings, settled=trusted)
         intake_quarantine.quarantine_strays(client, settings, schema, ready)
     return ReadyLook(sorted(s.period for s in ready.supplies), ready.settled)
 

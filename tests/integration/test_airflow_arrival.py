@@ -105,6 +105,12 @@ def test_a_supply_arriving_starts_its_feed_dag_in_a_running_airflow(airflow_depl
     collect_logs = list((airflow_deployment["home"] / "logs").glob(f"dag_id={dag_id}/run_id=*/task_id=collect/*"))
     assert any("through the Airflow connection csp_sftp" in p.read_text(errors="replace") for p in collect_logs), \
         collect_logs
+    # The arrival event carried the sizes the watcher saw hold: the sensor's look trusted them instead of waiting a
+    # poll interval for them to hold again (arrival.arrival_certificate), and the collect task trusted the sensor's.
+    for task_id in ("wait_for_supply", "collect"):
+        task_logs = list((airflow_deployment["home"] / "logs").glob(f"dag_id={dag_id}/run_id=*/task_id={task_id}/*"))
+        assert any("held since an earlier look: not polled again" in p.read_text(errors="replace")
+                   for p in task_logs), (task_id, task_logs)
 
     # The load emitted its table's asset, with the supply it loaded in the event's extra; the event started the
     # refresh DAG, which recounted that feed's counts by ward and month, and no other feed's.

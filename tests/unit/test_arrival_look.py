@@ -45,3 +45,14 @@ def test_a_file_to_refuse_is_an_arrival_and_a_link_is_never_a_supply_file() -> N
 def test_an_entry_kind_is_read_from_paramiko_and_asyncssh_modes_alike() -> None:
     assert [sftp.entry_kind(m) for m in (stat.S_IFREG | 0o640, stat.S_IFLNK | 0o777, stat.S_IFDIR | 0o755,
                                          stat.S_IFIFO | 0o600, None)] == ["file", "link", "folder", "other", "file"]
+
+
+def test_a_look_certifies_the_files_whose_size_held_for_the_runs_sensor() -> None:
+    """What the arrival event carries (``InboxLook.certified``): only files seen at the same size on both looks."""
+    first = _look(_listing("209901"), {})
+    assert first.certified == {}
+    grown = {**first.sizes, "prc_victims_209901.csv.gpg": 90}       # the victims file was still being written
+    second = _look(_listing("209901"), grown)
+    assert second.certified == {n.format(p="209901"): [100, 1000] for n in NAMES if "victims" not in n}
+    third = _look(_listing("209901"), second.sizes)
+    assert third.certified == {n.format(p="209901"): [100, 1000] for n in NAMES}

@@ -117,11 +117,35 @@ def test_the_sensor_hands_its_certified_sizes_to_the_collect_task(monkeypatch):
     # the sensor looks through csp_observatory.pipeline's name for it (bound when that module is first imported)
     from csp_observatory import pipeline
 
-    monkeypatch.setattr(pipeline, "ready_look", lambda feed, settings=None, services=None: look)
+    monkeypatch.setattr(pipeline, "ready_look", lambda feed, settings=None, services=None, **certificate: look)
     monkeypatch.setattr(arrival, "_connections", lambda: None)
     sensor = arrival.SupplySensor(task_id="wait_for_supply", feed=FEED)
     assert sensor._ready({"ti": _TI()}) == ["202609"]
     assert pushed == {arrival.SETTLED_XCOM: {NAMES[0]: [50, 7]}}
+
+
+def test_the_sensor_of_a_run_an_arrival_started_hands_the_watchers_certificate_to_its_look(monkeypatch):
+    """The arrival event's sizes reach the sensor's first look (which then need not wait for them to hold)."""
+    from types import SimpleNamespace
+
+    from csp_observatory import pipeline
+
+    asked: dict[str, Any] = {}
+
+    def look(feed, settings=None, services=None, settled=None, held_s=0.0):
+        asked.update(settled=settled, held_s=held_s)
+        return pipeline_collect.ReadyLook(["202609"], settled or {})
+
+    monkeypatch.setattr(pipeline, "ready_look", look)
+    monkeypatch.setattr(arrival, "_connections", lambda: None)
+    certified = {n: [50, 7] for n in NAMES}
+    event = SimpleNamespace(timestamp=1, extra={"from_trigger": True, "payload": {
+        "feed": FEED, "periods": ["202609"], "settled": certified, "held_s": 60.0}})
+    sensor = arrival.SupplySensor(task_id="wait_for_supply", feed=FEED)
+    assert sensor.execute({"triggering_asset_events": {"supply": [event]}}) == ["202609"]
+    assert asked == {"settled": certified, "held_s": 60.0}
+    # a run no arrival started looks as before
+    assert sensor.execute({}) == ["202609"] and asked == {"settled": None, "held_s": 0.0}
 
 
 class _CountingServices:
