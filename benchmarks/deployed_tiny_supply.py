@@ -3,7 +3,7 @@
 ``end_to_end.py`` runs every task in one process (``dag.test``). In a deployment each task is its own process,
 forked by a Celery worker, and the scheduler hands each task on to the next: this measures that. It starts Airflow's
 scheduler, DAG processor, triggerer and API server on the tests' PostgreSQL metadata DB, and one ``airflow celery
-worker`` (concurrency 2) on the tests' Redis broker: the CeleryExecutor, as docker-compose.yaml has it. One
+worker`` (concurrency 4) on the tests' Redis broker: the CeleryExecutor, as docker-compose.yaml has it. One
 deployment per setup (``--setups``, all by default), in the same run:
 
 - ``airflow``: Airflow's own Celery settings and scheduler idle sleep (1 s): the way it was;
@@ -13,9 +13,10 @@ deployment per setup (``--setups``, all by default), in the same run:
   when it has nothing to do, so it hands a finished task's successor on sooner.
 
 Per deployment it unpauses the feed's DAG (which starts the scheduled run of the latest month: its sensor waits,
-deferred, and takes the first supply), measures the scheduler's CPU for 10 s while nothing runs, then drops
-``--runs`` supplies of ``--offences`` offences in turn (each its own period, encrypted, signed, uploaded to SFTP;
-each drop's arrival starts another run). Per run, from the task instances in the metadata DB:
+deferred), measures the scheduler's CPU for 10 s while nothing runs, marks that scheduled run failed (its month's
+supply never comes), then drops ``--runs`` supplies of ``--offences`` offences in turn (each its own period,
+encrypted, signed, uploaded to SFTP; each drop's arrival starts its own run). Per run, from the task instances in the
+metadata DB:
 
 - **sensor start to report end**: the ``wait_for_supply`` task's start (or the drop's end, when the run was
   already waiting) to ``report_and_archive``'s end: the issue's figure, at most 10 s;
@@ -104,6 +105,9 @@ SETUPS: Final = {
     "compose": {},
 }
 IDLE_WINDOW_S: Final = 10.0
+# Task slots of the one worker: a run's tasks never queue behind the previous run's verdict or the refresh DAG's
+# task (docker-compose runs two workers of Airflow's default 16).
+WORKER_CONCURRENCY: Final = 4
 
 
 def _idle_cpu(proc: Any, seconds: float) -> float:
@@ -156,7 +160,8 @@ def deployed(setup: str, runs: int, offences: int, periods: list[str], settings:
     print(f"{setup}: the components' logs are in {logs_dir} (kept)", flush=True)
     out = []
     with deployment(env, logs_dir) as procs:
-        start(env, logs_dir, ["celery", "worker", "--queues", queue, "--concurrency", "2"], "worker", procs)
+        start(env, logs_dir, ["celery", "worker", "--queues", queue, "--concurrency", str(WORKER_CONCURRENCY)],
+              "worker", procs)
         logs = sorted(logs_dir.glob("*.log"))
         api = Api(api_port, "engineer", password)
         wait("the API server", api.login, START_WAIT_S, logs)
@@ -167,6 +172,9 @@ def deployed(setup: str, runs: int, offences: int, periods: list[str], settings:
         # the deployment as it is most of the time: the scheduled run's sensor deferred, nothing to run
         idle = _idle_cpu(procs[COMPONENTS.index("scheduler")], IDLE_WINDOW_S)
         print(f"{setup}: the scheduler idle uses {idle:.1%} of a core", flush=True)
+        # End the scheduled run that unpausing started (its month's supply is overdue and never comes): otherwise it
+        # takes the first drop, and each arrival's run then takes the next drop, not the one whose arrival it was.
+        _end_waiting_runs(api, logs)
         try:
             for period in periods[:runs]:
                 forget(settings, period)
@@ -194,6 +202,20 @@ def _forget_alerts(settings: Any, cfg: dict[str, str]) -> None:
             cur.execute(f"DELETE FROM {alerts.ALERTS_TABLE} WHERE dag_id = %s AND run_id = ANY(%s)",  # noqa: S608
                         (DAG_ID, run_ids))
         conn.commit()
+
+
+def _end_waiting_runs(api: Any, logs: list[Path]) -> None:
+    """Mark the feed's unfinished runs failed, as an engineer would in the UI, and wait until none is left."""
+    from airflow_harness import wait
+
+    runs_path = f"/api/v2/dags/{DAG_ID}/dagRuns"
+
+    def unfinished() -> list[dict[str, Any]]:
+        return [r for r in api.get(runs_path)["dag_runs"] if r["state"] not in ("success", "failed")]
+
+    for run in wait("the scheduled run that unpausing starts", unfinished, START_WAIT_S, logs):
+        api.patch(f"{runs_path}/{run['dag_run_id']}", {"state": "failed"})
+    wait("no run of the feed left waiting", lambda: not unfinished(), START_WAIT_S, logs)
 
 
 def _dag_or_none(api: Any) -> Any:
@@ -237,9 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     results: dict[str, dict[str, Any]] = {}
     with _tests_lock("test"):
-        print(f"# A {args.offences}-offence supply through a deployment (CeleryExecutor, 1 worker), {args.runs} runs "
-              f"per deployment; setups: {', '.join(f'{k} {v or {}}' for k, v in SETUPS.items() if k in setups)}",
-              flush=True)
+        named = ", ".join(f"{k} {v or {}}" for k, v in SETUPS.items() if k in setups)
+        print(f"# A {args.offences}-offence supply through a deployment (CeleryExecutor, 1 worker of concurrency "
+              f"{WORKER_CONCURRENCY}), {args.runs} runs per deployment; setups: {named}", flush=True)
         for i, setup in enumerate(setups):
             periods = [str(FIRST_PERIOD + 100 * i + k) for k in range(1, args.runs + 1)]
             results[setup] = deployed(setup, args.runs, args.offences, periods, settings)
