@@ -168,7 +168,6 @@ def decrypt_and_verify(work_dirs: list[str], settings: Settings | None = None,
             supply_schema(m)        # the partner of a manifest from before collect recorded it
             fingerprint = settings.partner(m.partner).signing_fingerprint
 
-
             def decrypt(f: SupplyFile) -> decryption.Verified | decryption.RefusedFile:
                 # gpg reads and writes real files: for a remote store, private copies on this worker, deleted
                 # when it is done (the plaintext goes up into the supply's work area only once verified).

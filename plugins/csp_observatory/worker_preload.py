@@ -47,14 +47,13 @@ MODULES: Final = (
 )
 
 
-def preload() -> tuple[str, ...]:
-    """Import :data:`MODULES` and Great Expectations as a validation run does; the modules' names."""
+def preload() -> None:
+    """Import :data:`MODULES` and Great Expectations as a validation run does."""
     for name in MODULES:
         importlib.import_module(name)
     from csp_observatory import validation_gx
 
     validation_gx.import_gx()
-    return (*MODULES, "great_expectations")
 
 
 preload()
