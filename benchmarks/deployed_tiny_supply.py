@@ -133,8 +133,8 @@ def deployed(setup: str, runs: int, offences: int, periods: list[str], settings:
     """One deployment (four components and one Celery worker) with ``setup``'s settings, ``runs`` supplies through
     it; per run its times, and the scheduler's CPU while nothing runs."""
     import yaml
-    from airflow_harness import (COMPONENTS, Api, celery_env, deployment, free_port, request_parse, reset_postgres_db,
-                                 start, wait)
+    from airflow_harness import (COMPONENTS, Api, arrival_watchers, celery_env, deployment, free_port, request_parse,
+                                 reset_postgres_db, start, wait)
 
     cfg = yaml.safe_load((REPO / ".run" / "test" / "celery.yaml").read_text(encoding="utf-8"))
     root = Path(tempfile.mkdtemp(prefix="csp-deployed-tiny-"))
@@ -165,10 +165,10 @@ def deployed(setup: str, runs: int, offences: int, periods: list[str], settings:
         logs = sorted(logs_dir.glob("*.log"))
         api = Api(api_port, "engineer", password)
         wait("the API server", api.login, START_WAIT_S, logs)
-        wait("the feed's DAG", lambda: _dag_or_none(api), START_WAIT_S, logs)
+        wait("the feed's DAG", lambda: api.get_or_none(f"/api/v2/dags/{DAG_ID}"), START_WAIT_S, logs)
         api.patch(f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
         request_parse(api, DAG_ID)
-        wait("the arrival watcher", lambda: _watching(cfg), START_WAIT_S, logs)
+        wait("the arrival watcher", lambda: arrival_watchers(cfg["airflow_database_url"]) > 0, START_WAIT_S, logs)
         # the deployment as it is most of the time: the scheduled run's sensor deferred, nothing to run
         idle = _idle_cpu(procs[COMPONENTS.index("scheduler")], IDLE_WINDOW_S)
         print(f"{setup}: the scheduler idle uses {idle:.1%} of a core", flush=True)
@@ -216,22 +216,6 @@ def _end_waiting_runs(api: Any, logs: list[Path]) -> None:
     for run in wait("the scheduled run that unpausing starts", unfinished, START_WAIT_S, logs):
         api.patch(f"{runs_path}/{run['dag_run_id']}", {"state": "failed"})
     wait("no run of the feed left waiting", lambda: not unfinished(), START_WAIT_S, logs)
-
-
-def _dag_or_none(api: Any) -> Any:
-    import urllib.error
-
-    try:
-        return api.get(f"/api/v2/dags/{DAG_ID}")
-    except urllib.error.HTTPError:
-        return None
-
-
-def _watching(cfg: dict[str, str]) -> bool:
-    from airflow_harness import postgres_query
-
-    return postgres_query(cfg["airflow_database_url"], "SELECT count(*) FROM trigger WHERE classpath LIKE %s",
-                          "%SupplyArrivalTrigger%")[0][0] > 0
 
 
 def _line(setup: str, n: int, got: dict[str, Any]) -> str:

@@ -121,6 +121,13 @@ def postgres_query(url: str, statement: str, *params: Any) -> list[tuple]:
         conn.close()
 
 
+def arrival_watchers(url: str) -> int:
+    """How many supply arrival watchers the triggerer has been given (the ``trigger`` table of a PostgreSQL
+    metadata DB)."""
+    query = "SELECT count(*) FROM trigger WHERE classpath LIKE %s"
+    return postgres_query(url, query, "%SupplyArrivalTrigger%")[0][0]
+
+
 def tails(logs: Path | Iterable[Path], lines: int = 25) -> str:
     """The last lines of each log (a folder's ``*.log`` or the files given), for a failure's message."""
     files = sorted(logs.glob("*.log")) if isinstance(logs, Path) else list(logs)
@@ -236,6 +243,15 @@ class Api:
 
     def get(self, path: str) -> Any:
         return self.call("GET", path)
+
+    def get_or_none(self, path: str) -> Any:
+        """``get``, or None where the API answers 404 (not there yet)."""
+        try:
+            return self.get(path)
+        except urllib.error.HTTPError as err:
+            if err.code == 404:
+                return None
+            raise
 
     def patch(self, path: str, body: Any) -> Any:
         return self.call("PATCH", path, body)

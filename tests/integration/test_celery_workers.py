@@ -25,7 +25,6 @@ import json
 import os
 import secrets
 import time
-import urllib.error
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlsplit
@@ -34,8 +33,8 @@ import psutil
 import psycopg2
 import pytest
 import yaml
-from airflow_harness import (Api, celery_env, deployment, free_port, postgres_query, request_parse, reset_postgres_db,
-                             start, tails, wait)
+from airflow_harness import (Api, arrival_watchers, celery_env, deployment, free_port, request_parse,
+                             reset_postgres_db, start, tails, wait)
 
 from csp_observatory import demo, fixtures, postcodes_sources
 from csp_observatory.schema_loading import schema_for
@@ -180,13 +179,13 @@ def test_two_celery_workers_load_a_supply_as_one_worker_does(request, settings, 
     logs = sorted(d["logs"].glob("*.log"))
     wait("the API server giving the engineer a token", api.login, START_WAIT_S, logs)
     wait("the DAG processor serialising the feed's DAG",
-          lambda: _get_or_none(api, f"/api/v2/dags/{DAG_ID}"), START_WAIT_S, logs)
+          lambda: api.get_or_none(f"/api/v2/dags/{DAG_ID}"), START_WAIT_S, logs)
     assert api.get(f"/api/v2/dags/{DAG_ID}")["is_paused"] is True     # until its partner is onboarded
     # no watcher yet, so none saw the one-worker run's supply
-    assert _watchers(d["cfg"]["airflow_database_url"]) == 0
+    assert arrival_watchers(d["cfg"]["airflow_database_url"]) == 0
     api.patch(f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
     request_parse(api, DAG_ID)
-    wait("the asset watcher reaching the triggerer", lambda: _watchers(d["cfg"]["airflow_database_url"]) > 0,
+    wait("the asset watcher reaching the triggerer", lambda: arrival_watchers(d["cfg"]["airflow_database_url"]) > 0,
          START_WAIT_S, logs)
 
     _drop_supply(settings, supply)
@@ -271,7 +270,7 @@ def _kill_task_process(api: Api, runs_path: str, task_id: str, worker_pid: int, 
 
     def running_try() -> dict[str, Any] | None:
         for run in api.get(runs_path)["dag_runs"]:
-            ti = _get_or_none(api, f"{runs_path}/{run['dag_run_id']}/taskInstances/{task_id}")
+            ti = api.get_or_none(f"{runs_path}/{run['dag_run_id']}/taskInstances/{task_id}")
             if ti and ti["state"] == "running":
                 return ti
         return None
@@ -299,18 +298,3 @@ def _kill_task_process(api: Api, runs_path: str, task_id: str, worker_pid: int, 
                     every=0.2)
     finally:
         watcher.close()
-
-
-def _watchers(url: str) -> int:
-    """How many supply arrival watchers the triggerer has been given (the trigger table)."""
-    query = "SELECT count(*) FROM trigger WHERE classpath LIKE %s"
-    return postgres_query(url, query, "%SupplyArrivalTrigger%")[0][0]
-
-
-def _get_or_none(api: Api, path: str) -> Any:
-    try:
-        return api.get(path)
-    except urllib.error.HTTPError as err:
-        if err.code == 404:
-            return None
-        raise
