@@ -64,6 +64,10 @@ class Settings:
     # The staging store every worker reaches (staging.py): a local folder, a file:// URL of a shared volume, or an
     # fsspec URL (s3://bucket/prefix). Unset: staging_dir, which does for one machine.
     staging_url: str | None = None
+    # A stage's files in processes of their own (file_workers.py): at most this many (0: the cores the task may use;
+    # 1: never), for a supply whose staged files come to at least file_workers_min_mb.
+    file_workers: int = 0
+    file_workers_min_mb: int = 32
 
     def partner(self, partner_id: str) -> PartnerKeys:
         try:
@@ -118,6 +122,8 @@ _ENV: Final = {
     "staging_dir": "CSP_STAGING_DIR",
     "staging_url": "CSP_STAGING_URL",
     "partners_dir": "CSP_PARTNERS_DIR",
+    "file_workers": "CSP_FILE_WORKERS",
+    "file_workers_min_mb": "CSP_FILE_WORKERS_MIN_MB",
 }
 
 
@@ -174,7 +180,7 @@ def settings_from_dict(raw: dict[str, Any]) -> Settings:
             value = {pid: partner_keys(p) for pid, p in (value or {}).items()}
         elif value is not None and "Path" in str(kinds[key]):
             value = Path(value)
-        elif key in ("sftp_port", "stable_polls"):
+        elif key in ("sftp_port", "stable_polls", "file_workers", "file_workers_min_mb"):
             value = int(value)
         values[key] = value
     if values.get("partners_dir"):

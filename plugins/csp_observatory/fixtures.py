@@ -46,6 +46,7 @@ import yaml
 from csp_observatory import metadata as supply_metadata
 from csp_observatory.fixture_values import Places, good_row
 from csp_observatory.metadata_file import TOP_LEVEL
+from csp_observatory.config import Settings
 from csp_observatory.pipeline_supply import Manifest, SupplyFile
 from csp_observatory.schema import POINT_ROLES, REPO_ROOT, Datafield, FeedFile, FeedSchema, period_bounds
 
@@ -282,3 +283,16 @@ def make_metadata(schema: FeedSchema, period: str, files: dict[str, str], *,
                           allow_unicode=True, width=110)
     # "name:" with nothing after it, as a person writes a self-explanatory datafield (YAML reads it as null)
     return re.sub(r"(?m)^(\s+[^\s:#]+): null$", r"\1:", text)
+
+
+class OfflineSettings:
+    """Settings for running the stages that need neither SFTP nor PostGIS on a work area (parse and validate,
+    clean), in tests: a stage that reaches for any other setting fails with an AssertionError that names it. They
+    carry only how a stage spreads its files over processes (``file_workers.py``), at its defaults."""
+
+    file_workers = Settings.file_workers
+    file_workers_min_mb = Settings.file_workers_min_mb
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the stage reached for settings.{name}: it should not need services here")
+

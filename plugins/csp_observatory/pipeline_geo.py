@@ -3,6 +3,7 @@ it (Appendix 1 of the guidance, then the disclosure check)."""
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,8 @@ import numpy as np
 import pandas as pd
 
 from csp_observatory.config import Settings, load_settings
-from csp_observatory.pipeline_supply import Manifest, Services, _in_flight, _one_supply, _services, supply_schema
+from csp_observatory.pipeline_supply import (Manifest, Services, _in_flight, _one_supply, _services, each_file,
+                                             supply_schema)
 from csp_observatory.schema import CONTENT_KEY_COLUMN, FeedSchema
 
 
@@ -18,28 +20,33 @@ from csp_observatory.schema import CONTENT_KEY_COLUMN, FeedSchema
 
 def clean(work_dirs: list[str], settings: Settings | None = None, services: Services | None = None) -> list[str]:
     """Normalise postcodes, dates, codes and whitespace; remove duplicates by reference number."""
-    from csp_observatory import cleaning
-
     for m in _in_flight(work_dirs):
         with _one_supply(m, "clean", alone=len(work_dirs) <= 1):
             if not m.ok:
                 continue
             schema = supply_schema(m)
-            changes: dict[str, Any] = {}
             link_columns = _link_columns(schema)
-            kept: dict[str, pd.DataFrame] = {}
-            for name in m.files:
-                result = cleaning.clean(m.read_frame("parsed", name), schema.file(name))
-                m.set_rejected("clean", name, result.removed)
-                m.write_frame("clean", name, result.frame)
-                changes[name] = result.changes
-                if name in link_columns:    # only the link columns, for _link_problems: no re-reading
-                    kept[name] = result.frame[[c for c in dict.fromkeys(link_columns[name]) if c in result.frame]]
-                del result
-            m.stages["cleaning"] = changes
-            m.stages["links"] = _link_problems(m, schema, kept)
+            done = each_file(settings, m, "parsed",
+                             {name: partial(_clean_file, m, schema, name, link_columns.get(name)) for name in m.files})
+            m.stages["cleaning"] = {name: changes for name, (changes, _) in done.items()}
+            # only the link columns, for _link_problems: no re-reading
+            m.stages["links"] = _link_problems(m, schema, {name: kept for name, (_, kept) in done.items()
+                                                           if kept is not None})
             m.save()
     return work_dirs
+
+
+def _clean_file(m: Manifest, schema: FeedSchema, name: str,
+                link_columns: list[str] | None) -> tuple[dict[str, Any], pd.DataFrame | None]:
+    """One file cleaned and staged (``clean``), its removed rows recorded: returns its changes, and its link columns
+    (``link_columns``) for :func:`_link_problems`."""
+    from csp_observatory import cleaning
+
+    result = cleaning.clean(m.read_frame("parsed", name), schema.file(name))
+    m.set_rejected("clean", name, result.removed)
+    m.write_frame("clean", name, result.frame)
+    kept = result.frame[[c for c in dict.fromkeys(link_columns) if c in result.frame]] if link_columns else None
+    return result.changes, kept
 
 
 def _link_columns(schema: FeedSchema) -> dict[str, list[str]]:
@@ -123,30 +130,34 @@ def _located_supplies(work_dirs: list[str], settings: Settings | None, services:
 def geocode(work_dirs: list[str], settings: Settings | None = None,
             services: Services | None = None) -> list[str]:
     """Give every record an easting/northing and say how it got them."""
-    from csp_observatory import geocoding
-
     settings, manifests, reference, places = _located_supplies(work_dirs, settings, services, with_places=True)
     for m in manifests:
         with _one_supply(m, "geocode", alone=len(work_dirs) <= 1):
             schema = supply_schema(m)
-            counts: dict[str, Any] = {}
-            for name in m.files:
-                feed_file = schema.file(name)
-                result = geocoding.geocode(m.read_frame("clean", name), feed_file, reference, places,
-                                           coverage_max_m=schema.coverage_max_m)
-                m.write_frame("geocoded", name, result.frame)
-                unplaced = result.frame["geocode_method"].isin(list(geocoding.UNPLACED)).to_numpy(bool) \
-                    if feed_file.location.columns else np.zeros(len(result.frame), bool)
-                reasons = geocoding.problem_reasons(result.frame.loc[unplaced, "geocode_note"])
-                # Loaded without a point: the partner is told which rows and why, never the values.
-                m.set_flagged("geocode", name, pd.DataFrame({
-                    "source_file": name, "source_row": result.frame.loc[unplaced, "source_row"].to_numpy(),
-                    "reason": reasons.to_numpy(object), "stage": "geocode"}))
-                counts[name] = {**result.counts, "unplaced": int(unplaced.sum()),
-                                "unplaced_by_reason": {str(k): int(v) for k, v in reasons.value_counts().items()}}
-            m.stages["geocoding"] = counts
+            m.stages["geocoding"] = each_file(settings, m, "clean", {
+                name: partial(_geocode_file, m, schema, name, reference, places) for name in m.files})
             m.save()
     return work_dirs
+
+
+def _geocode_file(m: Manifest, schema: FeedSchema, name: str, reference: pd.DataFrame,
+                  places: Any) -> dict[str, Any]:
+    """One file geocoded and staged (``geocoded``), its unplaced rows flagged; returns its counts."""
+    from csp_observatory import geocoding
+
+    feed_file = schema.file(name)
+    result = geocoding.geocode(m.read_frame("clean", name), feed_file, reference, places,
+                               coverage_max_m=schema.coverage_max_m)
+    m.write_frame("geocoded", name, result.frame)
+    unplaced = result.frame["geocode_method"].isin(list(geocoding.UNPLACED)).to_numpy(bool) \
+        if feed_file.location.columns else np.zeros(len(result.frame), bool)
+    reasons = geocoding.problem_reasons(result.frame.loc[unplaced, "geocode_note"])
+    # Loaded without a point: the partner is told which rows and why, never the values.
+    m.set_flagged("geocode", name, pd.DataFrame({
+        "source_file": name, "source_row": result.frame.loc[unplaced, "source_row"].to_numpy(),
+        "reason": reasons.to_numpy(object), "stage": "geocode"}))
+    return {**result.counts, "unplaced": int(unplaced.sum()),
+            "unplaced_by_reason": {str(k): int(v) for k, v in reasons.value_counts().items()}}
 
 
 # --- stage 6: sanitise ------------------------------------------------------------------------------
@@ -159,7 +170,7 @@ def _period_end(schema: FeedSchema, period: str) -> pd.Timestamp:
 def sanitise(work_dirs: list[str], settings: Settings | None = None,
              services: Services | None = None) -> list[str]:
     """Depersonalise each record (Appendix 1) and measure what could still single anyone out."""
-    from csp_observatory import disclosure, sanitising, sanitising_checks, sanitising_displacement
+    from csp_observatory import sanitising_displacement
 
     settings, manifests, reference, _ = _located_supplies(work_dirs, settings, services)
     maps: dict[tuple[int, str], Any] = {}
@@ -178,36 +189,44 @@ def sanitise(work_dirs: list[str], settings: Settings | None = None,
             if key not in maps:
                 maps[key] = sanitising_displacement.cached_displacement(
                     reference, *key, cache_dir=Path(settings.staging_dir).parent / "cache" / "displacement_maps")
-            summaries: dict[str, Any] = {}
-            risks: dict[str, Any] = {}
-            for name in m.files:
-                feed_file = schema.file(name)
-                result = sanitising.sanitise(m.read_frame("geocoded", name), feed_file, maps[key],
-                                             period_end=_period_end(schema, m.period))
-                problems = sanitising_checks.check_sanitised(result.frame, maps[key], feed_file)
-                if problems:
-                    # Never load something that breaks Appendix 1: stop the supply and say why.
-                    raise RuntimeError(f"{m.supply_id} {name}: sanitised output breaks Appendix 1: {problems[:5]}")
-                frame = result.frame
-                categories = feed_file.by_role("category")
-                report = disclosure.k_anonymity(frame, disclosure.quasi_identifiers_for(feed_file),
-                                                k_threshold=schema.min_k,
-                                                sensitive=categories[0].name if categories else None)
-                if schema.min_k:
-                    try:
-                        frame, withheld = disclosure.enforce_min_k(frame, report, schema.min_k, mode=schema.min_k_mode)
-                        m.set_rejected("disclosure", name, withheld.assign(source_file=name, stage="disclosure"))
-                    except disclosure.DisclosureBlocked as blocked:
-                        m.status = "blocked"
-                        m.problems.append({"file": name, "remote_name": m.files[name].remote_name,
-                                           "reason": str(blocked)})
-                m.write_frame("sanitised", name, _keyed(frame, feed_file))
-                summaries[name] = result.summary
-                risks[name] = report.as_dict()
-            m.stages["sanitising"] = summaries
-            m.stages["disclosure"] = risks
+            done = each_file(settings, m, "geocoded",
+                             {name: partial(_sanitise_file, m, schema, name, maps[key]) for name in m.files})
+            for name, (_, _, blocked) in done.items():
+                if blocked is not None:
+                    m.status = "blocked"
+                    m.problems.append({"file": name, "remote_name": m.files[name].remote_name, "reason": blocked})
+            m.stages["sanitising"] = {name: summary for name, (summary, _, _) in done.items()}
+            m.stages["disclosure"] = {name: risk for name, (_, risk, _) in done.items()}
             m.save()
     return work_dirs
+
+
+def _sanitise_file(m: Manifest, schema: FeedSchema, name: str,
+                   displacement: Any) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """One file sanitised (Appendix 1), checked, held to the feed's minimum k and staged (``sanitised``): returns
+    its sanitising summary, its disclosure risk, and why it blocks the supply (None if it does not)."""
+    from csp_observatory import disclosure, sanitising, sanitising_checks
+
+    feed_file = schema.file(name)
+    result = sanitising.sanitise(m.read_frame("geocoded", name), feed_file, displacement,
+                                 period_end=_period_end(schema, m.period))
+    problems = sanitising_checks.check_sanitised(result.frame, displacement, feed_file)
+    if problems:
+        # Never load something that breaks Appendix 1: stop the supply and say why.
+        raise RuntimeError(f"{m.supply_id} {name}: sanitised output breaks Appendix 1: {problems[:5]}")
+    frame = result.frame
+    categories = feed_file.by_role("category")
+    report = disclosure.k_anonymity(frame, disclosure.quasi_identifiers_for(feed_file), k_threshold=schema.min_k,
+                                    sensitive=categories[0].name if categories else None)
+    blocked = None
+    if schema.min_k:
+        try:
+            frame, withheld = disclosure.enforce_min_k(frame, report, schema.min_k, mode=schema.min_k_mode)
+            m.set_rejected("disclosure", name, withheld.assign(source_file=name, stage="disclosure"))
+        except disclosure.DisclosureBlocked as exc:
+            blocked = str(exc)
+    m.write_frame("sanitised", name, _keyed(frame, feed_file))
+    return result.summary, report.as_dict(), blocked
 
 
 def _keyed(frame: pd.DataFrame, feed_file: Any) -> pd.DataFrame:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,8 @@ import pandas as pd
 
 from csp_observatory import staging
 from csp_observatory.config import Settings, load_settings
-from csp_observatory.pipeline_supply import (Manifest, Services, _delete_plaintext, _in_flight, _one_supply, _refuse,
-                                             _services, supply_schema)
+from csp_observatory.pipeline_supply import (Manifest, Services, SupplyFile, _delete_plaintext, _in_flight, _one_supply,
+                                             _refuse, _services, each_file, supply_schema)
 from csp_observatory.schema import FeedSchema
 
 
@@ -23,7 +24,7 @@ from csp_observatory.schema import FeedSchema
 def parse_and_validate(work_dirs: list[str], settings: Settings | None = None,
                        services: Services | None = None) -> list[str]:
     """Read each CSV against its schema; set aside rows that cannot be used; run the GX suite."""
-    from csp_observatory import parsing, validation
+    from csp_observatory import validation_gx
 
     settings = settings or load_settings()
     svc = _services(settings, services)
@@ -32,39 +33,21 @@ def parse_and_validate(work_dirs: list[str], settings: Settings | None = None,
             if not m.ok:
                 continue
             schema = supply_schema(m)
+            # Each file in a process of its own for a large supply (file_workers.py): they share nothing. GX is
+            # imported here first, so that those processes fork with it rather than each import it (2-3 s).
+            validation_gx.import_gx()
+            done = each_file(settings, m, None, {f.name: partial(_parse_file, m, f, schema) for f in m.files.values()})
             summaries: dict[str, Any] = {}
             headers: dict[str, list[str]] = {}
             for f in m.files.values():
-                feed_file = schema.file(f.name)
-                try:
-                    # a remote store's plaintext is read from a private copy on this worker (the canonical copy of
-                    # a partner layout is written beside it and goes with it)
-                    with staging.local_file(f.plaintext_path or "") as plain:
-                        source, mapped = _in_canonical_layout(m, f.name, plain, feed_file)
-                        parsed = parsing.parse_csv(source, feed_file)
-                        headers[f.name] = _header(source)
-                except parsing.MalformedFile as bad:
+                result = done[f.name]
+                if "malformed" in result:
                     with svc.sftp() as client, svc.db() as conn:
-                        _refuse(m, settings, client, f, bad.reason, "malformed", conn)
+                        _refuse(m, settings, client, f, result["malformed"], "malformed", conn)
                     continue
-                if mapped is not None:
-                    # Row numbers are the partner's own, in their file, not the canonical copy's.
-                    parsed.frame["source_row"] = _partner_rows(parsed.frame["source_row"], mapped.source_rows)
-                    parsed.rejected["source_row"] = _partner_rows(parsed.rejected["source_row"], mapped.source_rows)
-                    parsed.header_problems[:0] = [f"read as the declared layout '{mapped.layout}'", *mapped.notes]
-                m.set_rejected("layout", f.name, mapped.rejected if mapped is not None else None)
-                f.rows_in_file = len(parsed.frame) + len(parsed.rejected) + (len(mapped.rejected) if mapped else 0)
-                m.set_rejected("parse", f.name, parsed.rejected)
-                kept, rejected, nulled = validation.apply_row_rules(parsed.frame, feed_file)
-                m.set_rejected("validate", f.name, rejected)
-                summary = validation.validate(kept, feed_file, schema, period=m.period, received=parsed.frame)
-                summary.pop("gx_result", None)  # GX samples values; the manifest outlives the plaintext
-                summaries[f.name] = {"summary": summary, "header_problems": parsed.header_problems,
-                                     "nulled_values": nulled}
-                m.write_frame("parsed", f.name, kept)
-                # Let this file's frames go now, not when the next file's rebind the names: at 1M rows they are
-                # a few hundred MB, held beside the next file's parse otherwise.
-                del parsed, kept, rejected
+                f.rows_in_file = result["rows_in_file"]
+                headers[f.name] = result["header"]
+                summaries[f.name] = result["summary"]
             m.stages["validation"] = summaries
             if m.ok:
                 m.stages["metadata"] = _check_metadata(m, schema, headers)
@@ -72,6 +55,38 @@ def parse_and_validate(work_dirs: list[str], settings: Settings | None = None,
                 _delete_plaintext(m)
             m.save()
     return work_dirs
+
+
+def _parse_file(m: Manifest, f: SupplyFile, schema: FeedSchema) -> dict[str, Any]:
+    """One file's parse and validation: its kept rows staged (``parsed``), its rows set aside recorded; returns what
+    the manifest records of it (``{"malformed": reason}`` for a file that cannot be read)."""
+    from csp_observatory import parsing, validation
+
+    feed_file = schema.file(f.name)
+    try:
+        # a remote store's plaintext is read from a private copy on this worker (the canonical copy of
+        # a partner layout is written beside it and goes with it)
+        with staging.local_file(f.plaintext_path or "") as plain:
+            source, mapped = _in_canonical_layout(m, f.name, plain, feed_file)
+            parsed = parsing.parse_csv(source, feed_file)
+            header = _header(source)
+    except parsing.MalformedFile as bad:
+        return {"malformed": bad.reason}
+    if mapped is not None:
+        # Row numbers are the partner's own, in their file, not the canonical copy's.
+        parsed.frame["source_row"] = _partner_rows(parsed.frame["source_row"], mapped.source_rows)
+        parsed.rejected["source_row"] = _partner_rows(parsed.rejected["source_row"], mapped.source_rows)
+        parsed.header_problems[:0] = [f"read as the declared layout '{mapped.layout}'", *mapped.notes]
+    m.set_rejected("layout", f.name, mapped.rejected if mapped is not None else None)
+    rows_in_file = len(parsed.frame) + len(parsed.rejected) + (len(mapped.rejected) if mapped else 0)
+    m.set_rejected("parse", f.name, parsed.rejected)
+    kept, rejected, nulled = validation.apply_row_rules(parsed.frame, feed_file)
+    m.set_rejected("validate", f.name, rejected)
+    summary = validation.validate(kept, feed_file, schema, period=m.period, received=parsed.frame)
+    summary.pop("gx_result", None)  # GX samples values; the manifest outlives the plaintext
+    m.write_frame("parsed", f.name, kept)
+    return {"rows_in_file": rows_in_file, "header": header,
+            "summary": {"summary": summary, "header_problems": parsed.header_problems, "nulled_values": nulled}}
 
 
 def _header(path: Path) -> list[str]:

@@ -162,6 +162,13 @@ class Manifest:
     def read_frame(self, stage: str, file_name: str) -> pd.DataFrame:
         return staging.read_frame(_or_parquet_twin(self.frame_path(stage, file_name)))
 
+    def staged_sizes(self, stage: str | None) -> dict[str, int]:
+        """Bytes of each file's frame of a stage (``None``: its plaintext), what the stage after it reads: 0 where
+        the file is not there or the store is remote (whose supplies :func:`each_file` keeps in one process)."""
+        return {name: staging.local_size(self.plaintext_location(f) if stage is None
+                                         else _or_parquet_twin(self.frame_path(stage, name)))
+                for name, f in self.files.items()}
+
     def _set_rows(self, kind: str, step: str, file_name: str, rows: pd.DataFrame | None) -> None:
         # Each (step, file) has its own frame file, written whole: a stage that fails after recording its rows and
         # is retried writes the same file again, so a retry gives exactly what one clean run gives.
@@ -236,6 +243,17 @@ def _sftp(settings: Settings) -> Iterator[Any]:
 
     with sftp.connect_observatory(settings) as client:
         yield client
+
+
+def each_file(settings: Settings | None, m: Manifest, stage: str | None, work: dict[str, Any]) -> dict[str, Any]:
+    """Each of a supply's files' work for a stage (``work``: file name -> a call with no arguments), in processes of
+    their own when the supply is large (:mod:`file_workers`); ``stage``: whose frames the work reads (``None``:
+    the plaintext), whose sizes decide. Without settings, their defaults apply."""
+    from csp_observatory import file_workers
+
+    chosen = settings or Settings   # the class holds the fields' defaults
+    return file_workers.each_file(work, m.staged_sizes(stage), workers=chosen.file_workers,
+                                  min_bytes=chosen.file_workers_min_mb << 20)
 
 
 def _in_flight(work_dirs: list[str] | None) -> list[Manifest]:

@@ -193,6 +193,15 @@ def exists(where: str | Location) -> bool:
     return location(where).exists()
 
 
+def local_size(where: str | Location) -> int:
+    """Bytes of a file of a local store; 0 for a file that is not there, or in a remote store."""
+    loc = location(where)
+    try:
+        return os.path.getsize(loc) if is_local(loc) else 0
+    except OSError:
+        return 0
+
+
 def files_in(folder: str | Location, pattern: str = "*") -> list[Location]:
     """The files of a store folder matching a glob pattern, sorted by name; none when it does not exist."""
     loc = location(folder)

@@ -12,21 +12,14 @@ pytestmark = pytest.mark.unit
 PERIOD = "202608"
 
 
-class _NoServices:
-    """Settings that fail the test if a stage reaches for SFTP or PostGIS."""
-
-    def __getattr__(self, name: str):
-        raise AssertionError(f"the stage reached for settings.{name}")
-
-
 def test_links_from_memory_match_a_set_lookup_and_the_staged_files(tmp_path):
     reference = postcodes_sources.shipped_reference()
     files = demo_data.make_police_recorded_crime(PERIOD, reference[~reference["terminated"]], n_offences=120).files
     lines = files["offences"].splitlines(keepends=True)
     files = dict(files, offences="".join(lines[:1] + lines[4:9] + lines[15:]))     # 9 offences gone
     work = fixtures.decrypted_work_area(tmp_path, schema_for("police_recorded_crime"), PERIOD, files)
-    pipeline.parse_and_validate([work], _NoServices())
-    pipeline.clean([work], _NoServices())
+    pipeline.parse_and_validate([work], fixtures.OfflineSettings())
+    pipeline.clean([work], fixtures.OfflineSettings())
     m = Manifest.read(work)
     offences = set(m.read_frame("clean", "offences")["crime_reference"].dropna())
     flagged = m.flagged()

@@ -22,13 +22,6 @@ FEED = "police_recorded_crime"
 PERIOD = "202608"
 
 
-class _NoServices:
-    """Settings for stages that must not need SFTP or PostGIS on these files (any use fails the test)."""
-
-    def __getattr__(self, name: str):
-        raise AssertionError(f"the stage reached for settings.{name}: it should not need services here")
-
-
 @pytest.fixture(scope="module")
 def supply_files() -> dict[str, str]:
     reference = postcodes_sources.shipped_reference()
@@ -61,8 +54,8 @@ def _fail_once(monkeypatch, module, name: str, on_call: int) -> list[int]:
 
 def test_a_retried_stage_records_each_rejected_row_once(tmp_path, monkeypatch, supply_files):
     clean_run = _work_dir(tmp_path / "clean", supply_files)
-    pipeline.parse_and_validate([clean_run], _NoServices())
-    pipeline.clean([clean_run], _NoServices())
+    pipeline.parse_and_validate([clean_run], fixtures.OfflineSettings())
+    pipeline.clean([clean_run], fixtures.OfflineSettings())
     expected = _sorted(Manifest.read(clean_run).rejected())
     assert len(expected) > 0, "the demo supply has rows made bad on purpose"
     assert set(expected["stage"]) >= {"parse", "validate", "clean"}
@@ -71,15 +64,15 @@ def test_a_retried_stage_records_each_rejected_row_once(tmp_path, monkeypatch, s
     # parse_and_validate fails on its second file, after the first file's rejections are recorded.
     calls = _fail_once(monkeypatch, validation, "validate", on_call=2)
     with pytest.raises(ConnectionError):
-        pipeline.parse_and_validate([retried], _NoServices())
+        pipeline.parse_and_validate([retried], fixtures.OfflineSettings())
     assert not Manifest.read(retried).rejected().empty, "the failed try had recorded rejections"
-    pipeline.parse_and_validate([retried], _NoServices())          # Airflow's retry
+    pipeline.parse_and_validate([retried], fixtures.OfflineSettings())          # Airflow's retry
     assert calls[0] > 2
     # clean fails on its last file, after the others' removed duplicates are recorded.
     _fail_once(monkeypatch, cleaning, "clean", on_call=len(supply_files))
     with pytest.raises(ConnectionError):
-        pipeline.clean([retried], _NoServices())
-    pipeline.clean([retried], _NoServices())
+        pipeline.clean([retried], fixtures.OfflineSettings())
+    pipeline.clean([retried], fixtures.OfflineSettings())
 
     got = _sorted(Manifest.read(retried).rejected())
     pd.testing.assert_frame_equal(got, expected)
@@ -87,7 +80,7 @@ def test_a_retried_stage_records_each_rejected_row_once(tmp_path, monkeypatch, s
         pd.testing.assert_frame_equal(Manifest.read(retried).read_frame("clean", name),
                                       Manifest.read(clean_run).read_frame("clean", name))
     # and a whole stage run twice over changes nothing either
-    pipeline.clean([retried], _NoServices())
+    pipeline.clean([retried], fixtures.OfflineSettings())
     pd.testing.assert_frame_equal(_sorted(Manifest.read(retried).rejected()), expected)
     assert Manifest.read(retried).stages == Manifest.read(clean_run).stages
 
@@ -97,8 +90,8 @@ def test_orphan_links_are_flagged_row_by_row(tmp_path, supply_files):
     lines = supply_files["offences"].splitlines(keepends=True)
     files = dict(supply_files, offences="".join(lines[:1] + lines[6:]))
     work = _work_dir(tmp_path, files)
-    pipeline.parse_and_validate([work], _NoServices())
-    pipeline.clean([work], _NoServices())
+    pipeline.parse_and_validate([work], fixtures.OfflineSettings())
+    pipeline.clean([work], fixtures.OfflineSettings())
     m = Manifest.read(work)
     flagged = m.flagged()
     counts = m.stages["links"]
@@ -123,7 +116,7 @@ def test_verdict_fails_unless_every_supply_is_green():
 
 def test_staging_work_folder_is_private(tmp_path, supply_files):
     work = Path(_work_dir(tmp_path, supply_files))
-    pipeline.parse_and_validate([str(work)], _NoServices())
+    pipeline.parse_and_validate([str(work)], fixtures.OfflineSettings())
     for sub in ("parsed", "rejected"):
         assert (work / sub).stat().st_mode & 0o077 == 0, sub
     shutil.rmtree(work)
@@ -136,7 +129,7 @@ def test_a_partner_layout_is_read_through_its_declared_mapping(tmp_path, supply_
     for variant in ("demo_force", "canonical"):
         files = dict(supply_files, offenders=(data / f"{variant}_offenders_202609.csv").read_text(encoding="utf-8"))
         work = _work_dir(tmp_path / variant, files)
-        pipeline.parse_and_validate([work], _NoServices())
+        pipeline.parse_and_validate([work], fixtures.OfflineSettings())
         runs[variant] = Manifest.read(work)
     force, canonical = runs["demo_force"], runs["canonical"]
     assert force.ok and force.files["offenders"].rows_in_file == canonical.files["offenders"].rows_in_file == 8
@@ -156,7 +149,7 @@ def test_a_file_in_no_known_layout_is_malformed_with_a_reason(tmp_path, supply_f
         refused.append((f.name, reason)), setattr(m, "status", status)))
     monkeypatch.setattr(pipeline_supply, "_sftp", lambda s: __import__("contextlib").nullcontext())
     monkeypatch.setattr(pipeline_supply, "_db", lambda s: __import__("contextlib").nullcontext())
-    pipeline.parse_and_validate([work], _NoServices())
+    pipeline.parse_and_validate([work], fixtures.OfflineSettings())
     assert [name for name, _ in refused] == ["offenders"]
     assert "match none of the layouts" in refused[0][1] and "Demo Constabulary" in refused[0][1]
 
@@ -166,10 +159,10 @@ def test_an_error_in_one_supply_never_stops_another(tmp_path, monkeypatch, suppl
     good = _work_dir(tmp_path / "good", supply_files)
     bad = _work_dir(tmp_path / "bad", supply_files)
     for w in (good, bad):
-        pipeline.parse_and_validate([w], _NoServices())
+        pipeline.parse_and_validate([w], fixtures.OfflineSettings())
     # the run takes the bad supply first, and its first file breaks
     _fail_once(monkeypatch, cleaning, "clean", on_call=1)
-    pipeline.clean([bad, good], _NoServices())
+    pipeline.clean([bad, good], fixtures.OfflineSettings())
     monkeypatch.undo()
     assert Manifest.read(bad).status == "failed"
     assert "clean stage (ConnectionError)" in Manifest.read(bad).problems[-1]["reason"]
@@ -177,7 +170,7 @@ def test_an_error_in_one_supply_never_stops_another(tmp_path, monkeypatch, suppl
     # alone in its run, the same fault is raised, so that Airflow retries the stage
     monkeypatch.setattr(cleaning, "clean", lambda frame, ff: (_ for _ in ()).throw(ValueError("transient")))
     with pytest.raises(ValueError, match="transient"):
-        pipeline.clean([good], _NoServices())
+        pipeline.clean([good], fixtures.OfflineSettings())
 
 
 def test_the_parse_stage_checks_the_metadata_file_against_the_files_it_read(tmp_path, supply_files):
@@ -187,7 +180,7 @@ def test_the_parse_stage_checks_the_metadata_file_against_the_files_it_read(tmp_
                        "miscounted": fixtures.make_metadata(schema, PERIOD, supply_files, records={"victims": 3}),
                        "unreadable": "agency: Local police force\n", "none": None}.items():
         work = _work_dir(tmp_path / kind, supply_files, text)
-        pipeline.parse_and_validate([work], _NoServices())
+        pipeline.parse_and_validate([work], fixtures.OfflineSettings())
         runs[kind] = Manifest.read(work).stages["metadata"]
     assert runs["matching"]["mismatches"] == [] and runs["matching"]["refused"] == []
     assert runs["matching"]["file"] == f"prc_metadata_{PERIOD}.yaml.gpg"
@@ -204,12 +197,12 @@ def test_the_parse_stage_checks_the_metadata_file_against_the_files_it_read(tmp_
 def test_a_retried_parse_stage_checks_the_metadata_once(tmp_path, monkeypatch, supply_files):
     text = fixtures.make_metadata(schema_for(FEED), PERIOD, supply_files, records={"offences": 1})
     clean_run = _work_dir(tmp_path / "clean", supply_files, text)
-    pipeline.parse_and_validate([clean_run], _NoServices())
+    pipeline.parse_and_validate([clean_run], fixtures.OfflineSettings())
     retried = _work_dir(tmp_path / "retried", supply_files, text)
     _fail_once(monkeypatch, validation, "validate", on_call=3)
     with pytest.raises(ConnectionError):
-        pipeline.parse_and_validate([retried], _NoServices())
-    pipeline.parse_and_validate([retried], _NoServices())
+        pipeline.parse_and_validate([retried], fixtures.OfflineSettings())
+    pipeline.parse_and_validate([retried], fixtures.OfflineSettings())
     assert Manifest.read(retried).stages["metadata"] == Manifest.read(clean_run).stages["metadata"]
     assert len(Manifest.read(retried).stages["metadata"]["mismatches"]) == 1
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from upath import UPath
 
-from csp_observatory import config, demo_data, pipeline, pipeline_supply, postcodes_sources, staging
+from csp_observatory import config, demo_data, fixtures, pipeline, pipeline_supply, postcodes_sources, staging
 from csp_observatory.pipeline_supply import Manifest, SupplyFile
 
 pytestmark = pytest.mark.unit
@@ -111,13 +111,6 @@ def test_adopting_a_download_moves_it_off_the_workers_disk(remote, tmp_path):
     assert not second.exists() and _mode(Path(kept)) == 0o600 and _mode(Path(kept).parent) == 0o700
 
 
-class _NoServices:
-    """Settings the parse and clean stages must not need (any use fails the test)."""
-
-    def __getattr__(self, name: str):
-        raise AssertionError(f"the stage reached for settings.{name}")
-
-
 def _work_area(area, files: dict[str, str]) -> str:
     """A supply's work area as decrypt_and_verify leaves it, in whichever store ``area`` is in."""
     m = Manifest(feed=FEED, period=PERIOD, work_dir=str(area), files={})
@@ -143,8 +136,8 @@ def test_the_stages_give_the_same_result_on_object_storage_as_on_a_local_folder(
     runs = {}
     for kind, area in (("local", tmp_path / "local" / "work"), ("remote", remote / FEED / PERIOD / "work")):
         work = _work_area(area, files)
-        pipeline.parse_and_validate([work], _NoServices())
-        pipeline.clean([work], _NoServices())
+        pipeline.parse_and_validate([work], fixtures.OfflineSettings())
+        pipeline.clean([work], fixtures.OfflineSettings())
         runs[kind] = Manifest.read(work)
     local, far = runs["local"], runs["remote"]
     assert far.ok and far.stages["cleaning"] == local.stages["cleaning"]
