@@ -28,6 +28,7 @@ import io
 import logging
 import os
 import pickle
+import resource
 import signal
 import sys
 import time
@@ -122,8 +123,9 @@ def _run_child(name: str) -> _Outcome:
             outcome.result = _WORK[name]()
         except BaseException as exc:    # noqa: BLE001 - every error goes back to the task, which raises it
             outcome.error = _passable(exc)
-    log.info("file %s: %s in %.2f s in process %d", name, "failed" if outcome.error else "done",
-             time.perf_counter() - started, os.getpid())
+    log.info("file %s: %s in %.2f s in process %d (peak RSS %.2f GB, with what it shares with the task)", name,
+             "failed" if outcome.error else "done", time.perf_counter() - started, os.getpid(),
+             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
     for w in caught:
         keep.records.append(("py.warnings", logging.WARNING,
                              warnings.formatwarning(w.message, w.category, w.filename, w.lineno).strip()))

@@ -59,7 +59,7 @@ def test_the_stages_stage_and_record_the_same_whether_the_files_share_a_process_
     # each stage really split its files: three files in two processes, four times; and never when told not to
     assert one_pools == [] and len(split_pools) == len(STAGES), split_pools
     assert all(p.startswith("3 files in 2 processes") for p in split_pools), split_pools
-    children = {int(m) for r in caplog.records for m in re.findall(r"in process (\d+)$", r.getMessage())}
+    children = {int(m) for r in caplog.records for m in re.findall(r"in process (\d+) \(", r.getMessage())}
     assert children and os.getpid() not in children
 
     assert split.status == one.status == "collected" and split.problems == one.problems == []

@@ -109,7 +109,7 @@ def test_what_a_child_logs_warns_and_prints_is_written_by_the_task(caplog):
     assert any("file victims printed:\nfrom a library" in text for _, text in messages)
     # and each file's time, with the process it ran in (not this one)
     done = [text for name, text in messages if text.startswith("file victims: done in")]
-    assert len(done) == 1 and f"in process {os.getpid()}" not in done[0]
+    assert len(done) == 1 and f"in process {os.getpid()} " not in done[0]
 
 
 def test_it_does_not_nest():
