@@ -8,9 +8,10 @@ from typing import Any, Final
 from psycopg2 import sql
 
 from csp_observatory.ddl import lock
+from csp_observatory.partitions import LOADING_SCHEMA
 from csp_observatory.ward_month import drop_orphan_counts
 
-SCHEMAS: Final = ("depersonalised", "personal", "observatory", "reference")
+SCHEMAS: Final = ("depersonalised", "personal", "observatory", "reference", LOADING_SCHEMA)
 ROLES: Final = ("csp_analyst", "csp_engineer", "csp_personal_reader")
 
 
@@ -30,7 +31,9 @@ def ensure_database(conn: Any) -> None:
             if role not in existing:
                 # Group roles only: people log in with their own accounts that are members of these.
                 cur.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(I(role)))
-        for schema in ("personal", "observatory"):
+        # The loading schema holds partitions a load's second connection built and has not attached yet: the
+        # loader's alone (they may be personal).
+        for schema in ("personal", "observatory", LOADING_SCHEMA):
             cur.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(I(schema)))
         grants = {
             "csp_analyst": ("depersonalised", "reference"),

@@ -9,22 +9,33 @@ The rows go in PostgreSQL's binary COPY format, built column by column with Arro
 in the order of the record's key (``record_keys.key_order``), each with its ``fid`` from a block reserved from the
 table's sequence. They are made in a thread ahead of the connection (``copy_stream.py``), which meanwhile runs the
 COPYs and index builds one after another: the server waits for this process only for the first file's first batch.
+
+A large supply (``PARALLEL_MIN_ROWS``, on a machine of two cores or more) also takes a second connection, so that
+the server builds two files' partitions at once: the largest file on the load's own connection, the others on the
+second (``split_files``). A table cannot pass from one transaction to another before it is committed, so the second
+connection builds its partitions in the schema ``loading`` (the loader's alone) and commits them there, attached to
+nothing and read by nobody; the load's transaction then moves them into the feed's schema, with the readers the
+feed's tables have, and attaches them with the rest. So readers still see the supply whole or not at all. If the
+load fails, it drops what the second connection committed; if it is killed first, the next load of the supply drops
+it (``partitions.drop_unattached``).
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import psycopg2
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
@@ -46,6 +57,9 @@ FEED_DEPTH = 2
 COPY_READ_BYTES = 1 << 20
 #: A load of at least this many rows into a table refreshes its planner statistics in the load's transaction.
 ANALYZE_MIN_ROWS = 10_000
+#: A supply of at least this many rows (all files) shares its files between two connections when it has a second
+#: one and the machine two cores (``split_files``); a smaller one is quicker on one.
+PARALLEL_MIN_ROWS = 200_000
 #: How long a load waits for a feed table's lock to swap a supply's partition (PostgreSQL's lock_timeout syntax).
 SWAP_LOCK_TIMEOUT = os.environ.get("CSP_SWAP_LOCK_TIMEOUT", "60s")
 
@@ -213,9 +227,11 @@ def _copy_partition(cur: Any, schema: FeedSchema, feed: CopyFeed, name: str, sta
     started = time.perf_counter()
     prepared: _Prepared = feed.header(name)
     waited = time.perf_counter() - started
-    _copy_rows(cur, sql.Identifier(schema.db_schema, staged.name), prepared.columns, feed.reader(name))
-    log.info("%s.%s: %d rows prepared in %.2f s (%.2f s waited for), copied in %.2f s", schema.db_schema,
-             staged.name, prepared.rows, prepared.seconds, waited, time.perf_counter() - started - waited)
+    _copy_rows(cur, sql.Identifier(staged.schema or schema.db_schema, staged.name), prepared.columns,
+               feed.reader(name))
+    log.info("%s.%s: %d rows prepared in %.2f s (%.2f s waited for), copied in %.2f s",
+             staged.schema or schema.db_schema, staged.name, prepared.rows, prepared.seconds, waited,
+             time.perf_counter() - started - waited)
     return prepared.rows
 
 
@@ -230,9 +246,9 @@ def _index_partition(conn: Any, schema: FeedSchema, file_name: str, staged: part
         if staged.end - staged.first >= ANALYZE_MIN_ROWS:
             # The counts by ward and month (the refresh after the load) read the new rows: without statistics
             # they were planned as nested loops (measured: minutes at 1M rows, instead of seconds).
-            cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(schema.db_schema, staged.name)))
-    log.info("%s.%s: indexed in %.2f s, analysed in %.2f s", schema.db_schema, staged.name, indexed - started,
-             time.perf_counter() - indexed)
+            cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(staged.schema or schema.db_schema, staged.name)))
+    log.info("%s.%s: indexed in %.2f s, analysed in %.2f s", staged.schema or schema.db_schema, staged.name,
+             indexed - started, time.perf_counter() - indexed)
 
 
 def _row_count(tables: Mapping[str, pd.DataFrame], name: str) -> int:
@@ -240,36 +256,114 @@ def _row_count(tables: Mapping[str, pd.DataFrame], name: str) -> int:
 
 
 def _stage_all(conn: Any, cur: Any, schema: FeedSchema, supply_id: str, period: str,
-               tables: Mapping[str, pd.DataFrame], lineage: Mapping[str, str],
-               result: LoadResult) -> dict[str, partitions.Staged | None]:
-    """COPY and index each file's partition in the load's transaction: the connection runs each file's COPY and index
-    builds in turn while the feed's thread makes the rows (:mod:`copy_stream`; 2 cores: one each)."""
+               tables: Mapping[str, pd.DataFrame], lineage: Mapping[str, str], result: LoadResult,
+               connect: Callable[[], ContextManager[Any]] | None, aside: list[partitions.Staged]
+               ) -> dict[str, partitions.Staged | None]:
+    """COPY and index each file's partition: the load's connection runs each file's COPY and index builds in turn
+    while a feed thread makes the rows (:mod:`copy_stream`). With ``connect`` (a second connection) and a supply
+    large enough, the files are shared between the two connections (:func:`split_files`): the second one's
+    partitions are built in :data:`partitions.LOADING_SCHEMA` and committed there, listed in ``aside`` as soon as
+    they exist (the caller drops them if the load fails), and moved into the feed's schema in the load's transaction.
+    """
     # now() is the transaction's start: every row of the supply carries the same loaded_at, as one INSERT gave.
     cur.execute("SELECT now()")
     loaded_at = cur.fetchone()[0]
-    # Every file's partition (its block of fids, its CHECKs) first: the feed numbers each file's rows ahead.
     counts = {name: _row_count(tables, name) for name in tables}
-    staged = {name: partitions.stage(cur, schema.db_schema, schema.file(name).table, counts[name], supply_id)
-              if counts[name] else None for name in tables}
-    # Largest first: the last file's index builds are the one step nothing else overlaps, so it is the smallest's.
-    loading = sorted((name for name in tables if staged[name] is not None), key=lambda name: -counts[name])
-    jobs = [(name, partial(_file_job, schema, name, tables, staged[name], supply_id, period, lineage[name], loaded_at,
-                           i > 0)) for i, name in enumerate(loading)]
-    with CopyFeed(jobs, on_error=conn.cancel, depth=FEED_DEPTH) as feed:
-        try:
-            for name in loading:
-                _copy_partition(cur, schema, feed, name, staged[name])
-                if feed.error is None:          # else the feed has cancelled, or will: say why, not "canceled"
-                    _index_partition(conn, schema, name, staged[name], supply_id)
-            if feed.error is not None:
-                raise feed.error
-        except BaseException as exc:
-            # A failure in the feed reaches here as the statement it cancelled: raise the feed's own error.
-            if feed.error is not None and feed.error is not exc:
-                raise feed.error from exc
-            raise
+    ours, theirs = split_files(counts, second=connect is not None)
+    load = partial(_load_files, schema=schema, supply_id=supply_id, period=period, tables=tables, lineage=lineage,
+                   loaded_at=loaded_at, counts=counts)
+    helper: dict[str, Any] = {}
+    thread = None
+    if theirs:
+        assert connect is not None
+        thread = threading.Thread(target=_second_connection, name="csp-load-second",
+                                  args=(connect, load, theirs, aside, helper, conn), daemon=True)
+        thread.start()
+    try:
+        staged = load(conn, ours, into="")
+    except BaseException:
+        if thread is not None:
+            helper["stop"] = True
+            try:
+                if helper.get("conn") is not None:
+                    helper["conn"].cancel()
+            except psycopg2.Error:      # it has finished (and closed) meanwhile
+                pass
+            thread.join()
+        if helper.get("error") is not None:
+            # The second connection's failure cancelled this one's statement: raise its own error.
+            raise helper["error"]
+        raise
+    if thread is not None:
+        thread.join()
+        if helper.get("error") is not None:
+            raise helper["error"]
+        for name, part in helper["staged"].items():
+            staged[name] = partitions.adopt(cur, schema.db_schema, schema.file(name).table, part)
     for name in tables:
+        staged.setdefault(name, None)
         result.rows[f"{schema.db_schema}.{schema.file(name).table}"] = counts[name] if staged[name] else 0
+    return staged
+
+
+def split_files(counts: Mapping[str, int], second: bool = True) -> tuple[list[str], list[str]]:
+    """The files (with rows) the load's connection takes, and those a second connection takes: the largest file
+    alone on the load's, the rest on the second; none on the second without one (``second``), for a supply under
+    PARALLEL_MIN_ROWS, or on a machine of one core. Each list largest first: on one connection the last file's index
+    builds are the one step nothing else overlaps, so they are the smallest's."""
+    from csp_observatory.file_workers import usable_cores
+
+    files = sorted((n for n in counts if counts[n]), key=lambda n: -counts[n])
+    if not second or len(files) < 2 or sum(counts.values()) < PARALLEL_MIN_ROWS or usable_cores() < 2:
+        return files, []
+    return files[:1], files[1:]
+
+
+def _second_connection(connect: Callable[[], ContextManager[Any]], load: Callable[..., Any], names: list[str],
+                       aside: list[partitions.Staged], helper: dict[str, Any], main: Any) -> None:
+    """In a thread: load ``names`` on a connection of their own, into the loading schema, and commit them there."""
+    try:
+        with connect() as other:
+            helper["conn"] = other
+            helper["staged"] = load(other, names, into=partitions.LOADING_SCHEMA, aside=aside,
+                                    stopped=lambda: helper.get("stop", False))
+            other.commit()
+    except BaseException as exc:    # noqa: BLE001 - handed to the load's thread, which raises it
+        if not helper.get("stop"):  # (once stopped, its error is only the cancellation the load's failure sent)
+            helper["error"] = exc
+            main.cancel()           # the load's own COPY or index build stops at once, not when it is done
+
+
+def _load_files(conn: Any, names: list[str], *, into: str, schema: FeedSchema, supply_id: str, period: str,
+                tables: Mapping[str, pd.DataFrame], lineage: Mapping[str, str], loaded_at: datetime,
+                counts: Mapping[str, int], aside: list[partitions.Staged] | None = None,
+                stopped: Callable[[], bool] = lambda: False) -> dict[str, partitions.Staged]:
+    """Stage, COPY and index ``names`` (largest first) on one connection, in its transaction; the partitions made."""
+    staged: dict[str, partitions.Staged] = {}
+    with conn.cursor() as cur:
+        # Every file's partition (its block of fids, its CHECKs) first: the feed numbers each file's rows ahead.
+        for name in names:
+            staged[name] = partitions.stage(cur, schema.db_schema, schema.file(name).table, counts[name], supply_id,
+                                            into=into)
+            if aside is not None:
+                aside.append(staged[name])
+        jobs = [(name, partial(_file_job, schema, name, tables, staged[name], supply_id, period, lineage[name],
+                               loaded_at, i > 0)) for i, name in enumerate(names)]
+        with CopyFeed(jobs, on_error=conn.cancel, depth=FEED_DEPTH) as feed:
+            try:
+                for name in names:
+                    if stopped():
+                        raise RuntimeError("stopped: the load's other connection failed")
+                    _copy_partition(cur, schema, feed, name, staged[name])
+                    if feed.error is None:          # else the feed has cancelled, or will: say why, not "canceled"
+                        _index_partition(conn, schema, name, staged[name], supply_id)
+                if feed.error is not None:
+                    raise feed.error
+            except BaseException as exc:
+                # A failure in the feed reaches here as the statement it cancelled: raise the feed's own error.
+                if feed.error is not None and feed.error is not exc:
+                    raise feed.error from exc
+                raise
     return staged
 
 
@@ -308,12 +402,16 @@ def load_supply(conn: Any, schema: FeedSchema, supply_id: str, period: str, tabl
                 lineage: dict[str, str], rejected: pd.DataFrame | None = None,
                 validation: dict[str, Any] | None = None,
                 on_commit_ledger: Callable[[Any], None] | None = None,
-                in_transaction: Callable[[Any], None] | None = None) -> LoadResult:
+                in_transaction: Callable[[Any], None] | None = None,
+                connect: Callable[[], ContextManager[Any]] | None = None) -> LoadResult:
     """Replace a supply's rows in one transaction (rows, rejected rows, validation, ledger); commit or nothing.
 
     ``in_transaction(conn)`` does further writes that must commit or roll back with the rows (the supply's
     metadata in the catalogue, the tables' comments); ``on_commit_ledger(conn)`` marks the files loaded, last.
-    ``tables`` may be :class:`LazyFrames`: each file's frame is then read only while it is loaded.
+    ``tables`` may be :class:`LazyFrames`: each file's frame is then read only while it is loaded. ``connect``
+    opens a second connection to the same database (closed when its block ends), for a large supply's smaller files
+    (:func:`split_files`): their partitions are built on it while this one builds the largest file's, and are
+    attached in this transaction like the rest; if the load fails they are dropped.
     """
     unknown = set(tables) - {f.name for f in schema.files}
     if unknown:
@@ -325,11 +423,15 @@ def load_supply(conn: Any, schema: FeedSchema, supply_id: str, period: str, tabl
     for name in tables:
         check_frame(schema, name, tables.shape(name)[0] if isinstance(tables, LazyFrames) else tables[name])
     result = LoadResult(supply_id=supply_id)
+    aside: list[partitions.Staged] = []         # partitions a second connection committed, until attached
     try:
         with conn.cursor() as cur:
             # Two runs of the same supply at once would each replace the other's partition: make them take turns.
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"csp_observatory.supply.{supply_id}",))
-            staged = _stage_all(conn, cur, schema, supply_id, period, tables, lineage, result)
+            for f in schema.files:
+                # what a load of this supply killed between its two connections' commits left unattached
+                partitions.drop_unattached(cur, schema.db_schema, f.table, supply_id)
+            staged = _stage_all(conn, cur, schema, supply_id, period, tables, lineage, result, connect, aside)
             # Last, so that the lock the swap takes on each table (readers wait for it if an earlier load of the
             # supply is dropped) is held for as short a time as possible.
             started = time.perf_counter()
@@ -362,8 +464,25 @@ def load_supply(conn: Any, schema: FeedSchema, supply_id: str, period: str, tabl
         conn.commit()
     except BaseException:
         conn.rollback()
+        _drop_aside(conn, aside)
         raise
     return result
+
+
+def _drop_aside(conn: Any, aside: list[partitions.Staged]) -> None:
+    """After a failed load, drop the partitions its second connection committed in the loading schema (the load's
+    rollback returned any it had moved); a failure here is logged, not raised over the load's own error."""
+    if not aside:
+        return
+    try:
+        with conn.cursor() as cur:
+            for part in aside:
+                cur.execute(f"DROP TABLE IF EXISTS {partitions.qualified(partitions.LOADING_SCHEMA, part.name)}")
+        conn.commit()
+    except Exception:               # noqa: BLE001 - the next load of the supply drops them (drop_unattached)
+        conn.rollback()
+        log.exception("the failed load's unattached partitions %s could not be dropped now",
+                      [part.name for part in aside])
 
 
 def record_report(conn: Any, supply_id: str, report: dict[str, Any], status: str | None = None) -> None:

@@ -20,6 +20,10 @@ The load of a supply (``loading.load_supply``), in its one transaction:
 3. :func:`swap`: the previous partition of the same supply detached and dropped (a re-send replaces it, never
    duplicates; rows of the supply in a migrated table are deleted), and the new one attached.
 
+A large supply's smaller files are staged and indexed on a second connection (``loading.split_files``), in
+:data:`LOADING_SCHEMA`, and committed there; the load's transaction moves them into the feed's schema (:func:`adopt`)
+before the swap, and a failed or killed load's are dropped (``loading._drop_aside``, :func:`drop_unattached`).
+
 Readers see the supply whole or not at all; a failure anywhere rolls back the new table too (no stray table).
 ATTACH takes a SHARE UPDATE EXCLUSIVE lock on the parent, which readers do not wait for; detaching a re-sent
 supply's earlier partition takes ACCESS EXCLUSIVE until the commit, so readers of that table wait for the rest of
@@ -49,13 +53,25 @@ LEGACY_SUFFIX: Final = "_legacy"
 INDEX_MEMORY: Final = "256MB"
 
 
+#: Where a load's second connection builds its partitions (``loading.py``), committed but attached to nothing:
+#: nobody but the loader may use it (``database.ensure_database``), and each table there is moved into its feed's
+#: schema (:func:`adopt`) inside the load's transaction, or dropped (:func:`drop_unattached`).
+LOADING_SCHEMA: Final = "loading"
+
+
 @dataclass(frozen=True)
 class Staged:
-    """A partition being loaded: its table name and fid range ``[first, end)``."""
+    """A partition being loaded: its table name, fid range ``[first, end)``, and the schema it is in while it is
+    loaded ("": its feed's; :data:`LOADING_SCHEMA` when another connection builds it)."""
 
     name: str
     first: int
     end: int
+    schema: str = ""
+
+    def where(self, db_schema: str) -> str:
+        """The table, qualified: in ``self.schema``, else the feed's ``db_schema``."""
+        return qualified(self.schema or db_schema, self.name)
 
 
 def quote_ident(name: str) -> str:
@@ -100,16 +116,16 @@ def parent_statements(db_schema: str, table: str, column_defs: Sequence[str]) ->
     ]
 
 
-def stage_statements(db_schema: str, table: str, part: str) -> list[Statement]:
+def stage_statements(db_schema: str, table: str, staged: Staged) -> list[Statement]:
     """The standalone table a supply's rows are COPYed into: the parent's columns and NOT NULLs, no index."""
-    return [(f"CREATE TABLE {qualified(db_schema, part)} (LIKE {qualified(db_schema, table)})", ())]
+    return [(f"CREATE TABLE {staged.where(db_schema)} (LIKE {qualified(db_schema, table)})", ())]
 
 
 def check_statements(db_schema: str, staged: Staged, supply_id: str) -> list[Statement]:
     """The CHECKs matching a partition's bound and its supply, which let ATTACH skip its validation scan. Added to
     the empty table before its COPY: each row is checked as it goes in, and no scan of the loaded table is needed
     (measured: adding them after the COPY scanned the 1M offences for 1.0 s, load average 6)."""
-    part = qualified(db_schema, staged.name)
+    part = staged.where(db_schema)
     fid = quote_ident(FID)
     return [
         (f"ALTER TABLE {part} ADD CONSTRAINT {quote_ident(staged.name + '_fid_range')} CHECK "
@@ -122,7 +138,7 @@ def check_statements(db_schema: str, staged: Staged, supply_id: str) -> list[Sta
 def index_statements(db_schema: str, table: str, staged: Staged, key: Sequence[str],
                      supply_id: str) -> list[Statement]:
     """A loaded partition's keys and GiST index (its CHECKs came with the table: :func:`check_statements`)."""
-    part = qualified(db_schema, staged.name)
+    part = staged.where(db_schema)
     name = staged.name
     fid = quote_ident(FID)
     return [
@@ -195,12 +211,44 @@ def reserve_fids(cur: Any, db_schema: str, table: str, n: int) -> int:
     return first
 
 
-def stage(cur: Any, db_schema: str, table: str, n: int, supply_id: str) -> Staged:
-    """A fresh standalone table for ``n`` rows of a supply, with the CHECKs of its fids and supply."""
+def stage(cur: Any, db_schema: str, table: str, n: int, supply_id: str, into: str = "") -> Staged:
+    """A fresh standalone table for ``n`` rows of a supply, with the CHECKs of its fids and supply; in the feed's
+    schema, or in ``into`` (:data:`LOADING_SCHEMA`) for a connection other than the load's."""
     first = reserve_fids(cur, db_schema, table, n)
-    staged = Staged(partition_name(table, first), first, first + n)
-    _run(cur, [*stage_statements(db_schema, table, staged.name), *check_statements(db_schema, staged, supply_id)])
+    staged = Staged(partition_name(table, first), first, first + n, into)
+    _run(cur, [*stage_statements(db_schema, table, staged), *check_statements(db_schema, staged, supply_id)])
     return staged
+
+
+def adopt(cur: Any, db_schema: str, table: str, staged: Staged) -> Staged:
+    """Move a partition another connection built (in :data:`LOADING_SCHEMA`) into its feed's schema, in the load's
+    transaction, with the readers its parent has (what the schema's default privileges give a table made there)."""
+    if not staged.schema or staged.schema == db_schema:
+        return staged
+    cur.execute(f"ALTER TABLE {staged.where(db_schema)} SET SCHEMA {quote_ident(db_schema)}")
+    moved = Staged(staged.name, staged.first, staged.end)
+    _grant_readers(cur, qualified(db_schema, table), moved.where(db_schema))
+    return moved
+
+
+def drop_unattached(cur: Any, db_schema: str, table: str, supply_id: str) -> list[str]:
+    """Drop the tables in :data:`LOADING_SCHEMA` holding a supply's rows for a feed table (what a load that failed
+    or was killed after its second connection committed left there); returns their names."""
+    cur.execute("""SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                   WHERE n.nspname = %s AND c.relkind = 'r' AND obj_description(c.oid, 'pg_class') = %s""",
+                (LOADING_SCHEMA, partition_comment(db_schema, table, supply_id)))
+    names = [name for (name,) in cur.fetchall()]
+    for name in names:
+        cur.execute(f"DROP TABLE IF EXISTS {qualified(LOADING_SCHEMA, name)}")
+    return names
+
+
+def _grant_readers(cur: Any, source: str, target: str) -> None:
+    """Grant SELECT on ``target`` to each of the observatory's roles that may read ``source``."""
+    cur.execute("""SELECT r.rolname FROM pg_roles r WHERE r.rolname LIKE 'csp\\_%%'
+                   AND has_table_privilege(r.oid, to_regclass(%s), 'SELECT')""", (source,))
+    for (role,) in cur.fetchall():
+        cur.execute(f"GRANT SELECT ON {target} TO {quote_ident(role)}")
 
 
 def index(cur: Any, db_schema: str, table: str, staged: Staged, key: Sequence[str], supply_id: str) -> None:
@@ -268,10 +316,7 @@ def convert(cur: Any, db_schema: str, table: str) -> str:
     cur.execute(f"COMMENT ON TABLE {old} IS %s", (cur.fetchone()[0],))
     cur.execute(f"COMMENT ON TABLE {part} IS %s", (f"Rows loaded before {db_schema}.{table} was partitioned",))
     # Readers of the old table read the new one (the schema's default privileges may not name them all).
-    cur.execute("""SELECT r.rolname FROM pg_roles r WHERE r.rolname LIKE 'csp\\_%%'
-                   AND has_table_privilege(r.oid, to_regclass(%s), 'SELECT')""", (part,))
-    for (role,) in cur.fetchall():
-        cur.execute(f"GRANT SELECT ON {old} TO {quote_ident(role)}")
+    _grant_readers(cur, part, old)
     # A CHECK matching the bound spares ATTACH a second scan; the old rows are read once, here.
     cur.execute(f"ALTER TABLE {part} ADD CONSTRAINT {quote_ident(legacy + '_fid_range')} CHECK "
                 f"({quote_ident(FID)} < %s)", (last + 1,))

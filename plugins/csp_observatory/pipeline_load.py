@@ -94,6 +94,7 @@ def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list
                     validation={k: v["summary"] for k, v in m.stages.get("validation", {}).items()},
                     on_commit_ledger=lambda c, shas=shas, sid=m.supply_id: ledger.mark_loaded(c, shas, sid),
                     in_transaction=catalogue,
+                    connect=svc.db,
                 )
             m.status = "loaded"
             m.stages["load"] = result.to_dict() if hasattr(result, "to_dict") else asdict(result)

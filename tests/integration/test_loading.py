@@ -61,6 +61,12 @@ def _drop(conn, schema: FeedSchema) -> None:
         for f in schema.files:
             cur.execute(psycopg2.sql.SQL("DROP TABLE IF EXISTS {}").format(
                 psycopg2.sql.Identifier(schema.db_schema, f.table)))
+            # and any partition a failed two-connection load of it left unattached (test_loading_two_connections)
+            cur.execute("SELECT relname FROM pg_class WHERE relnamespace = to_regnamespace(%s) AND relname LIKE %s",
+                        (partitions.LOADING_SCHEMA, f.table.replace("_", "\\_") + "\\_%"))
+            for (name,) in cur.fetchall():
+                cur.execute(psycopg2.sql.SQL("DROP TABLE IF EXISTS {}").format(
+                    psycopg2.sql.Identifier(partitions.LOADING_SCHEMA, name)))
         for t in ("supplies", "rejected_rows", "validation_results"):
             cur.execute(f"DELETE FROM observatory.{t} WHERE supply_id LIKE %s", (f"{schema.feed}/%",))
     conn.commit()

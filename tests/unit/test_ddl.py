@@ -217,8 +217,12 @@ def test_partition_names_are_quoted_and_fit_postgresqls_63_bytes():
     assert len(f"{name}_supply_key") <= 63 and name.endswith("_f9223372036854775000")
     assert partitions.partition_name("t" * 60, 5) != partitions.partition_name("t" * 59 + "x", 5)
     assert partitions.quote_ident('a"b') == '"a""b"'
-    (create,) = partitions.stage_statements("depersonalised", 'x"y', 'x"y_f1')
+    (create,) = partitions.stage_statements("depersonalised", 'x"y', partitions.Staged('x"y_f1', 1, 2))
     assert create == ('CREATE TABLE "depersonalised"."x""y_f1" (LIKE "depersonalised"."x""y")', ())
+    # a partition another connection builds is made in the loading schema, LIKE its feed's table
+    (create,) = partitions.stage_statements("depersonalised", 'x"y',
+                                            partitions.Staged('x"y_f1', 1, 2, partitions.LOADING_SCHEMA))
+    assert create == ('CREATE TABLE "loading"."x""y_f1" (LIKE "depersonalised"."x""y")', ())
     assert partitions.legacy_name("prc_offences") == "prc_offences_legacy"
     assert partitions.partition_comment("depersonalised", "prc_offences", "a/1") != \
         partitions.partition_comment("depersonalised", "prc_offences", "a/10")
