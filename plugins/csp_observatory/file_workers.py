@@ -9,12 +9,14 @@ Forked, not spawned: a child starts with everything the task has imported (Great
 reference frames it read), so it costs milliseconds, not the seconds of a fresh interpreter. What a child does is
 what the stage did in its own process: it reads and writes the supply's staged frames (each file's own) and
 returns what the stage records in the manifest, which the task then writes as before. So the staged frames and the
-manifest are the same either way (``tests/integration/test_file_workers.py`` compares them).
+manifest are the same either way (``tests/integration/test_stages_in_processes.py`` compares them). Each file gets a
+child of its own, forked with ``os.fork`` rather than through ``multiprocessing``, which refuses children to a
+daemonic process such as a Celery worker's pool process, where a deployment's tasks run.
 
 A child must not speak for the task: Airflow's task process talks to its supervisor over inherited sockets, and
 two processes writing to them at once could garble the task's log. So a child's log records, warnings and printed
 output are kept, returned with its result, and written by the task (after that file's work is done). A child never
-calls Airflow, and leaves by ``os._exit`` (``multiprocessing``), running none of the task's exit handlers.
+calls Airflow, and leaves by ``os._exit``, running none of the task's exit handlers.
 
 Small supplies stay in the task's process (staged files under ``file_workers_min_mb`` in all): forking and passing
 results back costs more than a small file's work. So do supplies in a remote staging store (their sizes count as
@@ -24,28 +26,27 @@ caps the processes (``CSP_FILE_WORKERS``; 0, the default, means the cores this t
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import pickle
 import resource
+import selectors
 import signal
 import sys
 import time
 import traceback
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: The work of the pool being run, set before its processes fork: a child finds its work here by the file's name
-#: (a closure over the supply's manifest and schema cannot be pickled, and need not be: the child has it).
-_WORK: dict[str, Callable[[], Any]] = {}
+#: Not empty while :func:`each_file` runs its children (and so in them): it does not nest.
+_RUNNING: list[bool] = []
 
 
 class FileWorkFailed(RuntimeError):
@@ -97,7 +98,7 @@ def processes_for(sizes: Mapping[str, int], workers: int = 0, min_bytes: int = 0
     return max(1, min(files, workers if workers > 0 else usable_cores()))
 
 
-def _run_child(name: str) -> _Outcome:
+def _run_child(name: str, call: Callable[[], Any]) -> _Outcome:
     """In a child: one file's work, with its logging, warnings and output kept for the task."""
     # The task's own handlers (Airflow's, whose signals mean "stop the task") are not the child's: the pool ends it.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -120,7 +121,7 @@ def _run_child(name: str) -> _Outcome:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         try:
-            outcome.result = _WORK[name]()
+            outcome.result = call()
         except BaseException as exc:    # noqa: BLE001 - every error goes back to the task, which raises it
             outcome.error = _passable(exc)
     log.info("file %s: %s in %.2f s in process %d (peak RSS %.2f GB, with what it shares with the task)", name,
@@ -169,24 +170,83 @@ def each_file(work: Mapping[str, Callable[[], T]], sizes: Mapping[str, int], wor
     processes = processes_for({n: sizes.get(n, 0) for n in names}, workers, min_bytes)
     if processes <= 1:
         return {name: work[name]() for name in names}
-    if _WORK:
+    if _RUNNING:
         raise RuntimeError("file_workers.each_file is already running in this process (it does not nest)")
     order = sorted(names, key=lambda n: -sizes.get(n, 0))
-    _WORK.update(work)
+    log.info("%d files in %d processes (largest first: %s)", len(names), processes, ", ".join(order))
+    _RUNNING.append(True)
     try:
-        log.info("%d files in %d processes (largest first: %s)", len(names), processes, ", ".join(order))
-        # Children fork when the pool starts, after _WORK is set; each runs files until none is left.
-        with ProcessPoolExecutor(max_workers=processes, mp_context=get_context("fork")) as pool:
-            futures = {name: pool.submit(_run_child, name) for name in order}
-            outcomes = {name: futures[name].result() for name in order}
+        outcomes = _run_forked(work, order, processes)
     finally:
-        _WORK.clear()
+        _RUNNING.clear()
     for name in names:
         _replay(name, outcomes[name])
     for name in names:
         if outcomes[name].error is not None:
             raise outcomes[name].error
     return {name: outcomes[name].result for name in names}
+
+
+def _run_forked(work: Mapping[str, Callable[[], Any]], order: list[str], processes: int) -> dict[str, _Outcome]:
+    """Fork a child per file, at most ``processes`` at once, in ``order``; read each one's pickled outcome from its
+    pipe (as it comes, so that no child blocks on a full pipe) and reap it. Plain ``os.fork``, not
+    ``multiprocessing``: a Celery worker's pool processes are daemonic, and multiprocessing refuses children to a
+    daemonic process (measured: every task failed so in a real deployment). If this process is interrupted, the
+    children still running are killed."""
+    pending = list(order)
+    running: dict[int, tuple[str, int, list[bytes]]] = {}      # pipe -> (file, pid, what it sent so far)
+    outcomes: dict[str, _Outcome] = {}
+    with selectors.DefaultSelector() as selector:
+        try:
+            while pending or running:
+                while pending and len(running) < processes:
+                    name = pending.pop(0)
+                    pid, pipe = _fork(work[name], name)
+                    running[pipe] = (name, pid, [])
+                    selector.register(pipe, selectors.EVENT_READ)
+                for key, _ in selector.select():
+                    chunk = os.read(key.fd, 1 << 20)
+                    if chunk:
+                        running[key.fd][2].append(chunk)
+                        continue
+                    selector.unregister(key.fd)
+                    os.close(key.fd)
+                    name, pid, chunks = running.pop(key.fd)
+                    _, status = os.waitpid(pid, 0)
+                    outcomes[name] = pickle.loads(b"".join(chunks)) if chunks else _Outcome(error=FileWorkFailed(
+                        f"file {name}: its process ended with no result ({_status_text(status)})"))
+        finally:
+            for pipe, (_, pid, _) in running.items():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                with contextlib.suppress(OSError):
+                    os.close(pipe)
+    return outcomes
+
+
+def _fork(call: Callable[[], Any], name: str) -> tuple[int, int]:
+    """A child that runs ``call`` and writes its pickled :class:`_Outcome` to a pipe; returns (pid, the pipe's end)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                    # the child: never returns into the task's code
+        code = 1
+        try:
+            os.close(read)
+            data = pickle.dumps(_run_child(name, call), protocol=pickle.HIGHEST_PROTOCOL)
+            with os.fdopen(write, "wb") as out:
+                out.write(data)
+            code = 0
+        finally:
+            os._exit(code)          # no exit handlers, no flushing of the task's buffers
+    os.close(write)
+    return pid, read
+
+
+def _status_text(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
 
 
 __all__: Sequence[str] = ["FileWorkFailed", "each_file", "processes_for", "usable_cores"]

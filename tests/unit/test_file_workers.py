@@ -43,7 +43,7 @@ def test_work_runs_in_other_processes_and_results_come_back_in_the_files_order()
     assert list(got) == list(BIG)
     assert [name for name, _ in got.values()] == list(BIG)
     pids = {pid for _, pid in got.values()}
-    assert os.getpid() not in pids and 1 <= len(pids) <= 2
+    assert os.getpid() not in pids and len(pids) == len(BIG)        # a process of its own for each file
 
 
 def test_a_small_supply_runs_in_the_task_process():
@@ -118,3 +118,24 @@ def test_it_does_not_nest():
 
     with pytest.raises(RuntimeError, match="does not nest"):
         each_file({"offences": inner, "victims": lambda: 1}, BIG, workers=2, min_bytes=0)
+
+
+def _in_a_daemonic_process(reply) -> None:
+    try:
+        got = each_file({name: os.getpid for name in BIG}, BIG, workers=2, min_bytes=0)
+        reply.send(("ok", len(set(got.values()))))
+    except BaseException as exc:    # noqa: BLE001 - sent back to the test
+        reply.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+def test_it_runs_in_a_daemonic_process_as_a_celery_workers_tasks_do():
+    """A Celery worker's pool processes are daemonic, and multiprocessing gives such a process no children."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    mine, theirs = ctx.Pipe()
+    process = ctx.Process(target=_in_a_daemonic_process, args=(theirs,), daemon=True)
+    process.start()
+    assert mine.poll(60), "no answer from the daemonic process"
+    assert mine.recv() == ("ok", len(BIG))
+    process.join(10)
