@@ -10,8 +10,9 @@ in the order of the record's key (``record_keys.key_order``), each with its ``fi
 table's sequence. They are made in a thread ahead of the connection (``copy_stream.py``), which meanwhile runs the
 COPYs and index builds one after another: the server waits for this process only for the first file's first batch.
 
-A large supply (``PARALLEL_MIN_ROWS``, on a machine of two cores or more) also takes a second connection, so that
-the server builds two files' partitions at once: the largest file on the load's own connection, the others on the
+With ``load_connections: 2`` in the settings, a large supply (``file_workers_min_mb``, as for the stages'
+processes) on a machine of two cores or more also takes a second connection (``pipeline_load`` passes ``connect``),
+so that the server builds two files' partitions at once: the largest file on the load's own connection, the others on the
 second (``split_files``). A table cannot pass from one transaction to another before it is committed, so the second
 connection builds its partitions in the schema ``loading`` (the loader's alone) and commits them there, attached to
 nothing and read by nobody; the load's transaction then moves them into the feed's schema, with the readers the
@@ -57,9 +58,6 @@ FEED_DEPTH = 2
 COPY_READ_BYTES = 1 << 20
 #: A load of at least this many rows into a table refreshes its planner statistics in the load's transaction.
 ANALYZE_MIN_ROWS = 10_000
-#: A supply of at least this many rows (all files) shares its files between two connections when it has a second
-#: one and the machine two cores (``split_files``); a smaller one is quicker on one.
-PARALLEL_MIN_ROWS = 200_000
 #: How long a load waits for a feed table's lock to swap a supply's partition (PostgreSQL's lock_timeout syntax).
 SWAP_LOCK_TIMEOUT = os.environ.get("CSP_SWAP_LOCK_TIMEOUT", "60s")
 
@@ -308,13 +306,13 @@ def _stage_all(conn: Any, cur: Any, schema: FeedSchema, supply_id: str, period: 
 
 def split_files(counts: Mapping[str, int], second: bool = True) -> tuple[list[str], list[str]]:
     """The files (with rows) the load's connection takes, and those a second connection takes: the largest file
-    alone on the load's, the rest on the second; none on the second without one (``second``), for a supply under
-    PARALLEL_MIN_ROWS, or on a machine of one core. Each list largest first: on one connection the last file's index
-    builds are the one step nothing else overlaps, so they are the smallest's."""
+    alone on the load's, the rest on the second; none on the second without one (``second``) or on a machine of one
+    core. Each list largest first: on one connection the last file's index builds are the one step nothing else
+    overlaps, so they are the smallest's."""
     from csp_observatory.file_workers import usable_cores
 
     files = sorted((n for n in counts if counts[n]), key=lambda n: -counts[n])
-    if not second or len(files) < 2 or sum(counts.values()) < PARALLEL_MIN_ROWS or usable_cores() < 2:
+    if not second or len(files) < 2 or usable_cores() < 2:
         return files, []
     return files[:1], files[1:]
 
@@ -409,8 +407,8 @@ def load_supply(conn: Any, schema: FeedSchema, supply_id: str, period: str, tabl
     ``in_transaction(conn)`` does further writes that must commit or roll back with the rows (the supply's
     metadata in the catalogue, the tables' comments); ``on_commit_ledger(conn)`` marks the files loaded, last.
     ``tables`` may be :class:`LazyFrames`: each file's frame is then read only while it is loaded. ``connect``
-    opens a second connection to the same database (closed when its block ends), for a large supply's smaller files
-    (:func:`split_files`): their partitions are built on it while this one builds the largest file's, and are
+    opens a second connection to the same database (closed when its block ends), for the smaller files
+    (:func:`split_files`; the caller passes it only for a large supply): their partitions are built on it while this one builds the largest file's, and are
     attached in this transaction like the rest; if the load fails they are dropped.
     """
     unknown = set(tables) - {f.name for f in schema.files}

@@ -9,7 +9,8 @@ from typing import Any
 from csp_observatory import staging
 from csp_observatory.config import Settings, load_settings
 from csp_observatory.pipeline_parse import _check_metadata
-from csp_observatory.pipeline_supply import Services, _in_flight, _one_supply, _refuse, _services, supply_schema
+from csp_observatory.pipeline_supply import (Manifest, Services, _in_flight, _one_supply, _refuse, _services,
+                                             supply_schema)
 from csp_observatory.schema import FeedSchema
 
 log = logging.getLogger("csp_observatory.pipeline")
@@ -94,7 +95,7 @@ def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list
                     validation={k: v["summary"] for k, v in m.stages.get("validation", {}).items()},
                     on_commit_ledger=lambda c, shas=shas, sid=m.supply_id: ledger.mark_loaded(c, shas, sid),
                     in_transaction=catalogue,
-                    connect=svc.db,
+                    connect=svc.db if _two_connections(settings, m) else None,
                 )
             m.status = "loaded"
             m.stages["load"] = result.to_dict() if hasattr(result, "to_dict") else asdict(result)
@@ -105,6 +106,13 @@ def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list
             except OSError:
                 log.exception("%s loaded, but the DAG docs' caveats could not be written", m.supply_id)
     return work_dirs
+
+
+def _two_connections(settings: Settings, m: Manifest) -> bool:
+    """Whether the load shares a supply's files between two connections: when ``load_connections`` asks for it, for a
+    supply as large as the stages share between processes (``file_workers_min_mb``)."""
+    staged = sum(m.staged_sizes("sanitised").values())
+    return settings.load_connections > 1 and staged >= max(settings.file_workers_min_mb << 20, 1)
 
 
 def loaded_supplies(work_dirs: list[str] | None) -> list[dict[str, Any]]:

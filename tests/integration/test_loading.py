@@ -610,6 +610,15 @@ def test_a_failure_while_the_previous_file_is_being_indexed_rolls_back_whole(con
     conn.rollback()
 
 
+def _partition_indexes(cur, feed: FeedSchema, part: str) -> list[tuple[str, str | None]]:
+    """Each index of a partition, with the parent's index it is a child of (None: the partition's own)."""
+    cur.execute("""SELECT ci.relname, pi.relname FROM pg_index x JOIN pg_class ci ON ci.oid = x.indexrelid
+                   LEFT JOIN pg_inherits h ON h.inhrelid = x.indexrelid
+                   LEFT JOIN pg_class pi ON pi.oid = h.inhparent
+                   WHERE x.indrelid = %s::regclass ORDER BY 1""", (f"{feed.db_schema}.{part}",))
+    return cur.fetchall()
+
+
 def test_files_load_largest_first_each_attached_with_the_indexes_analysts_use(conn, feed):
     """Files of different sizes (one empty) go in largest first: each non-empty one is a partition attached with its
     record key, primary key and GiST index (children of the parent's), fids in key order; a repeated record is still
@@ -625,12 +634,9 @@ def test_files_load_largest_first_each_attached_with_the_indexes_analysts_use(co
             parts = _partitions(conn, feed, f.table)
             assert len(parts) == (0 if f.name == "victims" else 1)
             for part in parts:
-                cur.execute("""SELECT ci.relname, pi.relname FROM pg_index x JOIN pg_class ci ON ci.oid = x.indexrelid
-                               LEFT JOIN pg_inherits h ON h.inhrelid = x.indexrelid
-                               LEFT JOIN pg_class pi ON pi.oid = h.inhparent
-                               WHERE x.indrelid = %s::regclass ORDER BY 1""", (f"{feed.db_schema}.{part}",))
-                assert cur.fetchall() == [(f"{part}_geom_gist", f"{f.table}_geom_gist"),
-                                          (f"{part}_pkey", f"{f.table}_pkey"), (f"{part}_supply_key", None)]
+                assert _partition_indexes(cur, feed, part) == [
+                    (f"{part}_geom_gist", f"{f.table}_geom_gist"), (f"{part}_pkey", f"{f.table}_pkey"),
+                    (f"{part}_supply_key", None)]
         key = feed.file("offences").table_key[0]
         cur.execute(psycopg2.sql.SQL("SELECT {} FROM {} ORDER BY fid").format(
             psycopg2.sql.Identifier(key), psycopg2.sql.Identifier(feed.db_schema, feed.file("offences").table)))

@@ -1,7 +1,7 @@
 """A large supply loaded on two connections (``loading.split_files``): the largest file on the load's own, the others
 built on a second one in the loading schema, committed there, and moved and attached in the load's transaction.
 
-The supplies here are small, with the size threshold lowered so that they take the two-connection path; the rows,
+The supplies here are small, given a second connection as a large one is (``pipeline_load``); the rows,
 keys, indexes and readers must be what one connection gives, and a failure on either connection, or after the
 second committed, must leave the earlier load whole and nothing in the loading schema.
 """
@@ -16,7 +16,8 @@ import pytest
 from csp_observatory import file_workers, loading, partitions
 from csp_observatory.schema import FeedSchema
 
-from test_loading import PERIOD, _count, _frames, _lineage, _partitions, _rejected, _validation
+from test_loading import (PERIOD, _count, _frames, _lineage, _partition_indexes, _partitions, _rejected,
+                          _validation)
 from test_loading import conn, db_url, feed  # noqa: F401  (the loading tests' fixtures)
 
 pytestmark = pytest.mark.integration
@@ -25,8 +26,7 @@ SUPPLY_SUFFIX = f"/{PERIOD}"
 
 
 @pytest.fixture(autouse=True)
-def two_connections_for_any_size(monkeypatch):
-    monkeypatch.setattr(loading, "PARALLEL_MIN_ROWS", 0)
+def two_cores(monkeypatch):
     monkeypatch.setattr(file_workers, "usable_cores", lambda: 2)
 
 
@@ -94,14 +94,12 @@ def _unattached_in(c, feed: FeedSchema) -> list[str]:
         return [r[0] for r in cur.fetchall() if r[0].startswith(tables)]
 
 
-def test_the_smaller_files_go_on_a_second_connection_only_for_a_large_supply(monkeypatch):
+def test_the_smaller_files_go_on_a_second_connection_when_there_is_one_and_two_cores(monkeypatch):
     counts = {"offences": 1000, "offenders": 800, "victims": 1200}
     assert loading.split_files(counts) == (["victims"], ["offences", "offenders"])
     assert loading.split_files({**counts, "victims": 0}) == (["offences"], ["offenders"])
     assert loading.split_files({"offences": 5, "offenders": 0}) == (["offences"], [])
-    monkeypatch.setattr(loading, "PARALLEL_MIN_ROWS", 3001)
-    assert loading.split_files(counts) == (["victims", "offences", "offenders"], [])
-    monkeypatch.setattr(loading, "PARALLEL_MIN_ROWS", 0)
+    assert loading.split_files(counts, second=False) == (["victims", "offences", "offenders"], [])
     monkeypatch.setattr(file_workers, "usable_cores", lambda: 1)
     assert loading.split_files(counts) == (["victims", "offences", "offenders"], [])
 
@@ -124,12 +122,9 @@ def test_two_connections_load_what_one_loads_with_the_same_keys_indexes_and_read
             cur.execute("SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                         "WHERE c.relname = %s", (part,))
             assert cur.fetchall() == [(feed.db_schema,)]
-            cur.execute("""SELECT ci.relname, pi.relname FROM pg_index x JOIN pg_class ci ON ci.oid = x.indexrelid
-                           LEFT JOIN pg_inherits h ON h.inhrelid = x.indexrelid
-                           LEFT JOIN pg_class pi ON pi.oid = h.inhparent
-                           WHERE x.indrelid = %s::regclass ORDER BY 1""", (f"{feed.db_schema}.{part}",))
-            assert cur.fetchall() == [(f"{part}_geom_gist", f"{f.table}_geom_gist"),
-                                      (f"{part}_pkey", f"{f.table}_pkey"), (f"{part}_supply_key", None)]
+            assert _partition_indexes(cur, feed, part) == [
+                (f"{part}_geom_gist", f"{f.table}_geom_gist"), (f"{part}_pkey", f"{f.table}_pkey"),
+                (f"{part}_supply_key", None)]
             cur.execute("SELECT reltuples > 0 FROM pg_class WHERE oid = %s::regclass", (f"{feed.db_schema}.{part}",))
             assert cur.fetchone() == (True,)                          # analysed before it was moved
     conn.rollback()
