@@ -100,7 +100,8 @@ def processes_for(sizes: Mapping[str, int], workers: int = 0, min_bytes: int = 0
 
 def _run_child(name: str, call: Callable[[], Any]) -> _Outcome:
     """In a child: one file's work, with its logging, warnings and output kept for the task."""
-    # The task's own handlers (Airflow's, whose signals mean "stop the task") are not the child's: the pool ends it.
+    # The task's own handlers (Airflow's, whose signals mean "stop the task") are not the child's: the task kills
+    # its children when it is stopped.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     keep = _Keep()
@@ -131,12 +132,17 @@ def _run_child(name: str, call: Callable[[], Any]) -> _Outcome:
         keep.records.append(("py.warnings", logging.WARNING,
                              warnings.formatwarning(w.message, w.category, w.filename, w.lineno).strip()))
     outcome.output = out.getvalue()
+    return outcome
+
+
+def _pickled(name: str, outcome: _Outcome) -> bytes:
+    """A child's outcome as bytes; a result that cannot be pickled becomes the error that says so."""
     try:
-        pickle.dumps(outcome.result)
-    except Exception as exc:            # noqa: BLE001 - say what could not come back, rather than break the pool
+        return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:            # noqa: BLE001 - say what could not come back, rather than leave no result
         outcome.result, outcome.error = None, FileWorkFailed(
             f"file {name}: its result could not be passed back to the task ({type(exc).__name__}: {exc})")
-    return outcome
+        return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _passable(exc: BaseException) -> BaseException:
@@ -233,7 +239,7 @@ def _fork(call: Callable[[], Any], name: str) -> tuple[int, int]:
         code = 1
         try:
             os.close(read)
-            data = pickle.dumps(_run_child(name, call), protocol=pickle.HIGHEST_PROTOCOL)
+            data = _pickled(name, _run_child(name, call))
             with os.fdopen(write, "wb") as out:
                 out.write(data)
             code = 0

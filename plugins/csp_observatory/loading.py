@@ -12,13 +12,13 @@ COPYs and index builds one after another: the server waits for this process only
 
 With ``load_connections: 2`` in the settings, a large supply (``file_workers_min_mb``, as for the stages'
 processes) on a machine of two cores or more also takes a second connection (``pipeline_load`` passes ``connect``),
-so that the server builds two files' partitions at once: the largest file on the load's own connection, the others on the
-second (``split_files``). A table cannot pass from one transaction to another before it is committed, so the second
-connection builds its partitions in the schema ``loading`` (the loader's alone) and commits them there, attached to
-nothing and read by nobody; the load's transaction then moves them into the feed's schema, with the readers the
-feed's tables have, and attaches them with the rest. So readers still see the supply whole or not at all. If the
-load fails, it drops what the second connection committed; if it is killed first, the next load of the supply drops
-it (``partitions.drop_unattached``).
+so that the server builds two files' partitions at once: the largest file on the load's own connection, the others
+on the second (``split_files``). A table cannot pass from one transaction to another before it is committed, so
+the second connection builds its partitions in the schema ``loading`` (the loader's alone) and commits them there,
+attached to nothing and read by nobody; the load's transaction then moves them into the feed's schema, with the
+readers the feed's tables have, and attaches them with the rest. So readers still see the supply whole or not at
+all. If the load fails, it drops what the second connection committed; if it is killed first, the next load of the
+supply drops it (``partitions.drop_unattached``).
 """
 from __future__ import annotations
 
@@ -408,8 +408,9 @@ def load_supply(conn: Any, schema: FeedSchema, supply_id: str, period: str, tabl
     metadata in the catalogue, the tables' comments); ``on_commit_ledger(conn)`` marks the files loaded, last.
     ``tables`` may be :class:`LazyFrames`: each file's frame is then read only while it is loaded. ``connect``
     opens a second connection to the same database (closed when its block ends), for the smaller files
-    (:func:`split_files`; the caller passes it only for a large supply): their partitions are built on it while this one builds the largest file's, and are
-    attached in this transaction like the rest; if the load fails they are dropped.
+    (:func:`split_files`; the caller passes it only for a large supply): their partitions are built on it while
+    this one builds the largest file's, and are attached in this transaction like the rest; if the load fails they
+    are dropped.
     """
     unknown = set(tables) - {f.name for f in schema.files}
     if unknown:
