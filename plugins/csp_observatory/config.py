@@ -69,7 +69,7 @@ class Settings:
     file_workers: int = 0
     file_workers_min_mb: int = 32
     # 2: a supply of at least file_workers_min_mb is loaded on two connections at once (loading.split_files): on two
-    # cores 9-12% quicker, with up to 2.7x the load's memory (measured, benchmarks/README.md), so not by default.
+    # cores 8-9% quicker, with up to 1.7x the load's memory rise (measured, benchmarks/README.md), so not by default.
     load_connections: int = 1
 
     def partner(self, partner_id: str) -> PartnerKeys:
