@@ -26,8 +26,9 @@ MODULES: Final = (
     # the stages, and what they import only when they run
     "csp_observatory.pipeline", "csp_observatory.hooks", "csp_observatory.sftp", "csp_observatory.decryption",
     "csp_observatory.intake", "csp_observatory.intake_download", "csp_observatory.intake_quarantine",
-    "csp_observatory.ledger", "csp_observatory.agreements", "csp_observatory.parsing", "csp_observatory.layouts",
-    "csp_observatory.layouts_loading", "csp_observatory.layouts_model", "csp_observatory.layouts_reading",
+    "csp_observatory.ledger", "csp_observatory.agreements", "csp_observatory.file_workers", "csp_observatory.parsing",
+    "csp_observatory.layouts", "csp_observatory.layouts_loading", "csp_observatory.layouts_model",
+    "csp_observatory.layouts_reading",
     "csp_observatory.metadata", "csp_observatory.metadata_file", "csp_observatory.metadata_checks",
     "csp_observatory.validation", "csp_observatory.validation_scores", "csp_observatory.record_keys",
     "csp_observatory.cleaning", "csp_observatory.addresses", "csp_observatory.gazetteer",
