@@ -109,12 +109,14 @@ def _run_child(name: str, call: Callable[[], Any]) -> _Outcome:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     root.addHandler(keep)
-    # Loggers that do not propagate to the root (Airflow sets up some) would still write to the task's streams.
+    # No logger may keep a handler that writes to the task's streams. One that does not propagate (Airflow sets up
+    # some) keeps its records here itself; one that does reaches the root's, and keeping them twice would log twice.
     for logger in logging.Logger.manager.loggerDict.values():
         if isinstance(logger, logging.Logger) and logger.handlers:
             for handler in list(logger.handlers):
                 logger.removeHandler(handler)
-            logger.addHandler(keep)
+            if not logger.propagate:
+                logger.addHandler(keep)
     out = io.StringIO()
     sys.stdout = sys.stderr = out
     outcome: _Outcome = _Outcome(records=keep.records)

@@ -139,3 +139,29 @@ def test_it_runs_in_a_daemonic_process_as_a_celery_workers_tasks_do():
     assert mine.poll(60), "no answer from the daemonic process"
     assert mine.recv() == ("ok", len(BIG))
     process.join(10)
+
+
+def test_a_record_of_a_logger_with_a_handler_of_its_own_comes_back_once(caplog):
+    own = logging.getLogger("csp_observatory.test_file_workers.own")
+    own.addHandler(logging.NullHandler())            # it also propagates to the root, as most loggers do
+    alone = logging.getLogger("csp_observatory.test_file_workers.alone")
+    got_alone: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: got_alone.append(record.getMessage())
+    alone.addHandler(handler)                        # as Airflow's task logger: its records never reach the root
+    alone.propagate = False
+    try:
+        def log_once() -> int:
+            own.warning("victims: one record")
+            alone.warning("victims: one record of a logger that does not propagate")
+            return 1
+
+        with caplog.at_level(logging.INFO):
+            each_file({"offences": lambda: 1, "victims": log_once}, BIG, workers=2, min_bytes=0)
+    finally:
+        own.handlers.clear()
+        alone.handlers.clear()
+        alone.propagate = True
+    assert [r.getMessage() for r in caplog.records if r.name == own.name] == ["victims: one record"]
+    # written once, by the task, through that logger's own handler (as if the work had run in the task)
+    assert got_alone == ["victims: one record of a logger that does not propagate"]
