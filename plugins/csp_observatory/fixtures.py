@@ -44,9 +44,9 @@ import pandas as pd
 import yaml
 
 from csp_observatory import metadata as supply_metadata
+from csp_observatory.config import Settings
 from csp_observatory.fixture_values import Places, good_row
 from csp_observatory.metadata_file import TOP_LEVEL
-from csp_observatory.config import Settings
 from csp_observatory.pipeline_supply import Manifest, SupplyFile
 from csp_observatory.schema import POINT_ROLES, REPO_ROOT, Datafield, FeedFile, FeedSchema, period_bounds
 
@@ -295,4 +295,3 @@ class OfflineSettings:
 
     def __getattr__(self, name: str) -> Any:
         raise AssertionError(f"the stage reached for settings.{name}: it should not need services here")
-
