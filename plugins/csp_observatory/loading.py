@@ -270,33 +270,33 @@ def _stage_all(conn: Any, cur: Any, schema: FeedSchema, supply_id: str, period: 
     ours, theirs = split_files(counts, second=connect is not None)
     load = partial(_load_files, schema=schema, supply_id=supply_id, period=period, tables=tables, lineage=lineage,
                    loaded_at=loaded_at, counts=counts)
-    helper: dict[str, Any] = {}
+    second = _Second()
     thread = None
     if theirs:
         assert connect is not None
         thread = threading.Thread(target=_second_connection, name="csp-load-second",
-                                  args=(connect, load, theirs, aside, helper, conn), daemon=True)
+                                  args=(connect, load, theirs, aside, second, conn), daemon=True)
         thread.start()
     try:
         staged = load(conn, ours, into="")
     except BaseException:
         if thread is not None:
-            helper["stop"] = True
+            second.stop = True
             try:
-                if helper.get("conn") is not None:
-                    helper["conn"].cancel()
+                if second.conn is not None:
+                    second.conn.cancel()
             except psycopg2.Error:      # it has finished (and closed) meanwhile
                 pass
             thread.join()
-        if helper.get("error") is not None:
+        if second.error is not None:
             # The second connection's failure cancelled this one's statement: raise its own error.
-            raise helper["error"]
+            raise second.error
         raise
     if thread is not None:
         thread.join()
-        if helper.get("error") is not None:
-            raise helper["error"]
-        for name, part in helper["staged"].items():
+        if second.error is not None:
+            raise second.error
+        for name, part in second.staged.items():
             staged[name] = partitions.adopt(cur, schema.db_schema, schema.file(name).table, part)
     for name in tables:
         staged.setdefault(name, None)
@@ -317,18 +317,27 @@ def split_files(counts: Mapping[str, int], second: bool = True) -> tuple[list[st
     return files[:1], files[1:]
 
 
+@dataclass
+class _Second:
+    """What the load's thread and the thread of its second connection share."""
+    conn: Any = None                                    # the second connection, once open
+    staged: dict[str, partitions.Staged] = field(default_factory=dict)     # its partitions, once committed
+    error: BaseException | None = None                  # its failure, for the load's thread to raise
+    stop: bool = False                                  # set by the load's thread when the load has failed
+
+
 def _second_connection(connect: Callable[[], ContextManager[Any]], load: Callable[..., Any], names: list[str],
-                       aside: list[partitions.Staged], helper: dict[str, Any], main: Any) -> None:
+                       aside: list[partitions.Staged], second: _Second, main: Any) -> None:
     """In a thread: load ``names`` on a connection of their own, into the loading schema, and commit them there."""
     try:
         with connect() as other:
-            helper["conn"] = other
-            helper["staged"] = load(other, names, into=partitions.LOADING_SCHEMA, aside=aside,
-                                    stopped=lambda: helper.get("stop", False))
+            second.conn = other
+            second.staged = load(other, names, into=partitions.LOADING_SCHEMA, aside=aside,
+                                 stopped=lambda: second.stop)
             other.commit()
     except BaseException as exc:    # noqa: BLE001 - handed to the load's thread, which raises it
-        if not helper.get("stop"):  # (once stopped, its error is only the cancellation the load's failure sent)
-            helper["error"] = exc
+        if not second.stop:         # (once stopped, its error is only the cancellation the load's failure sent)
+            second.error = exc
             main.cancel()           # the load's own COPY or index build stops at once, not when it is done
 
 
@@ -427,9 +436,8 @@ def load_supply(conn: Any, schema: FeedSchema, supply_id: str, period: str, tabl
         with conn.cursor() as cur:
             # Two runs of the same supply at once would each replace the other's partition: make them take turns.
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"csp_observatory.supply.{supply_id}",))
-            for f in schema.files:
-                # what a load of this supply killed between its two connections' commits left unattached
-                partitions.drop_unattached(cur, schema.db_schema, f.table, supply_id)
+            # what a load of this supply killed between its two connections' commits left unattached
+            partitions.drop_unattached(cur, schema.db_schema, [f.table for f in schema.files], supply_id)
             staged = _stage_all(conn, cur, schema, supply_id, period, tables, lineage, result, connect, aside)
             # Last, so that the lock the swap takes on each table (readers wait for it if an earlier load of the
             # supply is dropped) is held for as short a time as possible.

@@ -231,12 +231,13 @@ def adopt(cur: Any, db_schema: str, table: str, staged: Staged) -> Staged:
     return moved
 
 
-def drop_unattached(cur: Any, db_schema: str, table: str, supply_id: str) -> list[str]:
-    """Drop the tables in :data:`LOADING_SCHEMA` holding a supply's rows for a feed table (what a load that failed
-    or was killed after its second connection committed left there); returns their names."""
+def drop_unattached(cur: Any, db_schema: str, tables: Sequence[str], supply_id: str) -> list[str]:
+    """Drop the tables in :data:`LOADING_SCHEMA` holding a supply's rows for any of a feed's tables (what a load that
+    failed or was killed after its second connection committed left there), in one catalogue query; returns their
+    names."""
     cur.execute("""SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                   WHERE n.nspname = %s AND c.relkind = 'r' AND obj_description(c.oid, 'pg_class') = %s""",
-                (LOADING_SCHEMA, partition_comment(db_schema, table, supply_id)))
+                   WHERE n.nspname = %s AND c.relkind = 'r' AND obj_description(c.oid, 'pg_class') = ANY(%s)""",
+                (LOADING_SCHEMA, [partition_comment(db_schema, table, supply_id) for table in tables]))
     names = [name for (name,) in cur.fetchall()]
     for name in names:
         cur.execute(f"DROP TABLE IF EXISTS {qualified(LOADING_SCHEMA, name)}")
