@@ -13,9 +13,11 @@ What one size does, in this order, all on the real services (PostGIS, the projec
    memory), which encrypts, signs and uploads it with its metadata file; then the DAG runs. Per task: wall time
    (the task instance's start and end), rows per second (the supply's data rows, all three files, over the task's
    wall time) and memory: the RSS of this process, where ``dag.test`` runs every task, every 20 ms, plus the
-   private memory (``Private_Clean`` + ``Private_Dirty`` of ``/proc/<pid>/smaps_rollup``, every 250 ms) of its
-   children, the processes a stage forks for a large supply's files (``file_workers.py``), whose pages shared with
-   this process are counted once, in its RSS. Each task shows the peak within its run and how much it rose over the
+   memory of its children, the processes a stage forks for a large supply's files (``file_workers.py``), each of
+   their pages counted once: the anonymous memory charged to a memory cgroup they join as they start (as root,
+   with cgroup v1 or v2's memory controller), else their private pages (``Private_Clean`` + ``Private_Dirty`` of
+   ``/proc/<pid>/smaps_rollup``, every 250 ms, which slows them a little: ``ChildrenCgroup``). Pages they still
+   share with this process count once, in its RSS. Each task shows the peak within its run and how much it rose over the
    memory at its start. (In a deployment each task is its own process: the rise is what the task itself needs;
    the peak also holds what earlier tasks left.)
 4. **COPY**: the rows the run loaded are read back (``COPY ... TO STDOUT``, text format) and written again with
@@ -169,16 +171,80 @@ def fixed_cost(what: str) -> dict[str, Any]:
 
 # --- the observatory's side: the DAG run, measured --------------------------------------------------------------
 
+class ChildrenCgroup:
+    """A memory cgroup that each process this one forks joins as it starts (``os.register_at_fork``).
+
+    A page is charged to the cgroup of the process that allocates it, or copies it on write: the anonymous memory
+    charged to this one is the pages the children own, each counted once, and the pages they still share with this
+    process stay in its RSS. Reading that is one small file (``memory.stat``), where summing each child's private
+    pages (``smaps_rollup``) walks its page tables under its memory map's lock, and slowed the children by a tenth
+    to a fifth even read every 250 ms (measured). Needs root and a memory controller: cgroup v1's, or v2's with
+    ``memory`` in the root's ``cgroup.subtree_control``; :meth:`make` returns None otherwise.
+    """
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self._key, self._open = path, key, True
+        os.register_at_fork(after_in_child=self._join)      # (hooks cannot be removed: close() disarms it)
+
+    @classmethod
+    def make(cls) -> "ChildrenCgroup | None":
+        name = f"csp-bench-children-{os.getpid()}"
+        try:
+            own = Path("/proc/self/cgroup").read_text(encoding="ascii").splitlines()
+            v1 = [line.split(":", 2)[2] for line in own if "memory" in line.split(":", 2)[1].split(",")]
+            if v1:
+                base, key = Path("/sys/fs/cgroup/memory") / v1[0].lstrip("/"), "rss"
+            elif "memory" in (Path("/sys/fs/cgroup") / "cgroup.subtree_control").read_text(encoding="ascii").split():
+                base, key = Path("/sys/fs/cgroup"), "anon"
+            else:
+                return None
+            (base / name).mkdir(exist_ok=True)
+        except (OSError, IndexError):
+            return None
+        return cls(base / name, key)
+
+    def _join(self) -> None:
+        if self._open:
+            try:
+                (self.path / "cgroup.procs").write_text(str(os.getpid()), encoding="ascii")
+            except OSError:
+                pass
+
+    def anon(self) -> int:
+        """Bytes of anonymous memory charged to the children now."""
+        with open(self.path / "memory.stat", encoding="ascii") as fh:
+            for line in fh:
+                key, _, value = line.partition(" ")
+                if key == self._key:
+                    return int(value)
+        return 0
+
+    def close(self) -> None:
+        self._open = False
+        try:
+            self.path.rmdir()
+        except OSError:         # a child still in it: the cgroup goes when the machine restarts
+            pass
+
+
 class RssSampler(threading.Thread):
-    """This process's RSS plus its children's private memory every ``every`` seconds, as (time.time(), bytes)."""
+    """This process's RSS plus its children's own memory every ``every`` seconds, as (time.time(), bytes).
+
+    The children's memory is that charged to a :class:`ChildrenCgroup` where one can be made, else the private
+    pages of each (``smaps_rollup``), read every ``children_every`` seconds only (see that class)."""
 
     def __init__(self, every: float = 0.02, children_every: float = 0.25) -> None:
         super().__init__(daemon=True)
         self.every, self.samples, self._halt = every, [], threading.Event()
-        # Reading a process's smaps_rollup holds its memory map's lock while it walks every page: read every 20 ms,
-        # it slowed the children's work by a fifth to three quarters (measured); every 250 ms it does not show.
         self.children_every = children_every
+        self.cgroup = ChildrenCgroup.make()
         self._page = os.sysconf("SC_PAGE_SIZE")
+
+    @property
+    def method(self) -> str:
+        """How the children's memory is read, for the printout."""
+        return (f"anonymous memory charged to the cgroup {self.cgroup.path} that they join" if self.cgroup
+                else f"Private_Clean + Private_Dirty of each one's smaps_rollup, every {self.children_every:g} s")
 
     @staticmethod
     def _children() -> list[int]:
@@ -208,15 +274,21 @@ class RssSampler(threading.Thread):
                 statm.seek(0)
                 own = int(statm.read().split()[1]) * self._page
                 now = time.time()
-                # the children listed now (one that has ended counts no more), each read again every 250 ms
-                private = {pid: private[pid] if pid in private and now - private[pid][0] < self.children_every
-                           else (now, self._private(pid)) for pid in self._children()}
-                self.samples.append((now, own + sum(b for _, b in private.values())))
+                if self.cgroup is not None:
+                    children = self.cgroup.anon()
+                else:
+                    # the children listed now (one that has ended counts no more), each read again every 250 ms
+                    private = {pid: private[pid] if pid in private and now - private[pid][0] < self.children_every
+                               else (now, self._private(pid)) for pid in self._children()}
+                    children = sum(b for _, b in private.values())
+                self.samples.append((now, own + children))
                 time.sleep(self.every)
 
     def stop(self) -> None:
         self._halt.set()
         self.join()
+        if self.cgroup is not None:
+            self.cgroup.close()
 
     def window(self, start: float, end: float) -> tuple[int, int]:
         """(memory at the start, peak memory) between two times."""
@@ -417,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         sampler = RssSampler()
         sampler.start()
+        print(f"memory: this process's RSS every {sampler.every:g} s, plus its children's: {sampler.method}",
+              flush=True)
         try:
             _child("--drop", str(TINY), "--period", args.period)
             cold = run_dag(settings, sampler, log_path)         # the first run in this process: Airflow warms up
