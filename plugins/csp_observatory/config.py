@@ -68,9 +68,10 @@ class Settings:
     # 1: never), for a supply whose staged files come to at least file_workers_min_mb.
     file_workers: int = 0
     file_workers_min_mb: int = 32
-    # 2: a supply of at least file_workers_min_mb is loaded on two connections at once (loading.split_files): on two
-    # cores 8-9% quicker, with up to 1.7x the load's memory rise (measured, benchmarks/README.md), so not by default.
-    load_connections: int = 1
+    # 2: a supply of at least file_workers_min_mb is loaded on two connections at once (loading.split_files), on a
+    # machine of two cores or more; 1: on one. On two cores the load of 1M offences took 2-3 s less (15.3 s against
+    # 17.3 s), for 1.4x its memory rise, 1.95 GB at its peak (measured, benchmarks/README.md).
+    load_connections: int = 2
 
     def partner(self, partner_id: str) -> PartnerKeys:
         try:

@@ -10,7 +10,7 @@ in the order of the record's key (``record_keys.key_order``), each with its ``fi
 table's sequence. They are made in a thread ahead of the connection (``copy_stream.py``), which meanwhile runs the
 COPYs and index builds one after another: the server waits for this process only for the first file's first batch.
 
-With ``load_connections: 2`` in the settings, a large supply (``file_workers_min_mb``, as for the stages'
+With ``load_connections: 2`` in the settings (the default), a large supply (``file_workers_min_mb``, as for the stages'
 processes) on a machine of two cores or more also takes a second connection (``pipeline_load`` passes ``connect``),
 so that the server builds two files' partitions at once: the largest file on the load's own connection, the others
 on the second (``split_files``). A table cannot pass from one transaction to another before it is committed, so

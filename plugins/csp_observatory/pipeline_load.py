@@ -109,8 +109,9 @@ def load(work_dirs: list[str], settings: Settings | None = None, confirmed: list
 
 
 def _two_connections(settings: Settings, m: Manifest) -> bool:
-    """Whether the load shares a supply's files between two connections: when ``load_connections`` asks for it, for a
-    supply as large as the stages share between processes (``file_workers_min_mb``)."""
+    """Whether the load may share a supply's files between two connections: when ``load_connections`` allows it
+    (the default does), for a supply as large as the stages share between processes (``file_workers_min_mb``);
+    ``loading.split_files`` then keeps them on one on a machine of one core."""
     staged = sum(m.staged_sizes("sanitised").values())
     return settings.load_connections > 1 and staged >= max(settings.file_workers_min_mb << 20, 1)
 
