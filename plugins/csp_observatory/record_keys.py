@@ -55,28 +55,62 @@ def _string_order(text: pa.Array) -> np.ndarray:
     return order
 
 
+#: Rows whose text is joined and hashed at a time: the joined copy of a file's values is made a slice at a time.
+KEY_BATCH_ROWS = 1 << 18
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
 def content_keys(frame: pd.DataFrame, columns: list[str]) -> pd.Series:
     """A key per row for a file with no reference number: ``<sha256 of its values>-<occurrence>``.
 
     Stable for a re-sent supply: it depends only on the record's own loaded values (never its position in the
     file), and identical records, which are interchangeable, are told apart by counting them in file order. It is
     computed over the values that are loaded (after sanitising), so it reveals nothing the row does not show.
+    The hash is the first 16 bytes of the SHA-256, in lower-case hex.
     """
     if frame.empty:
         return pd.Series([], index=frame.index, dtype="string")
-    # each value's text (missing: NUL), joined by the unit separator, in Arrow (pandas' str.cat goes through a
-    # Python object per value); each row's UTF-8 bytes are then hashed straight from the Arrow buffer
+    n = len(frame)
+    digests = np.empty((n, 16), dtype=np.uint8)
+    for start in range(0, n, KEY_BATCH_ROWS):
+        stop = min(start + KEY_BATCH_ROWS, n)
+        digests[start:stop] = _digests(frame.iloc[start:stop], columns)
+    # each digest in hex, made in one pass over the bytes rather than a Python string per row
+    hexed = np.empty((n, 32), dtype=np.uint8)
+    hexed[:, 0::2], hexed[:, 1::2] = _HEX[digests >> 4], _HEX[digests & 15]
+    text = pa.LargeStringArray.from_buffers(n, pa.py_buffer(np.arange(0, 32 * n + 1, 32, dtype=np.int64)),
+                                           pa.py_buffer(hexed))
+    keys = pc.binary_join_element_wise(text, pa.array(_occurrence(digests)).cast(pa.large_string()),
+                                       pa.scalar("-", pa.large_string()))
+    return pd.Series(pd.arrays.ArrowStringArray(keys), index=frame.index).astype("string")
+
+
+def _digests(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """The first 16 bytes of each row's SHA-256, as an (n, 16) array: the row's values as text (missing: NUL),
+    joined by the unit separator, hashed as UTF-8 straight from the Arrow buffer."""
+    # in Arrow: pandas' str.cat goes through a Python object per value
     text = [pc.fill_null(pa.array(frame[c].astype("string[pyarrow]").array).cast(pa.large_string()), "\x00")
             for c in columns]
     joined = pc.binary_join_element_wise(*text, pa.scalar("\x1f", pa.large_string())) if len(text) > 1 else text[0]
     joined = joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
     ends = np.frombuffer(joined.buffers()[1], dtype=np.int64)[joined.offset:joined.offset + len(joined) + 1].tolist()
     data = memoryview(joined.buffers()[2] or b"")
-    digests = [hashlib.sha256(data[a:b]).hexdigest()[:32] for a, b in zip(ends[:-1], ends[1:])]
-    # identical records, told apart by counting them in file order
-    codes, _ = pd.factorize(pd.Series(digests, dtype=object))
-    occurrence = pd.Series(codes).groupby(codes, sort=False).cumcount().to_numpy() + 1
-    keys = pc.binary_join_element_wise(pa.array(digests, pa.large_string()),
-                                       pa.array(occurrence).cast(pa.large_string()),
-                                       pa.scalar("-", pa.large_string()))
-    return pd.Series(pd.arrays.ArrowStringArray(keys), index=frame.index).astype("string")
+    sha256 = hashlib.sha256
+    packed = b"".join([sha256(data[a:b]).digest() for a, b in zip(ends[:-1], ends[1:])])
+    return np.frombuffer(packed, dtype=np.uint8).reshape(-1, 32)[:, :16]
+
+
+def _occurrence(digests: np.ndarray) -> np.ndarray:
+    """For each row, how many rows up to and including it (in file order) have its digest: 1, 2, ..."""
+    n = len(digests)
+    halves = np.ascontiguousarray(digests).view(np.uint64).reshape(n, 2)     # (equal or not: any byte order)
+    if len(pd.unique(halves[:, 0])) == n:
+        return np.ones(n, dtype=np.int64)       # no two alike (the usual file): a hash table says so at once
+    order = np.lexsort((halves[:, 1], halves[:, 0]))        # stable: equal digests stay in file order
+    ordered = halves[order]
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    run_start = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
+    occurrence = np.empty(n, dtype=np.int64)
+    occurrence[order] = np.arange(n) - run_start + 1
+    return occurrence

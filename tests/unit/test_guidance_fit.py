@@ -7,6 +7,7 @@ import io
 import re
 from datetime import datetime
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -111,3 +112,36 @@ def test_the_airflow_docs_say_which_fields_the_guidance_lists_and_what_sanitisin
     assert re.search(r"\| `offender_name` \|.*\| dropped \|", doc)
     assert re.search(r"\| `method_of_entry` \|.*\| scrubbed \|", doc)
     assert "a hash of each row (no reference number)" in doc
+
+
+def _content_keys_per_row(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    """The content key as first written, a row at a time: the reference the batched one must equal."""
+    import hashlib
+
+    seen: dict[str, int] = {}
+    keys = []
+    for row in frame[columns].astype("string").itertuples(index=False):
+        text = "\x1f".join("\x00" if pd.isna(v) else str(v) for v in row)
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+        seen[digest] = seen.get(digest, 0) + 1
+        keys.append(f"{digest}-{seen[digest]}")
+    return keys
+
+
+def test_content_keys_in_batches_are_the_per_row_keys(monkeypatch):
+    rng = np.random.default_rng(7)
+    n = 2_000
+    frame = pd.DataFrame({
+        "ref": pd.array(rng.choice(["CR1", "CR2", "Ré-3", "", None], n), dtype="string[pyarrow]"),
+        "age": pd.array(rng.choice([30, 41, None], n), dtype="Int64"),
+        "when": pd.to_datetime(rng.choice(["2026-01-02", "2026-01-03"], n)),
+        "where": pd.array(rng.choice(["HX1 1AA", None], n), dtype="string[python]"),
+    })
+    columns = ["ref", "age", "when", "where"]
+    # small batches, so that rows repeat across their boundaries (few distinct rows: many occurrences)
+    monkeypatch.setattr(record_keys, "KEY_BATCH_ROWS", 97)
+    keys = record_keys.content_keys(frame, columns)
+    assert keys.tolist() == _content_keys_per_row(frame, columns)
+    assert keys.is_unique and keys.str.split("-").str[-1].astype(int).max() > 10
+    monkeypatch.setattr(record_keys, "KEY_BATCH_ROWS", 1 << 18)
+    assert record_keys.content_keys(frame, columns).tolist() == keys.tolist()
