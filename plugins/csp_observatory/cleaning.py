@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pac
 
 from csp_observatory import textkernels
-from csp_observatory.parsing import empty_rejected, rejected_frame
+from csp_observatory.parsing import empty_rejected, rejected_frame, without_rows
 from csp_observatory.postcodes import normalise_postcodes
 from csp_observatory.schema import Datafield, FeedFile
 
@@ -208,4 +208,5 @@ def _remove_duplicates(frame: pd.DataFrame, feed_file: FeedFile) -> tuple[pd.Dat
                            f"first row kept")
         rows.append(row)
     removed = rejected_frame(feed_file.name, rows, reasons, "clean")
-    return frame[~repeat].reset_index(drop=True), removed, exact, conflicting
+    # the few repeats left out: the text columns are slices of the frame's, not a copy of every value
+    return without_rows(frame, np.asarray(repeat, dtype=bool)), removed, exact, conflicting

@@ -239,7 +239,7 @@ def _read_rows(text: str) -> tuple[list[str], list[list[str]], list[int], list[i
     return header, good_rows, good_numbers, [number for number, _ in bad], [reason for _, reason in bad]
 
 
-def _without_rows(frame: pd.DataFrame, drop: np.ndarray) -> pd.DataFrame:
+def without_rows(frame: pd.DataFrame, drop: np.ndarray) -> pd.DataFrame:
     """``frame[~drop].reset_index(drop=True)``; a few dropped rows cut Arrow-backed columns into slices, no copy."""
     rows = np.flatnonzero(drop)
     if len(rows) > _FEW_ROWS:
@@ -327,7 +327,7 @@ def _typed_result(feed_file: FeedFile, header: list[str], column: Any, n_rows: i
         for i in sorted(messages):
             bad_numbers.append(good_numbers[i])
             bad_reasons.append(f"row {good_numbers[i]}: " + "; ".join(messages[i]))
-        frame = _without_rows(frame, any_bad)
+        frame = without_rows(frame, any_bad)
 
     order = sorted(range(len(bad_numbers)), key=bad_numbers.__getitem__)
     rejected = rejected_frame(feed_file.name, [bad_numbers[i] for i in order], [bad_reasons[i] for i in order],

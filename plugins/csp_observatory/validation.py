@@ -20,7 +20,7 @@ import pandas as pd
 
 from csp_observatory import validation_gx
 from csp_observatory.cleaning import normalise_codes
-from csp_observatory.parsing import DTYPES, empty_rejected, rejected_frame
+from csp_observatory.parsing import DTYPES, empty_rejected, rejected_frame, without_rows
 from csp_observatory.schema import Datafield, FeedFile, FeedSchema
 from csp_observatory.validation_gx import Check
 from csp_observatory.validation_scores import blank, completeness_score, fill_rates, records_per_day
@@ -139,8 +139,8 @@ def apply_row_rules(frame: pd.DataFrame, feed_file: FeedFile, today: pd.Timestam
     else:
         rejected = rejected_frame(feed_file.name, problems["source_row"].tolist(), problems["reason"].tolist(),
                                   "validate")
-        # a new frame already (copy-on-write): a .copy() would copy every column a second time
-        kept = frame[~frame["source_row"].isin(problems["source_row"])]
+        # a few rows left out: the text columns are slices of the parsed ones, not a copy of every value
+        kept = without_rows(frame, frame["source_row"].isin(problems["source_row"]).to_numpy())
     kept = kept.reset_index(drop=True)
     required = {d.name for d in feed_file.datafields if d.required} | set(feed_file.key)
     nulled: dict[str, int] = {}

@@ -253,7 +253,7 @@ def test_dropping_rows_by_slicing_is_dropping_them_by_mask(monkeypatch, few):
                           "f": pd.Series([0.5, None, 1, 2, 3], dtype="Float64")})
     for drop in ([0, 0, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 1, 0, 1], [1, 1, 1, 1, 1], [0, 1, 1, 0, 0]):
         mask = np.array(drop, bool)
-        got = parsing._without_rows(frame, mask)
+        got = parsing.without_rows(frame, mask)
         pd.testing.assert_frame_equal(got, frame[~mask].reset_index(drop=True), check_exact=True)
         assert got["s"].tolist() == [v for v, gone in zip(["a", "b", "c", pd.NA, "e"], drop) if not gone]
 
