@@ -110,6 +110,11 @@ def _tests_lock(name: str) -> Iterator[None]:
 
 # --- the partner's side, in a child process ---------------------------------------------------------------------
 
+#: Offences made at once: a larger supply is made in parts of this many, each written to its files as it is made.
+#: The generator holds a part's columns and CSV text (a 10M supply made at once passed 17 GB before it was stopped).
+PART = 1_000_000
+
+
 def drop(n: int, period: str) -> dict[str, Any]:
     """Make an N-offence supply, encrypt, sign and upload it; return the timings and the data rows per file."""
     from csp_observatory import demo, demo_data, postcodes_sources
@@ -118,14 +123,56 @@ def drop(n: int, period: str) -> dict[str, Any]:
 
     settings, schema = load_settings(), schema_for(FEED)
     reference = postcodes_sources.shipped_reference()
+    live = reference[~reference["terminated"]]
+    if n > PART:
+        return _drop_in_parts(n, period, settings, schema, live)
     started = time.perf_counter()
-    made = demo_data.make_police_recorded_crime(period, reference[~reference["terminated"]], n_offences=n)
+    made = demo_data.make_police_recorded_crime(period, live, n_offences=n)
     generated = time.perf_counter() - started
     rows = {name: text.count("\n") - 1 for name, text in made.files.items()}
     started = time.perf_counter()
     demo.drop_demo_supply(settings, schema, period, files=made.files)
     return {"generate_s": generated, "encrypt_upload_s": time.perf_counter() - started, "rows": rows,
             "bytes": sum(len(t) for t in made.files.values())}
+
+
+def _drop_in_parts(n: int, period: str, settings: Any, schema: Any, live: Any) -> dict[str, Any]:
+    """:func:`drop` for a supply larger than :data:`PART`: made a part at a time (each its own seed, its crime
+    references numbered on from the last part's) into files on disk, which are encrypted and uploaded from there;
+    the metadata file counts their rows."""
+    import tempfile
+
+    from csp_observatory import demo, demo_data, fixtures
+
+    generated = 0.0
+    rows: dict[str, int] = {}
+    headers: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="csp-e2e-") as tmp:
+        paths = {f.name: Path(tmp) / f"{f.name}.csv" for f in schema.files}
+        outs = {name: open(path, "w", encoding="utf-8", newline="") for name, path in paths.items()}
+        try:
+            for part, first in enumerate(range(0, n, PART)):
+                started = time.perf_counter()
+                made = demo_data.make_police_recorded_crime(period, live, n_offences=min(PART, n - first),
+                                                            seed=demo_data.DEFAULT_SEED + part,
+                                                            first_offence=first + 1)
+                generated += time.perf_counter() - started
+                for name, text in made.files.items():
+                    header, _, body = text.partition("\n")
+                    if part == 0:
+                        headers[name] = header + "\n"
+                        outs[name].write(headers[name])
+                    outs[name].write(body)
+                    rows[name] = rows.get(name, 0) + body.count("\n")
+                del made
+        finally:
+            for fh in outs.values():
+                fh.close()
+        metadata = fixtures.make_metadata(schema, period, headers, records=rows)
+        started = time.perf_counter()
+        demo.drop_demo_supply(settings, schema, period, files=paths, metadata=metadata)
+        return {"generate_s": generated, "encrypt_upload_s": time.perf_counter() - started, "rows": rows,
+                "bytes": sum(p.stat().st_size for p in paths.values()), "parts": -(-n // PART)}
 
 
 def _child(*args: str) -> dict[str, Any]:
@@ -418,7 +465,8 @@ def measure(n: int, period: str, settings: Any, sampler: RssSampler, log_path: P
     dropped = _child("--drop", str(n), "--period", period)
     rows = sum(dropped["rows"].values())
     print(f"\n## {n:,} offences ({rows:,} data rows: {dropped['rows']}, {dropped['bytes'] / 1e6:.0f} MB of CSV)")
-    print(f"demo_data made them in {dropped['generate_s']:.2f} s; encrypting, signing and uploading took "
+    parts = f" (in {dropped['parts']} parts of {PART:,} offences)" if dropped.get("parts") else ""
+    print(f"demo_data made them in {dropped['generate_s']:.2f} s{parts}; encrypting, signing and uploading took "
           f"{dropped['encrypt_upload_s']:.2f} s", flush=True)
     started = time.time()
     result = run_dag(settings, sampler, log_path)

@@ -68,15 +68,16 @@ def ensure_reference(settings: Settings, force: bool = False) -> dict[str, int]:
 
 
 def drop_demo_supply(settings: Settings, schema: FeedSchema, period: str = DEMO_PERIOD,
-                     n_offences: int = 600, files: dict[str, str] | None = None,
+                     n_offences: int = 600, files: dict[str, str | Path] | None = None,
                      signer_home: str | None = None, signer_fingerprint: str | None = None,
                      metadata: str | bool = True, partner_id: str | None = None) -> list[str]:
     """As the partner: make a month of records, encrypt and sign each file, and upload it with .part + rename.
 
-    ``files`` (schema file name -> CSV text) replaces the made-up police recorded crime. ``metadata``: True sends
-    a metadata file (guidance section 3.4) that matches the files (``fixtures.make_metadata``), a string sends
-    that text as the metadata file, False sends none. The feed's own demo partner (``schema.partner.id``) sends it,
-    or ``partner_id`` (a partner whose inbox serves several feeds).
+    ``files`` (schema file name -> CSV text, or the path of a CSV file too large to hold as text, sent as it is)
+    replaces the made-up police recorded crime. ``metadata``: True sends a metadata file (guidance section 3.4) that
+    matches the files (``fixtures.make_metadata``, from their text: with paths, pass the metadata's text or False),
+    a string sends that text as the metadata file, False sends none. The feed's own demo partner
+    (``schema.partner.id``) sends it, or ``partner_id`` (a partner whose inbox serves several feeds).
     """
     from csp_observatory import demo_data, fixtures, metadata as supply_metadata, partner, postcodes_sources, sftp
 
@@ -95,8 +96,11 @@ def drop_demo_supply(settings: Settings, schema: FeedSchema, period: str = DEMO_
             settings.sftp_host, settings.sftp_port, keys["sftp_user"], Path(keys["ssh_key"]),
             settings.sftp_host_key) as client:
         for remote, text in uploads.items():
-            plain = Path(tmp) / remote.removesuffix(".gpg")
-            plain.write_text(text, encoding="utf-8")
+            if isinstance(text, Path):
+                plain = text
+            else:
+                plain = Path(tmp) / remote.removesuffix(".gpg")
+                plain.write_text(text, encoding="utf-8")
             enc = Path(tmp) / remote
             partner.encrypt_and_sign(signer_home or keys["gnupg_home"], plain, enc,
                                      recipient_fingerprint=demo["observatory_fingerprint"],

@@ -221,8 +221,10 @@ def _clock(hours: np.ndarray, minutes: np.ndarray, colon: np.ndarray | None = No
     return _cat(hh, sep, mm)
 
 
-def _offences(rng: np.random.Generator, period: str, n: int, pcs: dict[str, Any]) -> tuple[Columns, np.ndarray]:
-    """The offences' columns, and each offence's date (datetime64[D]) for its people."""
+def _offences(rng: np.random.Generator, period: str, n: int, pcs: dict[str, Any],
+              first: int = 1) -> tuple[Columns, np.ndarray]:
+    """The offences' columns, and each offence's date (datetime64[D]) for its people; the crime references are
+    numbered from ``first``."""
     from pyproj import Transformer
 
     codes = _codes()
@@ -245,7 +247,8 @@ def _offences(rng: np.random.Generator, period: str, n: int, pcs: dict[str, Any]
     violent = np.isin(category, ("Violence and sexual offences", "Robbery")) & _percent(rng, n, 30)
     yes_no = ("N", "Y")
     cols: Columns = {
-        "crime_reference": _cat(f"13{period[2:]}", pc.utf8_lpad(_text(np.arange(1, n + 1)), width=5, padding="0")),
+        "crime_reference": _cat(f"13{period[2:]}", pc.utf8_lpad(_text(np.arange(first, first + n)), width=5,
+                                                                padding="0")),
         "ho_offence_code": _pick(codes["ho_code"].tolist(), code),
         "committed_from_date": _iso(on.astype(np.int64)),
         # Some systems export times without the colon (0930): the parser accepts both.
@@ -291,14 +294,19 @@ def _offences(rng: np.random.Generator, period: str, n: int, pcs: dict[str, Any]
 
 
 def make_police_recorded_crime(period: str, postcodes: pd.DataFrame, n_offences: int = 600,
-                               seed: int = DEFAULT_SEED, schema: FeedSchema | None = None) -> DemoSupply:
-    """One month (``period`` = YYYYMM) of offences, offenders and victims as CSV text; deterministic per seed."""
+                               seed: int = DEFAULT_SEED, schema: FeedSchema | None = None,
+                               first_offence: int = 1) -> DemoSupply:
+    """One month (``period`` = YYYYMM) of offences, offenders and victims as CSV text; deterministic per seed.
+
+    ``first_offence`` numbers the crime references from there, so that a supply too large to make at once can be
+    made in parts (each with its own seed) whose files are joined.
+    """
     if n_offences < 20:
         raise ValueError("make at least 20 offences: the deliberately bad rows need room")
     schema = schema or load_schema(SCHEMA_DIR / "police_recorded_crime.yaml")
     rng = np.random.default_rng(_seed(seed, period))
     pcs = _reference(postcodes)
-    offences, on = _offences(rng, period, n_offences, pcs)
+    offences, on = _offences(rng, period, n_offences, pcs, first=first_offence)
     refs = offences["crime_reference"]
     offenders = _people(rng, np.repeat(np.arange(n_offences), np.array(OFFENDER_COUNTS)[
         rng.integers(0, len(OFFENDER_COUNTS), n_offences)]), on, refs, "offender", pcs)

@@ -171,3 +171,41 @@ def test_the_demo_month_is_last_month():
     assert demo.last_month(date(2026, 11, 30)) == "202610"
     assert demo.last_month(date(2027, 1, 1)) == "202612"
     assert demo.last_month(date(2024, 3, 31)) == "202402"
+
+
+def test_a_supply_made_in_parts_joins_into_one_with_distinct_references(made, schema, calderdale, tmp_path):
+    """benchmarks/end_to_end.py makes a supply too large to hold at once in parts (``first_offence``): joined,
+    the parts are one supply whose crime references are all distinct, with people linked to their own part's."""
+    from csp_observatory import fixtures, metadata_checks, metadata_file
+
+    parts = [demo_data.make_police_recorded_crime("202609", calderdale, n_offences=200, seed=demo_data.DEFAULT_SEED + i,
+                                                  first_offence=1 + 200 * i) for i in range(2)]
+    assert parts[0].files == made.files          # the first part is the supply made at once
+    joined: dict[str, str] = {}
+    for name in made.files:
+        header, _, first_body = parts[0].files[name].partition("\n")
+        joined[name] = header + "\n" + first_body + parts[1].files[name].partition("\n")[2]
+    offences = _rows(joined["offences"])
+    references = [r["crime_reference"] for r in offences if r["crime_reference"]]
+    # the deliberately repeated rows of each part repeat a reference of their own part, no other
+    assert len(references) - len(set(references)) == 2 * 2
+    first = {r["crime_reference"] for r in _rows(parts[0].files["offences"])} - {""}    # (one blanked on purpose)
+    second = {r["crime_reference"] for r in _rows(parts[1].files["offences"])} - {""}
+    assert len(second) > 150 and not first & second
+    for people in ("offenders", "victims"):
+        linked = {r["crime_reference"] for r in _rows(parts[1].files[people])}
+        assert len(linked & second) > 100 and not linked & first
+    # the metadata file made from the headers and the rows counted matches the joined files as the parser reads them
+    counts = {name: text.count("\n") - 1 for name, text in joined.items()}
+    md = metadata_file.parse_metadata(fixtures.make_metadata(
+        schema, "202609", {name: text.partition("\n")[0] + "\n" for name, text in joined.items()}, records=counts),
+        schema)
+    read, headers = {}, {}
+    for name, text in joined.items():
+        path = tmp_path / f"{name}.csv"
+        path.write_text(text, encoding="utf-8")
+        parsed = parsing.parse_csv(path, schema.file(name))
+        read[name] = len(parsed.frame) + len(parsed.rejected)
+        headers[name] = next(csv.reader(io.StringIO(text)))
+    assert read == counts
+    assert metadata_checks.check_against(md, schema, "202609", read, headers) == []
