@@ -46,6 +46,23 @@ def test_work_runs_in_other_processes_and_results_come_back_in_the_files_order()
     assert os.getpid() not in pids and len(pids) == len(BIG)        # a process of its own for each file
 
 
+def test_the_children_fork_with_the_tasks_objects_frozen_and_the_task_thaws_them_after():
+    """gc.freeze before the fork: a child's full collections then leave the task's pages alone (not copied)."""
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    got = each_file({name: gc.get_freeze_count for name in BIG}, BIG, workers=2, min_bytes=0)
+    assert all(count > 1000 for count in got.values())             # the task's objects, frozen in each child
+    assert gc.get_freeze_count() == 0                                # and thawed in the task afterwards
+    gc.freeze()                                                      # frozen by someone else before: left frozen
+    try:
+        frozen = gc.get_freeze_count()
+        each_file({name: gc.get_freeze_count for name in BIG}, BIG, workers=2, min_bytes=0)
+        assert gc.get_freeze_count() >= frozen
+    finally:
+        gc.unfreeze()
+
+
 def test_a_small_supply_runs_in_the_task_process():
     got = each_file({name: os.getpid for name in BIG}, BIG, workers=2, min_bytes=10_000)
     assert set(got.values()) == {os.getpid()}
