@@ -225,11 +225,10 @@ def _copy_partition(cur: Any, schema: FeedSchema, feed: CopyFeed, name: str, sta
     started = time.perf_counter()
     prepared: _Prepared = feed.header(name)
     waited = time.perf_counter() - started
-    _copy_rows(cur, sql.Identifier(staged.schema or schema.db_schema, staged.name), prepared.columns,
-               feed.reader(name))
-    log.info("%s.%s: %d rows prepared in %.2f s (%.2f s waited for), copied in %.2f s",
-             staged.schema or schema.db_schema, staged.name, prepared.rows, prepared.seconds, waited,
-             time.perf_counter() - started - waited)
+    in_schema = staged.schema_in(schema.db_schema)
+    _copy_rows(cur, sql.Identifier(in_schema, staged.name), prepared.columns, feed.reader(name))
+    log.info("%s.%s: %d rows prepared in %.2f s (%.2f s waited for), copied in %.2f s", in_schema, staged.name,
+             prepared.rows, prepared.seconds, waited, time.perf_counter() - started - waited)
     return prepared.rows
 
 
@@ -237,6 +236,7 @@ def _index_partition(conn: Any, schema: FeedSchema, file_name: str, staged: part
                      supply_id: str) -> None:
     """Build a loaded partition's indexes and statistics, in the load's transaction."""
     feed_file = schema.file(file_name)
+    in_schema = staged.schema_in(schema.db_schema)
     started = time.perf_counter()
     with conn.cursor() as cur:
         partitions.index(cur, schema.db_schema, feed_file.table, staged, ddl.natural_key(feed_file), supply_id)
@@ -244,9 +244,9 @@ def _index_partition(conn: Any, schema: FeedSchema, file_name: str, staged: part
         if staged.end - staged.first >= ANALYZE_MIN_ROWS:
             # The counts by ward and month (the refresh after the load) read the new rows: without statistics
             # they were planned as nested loops (measured: minutes at 1M rows, instead of seconds).
-            cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(staged.schema or schema.db_schema, staged.name)))
-    log.info("%s.%s: indexed in %.2f s, analysed in %.2f s", staged.schema or schema.db_schema, staged.name,
-             indexed - started, time.perf_counter() - indexed)
+            cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(in_schema, staged.name)))
+    log.info("%s.%s: indexed in %.2f s, analysed in %.2f s", in_schema, staged.name, indexed - started,
+             time.perf_counter() - indexed)
 
 
 def _row_count(tables: Mapping[str, pd.DataFrame], name: str) -> int:

@@ -69,9 +69,13 @@ class Staged:
     end: int
     schema: str = ""
 
+    def schema_in(self, db_schema: str) -> str:
+        """The schema the table is in: ``self.schema``, else the feed's ``db_schema``."""
+        return self.schema or db_schema
+
     def where(self, db_schema: str) -> str:
-        """The table, qualified: in ``self.schema``, else the feed's ``db_schema``."""
-        return qualified(self.schema or db_schema, self.name)
+        """The table, qualified (:meth:`schema_in`)."""
+        return qualified(self.schema_in(db_schema), self.name)
 
 
 def quote_ident(name: str) -> str:
