@@ -66,7 +66,8 @@ def main() -> None:
         parse_cpu, data_rows = parse_cpu + c1 - c0, data_rows + n
         kept, rejected, nulled = validation.apply_row_rules(parsed.frame, feed_file)
         t2 = time.perf_counter()
-        summary = validation.validate(kept, feed_file, schema, period=args.period, received=parsed.frame)
+        summary = validation.validate(kept, feed_file, schema, period=args.period,
+                                      rates=validation.fill_rates(parsed.frame, feed_file))
         t3 = time.perf_counter()
         summary.pop("gx_result", None)
         summaries[name] = {"summary": summary, "rejected": len(parsed.rejected) + len(rejected), "nulled": nulled}

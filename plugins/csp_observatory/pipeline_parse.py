@@ -80,13 +80,19 @@ def _parse_file(m: Manifest, f: SupplyFile, schema: FeedSchema) -> dict[str, Any
     m.set_rejected("layout", f.name, mapped.rejected if mapped is not None else None)
     rows_in_file = len(parsed.frame) + len(parsed.rejected) + (len(mapped.rejected) if mapped else 0)
     m.set_rejected("parse", f.name, parsed.rejected)
-    kept, rejected, nulled = validation.apply_row_rules(parsed.frame, feed_file)
+    read, header_problems = parsed.frame, parsed.header_problems
+    del parsed
+    kept, rejected, nulled = validation.apply_row_rules(read, feed_file)
     m.set_rejected("validate", f.name, rejected)
-    summary = validation.validate(kept, feed_file, schema, period=m.period, received=parsed.frame)
+    # Completeness counts every row read: its rates are taken now, and the rows read are let go before GX runs, so
+    # that the columns apply_row_rules copied (rows left out, values blanked) are freed (0.1 GB at 1M offences).
+    rates = validation.fill_rates(read, feed_file)
+    del read
+    summary = validation.validate(kept, feed_file, schema, period=m.period, rates=rates)
     summary.pop("gx_result", None)  # GX samples values; the manifest outlives the plaintext
     m.write_frame("parsed", f.name, kept)
     return {"rows_in_file": rows_in_file, "header": header,
-            "summary": {"summary": summary, "header_problems": parsed.header_problems, "nulled_values": nulled}}
+            "summary": {"summary": summary, "header_problems": header_problems, "nulled_values": nulled}}
 
 
 def _header(path: Path) -> list[str]:

@@ -40,7 +40,8 @@ def outcome_for(schema: FeedSchema, period: str, reference: pd.DataFrame, *, n: 
             parsed = parsing.parse_csv(path, feed_file)
             frame = spoil(feed_file.name, parsed.frame) if spoil else parsed.frame
             kept, set_aside, nulled = validation.apply_row_rules(frame, feed_file, today)
-            summary = validation.validate(kept, feed_file, schema, period=period, today=today, received=frame)
+            summary = validation.validate(kept, feed_file, schema, period=period, today=today,
+                                          rates=validation.fill_rates(frame, feed_file))
             summary.pop("gx_result", None)
             validated[feed_file.name] = {"summary": summary, "header_problems": parsed.header_problems,
                                          "nulled_values": nulled}

@@ -296,12 +296,14 @@ def _batch_frame(frame: pd.DataFrame, feed_file: FeedFile) -> pd.DataFrame:
 
 def validate(frame: pd.DataFrame, feed_file: FeedFile, schema: FeedSchema | None = None,
              period: str | None = None, today: pd.Timestamp | None = None,
-             received: pd.DataFrame | None = None) -> ValidationSummary:
+             rates: dict[str, dict[str, Any]] | None = None) -> ValidationSummary:
     """Score a file on completeness, accuracy, precision and currency with a GX suite; JSON-ready summary.
 
-    ``frame`` holds the rows kept; ``received`` (optional) every parsed row, before rows missing a required value
-    were set aside: fill rates, and so the completeness score, are measured on it, so that a required value
-    missing counts against completeness even though its row was not loaded.
+    ``frame`` holds the rows kept. ``rates`` (optional) are the fill rates (:func:`fill_rates`) of every parsed row,
+    before rows missing a required value were set aside: the completeness score is measured on them, so that a
+    required value missing counts against completeness even though its row was not loaded. Without them, the rates
+    are ``frame``'s. The rates, not the rows, are passed so that a caller can free every parsed row before GX runs
+    (issue 9: GX's run is a parse process's peak of memory).
     """
     checks = build_checks(feed_file, schema, period, today)
     batch = _batch_frame(frame, feed_file)
@@ -314,7 +316,7 @@ def validate(frame: pd.DataFrame, feed_file: FeedFile, schema: FeedSchema | None
         if e["type"] == "expect_column_values_to_not_be_null" and e["unexpected_percent"] is not None:
             populated[e["column"]] = round(100.0 - e["unexpected_percent"], 2)
 
-    rates = fill_rates(frame if received is None else received, feed_file)
+    rates = fill_rates(frame, feed_file) if rates is None else rates
     scores: dict[str, Any] = {}
     for quality in QUALITIES:
         found = [e for e in expectations if e["quality"] == quality]

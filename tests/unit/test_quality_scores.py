@@ -42,7 +42,8 @@ def clean(prc) -> pd.DataFrame:
 
 
 def summary_of(prc, frame: pd.DataFrame, received: pd.DataFrame | None = None) -> dict:
-    return validation.validate(frame, prc.file("offences"), prc, period=PERIOD, today=TODAY, received=received)
+    rates = None if received is None else validation.fill_rates(received, prc.file("offences"))
+    return validation.validate(frame, prc.file("offences"), prc, period=PERIOD, today=TODAY, rates=rates)
 
 
 def report_of(prc, summary: dict, arrived: str = ON_TIME, history: list | None = None, flagged: list | None = None):
