@@ -175,6 +175,34 @@ def test_frames_keep_their_dtypes_and_a_parquet_frame_left_by_an_older_run_is_st
     pd.testing.assert_frame_equal(staging.read_frame(tmp_path / "before.parquet"), frame.reset_index(drop=True))
 
 
+def _mapped(path: Path) -> bool:
+    """Whether this process maps the file (Linux's /proc/self/maps names a mapped file's path)."""
+    return any(line.rstrip().endswith(str(path)) for line in Path("/proc/self/maps").read_text().splitlines())
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux's /proc/self/maps")
+def test_a_local_frame_is_read_mapped_and_outlives_its_file_being_replaced_or_removed(tmp_path):
+    import gc
+
+    where = tmp_path / "frame.arrow"
+    written = pd.DataFrame({"name": pd.Series([f"text {i}" for i in range(10_000)], dtype="string"),
+                            "n": pd.Series(range(10_000), dtype="Int64")})
+    staging.write_frame(where, written)
+    frame = staging.read_frame(where)
+    pd.testing.assert_frame_equal(frame, written)
+    assert _mapped(where)                   # the text is the file's pages, not a copy on the heap
+    # A stage's retry writes the frame again: a new file in its place, the frame read before unchanged; and the
+    # work area removed after the load leaves a frame still in use readable.
+    staging.write_frame(where, written.assign(name="other"))
+    pd.testing.assert_frame_equal(frame, written)
+    where.unlink()
+    pd.testing.assert_frame_equal(frame, written)
+    del frame
+    gc.collect()
+    assert not _mapped(where) and not any("frame.arrow" in line for line in
+                                          Path("/proc/self/maps").read_text().splitlines())
+
+
 def test_a_supply_in_flight_across_the_upgrade_reads_its_parquet_frames_and_never_counts_rows_twice(tmp_path):
     """A work area written before frames were Arrow IPC holds ``*.parquet``: the next stage still reads them, and a
     step that records its rows again replaces the old file rather than adding to it."""
