@@ -23,7 +23,7 @@ import pandas as pd
 import psycopg2
 
 from csp_observatory import staging
-from csp_observatory.config import Settings
+from csp_observatory.config import Settings, load_settings
 from csp_observatory.schema import FeedSchema
 from csp_observatory.schema_loading import schema_for
 
@@ -248,10 +248,11 @@ def _sftp(settings: Settings) -> Iterator[Any]:
 def each_file(settings: Settings | None, m: Manifest, stage: str | None, work: dict[str, Any]) -> dict[str, Any]:
     """Each of a supply's files' work for a stage (``work``: file name -> a call with no arguments), in processes of
     their own when the supply is large (:mod:`file_workers`); ``stage``: whose frames the work reads (``None``:
-    the plaintext), whose sizes decide. Without settings, their defaults apply."""
+    the plaintext), whose sizes decide. Without settings, the configured ones (``load_settings``: the config file
+    and the environment), as the DAG's clean task calls its stage."""
     from csp_observatory import file_workers
 
-    chosen = settings or Settings   # the class holds the fields' defaults
+    chosen = settings or load_settings()
     return file_workers.each_file(work, m.staged_sizes(stage), workers=chosen.file_workers,
                                   min_bytes=chosen.file_workers_min_mb << 20)
 

@@ -182,3 +182,24 @@ def test_a_record_of_a_logger_with_a_handler_of_its_own_comes_back_once(caplog):
     assert [r.getMessage() for r in caplog.records if r.name == own.name] == ["victims: one record"]
     # written once, by the task, through that logger's own handler (as if the work had run in the task)
     assert got_alone == ["victims: one record of a logger that does not propagate"]
+
+
+def test_a_stage_called_without_settings_uses_the_configured_ones_not_the_defaults(monkeypatch):
+    # The DAG's clean task calls its stage with no settings: file_workers and file_workers_min_mb from the
+    # environment (or the config file) must still apply, as they do for the stages given settings.
+    from types import SimpleNamespace
+
+    from csp_observatory import pipeline_supply
+
+    seen = {}
+
+    def each(work, sizes, workers=0, min_bytes=0):
+        seen.update(workers=workers, min_bytes=min_bytes)
+        return {name: call() for name, call in work.items()}
+
+    monkeypatch.setattr(file_workers, "each_file", each)
+    monkeypatch.setenv("CSP_FILE_WORKERS", "1")
+    monkeypatch.setenv("CSP_FILE_WORKERS_MIN_MB", "7")
+    m = SimpleNamespace(staged_sizes=lambda stage: {"a": 1, "b": 2})
+    assert pipeline_supply.each_file(None, m, "parsed", {"a": lambda: 1, "b": lambda: 2}) == {"a": 1, "b": 2}
+    assert seen == {"workers": 1, "min_bytes": 7 << 20}
