@@ -14,6 +14,12 @@ One stage's task process (``load``, see KILLED_STAGE) is SIGKILLed while it work
 the process (the OOM killer, a node going away): Airflow retries the task (the DAG's default ``retries``) and the
 supply still loads exactly once, with the same rows as the clean one-worker run (issue 11's fault matrix).
 
+A second supply, of a feed with two files (``MULTI_FEED``), has each stage's files worked in forked processes
+(``file_workers.py``) and its load on two connections (``loading.split_files``), as a large supply's are: the
+deployment sets the size they start from to nothing. A Celery worker's pool processes are daemonic, and a task
+process forked from one must still be able to fork its own (``multiprocessing`` refused it); the children's logs
+must reach the task's log; the supply must load whole.
+
 The workers run with the observatory's Celery settings (``csp_observatory.celery_config``), as in docker-compose.yaml:
 each imports the stages' modules once, before it forks (``csp_observatory.worker_preload``).
 
@@ -36,7 +42,7 @@ import yaml
 from airflow_harness import (Api, arrival_watchers, celery_env, deployment, free_port, request_parse,
                              reset_postgres_db, start, tails, wait)
 
-from csp_observatory import demo, fixtures, postcodes_sources
+from csp_observatory import demo, fixtures, partitions, postcodes_sources
 from csp_observatory.schema_loading import schema_for
 
 pytestmark = pytest.mark.integration
@@ -59,6 +65,11 @@ DATA_SUFFIXES = (".csv", ".arrow", ".parquet", ".gpg")
 # The stage whose task process is killed mid-run: the load, where a half-done task would matter most.
 KILLED_STAGE = "load"
 KILL_WAIT_S = 300
+# As and when, two files (dumping, waste sites): each stage's two files in two processes. It is personalised, so its
+# sanitise stage writes its files whole in the task's process (nothing to depersonalise): three stages fork.
+MULTI_FEED = "environment_agency_crime"
+MULTI_PERIOD = "202602"
+FORKED_STAGES = ("parse_and_validate", "clean", "geocode")
 
 
 def _celery_config() -> dict[str, str]:
@@ -125,6 +136,10 @@ def celery_deployment(tmp_path_factory: pytest.TempPathFactory, settings) -> Ite
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
         "CSP_STAGING_URL": shared.as_uri(),
         "CSP_STAGE_QUEUES": ",".join([*(f"{t}={queues[w]}" for t, w in ROUTES.items()), f"*={queues['a']}"]),
+        # A supply of two files or more is worked as a large one (file_workers.py, the load's second connection),
+        # on any machine: from 0 MB, in two processes even on one core. One file (FEED's) stays in the task's.
+        "CSP_FILE_WORKERS_MIN_MB": "0",
+        "CSP_FILE_WORKERS": "2",
     })
     reset_postgres_db(cfg["airflow_database_url"])
     logs = root / "logs"
@@ -298,3 +313,88 @@ def _kill_task_process(api: Api, runs_path: str, task_id: str, worker_pid: int, 
                     every=0.2)
     finally:
         watcher.close()
+
+
+def _task_log(workers: dict[str, dict[str, Path]], dag_id: str, run_id: str, task_id: str) -> str:
+    """The text of a task's log files (every try) as the worker that ran it wrote them, in its own Airflow home."""
+    found = [p for dirs in workers.values() for p in (dirs["home"] / "logs").rglob("*.log")
+             if f"dag_id={dag_id}" in str(p) and f"run_id={run_id}" in str(p) and f"task_id={task_id}" in str(p)]
+    assert found, (task_id, [str(p) for dirs in workers.values() for p in (dirs["home"] / "logs").rglob("*.log")])
+    return "\n".join(p.read_text(errors="replace") for p in found)
+
+
+@pytest.mark.usefixtures("clean_partner_folders", "reference_loaded")
+def test_a_celery_task_works_a_supplys_files_in_forked_processes_and_loads_them_on_two_connections(
+        request, settings, db, forget_supply):
+    from csp_observatory.file_workers import usable_cores
+
+    schema = schema_for(MULTI_FEED)
+    dag_id = f"feed_{MULTI_FEED}"
+    forget_supply(db, schema, MULTI_PERIOD)
+    d = request.getfixturevalue("celery_deployment")
+    api: Api = d["api"]
+    logs = sorted(d["logs"].glob("*.log"))
+    wait("the API server giving the engineer a token", api.login, START_WAIT_S, logs)
+    wait("the DAG processor serialising the feed's DAG", lambda: api.get_or_none(f"/api/v2/dags/{dag_id}"),
+         START_WAIT_S, logs)
+    watchers = arrival_watchers(d["cfg"]["airflow_database_url"])
+    api.patch(f"/api/v2/dags/{dag_id}", {"is_paused": False})
+    request_parse(api, dag_id)
+    wait("the feed's asset watcher reaching the triggerer",
+         lambda: arrival_watchers(d["cfg"]["airflow_database_url"]) > watchers, START_WAIT_S, logs)
+
+    supply = fixtures.make_supply(schema, MULTI_PERIOD, postcodes_sources.shipped_reference(), n=30)
+    assert len(supply.files) == 2
+    try:
+        demo.drop_demo_supply(settings, schema, MULTI_PERIOD, files=supply.files, metadata=supply.metadata)
+        runs_path = f"/api/v2/dags/{dag_id}/dagRuns"
+        (run,) = wait("the supply's run finishing on the Celery workers",
+                      lambda: [r for r in api.get(runs_path)["dag_runs"] if r["state"] in ("success", "failed")],
+                      RUN_WAIT_S, logs)
+        tis = {ti["task_id"]: ti for ti in
+               api.get(f"{runs_path}/{run['dag_run_id']}/taskInstances")["task_instances"]}
+        for stage in STAGES:
+            assert tis[stage]["state"] == "success", (stage, {k: v["state"] for k, v in tis.items()}, tails(logs))
+
+        # Each stage's two files were worked in two processes of the task's own, forked in the Celery worker's task
+        # process; each child's log records reached the task's log.
+        names = [f.name for f in schema.files]
+        for stage in FORKED_STAGES:
+            text = _task_log(d["workers"], dag_id, run["dag_run_id"], stage)
+            assert "2 files in 2 processes" in text, (stage, text[-3000:])
+            pids = set()
+            for name in names:
+                done = [line for line in text.splitlines() if f"file {name}: done in" in line]
+                assert done, (stage, name, text[-3000:])
+                pids.add(done[-1].split(" in process ")[1].split()[0])
+            assert len(pids) == 2, (stage, pids)
+        # The load: the larger file's partition on the task's connection, the other's built on a second connection
+        # in the schema loading, and moved into the feed's in the load's transaction (on a machine of two cores).
+        load = _task_log(d["workers"], dag_id, run["dag_run_id"], "load")
+        on_second = [f.table for f in schema.files if f"{partitions.LOADING_SCHEMA}.{f.table}_f" in load]
+        assert len(on_second) == (1 if usable_cores() >= 2 else 0), (on_second, load[-3000:])
+
+        # The supply loaded whole: every row the report counts is in the feed's tables, and none of its partitions was
+        # left in the loading schema.
+        with db.cursor() as cur:
+            cur.execute("SELECT status, report FROM observatory.supplies WHERE supply_id = %s",
+                        (f"{MULTI_FEED}/{MULTI_PERIOD}",))
+            status, report = cur.fetchone()
+            loaded = 0
+            for f in schema.files:
+                cur.execute(f"SELECT count(*) FROM {schema.db_schema}.{f.table} WHERE supply_id = %s",  # noqa: S608
+                            (f"{MULTI_FEED}/{MULTI_PERIOD}",))
+                n = cur.fetchone()[0]
+                assert n > 0, f.table
+                loaded += n
+            cur.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "WHERE n.nspname = %s AND obj_description(c.oid, 'pg_class') = ANY(%s)",
+                        (partitions.LOADING_SCHEMA, [partitions.partition_comment(schema.db_schema, f.table,
+                                                                                  f"{MULTI_FEED}/{MULTI_PERIOD}")
+                                                     for f in schema.files]))
+            left = cur.fetchone()[0]
+        db.rollback()
+        assert status == "loaded" and loaded == report["summary"]["rows_loaded"] and left == 0
+    finally:
+        api.patch(f"/api/v2/dags/{dag_id}", {"is_paused": True})
+        forget_supply(db, schema, MULTI_PERIOD)
