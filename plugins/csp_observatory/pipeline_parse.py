@@ -85,7 +85,7 @@ def _parse_file(m: Manifest, f: SupplyFile, schema: FeedSchema) -> dict[str, Any
     kept, rejected, nulled = validation.apply_row_rules(read, feed_file)
     m.set_rejected("validate", f.name, rejected)
     # Completeness counts every row read: its rates are taken now, and the rows read are let go before GX runs, so
-    # that the columns apply_row_rules copied (rows left out, values blanked) are freed (0.1 GB at 1M offences).
+    # that the columns apply_row_rules copied (rows left out, values blanked) are freed (60 MB at 1M offences).
     rates = validation.fill_rates(read, feed_file)
     del read
     summary = validation.validate(kept, feed_file, schema, period=m.period, rates=rates)

@@ -144,3 +144,13 @@ def test_a_large_batch_is_checked_in_several_runs_a_small_one_in_one(monkeypatch
     calls.clear()
     validation_gx.run_suite(big.head(validation_gx.SPLIT_FROM_ROWS - 1), checks, "small")
     assert len(calls) == 1
+
+
+def test_a_check_of_a_column_the_batch_lacks_is_reported_alike_in_split_runs():
+    frame = _spread_frame()
+    checks = [*_spread_checks(), _check(7, "expect_column_values_to_be_between", column="absent", min_value=0)]
+    one = _entries(validation_gx.run_suite(frame, checks, "one", runs=1), checks)
+    split = _entries(validation_gx.run_suite(frame, checks, "split", runs=3), checks)
+    assert split == one
+    (absent,) = [e for e in split if e["column"] == "absent"]
+    assert absent["success"] is False
