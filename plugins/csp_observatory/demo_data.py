@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any, Final, Sequence
@@ -306,16 +307,26 @@ def make_police_recorded_crime(period: str, postcodes: pd.DataFrame, n_offences:
     schema = schema or load_schema(SCHEMA_DIR / "police_recorded_crime.yaml")
     rng = np.random.default_rng(_seed(seed, period))
     pcs = _reference(postcodes)
-    offences, on = _offences(rng, period, n_offences, pcs, first=first_offence)
-    refs = offences["crime_reference"]
-    offenders = _people(rng, np.repeat(np.arange(n_offences), np.array(OFFENDER_COUNTS)[
-        rng.integers(0, len(OFFENDER_COUNTS), n_offences)]), on, refs, "offender", pcs)
-    victims = _people(rng, np.repeat(np.arange(n_offences), np.array(VICTIM_COUNTS)[
-        rng.integers(0, len(VICTIM_COUNTS), n_offences)]), on, refs, "victim", pcs)
-    offences, bad = _spoil(offences, period, n_offences)
     header = {f.name: f.field_names for f in schema.files}
-    files = {name: _csv(header[name], cols, len(next(iter(cols.values()))))
-             for name, cols in (("offences", offences), ("offenders", offenders), ("victims", victims))}
+
+    def csv_of(name: str, cols: Columns) -> str:
+        return _csv(header[name], cols, len(next(iter(cols.values()))))
+
+    # Each file's CSV is written in a thread while the next file's rows are made (Arrow's CSV writer lets go of the
+    # GIL): 1M offences in 4.8-6.0 s against 6.7-8.7 s on two cores. The rows are made in this thread alone, in the same
+    # order, so the random draws, and so the files, are the same as one after another.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        offences, on = _offences(rng, period, n_offences, pcs, first=first_offence)
+        refs = offences["crime_reference"]
+        offences, bad = _spoil(offences, period, n_offences)
+        texts = {"offences": pool.submit(csv_of, "offences", offences)}
+        offenders = _people(rng, np.repeat(np.arange(n_offences), np.array(OFFENDER_COUNTS)[
+            rng.integers(0, len(OFFENDER_COUNTS), n_offences)]), on, refs, "offender", pcs)
+        texts["offenders"] = pool.submit(csv_of, "offenders", offenders)
+        victims = _people(rng, np.repeat(np.arange(n_offences), np.array(VICTIM_COUNTS)[
+            rng.integers(0, len(VICTIM_COUNTS), n_offences)]), on, refs, "victim", pcs)
+        texts["victims"] = pool.submit(csv_of, "victims", victims)
+        files = {name: text.result() for name, text in texts.items()}
     return DemoSupply(period=period, files=files, bad_rows=sorted(bad, key=lambda b: b["row"]))
 
 
