@@ -91,6 +91,11 @@ def import_gx() -> None:
     _no_batch_fingerprint()
 
 
+def columns_of(check: Check) -> list[Any]:
+    """The columns a check names (``column_list``, or its one ``column``: None for a table-level check)."""
+    return list(check.kwargs.get("column_list") or [check.kwargs.get("column")])
+
+
 def _result_key(type_: str, kwargs: dict[str, Any]) -> tuple[str, str]:
     column = kwargs.get("column", kwargs.get("column_list"))
     return type_, str(column)
@@ -121,8 +126,7 @@ def gx_frame(frame: pd.DataFrame, checks: list[Check]) -> pd.DataFrame:
     """
     named: dict[str, set[str]] = {}
     for c in checks:
-        columns = c.kwargs.get("column_list") or [c.kwargs.get("column")]
-        for column in columns:
+        for column in columns_of(c):
             named.setdefault(column, set()).add(c.type)
     out: dict[str, pd.Series] = {}
     for column in frame.columns:
@@ -172,7 +176,8 @@ def run_suite(frame: pd.DataFrame, checks: list[Check], name: str, runs: int | N
     batch = gx_frame(frame, checks)
     if runs is None:
         runs = SUITE_RUNS if len(batch) >= SPLIT_FROM_ROWS else 1
-    weights = {column: int(batch[column].memory_usage(index=False, deep=False)) for column in batch.columns}
+    weights = ({column: int(batch[column].memory_usage(index=False, deep=False)) for column in batch.columns}
+               if runs > 1 else None)
     groups = check_groups(checks, runs, weights)
     if len(groups) <= 1:
         return _run_one(batch, checks, name)
@@ -187,9 +192,6 @@ def check_groups(checks: list[Check], runs: int, weights: dict[str, int] | None 
     order): checks that name a column in common share a group; groups are filled heaviest column set first into
     the lightest group (``weights``: a column's bytes; 1 each if not given). One group when a check names no
     column (a table-level check needs every column)."""
-    def columns_of(check: Check) -> list[str]:
-        return list(check.kwargs.get("column_list") or [check.kwargs.get("column")])
-
     named = [columns_of(c) for c in checks]
     every: list[str] = list(dict.fromkeys(col for cols in named for col in cols))
     if runs <= 1 or any(col is None for cols in named for col in cols):
